@@ -1,0 +1,3 @@
+from medvideocap.cli import main
+
+main()

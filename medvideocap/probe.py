@@ -1,0 +1,96 @@
+"""Media facts of a video file (duration, fps, frame count, size, codec, bit rate) via PyAV.
+
+PyAV bundles its own FFmpeg, so probing works without system FFmpeg and on any seekable binary file
+object (a zip member, a tar member, bytes), which is how the upstream reader and the builder use it."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import IO, Any
+
+import av
+
+
+class ProbeError(ValueError):
+    """The input is not a decodable video; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    duration: float
+    fps: float
+    num_frames: int | None
+    width: int
+    height: int
+    codec: str
+    bit_rate: int | None
+    has_audio: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def probe(src: str | Path | bytes | IO[bytes], *, name: str | None = None, count_frames: bool = False) -> MediaInfo:
+    """Probe ``src``; ``name`` is used in error messages (defaults to the path).
+
+    ``count_frames=True`` demuxes every packet: exact frame count and real duration even when the
+    container header lies (e.g. a truncated file), at the cost of reading the whole stream.
+    """
+    label = name or (str(src) if isinstance(src, str | Path) else "<bytes>")
+    if isinstance(src, bytes):
+        src = io.BytesIO(src)
+    if isinstance(src, str | Path) and Path(src).exists() and Path(src).stat().st_size == 0:
+        raise ProbeError(f"{label}: empty file (0 bytes)")
+    try:
+        container = av.open(src if not isinstance(src, Path) else str(src), mode="r")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise ProbeError(f"{label}: not a readable media file ({exc.__class__.__name__}: {exc})") from exc
+    with container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise ProbeError(f"{label}: no video stream (streams: {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate:
+            raise ProbeError(f"{label}: video stream has no frame rate")
+        fps = float(rate)
+        tb = stream.time_base or Fraction(1, 1_000_000)
+        duration = float(stream.duration * tb) if stream.duration else None
+        if duration is None and container.duration:
+            duration = container.duration / av.time_base
+        num_frames: int | None = stream.frames or None
+        if count_frames:
+            n, last_end = 0, 0.0
+            try:
+                for packet in container.demux(stream):
+                    if packet.size == 0 or packet.pts is None:
+                        continue
+                    n += 1
+                    end = float((packet.pts + (packet.duration or 0)) * tb)
+                    last_end = max(last_end, end)
+            except av.error.FFmpegError as exc:
+                raise ProbeError(f"{label}: stream breaks off after {n} packets ({exc})") from exc
+            start = float(stream.start_time * tb) if stream.start_time else 0.0
+            num_frames = n
+            duration = max(last_end - start, 0.0) if last_end else n / fps
+        if not duration or duration <= 0:
+            if num_frames:
+                duration = num_frames / fps
+            else:
+                raise ProbeError(f"{label}: video stream has no duration")
+        if not ctx.width or not ctx.height:
+            raise ProbeError(f"{label}: video stream has no frame size")
+        return MediaInfo(
+            duration=round(duration, 6),
+            fps=round(fps, 6),
+            num_frames=num_frames,
+            width=int(ctx.width),
+            height=int(ctx.height),
+            codec=str(ctx.name),
+            bit_rate=int(stream.bit_rate or container.bit_rate or 0) or None,
+            has_audio=bool(container.streams.audio),
+        )
