@@ -1,0 +1,181 @@
+"""Output hygiene: turn a model's raw reply into clean caption texts, or say exactly why not.
+
+Captions become training prompts; a refusal, a degenerate repetition loop or a "The video shows" opening
+kept in the data teaches the video model the wrong thing. Every rule here raises :class:`HygieneError`
+with a short reason that ends up in the run's journal next to the raw reply.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from typing import Any
+
+from medvideocap.text import strip_boilerplate
+
+from .templates import Output, Template
+
+
+class HygieneError(ValueError):
+    """A reply that cannot be used as a caption; ``kind`` is refusal, garbled, empty, length or unparseable."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+
+# Openings of replies that decline the task or say the images did not arrive.
+_REFUSAL_RE = re.compile(
+    r"^\W*(?:"
+    r"(?:i'?m|i am) (?:sorry|afraid|unable|not able)|"
+    r"sorry,? (?:but )?i|"
+    r"i (?:can(?:'|no)?t|cannot|can not|won'?t|apologi[sz]e)|"
+    r"unfortunately,? i|"
+    r"as an ai\b|"
+    r"i do not (?:see|have access)|i don'?t (?:see|have access)"
+    r")",
+    re.IGNORECASE,
+)
+# Phrases that betray a refusal or missing input wherever they occur.
+_REFUSAL_ANYWHERE_RE = re.compile(
+    r"\b(?:i (?:can(?:'|no)?t|cannot|am unable to|'m unable to) (?:assist|help|provide|comply|"
+    r"describe|view|see|process|analy[sz]e)|"
+    r"no (?:images|frames|video) (?:were|was|have been) (?:provided|attached|uploaded)|"
+    r"(?:images|frames) (?:were|are) not (?:provided|attached|visible))",
+    re.IGNORECASE,
+)
+_FENCE_RE = re.compile(r"^```[a-zA-Z]*\s*|\s*```\s*$")
+_LABEL_RE = (
+    r"(?:\*\*|#+\s*)?{label}(?:\s+caption)?\s*"
+    r"(?:\*\*\s*[:\-]|[:\-]\s*\*\*|[:\-]|\*\*|(?=$))[ \t]*"
+)
+
+
+def is_refusal(text: str) -> bool:
+    """True for replies that decline the task ("I'm sorry, I can't ...")."""
+    head = text.strip().strip('"').strip()
+    return bool(_REFUSAL_RE.match(head) or _REFUSAL_ANYWHERE_RE.search(head[:400]))
+
+
+def garbled_reason(text: str) -> str | None:
+    """Why ``text`` is not language, or None. Catches the failure modes of small or overloaded models:
+    too few letters, one token repeated, a phrase looping, replacement characters."""
+    stripped = text.strip()
+    if not stripped:
+        return "empty"
+    if "\ufffd" in stripped:
+        return "contains U+FFFD replacement characters (broken decoding)"
+    visible = [c for c in stripped if not c.isspace()]
+    letters = sum(c.isalpha() for c in visible)
+    if letters < 0.6 * len(visible):
+        return f"only {letters} of {len(visible)} characters are letters"
+    words = re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", stripped.lower())
+    if len(words) >= 8:
+        top, count = Counter(words).most_common(1)[0]
+        if count > max(4, 0.3 * len(words)) and len(top) > 3 or count > 0.5 * len(words):
+            return f"the word {top!r} makes up {count} of {len(words)} words"
+        for n in (2, 3, 4, 5, 6):
+            grams = [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+            gram, reps = Counter(grams).most_common(1)[0]
+            if reps >= 4 and reps * n > 0.4 * len(words):
+                return f"the phrase {gram!r} repeats {reps} times"
+    return None
+
+
+def _bound(text: str, out: Output) -> str:
+    words = text.split()
+    if len(words) < out.min_words:
+        raise HygieneError("length", f"{out.key}: {len(words)} words, fewer than {out.min_words}")
+    if len(words) <= out.max_words:
+        return text
+    # Too long: keep whole sentences up to the bound; a reply with no sentence end inside it is a runaway.
+    head = " ".join(words[: out.max_words])
+    cut = max(
+        head.rfind(". "), head.rfind("! "), head.rfind("? "), head.rfind(".") if head.endswith(".") else -1
+    )
+    kept = head[: cut + 1].strip() if cut > 0 else ""
+    if len(kept.split()) < max(out.min_words, out.max_words // 2):
+        raise HygieneError("length", f"{out.key}: {len(words)} words, more than {out.max_words}")
+    return kept
+
+
+def clean_caption(text: str, out: Output) -> str:
+    """One caption text: refusal and garbage checks, boilerplate opening stripped, length bounds."""
+    text = " ".join(str(text).split()).strip().strip('"').strip()
+    if not text:
+        raise HygieneError("empty", f"{out.key}: empty caption")
+    if is_refusal(text):
+        raise HygieneError("refusal", f"{out.key}: {text[:80]!r}")
+    reason = garbled_reason(text)
+    if reason:
+        raise HygieneError("garbled", f"{out.key}: {reason}")
+    return _bound(strip_boilerplate(text), out)
+
+
+def _json_object(raw: str) -> dict[str, Any] | None:
+    body = _FENCE_RE.sub("", raw.strip())
+    start, end = body.find("{"), body.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        obj = json.loads(body[start : end + 1])
+    except json.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _sections(raw: str, keys: list[str]) -> dict[str, str]:
+    """``Detailed: ... Brief: ...`` or markdown-headed sections, the usual shape when JSON is ignored."""
+    labels = "|".join(re.escape(k) for k in keys)
+    pattern = re.compile(r"(?im)^\s*" + _LABEL_RE.format(label=f"(?P<key>{labels})") + r"(?P<rest>.*)$")
+    found: dict[str, str] = {}
+    matches = list(pattern.finditer(raw))
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(raw)
+        body = (m.group("rest") + raw[m.end() : end]).strip()
+        found.setdefault(m.group("key").lower(), body)
+    return found
+
+
+def parse_reply(raw: str, template: Template) -> dict[str, str]:
+    """The clean caption texts of one reply, keyed by output key; raises :class:`HygieneError`."""
+    if not raw or not raw.strip():
+        raise HygieneError("empty", "empty reply")
+    if is_refusal(raw):
+        raise HygieneError("refusal", repr(raw.strip()[:120]))
+    if template.format == "text":
+        out = template.outputs[0]
+        body = _FENCE_RE.sub("", raw.strip())
+        labelled = _sections(body, [out.key])
+        text = labelled.get(out.key, body)
+        return {out.key: clean_caption(text, out)}
+    obj = _json_object(raw)
+    if template.format == "json_fields":
+        out = template.outputs[0]
+        if obj is None:
+            raise HygieneError("unparseable", "no JSON object in the reply")
+        missing = [f for f in template.fields if f not in obj]
+        if missing:
+            raise HygieneError("unparseable", f"JSON object lacks fields {missing}")
+        fields = {f: " ".join(str(obj[f]).split()) for f in template.fields}
+        prose = " ".join(v for v in fields.values() if v.lower() not in ("none", "n/a", ""))
+        if is_refusal(prose):
+            raise HygieneError("refusal", repr(prose[:120]))
+        reason = garbled_reason(prose) if prose else None
+        if reason:
+            raise HygieneError("garbled", f"{out.key}: {reason}")
+        _bound(prose, out)
+        return {out.key: json.dumps(fields, ensure_ascii=False)}
+    keys = [o.key for o in template.outputs]
+    texts: dict[str, Any]
+    if obj is not None:
+        lowered = {str(k).lower(): v for k, v in obj.items()}
+        texts = {k: lowered.get(k, lowered.get(f"{k}_caption")) for k in keys}
+    else:
+        texts = _sections(raw, keys)
+    missing = [k for k in keys if not isinstance(texts.get(k), str) or not texts[k].strip()]
+    if missing:
+        how = "JSON object" if obj is not None else "reply (no JSON object, no labelled sections)"
+        raise HygieneError("unparseable", f"{how} lacks {missing}")
+    return {o.key: clean_caption(texts[o.key], o) for o in template.outputs}

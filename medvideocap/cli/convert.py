@@ -1,0 +1,76 @@
+"""``medvideocap convert SRC --out DIR``: parse arguments, run :func:`medvideocap.convert.convert`, print."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(name="convert")
+@click.argument("src")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Hub-native dataset folder to write (resumed if it exists).",
+)
+@click.option(
+    "--shard-size",
+    default="1GB",
+    show_default=True,
+    help="Target shard size: bytes, or 500MB / 1GB / 512MiB.",
+)
+@click.option(
+    "--fractions", default="0.98,0.01,0.01", show_default=True, help="train,validation,test fractions."
+)
+@click.option(
+    "--salt",
+    default=None,
+    help="Split hash salt (default: medvideocap-v1, what the published conversion uses).",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Threads probing clips; the output does not depend on it.",
+)
+@click.option("--revision", default=None, help="Hub revision when SRC is a repo id.")
+@click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
+def command(
+    src: str,
+    out: str,
+    shard_size: str,
+    fractions: str,
+    salt: str | None,
+    workers: int,
+    revision: str | None,
+    no_progress: bool,
+) -> None:
+    """Convert the upstream MedVideoCap-55K release SRC (folder or Hub repo id) into the hub-native layout.
+
+    Clips are streamed out of the zips, probed, split by a stable hash of their source video and written
+    to webdataset shards; a killed run resumes where its finished shards end. Dropped clips are listed
+    with their reason at the end and in DIR/meta/rejects.parquet."""
+    from rich.console import Console
+
+    from medvideocap.convert import convert, summary_table
+    from medvideocap.splits import DEFAULT_SALT, parse_fractions
+    from medvideocap.writer import parse_size
+
+    try:
+        size = parse_size(shard_size)
+        parts = parse_fractions(fractions)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    summary = convert(
+        src,
+        out,
+        shard_bytes=size,
+        fractions=parts,
+        salt=salt or DEFAULT_SALT,
+        workers=workers,
+        revision=revision,
+        progress=not no_progress,
+    )
+    Console().print(summary_table(summary))

@@ -1,0 +1,40 @@
+"""``medvideocap info PATH_OR_REPO``: parse arguments, call :func:`medvideocap.info.info`, print."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command(name="info")
+@click.argument("path_or_repo")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) when PATH_OR_REPO is a repo id.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+def command(path_or_repo: str, revision: str | None, as_json: bool) -> None:
+    """Say what a dataset is: layout, schema version, counts per split and category, sizes.
+
+    Reads metadata and file listings only; for a Hub repo id no video is downloaded."""
+    from medvideocap.info import info
+
+    summary = info(path_or_repo, revision=revision)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{summary['source']}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key in ("layout", "root", "schema_version", "clips", "hours", "records", "video_members"):
+        if key in summary:
+            table.add_row(key, str(summary[key]))
+    table.add_row("splits", ", ".join(f"{k}: {v}" for k, v in summary["splits"].items()))
+    table.add_row("categories", "\n".join(f"{k}: {v}" for k, v in summary["categories"].items()))
+    table.add_row("files", json.dumps(summary.get("files", {})))
+    table.add_row("bytes", ", ".join(f"{k}: {v / 1e6:.2f} MB" for k, v in summary.get("bytes", {}).items()))
+    for note in summary["notes"]:
+        table.add_row("note", f"[yellow]{note}[/yellow]")
+    console.print(table)

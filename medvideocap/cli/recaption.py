@@ -1,0 +1,144 @@
+"""``medvideocap recaption SOURCE --out DIR --backend ...``: parse arguments, run
+:func:`medvideocap.recaption.recaption`, print the summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+@click.command(name="recaption")
+@click.argument("source")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Run folder: run.json, journal.jsonl (resumed if present), summary.json, dataset/ with --write.",
+)
+@click.option(
+    "--backend",
+    required=True,
+    type=click.Choice(["openai", "transformers"]),
+    help="openai: an OpenAI-compatible chat-completions server; transformers: a local VLM.",
+)
+@click.option(
+    "--model",
+    default=None,
+    help="Model id (default gpt-4o for openai, Qwen/Qwen2.5-VL-7B-Instruct for transformers) or a local folder.",
+)
+@click.option(
+    "--model-revision",
+    default=None,
+    help="Model revision: transformers loads it; both record it in the captions' provenance.",
+)
+@click.option(
+    "--endpoint",
+    default=None,
+    help="openai backend: base URL of the server, e.g. http://localhost:8000/v1 (default: api.openai.com).",
+)
+@click.option(
+    "--api-key-env",
+    default=None,
+    help="openai backend: name of the environment variable holding the API key (default OPENAI_API_KEY).",
+)
+@click.option(
+    "--template",
+    default="detailed_brief",
+    show_default=True,
+    help="Prompt template: detailed_brief, brief, structured, NAME@VERSION, or a path to a .yaml template.",
+)
+@click.option(
+    "--frames",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Evenly spaced frames per clip.",
+)
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Caption at most this many clips.")
+@click.option(
+    "--where",
+    default=None,
+    help="Filter on record fields, e.g. 'category == \"clinical_practice\" and duration < 9'.",
+)
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="openai backend: requests in flight at once.",
+)
+@click.option(
+    "--batch-size",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="transformers backend: clips per generate call.",
+)
+@click.option(
+    "--device", default=None, help="transformers backend: cuda, cpu, mps (default: best available)."
+)
+@click.option("--timeout", default=120.0, show_default=True, help="openai backend: seconds per request.")
+@click.option(
+    "--max-retries", default=5, show_default=True, help="openai backend: retries on 429/5xx/timeouts."
+)
+@click.option(
+    "--name", "name_prefix", default=None, help="Prefix of the new caption names (default MODEL/TEMPLATE-vN)."
+)
+@click.option(
+    "--write", is_flag=True, help="Also write DIR/dataset: a hub-native copy with the new captions added."
+)
+@click.option("--retry-failed", is_flag=True, help="Caption again the clips whose earlier attempt failed.")
+@click.option(
+    "--engine",
+    default="local",
+    show_default=True,
+    type=click.Choice(["local", "ray"]),
+    help="local: threads in this process; ray: Ray Data actors (cluster from RAY_ADDRESS or a local one).",
+)
+@click.option("--revision", default=None, help="Hub revision when SOURCE is a repo id.")
+@click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
+def command(source: str, out: str, backend: str, **opts: Any) -> None:
+    """Re-caption SOURCE (a hub-native dataset or an upstream release, folder or Hub repo id) with a
+    multimodal LLM. Each clip's new captions, with model, prompt and frame provenance, go to a journal
+    in --out; a rerun captions only what the journal lacks. The source is never modified."""
+    import json
+
+    from medvideocap.recaption import recaption
+
+    backend_options: dict[str, Any] = {"revision": opts["model_revision"]}
+    if opts["model"]:
+        backend_options["model"] = opts["model"]
+    if backend == "openai":
+        for key in ("endpoint", "api_key_env"):
+            if opts[key]:
+                backend_options[key] = opts[key]
+        backend_options.update(
+            concurrency=opts["concurrency"], timeout=opts["timeout"], max_retries=opts["max_retries"]
+        )
+    else:
+        backend_options["batch_size"] = opts["batch_size"]
+        if opts["device"]:
+            backend_options["device"] = opts["device"]
+    try:
+        summary = recaption(
+            source,
+            out,
+            backend=backend,
+            template=opts["template"],
+            frames=opts["frames"],
+            limit=opts["limit"],
+            where=opts["where"],
+            name_prefix=opts["name_prefix"],
+            write=opts["write"],
+            retry_failed=opts["retry_failed"],
+            engine=opts["engine"],
+            revision=opts["revision"],
+            progress=not opts["no_progress"],
+            **backend_options,
+        )
+    except ValueError as exc:  # our errors say what to change; no stack trace for them
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(summary.to_json(), indent=2))
+    if summary.failed:
+        click.echo(f"{summary.failed} clips failed; reasons in {summary.journal}", err=True)

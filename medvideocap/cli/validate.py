@@ -1,0 +1,63 @@
+"""``medvideocap validate PATH_OR_REPO``: parse arguments, run :func:`medvideocap.validate.validate`, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.command(name="validate")
+@click.argument("path_or_repo")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) when PATH_OR_REPO is a repo id.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report instead of a table.")
+@click.option(
+    "--no-videos", is_flag=True, help="Check the metadata only: do not download, demux or compare the videos."
+)
+@click.option("--strict", is_flag=True, help="Exit non-zero on warnings too (e.g. unknown upstream keys).")
+def command(path_or_repo: str, revision: str | None, as_json: bool, no_videos: bool, strict: bool) -> None:
+    """Check every record against the schema and every video against its record (duration, fps, size).
+
+    Exits 1 when anything is invalid (with --strict, also on warnings)."""
+    from rich.console import Console
+    from rich.progress import Progress as RichProgress
+
+    from medvideocap.validate import validate
+
+    if as_json:
+        report = validate(path_or_repo, revision=revision, videos=not no_videos)
+        click.echo(json.dumps(report.to_json_dict(), indent=2))
+    else:
+        console = Console(stderr=False)
+        with RichProgress(console=console, transient=True) as bar:
+            task = bar.add_task("probing videos", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            report = validate(path_or_repo, revision=revision, videos=not no_videos, progress=progress)
+        _print_report(console, report)
+    failed = not report.ok or (strict and report.warnings)
+    sys.exit(1 if failed else 0)
+
+
+def _print_report(console: object, report: object) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from medvideocap.validate import ValidationReport
+
+    assert isinstance(console, Console) and isinstance(report, ValidationReport)
+    console.print(
+        f"[bold]{report.source}[/bold]: layout {report.layout or '?'}, {report.records} records, "
+        f"{report.videos_checked} videos decoded and compared"
+    )
+    if report.problems:
+        table = Table("severity", "kind", "problem (file/row and reason)")
+        for p in report.problems:
+            style = "red" if p.severity == "error" else "yellow"
+            table.add_row(f"[{style}]{p.severity}[/{style}]", p.kind, p.message)
+        console.print(table)
+    verdict = "[green]valid[/green]" if report.ok else "[red]INVALID[/red]"
+    console.print(f"{verdict}: {len(report.errors)} errors, {len(report.warnings)} warnings")

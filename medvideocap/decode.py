@@ -1,0 +1,348 @@
+"""One frame-access interface over torchcodec, decord and PyAV.
+
+The loader asks for frames by index (or by timestamp) and gets ``uint8`` tensors ``(T, C, H, W)`` plus
+the presentation time of every frame it got, whichever library decoded them. Keeping the three behind
+one interface lets a user switch backend with one argument when one of them misbehaves on their
+platform (decord leaks and deadlocks after fork on some systems; torchcodec needs system FFmpeg).
+
+Decoders and file handles are cached per worker process and keyed by pid: an object created before a
+``DataLoader`` forks its workers is never used after the fork, because FFmpeg contexts and file offsets
+shared across a fork are the classic cause of hangs and garbage frames.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+Backend = Literal["torchcodec", "decord", "pyav"]
+BACKENDS: tuple[str, ...] = ("torchcodec", "decord", "pyav")
+
+VideoInput = str | Path | bytes
+
+
+class DecodeError(RuntimeError):
+    """A clip could not be decoded; the message names the clip and the reason."""
+
+
+class TimestampToleranceError(DecodeError):
+    """A frame decoded for a requested timestamp lies further from it than the tolerance allows."""
+
+
+@dataclass
+class Frames:
+    """Decoded frames: ``data`` is ``uint8 (T, C, H, W)``, ``pts`` the seconds each frame is shown."""
+
+    data: torch.Tensor
+    pts: torch.Tensor
+
+
+class Decoder:
+    """Random frame access to one clip. Subclasses fill the metadata and implement ``_decode``."""
+
+    backend: str = ""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.num_frames = 0
+        self.fps = 0.0
+        self.width = 0
+        self.height = 0
+        self.start = 0.0
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps if self.fps else 0.0
+
+    def frames_at(self, indices: Sequence[int]) -> Frames:
+        """Frames at presentation-order ``indices`` (repeats and any order allowed)."""
+        idx = [int(i) for i in indices]
+        if not idx:
+            raise DecodeError(f"{self.name}: no frame indices requested")
+        bad = [i for i in idx if i < 0 or i >= self.num_frames]
+        if bad:
+            raise DecodeError(
+                f"{self.name}: frame indices {bad[:5]} out of range, the clip has {self.num_frames} frames"
+            )
+        unique = sorted(set(idx))
+        try:
+            data, pts = self._decode(unique)
+        except DecodeError:
+            raise
+        except Exception as exc:  # every backend raises its own types; name the clip in one type
+            raise DecodeError(f"{self.name}: {self.backend} failed to decode: {exc}") from exc
+        if data.shape[0] != len(unique):
+            raise DecodeError(
+                f"{self.name}: {self.backend} returned {data.shape[0]} frames for {len(unique)} indices "
+                "(truncated file?)"
+            )
+        if unique != idx:
+            pos = torch.tensor([unique.index(i) for i in idx])
+            data, pts = data[pos], pts[pos]
+        return Frames(data=data, pts=pts)
+
+    def frames_at_times(self, seconds: Sequence[float], *, tolerance_s: float | None = None) -> Frames:
+        """Frames nearest to ``seconds``; a frame further than ``tolerance_s`` from its request is an error.
+
+        Like LeRobot's check: a request past the end of the clip or into a gap of a variable-frame-rate
+        file must fail loudly instead of silently returning some other frame. The default tolerance is
+        half a frame period (plus rounding slack), i.e. "the nearest frame really is that instant".
+        """
+        if tolerance_s is None:
+            tolerance_s = 0.5 / self.fps + 1e-4
+        times = [float(s) for s in seconds]
+        idx = [min(max(round((t - self.start) * self.fps), 0), self.num_frames - 1) for t in times]
+        frames = self.frames_at(idx)
+        dist = (frames.pts - torch.tensor(times, dtype=frames.pts.dtype)).abs()
+        worst = int(dist.argmax())
+        if float(dist[worst]) > tolerance_s:
+            raise TimestampToleranceError(
+                f"{self.name}: asked for t={times[worst]:.4f}s, nearest frame is at "
+                f"{float(frames.pts[worst]):.4f}s ({float(dist[worst]):.4f}s away, tolerance {tolerance_s:.4f}s); "
+                f"the clip spans {self.start:.3f}-{self.start + self.duration:.3f}s"
+            )
+        return frames
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most decoders free on garbage collection
+        """Release native resources early."""
+
+    def _decode(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class TorchCodecDecoder(Decoder):
+    """torchcodec's ``VideoDecoder`` in exact seek mode (frame index == presentation order)."""
+
+    backend = "torchcodec"
+
+    def __init__(self, source: VideoInput, *, name: str, threads: int = 1, transforms: Any = None) -> None:
+        super().__init__(name)
+        from torchcodec.decoders import VideoDecoder
+
+        src = str(source) if isinstance(source, Path) else source
+        try:
+            self._dec = VideoDecoder(
+                src, seek_mode="exact", num_ffmpeg_threads=threads, dimension_order="NCHW", transforms=transforms
+            )
+        except Exception as exc:
+            raise DecodeError(f"{name}: torchcodec cannot open it: {exc}") from exc
+        meta = self._dec.metadata
+        self.num_frames = int(meta.num_frames or 0)
+        self.fps = float(meta.average_fps or 0.0)
+        self.width, self.height = int(meta.width or 0), int(meta.height or 0)
+        self.start = float(meta.begin_stream_seconds or 0.0)
+        if self.num_frames <= 0 or self.fps <= 0:
+            raise DecodeError(f"{name}: torchcodec found no decodable video frames")
+
+    def _decode(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self._dec.get_frames_at(indices)
+        return batch.data, batch.pts_seconds.to(torch.float64)
+
+
+class DecordDecoder(Decoder):
+    """decord's ``VideoReader``; fast random access, but keep it inside the worker that made it."""
+
+    backend = "decord"
+
+    def __init__(self, source: VideoInput, *, name: str, threads: int = 1) -> None:
+        super().__init__(name)
+        import decord
+
+        src: Any = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+        try:
+            self._vr = decord.VideoReader(src, ctx=decord.cpu(0), num_threads=threads)
+        except Exception as exc:
+            raise DecodeError(f"{name}: decord cannot open it: {exc}") from exc
+        self.num_frames = len(self._vr)
+        self.fps = float(self._vr.get_avg_fps())
+        if self.num_frames <= 0 or self.fps <= 0:
+            raise DecodeError(f"{name}: decord found no decodable video frames")
+        first = self._vr[0].shape  # (H, W, C)
+        self.height, self.width = int(first[0]), int(first[1])
+        self.start = float(self._vr.get_frame_timestamp([0])[0, 0])
+        self._vr.seek(0)
+
+    def _decode(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        arr = self._vr.get_batch(indices).asnumpy()
+        pts = self._vr.get_frame_timestamp(indices)[:, 0]
+        return torch.from_numpy(arr).permute(0, 3, 1, 2), torch.from_numpy(np.asarray(pts, dtype=np.float64))
+
+
+class PyAVDecoder(Decoder):
+    """PyAV: packets are indexed once (demux only) so an index maps to an exact pts; frames are then
+    reached by seeking to the previous key frame and decoding forward, reusing the open decode run
+    when the next wanted frame lies ahead of it without a key frame in between."""
+
+    backend = "pyav"
+
+    def __init__(self, source: VideoInput, *, name: str, threads: int = 1) -> None:
+        super().__init__(name)
+        import av
+
+        self._src: Any = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+        try:
+            self._container = av.open(self._src)
+            stream = self._container.streams.video[0]
+        except Exception as exc:
+            raise DecodeError(f"{name}: PyAV cannot open it: {exc}") from exc
+        stream.thread_count = threads
+        self._stream = stream
+        pts: list[int] = []
+        keys: list[int] = []
+        try:
+            for packet in self._container.demux(stream):
+                if packet.pts is None or packet.size == 0:
+                    continue
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append(packet.pts)
+        except Exception as exc:
+            raise DecodeError(f"{name}: PyAV cannot read its packets: {exc}") from exc
+        if not pts:
+            raise DecodeError(f"{name}: PyAV found no video packets")
+        self._pts = sorted(pts)
+        self._keys = sorted(keys)
+        self._tb = float(stream.time_base)
+        self.num_frames = len(self._pts)
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else (self.num_frames - 1) / ((self._pts[-1] - self._pts[0]) * self._tb)
+        self.width, self.height = stream.codec_context.width, stream.codec_context.height
+        self.start = self._pts[0] * self._tb
+        self._run: Any = None
+        self._last: int | None = None
+
+    def _seek(self, target: int) -> None:
+        self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+        self._run = self._container.decode(self._stream)
+        self._last = None
+
+    def _decode(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        out: list[np.ndarray] = []
+        for i in indices:
+            target = self._pts[i]
+            last = self._last
+            if (
+                self._run is None
+                or last is None
+                or target <= last
+                or bisect.bisect_right(self._keys, target) > bisect.bisect_right(self._keys, last)
+            ):
+                self._seek(target)
+            found = None
+            for frame in self._run:
+                pts = frame.pts if frame.pts is not None else frame.dts
+                if pts is None:
+                    continue
+                self._last = pts
+                if pts >= target:
+                    found = frame if pts == target else None
+                    break
+            if found is None:
+                self._run = None
+                raise DecodeError(f"{self.name}: PyAV could not decode frame {i} (pts {target}); truncated?")
+            out.append(found.to_ndarray(format="rgb24"))
+        data = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+        pts_s = torch.tensor([self._pts[i] * self._tb for i in indices], dtype=torch.float64)
+        return data, pts_s
+
+    def close(self) -> None:
+        self._run = None
+        self._container.close()
+
+
+def open_decoder(
+    source: VideoInput, backend: str = "torchcodec", *, name: str | None = None, threads: int = 1, **options: Any
+) -> Decoder:
+    """A decoder for a file path or the encoded bytes of a clip.
+
+    ``threads`` is FFmpeg's per-decoder thread count; 1 is right inside DataLoader workers, where the
+    parallelism comes from the workers themselves.
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else f"<{len(source)} bytes>")
+    if backend == "torchcodec":
+        return TorchCodecDecoder(source, name=label, threads=threads, **options)
+    if backend == "decord":
+        return DecordDecoder(source, name=label, threads=threads)
+    if backend in ("pyav", "av"):
+        return PyAVDecoder(source, name=label, threads=threads)
+    raise ValueError(f"unknown decode backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+class PerProcessCache:
+    """A small LRU that forgets everything when used from a new process.
+
+    Entries made by a parent are dropped unclosed in a forked child (the parent still owns them); on
+    pickling (spawn workers) the cache travels empty.
+    """
+
+    def __init__(self, maxsize: int = 4, on_evict: Callable[[Any], None] | None = None) -> None:
+        self.maxsize = maxsize
+        self._on_evict = on_evict
+        self._pid = os.getpid()
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any, factory: Callable[[], Any]) -> Any:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._items = OrderedDict()
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = factory()
+        self._items[key] = value
+        while len(self._items) > self.maxsize:
+            _, old = self._items.popitem(last=False)
+            if self._on_evict is not None:
+                self._on_evict(old)
+        return value
+
+    def clear(self) -> None:
+        if self._pid == os.getpid() and self._on_evict is not None:
+            for value in self._items.values():
+                self._on_evict(value)
+        self._items = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items) if self._pid == os.getpid() else 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"maxsize": self.maxsize, "_on_evict": self._on_evict, "_pid": -1, "_items": OrderedDict()}
+
+
+def _close_decoder(decoder: Decoder) -> None:
+    decoder.close()
+
+
+def _close_fd(fd: int) -> None:
+    os.close(fd)
+
+
+class DecoderCache(PerProcessCache):
+    """Decoders reused within one worker (a clip read twice is not re-opened)."""
+
+    def __init__(self, maxsize: int = 4) -> None:
+        super().__init__(maxsize, on_evict=_close_decoder)
+
+
+class FileHandles(PerProcessCache):
+    """Read-only file descriptors per worker, for ``os.pread`` of tar members at known offsets."""
+
+    def __init__(self, maxsize: int = 64) -> None:
+        super().__init__(maxsize, on_evict=_close_fd)
+
+    def pread(self, path: str | Path, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset``; a short read (truncated shard) is an error naming the file."""
+        fd = self.get(str(path), lambda: os.open(path, os.O_RDONLY))
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise DecodeError(f"{path}: wanted {size} bytes at offset {offset}, got {len(data)} (truncated shard?)")
+        return data

@@ -1,0 +1,671 @@
+"""Pre-encode clips into a latent cache: Wan2.1 VAE latents + UMT5 prompt embeddings per clip.
+
+Training on pixels re-runs the VAE and the 5B-parameter text encoder every step; a cache pays that
+once. What makes this cache trustworthy (see ``medvideocap/latents.py`` for the format):
+
+* resume is keyed by clip id: finished shards are read back for their ids, so a rerun after a kill
+  encodes only what is missing and never writes an id twice; the last, partial shard is written at the end;
+* ranks (``RANK``/``WORLD_SIZE`` from torchrun or accelerate) take disjoint subsets of ids by a stable
+  hash and write their own ``rank-R-*`` files, so no merge step is needed and a different number of ranks
+  on a rerun still never encodes an id twice (finished ids are skipped whoever wrote them);
+* ``encode_batch`` is one plain per-batch function: the in-process engine and Ray Data call the same one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from medvideocap.latents import (
+    DROPPED_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    ShardWriter,
+    array_bytes,
+    atomic_write_bytes,
+    finished_ids,
+    write_manifest,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from medvideocap.frames import FrameSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+DROPPED_SCHEMA = pa.schema([("id", pa.string()), ("stage", pa.string()), ("reason", pa.string())])
+
+
+@dataclass
+class EncodeConfig:
+    """Everything that decides what the cached bytes mean (it becomes the manifest) plus how to run."""
+
+    vae: str = DEFAULT_MODEL
+    vae_subfolder: str | None = "vae"
+    vae_revision: str | None = None
+    text_encoder: str | None = None  # None: the same repo/folder as the VAE (Wan layout)
+    text_encoder_subfolder: str | None = "text_encoder"
+    tokenizer_subfolder: str | None = "tokenizer"
+    text_encoder_revision: str | None = None
+    max_length: int = 512
+    store: Literal["moments", "sample"] = "moments"
+    caption: str = "detailed"
+    storage_dtype: Literal["float32", "float16"] = "float32"
+    sample_seed: int = 0
+    # how to run (not part of the fingerprint)
+    device: str | None = None
+    compute_dtype: str | None = None  # None: bfloat16 on CUDA, float32 on CPU
+    batch_size: int = 1
+    tiling: bool = False
+    slicing: bool = False
+    rows_per_shard: int = 64
+    backend: str = "torchcodec"  # video decoder used by medvideocap.load
+    frames: Any = None  # FrameSpec; None: the default spec with a deterministic (centre) window
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_device(self) -> str:
+        import torch
+
+        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def resolved_compute_dtype(self) -> str:
+        if self.compute_dtype:
+            return self.compute_dtype
+        return "bfloat16" if self.resolved_device().startswith("cuda") else "float32"
+
+    def frame_spec(self) -> FrameSpec:
+        from medvideocap.frames import FrameSpec
+
+        return self.frames if self.frames is not None else FrameSpec(position="center")
+
+
+# ----------------------------------------------------------------------------------------------------
+# models
+
+
+def _local_or_hub(name: str, subfolder: str | None) -> Path | None:
+    p = Path(name)
+    if p.exists():
+        return p / subfolder if subfolder else p
+    return None
+
+
+def _revision_of(name: str, subfolder: str | None, revision: str | None) -> str:
+    """The commit a hub model resolved to (from the local HF cache), or a content hash of a local folder.
+
+    The real Wan folders are ~12 GB, so big files are identified by size plus their first and last MiB
+    (safetensors headers carry every tensor's name, dtype and shape).
+    """
+    local = _local_or_hub(name, subfolder)
+    if local is None:
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(
+                name,
+                revision=revision,
+                local_files_only=True,
+                allow_patterns=[f"{subfolder}/*"] if subfolder else None,
+            )
+            return Path(path).name
+        except Exception:  # noqa: BLE001 - offline lookup is best effort; the requested revision is recorded
+            return revision or "main"
+    h = hashlib.sha256()
+    files = sorted(q for q in local.rglob("*") if q.is_file()) if local.is_dir() else [local]
+    for q in files:
+        size = q.stat().st_size
+        h.update(f"{q.relative_to(local) if local.is_dir() else q.name}:{size}\n".encode())
+        with open(q, "rb") as f:
+            if size <= 64 << 20:
+                h.update(f.read())
+            else:
+                h.update(f.read(1 << 20))
+                f.seek(size - (1 << 20))
+                h.update(f.read())
+    return "sha256:" + h.hexdigest()
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"compute dtype must be one of {sorted(dtypes)}, not {name!r}")
+    return dtypes[name]
+
+
+def load_vae(config: EncodeConfig) -> Any:
+    """Any diffusers video VAE (``AutoencoderKLWan`` by default) from a hub id or a local folder."""
+    from diffusers import AutoModel
+
+    kwargs: dict[str, Any] = {"torch_dtype": _torch_dtype(config.resolved_compute_dtype())}
+    if config.vae_subfolder:
+        kwargs["subfolder"] = config.vae_subfolder
+    if config.vae_revision:
+        kwargs["revision"] = config.vae_revision
+    vae = AutoModel.from_pretrained(config.vae, **kwargs)
+    if not hasattr(vae, "encode"):
+        raise ValueError(f"{config.vae} ({type(vae).__name__}) is not a VAE: it has no encode()")
+    vae = vae.to(config.resolved_device()).eval().requires_grad_(False)
+    if config.tiling:
+        vae.enable_tiling()
+    if config.slicing:
+        vae.enable_slicing()
+    return vae
+
+
+def load_text_encoder(config: EncodeConfig) -> tuple[Any, Any]:
+    """UMT5 (Wan) or T5 encoder + its tokenizer, from the text-encoder repo/folder (default: the VAE's)."""
+    from transformers import AutoConfig, AutoTokenizer, T5EncoderModel, UMT5EncoderModel
+
+    name = config.text_encoder or config.vae
+    kw: dict[str, Any] = {}
+    if config.text_encoder_revision:
+        kw["revision"] = config.text_encoder_revision
+    model_config = AutoConfig.from_pretrained(name, subfolder=config.text_encoder_subfolder or "", **kw)
+    classes = {"umt5": UMT5EncoderModel, "t5": T5EncoderModel}
+    if model_config.model_type not in classes:
+        raise ValueError(
+            f"{name}/{config.text_encoder_subfolder}: text encoder type {model_config.model_type!r} is not "
+            f"supported (expected one of {sorted(classes)})"
+        )
+    encoder = classes[model_config.model_type].from_pretrained(
+        name,
+        subfolder=config.text_encoder_subfolder or "",
+        torch_dtype=_torch_dtype(config.resolved_compute_dtype()),
+        **kw,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(name, subfolder=config.tokenizer_subfolder or "", **kw)
+    return encoder.to(config.resolved_device()).eval().requires_grad_(False), tokenizer
+
+
+def _vae_normalization(vae: Any) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) such that training latents are ``(z - mean) / std``.
+
+    Wan VAEs carry ``latents_mean``/``latents_std``; SD-style VAEs a ``shift_factor``/``scaling_factor``,
+    which is the same thing with one value for every channel.
+    """
+    cfg = vae.config
+    if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
+        return [float(v) for v in cfg.latents_mean], [float(v) for v in cfg.latents_std]
+    channels = int(getattr(cfg, "z_dim", None) or getattr(cfg, "latent_channels", 0))
+    scale = getattr(cfg, "scaling_factor", None)
+    if not channels or scale is None:
+        raise ValueError(f"{type(vae).__name__}: config has neither latents_mean/std nor scaling_factor")
+    shift = float(getattr(cfg, "shift_factor", None) or 0.0)
+    return [shift] * channels, [1.0 / float(scale)] * channels
+
+
+def build_manifest(config: EncodeConfig, vae: Any) -> dict[str, Any]:
+    mean, std = _vae_normalization(vae)
+    spec = config.frame_spec()
+    frame_spec = dataclasses.asdict(spec)
+    if frame_spec.get("buckets") is not None:
+        frame_spec["buckets"] = [list(b) for b in frame_spec["buckets"]]
+    text_name = config.text_encoder or config.vae
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vae_id": config.vae,
+        "vae_subfolder": config.vae_subfolder,
+        "vae_revision": _revision_of(config.vae, config.vae_subfolder, config.vae_revision),
+        "vae_class": type(vae).__name__,
+        "latents_mean": mean,
+        "latents_std": std,
+        "normalization": "none: stored latents are raw VAE output; train on (z - latents_mean) / latents_std",
+        "store": config.store,
+        "frame_spec": frame_spec,
+        "text_encoder_id": text_name,
+        "text_encoder_subfolder": config.text_encoder_subfolder,
+        "text_encoder_revision": _revision_of(
+            text_name, config.text_encoder_subfolder, config.text_encoder_revision
+        ),
+        "tokenizer_subfolder": config.tokenizer_subfolder,
+        "max_length": config.max_length,
+        "caption": config.caption,
+        "compute_dtype": config.resolved_compute_dtype(),
+        "storage_dtype": config.storage_dtype,
+        "sample_seed": config.sample_seed,
+        "text_padding": "unpadded: text_embedding holds the first text_len rows of the max_length encoding",
+        "created_with": "medvideocap encode-latents",
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# the per-batch function
+
+
+def _clean_prompt(text: str) -> str:
+    # Wan's pipeline collapses whitespace before tokenising; embed exactly what inference will see.
+    return " ".join(text.split())
+
+
+def _id_seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+class BatchEncoder:
+    """Holds the models; ``encode_batch`` turns items of one frame shape into cache rows."""
+
+    def __init__(
+        self, config: EncodeConfig, *, vae: Any = None, text_encoder: Any = None, tokenizer: Any = None
+    ):
+        self.config = config
+        self.device = config.resolved_device()
+        self.dtype = _torch_dtype(config.resolved_compute_dtype())
+        self.vae = vae if vae is not None else load_vae(config)
+        if text_encoder is None or tokenizer is None:
+            text_encoder, tokenizer = load_text_encoder(config)
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.manifest = build_manifest(config, self.vae)
+        self.fingerprint = ""  # set by the caller once the manifest is written
+
+    def encode_videos(self, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, T, H, W) in [-1, 1] -> posterior (mean, logvar), float32 on the CPU."""
+        import torch
+
+        with torch.inference_mode():
+            dist = self.vae.encode(videos.to(self.device, self.dtype)).latent_dist
+            return dist.mean.float().cpu(), dist.logvar.float().cpu()
+
+    def encode_texts(self, texts: list[str]) -> list[torch.Tensor]:
+        """Unpadded (L_i, D) embeddings, computed exactly as Wan's pipeline does (max_length padding)."""
+        import torch
+
+        tok = self.tokenizer(
+            [_clean_prompt(t) for t in texts],
+            padding="max_length",
+            max_length=self.config.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        lens = tok.attention_mask.gt(0).sum(dim=1).tolist()
+        with torch.inference_mode():
+            hidden = self.text_encoder(
+                tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
+            ).last_hidden_state
+        return [hidden[i, :n].float().cpu() for i, n in enumerate(lens)]
+
+    def encode_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Items as ``medvideocap.load`` yields them (same frame shape) -> rows of the cache schema."""
+        import torch
+
+        videos = torch.stack([it["video"] for it in items])
+        mean, logvar = self.encode_videos(videos)
+        logvar = logvar.clamp(-30.0, 20.0)
+        texts = self.encode_texts([it["caption"] for it in items])
+        sdt = np.dtype(self.config.storage_dtype)
+        rows = []
+        for b, it in enumerate(items):
+            if self.config.store == "sample":
+                g = torch.Generator().manual_seed(_id_seed(self.config.sample_seed, it["id"]))
+                z = mean[b] + torch.exp(0.5 * logvar[b]) * torch.randn(mean[b].shape, generator=g)
+                lat, lv = z, None
+            else:
+                lat, lv = mean[b], logvar[b]
+            latent_bytes, latent_shape, latent_dtype = array_bytes(lat.numpy().astype(sdt))
+            text_bytes, text_shape, text_dtype = array_bytes(texts[b].numpy().astype(sdt))
+            mask_bytes, mask_shape, mask_dtype = array_bytes(np.ones(text_shape[0], dtype=np.bool_))
+            rec = it.get("record")
+            ts = it.get("timestamps")
+            ts_list = [float(t) for t in ts.tolist()] if ts is not None else None
+            _, _, t, h, w = videos.shape
+            row = {
+                "id": it["id"],
+                "vae_latent_bytes": latent_bytes,
+                "vae_latent_shape": latent_shape,
+                "vae_latent_dtype": latent_dtype,
+                "text_embedding_bytes": text_bytes,
+                "text_embedding_shape": text_shape,
+                "text_embedding_dtype": text_dtype,
+                "text_attention_mask_bytes": mask_bytes,
+                "text_attention_mask_shape": mask_shape,
+                "text_attention_mask_dtype": mask_dtype,
+                "file_name": getattr(rec, "file_name", None) or f"{it['id']}.mp4",
+                "caption": it["caption"],
+                "media_type": "video",
+                "width": int(w),
+                "height": int(h),
+                "num_frames": int(t),
+                "duration_sec": (ts_list[-1] - ts_list[0]) if ts_list and len(ts_list) > 1 else None,
+                "fps": _sampled_fps(ts_list),
+                "split": getattr(rec, "split", None),
+                "latent_kind": self.config.store,
+                "vae_logvar_bytes": None,
+                "vae_logvar_shape": None,
+                "vae_logvar_dtype": None,
+                "text_len": int(text_shape[0]),
+                "frame_timestamps": ts_list,
+                "source_duration_sec": float(rec.duration) if rec is not None else None,
+                "fingerprint": self.fingerprint,
+            }
+            if lv is not None:
+                lv_bytes, lv_shape, lv_dtype = array_bytes(lv.numpy().astype(sdt))
+                row.update(vae_logvar_bytes=lv_bytes, vae_logvar_shape=lv_shape, vae_logvar_dtype=lv_dtype)
+            rows.append(row)
+        return rows
+
+
+def _sampled_fps(ts: list[float] | None) -> float | None:
+    if not ts or len(ts) < 2 or ts[-1] <= ts[0]:
+        return None
+    return round((len(ts) - 1) / (ts[-1] - ts[0]), 6)
+
+
+# ----------------------------------------------------------------------------------------------------
+# work split, resume, engines
+
+
+def rank_of(clip_id: str, world_size: int) -> int:
+    """The rank that owns a clip: a stable hash, the same in every process, run and Python version."""
+    return int.from_bytes(hashlib.sha256(clip_id.encode()).digest()[:8], "big") % world_size
+
+
+def dist_env(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """Rank and world size from arguments, else the RANK/WORLD_SIZE that torchrun and accelerate set."""
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return rank, world_size
+
+
+def _batched_by_shape(items: Iterable[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    """Batches of items whose videos share a shape (buckets), the last partial ones included."""
+    pending: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+    for it in items:
+        key = tuple(it["video"].shape)
+        bucket = pending.setdefault(key, [])
+        bucket.append(it)
+        if len(bucket) == batch_size:
+            del pending[key]
+            yield bucket
+    yield from pending.values()
+
+
+class DroppedLog:
+    """Clips a rank could not encode, with the reason; rewritten atomically so it survives kills."""
+
+    def __init__(self, root: Path, split: str, rank: int):
+        self.path = Path(root) / split / DROPPED_NAME.format(rank=rank)
+        self.rows: list[dict[str, str]] = []
+        if self.path.exists():
+            self.rows = pq.read_table(self.path).to_pylist()
+
+    def add(self, clip_id: str, stage: str, reason: str) -> None:
+        log.warning("dropping %s at %s: %s", clip_id, stage, reason)
+        self.rows.append({"id": clip_id, "stage": stage, "reason": reason})
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(self.rows, schema=DROPPED_SCHEMA), sink)
+        atomic_write_bytes(self.path, sink.getvalue().to_pybytes())
+
+
+@dataclass
+class EncodeReport:
+    """What a run did, for the CLI and for tests."""
+
+    split: str
+    rank: int
+    world_size: int
+    assigned: int = 0
+    skipped_done: int = 0
+    encoded: int = 0
+    dropped: int = 0
+    shards: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+
+
+def encode_items(
+    items: Iterable[dict[str, Any]],
+    out: str | Path,
+    split: str,
+    encoder: BatchEncoder,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    report: EncodeReport | None = None,
+) -> EncodeReport:
+    """The core loop over already-loaded items (the in-process engine): skip finished ids, keep this
+    rank's ids, batch by shape, encode, write shards. Items are dicts with ``video`` (C, T, H, W) in
+    [-1, 1], ``caption``, ``id`` and optionally ``timestamps`` and ``record``."""
+    out = Path(out)
+    manifest = write_manifest(out, encoder.manifest)
+    encoder.fingerprint = manifest["fingerprint"]
+    report = report or EncodeReport(split=split, rank=rank, world_size=world_size)
+    report.fingerprint = encoder.fingerprint
+    done = finished_ids(out, split)
+    writer = ShardWriter(out, split, rank, rows_per_shard=encoder.config.rows_per_shard)
+
+    def todo() -> Iterator[dict[str, Any]]:
+        for it in items:
+            if rank_of(it["id"], world_size) != rank:
+                continue
+            report.assigned += 1
+            if it["id"] in done:
+                report.skipped_done += 1
+                continue
+            done.add(it["id"])
+            yield it
+
+    for batch in _batched_by_shape(todo(), encoder.config.batch_size):
+        for row in encoder.encode_batch(batch):
+            writer.add(row)
+            report.encoded += 1
+    writer.flush()
+    report.shards += [str(p) for p in writer.written]
+    return report
+
+
+def _source_dataset(source: str | Path, split: str, config: EncodeConfig) -> Any:
+    from medvideocap.load import load
+
+    return load(
+        source,
+        split,
+        frames=config.frame_spec(),
+        caption=config.caption,
+        output="float",
+        backend=config.backend,
+        shuffle=False,
+        on_error="raise",
+    )
+
+
+def _dataset_ids(dataset: Any) -> list[str] | None:
+    """Clip ids by index without decoding, when the pixel dataset exposes them."""
+    for attr in ("ids", "clip_ids"):
+        value = getattr(dataset, attr, None)
+        if value is not None:
+            return list(value() if callable(value) else value)
+    records = getattr(dataset, "records", None)
+    if records is not None:
+        return [r.id for r in (records() if callable(records) else records)]
+    return None
+
+
+def _iter_source(
+    dataset: Any, ids: list[str], wanted: set[str], dropped: DroppedLog
+) -> Iterator[dict[str, Any]]:
+    """Load only the clips this rank still needs; a clip that fails to decode is logged, not fatal."""
+    for i, clip_id in enumerate(ids):
+        if clip_id not in wanted:
+            continue
+        try:
+            item = dataset[i]
+        except Exception as exc:  # noqa: BLE001 - one bad clip must not stop a day-long job
+            dropped.add(clip_id, "load", f"{type(exc).__name__}: {exc}")
+            continue
+        if item is None:
+            skipped = getattr(getattr(dataset, "stats", None), "skipped_ids", None)
+            reason = skipped[-1][1] if skipped else "the loader skipped the clip"
+            dropped.add(clip_id, "load", reason)
+            continue
+        yield item
+
+
+def encode_latents(
+    source: str | Path,
+    out: str | Path,
+    *,
+    splits: Iterable[str] = ("train",),
+    config: EncodeConfig | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    engine: Literal["local", "ray"] = "local",
+    limit: int | None = None,
+) -> list[EncodeReport]:
+    """Encode every clip of ``splits`` of any source ``medvideocap.load`` reads into a cache at ``out``.
+
+    Safe to rerun: finished ids are skipped. Run it under torchrun/accelerate for several GPUs (each
+    rank takes its hash share of the ids), or with ``engine="ray"`` to spread batches over a Ray cluster.
+    """
+    config = config or EncodeConfig()
+    rank, world_size = dist_env(rank, world_size)
+    out = Path(out)
+    encoder = BatchEncoder(config) if engine == "local" else None
+    reports = []
+    for split in splits:
+        dataset = _source_dataset(source, split, config)
+        ids = _dataset_ids(dataset)
+        if ids is None:
+            raise TypeError(f"{source}: the pixel dataset for {split!r} does not expose clip ids by index")
+        if limit is not None:
+            ids = ids[:limit]
+        if engine == "ray":
+            reports.append(_encode_with_ray(source, dataset, ids, out, split, config, rank, world_size))
+            continue
+        assert encoder is not None
+        manifest = write_manifest(out, encoder.manifest)
+        encoder.fingerprint = manifest["fingerprint"]
+        done = finished_ids(out, split)
+        dropped = DroppedLog(out, split, rank)
+        report = EncodeReport(split=split, rank=rank, world_size=world_size)
+        mine = [cid for cid in ids if rank_of(cid, world_size) == rank]
+        report.assigned = len(mine)
+        report.skipped_done = sum(cid in done for cid in mine)
+        before = len(dropped.rows)
+        items = _iter_source(dataset, ids, {cid for cid in mine if cid not in done}, dropped)
+        inner = encode_items(items, out, split, encoder, rank=rank, world_size=world_size)
+        report.encoded = inner.encoded
+        report.shards = inner.shards
+        report.fingerprint = inner.fingerprint
+        report.dropped = len(dropped.rows) - before
+        log.info(
+            "%s rank %d/%d: %d assigned, %d already done, %d encoded, %d dropped",
+            split,
+            rank,
+            world_size,
+            report.assigned,
+            report.skipped_done,
+            report.encoded,
+            report.dropped,
+        )
+        reports.append(report)
+    return reports
+
+
+class _RayEncodeFn:
+    """A Ray Data actor: loads models and the pixel dataset once, then runs ``encode_batch``."""
+
+    def __init__(self, source: str, split: str, config: EncodeConfig, fingerprint: str):
+        self.dataset = _source_dataset(source, split, config)
+        self.encoder = BatchEncoder(config)
+        self.encoder.fingerprint = fingerprint
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        rows: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        items = []
+        for index, clip_id in zip(batch["index"], batch["id"], strict=True):
+            try:
+                items.append(self.dataset[int(index)])
+            except Exception as exc:  # noqa: BLE001 - recorded as dropped by the driver
+                failed.append({"id": str(clip_id), "error": f"{type(exc).__name__}: {exc}"})
+        for group in _batched_by_shape(items, max(1, len(items))):
+            rows.extend(self.encoder.encode_batch(group))
+        for f in failed:
+            rows.append({"id": f["id"], "__error__": f["error"]})
+        names = {k for r in rows for k in r}
+        return {k: [r.get(k) for r in rows] for k in sorted(names)}
+
+
+def _encode_with_ray(
+    source: str | Path,
+    dataset: Any,
+    ids: list[str],
+    out: Path,
+    split: str,
+    config: EncodeConfig,
+    rank: int,
+    world_size: int,
+) -> EncodeReport:
+    """Same ids, resume and shard files as the local engine; Ray actors do the encoding, this driver
+    (one rank) writes the shards, so the cache looks the same whichever engine made it."""
+    import ray
+    import torch
+
+    vae = load_vae(dataclasses.replace(config, device="cpu", compute_dtype="float32"))
+    probe = dataclasses.replace(
+        config, device=config.resolved_device(), compute_dtype=config.resolved_compute_dtype()
+    )
+    manifest = write_manifest(out, build_manifest(probe, vae))
+    del vae
+    done = finished_ids(out, split)
+    dropped = DroppedLog(out, split, rank)
+    report = EncodeReport(split=split, rank=rank, world_size=world_size, fingerprint=manifest["fingerprint"])
+    todo = []
+    for i, cid in enumerate(ids):
+        if rank_of(cid, world_size) != rank:
+            continue
+        report.assigned += 1
+        if cid in done:
+            report.skipped_done += 1
+        else:
+            todo.append({"index": i, "id": cid})
+    if not todo:
+        return report
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    use_gpu = torch.cuda.is_available() and probe.resolved_device().startswith("cuda")
+    ds = ray.data.from_items(todo).map_batches(
+        _RayEncodeFn,
+        fn_constructor_kwargs={
+            "source": str(source),
+            "split": split,
+            "config": probe,
+            "fingerprint": manifest["fingerprint"],
+        },
+        batch_size=config.batch_size,
+        batch_format="default",
+        num_gpus=1 if use_gpu else 0,
+        concurrency=int(config.extra.get("ray_concurrency", 1)),
+    )
+    writer = ShardWriter(out, split, rank, rows_per_shard=config.rows_per_shard)
+    for row in ds.iter_rows():
+        row = dict(row)
+        if row.get("__error__"):
+            dropped.add(row["id"], "load", row["__error__"])
+            report.dropped += 1
+            continue
+        row.pop("__error__", None)
+        for k, v in list(row.items()):
+            if isinstance(v, np.ndarray):
+                row[k] = v.tolist()
+        writer.add(row)
+        report.encoded += 1
+    writer.flush()
+    report.shards = [str(p) for p in writer.written]
+    return report

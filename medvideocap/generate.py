@@ -1,0 +1,195 @@
+"""Sample videos from a trained MedGen checkpoint (``medvideocap generate``).
+
+A "checkpoint" here is anything the trainer writes, so a researcher can sample from a run without knowing
+its layout: a full pipeline folder (``model_index.json``), a LoRA export or training checkpoint
+(``pytorch_lora_weights.safetensors``, applied to ``--base``), or a bare ``transformer/`` folder (paired with
+``--base``'s VAE, text encoder and scheduler). The base model defaults to what the run recorded in
+``medvideocap_train.json``, else the real Wan2.1-T2V-1.3B id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+RUN_FILE = "medvideocap_train.json"
+
+
+def describe_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
+    """What kind of checkpoint a folder holds and which base model it needs (``kind``: pipeline, lora or
+    transformer). Raises with what was expected when the folder is none of them."""
+    path = Path(checkpoint)
+    run: dict[str, Any] = {}
+    for candidate in (path / RUN_FILE, path.parent.parent / RUN_FILE):
+        if candidate.is_file():
+            run = json.loads(candidate.read_text())
+            break
+    if (path / "model_index.json").is_file():
+        kind = "pipeline"
+    elif (path / LORA_FILE).is_file():
+        kind = "lora"
+    elif (path / "transformer" / "config.json").is_file():
+        kind = "transformer"
+    else:
+        raise FileNotFoundError(
+            f"{path}: not a checkpoint: expected model_index.json (full pipeline), {LORA_FILE} (LoRA) "
+            "or transformer/config.json (full fine-tune transformer)"
+        )
+    return {"kind": kind, "base": run.get("model_id"), "revision": run.get("revision")}
+
+
+def load_pipeline(
+    checkpoint: str | Path,
+    *,
+    base: str | None = None,
+    revision: str | None = None,
+    device: str | None = None,
+    dtype: Any = None,
+) -> Any:
+    """A ``WanPipeline`` with the checkpoint's weights, on ``device`` (CUDA when available)."""
+    import torch
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    info = describe_checkpoint(checkpoint)
+    base = base or info["base"] or DEFAULT_BASE
+    revision = revision or info["revision"]
+    if info["kind"] == "pipeline":
+        pipe = WanPipeline.from_pretrained(checkpoint, torch_dtype=dtype)
+    elif info["kind"] == "transformer":
+        transformer = WanTransformer3DModel.from_pretrained(checkpoint, subfolder="transformer", torch_dtype=dtype)
+        pipe = WanPipeline.from_pretrained(base, revision=revision, transformer=transformer, torch_dtype=dtype)
+    else:
+        pipe = WanPipeline.from_pretrained(base, revision=revision, torch_dtype=dtype)
+        pipe.load_lora_weights(str(checkpoint))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 16.0) -> Path:
+    """Write (T, H, W, 3) frames (float in [0, 1] or uint8) as H.264 mp4, atomically.
+
+    Odd sizes are padded by one pixel (yuv420p needs even dimensions) rather than failing on a tiny test."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    video = np.asarray(frames)
+    if video.dtype != np.uint8:
+        video = (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
+    if pad_h or pad_w:
+        video = np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    tmp = path.with_name(f".{path.name}.tmp")
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=int(round(fps)))
+        stream.width, stream.height = video.shape[2], video.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18"}
+        for frame in video:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    os.replace(tmp, path)
+    return path
+
+
+def contact_sheet(videos: Sequence[np.ndarray], path: str | Path, columns: int = 5) -> Path:
+    """One PNG row per video, ``columns`` evenly spaced frames each, so a run's progress is one glance."""
+    from PIL import Image
+
+    rows = []
+    for video in videos:
+        v = np.asarray(video)
+        if v.dtype != np.uint8:
+            v = (np.clip(v, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        idx = np.linspace(0, len(v) - 1, num=min(columns, len(v))).round().astype(int)
+        row = np.concatenate([v[i] for i in idx], axis=1)
+        rows.append(row)
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def sample_videos(
+    pipe: Any,
+    prompts: Sequence[str],
+    *,
+    num_frames: int = 81,
+    height: int = 480,
+    width: int = 832,
+    steps: int = 50,
+    guidance: float = 5.0,
+    seed: int = 0,
+    negative_prompt: str | None = None,
+) -> list[np.ndarray]:
+    """One (T, H, W, 3) float video per prompt; prompt i always uses seed + i, so runs are comparable."""
+    import torch
+
+    videos = []
+    for i, prompt in enumerate(prompts):
+        generator = torch.Generator(device="cpu").manual_seed(seed + i)
+        out = pipe(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generator,
+            output_type="np",
+        )
+        videos.append(np.asarray(out.frames[0]))
+    return videos
+
+
+def generate(
+    checkpoint: str | Path,
+    prompt: str,
+    out: str | Path,
+    *,
+    base: str | None = None,
+    frames: int = 81,
+    height: int = 480,
+    width: int = 832,
+    steps: int = 50,
+    guidance: float = 5.0,
+    seed: int = 0,
+    negative_prompt: str | None = None,
+    fps: float = 16.0,
+    device: str | None = None,
+) -> Path:
+    """Sample one video for ``prompt`` from ``checkpoint`` and write it to ``out`` (mp4)."""
+    if (frames - 1) % 4:
+        raise ValueError(f"frames={frames}: Wan's VAE needs 4k+1 frames (e.g. 81, 49, 17, 5)")
+    if height % 16 or width % 16:
+        raise ValueError(f"{height}x{width}: height and width must be multiples of 16 (VAE 8x, patch 2x)")
+    pipe = load_pipeline(checkpoint, base=base, device=device)
+    (video,) = sample_videos(
+        pipe,
+        [prompt],
+        num_frames=frames,
+        height=height,
+        width=width,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        negative_prompt=negative_prompt,
+    )
+    return write_mp4(video, out, fps=fps)

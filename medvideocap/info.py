@@ -1,0 +1,79 @@
+"""What a dataset is, at a glance: layout, schema version, counts per split and category, sizes.
+
+Cheap by design (metadata and file listings only, no decoding, no video download for repo ids), so it
+is the first thing to run on anything; ``validate`` is the thorough check.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from medvideocap.layout import HUB_NATIVE
+from medvideocap.schema import SCHEMA_VERSION
+from medvideocap.stats import load_metadata
+
+
+def _counts(frame: pl.DataFrame, column: str) -> dict[str, int]:
+    series = frame[column].value_counts(sort=True)
+    return {str(k): int(v) for k, v in series.iter_rows()}
+
+
+def info(path_or_repo: str | Path, *, revision: str | None = None) -> dict[str, Any]:
+    """A JSON-serialisable summary of a dataset (local folder or Hub repo id)."""
+    table = load_metadata(path_or_repo, revision=revision)
+    root, frame = table.root, table.frame
+    result: dict[str, Any] = {
+        "source": table.source,
+        "layout": table.layout,
+        "root": str(root),
+        "clips": frame.height,
+        "hours": round(float(frame["duration"].sum()) / 3600, 4) if frame.height else 0.0,
+        "splits": _counts(frame, "split"),
+        "categories": _counts(frame, "category"),
+        "notes": list(table.notes),
+    }
+    if table.layout == HUB_NATIVE:
+        from medvideocap.hubnative import HubNativeDataset
+
+        ds = HubNativeDataset(root)
+        result["schema_version"] = str(ds.info.get("schema_version"))
+        for key in ("fingerprint", "created_with"):
+            if key in ds.info:
+                result[key] = ds.info[key]
+        shards = sorted(root.glob("data/*/shard-*.tar"))
+        result["files"] = {
+            "shards": {s: len(list((root / "data" / s).glob("shard-*.tar"))) for s in ds.splits},
+            "metadata": sorted(str(p.relative_to(root)) for p in root.glob("metadata/*.parquet")),
+        }
+        result["bytes"] = {
+            "videos": sum(p.stat().st_size for p in shards),
+            "metadata": sum(p.stat().st_size for p in root.glob("metadata/*.parquet")),
+        }
+        if not shards:
+            result["notes"].append("video shards not downloaded (metadata only)")
+    else:
+        release = table.upstream
+        result["schema_version"] = f"upstream JSON (unversioned; read as schema {SCHEMA_VERSION})"
+        result["records"] = release.num_rows
+        members = 0
+        for z in release.zips:
+            try:
+                with zipfile.ZipFile(z) as zf:
+                    members += sum(1 for i in zf.infolist() if not i.is_dir())
+            except zipfile.BadZipFile:
+                result["notes"].append(f"{z.name}: not a readable zip")
+        result["files"] = {"zips": [z.name for z in release.zips], "metadata": release.metadata_path.name}
+        result["video_members"] = members
+        result["bytes"] = {
+            "videos": sum(z.stat().st_size for z in release.zips),
+            "metadata": release.metadata_path.stat().st_size,
+        }
+        if not release.zips:
+            result["notes"].append("videos_*.zip not downloaded (metadata only)")
+        if release.problems:
+            result["notes"].append(f"{len(release.problems)} problems found while reading; run `validate`")
+    return result

@@ -1,0 +1,110 @@
+"""Which kind of dataset a path or Hub repo id holds, and where its files are on disk.
+
+Two layouts exist: the ``upstream`` release (``videos_*.zip`` + one JSON file, as published) and our
+``hub-native`` layout (webdataset shards + metadata parquet + ``meta/info.json``, see DESIGN.md). Every
+verb that takes ``PATH_OR_REPO`` goes through :func:`resolve`, so each accepts both layouts, local or on
+the Hub. Downloads use ``huggingface_hub.snapshot_download``, which resumes interrupted files and
+skips files already in the local cache, so a second call is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+UPSTREAM = "upstream"
+HUB_NATIVE = "hub-native"
+HUB_NATIVE_FORMAT = "medvideocap/hub-native"
+Kind = Literal["upstream", "hub-native"]
+
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+# Files worth fetching to find out what a repo is, and to read its metadata without videos.
+METADATA_PATTERNS = ["README.md", "*.json", "*.jsonl", "meta/*", "metadata/*.parquet"]
+VIDEO_PATTERNS = {UPSTREAM: ["videos_*.zip"], HUB_NATIVE: ["data/*/shard-*.tar"]}
+
+
+class LayoutError(ValueError):
+    """The path is neither layout; the message says what was looked for."""
+
+
+def looks_like_repo_id(value: str | Path) -> bool:
+    """``owner/name`` that is not an existing local path."""
+    text = str(value)
+    return not Path(text).exists() and bool(_REPO_RE.match(text))
+
+
+def local_or_download(
+    path_or_repo: str | Path, *, revision: str | None = None, allow_patterns: list[str] | None = None
+) -> Path:
+    """A local folder as is; a Hub dataset repo id downloaded (only ``allow_patterns``) to the HF cache."""
+    path = Path(path_or_repo).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise LayoutError(f"{path}: expected a dataset folder, got a file")
+        return path
+    if not looks_like_repo_id(path_or_repo):
+        raise LayoutError(f"{path_or_repo}: no such folder, and not a Hub repo id like 'owner/name'")
+    from huggingface_hub import snapshot_download
+
+    local = snapshot_download(
+        repo_id=str(path_or_repo), repo_type="dataset", revision=revision, allow_patterns=allow_patterns
+    )
+    return Path(local)
+
+
+def is_hub_native(path: Path) -> bool:
+    """``meta/info.json`` saying ``format: medvideocap/hub-native``, or shards + metadata parquet."""
+    path = Path(path)
+    info = path / "meta" / "info.json"
+    if info.is_file():
+        try:
+            if json.loads(info.read_text()).get("format") == HUB_NATIVE_FORMAT:
+                return True
+        except (json.JSONDecodeError, AttributeError, OSError):
+            pass
+    return any(path.glob("data/*/shard-*.tar")) and any(path.glob("metadata/*.parquet"))
+
+
+def detect(path: Path, *, videos: bool = True) -> Kind | None:
+    """The layout of a local folder, or None. ``videos=False`` accepts folders whose video files were
+    not downloaded (metadata only)."""
+    from medvideocap.upstream import is_upstream_release
+
+    path = Path(path)
+    if is_hub_native(path) or (not videos and (path / "meta" / "info.json").is_file()):
+        return HUB_NATIVE
+    if is_upstream_release(path):
+        return UPSTREAM
+    if not videos and any(path.glob("*.json")) and not (path / "meta").exists():
+        return UPSTREAM
+    return None
+
+
+def resolve(path_or_repo: str | Path, revision: str | None = None, *, videos: bool = True) -> tuple[Kind, Path]:
+    """``(kind, root)`` for a local folder or a Hub repo id.
+
+    For a repo id the metadata is fetched first to learn the layout, then (with ``videos=True``) only
+    that layout's video files; ``info`` and ``stats`` pass ``videos=False`` and never fetch videos.
+    """
+    if looks_like_repo_id(path_or_repo):
+        root = local_or_download(path_or_repo, revision=revision, allow_patterns=METADATA_PATTERNS)
+        kind = detect(root, videos=False)
+        if kind is None:
+            raise LayoutError(f"{path_or_repo}: the repo holds neither an upstream release nor a hub-native dataset")
+        if videos:
+            root = local_or_download(
+                path_or_repo, revision=revision, allow_patterns=[*METADATA_PATTERNS, *VIDEO_PATTERNS[kind]]
+            )
+        return kind, root
+    root = local_or_download(path_or_repo)
+    kind = detect(root, videos=videos)
+    if kind is None:
+        raise LayoutError(
+            f"{root}: not a dataset folder. Expected an upstream release (videos_*.zip + a metadata *.json) "
+            f"or a hub-native dataset (meta/info.json with format {HUB_NATIVE_FORMAT!r}, "
+            "data/<split>/shard-*.tar, metadata/<split>.parquet)"
+        )
+    return kind, root

@@ -1,0 +1,481 @@
+"""``medvideocap.load``: MedVideoCap clips as PyTorch datasets of pixel tensors, ready for training.
+
+Two shapes, one sample pipeline:
+
+* map-style (:class:`ClipDataset`) over the split's metadata parquet: each item is one ``os.pread``
+  of the mp4 member at its recorded offset in its tar shard (per-worker file handles), or one member
+  of an upstream release zip;
+* streaming (:class:`medvideocap.streaming.StreamingClipDataset`) over the split's tar shards, local
+  or on the Hub.
+
+Everything random in a sample (window start, crop, caption choice) is drawn from a generator seeded by
+(seed, epoch, clip id), so the same clip gives the same tensor whichever worker, rank, backend or
+resumed run reads it. Per-process state (decoders, file handles, zip handles) is created lazily in the
+process that uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medvideocap.decode import BACKENDS, DecodeError, DecoderCache, FileHandles, PerProcessCache, open_decoder
+from medvideocap.frames import FrameSpec, resize_crop, sample_rng, to_output
+from medvideocap.schema import ClipRecord, arrow_schema
+from medvideocap.text import strip_boilerplate
+
+CaptionPolicy = str | Mapping[str, float]
+
+
+class SkippedSampleWarning(UserWarning):
+    """A clip was skipped (unreadable, or too short for the frame spec); the message names it."""
+
+
+def choose_caption(record: ClipRecord, policy: CaptionPolicy, rng: np.random.Generator) -> str:
+    """The caption text for ``record`` under ``policy``, boilerplate opening stripped.
+
+    ``policy`` is a caption name ("detailed", "brief", or any other caption slot) or a mapping of
+    names to weights, drawn per sample. A missing caption falls back to the other names of the
+    policy, then to the record's first caption, so one clip without a brief caption never stops a run.
+    """
+    if isinstance(policy, str):
+        names = [policy]
+    else:
+        weights = {k: float(v) for k, v in policy.items() if float(v) > 0}
+        if not weights:
+            raise ValueError(f"caption weights {dict(policy)} have no positive weight")
+        keys = sorted(weights)
+        p = np.array([weights[k] for k in keys])
+        first = keys[int(rng.choice(len(keys), p=p / p.sum()))]
+        names = [first, *[k for k in keys if k != first]]
+    for name in names:
+        text = record.caption(name)
+        if text:
+            return strip_boilerplate(text)
+    return strip_boilerplate(record.captions[0].text) if record.captions else ""
+
+
+def check_caption_policy(policy: CaptionPolicy) -> CaptionPolicy:
+    if isinstance(policy, str):
+        return policy
+    if isinstance(policy, Mapping):
+        if not policy or any(float(v) < 0 for v in policy.values()) or sum(float(v) for v in policy.values()) <= 0:
+            raise ValueError(f"caption weights must be non-negative with a positive sum, got {dict(policy)}")
+        return dict(policy)
+    raise TypeError(f"caption must be a name or a mapping of names to weights, got {policy!r}")
+
+
+@dataclass
+class LoaderStats:
+    """Per-process counters: what was produced and what was skipped, and why."""
+
+    samples: int = 0
+    skipped: int = 0
+    short: int = 0
+    skipped_ids: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "skipped": self.skipped,
+            "short": self.short,
+            "skipped_ids": [list(x) for x in self.skipped_ids],
+        }
+
+
+class SamplePipeline:
+    """Bytes + record -> training item. Shared by the map-style and the streaming datasets."""
+
+    def __init__(
+        self,
+        frames: FrameSpec,
+        *,
+        backend: str = "torchcodec",
+        caption: CaptionPolicy = "detailed",
+        output: Literal["float", "uint8"] = "float",
+        on_error: Literal["skip", "raise"] = "skip",
+        seed: int = 0,
+        decoder_threads: int = 1,
+        cache_size: int = 2,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if output not in ("float", "uint8"):
+            raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        self.frames = frames
+        self.backend = backend
+        self.caption = check_caption_policy(caption)
+        self.output = output
+        self.on_error = on_error
+        self.seed = seed
+        self.decoder_threads = decoder_threads
+        self.decoders = DecoderCache(cache_size)
+        self.stats = LoaderStats()
+
+    def skip(self, clip: str, reason: str, *, short: bool = False) -> None:
+        """Count and warn about a skipped clip (or raise, under ``on_error="raise"``)."""
+        if self.on_error == "raise" and not short:
+            raise DecodeError(f"{clip}: {reason}")
+        self.stats.skipped += 1
+        self.stats.short += int(short)
+        self.stats.skipped_ids.append((clip, reason))
+        warnings.warn(f"skipping {clip}: {reason}", SkippedSampleWarning, stacklevel=3)
+
+    def make(self, record: ClipRecord, video: Any, *, epoch: int, where: str, cache_key: Any = None) -> dict | None:
+        """The item for one clip, or None when it is skipped. ``video`` is bytes, a path, or a
+        zero-argument callable returning either (so a cached decoder never re-reads the bytes)."""
+        try:
+            return self._make(record, video, epoch=epoch, where=where, cache_key=cache_key)
+        except _TooShort as short:
+            self.skip(where, str(short), short=True)
+            return None
+        except Exception as exc:  # any failure of one clip: name it, count it, carry on (or raise)
+            if self.on_error == "raise":
+                if isinstance(exc, DecodeError) and where in str(exc):
+                    raise
+                raise DecodeError(f"{where}: {exc}") from exc
+            reason = str(exc).removeprefix(f"{where}: ") if isinstance(exc, DecodeError) else repr(exc)
+            self.skip(where, reason)
+            return None
+
+    def _decoder(self, video: Any, where: str, cache_key: Any) -> Any:
+        def factory() -> Any:
+            data = video() if callable(video) else video
+            return open_decoder(data, self.backend, name=where, threads=self.decoder_threads)
+
+        if cache_key is None:
+            return factory()
+        return self.decoders.get((self.backend, cache_key), factory)
+
+    def _make(self, record: ClipRecord, video: Any, *, epoch: int, where: str, cache_key: Any) -> dict:
+        spec = self.frames
+        decoder = self._decoder(video, where, cache_key)
+        rng = sample_rng(spec.seed, epoch, record.id)
+        num, height, width = spec.target(decoder.num_frames, decoder.fps, decoder.width, decoder.height)
+        indices = spec.indices(decoder.num_frames, decoder.fps, num, rng)
+        if indices is None:
+            raise _TooShort(
+                f"{decoder.num_frames} frames at {decoder.fps:g} fps cannot give {num} frames at "
+                f"{spec.fps or decoder.fps:g} fps, stride {spec.stride} (FrameSpec.short='skip')"
+            )
+        got = decoder.frames_at(indices)
+        pixels = resize_crop(got.data, height, width, crop=spec.crop, rng=rng)
+        caption = choose_caption(record, self.caption, sample_rng(self.seed, epoch, record.id, salt=1))
+        self.stats.samples += 1
+        return {
+            "video": to_output(pixels, self.output),
+            "record": record,
+            "caption": caption,
+            "timestamps": got.pts.to(torch.float32),
+            "id": record.id,
+        }
+
+
+class _TooShort(Exception):
+    pass
+
+
+def collate(items: list[dict | None]) -> dict[str, Any] | None:
+    """Stack equal-shaped items; records, captions and ids stay lists. Skipped items (None) are
+    dropped, so a batch can be smaller than asked; a batch with nothing left is None."""
+    kept = [it for it in items if it is not None]
+    if not kept:
+        return None
+    shapes = {tuple(it["video"].shape) for it in kept}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"cannot stack videos of shapes {sorted(shapes)} in one batch; use FrameSpec(buckets=...) with "
+            "medvideocap.sampler.BucketBatchSampler (map-style) or bucket_batches (streaming)"
+        )
+    return {
+        "video": torch.stack([it["video"] for it in kept]),
+        "timestamps": torch.stack([it["timestamps"] for it in kept]),
+        "record": [it["record"] for it in kept],
+        "caption": [it["caption"] for it in kept],
+        "id": [it["id"] for it in kept],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sources for the map-style dataset
+
+
+class _HubNativeIndex:
+    """The metadata parquet of one split, kept as Arrow columns (no per-row Python objects, so forked
+    workers do not copy pages by touching refcounts)."""
+
+    def __init__(self, root: Path, split: str) -> None:
+        import pyarrow.parquet as pq
+
+        path = root / "metadata" / f"{split}.parquet"
+        if not path.is_file():
+            have = sorted(p.stem for p in (root / "metadata").glob("*.parquet"))
+            raise FileNotFoundError(f"{root}: no metadata for split {split!r} ({path} missing); splits: {have}")
+        table = pq.read_table(path)
+        missing = {"shard", "offset", "size", "id"} - set(table.column_names)
+        if missing:
+            raise ValueError(f"{path}: missing columns {sorted(missing)}; not a medvideocap hub-native metadata table")
+        self.root = root
+        self.path = path
+        self.records = table.select([n for n in arrow_schema().names if n in table.column_names])
+        shards = table.column("shard").to_pylist()
+        self.shard_names = sorted(set(shards))
+        lookup = {s: i for i, s in enumerate(self.shard_names)}
+        self.shard_idx = np.array([lookup[s] for s in shards], dtype=np.int32)
+        self.offset = table.column("offset").to_numpy().astype(np.int64)
+        self.size = table.column("size").to_numpy().astype(np.int64)
+        self.ids = table.column("id").to_numpy(zero_copy_only=False).astype(str)
+
+    def __len__(self) -> int:
+        return len(self.offset)
+
+    def record(self, i: int) -> ClipRecord:
+        row = self.records.slice(i, 1).to_pylist()[0]
+        return ClipRecord.from_json_dict(row, where=f"{self.path} row {i}")
+
+
+class _UpstreamIndex:
+    """Clips of an upstream release (zip members), optionally one split of the deterministic split."""
+
+    def __init__(self, root: Path, split: str | None) -> None:
+        from medvideocap.splits import assign_split
+        from medvideocap.upstream import UpstreamRelease
+
+        release = UpstreamRelease.open(root)
+        clips = list(release.clips())
+        if split not in (None, "all"):
+            clips = [c for c in clips if assign_split(c.record.group) == split]
+            for c in clips:
+                c.record.split = split  # type: ignore[assignment]
+        self.root = root
+        self.problems = release.problems
+        self._json = [json.dumps(c.record.to_json_dict()) for c in clips]
+        self._zip = [str(c.zip_path) for c in clips]
+        self._member = [c.member for c in clips]
+        self.ids = np.array([c.record.id for c in clips], dtype=str)
+        self.handles = PerProcessCache(8, on_evict=_close_zip)
+
+    def __len__(self) -> int:
+        return len(self._json)
+
+    def record(self, i: int) -> ClipRecord:
+        return ClipRecord.from_json_dict(json.loads(self._json[i]), where=f"{self._zip[i]}:{self._member[i]}")
+
+
+def _close_zip(handle: zipfile.ZipFile) -> None:
+    handle.close()
+
+
+class ClipDataset(Dataset):
+    """Map-style pixel dataset over one split. Items are dicts (see :func:`load`); a clip that cannot
+    be used gives ``None`` under ``on_error="skip"`` (and :func:`collate` drops it), counted in
+    :attr:`stats` - so an index never silently turns into another clip."""
+
+    def __init__(self, index: _HubNativeIndex | _UpstreamIndex, pipeline: SamplePipeline) -> None:
+        self.index = index
+        self.pipeline = pipeline
+        self.epoch = 0
+        self.files = FileHandles()
+
+    @property
+    def stats(self) -> LoaderStats:
+        return self.pipeline.stats
+
+    @property
+    def frames(self) -> FrameSpec:
+        return self.pipeline.frames
+
+    def set_epoch(self, epoch: int) -> None:
+        """New window starts, crops and caption draws for every clip in the next pass."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.index.ids.tolist()
+
+    def record(self, i: int) -> ClipRecord:
+        return self.index.record(i)
+
+    def target_shape(self, i: int) -> tuple[int, int, int]:
+        """(frames, height, width) of item ``i``, from metadata alone (no decoding): what the
+        bucketing sampler groups by."""
+        rec = self.index.record(i)
+        frames = rec.num_frames or max(1, int(round(rec.duration * rec.fps)))
+        return self.frames.target(frames, rec.fps, rec.width, rec.height)
+
+    def _reader(self, i: int) -> tuple[Any, str, Any]:
+        index = self.index
+        if isinstance(index, _HubNativeIndex):
+            shard = index.shard_names[index.shard_idx[i]]
+            path = index.root / shard
+            offset, size = int(index.offset[i]), int(index.size[i])
+            return (
+                lambda: self.files.pread(path, offset, size),
+                f"{shard}:{index.ids[i]}.mp4",
+                (shard, offset),
+            )
+        zpath, member = index._zip[i], index._member[i]
+
+        def read() -> bytes:
+            zf = index.handles.get(zpath, lambda: zipfile.ZipFile(zpath))
+            return zf.read(member)
+
+        return read, f"{Path(zpath).name}:{member}", (zpath, member)
+
+    def __getitem__(self, i: int) -> dict | None:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} clips")
+        try:
+            record = self.index.record(i)
+        except Exception as exc:
+            where = f"{getattr(self.index, 'path', self.index.root)} row {i}"
+            if self.pipeline.on_error == "raise":
+                raise
+            self.pipeline.skip(where, f"invalid record: {exc}")
+            return None
+        read, where, key = self._reader(i)
+        return self.pipeline.make(record, read, epoch=self.epoch, where=where, cache_key=key)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _is_remote(source: str | Path) -> bool:
+    return str(source).startswith("hf://")
+
+
+def _resolve(source: str | Path, revision: str | None, *, streaming: bool) -> tuple[str, Any]:
+    """("hub-native" | "upstream", root) for a local folder or repo id; streaming from a repo id keeps
+    it remote (``hf://`` paths) instead of downloading."""
+    from medvideocap.layout import detect, looks_like_repo_id, resolve
+
+    if _is_remote(source):
+        return "hub-native", str(source)
+    if streaming and looks_like_repo_id(source):
+        rev = f"@{revision}" if revision else ""
+        return "hub-native", f"hf://datasets/{source}{rev}"
+    path = Path(source).expanduser()
+    if path.exists():
+        kind = detect(path)
+        if kind is None:
+            raise FileNotFoundError(
+                f"{path}: neither a hub-native dataset (meta/info.json, data/<split>/shard-*.tar, "
+                "metadata/<split>.parquet) nor an upstream release (videos_*.zip + metadata json)"
+            )
+        return kind, path
+    kind, root = resolve(source, revision)
+    return kind, root
+
+
+def load(
+    source: str | Path,
+    split: str | None = "train",
+    *,
+    streaming: bool = False,
+    frames: FrameSpec | None = None,
+    backend: str = "torchcodec",
+    caption: CaptionPolicy = "detailed",
+    output: Literal["float", "uint8"] = "float",
+    shuffle: bool | None = None,
+    seed: int = 0,
+    on_error: Literal["skip", "raise"] = "skip",
+    revision: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    shuffle_buffer: int = 64,
+    decoder_threads: int = 1,
+) -> Dataset:
+    """MedVideoCap clips as a PyTorch dataset of training items.
+
+    ``source`` is a hub-native folder or repo id, an ``hf://datasets/...`` path, or an upstream release
+    folder or repo id (upstream clips are split by :func:`medvideocap.splits.assign_split`; ``split=None``
+    takes all). Each item is ``{"video": (C, T, H, W) float in [-1, 1] (or uint8), "record": ClipRecord,
+    "caption": str, "timestamps": (T,) seconds, "id": str}``.
+
+    Map-style by default (shuffle with the DataLoader or :class:`~medvideocap.sampler.BucketBatchSampler`);
+    ``streaming=True`` gives an ``IterableDataset`` over the tar shards with shard + buffer shuffling
+    (``shuffle`` defaults to True there), split across DataLoader workers and ranks (``RANK``/``WORLD_SIZE``
+    or ``rank``/``world_size``), with ``set_epoch`` and ``state_dict``/``load_state_dict``.
+    """
+    spec = frames if frames is not None else FrameSpec()
+    pipeline = SamplePipeline(
+        spec,
+        backend=backend,
+        caption=caption,
+        output=output,
+        on_error=on_error,
+        seed=seed,
+        decoder_threads=decoder_threads,
+    )
+    kind, root = _resolve(source, revision, streaming=streaming)
+    if streaming:
+        if kind != "hub-native":
+            raise ValueError(
+                f"{source}: streaming reads hub-native tar shards; convert the upstream release first "
+                "(`medvideocap convert SRC --out DIR`) or load it map-style (streaming=False)"
+            )
+        if split is None:
+            raise ValueError("streaming needs one split (train, validation or test)")
+        from medvideocap.streaming import StreamingClipDataset, list_shards
+
+        return StreamingClipDataset(
+            list_shards(root, split),
+            pipeline,
+            shuffle=True if shuffle is None else shuffle,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            rank=rank,
+            world_size=world_size,
+        )
+    if shuffle:
+        warnings.warn(
+            "shuffle=True has no effect on a map-style dataset; pass shuffle to the DataLoader or the "
+            "BucketBatchSampler",
+            stacklevel=2,
+        )
+    if kind == "hub-native":
+        if split is None:
+            raise ValueError("a hub-native dataset is read one split at a time (train, validation or test)")
+        return ClipDataset(_HubNativeIndex(Path(root), split), pipeline)
+    return ClipDataset(_UpstreamIndex(Path(root), split), pipeline)
+
+
+def env_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit values win; otherwise ``RANK``/``WORLD_SIZE`` as set by torchrun and accelerate."""
+    r = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
+    w = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
+    if w < 1 or not 0 <= r < w:
+        raise ValueError(f"rank {r} / world size {w} are inconsistent")
+    return r, w
+
+
+class _CallableModule(types.ModuleType):
+    """``medvideocap.load`` is both this module and the function: once any code imports the module
+    (``from medvideocap.load import collate``), Python binds the package attribute ``load`` to the
+    module, so the module itself must be callable for ``medvideocap.load(...)`` to keep working."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Dataset:
+        return load(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

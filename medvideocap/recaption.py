@@ -1,0 +1,413 @@
+"""Re-caption a dataset with a multimodal LLM, resumably, keeping the original captions.
+
+A run lives in one output folder::
+
+    OUT/run.json        the settings (source, backend, model, template, frames, caption names)
+    OUT/journal.jsonl   one line per clip: new captions with provenance, or the failure, plus raw replies
+    OUT/summary.json    counts of the last invocation
+    OUT/dataset/        with --write: a new hub-native dataset, original + new captions, same video bytes
+
+The journal is the source of truth: a rerun after a kill captions only the ids it lacks, and
+``--write`` builds the dataset from it. The source dataset is only ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from medvideocap.caption import BaseCaptioner, load_template, make_captioner, sample_frames
+from medvideocap.caption.journal import Journal
+from medvideocap.caption.where import compile_where
+from medvideocap.schema import Caption, ClipRecord
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+JOURNAL_FILE = "journal.jsonl"
+SUMMARY_FILE = "summary.json"
+DATASET_DIR = "dataset"
+# Settings that change what a caption means: a resumed run must not mix two of them in one journal.
+_PINNED = ("backend", "model", "template", "frames", "name_prefix")
+
+
+class RecaptionError(ValueError):
+    """A run that cannot start or continue as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One clip of the source: its record, its split (None for upstream) and a way to get its bytes."""
+
+    record: ClipRecord
+    split: str | None
+    read: Callable[[], bytes]
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+def iter_source(source: str | Path, *, revision: str | None = None) -> Iterator[SourceItem]:
+    """Clips of a hub-native dataset (every split) or an upstream release, local or a Hub repo id,
+    in a deterministic order."""
+    from medvideocap.layout import UPSTREAM, resolve
+
+    kind, root = resolve(source, revision)
+    if kind == UPSTREAM:
+        from medvideocap.upstream import UpstreamRelease
+
+        release = UpstreamRelease.open(root)
+        for clip in release.clips():
+            yield SourceItem(clip.record, None, clip.read_bytes)
+        if release.problems:
+            log.warning(
+                "%s: %d upstream problems skipped (run `medvideocap validate`)", root, len(release.problems)
+            )
+        return
+    from medvideocap.hubnative import HubNativeDataset
+
+    ds = HubNativeDataset.open(root)
+    for split in ds.splits:
+        for record in ds.records(split):
+
+            def read(split: str = split, clip_id: str = record.id) -> bytes:
+                return ds.read_video(split, clip_id)
+
+            yield SourceItem(record, split, read)
+
+
+def model_short_name(model: str) -> str:
+    """``Qwen/Qwen2.5-VL-7B-Instruct`` -> ``qwen2.5-vl-7b-instruct``: the model part of new caption names."""
+    tail = Path(model.rstrip("/")).name or model
+    return re.sub(r"[^a-z0-9.\-_]+", "-", tail.lower()).strip("-") or "model"
+
+
+@dataclass
+class RecaptionSummary:
+    selected: int = 0
+    already_done: int = 0
+    captioned: int = 0
+    failed: int = 0
+    frame_errors: int = 0
+    journal: str = ""
+    dataset: str | None = None
+    caption_names: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def caption_items(
+    captioner: BaseCaptioner, items: list[SourceItem], *, template: str, frames: int
+) -> list[dict[str, Any]]:
+    """Journal entries for a batch of clips: decode frames, caption, and describe the outcome.
+
+    The one unit of work both engines run (in a thread here, in a Ray actor for ``--engine ray``).
+    A clip whose video does not decode gets a failure entry, never an exception.
+    """
+    entries: list[dict[str, Any] | None] = [None] * len(items)
+    ready: list[tuple[int, list[Any], ClipRecord]] = []
+    for i, item in enumerate(items):
+        try:
+            images, _ = sample_frames(item.read(), frames)
+            ready.append((i, images, item.record))
+        except Exception as exc:  # any unreadable clip is recorded, the batch goes on
+            entries[i] = _entry(
+                item, ok=False, error=f"frames: {type(exc).__name__}: {exc}", raw="", attempts=0
+            )
+    if ready:
+        results = captioner.caption_batch([(im, rec) for _, im, rec in ready], template=template)
+        for (i, images, _), res in zip(ready, results, strict=True):
+            entries[i] = _entry(
+                items[i],
+                ok=res.ok,
+                error=res.error,
+                raw=res.raw,
+                attempts=res.attempts,
+                history=res.history,
+                captions=[c.model_dump(mode="json") for c in res.captions],
+                timestamps=[float(f.info.get("timestamp", 0.0)) for f in images],
+            )
+    return [e for e in entries if e is not None]
+
+
+def _entry(item: SourceItem, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "split": item.split,
+        "captions": fields.pop("captions", []),
+        "history": fields.pop("history", []),
+        "frame_timestamps": fields.pop("timestamps", None),
+        "finished_at": datetime.now(UTC).isoformat(),
+        **fields,
+    }
+
+
+def _check_run(out: Path, settings: dict[str, Any]) -> None:
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        old = json.loads(run_file.read_text(encoding="utf-8"))
+        changed = [k for k in _PINNED if old.get(k) != settings.get(k)]
+        if changed:
+            diffs = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+            raise RecaptionError(
+                f"{out} holds a run with other settings ({diffs}); resume it with the same settings or "
+                "use a new --out"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = run_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
+    tmp.replace(run_file)
+
+
+def _check_out_not_in_source(source: str | Path, out: Path) -> None:
+    src = Path(source)
+    if src.exists():
+        s, o = src.resolve(), out.resolve()
+        if o == s or s in o.parents:
+            raise RecaptionError(f"--out {out} lies inside the source {source}; the source is never modified")
+
+
+def recaption(
+    source: str | Path,
+    out: str | Path,
+    *,
+    backend: str,
+    template: str = "detailed_brief",
+    frames: int = 8,
+    limit: int | None = None,
+    where: str | None = None,
+    name_prefix: str | None = None,
+    write: bool = False,
+    retry_failed: bool = False,
+    engine: str = "local",
+    revision: str | None = None,
+    progress: bool = False,
+    captioner: BaseCaptioner | None = None,
+    **backend_options: Any,
+) -> RecaptionSummary:
+    """Caption the selected clips of ``source`` that the journal in ``out`` lacks; optionally ``write``.
+
+    ``backend_options`` go to :func:`make_captioner` (``model``, ``endpoint``, ``concurrency`` ...).
+    Pass ``captioner`` to reuse one already built (tests, notebooks).
+    """
+    started = time.monotonic()
+    out = Path(out)
+    _check_out_not_in_source(source, out)
+    tmpl = load_template(template)
+    predicate = compile_where(where) if where else None
+    if captioner is None and engine == "local":
+        captioner = make_captioner(backend, **backend_options)
+    model = (
+        captioner.model
+        if captioner is not None
+        else str(backend_options.get("model") or _default_model(backend))
+    )
+    prefix = name_prefix or f"{model_short_name(model)}/{tmpl.tag}"
+    if captioner is not None:
+        captioner.name_prefix = prefix
+    settings = {
+        "source": str(source),
+        "backend": backend,
+        "model": model,
+        "template": tmpl.tag,
+        "frames": frames,
+        "name_prefix": prefix,
+        "started_at": datetime.now(UTC).isoformat(),
+    }
+    _check_run(out, settings)
+
+    selected: list[SourceItem] = []
+    for item in iter_source(source, revision=revision):
+        if predicate is not None and not predicate(item.record):
+            continue
+        selected.append(item)
+        if limit is not None and len(selected) >= limit:
+            break
+
+    summary = RecaptionSummary(
+        selected=len(selected),
+        journal=str(out / JOURNAL_FILE),
+        caption_names=[f"{prefix}/{o.key}" for o in tmpl.outputs],
+    )
+    with Journal(out / JOURNAL_FILE) as journal:
+        skip = journal.ok_ids() if retry_failed else set(journal.entries)
+        todo = [it for it in selected if it.id not in skip]
+        summary.already_done = len(selected) - len(todo)
+        if todo:
+            if engine == "ray":
+                _run_ray(
+                    todo,
+                    journal,
+                    summary,
+                    source,
+                    revision,
+                    backend,
+                    tmpl.name,
+                    frames,
+                    prefix,
+                    backend_options,
+                )
+            elif engine == "local":
+                assert captioner is not None
+                _run_local(captioner, todo, journal, summary, tmpl.name, frames, progress)
+            else:
+                raise RecaptionError(f"unknown engine {engine!r}; expected 'local' or 'ray'")
+        if write:
+            summary.dataset = str(write_dataset(selected, journal, out / DATASET_DIR, settings))
+    summary.seconds = round(time.monotonic() - started, 3)
+    tmp = out / (SUMMARY_FILE + ".tmp")
+    tmp.write_text(json.dumps(summary.to_json(), indent=2), encoding="utf-8")
+    tmp.replace(out / SUMMARY_FILE)
+    return summary
+
+
+def _default_model(backend: str) -> str:
+    if backend == "openai":
+        from medvideocap.caption.openai_api import DEFAULT_MODEL
+
+        return DEFAULT_MODEL
+    from medvideocap.caption.local import DEFAULT_MODEL as LOCAL_DEFAULT
+
+    return LOCAL_DEFAULT
+
+
+def _record(entry: dict[str, Any], journal: Journal, summary: RecaptionSummary) -> None:
+    journal.append(entry)
+    if entry["ok"]:
+        summary.captioned += 1
+    else:
+        summary.failed += 1
+        if str(entry.get("error", "")).startswith("frames:"):
+            summary.frame_errors += 1
+        log.warning("clip %s: caption failed: %s", entry["id"], entry.get("error"))
+
+
+def _progress_bar(total: int) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]recaption"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.2f} captions/s"),
+        TextColumn("[red]{task.fields[failed]} failed"),
+        TimeRemainingColumn(),
+    )
+
+
+def _run_local(
+    captioner: BaseCaptioner,
+    todo: list[SourceItem],
+    journal: Journal,
+    summary: RecaptionSummary,
+    template: str,
+    frames: int,
+    progress: bool,
+) -> None:
+    """Threads run :func:`caption_items` on chunks; only this thread touches the journal."""
+    size = max(1, captioner.batch_size)
+    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    workers = max(1, captioner.parallelism)
+    bar = _progress_bar(len(todo)) if progress else None
+    task = bar.add_task("recaption", total=len(todo), rate=0.0, failed=0) if bar else None
+    t0 = time.monotonic()
+    if bar:
+        bar.start()
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: set[Future[list[dict[str, Any]]]] = set()
+            it = iter(chunks)
+            while True:
+                while len(pending) < 2 * workers:
+                    chunk = next(it, None)
+                    if chunk is None:
+                        break
+                    pending.add(
+                        pool.submit(caption_items, captioner, chunk, template=template, frames=frames)
+                    )
+                if not pending:
+                    break
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    for entry in fut.result():
+                        _record(entry, journal, summary)
+                if bar is not None and task is not None:
+                    n = summary.captioned + summary.failed
+                    bar.update(
+                        task, completed=n, rate=n / max(1e-9, time.monotonic() - t0), failed=summary.failed
+                    )
+    finally:
+        if bar:
+            bar.stop()
+
+
+def _run_ray(
+    todo: list[SourceItem],
+    journal: Journal,
+    summary: RecaptionSummary,
+    source: str | Path,
+    revision: str | None,
+    backend: str,
+    template: str,
+    frames: int,
+    prefix: str,
+    options: dict[str, Any],
+) -> None:
+    """Ray Data: actors each build a captioner once and run :func:`caption_items` on id batches;
+    the driver alone writes the journal, so resume works exactly as with the local engine."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=False)
+    ids = ray.data.from_items([{"id": it.id} for it in todo])
+    batch = int(options.get("batch_size", 4))
+    actors = int(options.pop("ray_actors", 1))
+
+    class _CaptionFn:
+        def __init__(self) -> None:
+            self.captioner = make_captioner(backend, **{**options, "name_prefix": prefix})
+            self.items = {it.id: it for it in iter_source(source, revision=revision)}
+
+        def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
+            items = [self.items[str(i)] for i in rows["id"]]
+            entries = caption_items(self.captioner, items, template=template, frames=frames)
+            return {"entry": [json.dumps(e, default=str) for e in entries]}
+
+    results = ids.map_batches(_CaptionFn, batch_size=batch, concurrency=actors, batch_format="numpy")
+    for row in results.iter_rows():
+        _record(json.loads(row["entry"]), journal, summary)
+
+
+def write_dataset(selected: list[SourceItem], journal: Journal, dest: Path, settings: dict[str, Any]) -> Path:
+    """A new hub-native dataset: each journaled clip with its original captions plus the new ones,
+    the video bytes copied unchanged, the split kept. Failed clips keep only their original captions
+    (the run's journal says why). Resumable through the writer."""
+    from medvideocap.writer import DatasetWriter
+
+    recipe = {
+        "recaption": {
+            k: settings[k] for k in ("source", "backend", "model", "template", "frames", "name_prefix")
+        }
+    }
+    with DatasetWriter(dest, recipe=recipe) as writer:
+        for item in selected:
+            entry = journal.entries.get(item.id)
+            if entry is None or writer.has(item.id):
+                continue
+            record = item.record
+            for data in entry.get("captions", []):
+                record = record.with_caption(Caption.model_validate(data))
+            writer.write(record, item.read())
+    return dest

@@ -1,0 +1,142 @@
+"""Distributions over a dataset's metadata, computed with polars (no video is opened).
+
+The same table serves both layouts: upstream records are mapped to schema rows first, hub-native
+metadata parquet already is one. Knowing the distributions before training decides the frame spec and
+buckets (how many clips are long enough for 81 frames at 16 fps? which resolutions dominate?).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from medvideocap.layout import HUB_NATIVE, resolve
+from medvideocap.schema import Scores, UnknownFieldsWarning, arrow_schema
+
+QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+SCORE_NAMES = tuple(n for n in Scores.model_fields if n != "other")
+UNSPLIT = "unsplit"
+
+
+@dataclass
+class MetadataTable:
+    """The metadata of a dataset as one polars frame (schema columns + caption word counts)."""
+
+    source: str
+    layout: str
+    root: Path
+    frame: pl.DataFrame
+    notes: list[str] = field(default_factory=list)
+    upstream: Any = None
+    """The :class:`~medvideocap.upstream.UpstreamRelease` read, for the upstream layout."""
+
+
+def load_metadata(path_or_repo: str | Path, *, revision: str | None = None) -> MetadataTable:
+    """Read the metadata of either layout without touching (or downloading) any video."""
+    kind, root = resolve(path_or_repo, revision, videos=False)
+    notes: list[str] = []
+    release = None
+    if kind == HUB_NATIVE:
+        from medvideocap.hubnative import HubNativeDataset
+
+        ds = HubNativeDataset(root)
+        names = arrow_schema().names
+        parts = [ds.metadata(s).select(names) for s in ds.splits]
+        frame = pl.concat(parts, how="vertical_relaxed") if parts else _empty()
+    else:
+        from medvideocap.upstream import UpstreamRelease
+
+        release = UpstreamRelease.from_folder(root, require_videos=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnknownFieldsWarning)
+            rows = [r.to_row() for r in release.records()]
+        frame = pl.from_arrow(pa.Table.from_pylist(rows, schema=arrow_schema())) if rows else _empty()
+        assert isinstance(frame, pl.DataFrame)
+        frame = frame.with_columns(pl.col("split").fill_null(UNSPLIT))
+        skipped = release.num_rows - len(rows)
+        if skipped:
+            notes.append(f"{skipped} of {release.num_rows} records do not fit the schema (see `validate`)")
+    return MetadataTable(str(path_or_repo), kind, root, _with_caption_columns(frame), notes, release)
+
+
+def _empty() -> pl.DataFrame:
+    frame = pl.from_arrow(arrow_schema().empty_table())
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _with_caption_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    def words(name: str) -> pl.Expr:
+        text = (
+            pl.col("captions")
+            .list.eval(pl.element().filter(pl.element().struct.field("name") == name).struct.field("text"))
+            .list.first()
+        )
+        return text.str.split(" ").list.len().alias(f"caption_{name}_words")
+
+    return frame.with_columns(words("detailed"), words("brief"))
+
+
+def _quantiles(series: pl.Series) -> dict[str, float | int | None]:
+    values = series.drop_nulls()
+    out: dict[str, float | int | None] = {"count": values.len()}
+    if values.len() == 0:
+        return out
+    out["mean"] = round(float(values.mean()), 4)  # type: ignore[arg-type]
+    for q in QUANTILES:
+        label = {0.0: "min", 1.0: "max"}.get(q, f"p{round(q * 100)}")
+        out[label] = round(float(values.quantile(q, interpolation="linear")), 4)  # type: ignore[arg-type]
+    return out
+
+
+def _counts(frame: pl.DataFrame, column: str | pl.Expr, name: str) -> dict[str, int]:
+    expr = pl.col(column) if isinstance(column, str) else column
+    counted = frame.select(expr.alias(name)).to_series().value_counts(sort=True)
+    return {str(k): int(v) for k, v in counted.iter_rows()}
+
+
+def compute_stats(frame: pl.DataFrame) -> dict[str, Any]:
+    """Counts per split/category/camera motion/resolution/fps and quantiles of durations, scores and
+    caption lengths; JSON-serialisable."""
+    n = frame.height
+    categories = _counts(frame, "category", "category")
+    stats: dict[str, Any] = {
+        "clips": n,
+        "hours": round(float(frame["duration"].sum()) / 3600, 4) if n else 0.0,
+        "splits": _counts(frame, "split", "split"),
+        "categories": {k: {"count": v, "share": round(v / n, 4)} for k, v in categories.items()},
+        "camera_motion": _counts(frame, pl.col("camera_motion").fill_null("unknown"), "camera_motion"),
+        "duration": _quantiles(frame["duration"]),
+        "fps": {"values": _counts(frame, pl.col("fps").round(3).cast(pl.String), "fps"), **_quantiles(frame["fps"])},
+        "resolution": _counts(frame, pl.format("{}x{}", pl.col("width"), pl.col("height")), "resolution"),
+        "scores": {},
+        "caption_words": {
+            "detailed": _quantiles(frame["caption_detailed_words"]),
+            "brief": _quantiles(frame["caption_brief_words"]),
+        },
+    }
+    for name in SCORE_NAMES:
+        series = frame["scores"].struct.field(name)
+        if series.drop_nulls().len():
+            stats["scores"][name] = _quantiles(series)
+    others = frame.select(pl.col("scores").struct.field("other").explode()).to_series().struct.unnest()
+    if "name" in others.columns:
+        for (name,), group in others.drop_nulls().group_by(["name"]):
+            stats["scores"][str(name)] = _quantiles(group["value"])
+    return stats
+
+
+def stats(path_or_repo: str | Path, *, revision: str | None = None, plots: Path | None = None) -> dict[str, Any]:
+    """Statistics of a dataset's metadata; with ``plots``, PNG charts are written there too."""
+    table = load_metadata(path_or_repo, revision=revision)
+    result = {"source": table.source, "layout": table.layout, "notes": table.notes, **compute_stats(table.frame)}
+    if plots is not None:
+        from medvideocap.plots import write_plots
+
+        result["plots"] = [str(p) for p in write_plots(table.frame, Path(plots), title=table.source)]
+    return result

@@ -1,0 +1,652 @@
+"""Reader for the upstream MedVideoCap-55K release: ``videos_*.zip`` archives + one JSON metadata file.
+
+The upstream JSON key names are not documented, so every key goes through an alias table instead of
+being hard-coded. A key is first *normalised* (lower-cased, every non-alphanumeric character removed:
+``"Video Name"``, ``"video_name"`` and ``"VideoName"`` all become ``videoname``) and then looked up in
+:data:`ALIASES`, which maps it to a schema path:
+
+=====================  =========================================================================
+schema path            normalised upstream keys (example spellings)
+=====================  =========================================================================
+file_name              videoname, video, videofile, videopath, path, filename, clipname, clip, name
+resolution -> w, h     resolution, videoresolution, framesize ("720*480", "720x480", "720 × 480", [720, 480])
+width / height         width, videowidth / height, videoheight
+duration               duration, videoduration, length, durations ("8.99", "8.99 s", "00:00:08.99")
+fps                    fps, framerate, videofps, frameratefps ("29.97", "30000/1001", "25 fps")
+bit_rate               videobitrate, bitrate ("1.2 Mbps", "1200 kb/s", "850kbps", bare numbers = bit/s)
+num_frames / codec     numframes, framecount, nbframes / codec, videocodec
+scores.aesthetic       aestheticscore, aesthetic, aestheticsscore, laionaesthetic
+scores.technical       doverscore, dover, technicalscore, technical, technicalquality, dovertechnical
+camera_motion          cameramotiontype, cameramotion, motiontype, cameramovement
+category               videocategories, videocategory, category, categories, type (list -> first)
+captions.brief         briefcaption, shortcaption, brief, short, summary
+captions.detailed      detailedcaption, caption, detailed, longcaption, densecaption
+source.title           title, videotitle, sourcetitle
+source.description     description, videodescription, sourcedescription
+source.transcript      transcript, cliptranscript, subtitles, subtitle, asr
+source.url             url, videourl, sourceurl, youtubeurl, link
+source.video_id        sourcevideo, sourcevideoid, videoid, youtubeid, sourceid, ytid
+source.start / end     start, starttime, clipstart / end, endtime, clipend (seconds)
+schema_version         schemaversion
+=====================  =========================================================================
+
+Keys with no alias are kept verbatim in ``record.extra`` and reported once per key (an ``unknown_key``
+problem and an :class:`~medvideocap.schema.UnknownFieldsWarning`). Captions taken from the JSON are
+``Caption(name="detailed"|"brief", source="upstream", model="gpt-4o")``: the paper wrote them with GPT-4o.
+
+Videos are joined to records by base name (members may sit in folders inside the zips) and read by
+streaming :meth:`zipfile.ZipFile.open`: nothing is extracted to disk, so reading the 55K clips needs no
+scratch space. Every inconsistency (record without video, video without record, duplicate names,
+member names escaping the archive root, records that do not fit the schema) is collected in
+:attr:`UpstreamRelease.problems`, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from pydantic import BaseModel, ValidationError
+
+from medvideocap.schema import (
+    Caption,
+    Category,
+    ClipRecord,
+    SchemaVersionError,
+    UnknownFieldsWarning,
+    check_schema_version,
+)
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_REPO = "FreedomIntelligence/MedVideoCap-55K"
+UPSTREAM_PATTERNS = ["*.json", "*.jsonl", "videos_*.zip"]
+CAPTION_MODEL = "gpt-4o"
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+
+
+def normalise_key(key: str) -> str:
+    """``"Video Name"`` -> ``"videoname"``: the form :data:`ALIASES` is keyed by."""
+    return re.sub(r"[^a-z0-9]+", "", str(key).lower())
+
+
+def _aliases(target: str, *keys: str) -> dict[str, str]:
+    return {normalise_key(k): target for k in keys}
+
+
+ALIASES: dict[str, str] = {
+    **_aliases(
+        "file_name", "Video Name", "video", "video_file", "video_path", "path", "file_name", "clip_name", "clip", "name"
+    ),
+    **_aliases("resolution", "Resolution", "video_resolution", "frame_size"),
+    **_aliases("width", "width", "video_width"),
+    **_aliases("height", "height", "video_height"),
+    **_aliases("duration", "Duration", "video_duration", "length", "durations"),
+    **_aliases("fps", "FPS", "frame_rate", "video_fps", "frame rate (fps)"),
+    **_aliases("bit_rate", "Video Bit Rate", "bitrate"),
+    **_aliases("num_frames", "num_frames", "frame_count", "nb_frames"),
+    **_aliases("codec", "codec", "video_codec"),
+    **_aliases("scores.aesthetic", "Aesthetic Score", "aesthetic", "aesthetics score", "laion_aesthetic"),
+    **_aliases(
+        "scores.technical", "Dover Score", "DOVER", "technical score", "technical", "technical_quality", "dover_technical"
+    ),
+    **_aliases("camera_motion", "Camera Motion Type", "camera_motion", "motion_type", "camera_movement"),
+    **_aliases("category", "Video Categories", "video_category", "category", "categories", "type"),
+    **_aliases("captions.brief", "Brief Caption", "Short Caption", "brief", "short", "summary"),
+    **_aliases("captions.detailed", "Detailed Caption", "Caption", "detailed", "long_caption", "dense_caption"),
+    **_aliases("source.title", "title", "video_title", "source_title"),
+    **_aliases("source.description", "description", "video_description", "source_description"),
+    **_aliases("source.transcript", "transcript", "clip_transcript", "subtitles", "subtitle", "asr"),
+    **_aliases("source.url", "url", "video_url", "source_url", "youtube_url", "link"),
+    **_aliases(
+        "source.video_id", "Source Video", "source_video_id", "video_id", "youtube_id", "source_id", "yt_id"
+    ),
+    **_aliases("source.start", "start", "start_time", "clip_start"),
+    **_aliases("source.end", "end", "end_time", "clip_end"),
+    **_aliases("schema_version", "schema_version"),
+}
+"""Normalised upstream key -> schema path (see the module docstring for the table)."""
+
+FILE_NAME_ALIASES = sorted(k for k, v in ALIASES.items() if v == "file_name")
+
+
+class UpstreamFormatError(ValueError):
+    """The release as a whole cannot be read (no metadata file, no video-name field, ...)."""
+
+
+class UpstreamProblem(BaseModel):
+    """One thing wrong with the release. ``kind`` is one of: record_without_video, video_without_record,
+    duplicate_name, unsafe_member_name, invalid_record, schema_version, unknown_key, unreadable_member."""
+
+    kind: str
+    where: str
+    message: str
+
+
+# ---------------------------------------------------------------------------------------------------
+# Value parsing: upstream values are strings with units as often as numbers.
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+class _ValueError(ValueError):
+    pass
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise _ValueError(f"{value!r} is not a number ({what})")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = re.fullmatch(rf"\s*({_NUMBER})\s*", value)
+        if m:
+            return float(m.group(1))
+    raise _ValueError(f"{value!r} is not a number ({what})")
+
+
+def parse_resolution(value: Any) -> tuple[int, int]:
+    """``"720*480"``, ``"720x480"``, ``"720 × 480"``, ``[720, 480]`` or ``{"width":, "height":}``."""
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return int(_number(value[0], "width")), int(_number(value[1], "height"))
+    if isinstance(value, dict) and {"width", "height"} <= set(value):
+        return int(_number(value["width"], "width")), int(_number(value["height"], "height"))
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*[x*×X,:]\s*(\d+)\s*(?:p(?:x|ixels?)?)?\s*", value)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    raise _ValueError(f"{value!r} is not a resolution like '720*480'")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``8.99``, ``"8.99"``, ``"8.99 s"``, ``"8.99sec"`` or ``"00:00:08.99"``."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        m = re.fullmatch(rf"({_NUMBER})\s*(s|sec|secs|second|seconds)?", text)
+        if m:
+            return float(m.group(1))
+        m = re.fullmatch(r"(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)", text)
+        if m:
+            return int(m.group(1) or 0) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    return _number(value, "seconds")
+
+
+def parse_fps(value: Any) -> float:
+    """Frames per second from ``25``, ``"29.97"``, ``"25 fps"`` or ``"30000/1001"``."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        m = re.fullmatch(r"(\d+)\s*/\s*(\d+)", text)
+        if m and int(m.group(2)):
+            return int(m.group(1)) / int(m.group(2))
+        m = re.fullmatch(rf"({_NUMBER})\s*(fps|frames/s|f/s)?", text)
+        if m:
+            return float(m.group(1))
+    return _number(value, "frames per second")
+
+
+_RATE_UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_bit_rate(value: Any) -> int:
+    """Bits per second from ``"1.2 Mbps"``, ``"1200 kb/s"``, ``"850kbps"``, ``"1200 kbit/s"``;
+    a bare number is taken as bits per second (the unit ffprobe reports)."""
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        m = re.fullmatch(rf"({_NUMBER})([kmg]?)(?:bps|b/s|bit/s|bits/s|bit|b)?", text)
+        if m:
+            return round(float(m.group(1)) * _RATE_UNITS[m.group(2)])
+    return round(_number(value, "bits per second"))
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        value = " ".join(str(v) for v in value)
+    text = str(value).strip()
+    return text or None
+
+
+def _category(value: Any) -> Category:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    try:
+        return Category.parse(value)
+    except ValueError as exc:
+        raise _ValueError(str(exc)) from None
+
+
+_PARSERS = {
+    "duration": parse_duration,
+    "fps": parse_fps,
+    "bit_rate": parse_bit_rate,
+    "width": lambda v: int(_number(v, "pixels")),
+    "height": lambda v: int(_number(v, "pixels")),
+    "num_frames": lambda v: int(_number(v, "frames")),
+    "scores.aesthetic": lambda v: _number(v, "score"),
+    "scores.technical": lambda v: _number(v, "score"),
+    "source.start": parse_duration,
+    "source.end": parse_duration,
+    "category": _category,
+}
+
+
+def sanitize_id(stem: str) -> str:
+    """A webdataset-safe key from a file stem: other characters become ``_``."""
+    clean = re.sub(r"[^A-Za-z0-9_\-]", "_", stem)
+    return clean if clean[:1].isalnum() else f"c{clean}"
+
+
+def is_unsafe_member_name(name: str) -> bool:
+    """True for names that would land outside the archive root if extracted (``../x``, ``/x``, ``C:\\x``)."""
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+        return True
+    return ".." in PurePosixPath(posix).parts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Records
+
+
+def mapped_fields(raw: dict[str, Any]) -> tuple[dict[str, tuple[str, Any]], dict[str, Any], list[str]]:
+    """Split one upstream object into ``{schema path: (original key, value)}``, the unmapped keys
+    (for ``extra``) and the keys that repeat an already-mapped schema path (also kept in ``extra``)."""
+    mapped: dict[str, tuple[str, Any]] = {}
+    extra: dict[str, Any] = {}
+    repeated: list[str] = []
+    for key, value in raw.items():
+        target = ALIASES.get(normalise_key(key))
+        if target is None:
+            extra[key] = value
+        elif target in mapped:
+            extra[key] = value
+            repeated.append(key)
+        else:
+            mapped[target] = (key, value)
+    return mapped, extra, repeated
+
+
+def build_record(
+    mapped: dict[str, tuple[str, Any]], extra: dict[str, Any], *, file_name: str, where: str
+) -> ClipRecord:
+    """Turn mapped upstream fields into a validated :class:`ClipRecord`.
+
+    Raises :class:`~medvideocap.schema.SchemaVersionError` for another major version and
+    ``ValueError`` naming ``where`` and each upstream field that does not fit.
+    """
+    if "schema_version" in mapped:
+        check_schema_version(str(mapped["schema_version"][1]), where=where)
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+    for target, (key, value) in mapped.items():
+        if target in ("file_name", "schema_version") or value is None:
+            continue
+        try:
+            if target == "resolution":
+                values["width"], values["height"] = parse_resolution(value)
+            elif target in _PARSERS:
+                values[target] = _PARSERS[target](value)
+            else:
+                values[target] = _text(value)
+        except (_ValueError, ValueError, TypeError) as exc:
+            errors.append(f"field {key!r} = {value!r}: {exc}")
+    if errors:
+        raise ValueError(f"{where}: " + "; ".join(errors))
+
+    stem = PurePosixPath(file_name).stem
+    video_id = values.get("source.video_id")
+    data: dict[str, Any] = {
+        "id": sanitize_id(stem),
+        "group": sanitize_id(video_id) if video_id else sanitize_id(stem),
+        "file_name": file_name,
+        "scores": {},
+        "source": {},
+        "captions": [],
+        "extra": extra,
+    }
+    if "schema_version" in mapped:
+        data["schema_version"] = str(mapped["schema_version"][1])
+    for target, value in values.items():
+        if value is None:
+            continue
+        if target.startswith("scores."):
+            data["scores"][target.split(".", 1)[1]] = value
+        elif target.startswith("source."):
+            data["source"][target.split(".", 1)[1]] = value
+        elif target.startswith("captions."):
+            style = target.split(".", 1)[1]
+            data["captions"].append(
+                {"name": style, "text": value, "style": style, "source": "upstream", "model": CAPTION_MODEL}
+            )
+        else:
+            data[target] = value
+    try:
+        return ClipRecord.model_validate(data)
+    except ValidationError as exc:
+        reverse = {t.replace("resolution", "width"): k for t, (k, _) in mapped.items()}
+        if "resolution" in mapped:
+            reverse["height"] = mapped["resolution"][0]
+        parts = []
+        for err in exc.errors():
+            path = ".".join(str(p) for p in err["loc"])
+            key = reverse.get(path) or reverse.get(".".join(str(p) for p in err["loc"][:2]))
+            label = f"field {key!r}" if key else f"schema field {path or '<record>'!r}"
+            if not key and path in ("duration", "fps", "width", "height"):
+                label += " (missing from the JSON)"
+            parts.append(f"{label}: {err['msg']}")
+        raise ValueError(f"{where}: " + "; ".join(parts)) from None
+
+
+def load_metadata_rows(path: Path) -> list[tuple[str | None, dict[str, Any]]]:
+    """The records of a metadata file as ``(key, object)`` pairs.
+
+    Accepts a JSON list of objects, an object holding one such list (``{"data": [...]}``), an object
+    keyed by video name (``{"00003.mp4": {...}}``: the key is the file name) or JSON lines.
+    """
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        doc: Any = rows
+    else:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UpstreamFormatError(f"{path}: not valid JSON ({exc})") from exc
+    if isinstance(doc, dict):
+        lists = {k: v for k, v in doc.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
+        if len(lists) == 1:
+            doc = next(iter(lists.values()))
+        elif not lists and doc and all(isinstance(v, dict) for v in doc.values()):
+            return [(str(k), v) for k, v in doc.items()]
+        else:
+            raise UpstreamFormatError(
+                f"{path}: expected a list of records or an object holding one list; found keys "
+                f"{sorted(doc)[:20]} with {len(lists)} lists of objects"
+            )
+    if not isinstance(doc, list) or not all(isinstance(x, dict) for x in doc):
+        raise UpstreamFormatError(f"{path}: expected a JSON list of objects")
+    return [(None, row) for row in doc]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Release
+
+
+_ZIP_HANDLES: dict[tuple[int, str], zipfile.ZipFile] = {}
+_ZIP_LOCK = threading.Lock()
+
+
+def _zip_handle(path: Path) -> zipfile.ZipFile:
+    """One open ZipFile per archive per process: the central directory of a big zip is slow to parse,
+    and a handle inherited across ``fork`` would share its file offset with the parent."""
+    key = (os.getpid(), str(path))
+    with _ZIP_LOCK:
+        handle = _ZIP_HANDLES.get(key)
+        if handle is None or handle.fp is None:
+            handle = _ZIP_HANDLES[key] = zipfile.ZipFile(path)
+        return handle
+
+
+@dataclass
+class UpstreamClip:
+    """One record joined to its zip member."""
+
+    record: ClipRecord
+    zip_path: Path
+    member: str
+
+    def open(self) -> IO[bytes]:
+        """A seekable stream of the member's bytes, read straight out of the zip."""
+        return _zip_handle(self.zip_path).open(self.member)
+
+    def read_bytes(self) -> bytes:
+        with self.open() as f:
+            return f.read()
+
+    @property
+    def where(self) -> str:
+        return f"{self.zip_path.name}:{self.member}"
+
+
+@dataclass
+class UpstreamRelease:
+    """A local folder of ``videos_*.zip`` + metadata JSON (downloaded first when given a repo id)."""
+
+    root: Path
+    metadata_path: Path
+    zips: list[Path]
+    problems: list[UpstreamProblem] = field(default_factory=list)
+    _clips: dict[str, UpstreamClip] | None = field(default=None, repr=False)
+    _records: dict[str, ClipRecord] = field(default_factory=dict, repr=False)
+    _invalid_names: set[str] = field(default_factory=set, repr=False)
+    _rows: int = 0
+
+    @classmethod
+    def open(
+        cls, path_or_repo: str | Path, *, revision: str | None = None, metadata: str | Path | None = None
+    ) -> UpstreamRelease:
+        """Open a local release folder or a Hub dataset repo id (only the JSON and zips are fetched).
+
+        ``metadata`` picks the JSON file when the folder holds several candidates.
+        """
+        from medvideocap.layout import local_or_download
+
+        root = local_or_download(path_or_repo, revision=revision, allow_patterns=UPSTREAM_PATTERNS)
+        return cls.from_folder(root, metadata=metadata)
+
+    @classmethod
+    def from_folder(
+        cls, root: Path, *, metadata: str | Path | None = None, require_videos: bool = True
+    ) -> UpstreamRelease:
+        """Open a local folder; ``require_videos=False`` accepts a metadata-only download (for
+        ``info``/``stats``): then only :meth:`records` is meaningful and no join problems are reported."""
+        root = Path(root)
+        zips = sorted(root.glob("videos_*.zip"), key=_natural_key) or sorted(root.glob("*.zip"), key=_natural_key)
+        if metadata is not None:
+            metadata_path = Path(metadata) if Path(metadata).is_absolute() else root / metadata
+        else:
+            metadata_path = find_metadata_file(root)
+        if not zips and require_videos:
+            raise UpstreamFormatError(f"{root}: no videos_*.zip archives found")
+        return cls(root=root, metadata_path=metadata_path, zips=zips)
+
+    def scan(self) -> UpstreamRelease:
+        """Read the metadata, list the zips and join them; fills :attr:`problems`. Idempotent."""
+        if self._clips is not None:
+            return self
+        self.problems = []
+        members = self._list_members()
+        records = self._read_records()
+        self._records = dict(sorted((r.id, r) for r, _ in records.values()))
+        clips: dict[str, UpstreamClip] = {}
+        if not self.zips:
+            self._clips = {}
+            return self
+        for base, (record, where) in sorted(records.items()):
+            if base not in members:
+                self._problem("record_without_video", where, f"{where}: no member named {base!r} in any zip")
+                continue
+            zip_path, member = members[base]
+            if record.id in clips:
+                other = clips[record.id]
+                self._problem(
+                    "duplicate_name",
+                    where,
+                    f"{where}: id {record.id!r} also used by {other.record.file_name!r}; kept the first",
+                )
+                continue
+            clips[record.id] = UpstreamClip(record=record, zip_path=zip_path, member=member)
+        for base, (zip_path, member) in sorted(members.items()):
+            if base not in records and base not in self._invalid_names:
+                self._problem(
+                    "video_without_record",
+                    f"{zip_path.name}:{member}",
+                    f"{zip_path.name}:{member}: no metadata record names {base!r}",
+                )
+        self._clips = dict(sorted(clips.items()))
+        return self
+
+    def clips(self) -> Iterator[UpstreamClip]:
+        """Joined clips sorted by id; :attr:`problems` is complete once this has been called."""
+        self.scan()
+        assert self._clips is not None
+        yield from self._clips.values()
+
+    def records(self) -> Iterator[ClipRecord]:
+        """Every valid metadata record sorted by id, whether or not a video was found for it."""
+        self.scan()
+        yield from self._records.values()
+
+    def get(self, clip_id: str) -> UpstreamClip:
+        self.scan()
+        assert self._clips is not None
+        try:
+            return self._clips[clip_id]
+        except KeyError:
+            raise KeyError(f"{self.root}: no clip with id {clip_id!r}") from None
+
+    def __len__(self) -> int:
+        self.scan()
+        assert self._clips is not None
+        return len(self._clips)
+
+    @property
+    def num_rows(self) -> int:
+        """Records in the metadata file, valid or not."""
+        self.scan()
+        return self._rows
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _problem(self, kind: str, where: str, message: str) -> None:
+        self.problems.append(UpstreamProblem(kind=kind, where=where, message=message))
+
+    def _list_members(self) -> dict[str, tuple[Path, str]]:
+        members: dict[str, tuple[Path, str]] = {}
+        for zip_path in self.zips:
+            try:
+                infos = _zip_handle(zip_path).infolist()
+            except (zipfile.BadZipFile, OSError) as exc:
+                self._problem("unreadable_member", zip_path.name, f"{zip_path.name}: not a readable zip ({exc})")
+                continue
+            for info in infos:
+                name = info.filename
+                if info.is_dir():
+                    continue
+                base = name.replace("\\", "/").rsplit("/", 1)[-1]
+                if base.startswith("._") or "__MACOSX" in name or not base.lower().endswith(VIDEO_SUFFIXES):
+                    continue
+                where = f"{zip_path.name}:{name}"
+                if is_unsafe_member_name(name):
+                    self._problem(
+                        "unsafe_member_name",
+                        where,
+                        f"{where}: member name escapes the archive root; skipped",
+                    )
+                    continue
+                if base in members:
+                    first = members[base]
+                    self._problem(
+                        "duplicate_name",
+                        where,
+                        f"{where}: {base!r} already in {first[0].name}:{first[1]}; kept the first",
+                    )
+                    continue
+                members[base] = (zip_path, name)
+        return members
+
+    def _read_records(self) -> dict[str, tuple[ClipRecord, str]]:
+        rows = load_metadata_rows(self.metadata_path)
+        self._rows = len(rows)
+        self._invalid_names = set()
+        if rows and not any(
+            key is not None or any(ALIASES.get(normalise_key(k)) == "file_name" for k in row) for key, row in rows
+        ):
+            seen = sorted({k for _, row in rows[:1000] for k in row})
+            raise UpstreamFormatError(
+                f"{self.metadata_path}: no video name field; keys seen: {seen}; "
+                f"accepted (after lower-casing and removing non-alphanumerics): {FILE_NAME_ALIASES}"
+            )
+        meta = self.metadata_path.name
+        warned: set[str] = set()
+        records: dict[str, tuple[ClipRecord, str]] = {}
+        for index, (key, row) in enumerate(rows):
+            mapped, extra, repeated = mapped_fields(row)
+            name_value = mapped.get("file_name", (None, key))[1]
+            if not name_value:
+                self._problem("invalid_record", f"{meta}[{index}]", f"{meta} row {index}: no video name")
+                continue
+            base = str(name_value).replace("\\", "/").rsplit("/", 1)[-1]
+            if not base.lower().endswith(VIDEO_SUFFIXES):
+                base = f"{base}.mp4"
+            where = f"{meta} row {index} ({base})"
+            for k in [*extra]:
+                if k in warned:
+                    continue
+                warned.add(k)
+                why = "repeats a field already given by another key" if k in repeated else "has no alias"
+                message = f"{where}: key {k!r} {why}; kept in record.extra (reported once per key)"
+                self._problem("unknown_key", where, message)
+                warnings.warn(message, UnknownFieldsWarning, stacklevel=2)
+            try:
+                record = build_record(mapped, extra, file_name=base, where=where)
+            except SchemaVersionError as exc:
+                self._invalid_names.add(base)
+                self._problem("schema_version", where, str(exc))
+                continue
+            except ValueError as exc:
+                self._invalid_names.add(base)
+                self._problem("invalid_record", where, str(exc))
+                continue
+            if base in records:
+                self._problem(
+                    "duplicate_name", where, f"{where}: {base!r} already described by {records[base][1]}; kept the first"
+                )
+                continue
+            records[base] = (record, where)
+        return records
+
+
+def _natural_key(path: Path) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def find_metadata_file(root: Path) -> Path:
+    """The one JSON metadata file of a release; several candidates are an error naming them."""
+    candidates = sorted(p for p in [*root.glob("*.json"), *root.glob("*.jsonl")] if p.is_file())
+    if len(candidates) > 1:
+        with_records = []
+        for p in candidates:
+            try:
+                if load_metadata_rows(p):
+                    with_records.append(p)
+            except (UpstreamFormatError, ValueError, UnicodeDecodeError):
+                continue
+        candidates = with_records or candidates
+    if not candidates:
+        raise UpstreamFormatError(f"{root}: no *.json metadata file found")
+    if len(candidates) > 1:
+        raise UpstreamFormatError(
+            f"{root}: several metadata files {[p.name for p in candidates]}; pick one with metadata=..."
+        )
+    return candidates[0]
+
+
+def is_upstream_release(path: Path) -> bool:
+    """A folder with at least one ``videos_*.zip`` and a JSON file beside it."""
+    path = Path(path)
+    return (
+        path.is_dir()
+        and any(path.glob("videos_*.zip"))
+        and any(p.is_file() for p in [*path.glob("*.json"), *path.glob("*.jsonl")])
+    )

@@ -1,0 +1,82 @@
+"""Shared fixtures for the latent-cache tests: a tiny Wan-shaped model folder, a small hub-native
+dataset of real mp4s, and the frame spec / config that keep encoding CPU-fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from videos import make_video
+
+from medvideocap.encode_latents import EncodeConfig
+from medvideocap.frames import FrameSpec
+
+#: 9 frames (2 latent frames + 1) at 8 fps, 32x48: the tiny VAE encodes it in milliseconds.
+SPEC = FrameSpec(num_frames=9, fps=8.0, height=32, width=48, position="center")
+MAX_LENGTH = 64
+
+
+def tiny_config(model_dir: Path, **overrides: object) -> EncodeConfig:
+    """Encode settings pointing at the tiny pipeline folder, as a user would point at the real repo."""
+    kwargs: dict[str, object] = {
+        "vae": str(model_dir),
+        "device": "cpu",
+        "max_length": MAX_LENGTH,
+        "frames": SPEC,
+        "rows_per_shard": 2,
+    }
+    kwargs.update(overrides)
+    return EncodeConfig(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from medvideocap.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-wan") / "model")
+
+
+def write_hub_native(root: Path, n: int, *, short_ids: tuple[int, ...] = (), seconds: float = 2.0) -> list[str]:
+    """A hub-native dataset (H3's writer) of ``n`` real 64x48 H.264 clips, all in ``train``.
+
+    Clips listed in ``short_ids`` last 0.5 s: too short for :data:`SPEC`, so the loader skips them.
+    Sources alternate between two lavfi patterns so latents differ from clip to clip."""
+    from medvideocap.probe import probe
+    from medvideocap.schema import Caption, ClipRecord
+    from medvideocap.writer import DatasetWriter
+
+    ids = []
+    videos = root.parent / f"{root.name}-mp4"
+    with DatasetWriter(root) as writer:
+        for i in range(n):
+            clip_id = f"clip{i:03d}"
+            secs = 0.5 if i in short_ids else seconds
+            path = make_video(
+                videos / f"{clip_id}.mp4",
+                seconds=secs,
+                fps=8,
+                size=(64, 48),
+                source="testsrc2" if i % 2 == 0 else "smptebars",
+            )
+            info = probe(path)
+            record = ClipRecord(
+                id=clip_id,
+                group=clip_id,
+                file_name=f"{clip_id}.mp4",
+                split="train",
+                duration=info.duration,
+                fps=info.fps,
+                num_frames=info.num_frames,
+                width=info.width,
+                height=info.height,
+                captions=[
+                    Caption(
+                        name="detailed",
+                        text=f"A surgeon demonstrates suture technique number {i}" + " slowly" * (i % 4),
+                        style="detailed",
+                    )
+                ],
+            )
+            writer.write(record, path)
+            ids.append(clip_id)
+    return ids

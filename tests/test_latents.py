@@ -1,0 +1,320 @@
+"""The latent cache format and its readers (``medvideocap/latents.py``), fed by the tiny Wan VAE + UMT5
+encoding plain pixel tensors (the end-to-end path from mp4s is in test_encode_latents.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from fixtures_latents import tiny_config, tiny_model_dir  # noqa: F401 - pytest fixture
+
+from medvideocap.encode_latents import BatchEncoder, encode_items
+from medvideocap.latents import (
+    BucketBatchSampler,
+    FingerprintMismatchError,
+    LatentCache,
+    LatentCacheError,
+    collate_latents,
+    load_latents,
+)
+
+FASTVIDEO_T2V_COLUMNS = [
+    "id",
+    "vae_latent_bytes",
+    "vae_latent_shape",
+    "vae_latent_dtype",
+    "text_embedding_bytes",
+    "text_embedding_shape",
+    "text_embedding_dtype",
+    "file_name",
+    "caption",
+    "media_type",
+    "width",
+    "height",
+    "num_frames",
+    "duration_sec",
+    "fps",
+]
+
+
+def _items(n: int, shapes: list[tuple[int, int, int]] | None = None, seed: int = 0) -> list[dict]:
+    """Pixel items as medvideocap.load yields them: (C, T, H, W) in [-1, 1], caption, id, timestamps."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = shapes or [(9, 32, 48)]
+    items = []
+    for i in range(n):
+        t, h, w = shapes[i % len(shapes)]
+        items.append(
+            {
+                "id": f"c{i:03d}",
+                "video": torch.rand(3, t, h, w, generator=g) * 2 - 1,
+                "caption": "an endoscopic view of the stomach" + " with bleeding" * (i % 3),
+                "timestamps": torch.arange(t, dtype=torch.float32) / 8,
+            }
+        )
+    return items
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir: Path) -> BatchEncoder:  # noqa: F811
+    return BatchEncoder(tiny_config(tiny_model_dir, batch_size=2))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory, encoder: BatchEncoder) -> Path:
+    out = tmp_path_factory.mktemp("cache")
+    encode_items(_items(7), out, "train", encoder)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bucket_cache(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:  # noqa: F811
+    out = tmp_path_factory.mktemp("buckets")
+    enc = BatchEncoder(tiny_config(tiny_model_dir, batch_size=2, rows_per_shard=3))
+    encode_items(_items(10, shapes=[(9, 32, 48), (5, 48, 32)]), out, "train", enc)
+    return out
+
+
+def test_latents_and_embeddings_round_trip_bit_exactly(cache_dir: Path, encoder: BatchEncoder) -> None:
+    items = {it["id"]: it for it in _items(7)}
+    ds = load_latents(cache_dir, normalize=False, posterior="mode")
+    assert len(ds) == 7
+    cache = ds.cache
+    for i in range(len(ds)):
+        item = ds[i]
+        src = items[item["id"]]
+        mean, logvar = encoder.encode_videos(src["video"][None])
+        (text,) = encoder.encode_texts([src["caption"]])
+        assert item["latents"].dtype == torch.float32
+        assert item["latents"].shape == mean[0].shape
+        assert torch.equal(item["latents"], mean[0])
+        raw = cache.raw(i)
+        assert raw["logvar"].dtype == np.float32
+        assert torch.equal(torch.from_numpy(raw["logvar"].copy()), logvar[0].clamp(-30, 20))
+        assert torch.equal(item["prompt_embeds"], text)
+        assert item["prompt_len"] == text.shape[0] < 64  # unpadded: token count, not max_length
+        assert item["caption"] == src["caption"]
+
+
+def test_a_fastvideo_style_reader_reads_our_rows(cache_dir: Path) -> None:
+    ours = load_latents(cache_dir, normalize=False, posterior="mode")
+    by_id = {ours[i]["id"]: ours[i] for i in range(len(ours))}
+    files = sorted((cache_dir / "train").glob("rank-*-shard-*.parquet"))
+    seen = 0
+    for path in files:
+        table = pq.read_table(path)
+        assert set(FASTVIDEO_T2V_COLUMNS) <= set(table.column_names)
+        for row in table.to_pylist():
+            latent = np.frombuffer(row["vae_latent_bytes"], dtype=row["vae_latent_dtype"]).reshape(
+                row["vae_latent_shape"]
+            )
+            text = np.frombuffer(row["text_embedding_bytes"], dtype=row["text_embedding_dtype"]).reshape(
+                row["text_embedding_shape"]
+            )
+            mask = np.frombuffer(row["text_attention_mask_bytes"], dtype=row["text_attention_mask_dtype"])
+            assert np.array_equal(latent, by_id[row["id"]]["latents"].numpy())
+            assert np.array_equal(text, by_id[row["id"]]["prompt_embeds"].numpy())
+            assert mask.all() and mask.shape[0] == row["text_len"]
+            assert row["media_type"] == "video" and row["num_frames"] == 9
+            assert (row["height"], row["width"]) == (32, 48)
+            assert row["fps"] == pytest.approx(8.0)
+            assert row["latent_kind"] == "moments"
+            seen += 1
+    assert seen == 7
+
+
+def test_normalize_applies_the_manifest_mean_and_std(cache_dir: Path) -> None:
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    raw = load_latents(cache_dir, normalize=False, posterior="mode")[0]["latents"]
+    norm = load_latents(cache_dir, normalize=True, posterior="mode")[0]["latents"]
+    mean = torch.tensor(manifest["latents_mean"]).view(-1, 1, 1, 1)
+    std = torch.tensor(manifest["latents_std"]).view(-1, 1, 1, 1)
+    assert len(manifest["latents_mean"]) == raw.shape[0]
+    assert torch.allclose(norm, (raw - mean) / std, atol=0, rtol=1e-6)
+    assert not torch.allclose(norm, raw)
+    assert manifest["normalization"].startswith("none")
+
+
+def test_moments_are_sampled_deterministically_per_id_seed_and_epoch(cache_dir: Path) -> None:
+    a = load_latents(cache_dir, normalize=False, sample_seed=3)
+    b = load_latents(cache_dir, normalize=False, sample_seed=3)
+    c = load_latents(cache_dir, normalize=False, sample_seed=4)
+    mode = load_latents(cache_dir, normalize=False, posterior="mode")
+    assert torch.equal(a[2]["latents"], b[2]["latents"])
+    assert not torch.equal(a[2]["latents"], c[2]["latents"])
+    assert not torch.equal(a[2]["latents"], mode[2]["latents"])
+    first = a[2]["latents"].clone()
+    a.set_epoch(1)
+    assert not torch.equal(a[2]["latents"], first)
+    # the draw is a posterior sample: standardised residuals look like N(0, 1)
+    residuals = []
+    for i in range(len(a)):
+        std = torch.exp(0.5 * torch.from_numpy(a.cache.raw(i)["logvar"].copy()))
+        residuals.append(((a[i]["latents"] - mode[i]["latents"]) / std).flatten())
+    z = torch.cat(residuals)
+    assert z.numel() > 500
+    assert abs(z.mean().item()) < 0.15 and 0.85 < z.std().item() < 1.15
+
+
+def test_store_sample_keeps_one_fixed_draw(tmp_path: Path, tiny_model_dir: Path, cache_dir: Path) -> None:  # noqa: F811
+    enc = BatchEncoder(tiny_config(tiny_model_dir, store="sample"))
+    encode_items(_items(7), tmp_path, "train", enc)
+    ds = load_latents(tmp_path, normalize=False)
+    assert json.loads((tmp_path / "manifest.json").read_text())["store"] == "sample"
+    row = pq.read_table(sorted((tmp_path / "train").glob("*.parquet"))[0]).to_pylist()[0]
+    assert row["latent_kind"] == "sample" and row["vae_logvar_bytes"] is None
+    moments = load_latents(cache_dir, normalize=False, posterior="mode")
+    by_id = {moments[i]["id"]: i for i in range(len(moments))}
+    residuals = []
+    for i in range(len(ds)):
+        item = ds[i]
+        assert torch.equal(item["latents"], ds[i]["latents"])  # nothing re-sampled at load time
+        j = by_id[item["id"]]
+        mean = moments[j]["latents"]
+        std = torch.exp(0.5 * torch.from_numpy(moments.cache.raw(j)["logvar"].copy()))
+        assert not torch.equal(item["latents"], mean)
+        residuals.append(((item["latents"] - mean) / std).flatten())
+    z = torch.cat(residuals)
+    assert abs(z.mean().item()) < 0.15 and 0.85 < z.std().item() < 1.15
+    assert ds.fingerprint != moments.fingerprint
+
+
+def test_fingerprint_mismatch_is_a_clear_error(cache_dir: Path) -> None:
+    fp = json.loads((cache_dir / "manifest.json").read_text())["fingerprint"]
+    assert load_latents(cache_dir, expect_fingerprint=fp).fingerprint == fp
+    with pytest.raises(FingerprintMismatchError) as err:
+        load_latents(cache_dir, expect_fingerprint="0" * 64)
+    assert fp in str(err.value) and "0" * 64 in str(err.value)
+
+
+def test_an_edited_manifest_is_refused(cache_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(cache_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["latents_std"] = [1.0] * len(manifest["latents_std"])
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LatentCacheError, match="fingerprint does not match"):
+        load_latents(copy)
+
+
+def test_collate_pads_prompts_with_a_mask(cache_dir: Path) -> None:
+    ds = load_latents(cache_dir)
+    items = [ds[i] for i in range(3)]
+    batch = collate_latents(items)
+    lens = [it["prompt_len"] for it in items]
+    assert len(set(lens)) > 1
+    assert batch["latents"].shape == (3, *items[0]["latents"].shape)
+    assert batch["prompt_embeds"].shape[:2] == (3, max(lens))
+    for b, n in enumerate(lens):
+        assert batch["prompt_mask"][b].sum() == n and batch["prompt_mask"][b, :n].all()
+        assert torch.equal(batch["prompt_embeds"][b, :n], items[b]["prompt_embeds"])
+        assert not batch["prompt_embeds"][b, n:].any()
+
+
+def test_map_style_trains_through_a_dataloader_with_workers(cache_dir: Path) -> None:
+    ds = load_latents(cache_dir)
+    sampler = ds.bucket_sampler(3, shuffle=True, seed=1)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate_latents, num_workers=2)
+    ids = [cid for batch in loader for cid in batch["id"]]
+    assert sorted(ids) == sorted(ds.cache.ids)
+
+
+def test_streaming_shards_over_ranks_and_workers_disjoint_and_complete(cache_dir: Path) -> None:
+    everything = set(LatentCache(cache_dir).ids)
+    got: list[str] = []
+    for rank in range(2):
+        ds = load_latents(cache_dir, streaming=True, shuffle=True, seed=5, rank=rank, world_size=2)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+        got += [item["id"] for item in loader]
+    # 7 clips over 4 readers: equal shares of 1 (ranks stay in step); nothing twice
+    assert len(got) == len(set(got)) == 4
+    assert set(got) <= everything
+    single = [it["id"] for it in load_latents(cache_dir, streaming=True, shuffle=True, seed=5)]
+    assert sorted(single) == sorted(everything)
+
+
+def test_streaming_shuffle_is_seeded(cache_dir: Path) -> None:
+    def order(seed: int) -> list[str]:
+        return [it["id"] for it in load_latents(cache_dir, streaming=True, shuffle=True, seed=seed)]
+
+    assert order(1) == order(1)
+    assert order(1) != order(2)
+    ds = load_latents(cache_dir, streaming=True, shuffle=True, seed=1)
+    first, second = [it["id"] for it in ds], [it["id"] for it in ds]
+    assert first != second and sorted(first) == sorted(second)  # a new epoch reshuffles
+
+
+def test_streaming_resumes_from_state_dict_exactly(cache_dir: Path) -> None:
+    full = [it["id"] for it in load_latents(cache_dir, streaming=True, shuffle=True, seed=9)]
+    ds = load_latents(cache_dir, streaming=True, shuffle=True, seed=9)
+    it = iter(ds)
+    head = [next(it)["id"] for _ in range(3)]
+    state = json.loads(json.dumps(ds.state_dict()))  # must survive a JSON checkpoint
+    resumed = load_latents(cache_dir, streaming=True, shuffle=True, seed=9)
+    resumed.load_state_dict(state)
+    tail = [item["id"] for item in resumed]
+    assert head + tail == full
+
+
+def test_streaming_buckets_by_latent_shape_and_resumes(bucket_cache: Path) -> None:
+    def run(ds: object) -> list[list[str]]:
+        return [batch["id"] for batch in ds]  # type: ignore[attr-defined]
+
+    full_ds = load_latents(bucket_cache, streaming=True, shuffle=True, seed=2, batch_size=2)
+    shapes = set()
+    batches = []
+    for batch in full_ds:
+        assert batch["latents"].dim() == 5
+        shapes.add(tuple(batch["latents"].shape[1:]))
+        batches.append(batch["id"])
+    assert len(shapes) == 2
+    assert sorted(i for b in batches for i in b) == sorted(LatentCache(bucket_cache).ids)
+    ds = load_latents(bucket_cache, streaming=True, shuffle=True, seed=2, batch_size=2)
+    it = iter(ds)
+    head = [next(it)["id"] for _ in range(2)]
+    resumed = load_latents(bucket_cache, streaming=True, shuffle=True, seed=2, batch_size=2)
+    resumed.load_state_dict(json.loads(json.dumps(ds.state_dict())))
+    assert head + run(resumed) == batches
+
+
+def test_bucket_sampler_groups_shapes_splits_ranks_and_resumes(bucket_cache: Path) -> None:
+    cache = LatentCache(bucket_cache)
+    shapes = cache.latent_shapes
+    assert len(set(shapes)) == 2
+    per_rank = [list(BucketBatchSampler(shapes, 2, seed=3, rank=r, world_size=2)) for r in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1])
+    flat = [i for batches in per_rank for b in batches for i in b]
+    assert len(flat) == len(set(flat))
+    for batches in per_rank:
+        for b in batches:
+            assert len({shapes[i] for i in b}) == 1
+    whole = list(BucketBatchSampler(shapes, 2, seed=3))
+    assert sorted(i for b in whole for i in b) == list(range(len(shapes)))
+    s = BucketBatchSampler(shapes, 2, seed=3)
+    it = iter(s)
+    head = [next(it) for _ in range(2)]
+    s2 = BucketBatchSampler(shapes, 2, seed=3)
+    s2.load_state_dict(s.state_dict())
+    assert head + list(s2) == whole
+
+
+def test_mixed_shapes_in_one_batch_are_refused(bucket_cache: Path) -> None:
+    ds = load_latents(bucket_cache)
+    shapes = ds.cache.latent_shapes
+    a = 0
+    b = next(i for i, s in enumerate(shapes) if s != shapes[0])
+    with pytest.raises(ValueError, match="bucket sampler"):
+        collate_latents([ds[a], ds[b]])
+
+
+def test_missing_cache_and_split_errors_say_what_to_do(cache_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(LatentCacheError, match="encode-latents"):
+        load_latents(tmp_path)
+    with pytest.raises(LatentCacheError, match="no shards for split 'test'"):
+        load_latents(cache_dir, split="test")

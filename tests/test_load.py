@@ -1,0 +1,221 @@
+"""``medvideocap.load`` map-style: item shapes and ranges, captions, backends, bad clips, workers,
+buckets, and the upstream release giving the same samples as its hub-native conversion."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_loader import clip_bytes, clip_record, make_hub_native
+from torch.utils.data import DataLoader
+
+import medvideocap
+from medvideocap.decode import DecodeError
+from medvideocap.frames import FrameSpec
+from medvideocap.load import SkippedSampleWarning, collate
+from medvideocap.sampler import BucketBatchSampler, bucket_batches
+from medvideocap.schema import ClipRecord
+from medvideocap.writer import DatasetWriter
+
+SMALL = FrameSpec(num_frames=9, fps=8, height=32, width=48, position="random", seed=1)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 clips of 2-3 s, every third one 96x48 (wide), in several shards."""
+    return make_hub_native(tmp_path_factory.mktemp("hn") / "ds", 6, wide_every=3)
+
+
+@pytest.fixture(scope="module")
+def corrupt_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_hub_native(tmp_path_factory.mktemp("bad") / "ds", 4, corrupt=("garbage", "truncated"))
+
+
+def _items(ds: torch.utils.data.Dataset) -> list[dict]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedSampleWarning)
+        return [ds[i] for i in range(len(ds))]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("spec", "output", "shape"),
+    [
+        (SMALL, "float", (3, 9, 32, 48)),
+        (FrameSpec(num_frames=5, fps=4, height=16, width=16, position="center"), "float", (3, 5, 16, 16)),
+        (FrameSpec(num_frames=13, fps=None, height=None, width=None, position="start"), "uint8", (3, 13, 48, 64)),
+    ],
+)
+def test_items_have_the_spec_shape_and_value_range(dataset: Path, spec: FrameSpec, output: str, shape: tuple) -> None:
+    ds = medvideocap.load(dataset, "train", frames=spec, output=output)  # type: ignore[arg-type]
+    items = _items(ds)
+    assert len(items) == 6 and all(it is not None for it in items)
+    ids = set()
+    for it in items:
+        video = it["video"]
+        if spec.height is None:  # native size: the wide clips stay wide
+            assert video.shape[:3] == shape[:3] and video.shape[3] in (64, 96)
+        else:
+            assert video.shape == shape
+        if output == "float":
+            assert video.dtype == torch.float32 and video.min() >= -1 and video.max() <= 1
+            assert video.min() < -0.5 and video.max() > 0.5  # real content, not a constant frame
+        else:
+            assert video.dtype == torch.uint8 and video.max() > 128
+        ts = it["timestamps"]
+        assert ts.shape == (shape[1],) and bool((ts[1:] > ts[:-1]).all())
+        step = 1.0 / (spec.fps or 8)
+        assert torch.allclose(ts[1:] - ts[:-1], torch.full_like(ts[1:], step), atol=1e-3)
+        assert isinstance(it["record"], ClipRecord) and it["record"].id == it["id"]
+        ids.add(it["id"])
+    assert ids == {f"c{i:03d}" for i in range(6)}
+
+
+def test_buckets_pick_the_shape_by_aspect_ratio_and_the_sampler_batches_equal_shapes(dataset: Path) -> None:
+    buckets = ((9, 32, 48), (9, 32, 64))  # 1.5 and 2.0 aspect: 64x48 (1.33) and 96x48 (2.0) clips
+    ds = medvideocap.load(dataset, frames=FrameSpec(num_frames=9, fps=8, buckets=buckets))
+    shapes = {it["id"]: tuple(it["video"].shape) for it in _items(ds)}
+    assert shapes == {f"c{i:03d}": (3, 9, 32, 64) if i % 3 == 2 else (3, 9, 32, 48) for i in range(6)}
+    sampler = BucketBatchSampler(ds, batch_size=2, shuffle=True, seed=0)
+    seen = []
+    for batch in DataLoader(ds, batch_sampler=sampler, collate_fn=collate):
+        assert batch["video"].shape[0] == len(batch["id"])
+        seen += batch["id"]
+    assert sorted(seen) == sorted(shapes)
+    with pytest.raises(ValueError, match="BucketBatchSampler"):
+        collate([ds[0], ds[2]])
+    streamed = list(bucket_batches((ds[i] for i in range(len(ds))), batch_size=2))
+    assert sorted(i for b in streamed for i in b["id"]) == sorted(shapes)
+
+
+def test_bucket_sampler_gives_every_rank_the_same_number_of_batches(dataset: Path) -> None:
+    ds = medvideocap.load(dataset, frames=FrameSpec(num_frames=9, fps=8, buckets=((9, 32, 48), (9, 32, 64))))
+    per_rank = [list(BucketBatchSampler(ds, 3, rank=r, world_size=2)) for r in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1])
+    covered = {i for batches in per_rank for b in batches for i in b}
+    assert covered == set(range(len(ds)))
+
+
+def test_caption_policy_picks_strips_and_mixes_by_seed(dataset: Path) -> None:
+    detailed = medvideocap.load(dataset, frames=SMALL, caption="detailed")[0]
+    assert detailed["caption"] == "A surgeon explains step c000."  # "In this video," stripped
+    assert medvideocap.load(dataset, frames=SMALL, caption="brief")[0]["caption"] == "Step c000."
+    mixed = medvideocap.load(dataset, frames=SMALL, caption={"detailed": 0.5, "brief": 0.5}, seed=3)
+    picks = [mixed[i]["caption"].startswith("Step") for i in range(6)]
+    assert set(picks) == {True, False}
+    again = medvideocap.load(dataset, frames=SMALL, caption={"detailed": 0.5, "brief": 0.5}, seed=3)
+    assert [again[i]["caption"].startswith("Step") for i in range(6)] == picks
+
+
+def test_same_item_from_all_three_backends(dataset: Path) -> None:
+    spec = FrameSpec(num_frames=9, fps=8, height=32, width=48, position="random", seed=5)
+    by_backend = {b: _items(medvideocap.load(dataset, frames=spec, backend=b, output="uint8"))
+                  for b in ("torchcodec", "decord", "pyav")}
+    for backend in ("decord", "pyav"):
+        for a, b in zip(by_backend["torchcodec"], by_backend[backend], strict=True):
+            assert a["id"] == b["id"] and torch.allclose(a["timestamps"], b["timestamps"])
+            assert (a["video"].int() - b["video"].int()).abs().float().mean() <= 1.0
+
+
+def test_windows_and_crops_are_reproducible_and_change_with_the_epoch(dataset: Path) -> None:
+    spec = FrameSpec(num_frames=5, fps=8, height=32, width=32, crop="random", seed=2)
+    ds = medvideocap.load(dataset, frames=spec)
+    first = ds[1]
+    assert torch.equal(first["video"], medvideocap.load(dataset, frames=spec)[1]["video"])
+    starts = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        starts.add(float(ds[1]["timestamps"][0]))
+    assert len(starts) > 1
+
+
+def test_corrupt_clips_are_skipped_with_a_warning_naming_them_and_counted(corrupt_dataset: Path) -> None:
+    ds = medvideocap.load(corrupt_dataset, frames=SMALL)
+    assert len(ds) == 6
+    with pytest.warns(SkippedSampleWarning) as caught:
+        items = [ds[i] for i in range(len(ds))]
+    named = " ".join(str(w.message) for w in caught)
+    assert "bad_garbage.mp4" in named and "bad_truncated.mp4" in named
+    assert sum(it is None for it in items) == 2
+    assert ds.stats.skipped == 2 and ds.stats.samples == 4
+    assert {i for i, _ in ds.stats.skipped_ids} == {
+        next(i for i, _ in ds.stats.skipped_ids if "garbage" in i),
+        next(i for i, _ in ds.stats.skipped_ids if "truncated" in i),
+    }
+    batch = collate(items)
+    assert batch is not None and batch["video"].shape[0] == 4
+
+
+def test_corrupt_clip_raises_under_on_error_raise(corrupt_dataset: Path) -> None:
+    ds = medvideocap.load(corrupt_dataset, frames=SMALL, on_error="raise")
+    bad = ds.ids.index("bad_garbage")
+    with pytest.raises(DecodeError, match="bad_garbage.mp4"):
+        ds[bad]
+
+
+def test_short_clips_are_skipped_or_padded(dataset: Path) -> None:
+    long_spec = dict(num_frames=21, fps=8, height=32, width=48, position="start")  # 2.5 s: only 3 s clips fit
+    skipping = medvideocap.load(dataset, frames=FrameSpec(**long_spec, short="skip"))
+    items = _items(skipping)
+    assert [it is None for it in items] == [True, False] * 3
+    assert skipping.stats.short == 3 and skipping.stats.skipped == 3
+    padded = _items(medvideocap.load(dataset, frames=FrameSpec(**long_spec, short="pad"), output="uint8"))
+    short = padded[0]
+    assert short["video"].shape == (3, 21, 32, 48)
+    assert torch.equal(short["video"][:, -1], short["video"][:, 15])  # the 16th frame is the last one
+    assert short["timestamps"][-1] == short["timestamps"][15]
+
+
+def test_dataloader_workers_after_the_parent_decoded_give_the_same_items(dataset: Path) -> None:
+    ds = medvideocap.load(dataset, frames=SMALL)
+    expected = {it["id"]: it["video"] for it in _items(ds)}  # parent now holds decoders and file handles
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate, multiprocessing_context="fork")
+    got = {}
+    for batch in loader:
+        for i, clip_id in enumerate(batch["id"]):
+            got[clip_id] = batch["video"][i]
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in got)
+
+
+def test_upstream_release_and_its_hub_native_conversion_give_the_same_samples(tmp_path: Path) -> None:
+    from fixtures_upstream import make_upstream_release
+
+    from medvideocap.upstream import UpstreamRelease
+
+    up = make_upstream_release(tmp_path / "up", n_clips=6)
+    with DatasetWriter(tmp_path / "hn", card=False) as writer:
+        for clip in UpstreamRelease.open(up).clips():
+            writer.write(clip.record, clip.read_bytes())
+    spec = FrameSpec(num_frames=5, fps=8, height=32, width=48, seed=4, crop="random")
+    from_up = medvideocap.load(up, "train", frames=spec, caption={"detailed": 1, "brief": 1})
+    from_hn = medvideocap.load(tmp_path / "hn", "train", frames=spec, caption={"detailed": 1, "brief": 1})
+    assert len(from_up) == len(from_hn) > 0
+    hn = {it["id"]: it for it in _items(from_hn)}
+    for it in _items(from_up):
+        other = hn[it["id"]]
+        assert torch.equal(it["video"], other["video"])
+        assert torch.equal(it["timestamps"], other["timestamps"])
+        assert it["caption"] == other["caption"]
+        assert it["record"].to_json_dict() == other["record"].to_json_dict()
+
+
+def test_unknown_source_is_an_error_saying_what_was_expected(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="hub-native"):
+        medvideocap.load(tmp_path / "empty")
+
+
+def test_missing_split_names_the_splits_that_exist(dataset: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no metadata for split 'test'.*\['train'\]"):
+        medvideocap.load(dataset, "test")
+
+
+def test_single_clip_written_by_hand_loads(tmp_path: Path) -> None:
+    """A dataset with one clip whose record is minimal (no captions) still gives an item."""
+    rec = clip_record("solo", seconds=2.0, fps=8, size=(64, 48)).model_copy(update={"captions": []})
+    with DatasetWriter(tmp_path / "one", card=False) as writer:
+        writer.write(rec, clip_bytes(2.0, 8, (64, 48)))
+    item = medvideocap.load(tmp_path / "one", frames=SMALL)[0]
+    assert item["caption"] == "" and item["video"].shape == (3, 9, 32, 48)

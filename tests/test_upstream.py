@@ -1,0 +1,287 @@
+"""The upstream reader: paper-style JSON + zips of real mp4s -> typed records joined to decodable bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from fixtures_upstream import DURATIONS, RATES, make_upstream_release
+
+from medvideocap import layout
+from medvideocap.probe import probe
+from medvideocap.schema import Category, UnknownFieldsWarning
+from medvideocap.upstream import (
+    ALIASES,
+    UpstreamFormatError,
+    UpstreamRelease,
+    is_unsafe_member_name,
+    is_upstream_release,
+    normalise_key,
+    parse_bit_rate,
+    parse_duration,
+    parse_fps,
+    parse_resolution,
+)
+
+
+@pytest.fixture(scope="module")
+def release_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_upstream_release(tmp_path_factory.mktemp("upstream"), n_clips=6)
+
+
+def _copy_with(tmp_path: Path, release_dir: Path, records: list[dict[str, Any]] | dict[str, Any]) -> Path:
+    """The fixture's zips with another metadata file."""
+    root = tmp_path / "release"
+    root.mkdir()
+    for z in release_dir.glob("*.zip"):
+        (root / z.name).write_bytes(z.read_bytes())
+    (root / "metadata.json").write_text(json.dumps(records))
+    return root
+
+
+def _records(release_dir: Path) -> list[dict[str, Any]]:
+    return json.loads((release_dir / "metadata.json").read_text())
+
+
+def test_reader_yields_typed_records_joined_to_decodable_bytes(release_dir: Path) -> None:
+    release = UpstreamRelease.open(release_dir)
+    clips = list(release.clips())
+    assert [c.record.id for c in clips] == [f"{i:05d}" for i in range(6)]
+    assert release.problems == []
+    for i, clip in enumerate(clips):
+        rec = clip.record
+        assert (rec.width, rec.height) == (64, 48)
+        assert rec.duration == DURATIONS[i % 3] and rec.fps == RATES[i % 3]
+        assert rec.file_name == f"{i:05d}.mp4" and rec.split is None
+        assert isinstance(rec.category, Category) and rec.category != Category.other
+        assert rec.scores.aesthetic is not None and rec.scores.technical is not None
+        assert rec.bit_rate is not None and 10_000 < rec.bit_rate < 200_000
+        assert rec.camera_motion in ("static shot", "pan left", "zoom in")
+        detailed = next(c for c in rec.captions if c.name == "detailed")
+        assert (detailed.style, detailed.source, detailed.model) == ("detailed", "upstream", "gpt-4o")
+        assert rec.caption("brief") and rec.caption("detailed")
+        assert rec.extra == {}
+        # decode the joined member with PyAV: the bytes are the real clip the record describes
+        with av.open(io.BytesIO(clip.read_bytes())) as container:
+            frames = list(container.decode(video=0))
+        assert len(frames) == round(rec.duration * rec.fps)
+        assert (frames[0].width, frames[0].height) == (64, 48)
+
+
+def test_groups_come_from_the_source_video_key(release_dir: Path) -> None:
+    groups = {c.record.id: c.record.group for c in UpstreamRelease.open(release_dir).clips()}
+    assert groups["00000"] == groups["00001"] == "yt_A"
+    assert groups["00002"] == groups["00003"] == "yt_B"
+    assert groups["00004"] != groups["00005"]
+
+
+def test_members_in_folders_are_joined_and_streamed_without_extraction(release_dir: Path) -> None:
+    before = sorted(p.name for p in release_dir.rglob("*"))
+    release = UpstreamRelease.open(release_dir)
+    clip = release.get("00001")
+    assert clip.zip_path.name == "videos_2.zip" and clip.member == "videos_2/00001.mp4"
+    with clip.open() as stream:
+        info = probe(stream, name=clip.where, count_frames=True)
+    assert (info.duration, info.fps, info.num_frames) == (1.5, 10.0, 15)
+    assert sorted(p.name for p in release_dir.rglob("*")) == before  # nothing extracted
+    assert len(release) == 6 and release.num_rows == 6
+    with pytest.raises(KeyError, match="no clip"):
+        release.get("nope")
+
+
+@pytest.mark.parametrize(
+    ("key", "target"),
+    [
+        ("Video Name", "file_name"),
+        ("video", "file_name"),
+        ("path", "file_name"),
+        ("file_name", "file_name"),
+        ("video_path", "file_name"),
+        ("Resolution", "resolution"),
+        ("Dover Score", "scores.technical"),
+        ("DOVER", "scores.technical"),
+        ("technical score", "scores.technical"),
+        ("Aesthetic Score", "scores.aesthetic"),
+        ("Video Bit Rate", "bit_rate"),
+        ("bitrate", "bit_rate"),
+        ("Camera Motion Type", "camera_motion"),
+        ("Video Categories", "category"),
+        ("category", "category"),
+        ("Brief Caption", "captions.brief"),
+        ("Short Caption", "captions.brief"),
+        ("Detailed Caption", "captions.detailed"),
+        ("Caption", "captions.detailed"),
+        ("Source Video", "source.video_id"),
+        ("Title", "source.title"),
+        ("transcript", "source.transcript"),
+        ("URL", "source.url"),
+    ],
+)
+def test_alias_table_maps_paper_and_common_spellings(key: str, target: str) -> None:
+    assert ALIASES[normalise_key(key)] == target
+
+
+def test_value_parsers_understand_units() -> None:
+    assert parse_resolution("720*480") == (720, 480)
+    assert parse_resolution("720x480") == (720, 480)
+    assert parse_resolution("720 × 480") == (720, 480)
+    assert parse_resolution([720, 480]) == (720, 480)
+    assert parse_bit_rate("1.2 Mbps") == 1_200_000
+    assert parse_bit_rate("1200 kb/s") == 1_200_000
+    assert parse_bit_rate("850kbps") == 850_000
+    assert parse_bit_rate(1_000_000) == 1_000_000
+    assert parse_duration("8.99 s") == 8.99
+    assert parse_duration("00:00:08.50") == 8.5
+    assert parse_duration(8.99) == 8.99
+    assert parse_fps("30000/1001") == pytest.approx(29.97, abs=0.01)
+    assert parse_fps("25 fps") == 25.0
+    for parser, bad in [(parse_resolution, "big"), (parse_bit_rate, "fast"), (parse_duration, "long"), (parse_fps, "x")]:
+        with pytest.raises(ValueError):
+            parser(bad)
+
+
+def test_other_key_spellings_and_string_values_are_read(tmp_path: Path, release_dir: Path) -> None:
+    rows = []
+    for row in _records(release_dir):
+        rows.append(
+            {
+                "video_path": f"clips/{row['Video Name']}",
+                "resolution": "64x48",
+                "bitrate": "0.03 Mbps",
+                "DOVER": str(row["Dover Score"]),
+                "aesthetic": row["Aesthetic Score"],
+                "duration": f"{row['Duration']} s",
+                "frame_rate": f"{row['FPS']} fps",
+                "category": [row["Video Categories"]],
+                "Short Caption": row["Brief Caption"],
+                "Caption": row["Detailed Caption"],
+                "title": "Bedside teaching",
+                "url": "https://example.org/v",
+            }
+        )
+    root = _copy_with(tmp_path, release_dir, {"version": "1", "data": rows})
+    release = UpstreamRelease.open(root)
+    clips = list(release.clips())
+    assert release.problems == []
+    assert len(clips) == 6
+    rec = clips[1].record
+    assert rec.bit_rate == 30_000 and rec.fps == 10.0 and rec.duration == 1.5
+    assert rec.scores.technical == pytest.approx(0.55)
+    assert rec.category == Category.clinical_practice
+    assert rec.source.title == "Bedside teaching" and rec.source.url == "https://example.org/v"
+    assert rec.caption("brief") and rec.caption("detailed")
+
+
+def test_object_keyed_by_video_name_is_read(tmp_path: Path, release_dir: Path) -> None:
+    keyed = {}
+    for row in _records(release_dir):
+        name = row.pop("Video Name")
+        keyed[name] = row
+    release = UpstreamRelease.open(_copy_with(tmp_path, release_dir, keyed))
+    assert [c.record.id for c in release.clips()] == [f"{i:05d}" for i in range(6)]
+    assert release.problems == []
+
+
+def test_missing_video_name_field_fails_listing_keys_and_aliases(tmp_path: Path, release_dir: Path) -> None:
+    rows = _records(release_dir)
+    for row in rows:
+        row["clip_identifier"] = row.pop("Video Name")
+    release = UpstreamRelease.open(_copy_with(tmp_path, release_dir, rows))
+    with pytest.raises(UpstreamFormatError) as info:
+        release.scan()
+    message = str(info.value)
+    assert "no video name field" in message
+    assert "clip_identifier" in message  # the keys seen
+    assert "videoname" in message and "videopath" in message  # the aliases accepted
+
+
+def test_missing_media_facts_are_an_invalid_record_naming_the_field(tmp_path: Path, release_dir: Path) -> None:
+    rows = _records(release_dir)
+    del rows[2]["Duration"]
+    release = UpstreamRelease.open(_copy_with(tmp_path, release_dir, rows))
+    assert [c.record.id for c in release.clips()] == ["00000", "00001", "00003", "00004", "00005"]
+    (problem,) = release.problems
+    assert problem.kind == "invalid_record"
+    assert "00002.mp4" in problem.message and "duration" in problem.message and "missing" in problem.message
+
+
+def test_unknown_keys_are_kept_and_warned_once_per_key(tmp_path: Path, release_dir: Path) -> None:
+    rows = _records(release_dir)
+    for row in rows:
+        row["Uploader Notes"] = "x"
+    release = UpstreamRelease.open(_copy_with(tmp_path, release_dir, rows))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clips = list(release.clips())
+    assert all(c.record.extra == {"Uploader Notes": "x"} for c in clips)
+    assert [w.category for w in caught] == [UnknownFieldsWarning]
+    assert [p.kind for p in release.problems] == ["unknown_key"]
+    assert "Uploader Notes" in release.problems[0].message
+
+
+@pytest.mark.parametrize("name", ["../x.mp4", "/abs/x.mp4", "a/../../x.mp4", "C:\\x.mp4", "..\\x.mp4"])
+def test_names_escaping_the_root_are_unsafe(name: str) -> None:
+    assert is_unsafe_member_name(name)
+
+
+@pytest.mark.parametrize("name", ["x.mp4", "videos_2/x.mp4", "a/b/..x.mp4"])
+def test_ordinary_names_are_safe(name: str) -> None:
+    assert not is_unsafe_member_name(name)
+
+
+def test_absolute_member_and_cross_zip_duplicate_are_reported(tmp_path: Path, release_dir: Path) -> None:
+    root = _copy_with(tmp_path, release_dir, _records(release_dir))
+    good = (UpstreamRelease.open(release_dir).get("00000")).read_bytes()
+    with zipfile.ZipFile(root / "videos_3.zip", "w") as zf:
+        zf.writestr("/etc/evil.mp4", good)
+        zf.writestr("more/00000.mp4", good)
+    release = UpstreamRelease.open(root)
+    assert len(list(release.clips())) == 6
+    kinds = {(p.kind, p.where) for p in release.problems}
+    assert ("unsafe_member_name", "videos_3.zip:/etc/evil.mp4") in kinds
+    assert ("duplicate_name", "videos_3.zip:more/00000.mp4") in kinds
+    assert release.get("00000").zip_path.name == "videos_1.zip"  # the first one is kept
+
+
+def test_detection_of_the_layout(release_dir: Path, tmp_path: Path) -> None:
+    assert is_upstream_release(release_dir)
+    assert layout.resolve(release_dir) == ("upstream", release_dir)
+    assert not is_upstream_release(tmp_path)
+    with pytest.raises(layout.LayoutError, match="not a dataset folder"):
+        layout.resolve(tmp_path)
+    with pytest.raises(layout.LayoutError, match="not a Hub repo id"):
+        layout.resolve(tmp_path / "missing" / "deeper" / "path")
+
+
+def test_repo_ids_are_downloaded_with_snapshot_download(
+    release_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No network: snapshot_download is replaced by a fake that records its arguments."""
+    import huggingface_hub
+
+    calls: list[dict[str, Any]] = []
+
+    def fake_snapshot_download(**kwargs: Any) -> str:
+        calls.append(kwargs)
+        return str(release_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    release = UpstreamRelease.open("FreedomIntelligence/MedVideoCap-55K", revision="abc123")
+    assert len(release) == 6
+    (call,) = calls
+    assert call["repo_id"] == "FreedomIntelligence/MedVideoCap-55K"
+    assert call["repo_type"] == "dataset" and call["revision"] == "abc123"
+    assert "*.json" in call["allow_patterns"] and "videos_*.zip" in call["allow_patterns"]
+
+    calls.clear()
+    assert layout.resolve("FreedomIntelligence/MedVideoCap-55K", videos=False) == ("upstream", release_dir)
+    assert len(calls) == 1 and not any("zip" in p for p in calls[0]["allow_patterns"])
+    calls.clear()
+    layout.resolve("FreedomIntelligence/MedVideoCap-55K")
+    assert len(calls) == 2 and "videos_*.zip" in calls[1]["allow_patterns"]

@@ -1,0 +1,185 @@
+"""`validate` catches every planted fault, names the file, and sets the exit status."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from fixtures_upstream import FAULT_FILES, FAULTS, UNKNOWN_KEY, make_upstream_release
+
+from medvideocap.cli import main
+from medvideocap.probe import MediaInfo
+from medvideocap.schema import ClipRecord
+from medvideocap.upstream import UpstreamRelease
+from medvideocap.validate import ValidationReport, compare_media, validate
+
+# fault -> (problem kind, text the message must contain besides the file name)
+EXPECTED = {
+    "truncated_mp4": ("duration_mismatch", "truncated?"),
+    "record_without_video": ("record_without_video", "no member"),
+    "video_without_record": ("video_without_record", "no metadata record"),
+    "duration_mismatch": ("duration_mismatch", "JSON says 8.99 s, file decodes 1.00 s"),
+    "non_numeric_score": ("invalid_record", "'Aesthetic Score' = 'high'"),
+    "unsafe_member": ("unsafe_member_name", "escapes the archive root"),
+    "unknown_key": ("unknown_key", UNKNOWN_KEY),
+    "wrong_major_version": ("schema_version", "2.0"),
+}
+
+
+@pytest.fixture(scope="module")
+def clean_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_upstream_release(tmp_path_factory.mktemp("clean"), n_clips=6)
+
+
+@pytest.fixture(scope="module")
+def faulty_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_upstream_release(tmp_path_factory.mktemp("faulty"), n_clips=6, faults=FAULTS)
+
+
+@pytest.fixture(scope="module")
+def faulty_report(faulty_release: Path) -> ValidationReport:
+    return validate(faulty_release)
+
+
+def test_clean_release_is_valid(clean_release: Path) -> None:
+    report = validate(clean_release)
+    assert report.ok and report.problems == []
+    assert (report.layout, report.records, report.videos_checked) == ("upstream", 6, 6)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_each_planted_fault_is_caught_naming_the_file(faulty_report: ValidationReport, fault: str) -> None:
+    kind, text = EXPECTED[fault]
+    matching = [p for p in faulty_report.problems if p.kind == kind and FAULT_FILES[fault] in p.message]
+    assert matching, f"{fault}: no {kind} problem naming {FAULT_FILES[fault]} in {faulty_report.problems}"
+    assert any(text in p.message for p in matching), matching
+    assert all(p.severity == ("warning" if fault == "unknown_key" else "error") for p in matching)
+
+
+def test_good_clips_are_not_flagged(faulty_report: ValidationReport) -> None:
+    assert not [p for p in faulty_report.problems if "0000" in p.message]
+    assert faulty_report.videos_checked == 6 + 3  # good clips + truncated, mismatched, unknown-key clips
+
+
+def test_exit_status_and_json_report(clean_release: Path, faulty_release: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(main, ["validate", str(clean_release), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["ok"] is True
+
+    bad = runner.invoke(main, ["validate", str(faulty_release), "--json"])
+    assert bad.exit_code == 1
+    report = json.loads(bad.stdout)
+    assert report["ok"] is False and report["errors"] == len(FAULTS) - 1 + 1  # unsafe member also orphans a record
+    assert report["warnings"] == 1
+    assert set(report["kinds"]) == {kind for kind, _ in EXPECTED.values()}
+    assert all({"severity", "kind", "where", "message"} <= set(p) for p in report["problems"])
+
+    table = runner.invoke(main, ["validate", str(faulty_release)])
+    assert table.exit_code == 1
+    assert "INVALID" in table.stdout and "90004.mp4" in table.stdout
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_each_fault_alone_sets_the_exit_status(tmp_path: Path, fault: str) -> None:
+    root = make_upstream_release(tmp_path, n_clips=2, faults=(fault,))
+    runner = CliRunner()
+    result = runner.invoke(main, ["validate", str(root), "--json"])
+    warning_only = fault == "unknown_key"
+    assert result.exit_code == (0 if warning_only else 1), result.output
+    assert EXPECTED[fault][0] in json.loads(result.stdout)["kinds"]
+    if warning_only:
+        assert runner.invoke(main, ["validate", str(root), "--strict"]).exit_code == 1
+
+
+def test_no_videos_checks_metadata_only(faulty_release: Path) -> None:
+    report = validate(faulty_release, videos=False)
+    assert report.videos_checked == 0
+    assert "duration_mismatch" not in report.kinds()
+    assert "invalid_record" in report.kinds()
+
+
+def test_missing_path_is_reported_not_raised(tmp_path: Path) -> None:
+    report = validate(tmp_path / "nothing-here")
+    assert not report.ok and report.kinds() == {"format": 1}
+    assert CliRunner().invoke(main, ["validate", str(tmp_path / "nothing-here")]).exit_code == 1
+
+
+def test_compare_media_tolerances() -> None:
+    record = ClipRecord(id="a", group="a", file_name="a.mp4", duration=8.0, fps=25.0, width=720, height=480)
+
+    def media(**kw: object) -> MediaInfo:
+        base = {"duration": 8.0, "fps": 25.0, "num_frames": 200, "width": 720, "height": 480, "codec": "h264"}
+        return MediaInfo(**{**base, **kw, "bit_rate": None})  # type: ignore[arg-type]
+
+    assert compare_media(record, media(duration=8.45), where="a") == []  # within 0.5 s
+    assert compare_media(record, media(fps=25.2), where="a") == []  # within 1 %
+    assert [p.kind for p in compare_media(record, media(duration=8.6), where="a")] == ["duration_mismatch"]
+    long = record.model_copy(update={"duration": 20.0})
+    assert compare_media(long, media(duration=20.9), where="a") == []  # within 5 % of 20 s
+    assert [p.kind for p in compare_media(long, media(duration=21.1), where="a")] == ["duration_mismatch"]
+    assert "longer" in compare_media(record, media(duration=9.0), where="a")[0].message
+    assert [p.kind for p in compare_media(record, media(fps=30.0), where="a")] == ["fps_mismatch"]
+    size = compare_media(record, media(width=640), where="a")
+    assert [p.kind for p in size] == ["size_mismatch"] and "720x480" in size[0].message
+
+
+# ---------------------------------------------------------------------------------------------------
+# hub-native layout (written with H3's DatasetWriter from the clean upstream fixture)
+
+
+@pytest.fixture(scope="module")
+def hub_native(clean_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    writer_mod = pytest.importorskip("medvideocap.writer", reason="hub-native writer (H3) not available")
+    out = tmp_path_factory.mktemp("hub") / "ds"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with writer_mod.DatasetWriter(out, split_fn=lambda r: "test" if r.id == "00000" else "train") as w:
+            for clip in UpstreamRelease.open(clean_release).clips():
+                w.write(clip.record, clip.read_bytes())
+    return out
+
+
+def _tampered(hub_native: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "ds"
+    shutil.copytree(hub_native, root)
+    return root
+
+
+def test_hub_native_dataset_validates(hub_native: Path) -> None:
+    report = validate(hub_native)
+    assert report.ok, report.problems
+    assert (report.layout, report.records, report.videos_checked) == ("hub-native", 6, 6)
+
+
+def test_hub_native_metadata_disagreeing_with_video_is_caught(hub_native: Path, tmp_path: Path) -> None:
+    root = _tampered(hub_native, tmp_path)
+    path = root / "metadata" / "train.parquet"
+    table = pl.read_parquet(path)
+    table = table.with_columns(pl.when(pl.col("id") == "00002").then(9.0).otherwise(pl.col("duration")).alias("duration"))
+    table = table.with_columns(pl.when(pl.col("id") == "00003").then(pl.col("offset") + 512).otherwise(pl.col("offset")).alias("offset"))
+    table.write_parquet(path)
+    report = validate(root)
+    assert not report.ok
+    by_kind = {p.kind: p for p in report.problems}
+    assert "00002.mp4" in by_kind["duration_mismatch"].message
+    assert "metadata says 9.00 s" in by_kind["duration_mismatch"].message
+    assert "00003" in by_kind["offset_mismatch"].message
+
+
+def test_hub_native_wrong_major_version_is_a_problem(hub_native: Path, tmp_path: Path) -> None:
+    root = _tampered(hub_native, tmp_path)
+    info_path = root / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["schema_version"] = "2.0"
+    info_path.write_text(json.dumps(info))
+    result = CliRunner().invoke(main, ["validate", str(root), "--json"])
+    assert result.exit_code == 1
+    problems = json.loads(result.stdout)["problems"]
+    assert [p["kind"] for p in problems] == ["schema_version"]
+    assert "2.0" in problems[0]["message"] and "1.0" in problems[0]["message"]
