@@ -37,19 +37,21 @@ def size_category(n: int) -> str:
 
 
 def card_configs(splits: list[str]) -> list[dict[str, Any]]:
-    """The ``configs`` of the card for a dataset holding ``splits`` (empty splits are left out:
-    ``load_dataset`` fails on a split whose files do not exist)."""
+    """The ``configs`` of the card for a dataset holding ``splits``.
+
+    Empty splits are left out: ``load_dataset`` fails on a split whose files do not exist. There is
+    deliberately no second config over ``metadata/*.parquet``: ``datasets`` (checked with 5.2) picks
+    one builder per repository from the first config's files, so a parquet config next to the
+    webdataset one would be read with the webdataset builder and fail. The card shows how to read the
+    parquet directly (``load_dataset("parquet", data_files=...)`` or polars) instead.
+    """
     present = [s for s in SPLITS if s in splits]
     return [
         {
             "config_name": "default",
             "default": True,
             "data_files": [{"split": s, "path": f"data/{s}/*.tar"} for s in present],
-        },
-        {
-            "config_name": "metadata",
-            "data_files": [{"split": s, "path": f"metadata/{s}.parquet"} for s in present],
-        },
+        }
     ]
 
 
@@ -82,8 +84,8 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _fmt(value: Any, digits: int = 2) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
 
 
 def build_stats(root: Path, splits: list[str]) -> dict[str, Any]:
@@ -134,7 +136,7 @@ def build_stats(root: Path, splits: list[str]) -> dict[str, Any]:
                 _fmt(dur.median()),
                 _fmt(dur.max()),
                 _fmt(dur.sum() / 3600, 3),
-            ]  # fmt: skip
+            ]
         )
     res = (
         df.group_by("width", "height")
@@ -235,6 +237,11 @@ def render_card(root: Path | str, *, repo_id: str | None = None) -> str:
         repo_id=repo_id or "OWNER/medvideocap-55k",
         upstream_repo=UPSTREAM_REPO,
         schema_version=SCHEMA_VERSION,
+        metadata_files={
+            s: f"hf://datasets/{repo_id or 'OWNER/medvideocap-55k'}/metadata/{s}.parquet" for s in splits
+        },
+        wds_split=splits[0] if splits else "train",
+        wds_last=max(int(info.get("shards", {}).get(splits[0], 1)) - 1, 0) if splits else 0,
         **stats,
     )
 

@@ -131,7 +131,11 @@ class TorchCodecDecoder(Decoder):
         src = str(source) if isinstance(source, Path) else source
         try:
             self._dec = VideoDecoder(
-                src, seek_mode="exact", num_ffmpeg_threads=threads, dimension_order="NCHW", transforms=transforms
+                src,
+                seek_mode="exact",
+                num_ffmpeg_threads=threads,
+                dimension_order="NCHW",
+                transforms=transforms,
             )
         except Exception as exc:
             raise DecodeError(f"{name}: torchcodec cannot open it: {exc}") from exc
@@ -214,7 +218,9 @@ class PyAVDecoder(Decoder):
         self._tb = float(stream.time_base)
         self.num_frames = len(self._pts)
         rate = stream.average_rate or stream.guessed_rate
-        self.fps = float(rate) if rate else (self.num_frames - 1) / ((self._pts[-1] - self._pts[0]) * self._tb)
+        self.fps = (
+            float(rate) if rate else (self.num_frames - 1) / ((self._pts[-1] - self._pts[0]) * self._tb)
+        )
         self.width, self.height = stream.codec_context.width, stream.codec_context.height
         self.start = self._pts[0] * self._tb
         self._run: Any = None
@@ -260,7 +266,12 @@ class PyAVDecoder(Decoder):
 
 
 def open_decoder(
-    source: VideoInput, backend: str = "torchcodec", *, name: str | None = None, threads: int = 1, **options: Any
+    source: VideoInput,
+    backend: str = "torchcodec",
+    *,
+    name: str | None = None,
+    threads: int = 1,
+    **options: Any,
 ) -> Decoder:
     """A decoder for a file path or the encoded bytes of a clip.
 
@@ -344,5 +355,7 @@ class FileHandles(PerProcessCache):
         fd = self.get(str(path), lambda: os.open(path, os.O_RDONLY))
         data = os.pread(fd, size, offset)
         if len(data) != size:
-            raise DecodeError(f"{path}: wanted {size} bytes at offset {offset}, got {len(data)} (truncated shard?)")
+            raise DecodeError(
+                f"{path}: wanted {size} bytes at offset {offset}, got {len(data)} (truncated shard?)"
+            )
         return data

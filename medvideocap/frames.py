@@ -78,7 +78,9 @@ class FrameSpec:
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None and value % 16:
-                warnings.warn(f"FrameSpec.{name} {value} rounded to {_round16(value)} (multiple of 16)", stacklevel=3)
+                warnings.warn(
+                    f"FrameSpec.{name} {value} rounded to {_round16(value)} (multiple of 16)", stacklevel=3
+                )
                 object.__setattr__(self, name, _round16(value))
         if self.buckets is not None:
             if not self.buckets:
@@ -147,7 +149,12 @@ def nearest_bucket(
 
 
 def resize_crop(
-    frames: torch.Tensor, height: int, width: int, *, crop: str = "center", rng: np.random.Generator | None = None
+    frames: torch.Tensor,
+    height: int,
+    width: int,
+    *,
+    crop: str = "center",
+    rng: np.random.Generator | None = None,
 ) -> torch.Tensor:
     """Scale ``(T, C, H, W)`` frames to cover (height, width), then crop; aspect ratio is kept."""
     h, w = frames.shape[-2:]
@@ -156,11 +163,12 @@ def resize_crop(
         new_h, new_w = max(height, math.ceil(h * scale - 1e-6)), max(width, math.ceil(w * scale - 1e-6))
         if (new_h, new_w) != (h, w):
             frames = TF.resize(frames, [new_h, new_w], antialias=True)
-        top, left = (new_h - height) // 2, (new_w - width) // 2
         if crop == "random" and rng is not None:
             top = int(rng.integers(0, new_h - height + 1))
             left = int(rng.integers(0, new_w - width + 1))
-        frames = frames[..., top : top + height, left : left + width]
+            frames = frames[..., top : top + height, left : left + width]
+        else:  # torchvision's own centre (rounding included), so hand-written pipelines match ours
+            frames = TF.center_crop(frames, [height, width])
     return frames
 
 

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Literal
 
-UPSTREAM = "upstream"
-HUB_NATIVE = "hub-native"
+UPSTREAM: Literal["upstream"] = "upstream"
+HUB_NATIVE: Literal["hub-native"] = "hub-native"
 HUB_NATIVE_FORMAT = "medvideocap/hub-native"
 Kind = Literal["upstream", "hub-native"]
 
@@ -49,9 +49,15 @@ def local_or_download(
         raise LayoutError(f"{path_or_repo}: no such folder, and not a Hub repo id like 'owner/name'")
     from huggingface_hub import snapshot_download
 
-    local = snapshot_download(
-        repo_id=str(path_or_repo), repo_type="dataset", revision=revision, allow_patterns=allow_patterns
-    )
+    try:
+        local = snapshot_download(
+            repo_id=str(path_or_repo), repo_type="dataset", revision=revision, allow_patterns=allow_patterns
+        )
+    except Exception as exc:  # hub errors have no common base class across huggingface_hub versions
+        raise LayoutError(
+            f"{path_or_repo}: cannot fetch this dataset repo from the Hub ({type(exc).__name__}: {exc}); "
+            "check the repo id, revision, network and HF_TOKEN, or pass a local folder"
+        ) from exc
     return Path(local)
 
 
@@ -83,7 +89,9 @@ def detect(path: Path, *, videos: bool = True) -> Kind | None:
     return None
 
 
-def resolve(path_or_repo: str | Path, revision: str | None = None, *, videos: bool = True) -> tuple[Kind, Path]:
+def resolve(
+    path_or_repo: str | Path, revision: str | None = None, *, videos: bool = True
+) -> tuple[Kind, Path]:
     """``(kind, root)`` for a local folder or a Hub repo id.
 
     For a repo id the metadata is fetched first to learn the layout, then (with ``videos=True``) only
@@ -93,7 +101,9 @@ def resolve(path_or_repo: str | Path, revision: str | None = None, *, videos: bo
         root = local_or_download(path_or_repo, revision=revision, allow_patterns=METADATA_PATTERNS)
         kind = detect(root, videos=False)
         if kind is None:
-            raise LayoutError(f"{path_or_repo}: the repo holds neither an upstream release nor a hub-native dataset")
+            raise LayoutError(
+                f"{path_or_repo}: the repo holds neither an upstream release nor a hub-native dataset"
+            )
         if videos:
             root = local_or_download(
                 path_or_repo, revision=revision, allow_patterns=[*METADATA_PATTERNS, *VIDEO_PATTERNS[kind]]

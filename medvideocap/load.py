@@ -71,7 +71,11 @@ def check_caption_policy(policy: CaptionPolicy) -> CaptionPolicy:
     if isinstance(policy, str):
         return policy
     if isinstance(policy, Mapping):
-        if not policy or any(float(v) < 0 for v in policy.values()) or sum(float(v) for v in policy.values()) <= 0:
+        if (
+            not policy
+            or any(float(v) < 0 for v in policy.values())
+            or sum(float(v) for v in policy.values()) <= 0
+        ):
             raise ValueError(f"caption weights must be non-negative with a positive sum, got {dict(policy)}")
         return dict(policy)
     raise TypeError(f"caption must be a name or a mapping of names to weights, got {policy!r}")
@@ -135,7 +139,9 @@ class SamplePipeline:
         self.stats.skipped_ids.append((clip, reason))
         warnings.warn(f"skipping {clip}: {reason}", SkippedSampleWarning, stacklevel=3)
 
-    def make(self, record: ClipRecord, video: Any, *, epoch: int, where: str, cache_key: Any = None) -> dict | None:
+    def make(
+        self, record: ClipRecord, video: Any, *, epoch: int, where: str, cache_key: Any = None
+    ) -> dict | None:
         """The item for one clip, or None when it is skipped. ``video`` is bytes, a path, or a
         zero-argument callable returning either (so a cached decoder never re-reads the bytes)."""
         try:
@@ -224,11 +230,15 @@ class _HubNativeIndex:
         path = root / "metadata" / f"{split}.parquet"
         if not path.is_file():
             have = sorted(p.stem for p in (root / "metadata").glob("*.parquet"))
-            raise FileNotFoundError(f"{root}: no metadata for split {split!r} ({path} missing); splits: {have}")
+            raise FileNotFoundError(
+                f"{root}: no metadata for split {split!r} ({path} missing); splits: {have}"
+            )
         table = pq.read_table(path)
         missing = {"shard", "offset", "size", "id"} - set(table.column_names)
         if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}; not a medvideocap hub-native metadata table")
+            raise ValueError(
+                f"{path}: missing columns {sorted(missing)}; not a medvideocap hub-native metadata table"
+            )
         self.root = root
         self.path = path
         self.records = table.select([n for n in arrow_schema().names if n in table.column_names])

@@ -69,7 +69,13 @@ def write_plots(frame: pl.DataFrame, out: Path, *, title: str = "") -> list[Path
         return {str(k): int(v) for k, v in series.iter_rows()}
 
     written: list[Path | None] = [
-        _bar(out, "categories.png", counts(pl.col("category")), title=f"{prefix}clips per category", xlabel="category"),
+        _bar(
+            out,
+            "categories.png",
+            counts(pl.col("category")),
+            title=f"{prefix}clips per category",
+            xlabel="category",
+        ),
         _bar(
             out,
             "resolution.png",
@@ -77,8 +83,20 @@ def write_plots(frame: pl.DataFrame, out: Path, *, title: str = "") -> list[Path
             title=f"{prefix}resolutions",
             xlabel="width x height",
         ),
-        _bar(out, "fps.png", counts(pl.col("fps").round(2).cast(pl.String)), title=f"{prefix}frame rates", xlabel="fps"),
-        _hist(out, "duration.png", {"duration": frame["duration"]}, title=f"{prefix}clip durations", xlabel="seconds"),
+        _bar(
+            out,
+            "fps.png",
+            counts(pl.col("fps").round(2).cast(pl.String)),
+            title=f"{prefix}frame rates",
+            xlabel="fps",
+        ),
+        _hist(
+            out,
+            "duration.png",
+            {"duration": frame["duration"]},
+            title=f"{prefix}clip durations",
+            xlabel="seconds",
+        ),
         _hist(
             out,
             "scores.png",

@@ -192,14 +192,15 @@ def recaption(
     write: bool = False,
     retry_failed: bool = False,
     engine: str = "local",
-    revision: str | None = None,
+    source_revision: str | None = None,
     progress: bool = False,
     captioner: BaseCaptioner | None = None,
     **backend_options: Any,
 ) -> RecaptionSummary:
     """Caption the selected clips of ``source`` that the journal in ``out`` lacks; optionally ``write``.
 
-    ``backend_options`` go to :func:`make_captioner` (``model``, ``endpoint``, ``concurrency`` ...).
+    ``backend_options`` go to :func:`make_captioner` (``model``, ``revision``, ``endpoint``,
+    ``concurrency`` ...); ``source_revision`` is the Hub revision of ``source`` when it is a repo id.
     Pass ``captioner`` to reuse one already built (tests, notebooks).
     """
     started = time.monotonic()
@@ -229,7 +230,7 @@ def recaption(
     _check_run(out, settings)
 
     selected: list[SourceItem] = []
-    for item in iter_source(source, revision=revision):
+    for item in iter_source(source, revision=source_revision):
         if predicate is not None and not predicate(item.record):
             continue
         selected.append(item)
@@ -252,16 +253,16 @@ def recaption(
                     journal,
                     summary,
                     source,
-                    revision,
+                    source_revision,
                     backend,
-                    tmpl.name,
+                    template,
                     frames,
                     prefix,
                     backend_options,
                 )
             elif engine == "local":
                 assert captioner is not None
-                _run_local(captioner, todo, journal, summary, tmpl.name, frames, progress)
+                _run_local(captioner, todo, journal, summary, template, frames, progress)
             else:
                 raise RecaptionError(f"unknown engine {engine!r}; expected 'local' or 'ray'")
         if write:

@@ -78,7 +78,9 @@ class BucketBatchSampler(Sampler[list[int]]):
         return len(self._batches())
 
 
-def bucket_batches(items: Iterable[dict | None], batch_size: int, *, drop_last: bool = False) -> Iterator[dict[str, Any]]:
+def bucket_batches(
+    items: Iterable[dict | None], batch_size: int, *, drop_last: bool = False
+) -> Iterator[dict[str, Any]]:
     """Collated batches from a stream of items of mixed shapes (e.g. a streaming dataset with buckets):
     an item waits in its shape's bucket until the bucket holds ``batch_size``; leftovers come last
     unless ``drop_last``."""

@@ -55,9 +55,9 @@ def load_metadata(path_or_repo: str | Path, *, revision: str | None = None) -> M
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnknownFieldsWarning)
             rows = [r.to_row() for r in release.records()]
-        frame = pl.from_arrow(pa.Table.from_pylist(rows, schema=arrow_schema())) if rows else _empty()
-        assert isinstance(frame, pl.DataFrame)
-        frame = frame.with_columns(pl.col("split").fill_null(UNSPLIT))
+        read = pl.from_arrow(pa.Table.from_pylist(rows, schema=arrow_schema())) if rows else _empty()
+        assert isinstance(read, pl.DataFrame)
+        frame = read.with_columns(pl.col("split").fill_null(UNSPLIT))
         skipped = release.num_rows - len(rows)
         if skipped:
             notes.append(f"{skipped} of {release.num_rows} records do not fit the schema (see `validate`)")
@@ -112,7 +112,10 @@ def compute_stats(frame: pl.DataFrame) -> dict[str, Any]:
         "categories": {k: {"count": v, "share": round(v / n, 4)} for k, v in categories.items()},
         "camera_motion": _counts(frame, pl.col("camera_motion").fill_null("unknown"), "camera_motion"),
         "duration": _quantiles(frame["duration"]),
-        "fps": {"values": _counts(frame, pl.col("fps").round(3).cast(pl.String), "fps"), **_quantiles(frame["fps"])},
+        "fps": {
+            "values": _counts(frame, pl.col("fps").round(3).cast(pl.String), "fps"),
+            **_quantiles(frame["fps"]),
+        },
         "resolution": _counts(frame, pl.format("{}x{}", pl.col("width"), pl.col("height")), "resolution"),
         "scores": {},
         "caption_words": {
@@ -131,10 +134,17 @@ def compute_stats(frame: pl.DataFrame) -> dict[str, Any]:
     return stats
 
 
-def stats(path_or_repo: str | Path, *, revision: str | None = None, plots: Path | None = None) -> dict[str, Any]:
+def stats(
+    path_or_repo: str | Path, *, revision: str | None = None, plots: Path | None = None
+) -> dict[str, Any]:
     """Statistics of a dataset's metadata; with ``plots``, PNG charts are written there too."""
     table = load_metadata(path_or_repo, revision=revision)
-    result = {"source": table.source, "layout": table.layout, "notes": table.notes, **compute_stats(table.frame)}
+    result = {
+        "source": table.source,
+        "layout": table.layout,
+        "notes": table.notes,
+        **compute_stats(table.frame),
+    }
     if plots is not None:
         from medvideocap.plots import write_plots
 

@@ -14,6 +14,7 @@ first n samples. This is what :meth:`StreamingClipDataset.state_dict` stores, an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tarfile
 import warnings
@@ -43,7 +44,9 @@ def list_shards(root: str | Path, split: str) -> list[str]:
     else:
         shards = [str(p) for p in sorted((Path(root) / "data" / split).glob("shard-*.tar"))]
     if not shards:
-        raise FileNotFoundError(f"{root}: no shards for split {split!r} (looked for data/{split}/shard-*.tar)")
+        raise FileNotFoundError(
+            f"{root}: no shards for split {split!r} (looked for data/{split}/shard-*.tar)"
+        )
     return shards
 
 
@@ -128,15 +131,16 @@ class StreamingClipDataset(IterableDataset):
         position = -1
         keep = False
         try:
-            if remote:
-                from huggingface_hub import HfFileSystem
+            with contextlib.ExitStack() as stack:
+                if remote:
+                    from huggingface_hub import HfFileSystem
 
-                fh: Any = HfFileSystem().open(shard[len("hf://") :], "rb", block_size=8 * 2**20)
-                tar = tarfile.open(fileobj=fh, mode="r|")
-            else:
-                fh = None
-                tar = tarfile.open(shard, mode="r:")
-            with tar:
+                    fh = stack.enter_context(
+                        HfFileSystem().open(shard[len("hf://") :], "rb", block_size=8 * 2**20)
+                    )
+                    tar = stack.enter_context(tarfile.open(fileobj=fh, mode="r|"))
+                else:
+                    tar = stack.enter_context(tarfile.open(shard, mode="r:"))
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -158,15 +162,24 @@ class StreamingClipDataset(IterableDataset):
                             current.video = data.read() if data is not None else None
                         else:
                             current.video = (shard, member.offset_data, member.size)
+                end = tar.offset
             if current is not None and keep:
                 yield current
+            if not remote and Path(shard).stat().st_size < end + 2 * tarfile.BLOCKSIZE:
+                raise tarfile.ReadError(
+                    f"it ends at byte {Path(shard).stat().st_size} without an end-of-archive marker"
+                )
         except (tarfile.TarError, OSError, EOFError) as exc:
             # A broken shard loses what is left of it, never the rest of the epoch.
+            if self.pipeline.on_error == "raise":
+                raise
             self.skipped_shards.append((shard, str(exc)))
-            warnings.warn(f"skipping the rest of shard {shard}: {exc}", SkippedSampleWarning, stacklevel=2)
-        finally:
-            if remote and fh is not None:
-                fh.close()
+            warnings.warn(
+                f"shard {shard} is damaged ({exc}; truncated?): the clips after its last readable member "
+                "are missing from this epoch",
+                SkippedSampleWarning,
+                stacklevel=2,
+            )
 
     def _raw_stream(self, consumer: int, consumers: int) -> Iterator[_Raw]:
         for shard, part, parts in self.assignment(consumer, consumers):

@@ -120,7 +120,7 @@ class TrainConfig(BaseModel):
 def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """A shipped config name (``medgen-1.3b-lora``) or a YAML path, then ``key=value`` overrides."""
     path = Path(name_or_path)
-    if not path.suffix:
+    if not path.is_file() and path.suffix not in (".yaml", ".yml"):
         path = CONFIG_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
@@ -504,6 +504,7 @@ class TrainResult:
     resumed_from: Path | None = None
     export: Path | None = None
     validations: list[Path] = field(default_factory=list)
+    transformer: Any = None  # the trained (unwrapped) model, for notebooks and tests
 
 
 def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
@@ -660,7 +661,8 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
             if accelerator.is_main_process:
                 console.print(
                     f"step {state['step']:>7}/{cfg.max_steps}  loss {mean_loss:.4f}  lr {logs['lr']:.2e}  "
-                    f"grad {logs['grad_norm']:.3f}  {samples_s:.2f} samples/s  {logs['tokens_per_s']:.0f} tok/s"
+                    f"grad {logs['grad_norm']:.3f}  {samples_s:.2f} samples/s  {logs['tokens_per_s']:.0f} tok/s",
+                    soft_wrap=True,
                 )
             t_last, steps_since_log = time.perf_counter(), 0
         if state["step"] % cfg.checkpoint_every == 0 or state["step"] == stop:
@@ -670,6 +672,7 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
             result.validations.append(val)
 
     result.step = state["step"]
+    result.transformer = accelerator.unwrap_model(transformer)
     accelerator.wait_for_everyone()
     if state["step"] >= cfg.max_steps and accelerator.is_main_process:
         run_info["steps"] = state["step"]

@@ -18,7 +18,8 @@ num_frames / codec     numframes, framecount, nbframes / codec, videocodec
 scores.aesthetic       aestheticscore, aesthetic, aestheticsscore, laionaesthetic
 scores.technical       doverscore, dover, technicalscore, technical, technicalquality, dovertechnical
 camera_motion          cameramotiontype, cameramotion, motiontype, cameramovement
-category               videocategories, videocategory, category, categories, type (list -> first)
+category               videocategories, videocategory, category, categories, type (list -> first;
+                       a value outside the paper's five -> ``other``, raw value kept in ``extra``)
 captions.brief         briefcaption, shortcaption, brief, short, summary
 captions.detailed      detailedcaption, caption, detailed, longcaption, densecaption
 source.title           title, videotitle, sourcetitle
@@ -38,7 +39,9 @@ Videos are joined to records by base name (members may sit in folders inside the
 streaming :meth:`zipfile.ZipFile.open`: nothing is extracted to disk, so reading the 55K clips needs no
 scratch space. Every inconsistency (record without video, video without record, duplicate names,
 member names escaping the archive root, records that do not fit the schema) is collected in
-:attr:`UpstreamRelease.problems`, never silently dropped.
+:attr:`UpstreamRelease.problems`, never silently dropped. Media facts the JSON lacks altogether
+(duration, fps, width, height) are read from the video's header instead (a ``filled_from_video``
+note), so an unexpected JSON shape costs a probe per clip rather than every clip.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import re
 import threading
 import warnings
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -58,7 +62,6 @@ from typing import IO, Any
 from pydantic import BaseModel, ValidationError
 
 from medvideocap.schema import (
-    Caption,
     Category,
     ClipRecord,
     SchemaVersionError,
@@ -85,7 +88,16 @@ def _aliases(target: str, *keys: str) -> dict[str, str]:
 
 ALIASES: dict[str, str] = {
     **_aliases(
-        "file_name", "Video Name", "video", "video_file", "video_path", "path", "file_name", "clip_name", "clip", "name"
+        "file_name",
+        "Video Name",
+        "video",
+        "video_file",
+        "video_path",
+        "path",
+        "file_name",
+        "clip_name",
+        "clip",
+        "name",
     ),
     **_aliases("resolution", "Resolution", "video_resolution", "frame_size"),
     **_aliases("width", "width", "video_width"),
@@ -97,12 +109,20 @@ ALIASES: dict[str, str] = {
     **_aliases("codec", "codec", "video_codec"),
     **_aliases("scores.aesthetic", "Aesthetic Score", "aesthetic", "aesthetics score", "laion_aesthetic"),
     **_aliases(
-        "scores.technical", "Dover Score", "DOVER", "technical score", "technical", "technical_quality", "dover_technical"
+        "scores.technical",
+        "Dover Score",
+        "DOVER",
+        "technical score",
+        "technical",
+        "technical_quality",
+        "dover_technical",
     ),
     **_aliases("camera_motion", "Camera Motion Type", "camera_motion", "motion_type", "camera_movement"),
     **_aliases("category", "Video Categories", "video_category", "category", "categories", "type"),
     **_aliases("captions.brief", "Brief Caption", "Short Caption", "brief", "short", "summary"),
-    **_aliases("captions.detailed", "Detailed Caption", "Caption", "detailed", "long_caption", "dense_caption"),
+    **_aliases(
+        "captions.detailed", "Detailed Caption", "Caption", "detailed", "long_caption", "dense_caption"
+    ),
     **_aliases("source.title", "title", "video_title", "source_title"),
     **_aliases("source.description", "description", "video_description", "source_description"),
     **_aliases("source.transcript", "transcript", "clip_transcript", "subtitles", "subtitle", "asr"),
@@ -125,7 +145,10 @@ class UpstreamFormatError(ValueError):
 
 class UpstreamProblem(BaseModel):
     """One thing wrong with the release. ``kind`` is one of: record_without_video, video_without_record,
-    duplicate_name, unsafe_member_name, invalid_record, schema_version, unknown_key, unreadable_member."""
+    duplicate_name, unsafe_member_name, invalid_record, schema_version, unknown_key, unknown_category,
+    filled_from_video, unreadable_member. ``unknown_key``, ``unknown_category`` and ``filled_from_video``
+    lose nothing (values are kept in ``record.extra`` or read from the video); the others mean a clip
+    cannot be used as is."""
 
     kind: str
     where: str
@@ -236,7 +259,6 @@ _PARSERS = {
     "scores.technical": lambda v: _number(v, "score"),
     "source.start": parse_duration,
     "source.end": parse_duration,
-    "category": _category,
 }
 
 
@@ -277,12 +299,19 @@ def mapped_fields(raw: dict[str, Any]) -> tuple[dict[str, tuple[str, Any]], dict
 
 
 def build_record(
-    mapped: dict[str, tuple[str, Any]], extra: dict[str, Any], *, file_name: str, where: str
+    mapped: dict[str, tuple[str, Any]],
+    extra: dict[str, Any],
+    *,
+    file_name: str,
+    where: str,
+    notes: list[str] | None = None,
 ) -> ClipRecord:
     """Turn mapped upstream fields into a validated :class:`ClipRecord`.
 
     Raises :class:`~medvideocap.schema.SchemaVersionError` for another major version and
-    ``ValueError`` naming ``where`` and each upstream field that does not fit.
+    ``ValueError`` naming ``where`` and each upstream field that does not fit. A category outside
+    the paper's five does not lose the clip: it becomes ``other``, the raw value is kept in
+    ``extra`` under its upstream key, and a note is appended to ``notes``.
     """
     if "schema_version" in mapped:
         check_schema_version(str(mapped["schema_version"][1]), where=where)
@@ -294,6 +323,14 @@ def build_record(
         try:
             if target == "resolution":
                 values["width"], values["height"] = parse_resolution(value)
+            elif target == "category":
+                try:
+                    values[target] = _category(value)
+                except _ValueError as exc:
+                    values[target] = Category.other
+                    extra = {**extra, key: value}
+                    if notes is not None:
+                        notes.append(f"{where}: {exc}; stored as 'other', raw value kept in extra[{key!r}]")
             elif target in _PARSERS:
                 values[target] = _PARSERS[target](value)
             else:
@@ -339,7 +376,7 @@ def build_record(
         parts = []
         for err in exc.errors():
             path = ".".join(str(p) for p in err["loc"])
-            key = reverse.get(path) or reverse.get(".".join(str(p) for p in err["loc"][:2]))
+            key = reverse.get(path) or reverse.get(".".join(str(p) for p in err["loc"][:2])) or ""
             label = f"field {key!r}" if key else f"schema field {path or '<record>'!r}"
             if not key and path in ("duration", "fps", "width", "height"):
                 label += " (missing from the JSON)"
@@ -363,7 +400,9 @@ def load_metadata_rows(path: Path) -> list[tuple[str | None, dict[str, Any]]]:
         except json.JSONDecodeError as exc:
             raise UpstreamFormatError(f"{path}: not valid JSON ({exc})") from exc
     if isinstance(doc, dict):
-        lists = {k: v for k, v in doc.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
+        lists = {
+            k: v for k, v in doc.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+        }
         if len(lists) == 1:
             doc = next(iter(lists.values()))
         elif not lists and doc and all(isinstance(v, dict) for v in doc.values()):
@@ -382,18 +421,26 @@ def load_metadata_rows(path: Path) -> list[tuple[str | None, dict[str, Any]]]:
 # Release
 
 
-_ZIP_HANDLES: dict[tuple[int, str], zipfile.ZipFile] = {}
+_ZIP_HANDLES: OrderedDict[tuple[int, str, int, int], zipfile.ZipFile] = OrderedDict()
 _ZIP_LOCK = threading.Lock()
+_MAX_ZIP_HANDLES = 16
 
 
 def _zip_handle(path: Path) -> zipfile.ZipFile:
-    """One open ZipFile per archive per process: the central directory of a big zip is slow to parse,
-    and a handle inherited across ``fork`` would share its file offset with the parent."""
-    key = (os.getpid(), str(path))
+    """A cached open ZipFile: the central directory of a big zip is slow to parse. Keyed by process
+    (a handle inherited across ``fork`` would share its file offset with the parent) and by the
+    file's size and mtime (a rewritten archive gets a fresh handle). Evicting a handle is safe while
+    members are still open: each open member keeps the underlying file alive."""
+    stat = path.stat()
+    key = (os.getpid(), str(path), stat.st_size, stat.st_mtime_ns)
     with _ZIP_LOCK:
         handle = _ZIP_HANDLES.get(key)
         if handle is None or handle.fp is None:
             handle = _ZIP_HANDLES[key] = zipfile.ZipFile(path)
+        _ZIP_HANDLES.move_to_end(key)
+        while len(_ZIP_HANDLES) > _MAX_ZIP_HANDLES:
+            _, old = _ZIP_HANDLES.popitem(last=False)
+            old.close()
         return handle
 
 
@@ -451,7 +498,9 @@ class UpstreamRelease:
         """Open a local folder; ``require_videos=False`` accepts a metadata-only download (for
         ``info``/``stats``): then only :meth:`records` is meaningful and no join problems are reported."""
         root = Path(root)
-        zips = sorted(root.glob("videos_*.zip"), key=_natural_key) or sorted(root.glob("*.zip"), key=_natural_key)
+        zips = sorted(root.glob("videos_*.zip"), key=_natural_key) or sorted(
+            root.glob("*.zip"), key=_natural_key
+        )
         if metadata is not None:
             metadata_path = Path(metadata) if Path(metadata).is_absolute() else root / metadata
         else:
@@ -466,7 +515,7 @@ class UpstreamRelease:
             return self
         self.problems = []
         members = self._list_members()
-        records = self._read_records()
+        records = self._read_records(members)
         self._records = dict(sorted((r.id, r) for r, _ in records.values()))
         clips: dict[str, UpstreamClip] = {}
         if not self.zips:
@@ -537,7 +586,9 @@ class UpstreamRelease:
             try:
                 infos = _zip_handle(zip_path).infolist()
             except (zipfile.BadZipFile, OSError) as exc:
-                self._problem("unreadable_member", zip_path.name, f"{zip_path.name}: not a readable zip ({exc})")
+                self._problem(
+                    "unreadable_member", zip_path.name, f"{zip_path.name}: not a readable zip ({exc})"
+                )
                 continue
             for info in infos:
                 name = info.filename
@@ -545,6 +596,7 @@ class UpstreamRelease:
                     continue
                 base = name.replace("\\", "/").rsplit("/", 1)[-1]
                 if base.startswith("._") or "__MACOSX" in name or not base.lower().endswith(VIDEO_SUFFIXES):
+                    log.debug("%s:%s: not a video member, ignored", zip_path.name, name)
                     continue
                 where = f"{zip_path.name}:{name}"
                 if is_unsafe_member_name(name):
@@ -565,12 +617,13 @@ class UpstreamRelease:
                 members[base] = (zip_path, name)
         return members
 
-    def _read_records(self) -> dict[str, tuple[ClipRecord, str]]:
+    def _read_records(self, members: dict[str, tuple[Path, str]]) -> dict[str, tuple[ClipRecord, str]]:
         rows = load_metadata_rows(self.metadata_path)
         self._rows = len(rows)
         self._invalid_names = set()
         if rows and not any(
-            key is not None or any(ALIASES.get(normalise_key(k)) == "file_name" for k in row) for key, row in rows
+            key is not None or any(ALIASES.get(normalise_key(k)) == "file_name" for k in row)
+            for key, row in rows
         ):
             seen = sorted({k for _, row in rows[:1000] for k in row})
             raise UpstreamFormatError(
@@ -579,6 +632,8 @@ class UpstreamRelease:
             )
         meta = self.metadata_path.name
         warned: set[str] = set()
+        warned_categories: set[str] = set()
+        filled: dict[str, int] = {}
         records: dict[str, tuple[ClipRecord, str]] = {}
         for index, (key, row) in enumerate(rows):
             mapped, extra, repeated = mapped_fields(row)
@@ -598,8 +653,16 @@ class UpstreamRelease:
                 message = f"{where}: key {k!r} {why}; kept in record.extra (reported once per key)"
                 self._problem("unknown_key", where, message)
                 warnings.warn(message, UnknownFieldsWarning, stacklevel=2)
+            missing = [
+                f
+                for f in MEDIA_FIELDS
+                if f not in mapped and not (f in ("width", "height") and "resolution" in mapped)
+            ]
+            if missing and base in members and _fill_from_video(mapped, missing, *members[base]):
+                filled[",".join(missing)] = filled.get(",".join(missing), 0) + 1
+            notes: list[str] = []
             try:
-                record = build_record(mapped, extra, file_name=base, where=where)
+                record = build_record(mapped, extra, file_name=base, where=where, notes=notes)
             except SchemaVersionError as exc:
                 self._invalid_names.add(base)
                 self._problem("schema_version", where, str(exc))
@@ -608,13 +671,45 @@ class UpstreamRelease:
                 self._invalid_names.add(base)
                 self._problem("invalid_record", where, str(exc))
                 continue
+            category_raw = str(mapped.get("category", (None, None))[1])
+            if notes and category_raw not in warned_categories:
+                warned_categories.add(category_raw)
+                self._problem("unknown_category", where, f"{notes[0]} (reported once per value)")
             if base in records:
                 self._problem(
-                    "duplicate_name", where, f"{where}: {base!r} already described by {records[base][1]}; kept the first"
+                    "duplicate_name",
+                    where,
+                    f"{where}: {base!r} already described by {records[base][1]}; kept the first",
                 )
                 continue
             records[base] = (record, where)
+        for fields, count in filled.items():
+            self._problem(
+                "filled_from_video",
+                meta,
+                f"{meta}: {count} records have no {fields.replace(',', '/')}; taken from their video files",
+            )
         return records
+
+
+MEDIA_FIELDS = ("duration", "fps", "width", "height")
+
+
+def _fill_from_video(
+    mapped: dict[str, tuple[str, Any]], fields: list[str], zip_path: Path, member: str
+) -> bool:
+    """Media facts the JSON lacks, read from the video's header: a release whose JSON has no FPS key
+    must not lose every clip. False when the member cannot be probed (the record then stays invalid)."""
+    from medvideocap.probe import ProbeError, probe
+
+    try:
+        with _zip_handle(zip_path).open(member) as stream:
+            info = probe(stream, name=f"{zip_path.name}:{member}")
+    except (ProbeError, zipfile.BadZipFile, OSError, EOFError):
+        return False
+    for name in fields:
+        mapped[name] = (f"<{name} of the video file>", getattr(info, name))
+    return True
 
 
 def _natural_key(path: Path) -> list[Any]:

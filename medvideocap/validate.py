@@ -12,17 +12,21 @@ Problems have a severity: ``error`` (the dataset is invalid; the CLI exits non-z
 
 from __future__ import annotations
 
+import io
 import tarfile
 import warnings
 import zipfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from medvideocap.layout import HUB_NATIVE, UPSTREAM, resolve
+from medvideocap.layout import UPSTREAM, resolve
 from medvideocap.probe import MediaInfo, ProbeError, probe
 from medvideocap.schema import (
     ClipRecord,
@@ -32,11 +36,14 @@ from medvideocap.schema import (
     arrow_schema,
 )
 
+if TYPE_CHECKING:
+    from medvideocap.upstream import UpstreamClip
+
 DURATION_TOLERANCE_S = 0.5
 DURATION_TOLERANCE_REL = 0.05
 FPS_TOLERANCE_REL = 0.01
 
-WARNING_KINDS = frozenset({"unknown_key"})
+WARNING_KINDS = frozenset({"unknown_key", "unknown_category", "filled_from_video"})
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while videos are probed."""
@@ -46,7 +53,7 @@ class Problem(BaseModel):
     severity: Literal["error", "warning"] = "error"
     kind: str = Field(
         description="record_without_video, video_without_record, duplicate_name, unsafe_member_name, "
-        "invalid_record, schema_version, unknown_key, unreadable_member, undecodable_video, "
+        "invalid_record, schema_version, unknown_key, unknown_category, filled_from_video, unreadable_member, undecodable_video, "
         "duration_mismatch, fps_mismatch, size_mismatch, frames_mismatch, offset_mismatch, "
         "count_mismatch, split_mismatch, format"
     )
@@ -83,8 +90,7 @@ class ValidationReport(BaseModel):
         return data
 
     def add(self, kind: str, where: str, message: str) -> None:
-        severity: Literal["error", "warning"] = "warning" if kind in WARNING_KINDS else "error"
-        self.problems.append(Problem(severity=severity, kind=kind, where=where, message=message))
+        self.problems.append(_problem(kind, where, message))
 
 
 def compare_media(record: ClipRecord, info: MediaInfo, *, where: str, said_by: str = "JSON") -> list[Problem]:
@@ -133,14 +139,18 @@ def validate(
     *,
     revision: str | None = None,
     videos: bool = True,
+    workers: int = 1,
     progress: Progress | None = None,
 ) -> ValidationReport:
     """Validate an upstream release or a hub-native dataset (local folder or Hub repo id).
 
-    ``videos=False`` checks the metadata only (no download or decode of videos). Never raises for
-    bad data: everything wrong ends up in the report.
+    ``videos=False`` checks the metadata only (no download or decode of videos). ``workers`` threads
+    demux videos in parallel (PyAV releases the GIL while demuxing); the report's order does not
+    depend on it. Never raises for bad data: everything wrong ends up in the report.
     """
-    report = ValidationReport(source=str(path_or_repo), layout=None, root=None)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    report = ValidationReport(source=str(path_or_repo), layout=None, root=None, records=0, videos_checked=0)
     try:
         kind, root = resolve(path_or_repo, revision, videos=videos)
     except (ValueError, OSError) as exc:
@@ -150,24 +160,64 @@ def validate(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownFieldsWarning)  # reported as problems instead
         if kind == UPSTREAM:
-            _validate_upstream(root, report, videos=videos, progress=progress)
-        elif kind == HUB_NATIVE:
-            _validate_hub_native(root, report, videos=videos, progress=progress)
+            checks = _upstream_checks(root, report, videos=videos)
+        else:
+            checks = _hub_native_checks(root, report, videos=videos)
+        _run_checks(checks, report, workers=workers, progress=progress)
     return report
 
 
-def _probe_stream(report: ValidationReport, where: str, opener: Callable[[], object]) -> MediaInfo | None:
+VideoCheck = Callable[[], tuple[list[Problem], bool]]
+"""Checks one video; returns its problems and whether it was decoded."""
+
+
+def _run_checks(
+    checks: list[VideoCheck], report: ValidationReport, *, workers: int, progress: Progress | None
+) -> None:
+    results: Iterator[tuple[list[Problem], bool]]
+    if workers == 1:
+        results = (check() for check in checks)
+        pool = None
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        results = pool.map(lambda check: check(), checks)
     try:
-        with opener() as stream:  # type: ignore[attr-defined]
+        for done, (problems, decoded) in enumerate(results, 1):
+            report.problems.extend(problems)
+            report.videos_checked += decoded
+            if progress:
+                progress(done, len(checks))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _problem(kind: str, where: str, message: str) -> Problem:
+    return Problem(
+        severity="warning" if kind in WARNING_KINDS else "error", kind=kind, where=where, message=message
+    )
+
+
+def _probe_stream(where: str, opener: Callable[[], IO[bytes]], problems: list[Problem]) -> MediaInfo | None:
+    try:
+        with opener() as stream:
             return probe(stream, name=where, count_frames=True)
     except ProbeError as exc:
-        report.add("undecodable_video", where, str(exc))
+        problems.append(_problem("undecodable_video", where, str(exc)))
     except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
-        report.add("unreadable_member", where, f"{where}: cannot read the video bytes ({exc})")
+        problems.append(_problem("unreadable_member", where, f"{where}: cannot read the video bytes ({exc})"))
     return None
 
 
-def _validate_upstream(root: Path, report: ValidationReport, *, videos: bool, progress: Progress | None) -> None:
+def _check_upstream_clip(clip: UpstreamClip) -> tuple[list[Problem], bool]:
+    problems: list[Problem] = []
+    info = _probe_stream(clip.where, clip.open, problems)
+    if info is None:
+        return problems, False
+    return compare_media(clip.record, info, where=clip.where), True
+
+
+def _upstream_checks(root: Path, report: ValidationReport, *, videos: bool) -> list[VideoCheck]:
     from medvideocap.upstream import UpstreamFormatError, UpstreamRelease
 
     try:
@@ -175,40 +225,31 @@ def _validate_upstream(root: Path, report: ValidationReport, *, videos: bool, pr
         clips = list(release.clips())
     except (UpstreamFormatError, OSError, ValueError) as exc:
         report.add("format", str(root), str(exc))
-        return
+        return []
     report.records = release.num_rows
     for p in release.problems:
         report.add(p.kind, p.where, p.message)
-    if not videos:
-        return
-    for done, clip in enumerate(clips, 1):
-        info = _probe_stream(report, clip.where, clip.open)
-        if info is not None:
-            report.videos_checked += 1
-            report.problems.extend(compare_media(clip.record, info, where=clip.where))
-        if progress:
-            progress(done, len(clips))
+    return [partial(_check_upstream_clip, clip) for clip in clips] if videos else []
 
 
-def _validate_hub_native(root: Path, report: ValidationReport, *, videos: bool, progress: Progress | None) -> None:
-    import io
-
+def _hub_native_checks(root: Path, report: ValidationReport, *, videos: bool) -> list[VideoCheck]:
     from medvideocap.hubnative import HubNativeDataset
 
     try:
         ds = HubNativeDataset(root)
     except SchemaVersionError as exc:
         report.add("schema_version", str(root / "meta" / "info.json"), str(exc))
-        return
+        return []
     except (ValueError, OSError) as exc:
         report.add("format", str(root), str(exc))
-        return
+        return []
     names = arrow_schema().names
     counts = ds.info.get("counts", {})
     on_disk = sorted(p.stem for p in (root / "metadata").glob("*.parquet"))
     for split in sorted(set(on_disk) - set(ds.splits)):
-        report.add("count_mismatch", f"metadata/{split}.parquet", f"metadata/{split}.parquet: split not in meta/info.json counts")
-    work: list[tuple[ClipRecord | None, str, str, str, int, int]] = []
+        where = f"metadata/{split}.parquet"
+        report.add("count_mismatch", where, f"{where}: split not in meta/info.json counts")
+    checks: list[VideoCheck] = []
     for split in ds.splits:
         table = ds.metadata(split)
         where_table = f"metadata/{split}.parquet"
@@ -221,10 +262,11 @@ def _validate_hub_native(root: Path, report: ValidationReport, *, videos: bool, 
         seen: set[str] = set()
         for i, row in enumerate(table.iter_rows(named=True)):
             report.records += 1
-            where = f"{where_table} row {i} ({row.get('id')})"
-            if row.get("id") in seen:
-                report.add("duplicate_name", where, f"{where}: id {row.get('id')!r} appears twice")
-            seen.add(row.get("id"))
+            clip_id = str(row.get("id"))
+            where = f"{where_table} row {i} ({clip_id})"
+            if clip_id in seen:
+                report.add("duplicate_name", where, f"{where}: id {clip_id!r} appears twice")
+            seen.add(clip_id)
             record: ClipRecord | None = None
             try:
                 record = ClipRecord.from_json_dict({k: row.get(k) for k in names}, where=where)
@@ -234,48 +276,68 @@ def _validate_hub_native(root: Path, report: ValidationReport, *, videos: bool, 
                 report.add("invalid_record", where, str(exc))
             if record is not None and record.split != split:
                 report.add("split_mismatch", where, f"{where}: record says split {record.split!r}")
-            work.append((record, where, str(row.get("id")), str(row.get("shard")), row.get("offset"), row.get("size")))
-    if not videos:
-        return
-    for done, (record, where, clip_id, shard, offset, size) in enumerate(work, 1):
-        shard_path = root / shard
-        data = _read_tar_member(report, shard_path, clip_id, offset, size, where)
-        if data is not None:
-            info = _probe_stream(report, f"{shard}:{clip_id}.mp4", lambda d=data: io.BytesIO(d))
-            if info is not None:
-                report.videos_checked += 1
-                if record is not None:
-                    report.problems.extend(
-                        compare_media(record, info, where=f"{shard}:{clip_id}.mp4", said_by="metadata")
-                    )
-        if progress:
-            progress(done, len(work))
+            if videos:
+                member = _TarMember(
+                    root / str(row.get("shard")), clip_id, row.get("offset"), row.get("size"), where
+                )
+                checks.append(partial(_check_tar_member, member, record))
+    return checks
 
 
-def _read_tar_member(
-    report: ValidationReport, shard: Path, clip_id: str, offset: int | None, size: int | None, where: str
-) -> bytes | None:
+@dataclass(frozen=True)
+class _TarMember:
+    shard: Path
+    clip_id: str
+    offset: int | None
+    size: int | None
+    where: str
+
+
+def _check_tar_member(member: _TarMember, record: ClipRecord | None) -> tuple[list[Problem], bool]:
+    problems: list[Problem] = []
+    data = _read_tar_member(member, problems)
+    if data is None:
+        return problems, False
+    label = f"{member.shard.parent.name}/{member.shard.name}:{member.clip_id}.mp4"
+    info = _probe_stream(label, partial(io.BytesIO, data), problems)
+    if info is None:
+        return problems, False
+    if record is not None:
+        problems.extend(compare_media(record, info, where=label, said_by="metadata"))
+    return problems, True
+
+
+def _read_tar_member(member: _TarMember, problems: list[Problem]) -> bytes | None:
     """The member's bytes at the recorded offset, after checking the tar header just before them
     names ``{id}.mp4`` (a wrong offset would otherwise decode some other clip without complaint)."""
+    where, offset, size = member.where, member.offset, member.size
     if offset is None or size is None or offset < 512:
-        report.add("offset_mismatch", where, f"{where}: no usable offset/size ({offset}, {size})")
+        problems.append(
+            _problem("offset_mismatch", where, f"{where}: no usable offset/size ({offset}, {size})")
+        )
         return None
     try:
-        with open(shard, "rb") as fh:
+        with open(member.shard, "rb") as fh:
             fh.seek(offset - 512)
             header = fh.read(512)
             data = fh.read(size)
     except OSError as exc:
-        report.add("unreadable_member", where, f"{where}: cannot read {shard.name} ({exc})")
+        problems.append(
+            _problem("unreadable_member", where, f"{where}: cannot read {member.shard.name} ({exc})")
+        )
         return None
     try:
         name = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape").name
     except tarfile.TarError:
         name = ""
-    if name.rsplit("/", 1)[-1] != f"{clip_id}.mp4" and len(name) < 99:
-        report.add("offset_mismatch", where, f"{where}: offset {offset} in {shard.name} points at {name!r}, not {clip_id}.mp4")
+    if name.rsplit("/", 1)[-1] != f"{member.clip_id}.mp4" and len(name) < 99:
+        message = (
+            f"{where}: offset {offset} in {member.shard.name} points at {name!r}, not {member.clip_id}.mp4"
+        )
+        problems.append(_problem("offset_mismatch", where, message))
         return None
     if len(data) != size:
-        report.add("unreadable_member", where, f"{where}: {shard.name} is cut short ({len(data)} of {size} bytes)")
+        message = f"{where}: {member.shard.name} is cut short ({len(data)} of {size} bytes)"
+        problems.append(_problem("unreadable_member", where, message))
         return None
     return data

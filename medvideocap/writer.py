@@ -226,6 +226,9 @@ class DatasetWriter:
 
     def _resume(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        for folder in (self.out, self.out / "metadata", self.out / "meta"):
+            for stale in folder.glob(".*.tmp-*") if folder.is_dir() else ():
+                stale.unlink()  # an atomic write cut short by a kill; written again on close
         for split in SPLITS:
             folder = self.out / "data" / split
             if not folder.is_dir():

@@ -9,8 +9,11 @@ several shards. :class:`HubStandIn` exposes the part of ``huggingface_hub.HfApi`
 from __future__ import annotations
 
 import filecmp
+import functools
 import hashlib
+import inspect
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -64,6 +67,21 @@ class UploadInterrupted(OSError):
     pass
 
 
+def _like_hfapi(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Bind every call against the real ``HfApi`` method first, so a stand-in that accepts a call the
+    real API would refuse (wrong name, positional where keyword-only, unknown option) fails the test."""
+    from huggingface_hub import HfApi
+
+    real = inspect.signature(getattr(HfApi, method.__name__))
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        real.bind(self, *args, **kwargs)
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class HubStandIn:
     """A local stand-in for ``HfApi``: files land in ``remote/{repo_id}/{branch}/``.
 
@@ -87,8 +105,16 @@ class HubStandIn:
     def branch_dir(self, repo_id: str, branch: str = "main") -> Path:
         return self.remote / repo_id / branch
 
-    def create_repo(self, repo_id: str, *, repo_type: str | None = None, private: bool | None = None,
-                    exist_ok: bool = False, **kw: Any) -> str:  # fmt: skip
+    @_like_hfapi
+    def create_repo(
+        self,
+        repo_id: str,
+        *,
+        repo_type: str | None = None,
+        private: bool | None = None,
+        exist_ok: bool = False,
+        **kw: Any,
+    ) -> str:
         self.calls.append(("create_repo", {"repo_id": repo_id, "repo_type": repo_type, "private": private}))
         if repo_id in self.repos and not exist_ok:
             raise FileExistsError(f"409 repo {repo_id} exists")
@@ -98,8 +124,10 @@ class HubStandIn:
         self.branch_dir(repo_id).mkdir(parents=True, exist_ok=True)
         return f"https://huggingface.co/datasets/{repo_id}"
 
-    def create_branch(self, repo_id: str, *, branch: str, repo_type: str | None = None,
-                      exist_ok: bool = False, **kw: Any) -> None:  # fmt: skip
+    @_like_hfapi
+    def create_branch(
+        self, repo_id: str, *, branch: str, repo_type: str | None = None, exist_ok: bool = False, **kw: Any
+    ) -> None:
         self.calls.append(("create_branch", {"repo_id": repo_id, "branch": branch, "repo_type": repo_type}))
         repo = self._repo(repo_id)
         if branch in repo["branches"] and not exist_ok:
@@ -108,12 +136,28 @@ class HubStandIn:
             repo["branches"][branch] = repo["branches"]["main"]
             shutil.copytree(self.branch_dir(repo_id), self.branch_dir(repo_id, branch), dirs_exist_ok=True)
 
-    def upload_folder(self, *, repo_id: str, folder_path: str | Path, repo_type: str | None = None,
-                      revision: str | None = None, commit_message: str | None = None,
-                      ignore_patterns: list[str] | None = None, **kw: Any) -> str:  # fmt: skip
+    @_like_hfapi
+    def upload_folder(
+        self,
+        *,
+        repo_id: str,
+        folder_path: str | Path,
+        repo_type: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        ignore_patterns: list[str] | None = None,
+        **kw: Any,
+    ) -> str:
         self.calls.append(
-            ("upload_folder", {"repo_id": repo_id, "repo_type": repo_type, "revision": revision,
-                               "ignore_patterns": ignore_patterns})  # fmt: skip
+            (
+                "upload_folder",
+                {
+                    "repo_id": repo_id,
+                    "repo_type": repo_type,
+                    "revision": revision,
+                    "ignore_patterns": ignore_patterns,
+                },
+            )
         )
         repo = self._repo(repo_id)
         branch = revision or "main"
@@ -130,7 +174,9 @@ class HubStandIn:
                 continue  # already committed: a resumed upload skips it
             if self.fail_after is not None and stored >= self.fail_after:
                 self.fail_after = None
-                raise UploadInterrupted(f"connection reset while uploading {rel} (Authorization: Bearer {self.secret})")
+                raise UploadInterrupted(
+                    f"connection reset while uploading {rel} (Authorization: Bearer {self.secret})"
+                )
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, dest)
             self.uploaded.append(rel)
@@ -139,6 +185,7 @@ class HubStandIn:
         repo["branches"][branch] = f"c{repo['n']}"
         return repo["branches"][branch]
 
+    @_like_hfapi
     def list_repo_refs(self, repo_id: str, *, repo_type: str | None = None, **kw: Any) -> _Refs:
         self.calls.append(("list_repo_refs", {"repo_id": repo_id, "repo_type": repo_type}))
         repo = self._repo(repo_id)
@@ -147,14 +194,27 @@ class HubStandIn:
             tags=[_Ref(n, c) for n, c in repo["tags"].items()],
         )
 
-    def create_tag(self, repo_id: str, *, tag: str, revision: str | None = None, repo_type: str | None = None,
-                   exist_ok: bool = False, tag_message: str | None = None, **kw: Any) -> None:  # fmt: skip
-        self.calls.append(("create_tag", {"repo_id": repo_id, "tag": tag, "revision": revision, "repo_type": repo_type}))
+    @_like_hfapi
+    def create_tag(
+        self,
+        repo_id: str,
+        *,
+        tag: str,
+        revision: str | None = None,
+        repo_type: str | None = None,
+        exist_ok: bool = False,
+        tag_message: str | None = None,
+        **kw: Any,
+    ) -> None:
+        self.calls.append(
+            ("create_tag", {"repo_id": repo_id, "tag": tag, "revision": revision, "repo_type": repo_type})
+        )
         repo = self._repo(repo_id)
         if tag in repo["tags"] and not exist_ok:
             raise FileExistsError(f"409 tag {tag} exists")
         repo["tags"][tag] = repo["branches"][revision or "main"]
 
+    @_like_hfapi
     def delete_tag(self, repo_id: str, *, tag: str, repo_type: str | None = None, **kw: Any) -> None:
         self.calls.append(("delete_tag", {"repo_id": repo_id, "tag": tag, "repo_type": repo_type}))
         del self._repo(repo_id)["tags"][tag]

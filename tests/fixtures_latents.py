@@ -47,7 +47,7 @@ def write_hub_native(root: Path, n: int, *, short_ids: tuple[int, ...] = (), sec
 
     ids = []
     videos = root.parent / f"{root.name}-mp4"
-    with DatasetWriter(root) as writer:
+    with DatasetWriter(root, card=False) as writer:  # the card is H3's concern, not ours
         for i in range(n):
             clip_id = f"clip{i:03d}"
             secs = 0.5 if i in short_ids else seconds

@@ -25,7 +25,9 @@ def clip_bytes(seconds: float = 2.0, fps: int = 8, size: tuple[int, int] = (64, 
     return _CACHE[key]
 
 
-def clip_record(clip_id: str, *, seconds: float, fps: int, size: tuple[int, int], split: str = "train") -> ClipRecord:
+def clip_record(
+    clip_id: str, *, seconds: float, fps: int, size: tuple[int, int], split: str = "train"
+) -> ClipRecord:
     return ClipRecord(
         id=clip_id,
         group=clip_id,
@@ -39,7 +41,9 @@ def clip_record(clip_id: str, *, seconds: float, fps: int, size: tuple[int, int]
         codec="h264",
         category=Category.medical_teaching,
         captions=[
-            Caption(name="detailed", text=f"In this video, a surgeon explains step {clip_id}.", style="detailed"),
+            Caption(
+                name="detailed", text=f"In this video, a surgeon explains step {clip_id}.", style="detailed"
+            ),
             Caption(name="brief", text=f"Step {clip_id}.", style="brief"),
         ],
     )

@@ -50,7 +50,13 @@ FAULT_FILES: dict[str, str] = {
 }
 UNKNOWN_KEY = "Uploader Notes"
 
-CATEGORIES = ("Medical Teaching", "Clinical Practice", "Popular Science", "Medical Animation", "Medical Imaging")
+CATEGORIES = (
+    "Medical Teaching",
+    "Clinical Practice",
+    "Popular Science",
+    "Medical Animation",
+    "Medical Imaging",
+)
 MOTIONS = ("static shot", "pan left", "zoom in")
 DURATIONS = (1.0, 1.5, 2.0)
 RATES = (8, 10, 12)
@@ -68,7 +74,9 @@ def _video_bytes(seconds: float, fps: int, *, faststart: bool = False) -> bytes:
             if faststart:  # moov first: a cut file still opens and decodes its first frames
                 moved = Path(tmp) / "faststart.mp4"
                 args = [ffmpeg(), "-y", "-v", "error", "-i", str(path), "-c", "copy"]
-                subprocess.run([*args, "-movflags", "+faststart", str(moved)], check=True, capture_output=True)
+                subprocess.run(
+                    [*args, "-movflags", "+faststart", str(moved)], check=True, capture_output=True
+                )
                 path = moved
             _VIDEO_CACHE[key] = path.read_bytes()
     return _VIDEO_CACHE[key]

@@ -44,7 +44,12 @@ def test_labelled_sections_when_the_model_ignores_the_json_instruction():
 
 
 def test_boilerplate_openings_are_stripped_and_recapitalised():
-    raw = json.dumps({"detailed": "In this video, we see " + DETAILED[0].lower() + DETAILED[1:], "brief": "The video shows gloved hands suturing tissue inside an open abdomen."})
+    raw = json.dumps(
+        {
+            "detailed": "In this video, we see " + DETAILED[0].lower() + DETAILED[1:],
+            "brief": "The video shows gloved hands suturing tissue inside an open abdomen.",
+        }
+    )
     got = parse_reply(raw, TMPL)
     assert got["detailed"] == DETAILED
     assert got["brief"] == "Gloved hands suturing tissue inside an open abdomen."
@@ -79,7 +84,10 @@ def test_refusal_detection_does_not_fire_on_clinical_prose():
         ("   \n ", "empty"),
         ('{"detailed": "", "brief": "Hands suture tissue."}', "unparseable"),
         ('{"detailed": "Hands.", "brief"', "unparseable"),  # cut-off JSON, no sections either
-        ("The surgeon the surgeon the surgeon the surgeon the surgeon the surgeon the surgeon the surgeon", "unparseable"),
+        (
+            "The surgeon the surgeon the surgeon the surgeon the surgeon the surgeon the surgeon the surgeon",
+            "unparseable",
+        ),
     ],
 )
 def test_empty_and_malformed_replies(reply, kind):
@@ -149,7 +157,9 @@ def test_brief_template_takes_plain_text_and_strips_quotes_and_labels():
 def test_structured_template_needs_every_field():
     tmpl = load_template("structured")
     fields = {f: "none" for f in tmpl.fields}
-    fields.update(setting="operating room", actions="suturing tissue with a curved needle", anatomy="abdominal wall")
+    fields.update(
+        setting="operating room", actions="suturing tissue with a curved needle", anatomy="abdominal wall"
+    )
     got = parse_reply("```json\n" + json.dumps(fields) + "\n```", tmpl)
     assert json.loads(got["structured"])["anatomy"] == "abdominal wall"
     del fields["camera"]

@@ -19,12 +19,13 @@ def _present(module: str) -> bool:
 def test_top_level_help_lists_the_present_verbs() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
-    for verb, (module, summary) in VERBS.items():
-        assert (verb in result.output) == _present(module) or not _present(module)
-        if _present(module):
-            assert summary.split()[0] in result.output
-    for option in main.params:
-        assert option.help if isinstance(option, click.Option) else True
+    present = [verb for verb, (module, _) in VERBS.items() if _present(module)]
+    assert {"info", "validate", "stats"} <= set(present)
+    flat = " ".join(result.output.split())  # undo click's line wrapping
+    for verb in present:
+        assert f" {verb} {' '.join(VERBS[verb][1].split()[:4])}" in flat
+    undocumented = [p.name for p in main.params if isinstance(p, click.Option) and not (p.help or "").strip()]
+    assert not undocumented
 
 
 @pytest.mark.parametrize("verb", list(VERBS))
@@ -38,7 +39,9 @@ def test_verb_help_explains_every_option(verb: str) -> None:
     assert isinstance(command, click.Command)
     assert command.help, f"{verb}: the command has no help text"
     undocumented = [
-        p.name for p in command.params if isinstance(p, click.Option) and not p.hidden and not (p.help or "").strip()
+        p.name
+        for p in command.params
+        if isinstance(p, click.Option) and not p.hidden and not (p.help or "").strip()
     ]
     assert not undocumented, f"{verb}: options without help text: {undocumented}"
     for param in command.params:

@@ -34,7 +34,9 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("which", ["generated", *REAL_CLIPS])
-def test_backends_return_the_same_frames_for_the_same_indices(which: str, gop_clip: Path, tmp_path: Path) -> None:
+def test_backends_return_the_same_frames_for_the_same_indices(
+    which: str, gop_clip: Path, tmp_path: Path
+) -> None:
     path = gop_clip if which == "generated" else real_clip(which, tmp_path)
     first = open_decoder(path, "torchcodec")
     n = first.num_frames
@@ -79,7 +81,9 @@ def test_timestamp_outside_tolerance_is_an_error_naming_the_clip(backend: str, g
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_out_of_range_index_names_the_clip(backend: str, gop_clip: Path) -> None:
     dec = open_decoder(gop_clip, backend, name="clip-7")
-    with pytest.raises(DecodeError, match=r"clip-7: frame indices \[24\] out of range, the clip has 24 frames"):
+    with pytest.raises(
+        DecodeError, match=r"clip-7: frame indices \[24\] out of range, the clip has 24 frames"
+    ):
         dec.frames_at([0, 24])
 
 

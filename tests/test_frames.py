@@ -34,7 +34,8 @@ def test_sides_are_rounded_to_multiples_of_16() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"num_frames": 0}, {"stride": 0}, {"fps": -1}, {"position": "end"}, {"short": "drop"}, {"crop": "x"}]
+    "kwargs",
+    [{"num_frames": 0}, {"stride": 0}, {"fps": -1}, {"position": "end"}, {"short": "drop"}, {"crop": "x"}],
 )
 def test_invalid_specs_are_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="FrameSpec"):
@@ -95,8 +96,10 @@ def test_resize_crop_covers_then_crops_keeping_aspect() -> None:
     a = resize_crop(frames, 32, 32, crop="random", rng=_rng("x"))
     b = resize_crop(frames, 32, 32, crop="random", rng=_rng("x"))
     assert torch.equal(a, b)
-    lefts = {int(resize_crop(frames, 32, 32, crop="random", rng=_rng(f"k{i}"))[0, 0, 0].float().mean() > 100)
-             for i in range(20)}
+    lefts = {
+        int(resize_crop(frames, 32, 32, crop="random", rng=_rng(f"k{i}"))[0, 0, 0].float().mean() > 100)
+        for i in range(20)
+    }
     assert lefts == {0, 1}
 
 

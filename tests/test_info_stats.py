@@ -120,3 +120,11 @@ def test_stats_cli_writes_png_plots(release: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == sorted(names)  # no temp files left behind
     table = CliRunner().invoke(main, ["stats", str(release)])
     assert table.exit_code == 0 and "medical_teaching" in table.stdout
+
+
+@pytest.mark.parametrize("verb", ["info", "stats"])
+def test_a_path_that_is_no_dataset_is_one_clear_error(verb: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, [verb, str(tmp_path)])
+    assert result.exit_code == 1
+    assert "not a dataset folder" in result.output and "videos_*.zip" in result.output
+    assert not isinstance(result.exception, ValueError)  # handled, no traceback

@@ -61,7 +61,8 @@ def _items(n: int, shapes: list[tuple[int, int, int]] | None = None, seed: int =
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model_dir: Path) -> BatchEncoder:  # noqa: F811
-    return BatchEncoder(tiny_config(tiny_model_dir, batch_size=2))
+    # batch_size 1: the test recomputes clip by clip, and CPU convs are not batch-invariant bit for bit
+    return BatchEncoder(tiny_config(tiny_model_dir, batch_size=1))
 
 
 @pytest.fixture(scope="module")

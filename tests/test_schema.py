@@ -196,7 +196,9 @@ def test_schema_files_match_the_model() -> None:
     on_disk = {p.name: json.loads(p.read_text()) for p in SCHEMAS_DIR.glob("*.json")}
     assert set(on_disk) == set(expected), "schemas/ has missing or stale files: run `make schemas`"
     for name, document in expected.items():
-        assert on_disk[name] == json.loads(json.dumps(document)), f"schemas/{name} drifted: run `make schemas`"
+        assert on_disk[name] == json.loads(json.dumps(document)), (
+            f"schemas/{name} drifted: run `make schemas`"
+        )
 
 
 def test_scores_get_returns_none_for_unknown_scores() -> None:

@@ -32,7 +32,9 @@ def test_same_split_in_a_fresh_interpreter() -> None:
         "from medvideocap.splits import assign_split;"
         f"print(','.join(assign_split(g, fractions=(0.6, 0.2, 0.2)) for g in {groups!r}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.strip()
     assert out.split(",") == [assign_split(g, fractions=(0.6, 0.2, 0.2)) for g in groups]
 
 

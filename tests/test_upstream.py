@@ -141,7 +141,12 @@ def test_value_parsers_understand_units() -> None:
     assert parse_duration(8.99) == 8.99
     assert parse_fps("30000/1001") == pytest.approx(29.97, abs=0.01)
     assert parse_fps("25 fps") == 25.0
-    for parser, bad in [(parse_resolution, "big"), (parse_bit_rate, "fast"), (parse_duration, "long"), (parse_fps, "x")]:
+    for parser, bad in [
+        (parse_resolution, "big"),
+        (parse_bit_rate, "fast"),
+        (parse_duration, "long"),
+        (parse_fps, "x"),
+    ]:
         with pytest.raises(ValueError):
             parser(bad)
 
@@ -201,7 +206,9 @@ def test_missing_video_name_field_fails_listing_keys_and_aliases(tmp_path: Path,
     assert "videoname" in message and "videopath" in message  # the aliases accepted
 
 
-def test_missing_media_facts_are_an_invalid_record_naming_the_field(tmp_path: Path, release_dir: Path) -> None:
+def test_missing_media_facts_are_an_invalid_record_naming_the_field(
+    tmp_path: Path, release_dir: Path
+) -> None:
     rows = _records(release_dir)
     del rows[2]["Duration"]
     release = UpstreamRelease.open(_copy_with(tmp_path, release_dir, rows))
@@ -249,6 +256,16 @@ def test_absolute_member_and_cross_zip_duplicate_are_reported(tmp_path: Path, re
     assert release.get("00000").zip_path.name == "videos_1.zip"  # the first one is kept
 
 
+def test_a_rewritten_zip_is_read_afresh(tmp_path: Path) -> None:
+    """Zip handles are cached per process; rewriting an archive in place must not serve stale members."""
+    root = make_upstream_release(tmp_path, n_clips=2)
+    assert len(UpstreamRelease.open(root)) == 2
+    make_upstream_release(root, n_clips=4)
+    release = UpstreamRelease.open(root)
+    assert len(release) == 4
+    assert len(release.get("00002").read_bytes()) > 0
+
+
 def test_detection_of_the_layout(release_dir: Path, tmp_path: Path) -> None:
     assert is_upstream_release(release_dir)
     assert layout.resolve(release_dir) == ("upstream", release_dir)
@@ -285,3 +302,40 @@ def test_repo_ids_are_downloaded_with_snapshot_download(
     calls.clear()
     layout.resolve("FreedomIntelligence/MedVideoCap-55K")
     assert len(calls) == 2 and "videos_*.zip" in calls[1]["allow_patterns"]
+
+
+def test_hub_failures_become_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    def offline(**kwargs: Any) -> str:
+        raise ConnectionError("network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(layout.LayoutError, match="owner/missing: cannot fetch .*network is unreachable"):
+        UpstreamRelease.open("owner/missing")
+
+
+def test_every_alias_is_documented_in_the_module_docstring() -> None:
+    import re
+
+    import medvideocap.upstream as upstream
+
+    documented = set(re.findall(r"[a-z0-9]+", upstream.__doc__ or ""))
+    assert sorted(k for k in ALIASES if k not in documented) == []
+    for target in set(ALIASES.values()) - {"resolution"}:
+        assert target.split(".")[-1] in (upstream.__doc__ or ""), target
+
+
+def test_unknown_category_keeps_the_clip_as_other(tmp_path: Path, release_dir: Path) -> None:
+    rows = _records(release_dir)
+    rows[0]["Video Categories"] = "Health News"
+    rows[1]["Video Categories"] = "Health News"
+    rows[2]["Video Categories"] = ["Medical Imaging", "Medical Teaching"]
+    release = UpstreamRelease.open(_copy_with(tmp_path, release_dir, rows))
+    clips = {c.record.id: c.record for c in release.clips()}
+    assert len(clips) == 6
+    assert clips["00000"].category == Category.other
+    assert clips["00000"].extra == {"Video Categories": "Health News"}
+    assert clips["00002"].category == Category.medical_imaging  # a list: the first is the category
+    assert [p.kind for p in release.problems] == ["unknown_category"]  # once per distinct value
+    assert "Health News" in release.problems[0].message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+import zipfile
 from pathlib import Path
 
 import polars as pl
@@ -75,7 +76,9 @@ def test_exit_status_and_json_report(clean_release: Path, faulty_release: Path) 
     bad = runner.invoke(main, ["validate", str(faulty_release), "--json"])
     assert bad.exit_code == 1
     report = json.loads(bad.stdout)
-    assert report["ok"] is False and report["errors"] == len(FAULTS) - 1 + 1  # unsafe member also orphans a record
+    assert (
+        report["ok"] is False and report["errors"] == len(FAULTS) - 1 + 1
+    )  # unsafe member also orphans a record
     assert report["warnings"] == 1
     assert set(report["kinds"]) == {kind for kind, _ in EXPECTED.values()}
     assert all({"severity", "kind", "where", "message"} <= set(p) for p in report["problems"])
@@ -97,6 +100,10 @@ def test_each_fault_alone_sets_the_exit_status(tmp_path: Path, fault: str) -> No
         assert runner.invoke(main, ["validate", str(root), "--strict"]).exit_code == 1
 
 
+def test_parallel_workers_give_the_same_report(faulty_release: Path, faulty_report: ValidationReport) -> None:
+    assert validate(faulty_release, workers=3) == faulty_report
+
+
 def test_no_videos_checks_metadata_only(faulty_release: Path) -> None:
     report = validate(faulty_release, videos=False)
     assert report.videos_checked == 0
@@ -108,6 +115,17 @@ def test_missing_path_is_reported_not_raised(tmp_path: Path) -> None:
     report = validate(tmp_path / "nothing-here")
     assert not report.ok and report.kinds() == {"format": 1}
     assert CliRunner().invoke(main, ["validate", str(tmp_path / "nothing-here")]).exit_code == 1
+
+
+def test_unreachable_repo_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    def offline(**kwargs: object) -> str:
+        raise ConnectionError("network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    report = validate("owner/missing")
+    assert report.kinds() == {"format": 1} and "network is unreachable" in report.problems[0].message
 
 
 def test_compare_media_tolerances() -> None:
@@ -161,8 +179,15 @@ def test_hub_native_metadata_disagreeing_with_video_is_caught(hub_native: Path, 
     root = _tampered(hub_native, tmp_path)
     path = root / "metadata" / "train.parquet"
     table = pl.read_parquet(path)
-    table = table.with_columns(pl.when(pl.col("id") == "00002").then(9.0).otherwise(pl.col("duration")).alias("duration"))
-    table = table.with_columns(pl.when(pl.col("id") == "00003").then(pl.col("offset") + 512).otherwise(pl.col("offset")).alias("offset"))
+    table = table.with_columns(
+        pl.when(pl.col("id") == "00002").then(9.0).otherwise(pl.col("duration")).alias("duration")
+    )
+    table = table.with_columns(
+        pl.when(pl.col("id") == "00003")
+        .then(pl.col("offset") + 512)
+        .otherwise(pl.col("offset"))
+        .alias("offset")
+    )
     table.write_parquet(path)
     report = validate(root)
     assert not report.ok
@@ -183,3 +208,21 @@ def test_hub_native_wrong_major_version_is_a_problem(hub_native: Path, tmp_path:
     problems = json.loads(result.stdout)["problems"]
     assert [p["kind"] for p in problems] == ["schema_version"]
     assert "2.0" in problems[0]["message"] and "1.0" in problems[0]["message"]
+
+
+def test_corrupt_member_and_broken_zip_are_unreadable(tmp_path: Path) -> None:
+    root = make_upstream_release(tmp_path, n_clips=4)
+    archive = root / "videos_1.zip"
+    with zipfile.ZipFile(archive) as zf:
+        member = zf.getinfo("00000.mp4")
+    data = bytearray(archive.read_bytes())
+    data[member.header_offset + 30 + len(member.filename) + member.file_size // 2] ^= 0xFF  # CRC now fails
+    archive.write_bytes(bytes(data))
+    (root / "videos_2.zip").write_bytes(b"this is not a zip archive")
+    report = validate(root)
+    unreadable = [p for p in report.problems if p.kind == "unreadable_member"]
+    assert {p.where for p in unreadable} == {"videos_1.zip:00000.mp4", "videos_2.zip"}
+    assert any("CRC" in p.message for p in unreadable)
+    orphans = {p.where for p in report.problems if p.kind == "record_without_video"}
+    assert orphans == {"metadata.json row 1 (00001.mp4)", "metadata.json row 3 (00003.mp4)"}
+    assert report.videos_checked == 1

@@ -57,7 +57,7 @@ def sample_frames(video: bytes | Path, n: int = 8) -> tuple[list[Image.Image], l
                 t = float(frame.time) if frame.time is not None else 0.0
                 while k < len(targets) and t >= targets[k]:
                     # The frame nearest the target: this one or the one before it.
-                    pick = prev if prev is not None and targets[k] - prev[0] < t - targets[k] else (t, frame)
+                    pick = prev if prev is not None and targets[k] - prev[0] <= t - targets[k] else (t, frame)
                     if not chosen or chosen[-1][0] != pick[0]:
                         chosen.append((pick[0], pick[1].to_image()))
                     k += 1

@@ -9,7 +9,9 @@ import click
 
 @click.command(name="info")
 @click.argument("path_or_repo")
-@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) when PATH_OR_REPO is a repo id.")
+@click.option(
+    "--revision", default=None, help="Hub revision (branch, tag or commit) when PATH_OR_REPO is a repo id."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 def command(path_or_repo: str, revision: str | None, as_json: bool) -> None:
     """Say what a dataset is: layout, schema version, counts per split and category, sizes.
@@ -17,7 +19,10 @@ def command(path_or_repo: str, revision: str | None, as_json: bool) -> None:
     Reads metadata and file listings only; for a Hub repo id no video is downloaded."""
     from medvideocap.info import info
 
-    summary = info(path_or_repo, revision=revision)
+    try:
+        summary = info(path_or_repo, revision=revision)
+    except (ValueError, OSError) as exc:  # bad input: one clear line, not a traceback
+        raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

@@ -133,7 +133,7 @@ def command(source: str, out: str, backend: str, **opts: Any) -> None:
             write=opts["write"],
             retry_failed=opts["retry_failed"],
             engine=opts["engine"],
-            revision=opts["revision"],
+            source_revision=opts["revision"],
             progress=not opts["no_progress"],
             **backend_options,
         )

@@ -10,7 +10,9 @@ import click
 
 @click.command(name="stats")
 @click.argument("path_or_repo")
-@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) when PATH_OR_REPO is a repo id.")
+@click.option(
+    "--revision", default=None, help="Hub revision (branch, tag or commit) when PATH_OR_REPO is a repo id."
+)
 @click.option(
     "--plots",
     "plots_dir",
@@ -23,7 +25,10 @@ def command(path_or_repo: str, revision: str | None, plots_dir: Path | None, as_
     """Distributions over the metadata: categories, durations, resolutions, fps, scores, caption lengths."""
     from medvideocap.stats import stats
 
-    result = stats(path_or_repo, revision=revision, plots=plots_dir)
+    try:
+        result = stats(path_or_repo, revision=revision, plots=plots_dir)
+    except (ValueError, OSError) as exc:  # bad input: one clear line, not a traceback
+        raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -31,12 +36,16 @@ def command(path_or_repo: str, revision: str | None, plots_dir: Path | None, as_
     from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]{result['source']}[/bold] ({result['layout']}): {result['clips']} clips, {result['hours']} h")
+    console.print(
+        f"[bold]{result['source']}[/bold] ({result['layout']}): {result['clips']} clips, {result['hours']} h"
+    )
     counts = Table("category", "clips", "share", title="categories")
     for name, c in result["categories"].items():
         counts.add_row(name, str(c["count"]), f"{c['share']:.1%}")
     console.print(counts)
-    dist = Table("quantity", "count", "mean", "min", "p5", "p25", "p50", "p75", "p95", "max", title="distributions")
+    dist = Table(
+        "quantity", "count", "mean", "min", "p5", "p25", "p50", "p75", "p95", "max", title="distributions"
+    )
     rows = {"duration (s)": result["duration"], "fps": result["fps"]}
     rows.update({f"score {k}": v for k, v in result["scores"].items()})
     rows.update({f"caption words {k}": v for k, v in result["caption_words"].items()})

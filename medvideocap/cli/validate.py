@@ -10,13 +10,26 @@ import click
 
 @click.command(name="validate")
 @click.argument("path_or_repo")
-@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) when PATH_OR_REPO is a repo id.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report instead of a table.")
+@click.option(
+    "--revision", default=None, help="Hub revision (branch, tag or commit) when PATH_OR_REPO is a repo id."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a machine-readable JSON report instead of a table."
+)
 @click.option(
     "--no-videos", is_flag=True, help="Check the metadata only: do not download, demux or compare the videos."
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Threads demuxing videos in parallel.",
+)
 @click.option("--strict", is_flag=True, help="Exit non-zero on warnings too (e.g. unknown upstream keys).")
-def command(path_or_repo: str, revision: str | None, as_json: bool, no_videos: bool, strict: bool) -> None:
+def command(
+    path_or_repo: str, revision: str | None, as_json: bool, no_videos: bool, workers: int, strict: bool
+) -> None:
     """Check every record against the schema and every video against its record (duration, fps, size).
 
     Exits 1 when anything is invalid (with --strict, also on warnings)."""
@@ -26,7 +39,7 @@ def command(path_or_repo: str, revision: str | None, as_json: bool, no_videos: b
     from medvideocap.validate import validate
 
     if as_json:
-        report = validate(path_or_repo, revision=revision, videos=not no_videos)
+        report = validate(path_or_repo, revision=revision, videos=not no_videos, workers=workers)
         click.echo(json.dumps(report.to_json_dict(), indent=2))
     else:
         console = Console(stderr=False)
@@ -36,7 +49,9 @@ def command(path_or_repo: str, revision: str | None, as_json: bool, no_videos: b
             def progress(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            report = validate(path_or_repo, revision=revision, videos=not no_videos, progress=progress)
+            report = validate(
+                path_or_repo, revision=revision, videos=not no_videos, workers=workers, progress=progress
+            )
         _print_report(console, report)
     failed = not report.ok or (strict and report.warnings)
     sys.exit(1 if failed else 0)

@@ -1,0 +1,42 @@
+"""``medvideocap train --config NAME_OR_PATH --set key=value ...``: parse arguments, call
+:func:`medvideocap.train.train`. Multi-GPU: ``accelerate launch -m medvideocap.train`` with the same config."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command(name="train")
+@click.option(
+    "--config",
+    "config",
+    required=True,
+    help="A shipped config name (medgen-1.3b-lora, medgen-1.3b-full) or a YAML file path.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one config field (repeatable); the value parses as YAML, e.g. --set max_steps=2000.",
+)
+@click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+def command(config: str, overrides: tuple[str, ...], print_config: bool) -> None:
+    """Fine-tune Wan2.1-T2V (MedGen reference recipe) on an encode-latents cache, LoRA or full.
+
+    Rerunning the same command resumes from the newest checkpoint in output_dir (resume: auto)."""
+    import yaml
+
+    from medvideocap.train import load_config, train
+
+    try:
+        cfg = load_config(config, overrides)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if print_config:
+        click.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        return
+    result = train(cfg)
+    click.echo(json.dumps({"step": result.step, "export": str(result.export) if result.export else None}))

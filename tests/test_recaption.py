@@ -1,0 +1,239 @@
+"""``medvideocap recaption`` end to end: upstream and hub-native sources, journal, resume after SIGKILL,
+failure records, --where/--limit, and --write producing a new hub-native dataset beside the source."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fixtures_caption import BRIEF, DETAILED, REFUSAL, Action, FakeChatServer
+from fixtures_upstream import make_upstream_release
+
+from medvideocap.caption import make_captioner
+from medvideocap.recaption import JOURNAL_FILE, RecaptionError, iter_source, model_short_name, recaption
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    return make_upstream_release(tmp_path_factory.mktemp("up") / "release", n_clips=6)
+
+
+@pytest.fixture
+def server():
+    srv = FakeChatServer()
+    with srv.running():
+        yield srv
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _journal_ids(out: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in (out / JOURNAL_FILE).read_text().splitlines() if line.strip()]
+
+
+def _cap(server, **kw):
+    opts = dict(
+        model="served-vlm", endpoint=server.url, concurrency=1, sleep=lambda s: None, rng=random.Random(0)
+    )
+    opts.update(kw)
+    return make_captioner("openai", **opts)
+
+
+def test_upstream_recaption_write_keeps_originals_and_video_bytes(upstream, server, tmp_path):
+    before = _tree_digest(upstream)
+    out = tmp_path / "run"
+    summary = recaption(upstream, out, backend="openai", captioner=_cap(server), write=True)
+    assert summary.selected == 6 and summary.captioned == 6 and summary.failed == 0
+    assert summary.caption_names == [
+        "served-vlm/detailed_brief-v1/detailed",
+        "served-vlm/detailed_brief-v1/brief",
+    ]
+    assert sorted(_journal_ids(out)) == [f"{i:05d}" for i in range(6)]
+    assert _tree_digest(upstream) == before  # the source is only read
+
+    from medvideocap.hubnative import HubNativeDataset
+
+    ds = HubNativeDataset.open(out / "dataset")
+    source = {it.id: it for it in iter_source(upstream)}
+    seen = 0
+    for split in ds.splits:
+        for rec in ds.records(split):
+            seen += 1
+            orig = source[rec.id].record
+            names = {c.name for c in rec.captions}
+            assert {"detailed", "brief", *summary.caption_names} <= names
+            assert rec.caption("detailed") == orig.caption("detailed")  # originals untouched
+            assert rec.caption("served-vlm/detailed_brief-v1/detailed") == DETAILED
+            assert rec.caption("served-vlm/detailed_brief-v1/brief") == BRIEF
+            new = next(c for c in rec.captions if c.name.endswith("/detailed") and c.source == "openai")
+            assert (
+                new.prompt == "detailed_brief"
+                and new.model == "served-vlm"
+                and len(new.frame_timestamps) == 8
+            )
+            assert ds.read_video(split, rec.id) == source[rec.id].read()
+    assert seen == 6
+    info = json.loads((out / "dataset" / "meta" / "info.json").read_text())
+    assert info["recipe"]["recaption"]["template"] == "detailed_brief-v1"
+
+
+def test_rerun_captions_nothing_twice(upstream, server, tmp_path):
+    out = tmp_path / "run"
+    recaption(upstream, out, backend="openai", captioner=_cap(server), limit=3)
+    assert len(server.requests) == 3
+    again = recaption(upstream, out, backend="openai", captioner=_cap(server), limit=5)
+    assert again.already_done == 3 and again.captioned == 2 and len(server.requests) == 5
+    ids = _journal_ids(out)
+    assert len(ids) == len(set(ids)) == 5
+
+
+def test_failures_are_journaled_with_raw_and_retried_only_on_request(upstream, server, tmp_path):
+    out = tmp_path / "run"
+    server.script = [Action(content=REFUSAL), Action(content=REFUSAL), Action(status=400, body="bad image")]
+    summary = recaption(upstream, out, backend="openai", captioner=_cap(server), limit=4)
+    assert summary.failed == 2 and summary.captioned == 2
+    entries = {json.loads(x)["id"]: json.loads(x) for x in (out / JOURNAL_FILE).read_text().splitlines()}
+    first, second = entries["00000"], entries["00001"]
+    assert not first["ok"] and first["error"].startswith("refusal") and first["raw"] == REFUSAL
+    assert first["attempts"] == 2 and first["history"][0]["raw"] == REFUSAL and first["captions"] == []
+    assert not second["ok"] and "HTTP 400" in second["error"]
+    assert recaption(upstream, out, backend="openai", captioner=_cap(server), limit=4).captioned == 0
+    retried = recaption(upstream, out, backend="openai", captioner=_cap(server), limit=4, retry_failed=True)
+    assert retried.captioned == 2 and retried.failed == 0
+    assert {k for k, v in _last_entries(out).items() if v["ok"]} == {f"{i:05d}" for i in range(4)}
+
+
+def _last_entries(out):
+    entries = {}
+    for line in (out / JOURNAL_FILE).read_text().splitlines():
+        e = json.loads(line)
+        entries[e["id"]] = e
+    return entries
+
+
+def test_where_and_limit_select_clips(upstream, server, tmp_path):
+    out = tmp_path / "run"
+    s = recaption(
+        upstream,
+        out,
+        backend="openai",
+        captioner=_cap(server),
+        where='category == "clinical_practice" or fps == 12',
+    )
+    picked = sorted(_journal_ids(out))
+    expect = sorted(
+        it.id
+        for it in iter_source(upstream)
+        if it.record.category == "clinical_practice" or it.record.fps == 12
+    )
+    assert picked == expect and s.selected == len(expect) and 0 < len(expect) < 6
+
+
+def test_changed_settings_on_resume_are_refused(upstream, server, tmp_path):
+    out = tmp_path / "run"
+    recaption(upstream, out, backend="openai", captioner=_cap(server), limit=1)
+    with pytest.raises(RecaptionError, match="template"):
+        recaption(upstream, out, backend="openai", captioner=_cap(server), limit=1, template="brief")
+
+
+def test_out_inside_source_is_refused(upstream, server):
+    with pytest.raises(RecaptionError, match="never modified"):
+        recaption(upstream, upstream / "run", backend="openai", captioner=_cap(server))
+
+
+def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(upstream, tmp_path):
+    srv = FakeChatServer(default=lambda body: Action(delay=0.4))
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "medvideocap", "recaption", str(upstream), "--out", str(out), "--backend", "openai",
+        "--endpoint", "URL", "--model", "served-vlm", "--concurrency", "1", "--no-progress",
+    ]  # fmt: skip
+    with srv.running():
+        cmd[cmd.index("URL")] = srv.url
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        journal = out / JOURNAL_FILE
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists() and journal.read_text().count("\n") >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done_before = set(_journal_ids(out))
+        assert 2 <= len(done_before) < 6
+        sent_before = len(srv.requests)
+        srv.default = lambda body: Action()
+        summary = recaption(upstream, out, backend="openai", captioner=_cap(srv))
+    ids = _journal_ids(out)
+    assert sorted(ids) == [f"{i:05d}" for i in range(6)] and len(ids) == len(set(ids))
+    assert summary.already_done == len(done_before) and summary.captioned == 6 - len(done_before)
+    assert len(srv.requests) - sent_before == 6 - len(done_before)  # nothing journaled was asked again
+
+
+def test_hub_native_source_keeps_splits(upstream, server, tmp_path):
+    from medvideocap.hubnative import HubNativeDataset
+    from medvideocap.writer import DatasetWriter
+
+    src = tmp_path / "hub"
+    with DatasetWriter(src, split_fn=lambda r: "test" if r.id in ("00001", "00004") else "train") as w:
+        for it in iter_source(upstream):
+            w.write(it.record, it.read())
+    before = _tree_digest(src)
+    out = tmp_path / "run"
+    summary = recaption(src, out, backend="openai", captioner=_cap(server), template="brief", write=True)
+    assert summary.captioned == 6 and _tree_digest(src) == before
+    ds = HubNativeDataset.open(out / "dataset")
+    assert {r.id for r in ds.records("test")} == {"00001", "00004"}
+    for rec in ds.records("train"):
+        assert rec.caption("served-vlm/brief-v1/brief") is not None
+
+
+def test_transformers_backend_through_recaption_and_write(upstream, tmp_path):
+    from medvideocap.caption.tiny import save_tiny_vlm
+    from medvideocap.hubnative import HubNativeDataset
+
+    model = save_tiny_vlm(tmp_path / "tiny-qwen")
+    cap = make_captioner(
+        "transformers", model=str(model), batch_size=3, check_quality=False, params={"max_new_tokens": 8}
+    )
+    out = tmp_path / "run"
+    summary = recaption(
+        upstream, out, backend="transformers", captioner=cap, template="brief", frames=4, write=True
+    )
+    assert summary.captioned == 6
+    name = f"{model_short_name(str(model))}/brief-v1/brief"
+    assert summary.caption_names == [name] and name == "tiny-qwen/brief-v1/brief"
+    recs = [
+        r
+        for s in HubNativeDataset.open(out / "dataset").splits
+        for r in HubNativeDataset.open(out / "dataset").records(s)
+    ]
+    assert len(recs) == 6
+    for rec in recs:
+        c = next(c for c in rec.captions if c.name == name)
+        assert c.text and c.source == "transformers" and len(c.frame_timestamps) == 4
+
+
+def test_cli_reports_bad_where_without_a_traceback(upstream, tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "medvideocap", "recaption", str(upstream), "--out", str(tmp_path / "r"),
+         "--backend", "openai", "--endpoint", "http://127.0.0.1:9/v1", "--where", "colour == 'red'"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode != 0 and "unknown field 'colour'" in res.stderr and "Traceback" not in res.stderr

@@ -1,0 +1,259 @@
+"""The reference trainer on tiny random Wan models (CPU), over a real encode-latents cache.
+
+Pins down: the objective Wan uses, that training actually fits data, that LoRA touches only adapters,
+that a stopped-and-resumed run is the same run, and that exports load in WanPipeline and generate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from fixtures_train import FRAMES, HEIGHT, WIDTH, latent_cache, tiny_pipeline_dir, tiny_train_config
+
+from medvideocap.train import (
+    ResumableBatches,
+    TrainConfig,
+    checkpoint_dirs,
+    find_resume,
+    flow_matching_loss,
+    load_config,
+    sample_sigmas,
+    train,
+)
+
+__all__ = ["latent_cache", "tiny_pipeline_dir"]  # fixtures, imported for pytest
+
+
+# --------------------------------------------------------------------------------------------- config
+def test_shipped_lora_config_has_the_paper_settings() -> None:
+    cfg = load_config("medgen-1.3b-lora")
+    assert (cfg.mode, cfg.lora_rank, cfg.lora_alpha, cfg.learning_rate) == ("lora", 32, 32, 5e-5)
+    assert (cfg.mixed_precision, cfg.ema_decay, cfg.seed) == ("bf16", 0.999, 1024)
+    assert (cfg.validation_frames, cfg.validation_height, cfg.validation_width) == (81, 480, 832)
+    assert cfg.model_id == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers" and cfg.transformer_subfolder == "transformer"
+    assert cfg.flow_shift == 3.0
+    full = load_config("medgen-1.3b-full")
+    assert full.mode == "full" and full.seed == 1024 and full.ema_decay == 0.999
+
+
+def test_every_config_field_can_be_overridden_from_the_command_line() -> None:
+    base = load_config("medgen-1.3b-lora").model_dump()
+    changed = {
+        "lora_target_modules": "[to_q, ffn.net.0.proj]",
+        "max_steps": "7",
+        "resume": "none",
+        "report_to": "null",
+        "flow_shift": "5.0",
+    }
+    cfg = load_config("medgen-1.3b-lora", [f"{k}={v}" for k, v in changed.items()])
+    assert cfg.lora_target_modules == ["to_q", "ffn.net.0.proj"] and cfg.max_steps == 7
+    assert cfg.resume == "none" and cfg.report_to is None and cfg.flow_shift == 5.0
+    for key, value in base.items():  # each field round-trips through key=<yaml>
+        flow = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...")
+        assert getattr(load_config("medgen-1.3b-lora", [f"{key}={flow}"]), key) == value, key
+
+
+def test_bad_overrides_name_the_field() -> None:
+    with pytest.raises(ValueError, match="unknown field 'lora_rnak'"):
+        load_config("medgen-1.3b-lora", ["lora_rnak=8"])
+    with pytest.raises(ValueError, match="mode"):
+        load_config("medgen-1.3b-lora", ["mode=qlora"])
+    with pytest.raises(FileNotFoundError, match="medgen-1.3b-lora"):
+        load_config("medgen-14b")
+
+
+# ------------------------------------------------------------------------------------------ objective
+def test_timesteps_follow_wan_shift_formula() -> None:
+    base = TrainConfig(timestep_sampling="uniform", flow_shift=1.0)
+    shifted = TrainConfig(timestep_sampling="uniform", flow_shift=3.0)
+    u = sample_sigmas(10_000, base, torch.Generator().manual_seed(0), torch.device("cpu"))
+    s = sample_sigmas(10_000, shifted, torch.Generator().manual_seed(0), torch.device("cpu"))
+    torch.testing.assert_close(s, 3.0 * u / (1.0 + 2.0 * u))
+    assert 0.0 < float(s.min()) and float(s.max()) < 1.0 and float(s.mean()) > float(u.mean()) + 0.1
+    logit = sample_sigmas(10_000, TrainConfig(flow_shift=1.0), torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert abs(float(logit.median()) - 0.5) < 0.02 and float(((logit > 0.2) & (logit < 0.8)).float().mean()) > 0.7
+
+
+class _Echo(torch.nn.Module):
+    """Returns its noisy input unchanged and records what the trainer fed it."""
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                return_dict: bool = False) -> tuple[torch.Tensor]:  # fmt: skip
+        self.seen = (hidden_states, timestep, encoder_hidden_states)
+        return (hidden_states,)
+
+
+def test_loss_is_velocity_mse_at_the_interpolated_point_and_caption_dropout_swaps_the_prompt() -> None:
+    cfg = TrainConfig(caption_dropout=0.5, flow_shift=3.0)
+    x0 = torch.randn(64, 4, 2, 4, 4)
+    embeds, null = torch.randn(64, 8, 16), torch.full((8, 16), 7.0)
+    model = _Echo()
+    loss = flow_matching_loss(model, {"latents": x0, "prompt_embeds": embeds}, cfg, torch.Generator().manual_seed(3), null)
+    g = torch.Generator().manual_seed(3)  # replay the draws in the documented order
+    noise = torch.randn(x0.shape, generator=g)
+    sig = sample_sigmas(64, cfg, g, torch.device("cpu"))
+    drop = torch.rand(64, generator=g) < 0.5
+    s = sig.view(-1, 1, 1, 1, 1)
+    xt = (1 - s) * x0 + s * noise
+    hidden, timestep, text = model.seen
+    torch.testing.assert_close(hidden, xt)
+    torch.testing.assert_close(timestep, sig * 1000)
+    torch.testing.assert_close(loss, torch.mean((xt - (noise - x0)) ** 2))
+    assert 10 < int(drop.sum()) < 54
+    assert torch.equal(text[drop], null.expand(int(drop.sum()), -1, -1)) and torch.equal(text[~drop], embeds[~drop])
+
+
+def test_batches_resume_mid_epoch_and_differ_between_epochs() -> None:
+    data = list(range(6))
+    full = ResumableBatches(data, 2, seed=5, rank=0, world_size=1, consumed=0)
+    it = iter(full)
+    first = [next(it) for _ in range(7)]
+    later = iter(ResumableBatches(data, 2, seed=5, rank=0, world_size=1, consumed=4))
+    assert [next(later) for _ in range(3)] == first[4:]
+    ep0 = sorted(i for b in first[:3] for _, i in b)
+    assert ep0 == data and first[0][0][0] == 0 and first[3][0][0] == 1
+    assert [i for b in first[:3] for _, i in b] != [i for b in first[3:6] for _, i in b]
+    ranks = [iter(ResumableBatches(data, 1, seed=5, rank=r, world_size=2, consumed=0)) for r in (0, 1)]
+    seen = [[next(r)[0][1] for _ in range(3)] for r in ranks]
+    assert sorted(seen[0] + seen[1]) == data
+
+
+# ------------------------------------------------------------------------------------------- training
+def _dataset(cache: Path, posterior: str = "sample") -> Any:
+    from medvideocap.latents import load_latents
+
+    return load_latents(cache, split="train", posterior=posterior)
+
+
+def test_loss_on_a_fixed_batch_drops_by_half_in_50_steps(tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path) -> None:
+    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, mode="full", batch_size=4, max_steps=50,
+                            learning_rate=3e-3, weight_decay=0.0, caption_dropout=0.0, ema_decay=0.0,
+                            timestep_sampling="uniform")  # fmt: skip
+    result = train(cfg, dataset=_dataset(latent_cache, posterior="mode"))  # 4 clips = one fixed batch
+    losses = np.array(result.losses)
+    assert len(losses) == 50 and np.isfinite(losses).all()
+    assert losses[-10:].mean() < 0.5 * losses[:10].mean(), losses
+
+
+def test_lora_trains_only_adapters_and_leaves_base_weights_bit_identical(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    from diffusers import WanTransformer3DModel
+
+    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, mode="lora", batch_size=2, max_steps=8,
+                            learning_rate=1e-2, caption_dropout=0.0)  # fmt: skip
+    trained = train(cfg, dataset=_dataset(latent_cache)).transformer
+    base = dict(WanTransformer3DModel.from_pretrained(tiny_pipeline_dir, subfolder="transformer").named_parameters())
+    trainable = {n for n, p in trained.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert any(".attn1.to_q." in n for n in trainable) and any(".attn2.to_out.0." in n for n in trainable)
+    frozen = {n.replace(".base_layer", ""): p for n, p in trained.named_parameters() if n not in trainable}
+    assert frozen.keys() == base.keys()
+    for name, p in frozen.items():
+        assert torch.equal(p, base[name]), name
+    assert all(p.abs().sum() > 0 for n, p in trained.named_parameters() if ".lora_B." in n)  # adapters moved
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_stopped_and_resumed_run_equals_uninterrupted_run(
+    mode: str, tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    opts = {"mode": mode, "batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 6,
+            "learning_rate": 2e-3, "lr_scheduler": "cosine", "warmup_steps": 2, "ema_decay": 0.9,
+            "caption_dropout": 0.5, "caption_dropout_embeds": "empty", "checkpoint_every": 100}  # fmt: skip
+    straight = train(tiny_train_config(tmp_path / "a", tiny_pipeline_dir, latent_cache, **opts))
+    first = train(tiny_train_config(tmp_path / "b", tiny_pipeline_dir, latent_cache, stop_at_step=3, **opts))
+    assert first.step == 3 and first.export is None  # 3 steps x 2 batches: stopped mid-epoch of 4 clips
+    assert [p.name for p in checkpoint_dirs(tmp_path / "b" / "run")] == ["step-00000003"]
+    resumed = train(tiny_train_config(tmp_path / "b", tiny_pipeline_dir, latent_cache, **opts))
+    assert resumed.resumed_from is not None and resumed.steps == [4, 5, 6]
+    np.testing.assert_allclose(first.losses + resumed.losses, straight.losses, rtol=1e-5, atol=1e-6)
+    a_final, b_final = tmp_path / "a" / "run" / "final", tmp_path / "b" / "run" / "final"
+    name = "pytorch_lora_weights.safetensors" if mode == "lora" else "transformer/diffusion_pytorch_model.safetensors"
+    wa, wb = load_file(a_final / name), load_file(b_final / name)  # EMA weights: EMA state resumed too
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)
+
+
+def test_an_interrupted_save_is_never_resumed_from(tmp_path: Path) -> None:
+    root = tmp_path / "run" / "checkpoints"
+    (root / "step-00000010").mkdir(parents=True)
+    (root / "step-00000010" / "trainer_state.json").write_text('{"step": 10, "consumed_batches": 10}')
+    (root / ".step-00000020.tmp").mkdir()  # killed while saving
+    (root / "step-00000030").mkdir()  # no trainer_state.json: incomplete
+    assert find_resume(TrainConfig(output_dir=str(tmp_path / "run"))) == root / "step-00000010"
+    assert find_resume(TrainConfig(output_dir=str(tmp_path / "run"), resume="none")) is None
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        find_resume(TrainConfig(output_dir=str(tmp_path), resume=str(root / "step-00000030")))
+
+
+# ------------------------------------------------------------------------------ exports and generation
+def _frames(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def _base_video(model_dir: Path, prompt: str) -> np.ndarray:
+    from medvideocap.generate import load_pipeline, sample_videos
+
+    pipe = load_pipeline(model_dir, device="cpu")
+    (video,) = sample_videos(pipe, [prompt], num_frames=FRAMES, height=HEIGHT, width=WIDTH, steps=2, seed=0)
+    return (video * 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_exported_checkpoint_loads_in_wanpipeline_and_generates_a_different_video(
+    mode: str, tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+    from medvideocap.probe import probe
+
+    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, mode=mode, batch_size=2, max_steps=4,
+                            learning_rate=2e-2, ema_decay=0.0)  # fmt: skip
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump()))
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "--config", str(config_file), "--set", "report_to=tensorboard"])
+    assert res.exit_code == 0, res.output
+    final = tmp_path / "run" / "final"
+    expected = "pytorch_lora_weights.safetensors" if mode == "lora" else "model_index.json"
+    assert (final / expected).is_file() and "MedGen" in (final / "README.md").read_text()
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))  # TensorBoard got the metrics
+    out = tmp_path / "sample.mp4"
+    prompt = "Laparoscopic suturing of the abdominal wall"
+    res = runner.invoke(main, ["generate", "--checkpoint", str(final), "--prompt", prompt, "--out", str(out),
+                               "--frames", "5", "--height", "32", "--width", "32", "--steps", "2", "--device", "cpu"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    info = probe(out, count_frames=True)
+    assert (info.num_frames, info.width, info.height) == (FRAMES, WIDTH, HEIGHT)
+    diff = np.abs(_frames(out).astype(int) - _base_video(tiny_pipeline_dir, prompt).astype(int)).mean()
+    assert diff > 3, "the trained weights did not change the generated video"
+
+
+def test_validation_writes_videos_and_a_contact_sheet(tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path) -> None:
+    from PIL import Image
+
+    from medvideocap.probe import probe
+
+    prompts = ["Echocardiogram, apical four-chamber view", "CPR on a manikin"]
+    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, batch_size=2, max_steps=2,
+                            validation_every=1, validation_prompts=prompts)  # fmt: skip
+    result = train(cfg, dataset=_dataset(latent_cache))
+    assert [p.name for p in result.validations] == ["step-00000001", "step-00000002"]
+    for folder in result.validations:
+        for i in range(2):
+            info = probe(folder / f"{i:02d}.mp4", count_frames=True)
+            assert (info.num_frames, info.width, info.height) == (FRAMES, WIDTH, HEIGHT)
+        with Image.open(folder / "contact_sheet.png") as sheet:
+            assert sheet.size == (WIDTH * FRAMES, HEIGHT * 2)
