@@ -49,7 +49,20 @@ from medvideocap.writer import DatasetWriter  # noqa: E402
 def make_clip(path: Path, seconds: float, fps: int, index: int) -> Path:
     """A 720x480 H.264 clip with real motion (testsrc2 + noise, so the encoder has work to do)."""
     graph = f"testsrc2=size=720x480:rate={fps}:duration={seconds},noise=alls=12:allf=t+u,hue=h={index * 37}"
-    args = ["ffmpeg", "-y", "-v", "error", "-f", "lavfi", "-i", graph, "-c:v", "libx264", "-preset", "veryfast"]
+    args = [
+        "ffmpeg",
+        "-y",
+        "-v",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        graph,
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+    ]
     args += ["-pix_fmt", "yuv420p", "-g", str(2 * fps), "-b:v", "2M", str(path)]
     subprocess.run(args, check=True, capture_output=True)
     return path
@@ -87,7 +100,9 @@ def resize(frames: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return frames.permute(1, 0, 2, 3).float().div(127.5).sub(1.0)
 
 
-def raw_paths(files: list[Path], plans: list[list[int]], h: int, w: int) -> dict[str, Callable[[int], torch.Tensor]]:
+def raw_paths(
+    files: list[Path], plans: list[list[int]], h: int, w: int
+) -> dict[str, Callable[[int], torch.Tensor]]:
     def torchcodec_raw(i: int) -> torch.Tensor:
         from torchcodec.decoders import VideoDecoder
 
@@ -100,7 +115,10 @@ def raw_paths(files: list[Path], plans: list[list[int]], h: int, w: int) -> dict
 
         meta = VideoDecoder(str(files[i]), seek_mode="approximate").metadata
         scale = max(h / meta.height, w / meta.width)
-        size = (max(h, int(np.ceil(meta.height * scale - 1e-6))), max(w, int(np.ceil(meta.width * scale - 1e-6))))
+        size = (
+            max(h, int(np.ceil(meta.height * scale - 1e-6))),
+            max(w, int(np.ceil(meta.width * scale - 1e-6))),
+        )
         dec = VideoDecoder(str(files[i]), seek_mode="exact", num_ffmpeg_threads=1, transforms=[Resize(size)])
         return resize(dec.get_frames_at(plans[i]).data, h, w)
 
@@ -146,7 +164,7 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best round counts")
-    ap.add_argument("--rss-samples", type=int, default=60, help="loader items read for the memory check")
+    ap.add_argument("--rss-samples", type=int, default=40, help="loader items read for the memory check")
     ap.add_argument("--skip-datasets", action="store_true", help="leave out the load_dataset path")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -158,11 +176,21 @@ def main() -> None:
         work = Path(tmp)
         t0 = time.perf_counter()
         root, files = build_dataset(work, args.clips, args.seconds, args.fps)
-        print(f"dataset: {len(files)} clips ({args.clips} generated 720x480 {args.seconds:g}s {args.fps}fps + real), "
-              f"built in {time.perf_counter() - t0:.1f}s")
-        spec = FrameSpec(num_frames=args.frames, fps=args.target_fps, position="center", height=args.height,
-                         width=args.width)
-        ours = {b: medvideocap.load(root, "train", frames=spec, backend=b) for b in ("torchcodec", "decord", "pyav")}
+        print(
+            f"dataset: {len(files)} clips ({args.clips} generated 720x480 {args.seconds:g}s {args.fps}fps + real), "
+            f"built in {time.perf_counter() - t0:.1f}s"
+        )
+        spec = FrameSpec(
+            num_frames=args.frames,
+            fps=args.target_fps,
+            position="center",
+            height=args.height,
+            width=args.width,
+        )
+        ours = {
+            b: medvideocap.load(root, "train", frames=spec, backend=b)
+            for b in ("torchcodec", "decord", "pyav")
+        }
         base = ours["torchcodec"]
         order = [base.ids.index(f"clip{i:03d}") for i in range(len(files))]  # file i -> dataset index
         plans = []
@@ -171,8 +199,10 @@ def main() -> None:
             rec = item["record"]
             n = rec.num_frames or round(rec.duration * rec.fps)
             plans.append(spec.indices(n, rec.fps, args.frames, np.random.default_rng(0)))
-        print(f"sample: {args.frames} frames at {args.target_fps:g} fps -> float (3, {args.frames}, {args.height}, "
-              f"{args.width})")
+        print(
+            f"sample: {args.frames} frames at {args.target_fps:g} fps -> float (3, {args.frames}, {args.height}, "
+            f"{args.width})"
+        )
 
         paths: dict[str, Callable[[int], torch.Tensor]] = raw_paths(files, plans, args.height, args.width)
         for backend, ds in ours.items():
@@ -185,7 +215,9 @@ def main() -> None:
             hf = datasets.load_dataset(str(root), split="train", cache_dir=str(work / "hfcache"))
             keys = hf["__key__"]
             hf_index = [keys.index(f"clip{i:03d}") for i in range(len(files))]
-            print(f"datasets: load_dataset prepared the arrow cache in {time.perf_counter() - t0:.1f}s (not timed below)")
+            print(
+                f"datasets: load_dataset prepared the arrow cache in {time.perf_counter() - t0:.1f}s (not timed below)"
+            )
 
             def datasets_path(i: int) -> torch.Tensor:
                 dec = hf[hf_index[i]]["mp4"]
@@ -201,10 +233,15 @@ def main() -> None:
 
         # interleaved per clip: a burst of load from other processes hits all paths alike; each
         # (path, clip) keeps its best round
+        for ds in ours.values():
+            ds.pipeline.decoders.clear()  # the check above must not leave warm decoders behind
         best = {(name, i): float("inf") for name in paths for i in range(len(files))}
+        shuffler = np.random.default_rng(0)
+        names = list(paths)
         for _ in range(args.rounds):
             for i in range(len(files)):
-                for name, fn in paths.items():
+                for k in shuffler.permutation(len(names)):  # no path always runs first (cold caches)
+                    name, fn = names[k], paths[names[k]]
                     gc.collect()
                     t0 = time.perf_counter()
                     fn(i)
@@ -218,10 +255,14 @@ def main() -> None:
             vs_same = f"{r / rate[same]:.3f}x" if same in rate else ""
             print(f"{name:34s} {r:10.2f} {r / rate[fastest]:14.3f}x {vs_same:>12s}")
         best_ours = max((n for n in rate if n.startswith("ours")), key=lambda n: rate[n])
-        print(f"\nfastest raw decoder: {fastest}; best loader: {best_ours} = {rate[best_ours] / rate[fastest]:.3f}x "
-              f"(target >= 0.95x)")
+        print(
+            f"\nfastest raw decoder: {fastest}; best loader: {best_ours} = {rate[best_ours] / rate[fastest]:.3f}x "
+            f"(target >= 0.95x)"
+        )
         if "datasets load_dataset" in rate:
-            print(f"best loader vs plain datasets path: {rate[best_ours] / rate['datasets load_dataset']:.2f}x")
+            print(
+                f"best loader vs plain datasets path: {rate[best_ours] / rate['datasets load_dataset']:.2f}x"
+            )
 
         ds = ours["torchcodec"]
         proc = psutil.Process()
@@ -234,8 +275,10 @@ def main() -> None:
             ds[k % len(ds)]
         gc.collect()
         after = proc.memory_info().rss
-        print(f"resident memory over {args.rss_samples} loader items: {before / 2**20:.0f} -> {after / 2**20:.0f} MiB "
-              f"({(after - before) / before * 100:+.1f}%)")
+        print(
+            f"resident memory over {args.rss_samples} loader items: {before / 2**20:.0f} -> {after / 2**20:.0f} MiB "
+            f"({(after - before) / before * 100:+.1f}%)"
+        )
         shutil.rmtree(work / "hfcache", ignore_errors=True)
 
 

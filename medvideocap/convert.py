@@ -163,11 +163,16 @@ def convert(
     """Convert the upstream release at ``src`` (folder or Hub repo id) into ``out``; resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from medvideocap.hubnative import is_hub_native
     from medvideocap.upstream import UpstreamRelease
 
     fractions = check_fractions(fractions)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if is_hub_native(Path(src)):
+        raise ValueError(
+            f"{src} is already a hub-native dataset; convert reads the upstream zips + JSON release"
+        )
     release = UpstreamRelease.open(src, revision=revision)
     clips = list(release.clips())  # sorted by id; release.problems is complete from here on
     is_local = Path(src).expanduser().exists()

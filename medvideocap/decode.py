@@ -302,6 +302,8 @@ class PerProcessCache:
         self._items: OrderedDict[Any, Any] = OrderedDict()
 
     def get(self, key: Any, factory: Callable[[], Any]) -> Any:
+        if self.maxsize <= 0:
+            return factory()
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._items = OrderedDict()

@@ -68,8 +68,12 @@ def load_pipeline(
     if info["kind"] == "pipeline":
         pipe = WanPipeline.from_pretrained(checkpoint, torch_dtype=dtype)
     elif info["kind"] == "transformer":
-        transformer = WanTransformer3DModel.from_pretrained(checkpoint, subfolder="transformer", torch_dtype=dtype)
-        pipe = WanPipeline.from_pretrained(base, revision=revision, transformer=transformer, torch_dtype=dtype)
+        transformer = WanTransformer3DModel.from_pretrained(
+            checkpoint, subfolder="transformer", torch_dtype=dtype
+        )
+        pipe = WanPipeline.from_pretrained(
+            base, revision=revision, transformer=transformer, torch_dtype=dtype
+        )
     else:
         pipe = WanPipeline.from_pretrained(base, revision=revision, torch_dtype=dtype)
         pipe.load_lora_weights(str(checkpoint))

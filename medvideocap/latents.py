@@ -367,8 +367,8 @@ class LatentCache:
         state["_groups"] = OrderedDict()
         return state
 
-    def _group(self, file: int, group: int) -> pa.Table:
-        key = (file, group)
+    def _group(self, file: int, group: int, with_logvar: bool) -> pa.Table:
+        key = (file, group, with_logvar)
         table = self._groups.get(key)
         if table is not None:
             self._groups.move_to_end(key)
@@ -376,21 +376,25 @@ class LatentCache:
         pf = self._files.get(file)
         if pf is None:
             pf = self._files[file] = pq.ParquetFile(self.files[file])
-        table = pf.read_row_group(group, columns=list(_READ_COLUMNS)).combine_chunks()
+        columns = ["vae_latent_bytes", "text_embedding_bytes"] + (["vae_logvar_bytes"] if with_logvar else [])
+        # use_threads=False: one row group is a few large values; a thread pool per read only adds
+        # contention with the DataLoader's own workers.
+        table = pf.read_row_group(group, columns=columns, use_threads=False).combine_chunks()
         self._groups[key] = table
         while len(self._groups) > self.cache_row_groups:
             self._groups.popitem(last=False)
         return table
 
-    def raw(self, i: int) -> dict[str, Any]:
+    def raw(self, i: int, *, with_logvar: bool = True) -> dict[str, Any]:
         """Row ``i`` as stored: numpy views of the bytes (read-only, no copy) plus the small columns."""
         ref = self.refs[i]
-        table = self._group(ref.file, ref.group)
-        where = f"{self.files[ref.file]} row {ref.row} (id {self.ids[i]!r})"
         out: dict[str, Any] = {name: self.index[name][i] for name in INDEX_COLUMNS}
+        with_logvar = with_logvar and out["latent_kind"] == "moments"
+        table = self._group(ref.file, ref.group, with_logvar)
+        where = f"{self.files[ref.file]} row {ref.row} (id {self.ids[i]!r})"
         buf = table.column("vae_latent_bytes").chunk(0)[ref.row].as_buffer()
         out["latent"] = decode_array(buf, out["vae_latent_shape"], out["vae_latent_dtype"], where=where)
-        if out["latent_kind"] == "moments":
+        if with_logvar:
             buf = table.column("vae_logvar_bytes").chunk(0)[ref.row].as_buffer()
             out["logvar"] = decode_array(buf, out["vae_logvar_shape"], out["vae_logvar_dtype"], where=where)
         buf = table.column("text_embedding_bytes").chunk(0)[ref.row].as_buffer()
@@ -415,27 +419,39 @@ class _ItemMaker:
         self.epoch = 0
 
     def make(self, i: int) -> dict[str, Any]:
+        """One item; the math runs in numpy straight off the Arrow view, so the only copy of the
+        latent is the result itself (and numpy adds no thread pool inside DataLoader workers)."""
         import torch
 
-        raw = self.cache.raw(i)
-        latent = torch.from_numpy(raw["latent"].astype(np.float32, copy=True))
-        if raw["latent_kind"] == "moments" and self.posterior == "sample":
-            g = torch.Generator().manual_seed(_id_seed(self.sample_seed, self.epoch, raw["id"]))
-            logvar = torch.from_numpy(raw["logvar"].astype(np.float32)).clamp(-30.0, 20.0)
-            latent = latent + torch.exp(0.5 * logvar) * torch.randn(latent.shape, generator=g)
+        sample = self.posterior == "sample" and self.cache.index["latent_kind"][i] == "moments"
+        raw = self.cache.raw(i, with_logvar=sample)
+        stored = raw["latent"]
+        if sample:
+            rng = np.random.default_rng(_id_seed(self.sample_seed, self.epoch, raw["id"]))
+            latent = np.clip(raw["logvar"], -30.0, 20.0, dtype=np.float32)
+            latent *= 0.5
+            np.exp(latent, out=latent)
+            latent *= rng.standard_normal(stored.shape, dtype=np.float32)
+            latent += stored
+        elif self.normalize:
+            latent = np.subtract(stored, self._broadcast(self.cache.mean, stored.ndim), dtype=np.float32)
+        else:
+            latent = np.array(stored, dtype=np.float32)
         if self.normalize:
-            c = latent.shape[0]
-            mean = torch.from_numpy(self.cache.mean).view(c, *([1] * (latent.dim() - 1)))
-            std = torch.from_numpy(self.cache.std).view(c, *([1] * (latent.dim() - 1)))
-            latent = (latent - mean) / std
-        text = torch.from_numpy(raw["text"].copy())
+            if sample:
+                latent -= self._broadcast(self.cache.mean, stored.ndim)
+            latent /= self._broadcast(self.cache.std, stored.ndim)
         return {
-            "latents": latent,
-            "prompt_embeds": text,
+            "latents": torch.from_numpy(latent),
+            "prompt_embeds": torch.from_numpy(np.array(raw["text"], dtype=np.float32)),
             "prompt_len": int(raw["text_len"]),
             "id": raw["id"],
             "caption": raw["caption"],
         }
+
+    @staticmethod
+    def _broadcast(values: np.ndarray, ndim: int) -> np.ndarray:
+        return values.reshape((-1,) + (1,) * (ndim - 1))
 
 
 def _torch_dataset_bases() -> tuple[type, type]:

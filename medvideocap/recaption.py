@@ -373,8 +373,12 @@ def _run_ray(
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, log_to_driver=False)
     ids = ray.data.from_items([{"id": it.id} for it in todo])
-    batch = int(options.get("batch_size", 4))
+    options = dict(options)
     actors = int(options.pop("ray_actors", 1))
+    if backend == "openai":  # a batch's requests run concurrently inside the actor
+        batch = int(options.pop("batch_size", options.get("concurrency", 8)))
+    else:
+        batch = int(options.get("batch_size", 4))
 
     class _CaptionFn:
         def __init__(self) -> None:

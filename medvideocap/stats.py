@@ -54,7 +54,7 @@ def load_metadata(path_or_repo: str | Path, *, revision: str | None = None) -> M
         release = UpstreamRelease.from_folder(root, require_videos=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnknownFieldsWarning)
-            rows = [r.to_row() for r in release.records()]
+            rows = [r.to_json_dict() for r in release.records()]  # from_pylist keeps the schema's columns
         read = pl.from_arrow(pa.Table.from_pylist(rows, schema=arrow_schema())) if rows else _empty()
         assert isinstance(read, pl.DataFrame)
         frame = read.with_columns(pl.col("split").fill_null(UNSPLIT))

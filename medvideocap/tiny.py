@@ -152,7 +152,10 @@ def tiny_scheduler(flow_shift: float = 3.0) -> Any:
     from diffusers import UniPCMultistepScheduler
 
     return UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift, num_train_timesteps=1000
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=flow_shift,
+        num_train_timesteps=1000,
     )
 
 

@@ -149,7 +149,9 @@ class ResumableBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
     starts exactly where the stopped one left off. Indices travel as (epoch, index) so each worker's copy
     of the dataset re-samples VAE posteriors for the right epoch."""
 
-    def __init__(self, dataset: Any, batch_size: int, *, seed: int, rank: int, world_size: int, consumed: int):
+    def __init__(
+        self, dataset: Any, batch_size: int, *, seed: int, rank: int, world_size: int, consumed: int
+    ):
         from medvideocap.latents import BucketBatchSampler
 
         opts = {"shuffle": True, "seed": seed, "drop_last": True, "rank": rank, "world_size": world_size}
@@ -194,9 +196,16 @@ def open_dataset(cfg: TrainConfig) -> Any:
     from medvideocap.latents import load_latents
 
     if not cfg.latents:
-        raise ValueError("no training data: set latents=PATH to an `medvideocap encode-latents` output folder")
-    return load_latents(cfg.latents, split=cfg.split, expect_fingerprint=cfg.expect_fingerprint, normalize=True,
-                        sample_seed=cfg.seed)  # fmt: skip
+        raise ValueError(
+            "no training data: set latents=PATH to an `medvideocap encode-latents` output folder"
+        )
+    return load_latents(
+        cfg.latents,
+        split=cfg.split,
+        expect_fingerprint=cfg.expect_fingerprint,
+        normalize=True,
+        sample_seed=cfg.seed,
+    )
 
 
 def make_collate(text_seq_len: int) -> Any:
@@ -216,22 +225,37 @@ def make_collate(text_seq_len: int) -> Any:
     return collate
 
 
-def empty_prompt_embeds(cfg: TrainConfig) -> torch.Tensor:
-    """(text_seq_len, D) conditioning used when a caption is dropped. "empty" encodes "" with the base
-    model's UMT5, which is what WanPipeline feeds as the default negative prompt for CFG."""
+def empty_prompt_embeds(cfg: TrainConfig, manifest: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """(text_seq_len, D) conditioning used when a caption is dropped: "" through the same UMT5 that encoded
+    the cache (from its manifest), which is what WanPipeline feeds as the default negative prompt for CFG.
+    Runs once at start-up; the encoder is freed right after."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model_id, subfolder="tokenizer", revision=cfg.revision)
-    encoder = UMT5EncoderModel.from_pretrained(
-        cfg.model_id, subfolder="text_encoder", revision=cfg.revision, torch_dtype=torch.float32
+    name = manifest.get("text_encoder_id") or cfg.model_id
+    revision = cfg.revision if name == cfg.model_id else None
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(
+        name, subfolder=manifest.get("tokenizer_subfolder", "tokenizer"), revision=revision
     )
-    tokens = tokenizer([""], padding="max_length", max_length=cfg.text_seq_len, truncation=True,
-                       add_special_tokens=True, return_tensors="pt")  # fmt: skip
+    encoder = UMT5EncoderModel.from_pretrained(
+        name,
+        subfolder=manifest.get("text_encoder_subfolder", "text_encoder"),
+        revision=revision,
+        torch_dtype=dtype,
+    ).to(device)
+    tokens = tokenizer(
+        [""],
+        padding="max_length",
+        max_length=cfg.text_seq_len,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
+    ).to(device)
     with torch.no_grad():
-        hidden = encoder(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state[0]
-    n = int(tokens.attention_mask.sum())
-    hidden[n:] = 0.0
-    return hidden
+        hidden = encoder(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state[0].float()
+    hidden[int(tokens.attention_mask.sum()) :] = 0.0
+    del encoder
+    return hidden.cpu()
 
 
 # ------------------------------------------------------------------------------------------------------ model
@@ -301,7 +325,9 @@ def flow_matching_loss(
     noisy = (1.0 - s) * x0 + s * noise
     target = noise - x0
     embeds = torch.where(drop.view(b, 1, 1), null_embeds.to(batch["prompt_embeds"]), batch["prompt_embeds"])
-    pred = model(hidden_states=noisy, timestep=sigmas * 1000.0, encoder_hidden_states=embeds, return_dict=False)[0]
+    pred = model(
+        hidden_states=noisy, timestep=sigmas * 1000.0, encoder_hidden_states=embeds, return_dict=False
+    )[0]
     return torch.nn.functional.mse_loss(pred.float(), target.float())
 
 
@@ -340,8 +366,10 @@ def save_ema(ema: Any, names: list[str], directory: Path) -> None:
 
     state = ema.state_dict()
     shadow = state.pop("shadow_params")
-    save_file({n: t.detach().cpu().contiguous() for n, t in zip(names, shadow, strict=True)},
-              directory / "ema.safetensors")  # fmt: skip
+    save_file(
+        {n: t.detach().cpu().contiguous() for n, t in zip(names, shadow, strict=True)},
+        directory / "ema.safetensors",
+    )
     (directory / "ema.json").write_text(json.dumps(state))
 
 
@@ -361,7 +389,12 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(
-    accelerator: Any, cfg: TrainConfig, state: dict[str, Any], transformer: Any, ema: Any, gen: torch.Generator
+    accelerator: Any,
+    cfg: TrainConfig,
+    state: dict[str, Any],
+    transformer: Any,
+    ema: Any,
+    gen: torch.Generator,
 ) -> Path:
     """Everything a resumed job needs, written to a temporary folder and renamed into place, so a kill
     mid-save leaves the previous checkpoint intact. accelerate writes optimizer, LR scheduler, RNG states
@@ -438,7 +471,9 @@ def render_model_card(cfg: TrainConfig, run: dict[str, Any]) -> str:
 
     from medvideocap.resources import resource
 
-    template = jinja2.Template(resource("cards", "model_card.md.j2").read_text(), undefined=jinja2.StrictUndefined)
+    template = jinja2.Template(
+        resource("cards", "model_card.md.j2").read_text(), undefined=jinja2.StrictUndefined
+    )
     return template.render(cfg=cfg.model_dump(), run=run)
 
 
@@ -454,7 +489,10 @@ def validate(
 
     if "pipe" not in cache:
         cache["pipe"] = WanPipeline.from_pretrained(
-            cfg.model_id, revision=cfg.revision, transformer=transformer, torch_dtype=_dtype(cfg.mixed_precision)
+            cfg.model_id,
+            revision=cfg.revision,
+            transformer=transformer,
+            torch_dtype=_dtype(cfg.mixed_precision),
         ).to(device)
         cache["pipe"].set_progress_bar_config(disable=True)
     pipe = cache["pipe"]
@@ -466,7 +504,9 @@ def validate(
     was_training = transformer.training
     transformer.eval()
     try:
-        with torch.autocast(device.type, dtype=_dtype(cfg.mixed_precision), enabled=cfg.mixed_precision != "no"):
+        with torch.autocast(
+            device.type, dtype=_dtype(cfg.mixed_precision), enabled=cfg.mixed_precision != "no"
+        ):
             videos = sample_videos(
                 pipe,
                 cfg.validation_prompts,
@@ -520,7 +560,9 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         log_with=cfg.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
         step_scheduler_with_optimizer=False,  # we step the LR schedule once per optimizer step ourselves
     )
     set_seed(cfg.seed + accelerator.process_index)
@@ -531,15 +573,23 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
 
     # data
     dataset = dataset if dataset is not None else open_dataset(cfg)
-    null_embeds = (
-        empty_prompt_embeds(cfg) if cfg.caption_dropout > 0 and cfg.caption_dropout_embeds == "empty" else None
-    )
+    manifest: dict[str, Any] = getattr(dataset, "manifest", None) or {}
+    sample = dataset[0]
 
     # model + optimiser
     weight_dtype = _dtype(cfg.mixed_precision)
     transformer = build_transformer(cfg, weight_dtype)
-    if null_embeds is None:
-        null_embeds = torch.zeros(cfg.text_seq_len, transformer.config.text_dim)
+    channels, text_dim = transformer.config.in_channels, transformer.config.text_dim
+    if sample["latents"].shape[0] != channels or sample["prompt_embeds"].shape[-1] != text_dim:
+        raise ValueError(
+            f"{cfg.latents or 'dataset'}: latents have {sample['latents'].shape[0]} channels and prompts "
+            f"{sample['prompt_embeds'].shape[-1]} dims, but {cfg.model_id} expects {channels} and {text_dim}: "
+            f"was the cache encoded with this model's VAE and text encoder ({manifest.get('vae_id')})?"
+        )
+    if cfg.caption_dropout > 0 and cfg.caption_dropout_embeds == "empty":
+        null_embeds = empty_prompt_embeds(cfg, manifest, device)
+    else:
+        null_embeds = torch.zeros(cfg.text_seq_len, text_dim)
     null_embeds = null_embeds.to(device)
     transformer = accelerator.prepare(transformer)  # before the optimizer: FSDP replaces the parameters
     named = _trainable(accelerator.unwrap_model(transformer))
@@ -609,6 +659,8 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
         "revision": cfg.revision,
         "mode": cfg.mode,
         "latents": cfg.latents,
+        "latents_fingerprint": manifest.get("fingerprint"),
+        "caption": manifest.get("caption"),
         "num_items": len(dataset),
         "world_size": accelerator.num_processes,
     }
@@ -676,7 +728,9 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
     accelerator.wait_for_everyone()
     if state["step"] >= cfg.max_steps and accelerator.is_main_process:
         run_info["steps"] = state["step"]
-        result.export = export_final(cfg, accelerator.unwrap_model(transformer), ema, output_dir / "final", run_info)
+        result.export = export_final(
+            cfg, accelerator.unwrap_model(transformer), ema, output_dir / "final", run_info
+        )
         if not cfg.validation_every and cfg.validation_prompts:
             val = validate(cfg, accelerator.unwrap_model(transformer), ema, state["step"], val_cache, device)
             result.validations.append(val)

@@ -46,6 +46,7 @@ note), so an unexpected JSON shape costs a probe per clip rather than every clip
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -77,6 +78,7 @@ CAPTION_MODEL = "gpt-4o"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise_key(key: str) -> str:
     """``"Video Name"`` -> ``"videoname"``: the form :data:`ALIASES` is keyed by."""
     return re.sub(r"[^a-z0-9]+", "", str(key).lower())
@@ -270,6 +272,8 @@ def sanitize_id(stem: str) -> str:
 
 def is_unsafe_member_name(name: str) -> bool:
     """True for names that would land outside the archive root if extracted (``../x``, ``/x``, ``C:\\x``)."""
+    if ".." not in name and not name.startswith(("/", "\\")) and name[1:2] != ":":
+        return False  # the common case, without building a path object
     posix = name.replace("\\", "/")
     if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
         return True

@@ -50,12 +50,13 @@ Progress = Callable[[int, int], None]
 
 
 class Problem(BaseModel):
+    """One finding; ``where`` names the file and row or member, ``message`` says what and why."""
+
     severity: Literal["error", "warning"] = "error"
     kind: str = Field(
-        description="record_without_video, video_without_record, duplicate_name, unsafe_member_name, "
-        "invalid_record, schema_version, unknown_key, unknown_category, filled_from_video, unreadable_member, undecodable_video, "
-        "duration_mismatch, fps_mismatch, size_mismatch, frames_mismatch, offset_mismatch, "
-        "count_mismatch, split_mismatch, format"
+        description="The upstream reader's kinds (see medvideocap.upstream.UpstreamProblem) plus "
+        "undecodable_video, duration_mismatch, fps_mismatch, size_mismatch, frames_mismatch, "
+        "offset_mismatch, count_mismatch, split_mismatch, format"
     )
     where: str = Field(description="File and row or member the problem is about.")
     message: str

@@ -166,6 +166,15 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(data, dict):
+        out: dict[str, str] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(data)}
+
+
 @dataclass
 class _Shard:
     split: str
@@ -267,9 +276,14 @@ class DatasetWriter:
                     stored = {"shard_bytes": data.get("shard_bytes"), "recipe": data.get("recipe", {})}
                     break
             if stored is not None and stored != ours:
+                before, after = _flatten(stored), _flatten(ours)
+                changed = "; ".join(
+                    f"{k}: {before.get(k, '<unset>')} -> {after.get(k, '<unset>')}"
+                    for k in sorted(set(before) | set(after))
+                    if before.get(k) != after.get(k)
+                )
                 raise WriterError(
-                    f"{self.out} was started with {json.dumps(stored, sort_keys=True)}; "
-                    f"this run asks for {json.dumps(ours, sort_keys=True)}. "
+                    f"{self.out} holds clips written with other settings ({changed}). "
                     "Rerun with the same options, or write to a new folder."
                 )
         atomic_write_bytes(self.out / _SETTINGS, json.dumps(ours, sort_keys=True).encode())

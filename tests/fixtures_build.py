@@ -28,7 +28,7 @@ SIDECAR = [
         "caption_detailed": "A moving colour test pattern with a clock, shown as a stand-in for a suture demo.",
         "caption_brief": "A moving test pattern.",
     },
-    {"file": "scenes.mkv", "title": "Three scenes", "category": "medical animation"},
+    {"file": "scenes.mkv", "title": "Three scenes", "category": "medical animation", "license": "CC-BY-4.0"},
 ]
 
 # input -> (stage, reject code) for every input rejected as a whole or in every clip
@@ -54,13 +54,26 @@ def make_raw(raw: Path, *, real: bool = True, copies: int = 0) -> Path:
     make_video(raw / "static.mp4", seconds=3, source="smptebars", **SIZE)
     make_video(raw / "short.mp4", seconds=1, **SIZE)
     make_video(raw / "scenes.mkv", seconds=7.5, source=SCENES, **SIZE)
+    make_video(raw / "lecture.webm", seconds=3, codec="libvpx", **SIZE)
+    make_video(raw / "ward.avi", seconds=3, codec="mpeg4", source="mandelbrot=size=160x120:rate=8", **SIZE)
     good = (raw / "good.mp4").read_bytes()
     (raw / "corrupt.mp4").write_bytes(good[: len(good) // 3])
     (raw / "notes.txt").write_text("not a video\n")
     (raw / "empty.mp4").write_bytes(b"")
     subprocess.run(
-        [ffmpeg(), "-y", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=2", "-c:a", "aac",
-         str(raw / "audio_only.mp4")],
+        [
+            ffmpeg(),
+            "-y",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=2",
+            "-c:a",
+            "aac",
+            str(raw / "audio_only.mp4"),
+        ],
         check=True,
     )
     for i in range(copies):

@@ -62,8 +62,9 @@ def test_a_recipe_typo_is_an_error_naming_the_file_and_key(tmp_path: Path) -> No
         load_recipe("no-such-recipe")
 
 
-def test_missing_optional_stage_dependency_fails_at_start_up_with_the_install_hint(small_raw: Path,
-                                                                                    tmp_path: Path) -> None:
+def test_missing_optional_stage_dependency_fails_at_start_up_with_the_install_hint(
+    small_raw: Path, tmp_path: Path
+) -> None:
     if importlib.util.find_spec("easyocr") and importlib.util.find_spec("dover"):
         pytest.skip("easyocr and DOVER are both installed, so the paper recipe has nothing missing")
     with pytest.raises(MissingDependencyError, match="pip install"):
@@ -72,7 +73,9 @@ def test_missing_optional_stage_dependency_fails_at_start_up_with_the_install_hi
 
 
 def test_ocr_stage_counts_burned_in_words(tmp_path: Path) -> None:
-    pytest.importorskip("easyocr", reason="OCR backend easyocr is not installed (pip install 'medvideocap[ocr]')")
+    pytest.importorskip(
+        "easyocr", reason="OCR backend easyocr is not installed (pip install 'medvideocap[ocr]')"
+    )
     raw = tmp_path / "raw"
     text = "drawtext=text='one two three four five six':fontsize=14:fontcolor=white:x=4:y=50"
     make_video(raw / "text.mp4", seconds=3, vf=text, **SIZE)
@@ -87,17 +90,29 @@ def _tiny_aesthetic(tmp_path: Path, bias: float) -> tuple[Path, Path]:
     from safetensors.torch import save_file
 
     cfg = transformers.CLIPConfig(
-        text_config={"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 16},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": 64,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=8,
     )
     model_dir = tmp_path / "tiny-clip"
     transformers.CLIPModel(cfg).save_pretrained(model_dir)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        model_dir
-    )
+    transformers.CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(model_dir)
     dims = [(1024, 8), (128, 1024), (64, 128), (16, 64), (1, 16)]
     state = {}
     for i, (out_f, in_f) in zip((0, 2, 4, 6, 7), dims, strict=True):
@@ -114,8 +129,9 @@ def test_aesthetic_stage_scores_with_clip_and_mlp_head_and_applies_the_threshold
     small_raw: Path, tmp_path: Path, bias: float, kept: bool
 ) -> None:
     model_dir, head = _tiny_aesthetic(tmp_path, bias)
-    recipe = _recipe({"stage": "aesthetic", "clip_model": str(model_dir), "head": str(head), "min": 3.0,
-                      "device": "cpu"})
+    recipe = _recipe(
+        {"stage": "aesthetic", "clip_model": str(model_dir), "head": str(head), "min": 3.0, "device": "cpu"}
+    )
     sample = next(s for s in discover(small_raw) if s.input == "a.mp4")
     [outcome] = Pipeline(recipe, tmp_path / "work").run(sample)
     assert outcome.scores["aesthetic"] == pytest.approx(bias, abs=1e-5)
@@ -125,7 +141,9 @@ def test_aesthetic_stage_scores_with_clip_and_mlp_head_and_applies_the_threshold
         assert outcome.stage == "aesthetic" and outcome.code == "low_aesthetic" and "< 3" in outcome.reason
 
 
-def test_clip_embedding_splitter_cuts_where_adjacent_similarity_drops(small_raw: Path, tmp_path: Path) -> None:
+def test_clip_embedding_splitter_cuts_where_adjacent_similarity_drops(
+    small_raw: Path, tmp_path: Path
+) -> None:
     model_dir, _ = _tiny_aesthetic(tmp_path, 0.0)
     path = small_raw / "a.mp4"
     common = {"detector": "clip", "clip_model": str(model_dir), "analysis_fps": 1.0, "min_scene_seconds": 0.5}
@@ -146,8 +164,13 @@ def test_black_border_crop_action_keeps_the_clip_without_its_bars(small_raw: Pat
 
 
 def test_camera_motion_heuristic_tells_a_pan_from_a_static_shot(tmp_path: Path) -> None:
-    pan = make_video(tmp_path / "pan.mp4", seconds=3, source="testsrc=size=480x120:rate=8",
-                     vf="crop=160:120:x='t*60':y=0", **SIZE)
+    pan = make_video(
+        tmp_path / "pan.mp4",
+        seconds=3,
+        source="testsrc=size=480x120:rate=8",
+        vf="crop=160:120:x='t*60':y=0",
+        **SIZE,
+    )
     still = make_video(tmp_path / "still.mp4", seconds=3, source="smptebars", **SIZE)
     cfg = CameraMotionStage()
     ctx = Context(work=tmp_path)
@@ -163,10 +186,15 @@ def test_camera_motion_heuristic_tells_a_pan_from_a_static_shot(tmp_path: Path) 
 
 
 def test_joint_rule_keeps_a_clip_when_any_group_holds() -> None:
-    cfg = FilterStage.model_validate({"name": "joint", "keep_if_any": [
-        [{"score": "aesthetic", "min": 4.5}],
-        [{"score": "aesthetic", "min": 3.5}, {"score": "technical", "min": 0.4}],
-    ]})
+    cfg = FilterStage.model_validate(
+        {
+            "name": "joint",
+            "keep_if_any": [
+                [{"score": "aesthetic", "min": 4.5}],
+                [{"score": "aesthetic", "min": 3.5}, {"score": "technical", "min": 0.4}],
+            ],
+        }
+    )
     ctx = Context(work=Path("."))
 
     def verdict(**scores: float) -> Sample | Reject:
@@ -185,7 +213,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(small_raw: Path, tmp_path: P
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["build", "--src", str(small_raw), "--out", str(out), "--dry-run"])
     assert result.exit_code == 0, result.output
-    plan = json.loads(result.output[result.output.index("{"):])
+    plan = json.loads(result.output[result.output.index("{") :])
     assert plan["inputs"] == 2 and plan["by_extension"] == {".mp4": 2}
     assert [s["stage"] for s in plan["stages"]][:2] == ["probe", "split"] and plan["models"] == []
     assert plan["video_seconds"] == pytest.approx(6.0, abs=0.3) and plan["already_done"] == 0
@@ -201,8 +229,9 @@ def test_a_work_dir_from_another_recipe_is_not_resumed(small_raw: Path, tmp_path
         build(small_raw, tmp_path / "out", recipe=changed, workers=1)
 
 
-def test_caption_backend_is_called_through_medvideocap_caption(small_raw: Path, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_caption_backend_is_called_through_medvideocap_caption(
+    small_raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     caption_pkg = pytest.importorskip("medvideocap.caption", reason="medvideocap.caption (H7) not available")
     if not hasattr(caption_pkg, "make_captioner"):
         pytest.skip("medvideocap.caption has no make_captioner yet")
@@ -217,13 +246,36 @@ def test_caption_backend_is_called_through_medvideocap_caption(small_raw: Path, 
             text = "A colour test pattern with a moving clock."
             result = type("R", (), {})()
             result.ok, result.error = True, None
-            result.captions = [Caption(name="detailed", text=text, style="detailed", source="fake", model="fake-1")]
+            result.captions = [
+                Caption(name="detailed", text=text, style="detailed", source="fake", model="fake-1")
+            ]
             return result
 
     monkeypatch.setattr(caption_stage, "_captioner", lambda cfg: Fake())
-    recipe = _recipe({"stage": "split", "min_seconds": 1.0},
-                     {"stage": "caption", "backend": "openai", "frames": 4, "template": "detailed-v1"})
+    recipe = _recipe(
+        {"stage": "split", "min_seconds": 1.0},
+        {"stage": "caption", "backend": "openai", "frames": 4, "template": "detailed-v1"},
+    )
     sample = next(s for s in discover(small_raw) if s.input == "a.mp4")
     [outcome] = Pipeline(recipe, tmp_path / "work").run(sample)
     assert outcome.kept and seen == {"frames": 4, "id": "a-000", "template": "detailed-v1"}
     assert outcome.record["captions"][0]["model"] == "fake-1"
+
+
+def test_csv_sidecar_rows_are_matched_by_file_name(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    make_video(raw / "sub" / "b.mp4", seconds=2, **SIZE)
+    (raw / "metadata.csv").write_text(
+        "file_name,title,category_hint,speaker\nb.mp4,Knee exam,imaging,Dr. A\n"
+    )
+    [sample] = discover(raw)
+    assert sample.input == "sub/b.mp4" and sample.key == "sub_b"
+    assert sample.meta == {"title": "Knee exam", "category_hint": "imaging", "speaker": "Dr. A"}
+
+
+def test_a_sidecar_row_without_a_file_column_is_an_error_naming_the_row(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "metadata.jsonl").write_text('{"file": "a.mp4"}\n{"title": "orphan"}\n')
+    with pytest.raises(ValueError, match="row 2: no file column"):
+        discover(raw)

@@ -75,6 +75,8 @@ def test_builtin_templates_are_versioned_and_render_context():
 
 def test_template_version_pin_and_custom_file(tmp_path):
     assert load_template("brief@1").version == 1
+    assert load_template("detailed_brief-v1").tag == "detailed_brief-v1"  # a caption's tag loads its template
+    assert load_template("detailed-v1").name == "detailed_brief"  # the build recipe's spelling
     with pytest.raises(TemplateError, match="version 1"):
         load_template("brief@9")
     custom = tmp_path / "german.yaml"

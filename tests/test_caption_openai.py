@@ -165,7 +165,8 @@ def test_refusal_is_asked_once_more_then_accepted(server, frames, monkeypatch):
     assert res.history[0]["raw"] == REFUSAL and res.history[0]["error"].startswith("refusal")
     temps = [r["body"]["temperature"] for r in server.requests]
     assert temps[1] > temps[0]  # the second ask is not a replay of the first
-    assert json.loads(res.captions[0].params)["attempt"] == 1
+    params = json.loads(res.captions[0].params)
+    assert params["attempt"] == 1 and params["temperature"] == temps[1]  # provenance records what was sent
 
 
 def test_two_refusals_are_recorded_as_failure_with_raw(server, frames, monkeypatch):

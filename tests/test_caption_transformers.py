@@ -66,7 +66,7 @@ def test_tiny_qwen25vl_captions_frames_with_provenance(tiny_vlm, clips):
         assert c.prompt == "brief" and c.prompt_version == "1" and c.style == "brief"
         assert c.frame_timestamps == [f.info["timestamp"] for f in frames]
         params = json.loads(c.params)
-        assert params["max_new_tokens"] == 12 and params["frames"] == len(frames)
+        assert params["max_new_tokens"] == 12 and params["frames"] == len(frames) and params["seed"] == 0
     assert len(results[1].captions[0].frame_timestamps) == 4
     # Greedy decoding of the same frames gives the same text.
     again = cap.caption(items[0][0], items[0][1], template="brief")

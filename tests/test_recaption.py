@@ -237,3 +237,22 @@ def test_cli_reports_bad_where_without_a_traceback(upstream, tmp_path):
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert res.returncode != 0 and "unknown field 'colour'" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_ray_engine_runs_the_same_work_and_resumes(upstream, server, tmp_path):
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        out = tmp_path / "run"
+        opts = dict(backend="openai", engine="ray", model="served-vlm", endpoint=server.url, concurrency=2)
+        first = recaption(upstream, out, limit=2, **opts)
+        assert first.captioned == 2 and len(server.requests) == 2
+        second = recaption(upstream, out, **opts)
+        assert second.already_done == 2 and second.captioned == 4 and len(server.requests) == 6
+    finally:
+        ray.shutdown()
+    ids = _journal_ids(out)
+    assert sorted(ids) == [f"{i:05d}" for i in range(6)] and len(ids) == len(set(ids))
+    entry = json.loads((out / JOURNAL_FILE).read_text().splitlines()[0])
+    assert entry["ok"] and entry["captions"][0]["name"] == "served-vlm/detailed_brief-v1/detailed"

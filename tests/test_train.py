@@ -73,16 +73,26 @@ def test_timesteps_follow_wan_shift_formula() -> None:
     u = sample_sigmas(10_000, base, torch.Generator().manual_seed(0), torch.device("cpu"))
     s = sample_sigmas(10_000, shifted, torch.Generator().manual_seed(0), torch.device("cpu"))
     torch.testing.assert_close(s, 3.0 * u / (1.0 + 2.0 * u))
-    assert 0.0 < float(s.min()) and float(s.max()) < 1.0 and float(s.mean()) > float(u.mean()) + 0.1
-    logit = sample_sigmas(10_000, TrainConfig(flow_shift=1.0), torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert abs(float(logit.median()) - 0.5) < 0.02 and float(((logit > 0.2) & (logit < 0.8)).float().mean()) > 0.7
+    assert float(s.min()) > 0.0 and float(s.max()) < 1.0 and float(s.mean()) > float(u.mean()) + 0.1
+    logit = sample_sigmas(
+        10_000, TrainConfig(flow_shift=1.0), torch.Generator().manual_seed(0), torch.device("cpu")
+    )
+    assert (
+        abs(float(logit.median()) - 0.5) < 0.02
+        and float(((logit > 0.2) & (logit < 0.8)).float().mean()) > 0.7
+    )
 
 
 class _Echo(torch.nn.Module):
     """Returns its noisy input unchanged and records what the trainer fed it."""
 
-    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                return_dict: bool = False) -> tuple[torch.Tensor]:  # fmt: skip
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        return_dict: bool = False,
+    ) -> tuple[torch.Tensor]:
         self.seen = (hidden_states, timestep, encoder_hidden_states)
         return (hidden_states,)
 
@@ -92,7 +102,9 @@ def test_loss_is_velocity_mse_at_the_interpolated_point_and_caption_dropout_swap
     x0 = torch.randn(64, 4, 2, 4, 4)
     embeds, null = torch.randn(64, 8, 16), torch.full((8, 16), 7.0)
     model = _Echo()
-    loss = flow_matching_loss(model, {"latents": x0, "prompt_embeds": embeds}, cfg, torch.Generator().manual_seed(3), null)
+    loss = flow_matching_loss(
+        model, {"latents": x0, "prompt_embeds": embeds}, cfg, torch.Generator().manual_seed(3), null
+    )
     g = torch.Generator().manual_seed(3)  # replay the draws in the documented order
     noise = torch.randn(x0.shape, generator=g)
     sig = sample_sigmas(64, cfg, g, torch.device("cpu"))
@@ -104,7 +116,9 @@ def test_loss_is_velocity_mse_at_the_interpolated_point_and_caption_dropout_swap
     torch.testing.assert_close(timestep, sig * 1000)
     torch.testing.assert_close(loss, torch.mean((xt - (noise - x0)) ** 2))
     assert 10 < int(drop.sum()) < 54
-    assert torch.equal(text[drop], null.expand(int(drop.sum()), -1, -1)) and torch.equal(text[~drop], embeds[~drop])
+    assert torch.equal(text[drop], null.expand(int(drop.sum()), -1, -1)) and torch.equal(
+        text[~drop], embeds[~drop]
+    )
 
 
 def test_batches_resume_mid_epoch_and_differ_between_epochs() -> None:
@@ -129,10 +143,22 @@ def _dataset(cache: Path, posterior: str = "sample") -> Any:
     return load_latents(cache, split="train", posterior=posterior)
 
 
-def test_loss_on_a_fixed_batch_drops_by_half_in_50_steps(tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path) -> None:
-    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, mode="full", batch_size=4, max_steps=50,
-                            learning_rate=3e-3, weight_decay=0.0, caption_dropout=0.0, ema_decay=0.0,
-                            timestep_sampling="uniform")  # fmt: skip
+def test_loss_on_a_fixed_batch_drops_by_half_in_50_steps(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    cfg = tiny_train_config(
+        tmp_path,
+        tiny_pipeline_dir,
+        latent_cache,
+        mode="full",
+        batch_size=4,
+        max_steps=50,
+        learning_rate=3e-3,
+        weight_decay=0.0,
+        caption_dropout=0.0,
+        ema_decay=0.0,
+        timestep_sampling="uniform",
+    )
     result = train(cfg, dataset=_dataset(latent_cache, posterior="mode"))  # 4 clips = one fixed batch
     losses = np.array(result.losses)
     assert len(losses) == 50 and np.isfinite(losses).all()
@@ -144,10 +170,20 @@ def test_lora_trains_only_adapters_and_leaves_base_weights_bit_identical(
 ) -> None:
     from diffusers import WanTransformer3DModel
 
-    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, mode="lora", batch_size=2, max_steps=8,
-                            learning_rate=1e-2, caption_dropout=0.0)  # fmt: skip
+    cfg = tiny_train_config(
+        tmp_path,
+        tiny_pipeline_dir,
+        latent_cache,
+        mode="lora",
+        batch_size=2,
+        max_steps=8,
+        learning_rate=1e-2,
+        caption_dropout=0.0,
+    )
     trained = train(cfg, dataset=_dataset(latent_cache)).transformer
-    base = dict(WanTransformer3DModel.from_pretrained(tiny_pipeline_dir, subfolder="transformer").named_parameters())
+    base = dict(
+        WanTransformer3DModel.from_pretrained(tiny_pipeline_dir, subfolder="transformer").named_parameters()
+    )
     trainable = {n for n, p in trained.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     assert any(".attn1.to_q." in n for n in trainable) and any(".attn2.to_out.0." in n for n in trainable)
@@ -164,9 +200,19 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(
 ) -> None:
     from safetensors.torch import load_file
 
-    opts = {"mode": mode, "batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 6,
-            "learning_rate": 2e-3, "lr_scheduler": "cosine", "warmup_steps": 2, "ema_decay": 0.9,
-            "caption_dropout": 0.5, "caption_dropout_embeds": "empty", "checkpoint_every": 100}  # fmt: skip
+    opts = {
+        "mode": mode,
+        "batch_size": 1,
+        "gradient_accumulation_steps": 2,
+        "max_steps": 6,
+        "learning_rate": 2e-3,
+        "lr_scheduler": "cosine",
+        "warmup_steps": 2,
+        "ema_decay": 0.9,
+        "caption_dropout": 0.5,
+        "caption_dropout_embeds": "empty",
+        "checkpoint_every": 100,
+    }
     straight = train(tiny_train_config(tmp_path / "a", tiny_pipeline_dir, latent_cache, **opts))
     first = train(tiny_train_config(tmp_path / "b", tiny_pipeline_dir, latent_cache, stop_at_step=3, **opts))
     assert first.step == 3 and first.export is None  # 3 steps x 2 batches: stopped mid-epoch of 4 clips
@@ -175,7 +221,11 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(
     assert resumed.resumed_from is not None and resumed.steps == [4, 5, 6]
     np.testing.assert_allclose(first.losses + resumed.losses, straight.losses, rtol=1e-5, atol=1e-6)
     a_final, b_final = tmp_path / "a" / "run" / "final", tmp_path / "b" / "run" / "final"
-    name = "pytorch_lora_weights.safetensors" if mode == "lora" else "transformer/diffusion_pytorch_model.safetensors"
+    name = (
+        "pytorch_lora_weights.safetensors"
+        if mode == "lora"
+        else "transformer/diffusion_pytorch_model.safetensors"
+    )
     wa, wb = load_file(a_final / name), load_file(b_final / name)  # EMA weights: EMA state resumed too
     assert wa.keys() == wb.keys()
     for key in wa:
@@ -219,8 +269,16 @@ def test_exported_checkpoint_loads_in_wanpipeline_and_generates_a_different_vide
     from medvideocap.cli import main
     from medvideocap.probe import probe
 
-    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, mode=mode, batch_size=2, max_steps=4,
-                            learning_rate=2e-2, ema_decay=0.0)  # fmt: skip
+    cfg = tiny_train_config(
+        tmp_path,
+        tiny_pipeline_dir,
+        latent_cache,
+        mode=mode,
+        batch_size=2,
+        max_steps=4,
+        learning_rate=2e-2,
+        ema_decay=0.0,
+    )
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(cfg.model_dump()))
     runner = CliRunner()
@@ -232,8 +290,28 @@ def test_exported_checkpoint_loads_in_wanpipeline_and_generates_a_different_vide
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))  # TensorBoard got the metrics
     out = tmp_path / "sample.mp4"
     prompt = "Laparoscopic suturing of the abdominal wall"
-    res = runner.invoke(main, ["generate", "--checkpoint", str(final), "--prompt", prompt, "--out", str(out),
-                               "--frames", "5", "--height", "32", "--width", "32", "--steps", "2", "--device", "cpu"])  # fmt: skip
+    res = runner.invoke(
+        main,
+        [
+            "generate",
+            "--checkpoint",
+            str(final),
+            "--prompt",
+            prompt,
+            "--out",
+            str(out),
+            "--frames",
+            "5",
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     info = probe(out, count_frames=True)
     assert (info.num_frames, info.width, info.height) == (FRAMES, WIDTH, HEIGHT)
@@ -241,14 +319,23 @@ def test_exported_checkpoint_loads_in_wanpipeline_and_generates_a_different_vide
     assert diff > 3, "the trained weights did not change the generated video"
 
 
-def test_validation_writes_videos_and_a_contact_sheet(tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path) -> None:
+def test_validation_writes_videos_and_a_contact_sheet(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
     from PIL import Image
 
     from medvideocap.probe import probe
 
     prompts = ["Echocardiogram, apical four-chamber view", "CPR on a manikin"]
-    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, batch_size=2, max_steps=2,
-                            validation_every=1, validation_prompts=prompts)  # fmt: skip
+    cfg = tiny_train_config(
+        tmp_path,
+        tiny_pipeline_dir,
+        latent_cache,
+        batch_size=2,
+        max_steps=2,
+        validation_every=1,
+        validation_prompts=prompts,
+    )
     result = train(cfg, dataset=_dataset(latent_cache))
     assert [p.name for p in result.validations] == ["step-00000001", "step-00000002"]
     for folder in result.validations:

@@ -206,16 +206,31 @@ def test_missing_video_name_field_fails_listing_keys_and_aliases(tmp_path: Path,
     assert "videoname" in message and "videopath" in message  # the aliases accepted
 
 
-def test_missing_media_facts_are_an_invalid_record_naming_the_field(
-    tmp_path: Path, release_dir: Path
-) -> None:
+def test_media_facts_missing_from_the_json_are_read_from_the_video(tmp_path: Path, release_dir: Path) -> None:
     rows = _records(release_dir)
+    for row in rows:
+        del row["FPS"], row["Resolution"]
     del rows[2]["Duration"]
     release = UpstreamRelease.open(_copy_with(tmp_path, release_dir, rows))
-    assert [c.record.id for c in release.clips()] == ["00000", "00001", "00003", "00004", "00005"]
+    records = {c.record.id: c.record for c in release.clips()}
+    assert len(records) == 6
+    assert [r.fps for r in records.values()] == [8.0, 10.0, 12.0] * 2
+    assert records["00002"].duration == 2.0 and (records["00002"].width, records["00002"].height) == (64, 48)
+    assert sorted((p.kind, p.message.split(": ", 1)[1]) for p in release.problems) == [
+        ("filled_from_video", "1 records have no duration/fps/width/height; taken from their video files"),
+        ("filled_from_video", "5 records have no fps/width/height; taken from their video files"),
+    ]
+
+
+def test_missing_media_facts_without_a_video_are_an_invalid_record(tmp_path: Path, release_dir: Path) -> None:
+    rows = _records(release_dir)
+    rows.append({**rows[0], "Video Name": "77777.mp4"})
+    del rows[-1]["Duration"]
+    release = UpstreamRelease.open(_copy_with(tmp_path, release_dir, rows))
+    assert len(release) == 6
     (problem,) = release.problems
     assert problem.kind == "invalid_record"
-    assert "00002.mp4" in problem.message and "duration" in problem.message and "missing" in problem.message
+    assert "77777.mp4" in problem.message and "duration" in problem.message and "missing" in problem.message
 
 
 def test_unknown_keys_are_kept_and_warned_once_per_key(tmp_path: Path, release_dir: Path) -> None:

@@ -196,7 +196,9 @@ def test_rejects_are_kept_once_per_input_and_stage_across_reopen(tmp_path: Path,
 
 def test_resuming_with_other_settings_is_refused(tmp_path: Path, videos: list[bytes]) -> None:
     _write(tmp_path, videos, 3, shard_bytes=15_000)
-    with pytest.raises(WriterError, match="Rerun with the same options"):
+    with pytest.raises(
+        WriterError, match=r"other settings \(shard_bytes: 15000 -> 99999\)\. Rerun with the same"
+    ):
         DatasetWriter(tmp_path, shard_bytes=99_999, card=False)
 
 

@@ -24,6 +24,7 @@ from .templates import Template, load_template
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "detailed_brief"
+RETRY_TEMPERATURE_STEP = 0.3
 
 
 @dataclass
@@ -132,6 +133,9 @@ class BaseCaptioner:
         for attempt in range(self.hygiene_retries + 1):
             for i in pending:
                 jobs[i].attempt = attempt
+                if attempt:  # a re-ask must be able to differ from the rejected reply; recorded as sent
+                    t = float(params.get("temperature", 0.0)) + RETRY_TEMPERATURE_STEP * attempt
+                    jobs[i].params = {**params, "temperature": round(t, 3)}
             replies = self._generate([jobs[i] for i in pending])
             retry = []
             for i, reply in zip(pending, replies, strict=True):

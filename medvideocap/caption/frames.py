@@ -37,7 +37,7 @@ def sample_frames(video: bytes | Path, n: int = 8) -> tuple[list[Image.Image], l
     name = str(video) if isinstance(video, Path) else f"<{len(video)} bytes>"
     src = str(video) if isinstance(video, Path) else io.BytesIO(video)
     try:
-        with av.open(src) as container:
+        with av.open(src, mode="r") as container:
             if not container.streams.video:
                 raise FrameError(f"{name}: no video stream")
             stream = container.streams.video[0]

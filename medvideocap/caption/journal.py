@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class Journal:
         self.path = Path(path)
         self.entries: dict[str, dict[str, Any]] = {}
         self.torn = 0
-        self._fh = None
+        self._fh: BinaryIO | None = None
         if self.path.exists():
             self._load()
 
@@ -86,10 +86,11 @@ class Journal:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.path.open("ab")
+        fh = self._fh
         line = json.dumps(entry, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n"
-        self._fh.write(line)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
         self.entries[str(entry["id"])] = entry
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -68,13 +68,15 @@ class TransformersCaptioner(BaseCaptioner):
         self.parallelism = 2  # one thread decodes the next clips while the other generates
         self.image_max_side = image_max_side
         self.seed = seed
+        self.params.setdefault("seed", seed)
         self._lock = threading.Lock()
         self.processor = AutoProcessor.from_pretrained(model, revision=revision, trust_remote_code=False)
         self.processor.tokenizer.padding_side = "left"
         kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype, "trust_remote_code": False}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        self.net = AutoModelForImageTextToText.from_pretrained(model, **kwargs).to(self.device).eval()
+        net: Any = AutoModelForImageTextToText.from_pretrained(model, **kwargs)
+        self.net = net.to(self.device).eval()
         # A hub download knows its commit; a local folder has none unless the caller names one.
         self.revision = revision or getattr(self.net.config, "_commit_hash", None)
 
@@ -107,8 +109,7 @@ class TransformersCaptioner(BaseCaptioner):
             ]
             images = [[_shrink(f.convert("RGB"), self.image_max_side) for f in j.frames] for j in chunk]
             p = chunk[0].params
-            retry = chunk[0].attempt > 0
-            temperature = float(p.get("temperature", 0.0)) + (0.5 if retry else 0.0)
+            temperature = float(p.get("temperature", 0.0))
             gen: dict[str, Any] = {"max_new_tokens": int(p.get("max_new_tokens", 512))}
             if temperature > 0:
                 gen.update(do_sample=True, temperature=temperature, top_p=float(p.get("top_p", 0.9)))

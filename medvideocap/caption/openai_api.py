@@ -173,7 +173,7 @@ class OpenAICaptioner(BaseCaptioner):
                 {"role": "user", "content": [*images, {"type": "text", "text": job.user}]},
             ],
             "max_tokens": int(p.get("max_new_tokens", p.get("max_tokens", 700))),
-            "temperature": float(p.get("temperature", 0.2)) + 0.3 * job.attempt,  # a retry must differ
+            "temperature": float(p.get("temperature", 0.2)),
         }
         for key in ("top_p", "seed", "frequency_penalty", "presence_penalty"):
             if key in p:

@@ -8,6 +8,7 @@ that produced it; changing the wording means bumping ``version``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,11 @@ Format = Literal["json", "text", "json_fields"]
 _FORMATS = ("json", "text", "json_fields")
 _STYLES = ("detailed", "brief", "structured", "other")
 _CONTEXT_CHARS = 1500  # long descriptions/transcripts are cut: the frames, not the context, are the subject
+
+
+# Other names the build recipes and users reach for; they resolve to the shipped template.
+ALIASES = {"detailed": "detailed_brief", "default": "detailed_brief"}
+_PIN_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+?)(?:@|-v)(?P<version>\d+)$")
 
 
 class TemplateError(ValueError):
@@ -94,14 +100,16 @@ def builtin_templates() -> list[str]:
 def load_template(name_or_path: str | Path) -> Template:
     """A built-in template by name (``detailed_brief``, ``brief``, ``structured``) or a YAML file path.
 
-    ``name@N`` pins a version: it fails if the shipped template has moved on, so a rerun can never mix
+    ``name@N`` or ``name-vN`` (the :attr:`Template.tag` form) pins a version: it fails if the shipped template has moved on, so a rerun can never mix
     captions of two wordings under one name.
     """
     text_name = str(name_or_path)
     pinned: int | None = None
-    if "@" in text_name and not Path(text_name).exists():
-        text_name, _, v = text_name.rpartition("@")
-        pinned = int(v)
+    if not Path(text_name).exists():
+        pin = _PIN_RE.match(text_name)
+        if pin:
+            text_name, pinned = pin.group("name"), int(pin.group("version"))
+        text_name = ALIASES.get(text_name, text_name)
     path = Path(text_name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():

@@ -100,15 +100,20 @@ def save_tiny_vlm(out: Path, *, seed: int = 0) -> Path:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="[UNK]"
     )
-    pixels = {"min_pixels": 28 * 28, "max_pixels": 56 * 56}
+    lo, hi = 28 * 28, 56 * 56  # frames shrink to at most 4 merged patches: a handful of image tokens
     processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**pixels, patch_size=14, merge_size=2, temporal_patch_size=2),
-        video_processor=Qwen2VLVideoProcessor(**pixels),
+        image_processor=Qwen2VLImageProcessor(
+            min_pixels=lo, max_pixels=hi, patch_size=14, merge_size=2, temporal_patch_size=2
+        ),
+        video_processor=Qwen2VLVideoProcessor(min_pixels=lo, max_pixels=hi),
         tokenizer=tokenizer,
         chat_template=_CHAT_TEMPLATE,
     )
     processor.save_pretrained(out)
-    ids = tokenizer.convert_tokens_to_ids
+
+    def ids(token: str) -> int:
+        return int(tokenizer.convert_tokens_to_ids(token))  # type: ignore[arg-type]
+
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),

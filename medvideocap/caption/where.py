@@ -74,7 +74,7 @@ def _resolve(path: str) -> Callable[[ClipRecord], Any]:
             if value is None:
                 return None
             value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
-        return value.value if hasattr(value, "value") and isinstance(value, str) else value
+        return str(value) if isinstance(value, str) else value  # StrEnum -> its plain value
 
     return get
 

@@ -9,27 +9,70 @@ import click
 
 
 @click.command("build")
-@click.option("--src", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of raw videos (mp4/mov/mkv/webm/avi), optionally with metadata.jsonl or .csv.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output hub-native dataset folder.")
-@click.option("--recipe", default="demo", show_default=True,
-              help="Recipe YAML path, or a shipped recipe name (demo, medvideocap-55k).")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process or a process pool; ray: Ray Data (local or --ray-address).")
-@click.option("--workers", type=int, default=None, help="Local worker processes (default: CPU count; 1 = in-process).")
-@click.option("--ray-address", default=None, help="Address of an existing Ray cluster (default: start a local one).")
-@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Work dir with the resume journal and cut clips (default: OUT.build).")
+@click.option(
+    "--src",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of raw videos (mp4/mov/mkv/webm/avi), optionally with metadata.jsonl or .csv.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Output hub-native dataset folder."
+)
+@click.option(
+    "--recipe",
+    default="demo",
+    show_default=True,
+    help="Recipe YAML path, or a shipped recipe name (demo, medvideocap-55k).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process or a process pool; ray: Ray Data (local or --ray-address).",
+)
+@click.option(
+    "--workers", type=int, default=None, help="Local worker processes (default: CPU count; 1 = in-process)."
+)
+@click.option(
+    "--ray-address", default=None, help="Address of an existing Ray cluster (default: start a local one)."
+)
+@click.option(
+    "--work",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Work dir with the resume journal and cut clips (default: OUT.build).",
+)
 @click.option("--keep-work", is_flag=True, help="Keep the cut clips in the work dir after writing.")
-@click.option("--dry-run", is_flag=True, help="Print the plan (inputs, stages, models, estimated work) and exit.")
-def command(src: Path, out: Path, recipe: str, engine: str, workers: int | None, ray_address: str | None,
-            work: Path | None, keep_work: bool, dry_run: bool) -> None:
+@click.option(
+    "--dry-run", is_flag=True, help="Print the plan (inputs, stages, models, estimated work) and exit."
+)
+def command(
+    src: Path,
+    out: Path,
+    recipe: str,
+    engine: str,
+    workers: int | None,
+    ray_address: str | None,
+    work: Path | None,
+    keep_work: bool,
+    dry_run: bool,
+) -> None:
     """Curate raw videos into a captioned hub-native dataset by a recipe (resumable: rerun to continue)."""
     from medvideocap.build import BuildError, MissingDependencyError, RecipeError, build
 
     try:
-        result = build(src, out, recipe=recipe, engine=engine, workers=workers, ray_address=ray_address,
-                       work=work, dry_run=dry_run, keep_work=keep_work)
+        result = build(
+            src,
+            out,
+            recipe=recipe,
+            engine=engine,
+            workers=workers,
+            ray_address=ray_address,
+            work=work,
+            dry_run=dry_run,
+            keep_work=keep_work,
+        )
     except (BuildError, MissingDependencyError, RecipeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     if dry_run:

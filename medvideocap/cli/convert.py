@@ -63,14 +63,17 @@ def command(
         parts = parse_fractions(fractions)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    summary = convert(
-        src,
-        out,
-        shard_bytes=size,
-        fractions=parts,
-        salt=salt or DEFAULT_SALT,
-        workers=workers,
-        revision=revision,
-        progress=not no_progress,
-    )
+    try:
+        summary = convert(
+            src,
+            out,
+            shard_bytes=size,
+            fractions=parts,
+            salt=salt or DEFAULT_SALT,
+            workers=workers,
+            revision=revision,
+            progress=not no_progress,
+        )
+    except (ValueError, FileNotFoundError) as exc:  # bad source layout, or a resume with other options
+        raise click.ClickException(str(exc)) from None
     Console().print(summary_table(summary))

@@ -16,7 +16,9 @@ import click
     help="A trainer output: final/ export, a checkpoints/step-N folder, or any WanPipeline folder.",
 )
 @click.option("--prompt", required=True, help="What the video should show.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .mp4 file.")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .mp4 file."
+)
 @click.option(
     "--base",
     default=None,

@@ -1,0 +1,165 @@
+"""Latent cache speed: (a) ``load_latents`` samples/s against reading the same bytes raw from disk,
+(b) tiny Wan VAE (+ UMT5) encode throughput on this CPU.
+
+    .venv/bin/python benchmarks/latents.py [--rows 96] [--latent 16,9,32,56] [--text-dim 4096]
+
+(a) writes one cache of random rows shaped like real Wan latents and UMT5 embeddings, plus the same
+bytes as one raw ``.bin`` file per tensor (what a hand-rolled loader reads with ``np.fromfile``), warms
+the page cache with one pass of each, then times full passes. The target is load_latents >= 0.8x raw.
+(b) encodes synthetic clips with the tiny random-init models from ``medvideocap.tiny`` (the real
+Wan2.1 VAE needs a GPU: see benchmarks/vae_encode_gpu.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medvideocap.latents import FORMAT, FORMAT_VERSION, ShardWriter, array_bytes, load_latents, write_manifest
+
+
+def _manifest(channels: int) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vae_id": "benchmark",
+        "vae_subfolder": None,
+        "vae_revision": "random",
+        "vae_class": "AutoencoderKLWan",
+        "latents_mean": [0.0] * channels,
+        "latents_std": [1.0] * channels,
+        "normalization": "none",
+        "store": "moments",
+        "frame_spec": {},
+        "text_encoder_id": "benchmark",
+        "text_encoder_subfolder": None,
+        "text_encoder_revision": "random",
+        "tokenizer_subfolder": None,
+        "max_length": 512,
+        "caption": "detailed",
+        "compute_dtype": "float32",
+        "storage_dtype": "float32",
+    }
+
+
+def build_cache(root: Path, rows: int, latent: tuple[int, ...], text_dim: int) -> tuple[list[Path], int]:
+    """A cache + raw .bin copies of the same tensors; returns the raw files and the total bytes."""
+    manifest = write_manifest(root / "cache", _manifest(latent[0]))
+    writer = ShardWriter(root / "cache", "train", 0, rows_per_shard=32)
+    rng = np.random.default_rng(0)
+    raw_files, total = [], 0
+    for i in range(rows):
+        mean = rng.standard_normal(latent, dtype=np.float32)
+        logvar = rng.standard_normal(latent, dtype=np.float32) - 4
+        text = rng.standard_normal((int(rng.integers(50, 250)), text_dim), dtype=np.float32)
+        row: dict = {"id": f"c{i:05d}", "caption": "x", "media_type": "video", "latent_kind": "moments"}
+        for prefix, arr in (("vae_latent", mean), ("vae_logvar", logvar), ("text_embedding", text)):
+            data, shape, dtype = array_bytes(arr)
+            row.update({f"{prefix}_bytes": data, f"{prefix}_shape": shape, f"{prefix}_dtype": dtype})
+            path = root / "raw" / f"c{i:05d}.{prefix}.bin"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            arr.tofile(path)
+            raw_files.append(path)
+            total += len(data)
+        row.update(text_len=text.shape[0], fingerprint=manifest["fingerprint"])
+        writer.add(row)
+    writer.flush()
+    return raw_files, total
+
+
+def read_raw(files: list[Path], latent: tuple[int, ...], text_dim: int) -> int:
+    """The baseline: np.fromfile per tensor into torch, no format, no checks."""
+    n = 0
+    for path in files:
+        arr = np.fromfile(path, dtype=np.float32)
+        kind = path.name.split(".")[1]
+        t = torch.from_numpy(arr.reshape(latent if kind != "text_embedding" else (-1, text_dim)))
+        n += int(t.shape[0] > 0)
+    return n // 3
+
+
+def timed(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    fn()  # warm the page cache and lazy imports
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_loader(rows: int, latent: tuple[int, ...], text_dim: int, repeats: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        raw_files, total = build_cache(root, rows, latent, text_dim)
+        print(f"(a) {rows} rows, latent {latent} float32 (+ logvar), text (50..250, {text_dim}) float32: "
+              f"{total / 1e6:.0f} MB")
+        raw_s = timed(lambda: read_raw(raw_files, latent, text_dim), repeats)
+        print(f"    raw np.fromfile per tensor          {rows / raw_s:9.1f} samples/s  {total / raw_s / 1e9:6.2f} GB/s")
+        cases = {
+            "load_latents streaming, mode, raw": dict(streaming=True, normalize=False, posterior="mode"),
+            "load_latents map-style, mode, raw": dict(streaming=False, normalize=False, posterior="mode"),
+            "load_latents streaming, sample+norm": dict(streaming=True, normalize=True, posterior="sample"),
+        }
+        for name, kw in cases.items():
+            ds = load_latents(root / "cache", **kw)
+
+            def run(ds=ds) -> int:  # type: ignore[no-untyped-def]
+                if hasattr(ds, "__getitem__") and not kw["streaming"]:
+                    return sum(1 for i in range(len(ds)) if ds[i]["latents"].numel())
+                return sum(1 for it in ds if it["latents"].numel())
+
+            s = timed(run, repeats)
+            print(f"    {name:<36}{rows / s:9.1f} samples/s  {raw_s / s:5.2f}x raw")
+
+
+def bench_tiny_encode(clips: int) -> None:
+    from medvideocap.encode_latents import BatchEncoder, EncodeConfig
+    from medvideocap.tiny import tiny_text_encoder, tiny_vae
+
+    text_encoder, tokenizer = tiny_text_encoder()
+    config = EncodeConfig(vae="tiny", device="cpu", max_length=512)
+    encoder = BatchEncoder(config, vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer)
+    g = torch.Generator().manual_seed(0)
+    print(f"(b) tiny AutoencoderKLWan + UMT5 on CPU ({torch.get_num_threads()} threads), {clips} clips per case")
+    for frames, height, width in ((9, 32, 48), (17, 64, 112), (33, 128, 224)):
+        for batch in (1, 4):
+            items = [
+                {
+                    "id": f"c{i}",
+                    "video": torch.rand(3, frames, height, width, generator=g) * 2 - 1,
+                    "caption": "a laparoscopic view of the gallbladder being dissected",
+                }
+                for i in range(clips)
+            ]
+            config.batch_size = batch
+            encoder.encode_batch(items[:batch])  # warm-up
+            t0 = time.perf_counter()
+            for k in range(0, clips, batch):
+                encoder.encode_batch(items[k : k + batch])
+            s = time.perf_counter() - t0
+            print(f"    {frames:>3}x{height}x{width} batch {batch}: {clips / s:8.1f} clips/s (VAE + text + row bytes)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=96, help="Rows in the benchmark cache.")
+    parser.add_argument("--latent", default="16,9,32,56", help="Latent shape C,F,h,w (Wan 81x480x832: 16,21,60,104).")
+    parser.add_argument("--text-dim", type=int, default=4096, help="Text embedding width (UMT5-XXL: 4096).")
+    parser.add_argument("--repeats", type=int, default=3, help="Timed passes (best is reported).")
+    parser.add_argument("--clips", type=int, default=8, help="Clips per tiny-encode case.")
+    parser.add_argument("--skip-encode", action="store_true", help="Only run (a).")
+    args = parser.parse_args()
+    latent = tuple(int(x) for x in args.latent.split(","))
+    bench_loader(args.rows, latent, args.text_dim, args.repeats)
+    if not args.skip_encode:
+        bench_tiny_encode(args.clips)
+
+
+if __name__ == "__main__":
+    main()
