@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 DURATION_TOLERANCE_S = 0.5
 """A clip whose file is this much (or 5 %) shorter or longer than its JSON says is dropped."""
 FPS_TOLERANCE = 0.5
-NOT_DROPPED = {"unknown_key"}  # upstream problems that keep the clip (the key is kept in record.extra)
+# Upstream problems that keep the clip: the odd value is kept in record.extra or read from the video.
+NOT_DROPPED = {"unknown_key", "unknown_category", "filled_from_video"}
 
 
 @dataclass

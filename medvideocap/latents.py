@@ -375,29 +375,39 @@ class LatentCache:
             return table
         pf = self._files.get(file)
         if pf is None:
-            pf = self._files[file] = pq.ParquetFile(self.files[file])
+            # pre_buffer=False: large uncompressed values are read straight into the decoded column
+            # instead of being staged in a read-ahead buffer first (one copy fewer).
+            pf = self._files[file] = pq.ParquetFile(self.files[file], pre_buffer=False)
         columns = ["vae_latent_bytes", "text_embedding_bytes"] + (["vae_logvar_bytes"] if with_logvar else [])
         # use_threads=False: one row group is a few large values; a thread pool per read only adds
         # contention with the DataLoader's own workers.
         table = pf.read_row_group(group, columns=columns, use_threads=False).combine_chunks()
-        self._groups[key] = table
-        while len(self._groups) > self.cache_row_groups:
-            self._groups.popitem(last=False)
+        if table.num_rows > 1:
+            # Only groups of several (small) rows are worth keeping; a one-row group is handed out
+            # once, so its buffers can become tensors without a copy (see ``raw``).
+            self._groups[key] = table
+            while len(self._groups) > self.cache_row_groups:
+                self._groups.popitem(last=False)
         return table
 
     def raw(self, i: int, *, with_logvar: bool = True) -> dict[str, Any]:
-        """Row ``i`` as stored: numpy views of the bytes (read-only, no copy) plus the small columns."""
+        """Row ``i`` as stored: numpy views of the bytes (no copy) plus the small columns.
+
+        ``exclusive`` says the bytes were read for this call alone (a one-row group, not cached), so a
+        tensor may share their memory; ``buffers`` holds the Arrow buffers for that."""
         ref = self.refs[i]
         out: dict[str, Any] = {name: self.index[name][i] for name in INDEX_COLUMNS}
         with_logvar = with_logvar and out["latent_kind"] == "moments"
         table = self._group(ref.file, ref.group, with_logvar)
+        out["exclusive"] = table.num_rows == 1 and (ref.file, ref.group, with_logvar) not in self._groups
+        out["buffers"] = {}
         where = f"{self.files[ref.file]} row {ref.row} (id {self.ids[i]!r})"
-        buf = table.column("vae_latent_bytes").chunk(0)[ref.row].as_buffer()
+        buf = out["buffers"]["latent"] = table.column("vae_latent_bytes").chunk(0)[ref.row].as_buffer()
         out["latent"] = decode_array(buf, out["vae_latent_shape"], out["vae_latent_dtype"], where=where)
         if with_logvar:
             buf = table.column("vae_logvar_bytes").chunk(0)[ref.row].as_buffer()
             out["logvar"] = decode_array(buf, out["vae_logvar_shape"], out["vae_logvar_dtype"], where=where)
-        buf = table.column("text_embedding_bytes").chunk(0)[ref.row].as_buffer()
+        buf = out["buffers"]["text"] = table.column("text_embedding_bytes").chunk(0)[ref.row].as_buffer()
         out["text"] = decode_array(buf, out["text_embedding_shape"], out["text_embedding_dtype"], where=where)
         return out
 
@@ -436,18 +446,29 @@ class _ItemMaker:
         elif self.normalize:
             latent = np.subtract(stored, self._broadcast(self.cache.mean, stored.ndim), dtype=np.float32)
         else:
-            latent = np.array(stored, dtype=np.float32)
+            latent = None  # handed out as stored
         if self.normalize:
             if sample:
                 latent -= self._broadcast(self.cache.mean, stored.ndim)
             latent /= self._broadcast(self.cache.std, stored.ndim)
         return {
-            "latents": torch.from_numpy(latent),
-            "prompt_embeds": torch.from_numpy(np.array(raw["text"], dtype=np.float32)),
+            "latents": torch.from_numpy(latent) if latent is not None else self._as_is(raw, "latent"),
+            "prompt_embeds": self._as_is(raw, "text"),
             "prompt_len": int(raw["text_len"]),
             "id": raw["id"],
             "caption": raw["caption"],
         }
+
+    @staticmethod
+    def _as_is(raw: dict[str, Any], name: str) -> Any:
+        """A float32 tensor of stored bytes: sharing the Arrow buffer when nobody else can see it
+        (zero-copy), else one copy, so an in-place edit by the caller never leaks into another item."""
+        import torch
+
+        array = raw[name]
+        if raw["exclusive"] and array.dtype == np.float32:
+            return torch.frombuffer(raw["buffers"][name], dtype=torch.float32).view(array.shape)
+        return torch.from_numpy(np.array(array, dtype=np.float32))
 
     @staticmethod
     def _broadcast(values: np.ndarray, ndim: int) -> np.ndarray:

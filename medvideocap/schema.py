@@ -9,6 +9,7 @@ declare one stable struct for every row.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -333,6 +334,7 @@ def _arrow_type(annotation: Any) -> pa.DataType:
     raise TypeError(f"no Arrow type for {annotation!r}")
 
 
+@functools.cache
 def arrow_schema() -> pa.Schema:
     """Arrow schema of one serialized record (``to_row``), derived from :class:`ClipRecord`."""
     return pa.schema(

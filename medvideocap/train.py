@@ -259,17 +259,19 @@ def empty_prompt_embeds(cfg: TrainConfig, manifest: dict[str, Any], device: torc
 
 
 # ------------------------------------------------------------------------------------------------------ model
-def build_transformer(cfg: TrainConfig, weight_dtype: torch.dtype) -> torch.nn.Module:
-    """Wan's transformer, with LoRA adapters (only they train) or fully trainable in fp32.
+def build_transformer(cfg: TrainConfig, weight_dtype: torch.dtype, transformer: Any = None) -> torch.nn.Module:
+    """Wan's transformer (``cfg.model_id``, or the given one), with LoRA adapters (only they train) or
+    fully trainable in fp32.
 
     LoRA keeps the frozen base in ``weight_dtype`` (bf16 halves memory; diffusers keeps Wan's norms and
     time embedder in fp32 on its own) and the adapters in fp32 so small updates are not rounded away."""
     from diffusers import WanTransformer3DModel
 
     dtype = weight_dtype if cfg.mode == "lora" else torch.float32
-    transformer = WanTransformer3DModel.from_pretrained(
-        cfg.model_id, subfolder=cfg.transformer_subfolder, revision=cfg.revision, torch_dtype=dtype
-    )
+    if transformer is None:
+        transformer = WanTransformer3DModel.from_pretrained(
+            cfg.model_id, subfolder=cfg.transformer_subfolder, revision=cfg.revision, torch_dtype=dtype
+        )
     if cfg.mode == "lora":
         from peft import LoraConfig
 

@@ -207,3 +207,29 @@ def test_retry_policy_and_retry_after_parsing():
     assert parse_retry_after(format_datetime(now + timedelta(seconds=12), usegmt=True), now) == 12.0
     assert parse_retry_after("2.5") == 2.5
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_structured_template_yields_one_json_caption(server, frames, monkeypatch):
+    tmpl_fields = [
+        "setting",
+        "people",
+        "actions",
+        "instruments",
+        "anatomy",
+        "imaging_modality",
+        "on_screen_text",
+        "camera",
+    ]
+    reply = {f: "none" for f in tmpl_fields}
+    reply.update(
+        setting="operating room", actions="a gloved hand passes a curved needle", anatomy="abdominal wall"
+    )
+    server.script = [Action(content=json.dumps(reply))]
+    cap, _ = captioner(server, monkeypatch, json_mode=True)
+    res = cap.caption(frames, record(), template="structured")
+    [c] = res.captions
+    assert res.ok and c.name == "structured" and c.style == "structured"
+    assert json.loads(c.text) == reply
+    body = server.requests[0]["body"]
+    assert body["response_format"] == {"type": "json_object"}
+    assert all(f'"{f}"' in body["messages"][1]["content"][-1]["text"] for f in tmpl_fields)
