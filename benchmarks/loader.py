@@ -15,7 +15,8 @@ which filters out load from other processes on a shared machine. Also reports th
 growth of the loader over ``--rss-samples`` items.
 
     .venv/bin/python benchmarks/loader.py                     # ~2-4 min on 2 cores
-    .venv/bin/python benchmarks/loader.py --clips 8 --frames 81 --rounds 3 --rss-samples 10000
+    .venv/bin/python benchmarks/loader.py --clips 8 --frames 81 --rounds 3
+    .venv/bin/python benchmarks/loader.py --only-rss --rss-samples 10000 --rss-backends torchcodec,decord,pyav
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def resize(frames: torch.Tensor, h: int, w: int) -> torch.Tensor:
     scale = max(h / fh, w / fw)
     size = [max(h, int(np.ceil(fh * scale - 1e-6))), max(w, int(np.ceil(fw * scale - 1e-6)))]
     frames = TF.center_crop(TF.resize(frames, size, antialias=True), [h, w])
-    return frames.permute(1, 0, 2, 3).float().div(127.5).sub(1.0)
+    return frames.permute(1, 0, 2, 3).to(torch.float32).div_(127.5).sub_(1.0)
 
 
 def raw_paths(
@@ -154,6 +155,121 @@ def raw_paths(
     }
 
 
+def compare_speed(args: argparse.Namespace, root: Path, files: list[Path], work: Path) -> None:
+    """Samples/s of every path over the same frames and output; prints the ratios."""
+    import medvideocap
+
+    spec = FrameSpec(
+        num_frames=args.frames,
+        fps=args.target_fps,
+        position="center",
+        height=args.height,
+        width=args.width,
+    )
+    ours = {
+        b: medvideocap.load(root, "train", frames=spec, backend=b) for b in ("torchcodec", "decord", "pyav")
+    }
+    base = ours["torchcodec"]
+    order = [base.ids.index(f"clip{i:03d}") for i in range(len(files))]  # file i -> dataset index
+    plans = []
+    for i in range(len(files)):
+        item = base[order[i]]
+        rec = item["record"]
+        n = rec.num_frames or round(rec.duration * rec.fps)
+        plans.append(spec.indices(n, rec.fps, args.frames, np.random.default_rng(0)))
+    print(
+        f"sample: {args.frames} frames at {args.target_fps:g} fps -> float (3, {args.frames}, {args.height}, "
+        f"{args.width})"
+    )
+
+    paths: dict[str, Callable[[int], torch.Tensor]] = raw_paths(files, plans, args.height, args.width)
+    for backend, ds in ours.items():
+        paths[f"ours {backend}"] = lambda i, ds=ds: ds[order[i]]["video"]
+
+    if not args.skip_datasets:
+        import datasets
+
+        t0 = time.perf_counter()
+        hf = datasets.load_dataset(str(root), split="train", cache_dir=str(work / "hfcache"))
+        keys = hf["__key__"]
+        hf_index = [keys.index(f"clip{i:03d}") for i in range(len(files))]
+        print(
+            f"datasets: load_dataset prepared the arrow cache in {time.perf_counter() - t0:.1f}s (not timed below)"
+        )
+
+        def datasets_path(i: int) -> torch.Tensor:
+            dec = hf[hf_index[i]]["mp4"]
+            return resize(dec.get_frames_at(plans[i]).data, args.height, args.width)
+
+        paths["datasets load_dataset"] = datasets_path
+
+    # same output check: every path gives (nearly) the same tensor for the first clip
+    ref = paths["raw torchcodec"](0)
+    for name, fn in paths.items():
+        diff = (fn(0) - ref).abs().mean().item() * 127.5
+        print(f"  check {name:32s} mean |diff| vs raw torchcodec: {diff:.3f} (0-255 scale)")
+
+    # interleaved per clip: a burst of load from other processes hits all paths alike; each
+    # (path, clip) keeps its best round
+    for ds in ours.values():
+        ds.pipeline.decoders.clear()  # the check above must not leave warm decoders behind
+    best = {(name, i): float("inf") for name in paths for i in range(len(files))}
+    shuffler = np.random.default_rng(0)
+    names = list(paths)
+    for _ in range(args.rounds):
+        for i in range(len(files)):
+            for k in shuffler.permutation(len(names)):  # no path always runs first (cold caches)
+                name, fn = names[k], paths[names[k]]
+                gc.collect()
+                t0 = time.perf_counter()
+                fn(i)
+                best[name, i] = min(best[name, i], time.perf_counter() - t0)
+    rate = {name: len(files) / sum(best[name, i] for i in range(len(files))) for name in paths}
+    raw_names = [n for n in rate if n.startswith("raw") and "decoder resize" not in n]
+    fastest = max(raw_names, key=lambda n: rate[n])
+    print(f"\n{'path':34s} {'samples/s':>10s} {'vs fastest raw':>15s} {'vs same raw':>12s}")
+    for name, r in rate.items():
+        same = name.replace("ours ", "raw ") if name.startswith("ours") else None
+        vs_same = f"{r / rate[same]:.3f}x" if same in rate else ""
+        print(f"{name:34s} {r:10.2f} {r / rate[fastest]:14.3f}x {vs_same:>12s}")
+    best_ours = max((n for n in rate if n.startswith("ours")), key=lambda n: rate[n])
+    print(
+        f"\nfastest raw decoder: {fastest}; best loader: {best_ours} = {rate[best_ours] / rate[fastest]:.3f}x "
+        f"(target >= 0.95x)"
+    )
+    if "datasets load_dataset" in rate:
+        print(f"best loader vs plain datasets path: {rate[best_ours] / rate['datasets load_dataset']:.2f}x")
+
+
+def check_memory(args: argparse.Namespace, root: Path) -> None:
+    """Resident-memory growth of the loader over many items."""
+    import medvideocap
+
+    # memory: many items through one dataset (random windows, new epoch every pass), with a
+    # cheap output so that thousands of items fit in minutes; the decode path is the same
+    rss_spec = FrameSpec(num_frames=5, fps=None, position="random", height=128, width=128)
+    proc = psutil.Process()
+    for backend in args.rss_backends.split(","):
+        ds = medvideocap.load(root, "train", frames=rss_spec, backend=backend)
+        warm = min(50, args.rss_samples // 4)
+        t0 = time.perf_counter()
+        for k in range(warm):
+            ds[k % len(ds)]
+        gc.collect()
+        before = proc.memory_info().rss
+        for k in range(args.rss_samples):
+            if k % len(ds) == 0:
+                ds.set_epoch(k // len(ds))
+            ds[k % len(ds)]
+        gc.collect()
+        after = proc.memory_info().rss
+        print(
+            f"resident memory, {backend}, {args.rss_samples} items after {warm} warm-up: "
+            f"{before / 2**20:.0f} -> {after / 2**20:.0f} MiB ({(after - before) / before * 100:+.1f}%), "
+            f"{time.perf_counter() - t0:.0f}s"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=3, help="generated 720x480 clips (plus the 2 real clips)")
@@ -164,13 +280,15 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=832)
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best round counts")
-    ap.add_argument("--rss-samples", type=int, default=40, help="loader items read for the memory check")
+    ap.add_argument("--rss-samples", type=int, default=120, help="loader items read for the memory check")
+    ap.add_argument(
+        "--rss-backends", default="torchcodec", help="backends for the memory check, comma-separated"
+    )
+    ap.add_argument("--only-rss", action="store_true", help="skip the speed comparison, run the memory check")
     ap.add_argument("--skip-datasets", action="store_true", help="leave out the load_dataset path")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-
-    import medvideocap
 
     with tempfile.TemporaryDirectory(prefix="mvc-bench-") as tmp:
         work = Path(tmp)
@@ -180,105 +298,9 @@ def main() -> None:
             f"dataset: {len(files)} clips ({args.clips} generated 720x480 {args.seconds:g}s {args.fps}fps + real), "
             f"built in {time.perf_counter() - t0:.1f}s"
         )
-        spec = FrameSpec(
-            num_frames=args.frames,
-            fps=args.target_fps,
-            position="center",
-            height=args.height,
-            width=args.width,
-        )
-        ours = {
-            b: medvideocap.load(root, "train", frames=spec, backend=b)
-            for b in ("torchcodec", "decord", "pyav")
-        }
-        base = ours["torchcodec"]
-        order = [base.ids.index(f"clip{i:03d}") for i in range(len(files))]  # file i -> dataset index
-        plans = []
-        for i in range(len(files)):
-            item = base[order[i]]
-            rec = item["record"]
-            n = rec.num_frames or round(rec.duration * rec.fps)
-            plans.append(spec.indices(n, rec.fps, args.frames, np.random.default_rng(0)))
-        print(
-            f"sample: {args.frames} frames at {args.target_fps:g} fps -> float (3, {args.frames}, {args.height}, "
-            f"{args.width})"
-        )
-
-        paths: dict[str, Callable[[int], torch.Tensor]] = raw_paths(files, plans, args.height, args.width)
-        for backend, ds in ours.items():
-            paths[f"ours {backend}"] = lambda i, ds=ds: ds[order[i]]["video"]
-
-        if not args.skip_datasets:
-            import datasets
-
-            t0 = time.perf_counter()
-            hf = datasets.load_dataset(str(root), split="train", cache_dir=str(work / "hfcache"))
-            keys = hf["__key__"]
-            hf_index = [keys.index(f"clip{i:03d}") for i in range(len(files))]
-            print(
-                f"datasets: load_dataset prepared the arrow cache in {time.perf_counter() - t0:.1f}s (not timed below)"
-            )
-
-            def datasets_path(i: int) -> torch.Tensor:
-                dec = hf[hf_index[i]]["mp4"]
-                return resize(dec.get_frames_at(plans[i]).data, args.height, args.width)
-
-            paths["datasets load_dataset"] = datasets_path
-
-        # same output check: every path gives (nearly) the same tensor for the first clip
-        ref = paths["raw torchcodec"](0)
-        for name, fn in paths.items():
-            diff = (fn(0) - ref).abs().mean().item() * 127.5
-            print(f"  check {name:32s} mean |diff| vs raw torchcodec: {diff:.3f} (0-255 scale)")
-
-        # interleaved per clip: a burst of load from other processes hits all paths alike; each
-        # (path, clip) keeps its best round
-        for ds in ours.values():
-            ds.pipeline.decoders.clear()  # the check above must not leave warm decoders behind
-        best = {(name, i): float("inf") for name in paths for i in range(len(files))}
-        shuffler = np.random.default_rng(0)
-        names = list(paths)
-        for _ in range(args.rounds):
-            for i in range(len(files)):
-                for k in shuffler.permutation(len(names)):  # no path always runs first (cold caches)
-                    name, fn = names[k], paths[names[k]]
-                    gc.collect()
-                    t0 = time.perf_counter()
-                    fn(i)
-                    best[name, i] = min(best[name, i], time.perf_counter() - t0)
-        rate = {name: len(files) / sum(best[name, i] for i in range(len(files))) for name in paths}
-        raw_names = [n for n in rate if n.startswith("raw") and "decoder resize" not in n]
-        fastest = max(raw_names, key=lambda n: rate[n])
-        print(f"\n{'path':34s} {'samples/s':>10s} {'vs fastest raw':>15s} {'vs same raw':>12s}")
-        for name, r in rate.items():
-            same = name.replace("ours ", "raw ") if name.startswith("ours") else None
-            vs_same = f"{r / rate[same]:.3f}x" if same in rate else ""
-            print(f"{name:34s} {r:10.2f} {r / rate[fastest]:14.3f}x {vs_same:>12s}")
-        best_ours = max((n for n in rate if n.startswith("ours")), key=lambda n: rate[n])
-        print(
-            f"\nfastest raw decoder: {fastest}; best loader: {best_ours} = {rate[best_ours] / rate[fastest]:.3f}x "
-            f"(target >= 0.95x)"
-        )
-        if "datasets load_dataset" in rate:
-            print(
-                f"best loader vs plain datasets path: {rate[best_ours] / rate['datasets load_dataset']:.2f}x"
-            )
-
-        ds = ours["torchcodec"]
-        proc = psutil.Process()
-        warm = min(20, args.rss_samples // 4)
-        for k in range(warm):
-            ds[k % len(ds)]
-        gc.collect()
-        before = proc.memory_info().rss
-        for k in range(args.rss_samples):
-            ds[k % len(ds)]
-        gc.collect()
-        after = proc.memory_info().rss
-        print(
-            f"resident memory over {args.rss_samples} loader items: {before / 2**20:.0f} -> {after / 2**20:.0f} MiB "
-            f"({(after - before) / before * 100:+.1f}%)"
-        )
+        if not args.only_rss:
+            compare_speed(args, root, files, work)
+        check_memory(args, root)
         shutil.rmtree(work / "hfcache", ignore_errors=True)
 
 

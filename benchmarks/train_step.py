@@ -46,7 +46,7 @@ def random_transformer(dtype: torch.dtype) -> Any:
     from diffusers import WanTransformer3DModel
 
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = WanTransformer3DModel(**WAN_1_3B)
+        model: Any = WanTransformer3DModel(**WAN_1_3B)
     model.to(dtype)
     keep = getattr(model, "_keep_in_fp32_modules", None) or []
     for name, module in model.named_modules():
@@ -124,7 +124,9 @@ def measure(args: argparse.Namespace, checkpointing: bool) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-id", default="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", help="hub id or local folder")
+    parser.add_argument(
+        "--model-id", default="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", help="hub id or local folder"
+    )
     parser.add_argument("--random-init", action="store_true", help="the 1.3B config with random weights")
     parser.add_argument("--tiny", action="store_true", help="tiny random model (smoke-test this script)")
     parser.add_argument("--mode", choices=["lora", "full"], default="lora")
@@ -148,14 +150,16 @@ def main() -> int:
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         print(f"GPU: {torch.cuda.get_device_name()}", file=sys.stderr)
-    results = [measure(args, checkpointing=not args.no_checkpointing)]
+    results: list[dict[str, Any]] = [measure(args, checkpointing=not args.no_checkpointing)]
     if args.compare_checkpointing and not args.no_checkpointing:
         try:
             results.append(measure(args, checkpointing=False))
         except torch.OutOfMemoryError:
             results.append({"gradient_checkpointing": False, "error": "out of memory"})
     for r in results:
-        print(json.dumps({"mode": args.mode, "frames": args.frames, "size": f"{args.height}x{args.width}", **r}))
+        print(
+            json.dumps({"mode": args.mode, "frames": args.frames, "size": f"{args.height}x{args.width}", **r})
+        )
     if len(results) == 2 and "step_s_median" in results[1]:
         on, off = results
         print(

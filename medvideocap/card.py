@@ -202,6 +202,25 @@ def write_charts(root: Path, df: pl.DataFrame) -> list[str]:
     return written
 
 
+def _funnel_table(path: Path) -> str:
+    """The build's per-stage funnel (written by ``medvideocap build``), like the paper's table."""
+    if not path.exists():
+        return ""
+    funnel = json.loads(path.read_text(encoding="utf-8"))
+    rows = [
+        [
+            st["stage"],
+            st.get("unit", ""),
+            st["in"],
+            st["out"],
+            st["dropped"],
+            ", ".join(f"{r['code']} ({r['count']})" for r in st.get("top_reasons", [])) or "-",
+        ]
+        for st in funnel.get("stages", [])
+    ]
+    return _table(["stage", "unit", "in", "out", "dropped", "top reasons"], rows) if rows else ""
+
+
 def render_card(root: Path | str, *, repo_id: str | None = None) -> str:
     """The card text for the dataset in ``root`` (writes its charts as a side effect)."""
     import jinja2
@@ -222,6 +241,7 @@ def render_card(root: Path | str, *, repo_id: str | None = None) -> str:
                 .sort(["len", "stage", "reason"], descending=[True, False, False])
             )
             reject_table = _table(["stage", "reason", "inputs"], [list(r) for r in summary.iter_rows()])
+    funnel_table = _funnel_table(root / "meta" / "funnel.json")
     template = jinja2.Template(
         resource("cards", TEMPLATE).read_text(encoding="utf-8"),
         undefined=jinja2.StrictUndefined,
@@ -234,6 +254,7 @@ def render_card(root: Path | str, *, repo_id: str | None = None) -> str:
         splits=splits,
         charts=charts,
         reject_table=reject_table,
+        funnel_table=funnel_table,
         repo_id=repo_id or "OWNER/medvideocap-55k",
         upstream_repo=UPSTREAM_REPO,
         schema_version=SCHEMA_VERSION,

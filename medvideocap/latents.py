@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -100,7 +101,7 @@ ARROW_SCHEMA = pa.schema(
 BYTES_COLUMNS = ("vae_latent_bytes", "vae_logvar_bytes", "text_embedding_bytes", "text_attention_mask_bytes")
 INDEX_COLUMNS = tuple(n for n in ARROW_SCHEMA.names if n not in BYTES_COLUMNS)
 _READ_COLUMNS = ("vae_latent_bytes", "vae_logvar_bytes", "text_embedding_bytes")
-ROW_GROUP_BYTES = 8 << 20
+ROW_GROUP_BYTES = 4 << 20  # real Wan rows (~20 MB) get a row group each
 
 
 class FingerprintMismatchError(ValueError):
@@ -195,7 +196,7 @@ def array_bytes(array: np.ndarray) -> tuple[bytes, list[int], str]:
 def decode_array(buf: Any, shape: Sequence[int], dtype: str, *, where: str = "row") -> np.ndarray:
     """A read-only numpy view of stored bytes (no copy: it shares memory with the Arrow buffer)."""
     arr = np.frombuffer(buf, dtype=np.dtype(dtype))
-    expected = int(np.prod(shape)) if len(shape) else 1
+    expected = math.prod(shape)
     if arr.size != expected:
         raise LatentCacheError(
             f"{where}: {arr.size} {dtype} values stored, shape {list(shape)} needs {expected}"
@@ -375,16 +376,16 @@ class LatentCache:
             return table
         pf = self._files.get(file)
         if pf is None:
-            # pre_buffer=False: large uncompressed values are read straight into the decoded column
-            # instead of being staged in a read-ahead buffer first (one copy fewer).
+            # pre_buffer=False: each uncompressed PLAIN value column is read once, straight into the
+            # buffer that the binary values then point into (no read-ahead staging copy).
             pf = self._files[file] = pq.ParquetFile(self.files[file], pre_buffer=False)
         columns = ["vae_latent_bytes", "text_embedding_bytes"] + (["vae_logvar_bytes"] if with_logvar else [])
-        # use_threads=False: one row group is a few large values; a thread pool per read only adds
+        # use_threads=False: a row group is a few large values; a thread pool per read only adds
         # contention with the DataLoader's own workers.
-        table = pf.read_row_group(group, columns=columns, use_threads=False).combine_chunks()
+        table = pf.read_row_group(group, columns=columns, use_threads=False)
         if table.num_rows > 1:
-            # Only groups of several (small) rows are worth keeping; a one-row group is handed out
-            # once, so its buffers can become tensors without a copy (see ``raw``).
+            # Groups of several (small) rows are kept for the next rows; a one-row group (every real
+            # Wan row is one) is handed out once, so tensors may share its memory (see ``raw``).
             self._groups[key] = table
             while len(self._groups) > self.cache_row_groups:
                 self._groups.popitem(last=False)
@@ -393,23 +394,41 @@ class LatentCache:
     def raw(self, i: int, *, with_logvar: bool = True) -> dict[str, Any]:
         """Row ``i`` as stored: numpy views of the bytes (no copy) plus the small columns.
 
-        ``exclusive`` says the bytes were read for this call alone (a one-row group, not cached), so a
-        tensor may share their memory; ``buffers`` holds the Arrow buffers for that."""
+        ``exclusive`` is True when the bytes were read for this call alone (an uncached one-row group
+        in a buffer Arrow lets us write), so a tensor may take over their memory without a copy."""
         ref = self.refs[i]
         out: dict[str, Any] = {name: self.index[name][i] for name in INDEX_COLUMNS}
         with_logvar = with_logvar and out["latent_kind"] == "moments"
         table = self._group(ref.file, ref.group, with_logvar)
-        out["exclusive"] = table.num_rows == 1 and (ref.file, ref.group, with_logvar) not in self._groups
-        out["buffers"] = {}
+        out["exclusive"] = (ref.file, ref.group, with_logvar) not in self._groups
         where = f"{self.files[ref.file]} row {ref.row} (id {self.ids[i]!r})"
-        buf = out["buffers"]["latent"] = table.column("vae_latent_bytes").chunk(0)[ref.row].as_buffer()
-        out["latent"] = decode_array(buf, out["vae_latent_shape"], out["vae_latent_dtype"], where=where)
-        if with_logvar:
-            buf = table.column("vae_logvar_bytes").chunk(0)[ref.row].as_buffer()
-            out["logvar"] = decode_array(buf, out["vae_logvar_shape"], out["vae_logvar_dtype"], where=where)
-        buf = out["buffers"]["text"] = table.column("text_embedding_bytes").chunk(0)[ref.row].as_buffer()
-        out["text"] = decode_array(buf, out["text_embedding_shape"], out["text_embedding_dtype"], where=where)
+        for name, column in (("latent", "vae_latent"), ("logvar", "vae_logvar"), ("text", "text_embedding")):
+            if name == "logvar" and not with_logvar:
+                continue
+            data, start, length = location = _value_location(table, f"{column}_bytes", ref.row)
+            buf = data.slice(start, length)
+            out[name] = decode_array(buf, out[f"{column}_shape"], out[f"{column}_dtype"], where=where)
+            out[f"{name}_location"] = location
         return out
+
+
+def _value_location(table: pa.Table, column: str, row: int) -> tuple[pa.Buffer, int, int]:
+    """(data buffer, byte offset, byte length) of one binary value, found without copying anything.
+
+    (``chunk[row].as_buffer()`` copies the value, and ``combine_chunks`` copies whole columns.)"""
+    for chunk in table.column(column).chunks:
+        if row < len(chunk):
+            _, offsets, data = chunk.buffers()
+            wide = pa.types.is_large_binary(chunk.type)
+            start, end = np.frombuffer(
+                offsets,
+                dtype=np.int64 if wide else np.int32,
+                count=2,
+                offset=(chunk.offset + row) * (8 if wide else 4),
+            )
+            return data, int(start), int(end - start)
+        row -= len(chunk)
+    raise IndexError(f"row {row} past the end of column {column}")
 
 
 def _id_seed(*parts: Any) -> int:
@@ -429,27 +448,28 @@ class _ItemMaker:
         self.epoch = 0
 
     def make(self, i: int) -> dict[str, Any]:
-        """One item; the math runs in numpy straight off the Arrow view, so the only copy of the
-        latent is the result itself (and numpy adds no thread pool inside DataLoader workers)."""
+        """One item. Stored bytes are read through views; the math writes each output once, and with
+        nothing to compute the tensors take over the freshly read buffers (see ``_as_is``)."""
         import torch
 
         sample = self.posterior == "sample" and self.cache.index["latent_kind"][i] == "moments"
         raw = self.cache.raw(i, with_logvar=sample)
         stored = raw["latent"]
         if sample:
-            rng = np.random.default_rng(_id_seed(self.sample_seed, self.epoch, raw["id"]))
-            latent = np.clip(raw["logvar"], -30.0, 20.0, dtype=np.float32)
-            latent *= 0.5
-            np.exp(latent, out=latent)
-            latent *= rng.standard_normal(stored.shape, dtype=np.float32)
+            g = torch.Generator().manual_seed(_id_seed(self.sample_seed, self.epoch, raw["id"]))
+            latent = torch.randn(stored.shape, generator=g).numpy()
+            std = np.clip(raw["logvar"], -30.0, 20.0, dtype=np.float32)
+            std *= 0.5
+            np.exp(std, out=std)
+            latent *= std
             latent += stored
+            if self.normalize:
+                latent -= self._broadcast(self.cache.mean, stored.ndim)
         elif self.normalize:
             latent = np.subtract(stored, self._broadcast(self.cache.mean, stored.ndim), dtype=np.float32)
         else:
             latent = None  # handed out as stored
-        if self.normalize:
-            if sample:
-                latent -= self._broadcast(self.cache.mean, stored.ndim)
+        if latent is not None and self.normalize:
             latent /= self._broadcast(self.cache.std, stored.ndim)
         return {
             "latents": torch.from_numpy(latent) if latent is not None else self._as_is(raw, "latent"),
@@ -461,13 +481,16 @@ class _ItemMaker:
 
     @staticmethod
     def _as_is(raw: dict[str, Any], name: str) -> Any:
-        """A float32 tensor of stored bytes: sharing the Arrow buffer when nobody else can see it
+        """Stored bytes as a float32 tensor: taking over the Arrow buffer when no one else can see it
         (zero-copy), else one copy, so an in-place edit by the caller never leaks into another item."""
         import torch
 
         array = raw[name]
-        if raw["exclusive"] and array.dtype == np.float32:
-            return torch.frombuffer(raw["buffers"][name], dtype=torch.float32).view(array.shape)
+        data, start, length = raw[f"{name}_location"]
+        if raw["exclusive"] and data.is_mutable and array.dtype == np.float32 and length:
+            return torch.frombuffer(data, dtype=torch.float32, offset=start, count=length // 4).view(
+                array.shape
+            )
         return torch.from_numpy(np.array(array, dtype=np.float32))
 
     @staticmethod

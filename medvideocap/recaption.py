@@ -13,9 +13,11 @@ The journal is the source of truth: a rerun after a kill captions only the ids i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -35,6 +37,7 @@ RUN_FILE = "run.json"
 JOURNAL_FILE = "journal.jsonl"
 SUMMARY_FILE = "summary.json"
 DATASET_DIR = "dataset"
+WRITE_STATE_FILE = "dataset_state.json"  # clip id -> digest of the journal entry written for it
 # Settings that change what a caption means: a resumed run must not mix two of them in one journal.
 _PINNED = ("backend", "model", "template", "frames", "name_prefix")
 
@@ -102,6 +105,8 @@ class RecaptionSummary:
     dataset: str | None = None
     caption_names: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    max_backend_failures: int = 20
+    backend_failure_streak: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,7 +128,7 @@ def caption_items(
             ready.append((i, images, item.record))
         except Exception as exc:  # any unreadable clip is recorded, the batch goes on
             entries[i] = _entry(
-                item, ok=False, error=f"frames: {type(exc).__name__}: {exc}", raw="", attempts=0
+                item, ok=False, final=True, error=f"frames: {type(exc).__name__}: {exc}", raw="", attempts=0
             )
     if ready:
         results = captioner.caption_batch([(im, rec) for _, im, rec in ready], template=template)
@@ -131,6 +136,7 @@ def caption_items(
             entries[i] = _entry(
                 items[i],
                 ok=res.ok,
+                final=res.final,
                 error=res.error,
                 raw=res.raw,
                 attempts=res.attempts,
@@ -195,29 +201,33 @@ def recaption(
     source_revision: str | None = None,
     progress: bool = False,
     captioner: BaseCaptioner | None = None,
+    max_backend_failures: int = 20,
     **backend_options: Any,
 ) -> RecaptionSummary:
     """Caption the selected clips of ``source`` that the journal in ``out`` lacks; optionally ``write``.
 
     ``backend_options`` go to :func:`make_captioner` (``model``, ``revision``, ``endpoint``,
     ``concurrency`` ...); ``source_revision`` is the Hub revision of ``source`` when it is a repo id.
-    Pass ``captioner`` to reuse one already built (tests, notebooks).
+    Pass ``captioner`` to reuse one already built (tests, notebooks); its ``name_prefix`` is set to
+    this run's caption-name prefix.
+
+    Clips whose reply failed hygiene or whose video does not decode are settled (``retry_failed``
+    asks again); clips the backend failed on (HTTP errors, timeouts) are asked again by any rerun, and
+    ``max_backend_failures`` of them in a row stop the run with the backend's error.
     """
     started = time.monotonic()
     out = Path(out)
+    if engine not in ("local", "ray"):
+        raise RecaptionError(f"unknown engine {engine!r}; expected 'local' or 'ray'")
     _check_out_not_in_source(source, out)
     tmpl = load_template(template)
     predicate = compile_where(where) if where else None
-    if captioner is None and engine == "local":
-        captioner = make_captioner(backend, **backend_options)
     model = (
         captioner.model
         if captioner is not None
         else str(backend_options.get("model") or _default_model(backend))
     )
     prefix = name_prefix or f"{model_short_name(model)}/{tmpl.tag}"
-    if captioner is not None:
-        captioner.name_prefix = prefix
     settings = {
         "source": str(source),
         "backend": backend,
@@ -238,15 +248,16 @@ def recaption(
             break
 
     summary = RecaptionSummary(
+        max_backend_failures=max_backend_failures,
         selected=len(selected),
         journal=str(out / JOURNAL_FILE),
         caption_names=[f"{prefix}/{o.key}" for o in tmpl.outputs],
     )
     with Journal(out / JOURNAL_FILE) as journal:
-        skip = journal.ok_ids() if retry_failed else set(journal.entries)
+        skip = journal.ok_ids() if retry_failed else journal.settled_ids()
         todo = [it for it in selected if it.id not in skip]
         summary.already_done = len(selected) - len(todo)
-        if todo:
+        if todo:  # the model is loaded only when there is work: a finished run resumes instantly
             if engine == "ray":
                 _run_ray(
                     todo,
@@ -260,11 +271,15 @@ def recaption(
                     prefix,
                     backend_options,
                 )
-            elif engine == "local":
-                assert captioner is not None
-                _run_local(captioner, todo, journal, summary, template, frames, progress)
             else:
-                raise RecaptionError(f"unknown engine {engine!r}; expected 'local' or 'ray'")
+                owned = captioner is None
+                cap = captioner or make_captioner(backend, **backend_options)
+                cap.name_prefix = prefix  # new captions sit next to the originals under their own names
+                try:
+                    _run_local(cap, todo, journal, summary, template, frames, progress)
+                finally:
+                    if owned:
+                        cap.close()
         if write:
             summary.dataset = str(write_dataset(selected, journal, out / DATASET_DIR, settings))
     summary.seconds = round(time.monotonic() - started, 3)
@@ -288,11 +303,23 @@ def _record(entry: dict[str, Any], journal: Journal, summary: RecaptionSummary) 
     journal.append(entry)
     if entry["ok"]:
         summary.captioned += 1
-    else:
-        summary.failed += 1
-        if str(entry.get("error", "")).startswith("frames:"):
-            summary.frame_errors += 1
-        log.warning("clip %s: caption failed: %s", entry["id"], entry.get("error"))
+        summary.backend_failure_streak = 0
+        return
+    summary.failed += 1
+    if str(entry.get("error", "")).startswith("frames:"):
+        summary.frame_errors += 1
+    log.warning("clip %s: caption failed: %s", entry["id"], entry.get("error"))
+    if entry.get("final", True):
+        return
+    summary.backend_failure_streak += 1
+    if summary.backend_failure_streak >= summary.max_backend_failures:
+        # A wrong model name, key or endpoint fails every clip alike: stop instead of journaling a
+        # whole dataset of failures. These entries are not final, so the next run asks again.
+        raise RecaptionError(
+            f"{summary.backend_failure_streak} clips in a row failed in the backend, the last "
+            f"({entry['id']}) with: {entry.get('error')}; fix the backend settings and rerun "
+            "(finished clips are kept, these are asked again)"
+        )
 
 
 def _progress_bar(total: int) -> Any:
@@ -375,6 +402,11 @@ def _run_ray(
     ids = ray.data.from_items([{"id": it.id} for it in todo])
     options = dict(options)
     actors = int(options.pop("ray_actors", 1))
+    # A local VLM wants a GPU per actor when the cluster has any; a CPU-only cluster still runs it.
+    gpus = options.pop("ray_gpus_per_actor", None)
+    if gpus is None:
+        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        gpus = 1 if backend == "transformers" and has_gpu and options.get("device") != "cpu" else 0
     if backend == "openai":  # a batch's requests run concurrently inside the actor
         batch = int(options.pop("batch_size", options.get("concurrency", 8)))
     else:
@@ -390,15 +422,27 @@ def _run_ray(
             entries = caption_items(self.captioner, items, template=template, frames=frames)
             return {"entry": [json.dumps(e, default=str) for e in entries]}
 
-    results = ids.map_batches(_CaptionFn, batch_size=batch, concurrency=actors, batch_format="numpy")
+    results = ids.map_batches(
+        _CaptionFn, batch_size=batch, concurrency=actors, num_gpus=gpus, batch_format="numpy"
+    )
     for row in results.iter_rows():
         _record(json.loads(row["entry"]), journal, summary)
+
+
+def _entry_digest(entry: dict[str, Any]) -> str:
+    captions = sorted((c["name"], c["text"]) for c in entry.get("captions", []))
+    return hashlib.sha256(json.dumps([entry.get("ok"), captions]).encode()).hexdigest()[:16]
 
 
 def write_dataset(selected: list[SourceItem], journal: Journal, dest: Path, settings: dict[str, Any]) -> Path:
     """A new hub-native dataset: each journaled clip with its original captions plus the new ones,
     the video bytes copied unchanged, the split kept. Failed clips keep only their original captions
-    (the run's journal says why). Resumable through the writer."""
+    (the run's journal says why).
+
+    Resumable through the writer; clips journaled since the last write are added. When a clip already
+    written has changed in the journal (``--retry-failed``), the dataset is rebuilt beside the old one
+    and swapped in, since a written shard is never edited in place.
+    """
     from medvideocap.writer import DatasetWriter
 
     recipe = {
@@ -406,13 +450,37 @@ def write_dataset(selected: list[SourceItem], journal: Journal, dest: Path, sett
             k: settings[k] for k in ("source", "backend", "model", "template", "frames", "name_prefix")
         }
     }
-    with DatasetWriter(dest, recipe=recipe) as writer:
+    state_file = dest.parent / WRITE_STATE_FILE
+    digests = {it.id: _entry_digest(journal.entries[it.id]) for it in selected if it.id in journal.entries}
+    written: dict[str, str] = {}
+    if state_file.exists() and dest.exists():
+        written = json.loads(state_file.read_text(encoding="utf-8"))
+    target = dest
+    stale = [i for i, d in written.items() if digests.get(i, d) != d]
+    if stale:
+        log.info(
+            "%d written clips changed in the journal (e.g. %s); rebuilding %s", len(stale), stale[0], dest
+        )
+        target = dest.with_name(dest.name + ".rebuild")
+        written = {}
+    with DatasetWriter(target, recipe=recipe) as writer:
         for item in selected:
             entry = journal.entries.get(item.id)
-            if entry is None or writer.has(item.id):
+            if entry is None:
+                continue
+            written[item.id] = digests[item.id]
+            if writer.has(item.id):
                 continue
             record = item.record
             for data in entry.get("captions", []):
                 record = record.with_caption(Caption.model_validate(data))
             writer.write(record, item.read())
+    if target != dest:
+        old = dest.with_name(dest.name + ".old")
+        dest.replace(old)
+        target.replace(dest)
+        shutil.rmtree(old)
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(written, sort_keys=True), encoding="utf-8")
+    tmp.replace(state_file)
     return dest

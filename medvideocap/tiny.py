@@ -45,7 +45,7 @@ def tiny_vae(seed: int = 0) -> AutoencoderKLWan:
     std = (1.0 + torch.rand(TINY_Z_DIM, generator=gen)).round(decimals=4).tolist()
     ctx = _seeded(seed)
     try:
-        vae = AutoencoderKLWan(
+        vae: Any = AutoencoderKLWan(
             base_dim=8,
             z_dim=TINY_Z_DIM,
             dim_mult=[1, 2, 2, 2],
@@ -105,7 +105,6 @@ def tiny_text_encoder(seed: int = 0) -> tuple[UMT5EncoderModel, PreTrainedTokeni
         pad_token_id=0,
         eos_token_id=1,
         decoder_start_token_id=0,
-        tie_word_embeddings=False,
     )
     ctx = _seeded(seed)
     try:
@@ -167,7 +166,7 @@ def save_tiny_pipeline(directory: str | Path, seed: int = 0) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     encoder, tokenizer = tiny_text_encoder(seed)
-    pipe = WanPipeline(
+    pipe: Any = WanPipeline(
         tokenizer=tokenizer,
         text_encoder=encoder,
         vae=tiny_vae(seed),

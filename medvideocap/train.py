@@ -154,7 +154,13 @@ class ResumableBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
     ):
         from medvideocap.latents import BucketBatchSampler
 
-        opts = {"shuffle": True, "seed": seed, "drop_last": True, "rank": rank, "world_size": world_size}
+        opts: dict[str, Any] = {
+            "shuffle": True,
+            "seed": seed,
+            "drop_last": True,
+            "rank": rank,
+            "world_size": world_size,
+        }
         if hasattr(dataset, "bucket_sampler"):
             self.plan = dataset.bucket_sampler(batch_size, **opts)
         else:  # any other map-style dataset of equal-shaped items
@@ -237,7 +243,8 @@ def empty_prompt_embeds(cfg: TrainConfig, manifest: dict[str, Any], device: torc
     tokenizer = AutoTokenizer.from_pretrained(
         name, subfolder=manifest.get("tokenizer_subfolder", "tokenizer"), revision=revision
     )
-    encoder = UMT5EncoderModel.from_pretrained(
+    load_encoder: Any = UMT5EncoderModel.from_pretrained  # (transformers' stubs reject revision=None)
+    encoder = load_encoder(
         name,
         subfolder=manifest.get("text_encoder_subfolder", "text_encoder"),
         revision=revision,
@@ -259,7 +266,9 @@ def empty_prompt_embeds(cfg: TrainConfig, manifest: dict[str, Any], device: torc
 
 
 # ------------------------------------------------------------------------------------------------------ model
-def build_transformer(cfg: TrainConfig, weight_dtype: torch.dtype, transformer: Any = None) -> torch.nn.Module:
+def build_transformer(
+    cfg: TrainConfig, weight_dtype: torch.dtype, transformer: Any = None
+) -> torch.nn.Module:
     """Wan's transformer (``cfg.model_id``, or the given one), with LoRA adapters (only they train) or
     fully trainable in fp32.
 
@@ -567,7 +576,7 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
         ),
         step_scheduler_with_optimizer=False,  # we step the LR schedule once per optimizer step ourselves
     )
-    set_seed(cfg.seed + accelerator.process_index)
+    set_seed(cfg.seed)  # same model init on every rank; per-rank randomness comes from `gen` below
     device = accelerator.device
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -581,7 +590,8 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
     # model + optimiser
     weight_dtype = _dtype(cfg.mixed_precision)
     transformer = build_transformer(cfg, weight_dtype)
-    channels, text_dim = transformer.config.in_channels, transformer.config.text_dim
+    model_config: Any = transformer.config
+    channels, text_dim = int(model_config.in_channels), int(model_config.text_dim)
     if sample["latents"].shape[0] != channels or sample["prompt_embeds"].shape[-1] != text_dim:
         raise ValueError(
             f"{cfg.latents or 'dataset'}: latents have {sample['latents'].shape[0]} channels and prompts "
@@ -737,6 +747,12 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
             val = validate(cfg, accelerator.unwrap_model(transformer), ema, state["step"], val_cache, device)
             result.validations.append(val)
     accelerator.end_training()
+    # accelerate keeps its settings in a process-wide singleton; forget them (not the distributed setup) so
+    # train() can run again in this process with another precision, as notebooks and tests do.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     return result
 
 

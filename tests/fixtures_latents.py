@@ -29,14 +29,16 @@ def tiny_config(model_dir: Path, **overrides: object) -> EncodeConfig:
     return EncodeConfig(**kwargs)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out like the Wan2.1 Diffusers repo (vae/, text_encoder/, tokenizer/, ...)."""
     from medvideocap.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-wan") / "model")
 
 
-def write_hub_native(root: Path, n: int, *, short_ids: tuple[int, ...] = (), seconds: float = 2.0) -> list[str]:
+def write_hub_native(
+    root: Path, n: int, *, short_ids: tuple[int, ...] = (), seconds: float = 2.0
+) -> list[str]:
     """A hub-native dataset (H3's writer) of ``n`` real 64x48 H.264 clips, all in ``train``.
 
     Clips listed in ``short_ids`` last 0.5 s: too short for :data:`SPEC`, so the loader skips them.

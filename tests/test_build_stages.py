@@ -279,3 +279,44 @@ def test_a_sidecar_row_without_a_file_column_is_an_error_naming_the_row(tmp_path
     (raw / "metadata.jsonl").write_text('{"file": "a.mp4"}\n{"title": "orphan"}\n')
     with pytest.raises(ValueError, match="row 2: no file column"):
         discover(raw)
+
+
+def test_frame_difference_detector_finds_the_scene_cuts(tmp_path: Path) -> None:
+    from fixtures_build import SCENE_CUTS, SCENES
+
+    path = make_video(tmp_path / "scenes.mkv", seconds=7.5, source=SCENES, **SIZE)
+    cuts = split.detect_cuts(path, split.SplitStage(detector="difference", threshold=0.08))
+    assert len(cuts) == len(SCENE_CUTS)
+    assert all(abs(c - m) <= 1.0 for c, m in zip(cuts, SCENE_CUTS, strict=True)), cuts
+
+
+def test_a_build_that_dies_while_writing_resumes_into_the_same_bytes(tmp_path: Path, monkeypatch) -> None:
+    from fixtures_build import tree_bytes
+
+    from medvideocap.writer import DatasetWriter
+
+    raw = tmp_path / "raw"
+    for i in range(4):
+        make_video(
+            raw / f"v{i}.mp4", seconds=2.5, source=f"testsrc2=size=160x120:rate=8:duration=2.5,hue=h={i * 60}"
+        )
+    recipe = load_recipe("demo")
+    recipe.output.shard_bytes = 40_000  # about one clip per shard, so some shards finish before the crash
+    build(raw, tmp_path / "whole", recipe=recipe, workers=1)
+
+    real_write, calls = DatasetWriter.write, []
+
+    def dying_write(self, record, video):
+        calls.append(record.id)
+        if len(calls) == 3:
+            raise OSError("disk went away")
+        real_write(self, record, video)
+
+    monkeypatch.setattr(DatasetWriter, "write", dying_write)
+    with pytest.raises(OSError, match="disk went away"):
+        build(raw, tmp_path / "crashed", recipe=recipe, workers=1)
+    assert list((tmp_path / "crashed" / "data").rglob("shard-*.tar"))  # finished shards were left behind
+    monkeypatch.setattr(DatasetWriter, "write", real_write)
+    result = build(raw, tmp_path / "crashed", recipe=recipe, workers=1)
+    assert result.resumed == 4
+    assert tree_bytes(tmp_path / "crashed") == tree_bytes(tmp_path / "whole")

@@ -68,7 +68,7 @@ def test_boilerplate_openings_are_stripped_and_recapitalised():
 )
 def test_refusals_are_rejected(reply):
     with pytest.raises(HygieneError) as err:
-        parse_reply(reply.replace("’", "'"), TMPL)
+        parse_reply(reply, TMPL)
     assert err.value.kind == "refusal"
 
 
@@ -165,3 +165,19 @@ def test_structured_template_needs_every_field():
     del fields["camera"]
     with pytest.raises(HygieneError, match="camera"):
         parse_reply(json.dumps(fields), tmpl)
+
+
+def test_length_bounds_hold_for_captions_without_spaces():
+    out = Output("brief", "brief", min_words=4, max_words=20)
+    zh = "戴手套的双手在腹腔内用持针器缝合组织。"  # 19 characters, about 12 words
+    assert clean_caption(zh, out) == zh
+    long = zh + "蓝色手术巾覆盖在切口周围，镜头保持静止。" * 2
+    assert clean_caption(long, out) == zh  # cut after the first full sentence
+    with pytest.raises(HygieneError):
+        clean_caption("缝合。", out)
+
+
+def test_decimal_points_are_not_sentence_ends():
+    out = Output("brief", "brief", min_words=3, max_words=12)
+    text = "A 2.5 mm trocar enters the abdomen under camera view. Then the surgeon inserts a grasper slowly."
+    assert clean_caption(text, out) == "A 2.5 mm trocar enters the abdomen under camera view."

@@ -137,10 +137,15 @@ def test_key_never_appears_in_errors_or_repr(server, frames, monkeypatch):
     assert KEY not in repr(cap)
 
 
-def test_missing_named_key_variable_is_an_error(monkeypatch):
+def test_missing_key_is_an_error_before_any_request(monkeypatch):
     monkeypatch.delenv("MVC_NO_SUCH_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ValueError, match="MVC_NO_SUCH_KEY"):
         make_captioner("openai", api_key_env="MVC_NO_SUCH_KEY")
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        make_captioner("openai")  # the hosted API default always needs one
+    local = make_captioner("openai", endpoint="http://127.0.0.1:8000/v1")  # a local vLLM may not
+    assert "Authorization" not in local._client.headers
 
 
 def test_timeouts_are_retried(server, frames, monkeypatch):

@@ -15,10 +15,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fixtures_latents import SPEC, tiny_config, tiny_model_dir, write_hub_native  # noqa: F401
+from fixtures_latents import SPEC, make_tiny_model_dir, tiny_config, write_hub_native
 
 from medvideocap.encode_latents import BatchEncoder, encode_latents, rank_of
 from medvideocap.latents import FingerprintMismatchError, LatentCache, load_latents
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, dataset, tiny_model_dir: Path) -> Path:  # noqa: F811
+def reference(tmp_path_factory: pytest.TempPathFactory, dataset, tiny_model_dir: Path) -> Path:
     """An uninterrupted single-rank run, the yardstick for resume and ranks."""
     out = tmp_path_factory.mktemp("reference")
     encode_latents(dataset[0], out, config=tiny_config(tiny_model_dir))
@@ -48,12 +53,18 @@ def _rows(cache: Path) -> dict[str, dict]:
 def _same_rows(a: dict[str, dict], b: dict[str, dict]) -> None:
     assert sorted(a) == sorted(b)
     for cid in a:
-        for col in ("vae_latent_bytes", "vae_logvar_bytes", "text_embedding_bytes", "vae_latent_shape", "caption"):
+        for col in (
+            "vae_latent_bytes",
+            "vae_logvar_bytes",
+            "text_embedding_bytes",
+            "vae_latent_shape",
+            "caption",
+        ):
             assert a[cid][col] == b[cid][col], f"{cid}: {col} differs"
 
 
 def test_cached_latents_match_encoding_on_the_fly_and_decode_alike(
-    dataset, reference: Path, tiny_model_dir: Path  # noqa: F811
+    dataset, reference: Path, tiny_model_dir: Path
 ) -> None:
     from medvideocap.load import load
 
@@ -84,7 +95,9 @@ def test_cached_latents_match_encoding_on_the_fly_and_decode_alike(
         assert torch.equal(from_cache, on_the_fly)
 
 
-def test_rows_record_the_frames_and_the_manifest_records_the_models(reference: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+def test_rows_record_the_frames_and_the_manifest_records_the_models(
+    reference: Path, tiny_model_dir: Path
+) -> None:
     manifest = json.loads((reference / "manifest.json").read_text())
     assert manifest["vae_id"] == str(tiny_model_dir) and manifest["vae_class"] == "AutoencoderKLWan"
     assert manifest["vae_revision"].startswith("sha256:")
@@ -100,7 +113,7 @@ def test_rows_record_the_frames_and_the_manifest_records_the_models(reference: P
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(
-    dataset, reference: Path, tiny_model_dir: Path, tmp_path: Path  # noqa: F811
+    dataset, reference: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     root, ids = dataset
     out = tmp_path / "cache"
@@ -146,12 +159,14 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
     _same_rows(_rows(out), _rows(reference))
     assert not [p for p in (out / "train").iterdir() if p.name.startswith(".")]  # no tmp files left
     # a third run has nothing to do
-    again = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    again = json.loads(
+        subprocess.run(args, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+    )
     assert again["encoded"] == 0 and again["already_done"] == len(ids)
 
 
 def test_two_ranks_write_disjoint_complete_outputs_read_without_merging(
-    dataset, reference: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    dataset, reference: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root, ids = dataset
     config = tiny_config(tiny_model_dir)
@@ -161,7 +176,9 @@ def test_two_ranks_write_disjoint_complete_outputs_read_without_merging(
         monkeypatch.setenv("WORLD_SIZE", "2")
         (report,) = encode_latents(root, tmp_path, config=config)
         files = sorted((tmp_path / "train").glob(f"rank-{rank}-shard-*.parquet"))
-        per_rank[rank] = {cid for f in files for cid in pq.read_table(f, columns=["id"]).column("id").to_pylist()}
+        per_rank[rank] = {
+            cid for f in files for cid in pq.read_table(f, columns=["id"]).column("id").to_pylist()
+        }
         assert report.encoded == len(per_rank[rank]) == sum(rank_of(c, 2) == rank for c in ids)
     assert per_rank[0] and per_rank[1], "the hash split should give both ranks work with 6 clips"
     assert not per_rank[0] & per_rank[1]
@@ -170,7 +187,9 @@ def test_two_ranks_write_disjoint_complete_outputs_read_without_merging(
     assert sorted(LatentCache(tmp_path).ids) == sorted(ids)
 
 
-def test_a_short_clip_is_dropped_with_its_reason_and_not_retried(tiny_model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_short_clip_is_dropped_with_its_reason_and_not_retried(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     root = tmp_path / "ds"
     ids = write_hub_native(root, 3, short_ids=(1,))
     out = tmp_path / "cache"
@@ -183,13 +202,15 @@ def test_a_short_clip_is_dropped_with_its_reason_and_not_retried(tiny_model_dir:
     assert again.encoded == 0 and again.dropped == 0 and again.skipped_done == 3
 
 
-def test_resuming_with_other_settings_is_refused(dataset, reference: Path, tiny_model_dir: Path) -> None:  # noqa: F811
+def test_resuming_with_other_settings_is_refused(dataset, reference: Path, tiny_model_dir: Path) -> None:
     with pytest.raises(FingerprintMismatchError, match="store"):
         encode_latents(dataset[0], reference, config=tiny_config(tiny_model_dir, store="sample"))
 
 
 @pytest.mark.slow
-def test_ray_engine_writes_the_same_cache(dataset, reference: Path, tiny_model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_ray_engine_writes_the_same_cache(
+    dataset, reference: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     pytest.importorskip("ray", reason="ray is an optional extra (medvideocap[ray])")
     root, _ = dataset
     (report,) = encode_latents(root, tmp_path, config=tiny_config(tiny_model_dir), engine="ray")

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fixtures_latents import tiny_config, tiny_model_dir  # noqa: F401 - pytest fixture
+from fixtures_latents import make_tiny_model_dir, tiny_config
 
 from medvideocap.encode_latents import BatchEncoder, encode_items
 from medvideocap.latents import (
@@ -60,7 +60,12 @@ def _items(n: int, shapes: list[tuple[int, int, int]] | None = None, seed: int =
 
 
 @pytest.fixture(scope="module")
-def encoder(tiny_model_dir: Path) -> BatchEncoder:  # noqa: F811
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir: Path) -> BatchEncoder:
     # batch_size 1: the test recomputes clip by clip, and CPU convs are not batch-invariant bit for bit
     return BatchEncoder(tiny_config(tiny_model_dir, batch_size=1))
 
@@ -73,7 +78,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory, encoder: BatchEncoder) -
 
 
 @pytest.fixture(scope="module")
-def bucket_cache(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:  # noqa: F811
+def bucket_cache(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("buckets")
     enc = BatchEncoder(tiny_config(tiny_model_dir, batch_size=2, rows_per_shard=3))
     encode_items(_items(10, shapes=[(9, 32, 48), (5, 48, 32)]), out, "train", enc)
@@ -161,7 +166,7 @@ def test_moments_are_sampled_deterministically_per_id_seed_and_epoch(cache_dir: 
     assert abs(z.mean().item()) < 0.15 and 0.85 < z.std().item() < 1.15
 
 
-def test_store_sample_keeps_one_fixed_draw(tmp_path: Path, tiny_model_dir: Path, cache_dir: Path) -> None:  # noqa: F811
+def test_store_sample_keeps_one_fixed_draw(tmp_path: Path, tiny_model_dir: Path, cache_dir: Path) -> None:
     enc = BatchEncoder(tiny_config(tiny_model_dir, store="sample"))
     encode_items(_items(7), tmp_path, "train", enc)
     ds = load_latents(tmp_path, normalize=False)
@@ -319,3 +324,34 @@ def test_missing_cache_and_split_errors_say_what_to_do(cache_dir: Path, tmp_path
         load_latents(tmp_path)
     with pytest.raises(LatentCacheError, match="no shards for split 'test'"):
         load_latents(cache_dir, split="test")
+
+
+def test_one_row_groups_are_read_through_views_and_items_never_alias(
+    tmp_path: Path, encoder: BatchEncoder, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medvideocap.latents as latents_module
+
+    # real Wan rows (~20 MB) get a row group each; force that with the tiny rows
+    monkeypatch.setattr(latents_module, "ROW_GROUP_BYTES", 1)
+    encode_items(_items(7), tmp_path, "train", encoder)
+    assert pq.ParquetFile(sorted((tmp_path / "train").glob("*.parquet"))[0]).metadata.num_row_groups == 2
+    big = load_latents(tmp_path, normalize=False, posterior="mode")
+    small = load_latents(cache_dir, normalize=False, posterior="mode")
+    assert big.cache.ids == small.cache.ids
+    raw = big.cache.raw(0, with_logvar=False)
+    assert raw["exclusive"] and not raw["latent"].flags.owndata  # a view of the buffer Arrow read into
+    for i in range(len(big)):
+        a, b = big[i], small[i]
+        assert torch.equal(a["latents"], b["latents"]) and torch.equal(a["prompt_embeds"], b["prompt_embeds"])
+        # a caller editing its tensor in place must not change what the next reader gets
+        expected = a["latents"].clone()
+        a["latents"].add_(1.0)
+        a["prompt_embeds"].zero_()
+        again = big[i]
+        assert torch.equal(again["latents"], expected)
+        assert torch.equal(again["prompt_embeds"], b["prompt_embeds"])
+    streamed = {
+        it["id"]: it for it in load_latents(tmp_path, streaming=True, normalize=False, posterior="mode")
+    }
+    for i in range(len(small)):
+        assert torch.equal(streamed[small[i]["id"]]["latents"], small[i]["latents"])

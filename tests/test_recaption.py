@@ -17,7 +17,7 @@ from fixtures_caption import BRIEF, DETAILED, REFUSAL, Action, FakeChatServer
 from fixtures_upstream import make_upstream_release
 
 from medvideocap.caption import make_captioner
-from medvideocap.recaption import JOURNAL_FILE, RecaptionError, iter_source, model_short_name, recaption
+from medvideocap.recaption import JOURNAL_FILE, RecaptionError, iter_source, recaption
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,6 +92,18 @@ def test_upstream_recaption_write_keeps_originals_and_video_bytes(upstream, serv
     assert info["recipe"]["recaption"]["template"] == "detailed_brief-v1"
 
 
+def test_finished_run_resumes_without_building_a_captioner(upstream, server, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    recaption(upstream, out, backend="openai", captioner=_cap(server), limit=2)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished run must not load a model")
+
+    monkeypatch.setattr("medvideocap.recaption.make_captioner", no_model)
+    again = recaption(upstream, out, backend="openai", model="served-vlm", limit=2)
+    assert again.already_done == 2 and again.captioned == 0
+
+
 def test_rerun_captions_nothing_twice(upstream, server, tmp_path):
     out = tmp_path / "run"
     recaption(upstream, out, backend="openai", captioner=_cap(server), limit=3)
@@ -102,20 +114,36 @@ def test_rerun_captions_nothing_twice(upstream, server, tmp_path):
     assert len(ids) == len(set(ids)) == 5
 
 
-def test_failures_are_journaled_with_raw_and_retried_only_on_request(upstream, server, tmp_path):
+def test_failures_are_journaled_with_raw_and_only_backend_failures_retried_by_default(
+    upstream, server, tmp_path
+):
     out = tmp_path / "run"
     server.script = [Action(content=REFUSAL), Action(content=REFUSAL), Action(status=400, body="bad image")]
     summary = recaption(upstream, out, backend="openai", captioner=_cap(server), limit=4)
     assert summary.failed == 2 and summary.captioned == 2
-    entries = {json.loads(x)["id"]: json.loads(x) for x in (out / JOURNAL_FILE).read_text().splitlines()}
+    entries = _last_entries(out)
     first, second = entries["00000"], entries["00001"]
     assert not first["ok"] and first["error"].startswith("refusal") and first["raw"] == REFUSAL
     assert first["attempts"] == 2 and first["history"][0]["raw"] == REFUSAL and first["captions"] == []
-    assert not second["ok"] and "HTTP 400" in second["error"]
-    assert recaption(upstream, out, backend="openai", captioner=_cap(server), limit=4).captioned == 0
+    assert first["final"] is True  # the reply was the problem: settled until --retry-failed
+    assert not second["ok"] and "HTTP 400" in second["error"] and second["final"] is False
+    rerun = recaption(upstream, out, backend="openai", captioner=_cap(server), limit=4)
+    assert rerun.captioned == 1 and rerun.already_done == 3  # the backend failure is asked again
     retried = recaption(upstream, out, backend="openai", captioner=_cap(server), limit=4, retry_failed=True)
-    assert retried.captioned == 2 and retried.failed == 0
+    assert retried.captioned == 1 and retried.failed == 0
     assert {k for k, v in _last_entries(out).items() if v["ok"]} == {f"{i:05d}" for i in range(4)}
+
+
+def test_a_broken_backend_stops_the_run_and_the_rerun_recovers(upstream, server, tmp_path):
+    out = tmp_path / "run"
+    server.default = lambda body: Action(status=404, body='{"error": "model served-vlm does not exist"}')
+    with pytest.raises(RecaptionError, match="3 clips in a row.*HTTP 404.*does not exist"):
+        recaption(upstream, out, backend="openai", captioner=_cap(server), max_backend_failures=3)
+    assert 3 <= len(_journal_ids(out)) < 6
+    server.default = lambda body: Action()
+    summary = recaption(upstream, out, backend="openai", captioner=_cap(server))
+    assert summary.already_done == 0 and summary.captioned == 6
+    assert all(e["ok"] for e in _last_entries(out).values()) and len(_last_entries(out)) == 6
 
 
 def _last_entries(out):
@@ -157,7 +185,7 @@ def test_out_inside_source_is_refused(upstream, server):
 
 
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(upstream, tmp_path):
-    srv = FakeChatServer(default=lambda body: Action(delay=0.4))
+    srv = FakeChatServer(default=lambda body: Action(delay=1.0))  # slow enough to kill mid-run
     out = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "medvideocap", "recaption", str(upstream), "--out", str(out), "--backend", "openai",
@@ -204,30 +232,34 @@ def test_hub_native_source_keeps_splits(upstream, server, tmp_path):
         assert rec.caption("served-vlm/brief-v1/brief") is not None
 
 
-def test_transformers_backend_through_recaption_and_write(upstream, tmp_path):
+@pytest.mark.slow
+def test_transformers_backend_through_the_cli_with_write(upstream, tmp_path):
     from medvideocap.caption.tiny import save_tiny_vlm
     from medvideocap.hubnative import HubNativeDataset
 
     model = save_tiny_vlm(tmp_path / "tiny-qwen")
-    cap = make_captioner(
-        "transformers", model=str(model), batch_size=3, check_quality=False, params={"max_new_tokens": 8}
-    )
     out = tmp_path / "run"
-    summary = recaption(
-        upstream, out, backend="transformers", captioner=cap, template="brief", frames=4, write=True
-    )
-    assert summary.captioned == 6
-    name = f"{model_short_name(str(model))}/brief-v1/brief"
-    assert summary.caption_names == [name] and name == "tiny-qwen/brief-v1/brief"
-    recs = [
-        r
-        for s in HubNativeDataset.open(out / "dataset").splits
-        for r in HubNativeDataset.open(out / "dataset").records(s)
-    ]
+    res = subprocess.run(
+        [sys.executable, "-m", "medvideocap", "recaption", str(upstream), "--out", str(out),
+         "--backend", "transformers", "--model", str(model), "--device", "cpu", "--template", "brief",
+         "--frames", "4", "--batch-size", "3", "--max-new-tokens", "6", "--no-hygiene", "--write",
+         "--no-progress"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout)
+    name = "tiny-qwen/brief-v1/brief"
+    assert summary["captioned"] == 6 and summary["caption_names"] == [name]
+    ds = HubNativeDataset.open(out / "dataset")
+    recs = [r for s in ds.splits for r in ds.records(s)]
     assert len(recs) == 6
     for rec in recs:
         c = next(c for c in rec.captions if c.name == name)
-        assert c.text and c.source == "transformers" and len(c.frame_timestamps) == 4
+        assert (
+            c.text and c.source == "transformers" and c.model == str(model) and len(c.frame_timestamps) == 4
+        )
+        assert rec.caption("brief") is not None  # the upstream caption is still there
+        assert json.loads(c.params)["max_new_tokens"] == 6
 
 
 def test_cli_reports_bad_where_without_a_traceback(upstream, tmp_path):
@@ -256,3 +288,29 @@ def test_ray_engine_runs_the_same_work_and_resumes(upstream, server, tmp_path):
     assert sorted(ids) == [f"{i:05d}" for i in range(6)] and len(ids) == len(set(ids))
     entry = json.loads((out / JOURNAL_FILE).read_text().splitlines()[0])
     assert entry["ok"] and entry["captions"][0]["name"] == "served-vlm/detailed_brief-v1/detailed"
+
+
+def test_write_follows_the_journal_across_limit_growth_and_retried_failures(upstream, server, tmp_path):
+    from medvideocap.hubnative import HubNativeDataset
+
+    def written(out):
+        ds = HubNativeDataset.open(out / "dataset")
+        return {
+            r.id: r.caption("served-vlm/detailed_brief-v1/brief") for s in ds.splits for r in ds.records(s)
+        }
+
+    out = tmp_path / "run"
+    server.script = [Action(content=REFUSAL), Action(content=REFUSAL)]
+    recaption(upstream, out, backend="openai", captioner=_cap(server), limit=2, write=True)
+    assert written(out) == {"00000": None, "00001": BRIEF}  # the failed clip keeps only its originals
+    recaption(upstream, out, backend="openai", captioner=_cap(server), limit=3, write=True)
+    assert written(out) == {"00000": None, "00001": BRIEF, "00002": BRIEF}  # appended
+    recaption(upstream, out, backend="openai", captioner=_cap(server), limit=3, write=True, retry_failed=True)
+    assert written(out) == {"00000": BRIEF, "00001": BRIEF, "00002": BRIEF}  # rebuilt with the retried clip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dataset",
+        "dataset_state.json",
+        "journal.jsonl",
+        "run.json",
+        "summary.json",
+    ]

@@ -344,3 +344,45 @@ def test_validation_writes_videos_and_a_contact_sheet(
             assert (info.num_frames, info.width, info.height) == (FRAMES, WIDTH, HEIGHT)
         with Image.open(folder / "contact_sheet.png") as sheet:
             assert sheet.size == (WIDTH * FRAMES, HEIGHT * 2)
+
+
+def test_bf16_lora_keeps_the_frozen_base_in_bf16_and_adapters_in_fp32(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    cfg = tiny_train_config(
+        tmp_path,
+        tiny_pipeline_dir,
+        latent_cache,
+        mode="lora",
+        mixed_precision="bf16",
+        batch_size=2,
+        max_steps=2,
+    )
+    result = train(cfg, dataset=_dataset(latent_cache))
+    assert np.isfinite(result.losses).all()
+    dtypes = {n: p.dtype for n, p in result.transformer.named_parameters()}
+    assert dtypes["blocks.0.attn1.to_q.base_layer.weight"] == torch.bfloat16
+    assert dtypes["blocks.0.attn1.to_q.lora_A.default.weight"] == torch.float32
+    assert dtypes["blocks.0.scale_shift_table"] == torch.float32  # diffusers keeps Wan's modulation in fp32
+
+
+def test_module_entry_point_prints_the_resolved_config() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medvideocap.train",
+            "--config",
+            "medgen-1.3b-full",
+            "--print-config",
+            "max_steps=9",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cfg = yaml.safe_load(out)
+    assert cfg["mode"] == "full" and cfg["max_steps"] == 9 and cfg["seed"] == 1024

@@ -30,7 +30,9 @@ RETRY_TEMPERATURE_STEP = 0.3
 @dataclass
 class CaptionResult:
     """What one clip's captioning produced. ``raw`` is the last reply verbatim (kept for audit even when
-    ``ok``); ``history`` holds the earlier attempts' replies and the reasons they were rejected."""
+    ``ok``); ``history`` holds the earlier attempts' replies and the reasons they were rejected.
+    ``final`` is False for failures of the backend rather than of the reply (HTTP errors after retries,
+    timeouts, out of memory): asking again later may well succeed."""
 
     captions: list[Caption]
     raw: str
@@ -38,6 +40,7 @@ class CaptionResult:
     error: str | None = None
     attempts: int = 1
     history: list[dict[str, Any]] = field(default_factory=list)
+    final: bool = True
 
 
 @runtime_checkable
@@ -153,7 +156,9 @@ class BaseCaptioner:
     def _judge(self, job: Job, reply: Reply, tmpl: Template, history: list[dict[str, Any]]) -> CaptionResult:
         attempts = job.attempt + 1
         if reply.text is None:
-            return CaptionResult([], "", False, reply.error or "no reply", attempts, list(history))
+            return CaptionResult(
+                [], "", False, reply.error or "no reply", attempts, list(history), final=False
+            )
         try:
             texts = parse_reply(reply.text, tmpl) if self.check_quality else _lenient(reply.text, tmpl)
         except HygieneError as exc:

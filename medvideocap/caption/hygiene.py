@@ -45,6 +45,8 @@ _REFUSAL_ANYWHERE_RE = re.compile(
     r"(?:images|frames) (?:were|are) not (?:provided|attached|visible))",
     re.IGNORECASE,
 )
+_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
+_SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)|[。！？]")
 _FENCE_RE = re.compile(r"^```[a-zA-Z]*\s*|\s*```\s*$")
 _LABEL_RE = (
     r"(?:\*\*|#+\s*)?{label}(?:\s+caption)?\s*"
@@ -54,7 +56,7 @@ _LABEL_RE = (
 
 def is_refusal(text: str) -> bool:
     """True for replies that decline the task ("I'm sorry, I can't ...")."""
-    head = text.strip().strip('"').strip()
+    head = text.replace("\u2019", "'").strip().strip('"').strip()  # GPT-4o writes "I’m sorry"
     return bool(_REFUSAL_RE.match(head) or _REFUSAL_ANYWHERE_RE.search(head[:400]))
 
 
@@ -83,20 +85,31 @@ def garbled_reason(text: str) -> str | None:
     return None
 
 
+def word_count(text: str) -> int:
+    """Words for the length bounds; runs of CJK characters count as about 1.5 characters per word, so
+    bounds mean the same for a caption written in Chinese or Japanese."""
+    n = 0
+    for tok in text.split():
+        cjk = len(_CJK_RE.findall(tok))
+        n += max(1, round(cjk / 1.5)) if cjk else 1
+    return n
+
+
 def _bound(text: str, out: Output) -> str:
-    words = text.split()
-    if len(words) < out.min_words:
-        raise HygieneError("length", f"{out.key}: {len(words)} words, fewer than {out.min_words}")
-    if len(words) <= out.max_words:
+    n = word_count(text)
+    if n < out.min_words:
+        raise HygieneError("length", f"{out.key}: {n} words, fewer than {out.min_words}")
+    if n <= out.max_words:
         return text
     # Too long: keep whole sentences up to the bound; a reply with no sentence end inside it is a runaway.
-    head = " ".join(words[: out.max_words])
-    cut = max(
-        head.rfind(". "), head.rfind("! "), head.rfind("? "), head.rfind(".") if head.endswith(".") else -1
-    )
-    kept = head[: cut + 1].strip() if cut > 0 else ""
-    if len(kept.split()) < max(out.min_words, out.max_words // 2):
-        raise HygieneError("length", f"{out.key}: {len(words)} words, more than {out.max_words}")
+    kept = ""
+    for m in _SENTENCE_END_RE.finditer(text):
+        head = text[: m.end()].strip()
+        if word_count(head) > out.max_words:
+            break
+        kept = head
+    if word_count(kept) < max(out.min_words, out.max_words // 2):
+        raise HygieneError("length", f"{out.key}: {n} words, more than {out.max_words}")
     return kept
 
 

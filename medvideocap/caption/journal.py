@@ -76,6 +76,11 @@ class Journal:
     def ok_ids(self) -> set[str]:
         return {k for k, e in self.entries.items() if e.get("ok")}
 
+    def settled_ids(self) -> set[str]:
+        """Ids a rerun skips: captioned, or failed for good (``final``: the reply or the video was
+        the problem, not the backend)."""
+        return {k for k, e in self.entries.items() if e.get("ok") or e.get("final", True)}
+
     def failed_ids(self) -> set[str]:
         return {k for k, e in self.entries.items() if not e.get("ok")}
 

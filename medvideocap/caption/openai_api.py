@@ -124,6 +124,11 @@ class OpenAICaptioner(BaseCaptioner):
         key = os.environ.get(env_name)
         if api_key_env and not key:
             raise ValueError(f"environment variable {api_key_env} (the API key) is not set")
+        if not key and self.endpoint == DEFAULT_ENDPOINT:
+            raise ValueError(
+                f"the OpenAI API needs a key: set {env_name} (or name another variable with --api-key-env); "
+                "for a local server without keys pass --endpoint"
+            )
         self._key_env = env_name
         self._key = key or None
         self.concurrency = concurrency

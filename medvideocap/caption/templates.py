@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -75,13 +76,16 @@ class Template:
             "category": record.category.value,
             "fields": list(self.fields),
         }
-        env = SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
         try:
-            return env.from_string(self.system).render(**ctx).strip(), env.from_string(self.user).render(
-                **ctx
-            ).strip()
+            system, user = self._compiled
+            return system.render(**ctx).strip(), user.render(**ctx).strip()
         except Exception as exc:  # jinja errors carry no file name; add it
             raise TemplateError(f"{self.path}: cannot render: {exc}") from exc
+
+    @cached_property
+    def _compiled(self) -> tuple[Any, Any]:
+        env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+        return env.from_string(self.system), env.from_string(self.user)
 
 
 def _cut(text: str | None) -> str | None:

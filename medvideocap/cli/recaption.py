@@ -96,6 +96,30 @@ import click
     type=click.Choice(["local", "ray"]),
     help="local: threads in this process; ray: Ray Data actors (cluster from RAY_ADDRESS or a local one).",
 )
+@click.option(
+    "--max-new-tokens",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Reply length cap (default: the template's).",
+)
+@click.option(
+    "--temperature",
+    default=None,
+    type=click.FloatRange(min=0),
+    help="Sampling temperature (default: the template's).",
+)
+@click.option(
+    "--no-hygiene",
+    is_flag=True,
+    help="Keep replies that fail the refusal/garbage/length checks (debugging, tiny demo models only).",
+)
+@click.option(
+    "--ray-actors",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="--engine ray: captioner actors (each loads the model once; one GPU each when the cluster has GPUs).",
+)
 @click.option("--revision", default=None, help="Hub revision when SOURCE is a repo id.")
 @click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
 def command(source: str, out: str, backend: str, **opts: Any) -> None:
@@ -106,7 +130,13 @@ def command(source: str, out: str, backend: str, **opts: Any) -> None:
 
     from medvideocap.recaption import recaption
 
-    backend_options: dict[str, Any] = {"revision": opts["model_revision"]}
+    backend_options: dict[str, Any] = {
+        "revision": opts["model_revision"],
+        "check_quality": not opts["no_hygiene"],
+    }
+    params = {k: opts[k] for k in ("max_new_tokens", "temperature") if opts[k] is not None}
+    if params:
+        backend_options["params"] = params
     if opts["model"]:
         backend_options["model"] = opts["model"]
     if backend == "openai":
@@ -120,6 +150,8 @@ def command(source: str, out: str, backend: str, **opts: Any) -> None:
         backend_options["batch_size"] = opts["batch_size"]
         if opts["device"]:
             backend_options["device"] = opts["device"]
+    if opts["engine"] == "ray":
+        backend_options["ray_actors"] = opts["ray_actors"]
     try:
         summary = recaption(
             source,
