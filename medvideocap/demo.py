@@ -113,6 +113,8 @@ def run_demo(out: Path) -> None:
           "--set", "mixed_precision='no'", "--set", "gradient_checkpointing=false",
           "--set", "text_seq_len=32", "--set", "lora_rank=4", "--set", "lora_alpha=4",
           "--set", "log_every=1", "--set", "checkpoint_every=3", "--set", "validation_every=0",
+          "--set", "validation_frames=9", "--set", "validation_height=64", "--set", "validation_width=96",
+          "--set", "validation_steps=2",
           "--set", "report_to=null", "--set", "warmup_steps=0", "--set", "learning_rate=1e-3")
     console.rule("[bold green]demo finished")
     console.print(f"dataset: {dataset}\nlatents: {latents}\ntraining run: {run}")

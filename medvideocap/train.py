@@ -59,7 +59,8 @@ class TrainConfig(BaseModel):
 
     # where things are
     output_dir: str = "runs/medgen"
-    latents: str | None = None  # an `encode-latents` cache folder
+    latents: str | None = None  # an `encode-latents` cache folder (the fast path)
+    source: str | None = None  # or encode on the fly: any dataset `medvideocap.load` reads
     split: str = "train"
     expect_fingerprint: str | None = None  # refuse a cache built from a different dataset/recipe
     # model
@@ -74,6 +75,11 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = True
     mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
     # data
+    frames: int = 81  # on-the-fly only (a cache fixed these when it was encoded)
+    height: int = 480
+    width: int = 832
+    fps: float = 16.0
+    caption: str = "detailed"
     batch_size: int = 1  # per device
     gradient_accumulation_steps: int = 1
     num_workers: int = 2
@@ -198,20 +204,61 @@ class EpochIndexed(torch.utils.data.Dataset):
 
 
 def open_dataset(cfg: TrainConfig) -> Any:
-    """The latent cache written by ``encode-latents`` (normalised latents + unpadded UMT5 embeddings)."""
-    from medvideocap.latents import load_latents
+    """The latent cache written by ``encode-latents`` (normalised latents + unpadded UMT5 embeddings), or,
+    without one, pixel clips from ``medvideocap.load`` for :class:`OnTheFlyEncoder`."""
+    if cfg.latents:
+        from medvideocap.latents import load_latents
 
-    if not cfg.latents:
-        raise ValueError(
-            "no training data: set latents=PATH to an `medvideocap encode-latents` output folder"
+        return load_latents(
+            cfg.latents,
+            split=cfg.split,
+            expect_fingerprint=cfg.expect_fingerprint,
+            normalize=True,
+            sample_seed=cfg.seed,
         )
-    return load_latents(
-        cfg.latents,
-        split=cfg.split,
-        expect_fingerprint=cfg.expect_fingerprint,
-        normalize=True,
-        sample_seed=cfg.seed,
-    )
+    if cfg.source:
+        from medvideocap.frames import FrameSpec
+        from medvideocap.load import load
+
+        spec = FrameSpec(
+            num_frames=cfg.frames, fps=cfg.fps, height=cfg.height, width=cfg.width, seed=cfg.seed
+        )
+        return load(cfg.source, cfg.split, frames=spec, caption=cfg.caption, seed=cfg.seed)
+    raise ValueError("no training data: set latents=PATH (an encode-latents folder) or source=DATASET")
+
+
+class OnTheFlyEncoder:
+    """Turns a pixel batch from ``medvideocap.load`` into the batch a latent cache would give, with the
+    same models and steps as ``encode-latents`` (its ``BatchEncoder``). Costs a VAE + UMT5 pass per step
+    and their memory on the GPU: pre-encode for real runs, use this to try a dataset quickly."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        from medvideocap.encode_latents import BatchEncoder, EncodeConfig
+
+        config = EncodeConfig(
+            vae=cfg.model_id,
+            vae_revision=cfg.revision,
+            text_encoder_revision=cfg.revision,
+            max_length=cfg.text_seq_len,
+            caption=cfg.caption,
+            device=str(device),
+        )
+        self.encoder = BatchEncoder(config)
+        self.manifest = self.encoder.manifest
+        self.text_seq_len = cfg.text_seq_len
+        c = len(self.manifest["latents_mean"])
+        self.mean = torch.tensor(self.manifest["latents_mean"], device=device).view(1, c, 1, 1, 1)
+        self.std = torch.tensor(self.manifest["latents_std"], device=device).view(1, c, 1, 1, 1)
+
+    def __call__(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        mean, logvar = (t.to(self.mean.device) for t in self.encoder.encode_videos(batch["video"]))
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        latents = (mean + torch.exp(0.5 * logvar) * noise - self.mean) / self.std
+        texts = self.encoder.encode_texts(batch["caption"])
+        embeds = torch.zeros(len(texts), self.text_seq_len, texts[0].shape[-1], device=latents.device)
+        for i, t in enumerate(texts):
+            embeds[i, : t.shape[0]] = t.to(latents.device)
+        return {"latents": latents, "prompt_embeds": embeds, "id": batch["id"], "caption": batch["caption"]}
 
 
 def make_collate(text_seq_len: int) -> Any:
@@ -540,6 +587,12 @@ def validate(
     return out
 
 
+def _pixel_collate(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    from medvideocap.load import collate
+
+    return collate(items)
+
+
 def _dtype(mixed_precision: str) -> torch.dtype:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
 
@@ -584,20 +637,23 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
 
     # data
     dataset = dataset if dataset is not None else open_dataset(cfg)
-    manifest: dict[str, Any] = getattr(dataset, "manifest", None) or {}
-    sample = dataset[0]
+    on_the_fly = OnTheFlyEncoder(cfg, device) if cfg.latents is None and cfg.source else None
+    manifest: dict[str, Any] = on_the_fly.manifest if on_the_fly else getattr(dataset, "manifest", None) or {}
 
     # model + optimiser
     weight_dtype = _dtype(cfg.mixed_precision)
     transformer = build_transformer(cfg, weight_dtype)
     model_config: Any = transformer.config
     channels, text_dim = int(model_config.in_channels), int(model_config.text_dim)
-    if sample["latents"].shape[0] != channels or sample["prompt_embeds"].shape[-1] != text_dim:
-        raise ValueError(
-            f"{cfg.latents or 'dataset'}: latents have {sample['latents'].shape[0]} channels and prompts "
-            f"{sample['prompt_embeds'].shape[-1]} dims, but {cfg.model_id} expects {channels} and {text_dim}: "
-            f"was the cache encoded with this model's VAE and text encoder ({manifest.get('vae_id')})?"
-        )
+    if on_the_fly is None:
+        sample = dataset[0]
+        if sample["latents"].shape[0] != channels or sample["prompt_embeds"].shape[-1] != text_dim:
+            raise ValueError(
+                f"{cfg.latents or 'dataset'}: latents have {sample['latents'].shape[0]} channels and prompts "
+                f"{sample['prompt_embeds'].shape[-1]} dims, but {cfg.model_id} expects {channels} and "
+                f"{text_dim}: was the cache encoded with this model's VAE and text encoder "
+                f"({manifest.get('vae_id')})?"
+            )
     if cfg.caption_dropout > 0 and cfg.caption_dropout_embeds == "empty":
         null_embeds = empty_prompt_embeds(cfg, manifest, device)
     else:
@@ -646,7 +702,8 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
         gen.set_state(load_file(resume_from / f"noise_rng_{accelerator.process_index}.safetensors")["state"])
         if ema is not None:
             load_ema(ema, [n for n, _ in named], resume_from)
-        console.print(f"resumed from {resume_from} at step {state['step']}")
+        if accelerator.is_main_process:
+            console.print(f"resumed from {resume_from} at step {state['step']}")
 
     batch_plan = ResumableBatches(
         dataset,
@@ -660,7 +717,7 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
         EpochIndexed(dataset),
         batch_sampler=batch_plan,
         num_workers=cfg.num_workers,
-        collate_fn=make_collate(cfg.text_seq_len),
+        collate_fn=_pixel_collate if on_the_fly else make_collate(cfg.text_seq_len),
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.num_workers > 0,
     )
@@ -671,6 +728,7 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
         "revision": cfg.revision,
         "mode": cfg.mode,
         "latents": cfg.latents,
+        "source": cfg.source if on_the_fly else None,
         "latents_fingerprint": manifest.get("fingerprint"),
         "caption": manifest.get("caption"),
         "num_items": len(dataset),
@@ -690,8 +748,13 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
     while state["step"] < stop:
         step_loss = torch.zeros((), device=device)
         for micro in range(cfg.gradient_accumulation_steps):
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
-            state["consumed_batches"] += 1
+            batch: Any = None
+            while batch is None:  # the pixel loader yields None for a batch of only unreadable clips
+                batch = next(batches)
+                state["consumed_batches"] += 1
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            if on_the_fly is not None:
+                batch = on_the_fly(batch, gen)
             last = micro == cfg.gradient_accumulation_steps - 1
             with accelerator.no_sync(transformer) if not last else contextlib.nullcontext():
                 with accelerator.autocast():

@@ -386,3 +386,28 @@ def test_module_entry_point_prints_the_resolved_config() -> None:
     ).stdout
     cfg = yaml.safe_load(out)
     assert cfg["mode"] == "full" and cfg["max_steps"] == 9 and cfg["seed"] == 1024
+
+
+def test_on_the_fly_encoding_trains_from_pixels_and_resumes_identically(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    hub = latent_cache.parent / "hub"  # the hub-native clips the cache was encoded from
+    opts = {
+        "latents": None,
+        "source": str(hub),
+        "frames": FRAMES,
+        "height": HEIGHT,
+        "width": WIDTH,
+        "fps": 8.0,
+        "mode": "lora",
+        "batch_size": 2,
+        "max_steps": 4,
+        "learning_rate": 1e-2,
+        "caption_dropout": 0.0,
+    }
+    straight = train(tiny_train_config(tmp_path / "a", tiny_pipeline_dir, latent_cache, **opts))
+    first = train(tiny_train_config(tmp_path / "b", tiny_pipeline_dir, latent_cache, stop_at_step=2, **opts))
+    resumed = train(tiny_train_config(tmp_path / "b", tiny_pipeline_dir, latent_cache, **opts))
+    assert len(straight.losses) == 4 and np.isfinite(straight.losses).all()
+    np.testing.assert_allclose(first.losses + resumed.losses, straight.losses, rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "a" / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
