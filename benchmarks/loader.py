@@ -6,7 +6,8 @@ Every path fetches the same frames (FrameSpec window, centred, so no path gets l
 produces the same output: float (C, T, H, W) in [-1, 1] at the same size.
 
 (a) raw: each decoder library called directly on the mp4 file (torchcodec, decord, PyAV), plus
-    torchvision resize + centre crop; torchcodec also with its own in-decoder resize, for comparison.
+    torchvision resize + centre crop (``--decoder-resize``: torchcodec resizing inside the decoder too;
+    slower than torchvision here, 0.6-0.75x, which is why the loader resizes with torchvision).
 (b) ours: ``medvideocap.load(dir, backend=...)`` indexing the map-style dataset (pread from the shard).
 (c) datasets: ``load_dataset(dir)`` on the same layout, ``row["mp4"].get_frames_at(...)`` + resize.
 
@@ -15,7 +16,7 @@ counted in CPU seconds of this process (all paths are single-threaded), which ot
 shared machine do not inflate; wall-clock figures are printed beside them. Also reports the
 resident-memory growth of the loader over ``--rss-samples`` items.
 
-    .venv/bin/python benchmarks/loader.py                     # ~2-4 min on 2 cores
+    .venv/bin/python benchmarks/loader.py                     # ~3-4 min on 2 cores
     .venv/bin/python benchmarks/loader.py --clips 8 --frames 81 --rounds 3
     .venv/bin/python benchmarks/loader.py --only-rss --rss-samples 10000 --rss-backends torchcodec,decord,pyav
 """
@@ -103,7 +104,7 @@ def resize(frames: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def raw_paths(
-    files: list[Path], plans: list[list[int]], h: int, w: int
+    files: list[Path], plans: list[list[int]], h: int, w: int, decoder_resize: bool = False
 ) -> dict[str, Callable[[int], torch.Tensor]]:
     def torchcodec_raw(i: int) -> torch.Tensor:
         from torchcodec.decoders import VideoDecoder
@@ -148,12 +149,10 @@ def raw_paths(
             arr = np.stack([got[pts[k]] for k in plans[i]])
         return resize(torch.from_numpy(arr).permute(0, 3, 1, 2), h, w)
 
-    return {
-        "raw torchcodec": torchcodec_raw,
-        "raw torchcodec (decoder resize)": torchcodec_own_resize,
-        "raw decord": decord_raw,
-        "raw pyav": pyav_raw,
-    }
+    paths = {"raw torchcodec": torchcodec_raw, "raw decord": decord_raw, "raw pyav": pyav_raw}
+    if decoder_resize:
+        paths["raw torchcodec (decoder resize)"] = torchcodec_own_resize
+    return paths
 
 
 def compare_speed(args: argparse.Namespace, root: Path, files: list[Path], work: Path) -> None:
@@ -183,7 +182,9 @@ def compare_speed(args: argparse.Namespace, root: Path, files: list[Path], work:
         f"{args.width})"
     )
 
-    paths: dict[str, Callable[[int], torch.Tensor]] = raw_paths(files, plans, args.height, args.width)
+    paths: dict[str, Callable[[int], torch.Tensor]] = raw_paths(
+        files, plans, args.height, args.width, args.decoder_resize
+    )
     for backend, ds in ours.items():
         paths[f"ours {backend}"] = lambda i, ds=ds: ds[order[i]]["video"]
 
@@ -289,13 +290,16 @@ def main() -> None:
     ap.add_argument("--target-fps", type=float, default=16.0, help="FrameSpec.fps")
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=832)
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best round counts")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best round counts")
     ap.add_argument("--rss-samples", type=int, default=120, help="loader items read for the memory check")
     ap.add_argument(
         "--rss-backends", default="torchcodec", help="backends for the memory check, comma-separated"
     )
     ap.add_argument("--only-rss", action="store_true", help="skip the speed comparison, run the memory check")
     ap.add_argument("--skip-datasets", action="store_true", help="leave out the load_dataset path")
+    ap.add_argument(
+        "--decoder-resize", action="store_true", help="also time torchcodec resizing inside the decoder"
+    )
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)

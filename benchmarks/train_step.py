@@ -22,31 +22,16 @@ from typing import Any
 
 import torch
 
-# Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json
-WAN_1_3B = {
-    "patch_size": (1, 2, 2),
-    "num_attention_heads": 12,
-    "attention_head_dim": 128,
-    "in_channels": 16,
-    "out_channels": 16,
-    "text_dim": 4096,
-    "freq_dim": 256,
-    "ffn_dim": 8960,
-    "num_layers": 30,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-6,
-    "rope_max_seq_len": 1024,
-}
-
 
 def random_transformer(dtype: torch.dtype) -> Any:
     """The real 1.3B architecture with random weights, cast like ``from_pretrained(torch_dtype=...)``
     (modules diffusers keeps in fp32 stay fp32)."""
     from diffusers import WanTransformer3DModel
 
+    from medvideocap.tiny import WAN_1_3B_TRANSFORMER_CONFIG
+
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model: Any = WanTransformer3DModel(**WAN_1_3B)
+        model: Any = WanTransformer3DModel(**WAN_1_3B_TRANSFORMER_CONFIG)
     model.to(dtype)
     keep = getattr(model, "_keep_in_fp32_modules", None) or []
     for name, module in model.named_modules():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 
 def fail(message: str) -> None:
@@ -69,7 +70,7 @@ def main() -> None:
         if args.random_init:
             from diffusers import AutoencoderKLWan
 
-            vae = AutoencoderKLWan().to("cuda", dtype).eval().requires_grad_(False)
+            vae: Any = AutoencoderKLWan().to("cuda", dtype).eval().requires_grad_(False)  # type: ignore[attr-defined]
             if args.tiling:
                 vae.enable_tiling()
             if args.slicing:

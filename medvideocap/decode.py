@@ -194,7 +194,7 @@ class PyAVDecoder(Decoder):
 
         self._src: Any = io.BytesIO(source) if isinstance(source, bytes) else str(source)
         try:
-            self._container = av.open(self._src)
+            self._container = av.open(self._src, mode="r")
             stream = self._container.streams.video[0]
         except Exception as exc:
             raise DecodeError(f"{name}: PyAV cannot open it: {exc}") from exc
@@ -215,7 +215,7 @@ class PyAVDecoder(Decoder):
             raise DecodeError(f"{name}: PyAV found no video packets")
         self._pts = sorted(pts)
         self._keys = sorted(keys)
-        self._tb = float(stream.time_base)
+        self._tb = float(stream.time_base or 0)
         self.num_frames = len(self._pts)
         rate = stream.average_rate or stream.guessed_rate
         self.fps = (

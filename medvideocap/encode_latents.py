@@ -72,6 +72,7 @@ class EncodeConfig:
     slicing: bool = False
     rows_per_shard: int = 64
     backend: str = "torchcodec"  # video decoder used by medvideocap.load
+    num_workers: int = 0  # DataLoader processes decoding clips ahead of the encoder
     frames: Any = None  # FrameSpec; None: the default spec with a deterministic (centre) window
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -175,7 +176,7 @@ def load_text_encoder(config: EncodeConfig) -> tuple[Any, Any]:
     if config.text_encoder_revision:
         kw["revision"] = config.text_encoder_revision
     model_config = AutoConfig.from_pretrained(name, subfolder=config.text_encoder_subfolder or "", **kw)
-    classes = {"umt5": UMT5EncoderModel, "t5": T5EncoderModel}
+    classes: dict[str, Any] = {"umt5": UMT5EncoderModel, "t5": T5EncoderModel}
     if model_config.model_type not in classes:
         raise ValueError(
             f"{name}/{config.text_encoder_subfolder}: text encoder type {model_config.model_type!r} is not "
@@ -200,7 +201,7 @@ def _vae_normalization(vae: Any) -> tuple[list[float], list[float]]:
     cfg = vae.config
     if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
         return [float(v) for v in cfg.latents_mean], [float(v) for v in cfg.latents_std]
-    channels = int(getattr(cfg, "z_dim", None) or getattr(cfg, "latent_channels", 0))
+    channels = int(getattr(cfg, "z_dim", None) or getattr(cfg, "latent_channels", None) or 0)
     scale = getattr(cfg, "scaling_factor", None)
     if not channels or scale is None:
         raise ValueError(f"{type(vae).__name__}: config has neither latents_mean/std nor scaling_factor")
@@ -341,9 +342,9 @@ class BatchEncoder:
                 "width": int(w),
                 "height": int(h),
                 "num_frames": int(t),
-                "duration_sec": (ts_list[-1] - ts_list[0]) if ts_list and len(ts_list) > 1 else None,
-                "fps": _sampled_fps(ts_list),
-                "split": getattr(rec, "split", None),
+                "duration_sec": (t / fps) if (fps := _sampled_fps(ts_list)) else None,
+                "fps": fps,
+                "split": getattr(rec, "split", None),  # the encode loop sets the split it read
                 "latent_kind": self.config.store,
                 "vae_logvar_bytes": None,
                 "vae_logvar_shape": None,
@@ -437,7 +438,7 @@ def encode_items(
     *,
     rank: int = 0,
     world_size: int = 1,
-    report: EncodeReport | None = None,
+    done: set[str] | None = None,
 ) -> EncodeReport:
     """The core loop over already-loaded items (the in-process engine): skip finished ids, keep this
     rank's ids, batch by shape, encode, write shards. Items are dicts with ``video`` (C, T, H, W) in
@@ -445,9 +446,8 @@ def encode_items(
     out = Path(out)
     manifest = write_manifest(out, encoder.manifest)
     encoder.fingerprint = manifest["fingerprint"]
-    report = report or EncodeReport(split=split, rank=rank, world_size=world_size)
-    report.fingerprint = encoder.fingerprint
-    done = finished_ids(out, split)
+    report = EncodeReport(split=split, rank=rank, world_size=world_size, fingerprint=encoder.fingerprint)
+    done = finished_ids(out, split) if done is None else done
     writer = ShardWriter(out, split, rank, rows_per_shard=encoder.config.rows_per_shard)
 
     def todo() -> Iterator[dict[str, Any]]:
@@ -463,6 +463,7 @@ def encode_items(
 
     for batch in _batched_by_shape(todo(), encoder.config.batch_size):
         for row in encoder.encode_batch(batch):
+            row["split"] = split
             writer.add(row)
             report.encoded += 1
     writer.flush()
@@ -497,22 +498,46 @@ def _dataset_ids(dataset: Any) -> list[str] | None:
     return None
 
 
-def _iter_source(
-    dataset: Any, ids: list[str], wanted: set[str], dropped: DroppedLog
-) -> Iterator[dict[str, Any]]:
-    """Load only the clips this rank still needs; a clip that fails to decode is logged, not fatal."""
-    for i, clip_id in enumerate(ids):
-        if clip_id not in wanted:
-            continue
+class _Guarded:
+    """Map-style view of the wanted clips that never raises: a failure becomes ``{"id", "error"}``
+    (computed in the worker that saw it), so DataLoader workers can decode ahead of the GPU and one bad
+    clip is recorded instead of killing the run."""
+
+    def __init__(self, dataset: Any, indices: list[int], ids: list[str]):
+        self.dataset, self.indices, self.ids = dataset, indices, ids
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        clip_id = self.ids[self.indices[k]]
         try:
-            item = dataset[i]
+            item = self.dataset[self.indices[k]]
         except Exception as exc:  # noqa: BLE001 - one bad clip must not stop a day-long job
-            dropped.add(clip_id, "load", f"{type(exc).__name__}: {exc}")
-            continue
+            return {"id": clip_id, "error": f"{type(exc).__name__}: {exc}"}
         if item is None:
-            skipped = getattr(getattr(dataset, "stats", None), "skipped_ids", None)
-            reason = skipped[-1][1] if skipped else "the loader skipped the clip"
-            dropped.add(clip_id, "load", reason)
+            skipped = getattr(getattr(self.dataset, "stats", None), "skipped_ids", None)
+            return {"id": clip_id, "error": skipped[-1][1] if skipped else "the loader skipped the clip"}
+        return item
+
+
+def _iter_source(
+    dataset: Any, ids: list[str], wanted: set[str], dropped: DroppedLog, num_workers: int
+) -> Iterator[dict[str, Any]]:
+    """Decode only the clips this rank still needs, in id order, ``num_workers`` processes ahead."""
+    from torch.utils.data import DataLoader
+
+    guarded = _Guarded(dataset, [i for i, cid in enumerate(ids) if cid in wanted], ids)
+    loader: DataLoader[dict[str, Any]] = DataLoader(
+        guarded,  # type: ignore[arg-type]
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        prefetch_factor=2 if num_workers else None,
+    )
+    for item in loader:
+        if "error" in item:
+            dropped.add(item["id"], "load", item["error"])
             continue
         yield item
 
@@ -546,7 +571,7 @@ def encode_latents(
         if limit is not None:
             ids = ids[:limit]
         if engine == "ray":
-            reports.append(_encode_with_ray(source, dataset, ids, out, split, config, rank, world_size))
+            reports.append(_encode_with_ray(source, ids, out, split, config, rank, world_size))
             continue
         assert encoder is not None
         manifest = write_manifest(out, encoder.manifest)
@@ -558,8 +583,9 @@ def encode_latents(
         report.assigned = len(mine)
         report.skipped_done = sum(cid in done for cid in mine)
         before = len(dropped.rows)
-        items = _iter_source(dataset, ids, {cid for cid in mine if cid not in done}, dropped)
-        inner = encode_items(items, out, split, encoder, rank=rank, world_size=world_size)
+        wanted = {cid for cid in mine if cid not in done}
+        items = _iter_source(dataset, ids, wanted, dropped, config.num_workers)
+        inner = encode_items(items, out, split, encoder, rank=rank, world_size=world_size, done=done)
         report.encoded = inner.encoded
         report.shards = inner.shards
         report.fingerprint = inner.fingerprint
@@ -605,7 +631,6 @@ class _RayEncodeFn:
 
 def _encode_with_ray(
     source: str | Path,
-    dataset: Any,
     ids: list[str],
     out: Path,
     split: str,
@@ -616,13 +641,13 @@ def _encode_with_ray(
     """Same ids, resume and shard files as the local engine; Ray actors do the encoding, this driver
     (one rank) writes the shards, so the cache looks the same whichever engine made it."""
     import ray
-    import torch
 
+    # The manifest needs the VAE config (normalisation) before any actor starts: read it on the CPU.
     vae = load_vae(dataclasses.replace(config, device="cpu", compute_dtype="float32"))
-    probe = dataclasses.replace(
+    actor_config = dataclasses.replace(
         config, device=config.resolved_device(), compute_dtype=config.resolved_compute_dtype()
     )
-    manifest = write_manifest(out, build_manifest(probe, vae))
+    manifest = write_manifest(out, build_manifest(actor_config, vae))
     del vae
     done = finished_ids(out, split)
     dropped = DroppedLog(out, split, rank)
@@ -638,34 +663,40 @@ def _encode_with_ray(
             todo.append({"index": i, "id": cid})
     if not todo:
         return report
-    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
-    use_gpu = torch.cuda.is_available() and probe.resolved_device().startswith("cuda")
-    ds = ray.data.from_items(todo).map_batches(
-        _RayEncodeFn,
-        fn_constructor_kwargs={
-            "source": str(source),
-            "split": split,
-            "config": probe,
-            "fingerprint": manifest["fingerprint"],
-        },
-        batch_size=config.batch_size,
-        batch_format="default",
-        num_gpus=1 if use_gpu else 0,
-        concurrency=int(config.extra.get("ray_concurrency", 1)),
-    )
-    writer = ShardWriter(out, split, rank, rows_per_shard=config.rows_per_shard)
-    for row in ds.iter_rows():
-        row = dict(row)
-        if row.get("__error__"):
-            dropped.add(row["id"], "load", row["__error__"])
-            report.dropped += 1
-            continue
-        row.pop("__error__", None)
-        for k, v in list(row.items()):
-            if isinstance(v, np.ndarray):
-                row[k] = v.tolist()
-        writer.add(row)
-        report.encoded += 1
-    writer.flush()
-    report.shards = [str(p) for p in writer.written]
+    started = not ray.is_initialized()
+    if started:  # RAY_ADDRESS, when set, joins an existing cluster
+        ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        ds = ray.data.from_items(todo).map_batches(
+            _RayEncodeFn,
+            fn_constructor_kwargs={
+                "source": str(source),
+                "split": split,
+                "config": actor_config,
+                "fingerprint": manifest["fingerprint"],
+            },
+            batch_size=config.batch_size,
+            batch_format="default",
+            num_gpus=1 if actor_config.resolved_device().startswith("cuda") else 0,
+            concurrency=int(config.extra.get("ray_concurrency", 1)),
+        )
+        writer = ShardWriter(out, split, rank, rows_per_shard=config.rows_per_shard)
+        for row in ds.iter_rows():
+            row = dict(row)
+            error = row.pop("__error__", None)
+            if error:
+                dropped.add(row["id"], "load", error)
+                report.dropped += 1
+                continue
+            row["split"] = split
+            for k, v in list(row.items()):
+                if isinstance(v, np.ndarray):
+                    row[k] = v.tolist()
+            writer.add(row)
+            report.encoded += 1
+        writer.flush()
+        report.shards = [str(p) for p in writer.written]
+    finally:
+        if started:
+            ray.shutdown()
     return report

@@ -26,6 +26,7 @@ import math
 import os
 import random
 import re
+import socket
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -100,7 +101,18 @@ ARROW_SCHEMA = pa.schema(
 )
 BYTES_COLUMNS = ("vae_latent_bytes", "vae_logvar_bytes", "text_embedding_bytes", "text_attention_mask_bytes")
 INDEX_COLUMNS = tuple(n for n in ARROW_SCHEMA.names if n not in BYTES_COLUMNS)
-_READ_COLUMNS = ("vae_latent_bytes", "vae_logvar_bytes", "text_embedding_bytes")
+_ITEM_COLUMNS = (
+    "id",
+    "caption",
+    "latent_kind",
+    "text_len",
+    "vae_latent_shape",
+    "vae_latent_dtype",
+    "vae_logvar_shape",
+    "vae_logvar_dtype",
+    "text_embedding_shape",
+    "text_embedding_dtype",
+)
 ROW_GROUP_BYTES = 4 << 20  # real Wan rows (~20 MB) get a row group each
 
 
@@ -132,7 +144,8 @@ def fingerprint(manifest: dict[str, Any]) -> str:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Readers (and a resumed run) never see half a file: write a private tmp name, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # host + pid: ranks on several machines may write the same (identical) manifest to a shared disk
+    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -328,17 +341,18 @@ class LatentCache:
                 f"{self.root}: no shards for split {split!r} (splits found: {self.splits})"
             )
         self.refs: list[RowRef] = []
-        columns: dict[str, list[Any]] = {n: [] for n in INDEX_COLUMNS}
+        tables = []
         for fi, path in enumerate(self.files):
             pf = pq.ParquetFile(path)
             for gi in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(gi).num_rows
                 self.refs.extend(RowRef(fi, gi, r) for r in range(n))
-            table = pf.read(columns=list(INDEX_COLUMNS))
-            for name in INDEX_COLUMNS:
-                columns[name].extend(table.column(name).to_pylist())
-        self.index = columns
-        self.ids: list[str] = columns["id"]
+            tables.append(pf.read(columns=list(INDEX_COLUMNS)))
+        # Everything but the bytes, as Arrow (cheap to hold and to share with forked workers); the few
+        # columns every item needs are also kept as Python lists.
+        self.table: pa.Table = pa.concat_tables(tables)
+        self.index: dict[str, list[Any]] = {n: self.table.column(n).to_pylist() for n in _ITEM_COLUMNS}
+        self.ids: list[str] = self.index["id"]
         seen: set[str] = set()
         for i, cid in enumerate(self.ids):
             if cid in seen:
@@ -346,16 +360,16 @@ class LatentCache:
                     f"{self.files[self.refs[i].file]}: clip id {cid!r} appears twice in the cache"
                 )
             seen.add(cid)
-        stray = {fp for fp in columns["fingerprint"] if fp != self.fingerprint}
+        stray = set(self.table.column("fingerprint").unique().to_pylist()) - {self.fingerprint}
         if stray:
             raise FingerprintMismatchError(
-                f"{self.root}/{split}: rows with fingerprints {sorted(stray)} != manifest"
+                f"{self.root}/{split}: rows with fingerprints {sorted(map(str, stray))} != manifest {self.fingerprint}"
             )
-        self.latent_shapes: list[tuple[int, ...]] = [tuple(s) for s in columns["vae_latent_shape"]]
+        self.latent_shapes: list[tuple[int, ...]] = [tuple(s) for s in self.index["vae_latent_shape"]]
         self.mean = np.asarray(self.manifest["latents_mean"], dtype=np.float32)
         self.std = np.asarray(self.manifest["latents_std"], dtype=np.float32)
         self._files: dict[int, pq.ParquetFile] = {}
-        self._groups: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._groups: OrderedDict[tuple[int, int, bool], pa.Table] = OrderedDict()
         self.cache_row_groups = 4
 
     def __len__(self) -> int:
@@ -397,7 +411,7 @@ class LatentCache:
         ``exclusive`` is True when the bytes were read for this call alone (an uncached one-row group
         in a buffer Arrow lets us write), so a tensor may take over their memory without a copy."""
         ref = self.refs[i]
-        out: dict[str, Any] = {name: self.index[name][i] for name in INDEX_COLUMNS}
+        out: dict[str, Any] = {name: self.index[name][i] for name in _ITEM_COLUMNS}
         with_logvar = with_logvar and out["latent_kind"] == "moments"
         table = self._group(ref.file, ref.group, with_logvar)
         out["exclusive"] = (ref.file, ref.group, with_logvar) not in self._groups
@@ -675,6 +689,7 @@ class StreamingLatentDataset(_IterBase):  # type: ignore[misc,valid-type]
         self.drop_last = drop_last
         self.epoch = 0
         self.position = 0  # items of this epoch's order already consumed by the caller
+        self._done_after: list[int] = []  # with batch_size: later items already yielded in a batch
         cache.cache_row_groups = max(cache.cache_row_groups, self.shuffle_window + 1)
 
     @property
@@ -706,13 +721,13 @@ class StreamingLatentDataset(_IterBase):  # type: ignore[misc,valid-type]
             if self.shuffle:
                 rng.shuffle(window)
             flat.extend(window)
+        # Contiguous slices keep each reader on its own row groups. Every rank gets the same number of
+        # items (DDP ranks must stay in step; the few left over differ each epoch as the order does);
+        # a rank's DataLoader workers then split its slice without dropping anything.
+        per_rank = len(flat) // self.world_size
+        mine = flat[self.rank * per_rank : (self.rank + 1) * per_rank]
         worker, num_workers = self._worker()
-        parts = self.world_size * num_workers
-        part = self.rank * num_workers + worker
-        # Contiguous slices keep each reader on its own row groups; all parts get the same length so
-        # that DDP ranks stay in step.
-        per = len(flat) // parts if parts > 1 else len(flat)
-        return flat[part * per : part * per + per]
+        return mine[worker * len(mine) // num_workers : (worker + 1) * len(mine) // num_workers]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -720,7 +735,7 @@ class StreamingLatentDataset(_IterBase):  # type: ignore[misc,valid-type]
         self.position = 0
 
     def __len__(self) -> int:
-        return len(self.cache) // self.world_size if self.world_size > 1 else len(self.cache)
+        return len(self.cache) // self.world_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.maker.epoch = self.epoch
@@ -730,6 +745,7 @@ class StreamingLatentDataset(_IterBase):  # type: ignore[misc,valid-type]
                 item = self.maker.make(order[k])
                 self.position = k + 1
                 yield item
+                del item  # hold no reference while reading the next row: its buffer can be reused
         else:
             yield from self._bucketed(order)
         self.set_epoch(self.epoch + 1)
@@ -762,8 +778,6 @@ class StreamingLatentDataset(_IterBase):  # type: ignore[misc,valid-type]
             if not self.drop_last:
                 yield collate_latents([self.maker.make(order[j]) for j in bucket])
         self._done_after = []
-
-    _done_after: list[int] = []
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -22,7 +22,7 @@ import sys
 import types
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -99,6 +99,14 @@ class LoaderStats:
         }
 
 
+def target_shape(spec: FrameSpec, record: ClipRecord) -> tuple[int, int, int]:
+    """(frames, height, width) of a clip's item, from its record alone: the bucketing sampler groups by
+    this before decoding, so the pipeline must use the very same numbers (not the decoder's count,
+    which can differ from the metadata by a frame)."""
+    frames = record.num_frames or max(1, int(round(record.duration * record.fps)))
+    return spec.target(frames, record.fps, record.width, record.height)
+
+
 class SamplePipeline:
     """Bytes + record -> training item. Shared by the map-style and the streaming datasets."""
 
@@ -171,7 +179,7 @@ class SamplePipeline:
         spec = self.frames
         decoder = self._decoder(video, where, cache_key)
         rng = sample_rng(spec.seed, epoch, record.id)
-        num, height, width = spec.target(decoder.num_frames, decoder.fps, decoder.width, decoder.height)
+        num, height, width = target_shape(spec, record)
         indices = spec.indices(decoder.num_frames, decoder.fps, num, rng)
         if indices is None:
             raise _TooShort(
@@ -195,7 +203,7 @@ class _TooShort(Exception):
     pass
 
 
-def collate(items: list[dict | None]) -> dict[str, Any] | None:
+def collate(items: Sequence[dict | None]) -> dict[str, Any] | None:
     """Stack equal-shaped items; records, captions and ids stay lists. Skipped items (None) are
     dropped, so a batch can be smaller than asked; a batch with nothing left is None."""
     kept = [it for it in items if it is not None]
@@ -274,8 +282,8 @@ class _UpstreamIndex:
         self.root = root
         self.problems = release.problems
         self._json = [json.dumps(c.record.to_json_dict()) for c in clips]
-        self._zip = [str(c.zip_path) for c in clips]
-        self._member = [c.member for c in clips]
+        self.zips = [str(c.zip_path) for c in clips]
+        self.members = [c.member for c in clips]
         self.ids = np.array([c.record.id for c in clips], dtype=str)
         self.handles = PerProcessCache(8, on_evict=_close_zip)
 
@@ -283,7 +291,7 @@ class _UpstreamIndex:
         return len(self._json)
 
     def record(self, i: int) -> ClipRecord:
-        return ClipRecord.from_json_dict(json.loads(self._json[i]), where=f"{self._zip[i]}:{self._member[i]}")
+        return ClipRecord.from_json_dict(json.loads(self._json[i]), where=f"{self.zips[i]}:{self.members[i]}")
 
 
 def _close_zip(handle: zipfile.ZipFile) -> None:
@@ -326,9 +334,7 @@ class ClipDataset(Dataset):
     def target_shape(self, i: int) -> tuple[int, int, int]:
         """(frames, height, width) of item ``i``, from metadata alone (no decoding): what the
         bucketing sampler groups by."""
-        rec = self.index.record(i)
-        frames = rec.num_frames or max(1, int(round(rec.duration * rec.fps)))
-        return self.frames.target(frames, rec.fps, rec.width, rec.height)
+        return target_shape(self.frames, self.index.record(i))
 
     def _reader(self, i: int) -> tuple[Any, str, Any]:
         index = self.index
@@ -341,7 +347,7 @@ class ClipDataset(Dataset):
                 f"{shard}:{index.ids[i]}.mp4",
                 (shard, offset),
             )
-        zpath, member = index._zip[i], index._member[i]
+        zpath, member = index.zips[i], index.members[i]
 
         def read() -> bytes:
             zf = index.handles.get(zpath, lambda: zipfile.ZipFile(zpath))
@@ -426,6 +432,12 @@ def load(
     ``streaming=True`` gives an ``IterableDataset`` over the tar shards with shard + buffer shuffling
     (``shuffle`` defaults to True there), split across DataLoader workers and ranks (``RANK``/``WORLD_SIZE``
     or ``rank``/``world_size``), with ``set_epoch`` and ``state_dict``/``load_state_dict``.
+
+    ``frames.seed`` drives window starts and random crops, ``seed`` the caption mix and the streaming
+    shuffle; both are mixed with the epoch and the clip id. A clip that cannot be decoded is skipped
+    with a :class:`SkippedSampleWarning` naming it and counted in ``dataset.stats`` (per process: with
+    DataLoader workers each worker counts its own), or raises :class:`~medvideocap.decode.DecodeError`
+    under ``on_error="raise"``.
     """
     spec = frames if frames is not None else FrameSpec()
     pipeline = SamplePipeline(

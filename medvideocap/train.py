@@ -3,15 +3,17 @@
 MedGen's weights are Wan2.1-T2V fine-tunes, but no training code shipped with them. This file is the
 whole recipe, meant to be read top to bottom: config -> data -> model -> objective -> checkpoints ->
 validation -> the loop. Everything heavy (VAE, UMT5) ran once in ``medvideocap encode-latents``; here
-only the transformer trains.
+only the transformer trains (``source=DATASET`` instead of ``latents=`` encodes on the fly, for quick tries).
 
     medvideocap train --config medgen-1.3b-lora --set latents=cache/ --set output_dir=runs/lora
     python -m medvideocap.train --config medgen-1.3b-lora latents=cache/ max_steps=2000
     accelerate launch --num_processes 8 -m medvideocap.train --config medgen-1.3b-full latents=cache/
 
-``accelerate launch`` (with an ``accelerate config`` for multi-node or FSDP) is all scaling needs. A job
-killed at any point restarts with the same command: ``resume: auto`` picks up the newest checkpoint and
-continues the same sequence of batches, noise and timesteps.
+``accelerate launch`` (with an ``accelerate config`` for multi-node or FSDP) or ``torchrun`` is all
+scaling needs (on CPUs, for a dry run of DDP: ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 ...``).
+A job killed at any point restarts with the same command: ``resume: auto`` picks up the newest checkpoint
+and continues the same sequence of batches, noise and timesteps (``stop_at_step`` ends a job early on
+purpose, for time-boxed cluster slots, without changing the LR schedule).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,26 @@ class TrainConfig(BaseModel):
     validation_fps: float = 16.0
     export_ema: bool = True  # the final export holds EMA weights (when EMA is on)
     export_pipeline: bool = True  # full mode: write a complete WanPipeline folder, not only transformer/
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        problems = []
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            problems.append(f"caption_dropout={self.caption_dropout} is not a probability")
+        if self.flow_shift <= 0:
+            problems.append(f"flow_shift={self.flow_shift} must be > 0 (1.0 = no shift)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append(f"ema_decay={self.ema_decay} must be in [0, 1) (0 disables EMA)")
+        if min(self.batch_size, self.gradient_accumulation_steps, self.max_steps, self.checkpoint_every) < 1:
+            problems.append(
+                "batch_size, gradient_accumulation_steps, max_steps, checkpoint_every must be >= 1"
+            )
+        for name in ("frames", "validation_frames"):
+            if (getattr(self, name) - 1) % 4:
+                problems.append(f"{name}={getattr(self, name)}: Wan's VAE needs 4k+1 frames (81, 49, 17, 5)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -614,6 +636,7 @@ class TrainResult:
 def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
     """Run (or resume) training; ``dataset`` defaults to the latent cache at ``cfg.latents``."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
@@ -621,6 +644,10 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
 
     console = Console(stderr=True)
     output_dir = Path(cfg.output_dir)
+    # accelerate keeps its settings in a process-wide singleton; start from a clean one (the distributed
+    # setup is kept) so train() can run again in one process with another precision (notebooks, tests).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         log_with=cfg.report_to,
@@ -639,6 +666,11 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
     dataset = dataset if dataset is not None else open_dataset(cfg)
     on_the_fly = OnTheFlyEncoder(cfg, device) if cfg.latents is None and cfg.source else None
     manifest: dict[str, Any] = on_the_fly.manifest if on_the_fly else getattr(dataset, "manifest", None) or {}
+    if manifest.get("caption") not in (None, cfg.caption):
+        raise ValueError(
+            f"{cfg.latents}: the cache was encoded from {manifest['caption']!r} captions but caption="
+            f"{cfg.caption!r}; re-encode with `encode-latents --caption {cfg.caption}` or set caption="
+        )
 
     # model + optimiser
     weight_dtype = _dtype(cfg.mixed_precision)
@@ -734,8 +766,14 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
         "num_items": len(dataset),
         "world_size": accelerator.num_processes,
     }
+    metrics = output_dir / "metrics.jsonl"  # one line per step; steps past the resumed checkpoint dropped
     if accelerator.is_main_process:
         (output_dir / "medvideocap_train.json").write_text(json.dumps(run_info, indent=2))
+        kept = metrics.read_text().splitlines() if metrics.exists() else []
+        kept = [line for line in kept if json.loads(line)["step"] <= state["step"]]
+        tmp = metrics.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, metrics)
 
     # the loop: one iteration = one optimizer step over gradient_accumulation_steps micro-batches
     result = TrainResult(step=state["step"], resumed_from=resume_from)
@@ -772,6 +810,14 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
         mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
         result.losses.append(mean_loss)
         result.steps.append(state["step"])
+        if accelerator.is_main_process:
+            with metrics.open("a") as f:
+                f.write(
+                    json.dumps(
+                        {"step": state["step"], "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0]}
+                    )
+                )
+                f.write("\n")
 
         if state["step"] % cfg.log_every == 0 or state["step"] == stop:
             elapsed = time.perf_counter() - t_last
@@ -810,12 +856,6 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
             val = validate(cfg, accelerator.unwrap_model(transformer), ema, state["step"], val_cache, device)
             result.validations.append(val)
     accelerator.end_training()
-    # accelerate keeps its settings in a process-wide singleton; forget them (not the distributed setup) so
-    # train() can run again in this process with another precision, as notebooks and tests do.
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
     return result
 
 

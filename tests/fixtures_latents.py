@@ -43,23 +43,28 @@ def write_hub_native(
 
     Clips listed in ``short_ids`` last 0.5 s: too short for :data:`SPEC`, so the loader skips them.
     Sources alternate between two lavfi patterns so latents differ from clip to clip."""
+    videos = root.parent / f"{root.name}-mp4"
+    paths = {}
+    for i in range(n):
+        clip_id = f"clip{i:03d}"
+        paths[clip_id] = make_video(
+            videos / f"{clip_id}.mp4",
+            seconds=0.5 if i in short_ids else seconds,
+            fps=8,
+            size=(64, 48),
+            source="testsrc2" if i % 2 == 0 else "smptebars",
+        )
+    return write_videos(root, paths)
+
+
+def write_videos(root: Path, paths: dict[str, Path]) -> list[str]:
+    """Any mp4s (id -> path) as a hub-native ``train`` split, records filled from ``probe``."""
     from medvideocap.probe import probe
     from medvideocap.schema import Caption, ClipRecord
     from medvideocap.writer import DatasetWriter
 
-    ids = []
-    videos = root.parent / f"{root.name}-mp4"
     with DatasetWriter(root, card=False) as writer:  # the card is H3's concern, not ours
-        for i in range(n):
-            clip_id = f"clip{i:03d}"
-            secs = 0.5 if i in short_ids else seconds
-            path = make_video(
-                videos / f"{clip_id}.mp4",
-                seconds=secs,
-                fps=8,
-                size=(64, 48),
-                source="testsrc2" if i % 2 == 0 else "smptebars",
-            )
+        for i, (clip_id, path) in enumerate(paths.items()):
             info = probe(path)
             record = ClipRecord(
                 id=clip_id,
@@ -80,5 +85,4 @@ def write_hub_native(
                 ],
             )
             writer.write(record, path)
-            ids.append(clip_id)
-    return ids
+    return list(paths)

@@ -15,10 +15,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fixtures_latents import SPEC, make_tiny_model_dir, tiny_config, write_hub_native
+from fixtures_latents import SPEC, make_tiny_model_dir, tiny_config, write_hub_native, write_videos
+from videos import make_video, real_clip
 
 from medvideocap.encode_latents import BatchEncoder, encode_latents, rank_of
-from medvideocap.latents import FingerprintMismatchError, LatentCache, load_latents
+from medvideocap.latents import FingerprintMismatchError, LatentCache, collate_latents, load_latents
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +206,40 @@ def test_a_short_clip_is_dropped_with_its_reason_and_not_retried(
 def test_resuming_with_other_settings_is_refused(dataset, reference: Path, tiny_model_dir: Path) -> None:
     with pytest.raises(FingerprintMismatchError, match="store"):
         encode_latents(dataset[0], reference, config=tiny_config(tiny_model_dir, store="sample"))
+
+
+def test_real_clips_land_in_aspect_buckets_and_batch_by_latent_shape(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from medvideocap.frames import FrameSpec
+    from medvideocap.load import load
+
+    paths = {
+        "bunny": real_clip("bigbuckbunny.mp4", tmp_path / "real"),  # 1280x720
+        "bikes": real_clip("bikes.mp4", tmp_path / "real"),  # 640x272
+        "pattern": make_video(tmp_path / "real" / "pattern.mp4", seconds=2, fps=8, size=(64, 48)),
+    }
+    ids = write_videos(tmp_path / "ds", paths)
+    spec = FrameSpec(num_frames=9, fps=8.0, position="center", buckets=((9, 32, 48), (9, 32, 80)))
+    (report,) = encode_latents(
+        tmp_path / "ds", tmp_path / "cache", config=tiny_config(tiny_model_dir, frames=spec)
+    )
+    assert report.encoded == 3
+    pixels = load(tmp_path / "ds", "train", frames=spec)
+    expected = {cid: pixels.target_shape(i) for i, cid in enumerate(pixels.ids)}
+    assert expected["bunny"] == expected["pattern"] != expected["bikes"]
+    ds = load_latents(tmp_path / "cache")
+    for i, cid in enumerate(ds.cache.ids):
+        frames, height, width = expected[cid]
+        assert ds[i]["latents"].shape == (4, (frames - 1) // 4 + 1, height // 8, width // 8)
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert manifest["frame_spec"]["buckets"] == [[9, 32, 48], [9, 32, 80]]
+    batches = list(ds.bucket_sampler(2, shuffle=False))
+    assert sorted(len(b) for b in batches) == [1, 2]
+    for b in batches:
+        batch = collate_latents([ds[i] for i in b])
+        assert batch["latents"].shape[0] == len(b)
+    assert sorted(cid for b in batches for cid in (ds.cache.ids[i] for i in b)) == sorted(ids)
 
 
 @pytest.mark.slow

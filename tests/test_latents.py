@@ -238,8 +238,8 @@ def test_streaming_shards_over_ranks_and_workers_disjoint_and_complete(cache_dir
         ds = load_latents(cache_dir, streaming=True, shuffle=True, seed=5, rank=rank, world_size=2)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
         got += [item["id"] for item in loader]
-    # 7 clips over 4 readers: equal shares of 1 (ranks stay in step); nothing twice
-    assert len(got) == len(set(got)) == 4
+    # 7 clips over 2 ranks: 3 each (ranks stay in step), split over each rank's workers; nothing twice
+    assert len(got) == len(set(got)) == 6
     assert set(got) <= everything
     single = [it["id"] for it in load_latents(cache_dir, streaming=True, shuffle=True, seed=5)]
     assert sorted(single) == sorted(everything)
@@ -355,3 +355,20 @@ def test_one_row_groups_are_read_through_views_and_items_never_alias(
     }
     for i in range(len(small)):
         assert torch.equal(streamed[small[i]["id"]]["latents"], small[i]["latents"])
+
+
+def test_streaming_with_workers_resumes_through_a_stateful_dataloader(cache_dir: Path) -> None:
+    sdl = pytest.importorskip("torchdata.stateful_dataloader", reason="torchdata is in medvideocap[decode]")
+
+    def make() -> object:
+        return load_latents(cache_dir, streaming=True, shuffle=True, seed=3)
+
+    full = [it["id"] for it in sdl.StatefulDataLoader(make(), batch_size=None, num_workers=2)]
+    assert sorted(full) == sorted(LatentCache(cache_dir).ids)  # workers split a rank's share, dropping none
+    loader = sdl.StatefulDataLoader(make(), batch_size=None, num_workers=2)
+    it = iter(loader)
+    head = [next(it)["id"] for _ in range(3)]
+    state = loader.state_dict()
+    resumed = sdl.StatefulDataLoader(make(), batch_size=None, num_workers=2)
+    resumed.load_state_dict(state)
+    assert head + [item["id"] for item in resumed] == full

@@ -299,14 +299,18 @@ def test_write_follows_the_journal_across_limit_growth_and_retried_failures(upst
             r.id: r.caption("served-vlm/detailed_brief-v1/brief") for s in ds.splits for r in ds.records(s)
         }
 
+    def journal(out):  # shown when an assertion fails
+        lines = (out / JOURNAL_FILE).read_text().splitlines()
+        return [(e["id"], e["ok"], e.get("error")) for e in map(json.loads, lines)], len(server.requests)
+
     out = tmp_path / "run"
     server.script = [Action(content=REFUSAL), Action(content=REFUSAL)]
     recaption(upstream, out, backend="openai", captioner=_cap(server), limit=2, write=True)
-    assert written(out) == {"00000": None, "00001": BRIEF}  # the failed clip keeps only its originals
+    assert written(out) == {"00000": None, "00001": BRIEF}, journal(out)  # failed: only its originals
     recaption(upstream, out, backend="openai", captioner=_cap(server), limit=3, write=True)
-    assert written(out) == {"00000": None, "00001": BRIEF, "00002": BRIEF}  # appended
+    assert written(out) == {"00000": None, "00001": BRIEF, "00002": BRIEF}, journal(out)  # appended
     recaption(upstream, out, backend="openai", captioner=_cap(server), limit=3, write=True, retry_failed=True)
-    assert written(out) == {"00000": BRIEF, "00001": BRIEF, "00002": BRIEF}  # rebuilt with the retried clip
+    assert written(out) == {"00000": BRIEF, "00001": BRIEF, "00002": BRIEF}, journal(out)  # rebuilt
     assert sorted(p.name for p in out.iterdir()) == [
         "dataset",
         "dataset_state.json",

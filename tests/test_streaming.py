@@ -33,9 +33,9 @@ def one_shard(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_hub_native(tmp_path_factory.mktemp("s1") / "ds", 7, shard_bytes=10**9, seconds=(1.0,))
 
 
-def _stream(root: Path, **kwargs: object) -> StreamingClipDataset:
+def _stream(root: str | Path, **kwargs: object) -> StreamingClipDataset:
     options = {"streaming": True, "frames": SPEC, "output": "uint8", "shuffle_buffer": 4, **kwargs}
-    ds = medvideocap.load(root, "train", **options)  # type: ignore[arg-type]
+    ds = medvideocap.load(root, "train", **options)
     assert isinstance(ds, StreamingClipDataset)
     return ds
 
@@ -189,3 +189,55 @@ def test_a_truncated_shard_loses_only_its_own_tail(tmp_path: Path) -> None:
     assert len(set(ids) & in_victim) < len(in_victim)
     assert any(f"shard {victim} is damaged" in str(w.message) for w in caught)
     assert [s for s, _ in ds.skipped_shards] == [str(victim)]
+
+
+class _LocalHub:
+    """Stands in for ``huggingface_hub.HfFileSystem`` (no network in tests): serves
+    ``datasets/owner/name/...`` from a local folder through the same glob/open calls, as a
+    non-seekable stream like HTTP, so the remote code path (``tar r|``, bytes read in the shard
+    order) is the one exercised."""
+
+    root: Path
+
+    def glob(self, pattern: str) -> list[str]:
+        prefix = "datasets/org/med@main/"
+        assert pattern.startswith(prefix), pattern
+        return [prefix + p.relative_to(self.root).as_posix() for p in self.root.glob(pattern[len(prefix) :])]
+
+    def open(self, path: str, mode: str = "rb", **kwargs: object) -> object:
+        import io
+
+        data = (self.root / path.split("@main/", 1)[1]).read_bytes()
+
+        class Stream(io.RawIOBase):
+            def __init__(self) -> None:
+                self._buf = io.BytesIO(data)
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+                chunk = self._buf.read(len(b))
+                b[: len(chunk)] = chunk
+                return len(chunk)
+
+        return io.BufferedReader(Stream())
+
+
+def test_hub_repo_streams_through_hf_paths_with_full_coverage(
+    many_shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    hub = _LocalHub()
+    hub.root = many_shards
+    monkeypatch.setattr(huggingface_hub, "HfFileSystem", lambda: hub)
+    seen: list[str] = []
+    for rank in range(2):
+        ds = _stream("org/med", revision="main", rank=rank, world_size=2)
+        assert all(s.startswith("hf://datasets/org/med@main/data/train/shard-") for s in ds.shards)
+        seen += [item["id"] for item in ds]
+    assert sorted(seen) == [f"c{i:03d}" for i in range(12)]
+    local = {it["id"]: it["video"] for it in _stream(many_shards)}
+    remote = {it["id"]: it["video"] for it in _stream("org/med", revision="main")}
+    assert all(torch.equal(local[k], remote[k]) for k in local)

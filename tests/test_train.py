@@ -5,6 +5,7 @@ that a stopped-and-resumed run is the same run, and that exports load in WanPipe
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,10 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(
     resumed = train(tiny_train_config(tmp_path / "b", tiny_pipeline_dir, latent_cache, **opts))
     assert resumed.resumed_from is not None and resumed.steps == [4, 5, 6]
     np.testing.assert_allclose(first.losses + resumed.losses, straight.losses, rtol=1e-5, atol=1e-6)
+    logged = [
+        json.loads(line) for line in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [m["step"] for m in logged] == [1, 2, 3, 4, 5, 6]  # no duplicate or missing step after resume
     a_final, b_final = tmp_path / "a" / "run" / "final", tmp_path / "b" / "run" / "final"
     name = (
         "pytorch_lora_weights.safetensors"
@@ -317,6 +322,14 @@ def test_exported_checkpoint_loads_in_wanpipeline_and_generates_a_different_vide
     assert (info.num_frames, info.width, info.height) == (FRAMES, WIDTH, HEIGHT)
     diff = np.abs(_frames(out).astype(int) - _base_video(tiny_pipeline_dir, prompt).astype(int)).mean()
     assert diff > 3, "the trained weights did not change the generated video"
+    if mode == "lora":  # a training checkpoint samples too; its base model comes from the run's record
+        from medvideocap.generate import generate
+
+        step = tmp_path / "run" / "checkpoints" / "step-00000004"
+        mid = generate(
+            step, prompt, tmp_path / "mid.mp4", frames=5, height=32, width=32, steps=2, device="cpu"
+        )
+        assert probe(mid, count_frames=True).num_frames == FRAMES
 
 
 def test_validation_writes_videos_and_a_contact_sheet(
@@ -411,3 +424,89 @@ def test_on_the_fly_encoding_trains_from_pixels_and_resumes_identically(
     assert len(straight.losses) == 4 and np.isfinite(straight.losses).all()
     np.testing.assert_allclose(first.losses + resumed.losses, straight.losses, rtol=1e-5, atol=1e-6)
     assert (tmp_path / "a" / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_config_rejects_impossible_values_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="4k\\+1 frames"):
+        load_config("medgen-1.3b-lora", ["validation_frames=80"])
+    with pytest.raises(ValueError, match="caption_dropout=1.5 is not a probability"):
+        load_config("medgen-1.3b-lora", ["caption_dropout=1.5"])
+
+
+def test_a_cache_encoded_from_other_captions_is_refused(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, caption="brief", max_steps=1)
+    with pytest.raises(ValueError, match="encoded from 'detailed' captions"):
+        train(cfg)
+
+
+def test_shipped_lora_targets_exist_in_the_real_1_3b_architecture() -> None:
+    from diffusers import WanTransformer3DModel
+
+    from medvideocap.tiny import WAN_1_3B_TRANSFORMER_CONFIG
+    from medvideocap.train import build_transformer
+
+    with torch.device("meta"):  # the real shapes, no weights, no memory
+        real = WanTransformer3DModel(**WAN_1_3B_TRANSFORMER_CONFIG)
+        model = build_transformer(load_config("medgen-1.3b-lora"), torch.bfloat16, transformer=real)
+    lora = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    # 30 blocks x (self + cross attention) x (q, k, v, out) x rank 32 x (1536 in + 1536 out)
+    assert sum(lora.values()) == 30 * 2 * 4 * 32 * (1536 + 1536)
+    assert sum(p.numel() for p in real.parameters()) > 1.3e9
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_shards_data_and_resumes_identically(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    """Two CPU ranks (gloo) under torchrun: the DDP path (no_sync, rank-sharded batches, per-rank noise
+    state, main-process-only writes) stopped and resumed equals one uninterrupted run."""
+    import os
+    import subprocess
+    import sys
+
+    def run(out: Path, *overrides: str) -> list[dict[str, Any]]:
+        cfg = tiny_train_config(
+            out,
+            tiny_pipeline_dir,
+            latent_cache,
+            mode="lora",
+            batch_size=1,
+            max_steps=4,
+            gradient_accumulation_steps=2,
+            caption_dropout=0.5,
+            checkpoint_every=2,
+            gradient_checkpointing=True,
+            num_workers=1,
+            learning_rate=1e-2,
+        )
+        (out / "cfg.yaml").parent.mkdir(parents=True, exist_ok=True)
+        (out / "cfg.yaml").write_text(yaml.safe_dump(cfg.model_dump()))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "0",
+            "-m",
+            "medvideocap.train",
+            "--config",
+            str(out / "cfg.yaml"),
+            *overrides,
+        ]
+        env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", "stop_at_step=2")
+    resumed = run(tmp_path / "b")
+    assert json.loads((tmp_path / "a" / "run" / "medvideocap_train.json").read_text())["world_size"] == 2
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4]
+    np.testing.assert_allclose([m["loss"] for m in resumed], [m["loss"] for m in straight], rtol=1e-5)
+    ckpt = tmp_path / "b" / "run" / "checkpoints" / "step-00000004"
+    assert (ckpt / "noise_rng_0.safetensors").is_file() and (ckpt / "noise_rng_1.safetensors").is_file()

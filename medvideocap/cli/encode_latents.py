@@ -82,6 +82,9 @@ def _bucket(text: str) -> tuple[int, int, int]:
     "--backend", default="torchcodec", show_default=True, help="Video decoder for medvideocap.load."
 )
 @click.option(
+    "--num-workers", default=2, show_default=True, help="Processes decoding clips ahead of the encoder."
+)
+@click.option(
     "--sample-seed", default=0, show_default=True, help="Seed of the posterior sample (--store sample)."
 )
 @click.option(

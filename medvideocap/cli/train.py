@@ -34,9 +34,13 @@ def command(config: str, overrides: tuple[str, ...], print_config: bool) -> None
     try:
         cfg = load_config(config, overrides)
     except (FileNotFoundError, ValueError) as exc:
-        raise click.BadParameter(str(exc)) from exc
+        raise click.UsageError(str(exc)) from exc
     if print_config:
         click.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         return
+    if not cfg.latents and not cfg.source:
+        raise click.UsageError(
+            "no training data: --set latents=CACHE_DIR (from encode-latents) or source=DATASET"
+        )
     result = train(cfg)
     click.echo(json.dumps({"step": result.step, "export": str(result.export) if result.export else None}))
