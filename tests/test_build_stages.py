@@ -254,11 +254,11 @@ def test_caption_backend_is_called_through_medvideocap_caption(
     monkeypatch.setattr(caption_stage, "_captioner", lambda cfg: Fake())
     recipe = _recipe(
         {"stage": "split", "min_seconds": 1.0},
-        {"stage": "caption", "backend": "openai", "frames": 4, "template": "detailed-v1"},
+        {"stage": "caption", "backend": "openai", "frames": 4, "template": "detailed_brief"},
     )
     sample = next(s for s in discover(small_raw) if s.input == "a.mp4")
     [outcome] = Pipeline(recipe, tmp_path / "work").run(sample)
-    assert outcome.kept and seen == {"frames": 4, "id": "a-000", "template": "detailed-v1"}
+    assert outcome.kept and seen == {"frames": 4, "id": "a-000", "template": "detailed_brief"}
     assert outcome.record["captions"][0]["model"] == "fake-1"
 
 
