@@ -37,6 +37,10 @@ _RAW = [
 ]
 
 
+class DemoStepError(RuntimeError):
+    """A demo step's command failed; the command printed its own error."""
+
+
 def make_raw_videos(raw: Path, *, seconds: float = 4.0) -> list[Path]:
     """Write the demo's raw videos and a metadata.jsonl sidecar (titles, categories, captions)."""
     ffmpeg = shutil.which("ffmpeg")
@@ -63,7 +67,9 @@ def make_raw_videos(raw: Path, *, seconds: float = 4.0) -> list[Path]:
 def _step(title: str, *args: str) -> None:
     console.rule(f"[bold]{title}")
     console.print("$ medvideocap " + " ".join(args), style="cyan", markup=False)
-    subprocess.run([sys.executable, "-m", "medvideocap", *args], check=True)
+    done = subprocess.run([sys.executable, "-m", "medvideocap", *args], check=False)
+    if done.returncode:
+        raise DemoStepError(f"demo step '{title}' failed (exit {done.returncode}); its error is printed above")
 
 
 def _show_loader(dataset: Path) -> None:
@@ -99,6 +105,16 @@ def run_demo(out: Path) -> None:
     _step("stats", "stats", str(dataset), "--plots", str(out / "plots"))
     _show_loader(dataset)
 
+    from medvideocap.caption.tiny import save_tiny_vlm
+
+    vlm = out / "tiny-vlm"
+    if not (vlm / "config.json").exists():
+        save_tiny_vlm(vlm)
+    console.print(f"tiny random Qwen2.5-VL (real classes, random weights: captions are gibberish) in {vlm}")
+    _step("recaption (tiny VLM)", "recaption", str(dataset), "--out", str(out / "recaption"),
+          "--backend", "transformers", "--model", str(vlm), "--template", "brief", "--no-hygiene",
+          "--max-new-tokens", "8", "--frames", "4", "--write")
+
     from medvideocap.tiny import save_tiny_pipeline
 
     if not (tiny / "model_index.json").exists():
@@ -117,4 +133,7 @@ def run_demo(out: Path) -> None:
           "--set", "validation_steps=2",
           "--set", "report_to=null", "--set", "warmup_steps=0", "--set", "learning_rate=1e-3")
     console.rule("[bold green]demo finished")
-    console.print(f"dataset: {dataset}\nlatents: {latents}\ntraining run: {run}")
+    console.print(
+        f"dataset: {dataset}\nre-captioned copy: {out / 'recaption' / 'dataset'}\n"
+        f"latents: {latents}\ntraining run: {run}"
+    )

@@ -16,6 +16,9 @@ import click
 def command(out: Path) -> None:
     """Run the whole pipeline on generated sample videos: build, inspect, load, encode latents with a
     tiny random Wan2.1 VAE, train a few LoRA steps. Rerun to resume."""
-    from medvideocap.demo import run_demo
+    from medvideocap.demo import DemoStepError, run_demo
 
-    run_demo(out)
+    try:
+        run_demo(out)
+    except DemoStepError as exc:
+        raise click.ClickException(str(exc)) from None
