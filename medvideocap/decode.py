@@ -288,6 +288,10 @@ def open_decoder(
     raise ValueError(f"unknown decode backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
+_INHERITED: list[Any] = []
+"""Cache entries a forked child inherited from its parent; referenced here so they are never freed."""
+
+
 class PerProcessCache:
     """A small LRU that forgets everything when used from a new process.
 
@@ -305,6 +309,10 @@ class PerProcessCache:
         if self.maxsize <= 0:
             return factory()
         if self._pid != os.getpid():
+            # Keep the parent's objects alive, untouched: destroying them here would run their
+            # destructors in the child (decord and PyAV then wait on threads or locks that only
+            # exist in the parent, and the worker hangs).
+            _INHERITED.append(self._items)
             self._pid = os.getpid()
             self._items = OrderedDict()
         if key in self._items:
@@ -319,7 +327,9 @@ class PerProcessCache:
         return value
 
     def clear(self) -> None:
-        if self._pid == os.getpid() and self._on_evict is not None:
+        if self._pid != os.getpid():
+            _INHERITED.append(self._items)
+        elif self._on_evict is not None:
             for value in self._items.values():
                 self._on_evict(value)
         self._items = OrderedDict()

@@ -342,11 +342,13 @@ class LatentCache:
             )
         self.refs: list[RowRef] = []
         tables = []
+        self._ends: dict[tuple[int, int, str], int] = {}
         for fi, path in enumerate(self.files):
             pf = pq.ParquetFile(path)
             for gi in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(gi).num_rows
                 self.refs.extend(RowRef(fi, gi, r) for r in range(n))
+            self._ends.update(_direct_value_ends(pf.metadata, fi))
             tables.append(pf.read(columns=list(INDEX_COLUMNS)))
         # Everything but the bytes, as Arrow (cheap to hold and to share with forked workers); the few
         # columns every item needs are also kept as Python lists.
@@ -369,6 +371,7 @@ class LatentCache:
         self.mean = np.asarray(self.manifest["latents_mean"], dtype=np.float32)
         self.std = np.asarray(self.manifest["latents_std"], dtype=np.float32)
         self._files: dict[int, pq.ParquetFile] = {}
+        self._fds: dict[int, int] = {}
         self._groups: OrderedDict[tuple[int, int, bool], pa.Table] = OrderedDict()
         self.cache_row_groups = 4
 
@@ -379,8 +382,34 @@ class LatentCache:
         # DataLoader workers get a copy without open file handles or cached row groups.
         state = self.__dict__.copy()
         state["_files"] = {}
+        state["_fds"] = {}
         state["_groups"] = OrderedDict()
         return state
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+        self._files = {}
+        self._groups = OrderedDict()
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
+
+    def _read_direct(self, file: int, end: int, nbytes: int) -> np.ndarray | None:
+        """One value straight from the file into fresh memory: the bytes are the last ``nbytes`` of
+        their column chunk, preceded by their PLAIN length prefix (checked, so a file laid out any
+        other way falls back to pyarrow)."""
+        fd = self._fds.get(file)
+        if fd is None:
+            fd = self._fds[file] = os.open(self.files[file], os.O_RDONLY)
+        prefix = bytearray(4)
+        out = np.empty(nbytes, dtype=np.uint8)
+        got = os.preadv(fd, [prefix, out.data], end - nbytes - 4)
+        if got != nbytes + 4 or int.from_bytes(prefix, "little") != nbytes:
+            return None
+        return out
 
     def _group(self, file: int, group: int, with_logvar: bool) -> pa.Table:
         key = (file, group, with_logvar)
@@ -390,40 +419,68 @@ class LatentCache:
             return table
         pf = self._files.get(file)
         if pf is None:
-            # pre_buffer=False: each uncompressed PLAIN value column is read once, straight into the
-            # buffer that the binary values then point into (no read-ahead staging copy).
+            # pre_buffer=False: no read-ahead staging copy of the column chunks
             pf = self._files[file] = pq.ParquetFile(self.files[file], pre_buffer=False)
         columns = ["vae_latent_bytes", "text_embedding_bytes"] + (["vae_logvar_bytes"] if with_logvar else [])
         # use_threads=False: a row group is a few large values; a thread pool per read only adds
         # contention with the DataLoader's own workers.
         table = pf.read_row_group(group, columns=columns, use_threads=False)
-        if table.num_rows > 1:
-            # Groups of several (small) rows are kept for the next rows; a one-row group (every real
-            # Wan row is one) is handed out once, so tensors may share its memory (see ``raw``).
-            self._groups[key] = table
-            while len(self._groups) > self.cache_row_groups:
-                self._groups.popitem(last=False)
+        self._groups[key] = table
+        while len(self._groups) > self.cache_row_groups:
+            self._groups.popitem(last=False)
         return table
 
     def raw(self, i: int, *, with_logvar: bool = True) -> dict[str, Any]:
-        """Row ``i`` as stored: numpy views of the bytes (no copy) plus the small columns.
+        """Row ``i``'s tensors as numpy arrays plus the small columns.
 
-        ``exclusive`` is True when the bytes were read for this call alone (an uncached one-row group
-        in a buffer Arrow lets us write), so a tensor may take over their memory without a copy."""
+        One-row groups of uncompressed PLAIN bytes (what ``ShardWriter`` writes for real Wan rows) are
+        read with one ``preadv`` each into memory of their own (``owned``: the caller may write to it
+        and hand it out as a tensor); anything else is read by pyarrow and viewed without a copy
+        (read-only, shared with a cached row group)."""
         ref = self.refs[i]
         out: dict[str, Any] = {name: self.index[name][i] for name in _ITEM_COLUMNS}
         with_logvar = with_logvar and out["latent_kind"] == "moments"
-        table = self._group(ref.file, ref.group, with_logvar)
-        out["exclusive"] = (ref.file, ref.group, with_logvar) not in self._groups
+        names = [("latent", "vae_latent"), ("text", "text_embedding")]
+        if with_logvar:
+            names.append(("logvar", "vae_logvar"))
         where = f"{self.files[ref.file]} row {ref.row} (id {self.ids[i]!r})"
-        for name, column in (("latent", "vae_latent"), ("logvar", "vae_logvar"), ("text", "text_embedding")):
-            if name == "logvar" and not with_logvar:
-                continue
-            data, start, length = location = _value_location(table, f"{column}_bytes", ref.row)
+        direct = {}
+        for name, column in names:
+            end = self._ends.get((ref.file, ref.group, f"{column}_bytes"))
+            dtype = np.dtype(out[f"{column}_dtype"])
+            nbytes = math.prod(out[f"{column}_shape"]) * dtype.itemsize
+            data = self._read_direct(ref.file, end, nbytes) if end is not None else None
+            if data is None:
+                break
+            direct[name] = decode_array(data, out[f"{column}_shape"], out[f"{column}_dtype"], where=where)
+        out["owned"] = len(direct) == len(names)
+        if out["owned"]:
+            out.update(direct)
+            return out
+        table = self._group(ref.file, ref.group, with_logvar)
+        for name, column in names:
+            data, start, length = _value_location(table, f"{column}_bytes", ref.row)
             buf = data.slice(start, length)
             out[name] = decode_array(buf, out[f"{column}_shape"], out[f"{column}_dtype"], where=where)
-            out[f"{name}_location"] = location
         return out
+
+
+def _direct_value_ends(metadata: pq.FileMetaData, file: int) -> dict[tuple[int, int, str], int]:
+    """(file, row group, column) -> end offset of the column chunk, for chunks whose one value can be
+    read straight from the file: one row, uncompressed, PLAIN, no dictionary page."""
+    ends = {}
+    for gi in range(metadata.num_row_groups):
+        rg = metadata.row_group(gi)
+        if rg.num_rows != 1:
+            continue
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            if col.path_in_schema not in BYTES_COLUMNS or col.compression != "UNCOMPRESSED":
+                continue
+            if col.has_dictionary_page or any("DICTIONARY" in e for e in col.encodings):
+                continue
+            ends[(file, gi, col.path_in_schema)] = col.data_page_offset + col.total_compressed_size
+    return ends
 
 
 def _value_location(table: pa.Table, column: str, row: int) -> tuple[pa.Buffer, int, int]:
@@ -462,50 +519,47 @@ class _ItemMaker:
         self.epoch = 0
 
     def make(self, i: int) -> dict[str, Any]:
-        """One item. Stored bytes are read through views; the math writes each output once, and with
-        nothing to compute the tensors take over the freshly read buffers (see ``_as_is``)."""
+        """One item. Arrays read into memory of their own are transformed in place and become the
+        tensors (no copy at all); views of shared row groups are copied once, by the math or by hand."""
         import torch
 
         sample = self.posterior == "sample" and self.cache.index["latent_kind"][i] == "moments"
         raw = self.cache.raw(i, with_logvar=sample)
+        owned = raw["owned"]
         stored = raw["latent"]
+        mean = self._broadcast(self.cache.mean, stored.ndim)
         if sample:
-            g = torch.Generator().manual_seed(_id_seed(self.sample_seed, self.epoch, raw["id"]))
-            latent = torch.randn(stored.shape, generator=g).numpy()
-            std = np.clip(raw["logvar"], -30.0, 20.0, dtype=np.float32)
+            logvar = raw["logvar"]
+            std = logvar if owned and logvar.dtype == np.float32 else logvar.astype(np.float32)
+            np.clip(std, -30.0, 20.0, out=std)
             std *= 0.5
             np.exp(std, out=std)
+            g = torch.Generator().manual_seed(_id_seed(self.sample_seed, self.epoch, raw["id"]))
+            latent = torch.randn(stored.shape, generator=g).numpy()
             latent *= std
             latent += stored
             if self.normalize:
-                latent -= self._broadcast(self.cache.mean, stored.ndim)
+                latent -= mean
+        elif owned and stored.dtype == np.float32:
+            latent = stored
+            if self.normalize:
+                latent -= mean
         elif self.normalize:
-            latent = np.subtract(stored, self._broadcast(self.cache.mean, stored.ndim), dtype=np.float32)
+            latent = np.subtract(stored, mean, dtype=np.float32)
         else:
-            latent = None  # handed out as stored
-        if latent is not None and self.normalize:
+            latent = np.array(stored, dtype=np.float32)
+        if self.normalize:
             latent /= self._broadcast(self.cache.std, stored.ndim)
+        text = raw["text"]
+        if not (owned and text.dtype == np.float32):
+            text = np.array(text, dtype=np.float32)
         return {
-            "latents": torch.from_numpy(latent) if latent is not None else self._as_is(raw, "latent"),
-            "prompt_embeds": self._as_is(raw, "text"),
+            "latents": torch.from_numpy(latent),
+            "prompt_embeds": torch.from_numpy(text),
             "prompt_len": int(raw["text_len"]),
             "id": raw["id"],
             "caption": raw["caption"],
         }
-
-    @staticmethod
-    def _as_is(raw: dict[str, Any], name: str) -> Any:
-        """Stored bytes as a float32 tensor: taking over the Arrow buffer when no one else can see it
-        (zero-copy), else one copy, so an in-place edit by the caller never leaks into another item."""
-        import torch
-
-        array = raw[name]
-        data, start, length = raw[f"{name}_location"]
-        if raw["exclusive"] and data.is_mutable and array.dtype == np.float32 and length:
-            return torch.frombuffer(data, dtype=torch.float32, offset=start, count=length // 4).view(
-                array.shape
-            )
-        return torch.from_numpy(np.array(array, dtype=np.float32))
 
     @staticmethod
     def _broadcast(values: np.ndarray, ndim: int) -> np.ndarray:

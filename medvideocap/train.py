@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,11 @@ class TrainConfig(BaseModel):
     validation_fps: float = 16.0
     export_ema: bool = True  # the final export holds EMA weights (when EMA is on)
     export_pipeline: bool = True  # full mode: write a complete WanPipeline folder, not only transformer/
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML reads a bare `no` as false
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -175,10 +175,15 @@ def test_short_clips_are_skipped_or_padded(dataset: Path) -> None:
     assert short["timestamps"][-1] == short["timestamps"][15]
 
 
-def test_dataloader_workers_after_the_parent_decoded_give_the_same_items(dataset: Path) -> None:
-    ds = medvideocap.load(dataset, frames=SMALL)
+@pytest.mark.parametrize("backend", ["torchcodec", "decord", "pyav"])
+def test_dataloader_workers_after_the_parent_decoded_give_the_same_items(dataset: Path, backend: str) -> None:
+    """decord and PyAV decoders inherited through fork hang a worker if the child frees them; the
+    cache must leave them alone (a hang fails here through the DataLoader timeout)."""
+    ds = medvideocap.load(dataset, frames=SMALL, backend=backend)
     expected = {it["id"]: it["video"] for it in _items(ds)}  # parent now holds decoders and file handles
-    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate, multiprocessing_context="fork")
+    loader = DataLoader(
+        ds, batch_size=2, num_workers=2, collate_fn=collate, multiprocessing_context="fork", timeout=120
+    )
     got = {}
     for batch in loader:
         for i, clip_id in enumerate(batch["id"]):

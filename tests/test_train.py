@@ -53,6 +53,7 @@ def test_every_config_field_can_be_overridden_from_the_command_line() -> None:
     cfg = load_config("medgen-1.3b-lora", [f"{k}={v}" for k, v in changed.items()])
     assert cfg.lora_target_modules == ["to_q", "ffn.net.0.proj"] and cfg.max_steps == 7
     assert cfg.resume == "none" and cfg.report_to is None and cfg.flow_shift == 5.0
+    assert load_config("medgen-1.3b-lora", ["mixed_precision=no"]).mixed_precision == "no"  # not YAML false
     for key, value in base.items():  # each field round-trips through key=<yaml>
         flow = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...")
         assert getattr(load_config("medgen-1.3b-lora", [f"{key}={flow}"]), key) == value, key
@@ -463,6 +464,7 @@ def test_two_process_ddp_run_shards_data_and_resumes_identically(
     """Two CPU ranks (gloo) under torchrun: the DDP path (no_sync, rank-sharded batches, per-rank noise
     state, main-process-only writes) stopped and resumed equals one uninterrupted run."""
     import os
+    import signal
     import subprocess
     import sys
 
@@ -487,10 +489,9 @@ def test_two_process_ddp_run_shards_data_and_resumes_identically(
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",
             "--nproc_per_node",
             "2",
-            "--master_port",
-            "0",
             "-m",
             "medvideocap.train",
             "--config",
@@ -498,8 +499,17 @@ def test_two_process_ddp_run_shards_data_and_resumes_identically(
             *overrides,
         ]
         env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        # own process group, so a hang kills the ranks too, not only the launcher
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        )
+        try:
+            _, stderr = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail("2-rank DDP run did not finish in 240 s")
+        assert proc.returncode == 0, stderr[-3000:]
         return [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
 
     straight = run(tmp_path / "a")
