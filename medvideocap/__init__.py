@@ -23,7 +23,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # torch-heavy entry points are imported on first use so `import medvideocap` stays light.
     if name == "load":
-        from medvideocap.load import load
+        from medvideocap.loader import load
 
         return load
     if name == "load_latents":

@@ -472,7 +472,7 @@ def encode_items(
 
 
 def _source_dataset(source: str | Path, split: str, config: EncodeConfig) -> Any:
-    from medvideocap.load import load
+    from medvideocap.loader import load
 
     return load(
         source,

@@ -33,7 +33,9 @@ class MediaInfo:
         return asdict(self)
 
 
-def probe(src: str | Path | bytes | IO[bytes], *, name: str | None = None, count_frames: bool = False) -> MediaInfo:
+def probe(
+    src: str | Path | bytes | IO[bytes], *, name: str | None = None, count_frames: bool = False
+) -> MediaInfo:
     """Probe ``src``; ``name`` is used in error messages (defaults to the path).
 
     ``count_frames=True`` demuxes every packet: exact frame count and real duration even when the

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from medvideocap.load import ClipDataset, collate, env_rank_world
+from medvideocap.loader import ClipDataset, collate, env_rank_world
 
 
 class BucketBatchSampler(Sampler[list[int]]):

@@ -20,7 +20,15 @@ from enum import StrEnum
 from typing import Any, Literal, Self, Union, get_args, get_origin
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = "1.0"
 """``MAJOR.MINOR``. A different major is unreadable; a newer minor warns and keeps unknown fields."""

@@ -27,7 +27,7 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from medvideocap.decode import FileHandles
-from medvideocap.load import SamplePipeline, SkippedSampleWarning, env_rank_world
+from medvideocap.loader import SamplePipeline, SkippedSampleWarning, env_rank_world
 from medvideocap.schema import ClipRecord
 
 

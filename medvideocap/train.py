@@ -245,7 +245,7 @@ def open_dataset(cfg: TrainConfig) -> Any:
         )
     if cfg.source:
         from medvideocap.frames import FrameSpec
-        from medvideocap.load import load
+        from medvideocap.loader import load
 
         spec = FrameSpec(
             num_frames=cfg.frames, fps=cfg.fps, height=cfg.height, width=cfg.width, seed=cfg.seed
@@ -615,7 +615,7 @@ def validate(
 
 
 def _pixel_collate(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    from medvideocap.load import collate
+    from medvideocap.loader import collate
 
     return collate(items)
 

@@ -30,8 +30,9 @@ def test_demo_builds_loads_recaptions_encodes_and_trains_then_resumes_as_a_no_op
 
     manifest = json.loads((out / "latents" / "manifest.json").read_text())
     assert manifest["fingerprint"]
-    assert json.loads((out / "run" / "medvideocap_train.json").read_text())["latents_fingerprint"] == (
-        manifest["fingerprint"]
+    assert (
+        json.loads((out / "run" / "medvideocap_train.json").read_text())["latents_fingerprint"]
+        == (manifest["fingerprint"])
     )
     assert (out / "run" / "checkpoints" / "step-00000006").is_dir()
     assert (out / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()

@@ -67,7 +67,7 @@ def _same_rows(a: dict[str, dict], b: dict[str, dict]) -> None:
 def test_cached_latents_match_encoding_on_the_fly_and_decode_alike(
     dataset, reference: Path, tiny_model_dir: Path
 ) -> None:
-    from medvideocap.load import load
+    from medvideocap.loader import load
 
     root, ids = dataset
     cache = load_latents(reference, normalize=True, posterior="mode")
@@ -212,7 +212,7 @@ def test_real_clips_land_in_aspect_buckets_and_batch_by_latent_shape(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from medvideocap.frames import FrameSpec
-    from medvideocap.load import load
+    from medvideocap.loader import load
 
     paths = {
         "bunny": real_clip("bigbuckbunny.mp4", tmp_path / "real"),  # 1280x720

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 import medvideocap
 from medvideocap.decode import DecodeError
 from medvideocap.frames import FrameSpec
-from medvideocap.load import SkippedSampleWarning, collate
+from medvideocap.loader import SkippedSampleWarning, collate
 from medvideocap.sampler import BucketBatchSampler, bucket_batches
 from medvideocap.schema import ClipRecord
 from medvideocap.writer import DatasetWriter

@@ -16,7 +16,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 import medvideocap
 from medvideocap.frames import FrameSpec
-from medvideocap.load import SkippedSampleWarning, collate
+from medvideocap.loader import SkippedSampleWarning, collate
 from medvideocap.streaming import StreamingClipDataset
 
 SPEC = FrameSpec(num_frames=5, fps=8, height=16, width=16, seed=1)

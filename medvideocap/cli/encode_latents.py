@@ -79,7 +79,7 @@ def _bucket(text: str) -> tuple[int, int, int]:
 )
 @click.option("--rows-per-shard", default=64, show_default=True, help="Clips per parquet shard.")
 @click.option(
-    "--backend", default="torchcodec", show_default=True, help="Video decoder for medvideocap.load."
+    "--backend", default="torchcodec", show_default=True, help="Video decoder for medvideocap.loader."
 )
 @click.option(
     "--num-workers", default=2, show_default=True, help="Processes decoding clips ahead of the encoder."

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import types
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -489,15 +487,3 @@ def env_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if w < 1 or not 0 <= r < w:
         raise ValueError(f"rank {r} / world size {w} are inconsistent")
     return r, w
-
-
-class _CallableModule(types.ModuleType):
-    """``medvideocap.load`` is both this module and the function: once any code imports the module
-    (``from medvideocap.load import collate``), Python binds the package attribute ``load`` to the
-    module, so the module itself must be callable for ``medvideocap.load(...)`` to keep working."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Dataset:
-        return load(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
