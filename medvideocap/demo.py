@@ -132,7 +132,7 @@ def _show_loader(dataset: Path) -> None:
     batch = next(iter(loader))
     video = batch["video"]
     table = Table("field", "value")
-    table.add_row("clips in train", str(len(ds)))
+    table.add_row("clips in train", str(len(ds)))  # type: ignore[arg-type]
     table.add_row(
         "batch video", f"{tuple(video.shape)} {video.dtype} in [{video.min():.2f}, {video.max():.2f}]"
     )

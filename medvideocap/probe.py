@@ -52,8 +52,8 @@ def probe(
         raise ProbeError(f"{label}: not a readable media file ({exc.__class__.__name__}: {exc})") from exc
     with container:
         if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
-            raise ProbeError(f"{label}: no video stream (streams: {', '.join(kinds)})")
+            kinds = sorted({str(s.type) for s in container.streams})
+            raise ProbeError(f"{label}: no video stream (streams: {', '.join(kinds) or 'none'})")
         stream = container.streams.video[0]
         ctx = stream.codec_context
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
