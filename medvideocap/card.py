@@ -269,7 +269,7 @@ def render_card(root: Path | str, *, repo_id: str | None = None) -> str:
 
 def write_card(root: Path | str, *, repo_id: str | None = None) -> Path:
     """Render and atomically write ``root/README.md``."""
-    from medvideocap.writer import atomic_write_bytes
+    from medvideocap.atomic import atomic_write_bytes
 
     root = Path(root)
     path = root / "README.md"

@@ -17,6 +17,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from medvideocap.atomic import atomic_path
+
 console = Console()
 
 # (name, lavfi source graph, category, caption). Sizes/lengths suit the CPU-only `demo` recipe: clips of
@@ -75,26 +77,25 @@ def make_raw_videos(raw: Path, *, seconds: float = 4.0) -> list[Path]:
     for name, graph, category, caption in _RAW:
         path = raw / f"{name}.mp4"
         if not path.exists():
-            tmp = path.with_suffix(".tmp.mp4")
-            args = [
-                ffmpeg,
-                "-y",
-                "-v",
-                "error",
-                "-f",
-                "lavfi",
-                "-i",
-                f"{graph},format=yuv420p",
-                "-t",
-                str(seconds),
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                str(tmp),
-            ]
-            subprocess.run(args, check=True)
-            tmp.replace(path)
+            with atomic_path(path, fsync=False) as tmp:
+                args = [
+                    ffmpeg,
+                    "-y",
+                    "-v",
+                    "error",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    f"{graph},format=yuv420p",
+                    "-t",
+                    str(seconds),
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    str(tmp),
+                ]
+                subprocess.run(args, check=True)
         paths.append(path)
         rows.append(
             {

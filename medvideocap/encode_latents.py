@@ -26,16 +26,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from medvideocap.atomic import atomic_write_bytes
 from medvideocap.latents import (
     DROPPED_NAME,
     FORMAT,
     FORMAT_VERSION,
     ShardWriter,
     array_bytes,
-    atomic_write_bytes,
     finished_ids,
     write_manifest,
 )
+from medvideocap.sampler import stable_seed
 
 if TYPE_CHECKING:
     import torch
@@ -253,10 +254,6 @@ def _clean_prompt(text: str) -> str:
     return " ".join(text.split())
 
 
-def _id_seed(*parts: Any) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
-
-
 class BatchEncoder:
     """Holds the models; ``encode_batch`` turns items of one frame shape into cache rows."""
 
@@ -313,7 +310,7 @@ class BatchEncoder:
         rows = []
         for b, it in enumerate(items):
             if self.config.store == "sample":
-                g = torch.Generator().manual_seed(_id_seed(self.config.sample_seed, it["id"]))
+                g = torch.Generator().manual_seed(stable_seed(self.config.sample_seed, it["id"]))
                 z = mean[b] + torch.exp(0.5 * logvar[b]) * torch.randn(mean[b].shape, generator=g)
                 lat, lv = z, None
             else:

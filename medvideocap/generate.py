@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medvideocap.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 16.0) -> Path:
     pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
     if pad_h or pad_w:
         video = np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    tmp = path.with_name(f".{path.name}.tmp")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with atomic_path(path, fsync=False) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=int(round(fps)))
         stream.width, stream.height = video.shape[2], video.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -104,7 +104,6 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 16.0) -> Path:
         for frame in video:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
-    os.replace(tmp, path)
     return path
 
 
@@ -124,9 +123,8 @@ def contact_sheet(videos: Sequence[np.ndarray], path: str | Path, columns: int =
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=False) as tmp:
+        Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG")
     return path
 
 

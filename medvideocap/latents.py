@@ -26,7 +26,6 @@ import math
 import os
 import random
 import re
-import socket
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,10 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from medvideocap.atomic import atomic_path, atomic_write_bytes
+from medvideocap.dist import env_rank_world
+from medvideocap.sampler import BucketBatchSampler, stable_seed
 
 FORMAT = "medvideocap/latent-cache"
 FORMAT_VERSION = 1
@@ -139,18 +142,6 @@ def fingerprint(manifest: dict[str, Any]) -> str:
     if missing:
         raise LatentCacheError(f"manifest lacks {missing}: cannot fingerprint it")
     return hashlib.sha256(canonical_json({k: manifest[k] for k in FINGERPRINT_KEYS}).encode()).hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Readers (and a resumed run) never see half a file: write a private tmp name, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # host + pid: ranks on several machines may write the same (identical) manifest to a shared disk
-    tmp = path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -269,20 +260,17 @@ class ShardWriter:
             return None
         table = pa.Table.from_pylist(self.rows, schema=ARROW_SCHEMA)
         path = self.folder / f"rank-{self.rank}-shard-{self.next_number:05d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         row_bytes = max(1, table.nbytes // max(1, table.num_rows))
-        pq.write_table(
-            table,
-            tmp,
-            row_group_size=max(1, ROW_GROUP_BYTES // row_bytes),
-            # Float latents barely compress; leaving their pages plain makes reading a memcpy.
-            compression={n: ("none" if n in BYTES_COLUMNS else "zstd") for n in ARROW_SCHEMA.names},
-            use_dictionary=[n for n in ARROW_SCHEMA.names if n not in BYTES_COLUMNS],
-            write_statistics=[n for n in ARROW_SCHEMA.names if n not in BYTES_COLUMNS],
-        )
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(
+                table,
+                tmp,
+                row_group_size=max(1, ROW_GROUP_BYTES // row_bytes),
+                # Float latents barely compress; leaving their pages plain makes reading a memcpy.
+                compression={n: ("none" if n in BYTES_COLUMNS else "zstd") for n in ARROW_SCHEMA.names},
+                use_dictionary=[n for n in ARROW_SCHEMA.names if n not in BYTES_COLUMNS],
+                write_statistics=[n for n in ARROW_SCHEMA.names if n not in BYTES_COLUMNS],
+            )
         self.written.append(path)
         self.next_number += 1
         self.rows = []
@@ -502,10 +490,6 @@ def _value_location(table: pa.Table, column: str, row: int) -> tuple[pa.Buffer, 
     raise IndexError(f"row {row} past the end of column {column}")
 
 
-def _id_seed(*parts: Any) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
-
-
 class _ItemMaker:
     """Turns a stored row into a training item (normalise, sample moments) the same way everywhere."""
 
@@ -534,7 +518,7 @@ class _ItemMaker:
             np.clip(std, -30.0, 20.0, out=std)
             std *= 0.5
             np.exp(std, out=std)
-            g = torch.Generator().manual_seed(_id_seed(self.sample_seed, self.epoch, raw["id"]))
+            g = torch.Generator().manual_seed(stable_seed(self.sample_seed, self.epoch, raw["id"]))
             latent = torch.randn(stored.shape, generator=g).numpy()
             latent *= std
             latent += stored
@@ -625,91 +609,6 @@ class LatentDataset(_MapBase):  # type: ignore[misc,valid-type]
         )
 
 
-def _dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is None:
-        rank = int(os.environ.get("RANK", "0"))
-    if world_size is None:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world_size {world_size}")
-    return rank, world_size
-
-
-class BucketBatchSampler:
-    """Batches of indices whose latents share one shape (so they stack), shuffled per epoch with a seed,
-    split across ranks, resumable through ``state_dict``.
-
-    Every rank gets the same number of batches (extra batches are dropped) so DDP never waits on a rank
-    that ran out of data.
-    """
-
-    def __init__(
-        self,
-        shapes: Sequence[tuple[int, ...]],
-        batch_size: int,
-        *,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-        rank: int | None = None,
-        world_size: int | None = None,
-    ):
-        self.shapes = list(shapes)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.rank, self.world_size = _dist_rank_world(rank, world_size)
-        self.epoch = 0
-        self.consumed = 0
-
-    def _batches(self) -> list[list[int]]:
-        rng = random.Random(_id_seed(self.seed, self.epoch))
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, s in enumerate(self.shapes):
-            by_shape.setdefault(s, []).append(i)
-        batches: list[list[int]] = []
-        for shape in sorted(by_shape):
-            idx = by_shape[shape]
-            if self.shuffle:
-                rng.shuffle(idx)
-            for k in range(0, len(idx), self.batch_size):
-                b = idx[k : k + self.batch_size]
-                if len(b) == self.batch_size or not self.drop_last:
-                    batches.append(b)
-        if self.shuffle:
-            rng.shuffle(batches)
-        per_rank = len(batches) // self.world_size if self.world_size > 1 else len(batches)
-        return batches[self.rank :: self.world_size][:per_rank]
-
-    def __len__(self) -> int:
-        return len(self._batches())
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches()
-        start = self.consumed
-        for k in range(start, len(batches)):
-            self.consumed = k + 1
-            yield batches[k]
-        self.epoch += 1
-        self.consumed = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.consumed = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if state.get("seed", self.seed) != self.seed:
-            raise ValueError(
-                f"sampler state was saved with seed {state['seed']}, this sampler has {self.seed}"
-            )
-        self.epoch = int(state["epoch"])
-        self.consumed = int(state["consumed"])
-
-
 class StreamingLatentDataset(_IterBase):  # type: ignore[misc,valid-type]
     """Iterable view of a cache split: reads row group by row group, shuffles within a window of row
     groups (so reads stay sequential), shards across ranks and DataLoader workers, and resumes exactly
@@ -738,7 +637,7 @@ class StreamingLatentDataset(_IterBase):  # type: ignore[misc,valid-type]
         self.shuffle = shuffle
         self.seed = seed
         self.shuffle_window = max(1, shuffle_window)
-        self.rank, self.world_size = _dist_rank_world(rank, world_size)
+        self.rank, self.world_size = env_rank_world(rank, world_size)
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.epoch = 0
@@ -766,7 +665,7 @@ class StreamingLatentDataset(_IterBase):  # type: ignore[misc,valid-type]
         for i, ref in enumerate(self.cache.refs):
             groups.setdefault((ref.file, ref.group), []).append(i)
         keys = list(groups)
-        rng = random.Random(_id_seed(self.seed, self.epoch))
+        rng = random.Random(stable_seed(self.seed, self.epoch))
         if self.shuffle:
             rng.shuffle(keys)
         flat: list[int] = []

@@ -17,7 +17,6 @@ process that uses it.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -478,12 +477,3 @@ def load(
             raise ValueError("a hub-native dataset is read one split at a time (train, validation or test)")
         return ClipDataset(_HubNativeIndex(Path(root), split), pipeline)
     return ClipDataset(_UpstreamIndex(Path(root), split), pipeline)
-
-
-def env_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """Explicit values win; otherwise ``RANK``/``WORLD_SIZE`` as set by torchrun and accelerate."""
-    r = int(os.environ.get("RANK", "0")) if rank is None else int(rank)
-    w = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else int(world_size)
-    if w < 1 or not 0 <= r < w:
-        raise ValueError(f"rank {r} / world size {w} are inconsistent")
-    return r, w

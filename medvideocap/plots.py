@@ -6,11 +6,11 @@ written under a temporary name and renamed, so an interrupted run never leaves a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import polars as pl
 
+from medvideocap.atomic import atomic_path
 from medvideocap.stats import SCORE_NAMES
 
 
@@ -25,10 +25,11 @@ def _figure():  # type: ignore[no-untyped-def]
 
 def _save(fig: object, path: Path) -> Path:
     plt = _figure()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")  # type: ignore[attr-defined]
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, fsync=False) as tmp:
+            fig.savefig(tmp, dpi=100, bbox_inches="tight")  # type: ignore[attr-defined]
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from medvideocap.atomic import atomic_write_json
 from medvideocap.caption import BaseCaptioner, load_template, make_captioner, sample_frames
 from medvideocap.caption.journal import Journal
 from medvideocap.caption.where import compile_where
@@ -172,9 +173,7 @@ def _check_run(out: Path, settings: dict[str, Any]) -> None:
             )
         return
     out.mkdir(parents=True, exist_ok=True)
-    tmp = run_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(run_file)
+    atomic_write_json(run_file, settings, sort_keys=True, newline=False, fsync=False)
 
 
 def _check_out_not_in_source(source: str | Path, out: Path) -> None:
@@ -283,9 +282,7 @@ def recaption(
         if write:
             summary.dataset = str(write_dataset(selected, journal, out / DATASET_DIR, settings))
     summary.seconds = round(time.monotonic() - started, 3)
-    tmp = out / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary.to_json(), indent=2), encoding="utf-8")
-    tmp.replace(out / SUMMARY_FILE)
+    atomic_write_json(out / SUMMARY_FILE, summary.to_json(), newline=False, fsync=False)
     return summary
 
 
@@ -480,7 +477,5 @@ def write_dataset(selected: list[SourceItem], journal: Journal, dest: Path, sett
         dest.replace(old)
         target.replace(dest)
         shutil.rmtree(old)
-    tmp = state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(written, sort_keys=True), encoding="utf-8")
-    tmp.replace(state_file)
+    atomic_write_json(state_file, written, indent=None, sort_keys=True, newline=False, fsync=False)
     return dest

@@ -7,27 +7,40 @@ decoding anything; the streaming helper groups items as they arrive.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any
+import hashlib
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from torch.utils.data import Sampler
 
-from medvideocap.loader import ClipDataset, collate, env_rank_world
+from medvideocap.dist import env_rank_world
+
+if TYPE_CHECKING:
+    from medvideocap.loader import ClipDataset
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 63-bit seed from any values, the same in every process and Python version (unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
 class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of indices whose items all have the same output shape.
+    """Batches of indices whose items all have the same shape (so they stack), given each item's shape.
 
-    Per epoch (``set_epoch``) indices are shuffled within each bucket, cut into batches, and the
-    batches shuffled together, so consecutive steps mix buckets. Across ranks each rank takes every
-    ``world_size``-th batch; the batch list is padded by wrapping around (or trimmed with
-    ``drop_last``) so every rank runs the same number of steps - DDP hangs otherwise.
+    Per epoch (``set_epoch``, or automatically after each full pass) indices are shuffled with a seed
+    within each bucket, cut into batches, and the batches shuffled together, so consecutive steps mix
+    buckets. Across ranks each rank takes every ``world_size``-th batch; the batch list is padded by
+    wrapping around (or, with ``drop_last``, trimmed) so every rank runs the same number of steps - DDP
+    hangs otherwise. ``state_dict``/``load_state_dict`` resume an epoch after the batches already consumed.
+
+    Build it from shapes (a latent cache's ``latent_shapes``) or with :meth:`for_dataset` from a
+    :class:`~medvideocap.loader.ClipDataset` (its ``target_shape`` per clip, known without decoding).
     """
 
     def __init__(
         self,
-        dataset: ClipDataset,
+        shapes: Sequence[tuple[int, ...]],
         batch_size: int,
         *,
         shuffle: bool = True,
@@ -38,44 +51,70 @@ class BucketBatchSampler(Sampler[list[int]]):
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.shapes = [tuple(s) for s in shapes]
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
         self.rank, self.world_size = env_rank_world(rank, world_size)
         self.epoch = 0
-        buckets: dict[tuple[int, int, int], list[int]] = {}
-        for i in range(len(dataset)):
-            buckets.setdefault(dataset.target_shape(i), []).append(i)
+        self.consumed = 0
+        buckets: dict[tuple[int, ...], list[int]] = {}
+        for i, shape in enumerate(self.shapes):
+            buckets.setdefault(shape, []).append(i)
         self.buckets = dict(sorted(buckets.items()))
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    @classmethod
+    def for_dataset(cls, dataset: ClipDataset, batch_size: int, **options: Any) -> BucketBatchSampler:
+        """A sampler over a pixel dataset, bucketed by each clip's output shape."""
+        return cls([dataset.target_shape(i) for i in range(len(dataset))], batch_size, **options)
 
     def _batches(self) -> list[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = random.Random(stable_seed(self.seed, self.epoch))
         batches: list[list[int]] = []
         for indices in self.buckets.values():
-            order = [indices[i] for i in rng.permutation(len(indices))] if self.shuffle else list(indices)
+            order = list(indices)
+            if self.shuffle:
+                rng.shuffle(order)
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
                 if len(batch) == self.batch_size or not self.drop_last:
                     batches.append(batch)
         if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
+            rng.shuffle(batches)
         extra = len(batches) % self.world_size
         if extra:
             if self.drop_last:
                 batches = batches[: len(batches) - extra]
             else:
-                batches += batches[: self.world_size - extra]
+                batches += [batches[k % len(batches)] for k in range(self.world_size - extra)]
         return batches[self.rank :: self.world_size]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
 
     def __len__(self) -> int:
         return len(self._batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._batches()
+        for k in range(self.consumed, len(batches)):
+            self.consumed = k + 1
+            yield batches[k]
+        self.epoch += 1
+        self.consumed = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.consumed = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(
+                f"sampler state was saved with seed {state['seed']}, this sampler has {self.seed}"
+            )
+        self.epoch = int(state["epoch"])
+        self.consumed = int(state["consumed"])
 
 
 def bucket_batches(
@@ -84,6 +123,8 @@ def bucket_batches(
     """Collated batches from a stream of items of mixed shapes (e.g. a streaming dataset with buckets):
     an item waits in its shape's bucket until the bucket holds ``batch_size``; leftovers come last
     unless ``drop_last``."""
+    from medvideocap.loader import collate
+
     pending: dict[tuple[int, ...], list[dict]] = {}
     for item in items:
         if item is None:

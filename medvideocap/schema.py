@@ -17,6 +17,7 @@ import types
 import warnings
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal, Self, Union, get_args, get_origin
 
 import pyarrow as pa
@@ -373,12 +374,12 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     return {"clip_record.schema.json": record}
 
 
-if __name__ == "__main__":  # python -m medvideocap.schema OUT_DIR: regenerate schemas/*.json
-    import sys
-    from pathlib import Path
-
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "schemas")
+def write_json_schemas(out_dir: str | Path) -> list[Path]:
+    """Regenerate the JSON Schema files checked into ``schemas/`` (``make schemas``)."""
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    written = []
     for file_name, document in json_schemas().items():
         (out / file_name).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-        print(f"wrote {out / file_name}")
+        written.append(out / file_name)
+    return written

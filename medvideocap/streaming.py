@@ -27,7 +27,8 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from medvideocap.decode import FileHandles
-from medvideocap.loader import SamplePipeline, SkippedSampleWarning, env_rank_world
+from medvideocap.dist import env_rank_world
+from medvideocap.loader import SamplePipeline, SkippedSampleWarning
 from medvideocap.schema import ClipRecord
 
 

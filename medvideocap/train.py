@@ -35,6 +35,8 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from medvideocap.atomic import atomic_write_json, atomic_write_text
+
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -185,7 +187,7 @@ class ResumableBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
     def __init__(
         self, dataset: Any, batch_size: int, *, seed: int, rank: int, world_size: int, consumed: int
     ):
-        from medvideocap.latents import BucketBatchSampler
+        from medvideocap.sampler import BucketBatchSampler
 
         opts: dict[str, Any] = {
             "shuffle": True,
@@ -773,12 +775,10 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
     }
     metrics = output_dir / "metrics.jsonl"  # one line per step; steps past the resumed checkpoint dropped
     if accelerator.is_main_process:
-        (output_dir / "medvideocap_train.json").write_text(json.dumps(run_info, indent=2))
+        atomic_write_json(output_dir / "medvideocap_train.json", run_info, newline=False, fsync=False)
         kept = metrics.read_text().splitlines() if metrics.exists() else []
         kept = [line for line in kept if json.loads(line)["step"] <= state["step"]]
-        tmp = metrics.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        os.replace(tmp, metrics)
+        atomic_write_text(metrics, "".join(f"{line}\n" for line in kept), fsync=False)
 
     # the loop: one iteration = one optimizer step over gradient_accumulation_steps micro-batches
     result = TrainResult(step=state["step"], resumed_from=resume_from)

@@ -83,7 +83,7 @@ def test_buckets_pick_the_shape_by_aspect_ratio_and_the_sampler_batches_equal_sh
     ds = medvideocap.load(dataset, frames=FrameSpec(num_frames=9, fps=8, buckets=buckets))
     shapes = {it["id"]: tuple(it["video"].shape) for it in _items(ds)}
     assert shapes == {f"c{i:03d}": (3, 9, 32, 64) if i % 3 == 2 else (3, 9, 32, 48) for i in range(6)}
-    sampler = BucketBatchSampler(ds, batch_size=2, shuffle=True, seed=0)
+    sampler = BucketBatchSampler.for_dataset(ds, batch_size=2, shuffle=True, seed=0)
     seen = []
     for batch in DataLoader(ds, batch_sampler=sampler, collate_fn=collate):
         assert batch["video"].shape[0] == len(batch["id"])
@@ -97,7 +97,7 @@ def test_buckets_pick_the_shape_by_aspect_ratio_and_the_sampler_batches_equal_sh
 
 def test_bucket_sampler_gives_every_rank_the_same_number_of_batches(dataset: Path) -> None:
     ds = medvideocap.load(dataset, frames=FrameSpec(num_frames=9, fps=8, buckets=((9, 32, 48), (9, 32, 64))))
-    per_rank = [list(BucketBatchSampler(ds, 3, rank=r, world_size=2)) for r in range(2)]
+    per_rank = [list(BucketBatchSampler.for_dataset(ds, 3, rank=r, world_size=2)) for r in range(2)]
     assert len(per_rank[0]) == len(per_rank[1])
     covered = {i for batches in per_rank for b in batches for i in b}
     assert covered == set(range(len(ds)))

@@ -1,0 +1,104 @@
+"""Atomic file writes: readers (and a resumed run) never see half a file.
+
+Everything is written under a private temporary name in the target's folder and then ``os.replace``d
+onto the target, which is atomic on POSIX file systems. The temporary name is ``.{name}.tmp-{host}-{pid}``
+followed by the target's suffix (so tools that pick a format by extension, like matplotlib, still do):
+hidden, unique per process even when ranks on several machines share a disk, and matched by the
+``.*.tmp-*`` patterns that clean-up and upload code skip.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+def temp_name(path: Path) -> Path:
+    """The private temporary sibling of ``path`` used while it is being written."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}{path.suffix}")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+@contextmanager
+def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` for a writer that needs a file name (savefig, PyAV,
+    pyarrow); on success it is fsynced (``fsync``) and renamed onto ``path``, on failure removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        if fsync:
+            _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` via a temporary name and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str, *, fsync: bool = True, encoding: str = "utf-8") -> None:
+    atomic_write_bytes(path, text.encode(encoding), fsync=fsync)
+
+
+def atomic_write_json(
+    path: str | Path,
+    obj: Any,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = False,
+    ensure_ascii: bool = True,
+    newline: bool = True,
+    fsync: bool = True,
+) -> None:
+    """``json.dumps(obj, ...)`` (plus a final newline unless ``newline=False``), written atomically."""
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+    atomic_write_text(path, text + ("\n" if newline else ""), fsync=fsync)
+
+
+def atomic_write_parquet(path: str | Path, table: pa.Table, *, fsync: bool = True, **options: Any) -> None:
+    """``pyarrow.parquet.write_table(table, ..., **options)``, written atomically."""
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, **options)
+    atomic_write_bytes(path, buf.getvalue(), fsync=fsync)
+
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_parquet",
+    "atomic_write_text",
+    "temp_name",
+]

@@ -1,0 +1,212 @@
+"""Running a recipe's stages over one input, and what comes out: :class:`Outcome` rows.
+
+Every input ends as a list of outcomes, one per clip (kept or rejected) or a single one when the
+input itself is rejected. Outcomes are JSON-able so they can be journaled, shipped back from worker
+processes or Ray tasks, and sorted into one deterministic order before anything is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from medvideocap.build.recipe import Recipe
+from medvideocap.build.record import to_record
+from medvideocap.build.sample import Reject, Sample
+from medvideocap.build.stages import Context, StageFn, make_stage
+
+log = logging.getLogger(__name__)
+
+SIDECARS = ("metadata.jsonl", "metadata.csv")
+FILE_KEYS = ("file", "file_name", "filename", "video", "path", "name")
+
+
+@dataclass
+class Outcome:
+    """The fate of one clip (or of an input rejected as a whole)."""
+
+    input: str
+    index: int
+    total: int
+    id: str
+    stage: str | None = None  # None: kept
+    code: str | None = None
+    reason: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    record: dict[str, Any] | None = None  # ClipRecord.to_json_dict() of a kept clip
+    clip: str | None = None
+    start: float | None = None
+    end: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> bool:
+        return self.stage is None
+
+    @property
+    def reject_input(self) -> str:
+        """What the rejects table names: the input, plus the clip span for a clip of it."""
+        if self.total == 1 and self.start is None:
+            return self.input
+        return f"{self.input}#{self.index:03d} ({self.start or 0:.2f}-{self.end or 0:.2f} s)"
+
+    def sort_key(self) -> tuple[str, int]:
+        return self.input, self.index
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Outcome:
+        return cls(**data)
+
+
+def kept(sample: Sample) -> Outcome:
+    try:
+        record = to_record(sample).to_json_dict()
+    except (ValidationError, ValueError) as exc:
+        return rejected(
+            sample, Reject("record", "invalid_record", f"{sample.clip_id}: {exc}", dict(sample.scores))
+        )
+    return Outcome(
+        sample.input,
+        sample.index,
+        sample.total,
+        sample.clip_id,
+        scores=dict(sample.scores),
+        record=record,
+        clip=sample.clip,
+        start=sample.start,
+        end=sample.end,
+        timings=dict(sample.timings),
+    )
+
+
+def rejected(sample: Sample, reject: Reject) -> Outcome:
+    s = reject.sample or sample
+    return Outcome(
+        s.input,
+        s.index,
+        s.total,
+        s.clip_id,
+        stage=reject.stage,
+        code=reject.code,
+        reason=reject.reason,
+        scores=dict(reject.scores or s.scores),
+        start=s.start,
+        end=s.end,
+        timings=dict(s.timings),
+    )
+
+
+def apply_stage(label: str, fn: StageFn, sample: Sample) -> list[Sample | Reject]:
+    """Run one stage on one sample; an unexpected error rejects the sample instead of the build."""
+    t0 = time.perf_counter()
+    try:
+        result = fn(sample)
+    except Exception as exc:  # noqa: BLE001 - one bad video must not kill a long build
+        log.warning("%s clip %d: stage %s failed: %s", sample.input, sample.index, label, exc)
+        result = Reject(label, "error", f"{type(exc).__name__}: {exc}", dict(sample.scores))
+    items = result if isinstance(result, list) else [result]
+    elapsed = (time.perf_counter() - t0) / max(1, len(items))
+    for item in items:
+        target = item.sample if isinstance(item, Reject) and item.sample is not None else item
+        if isinstance(target, Sample):
+            target.timings[label] = round(elapsed, 6)
+        else:
+            sample.timings[label] = round(elapsed, 6)
+    return items
+
+
+class Pipeline:
+    """A recipe's stage functions, built once per process (model stages load lazily inside them)."""
+
+    def __init__(self, recipe: Recipe, work: Path):
+        ctx = Context(work=work)
+        self.stages = [(cfg.label, make_stage(cfg, ctx)) for cfg in recipe.stages]
+
+    def run(self, sample: Sample) -> list[Outcome]:
+        """All stages over one input: its outcomes, in clip order."""
+        outcomes: list[Outcome] = []
+        live = [sample]
+        for label, fn in self.stages:
+            nxt: list[Sample] = []
+            for s in live:
+                for item in apply_stage(label, fn, s):
+                    if isinstance(item, Reject):
+                        outcomes.append(rejected(s, item))
+                    else:
+                        nxt.append(item)
+            live = nxt
+        outcomes.extend(kept(s) for s in live)
+        return sorted(outcomes, key=Outcome.sort_key)
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs
+
+
+def _key_of(rel: str) -> str:
+    stem = rel.rsplit(".", 1)[0] if "." in Path(rel).name else rel
+    key = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_-") or "video"
+    return key if key[0].isalnum() else f"v{key}"
+
+
+def read_sidecar(src: Path) -> dict[str, dict[str, Any]]:
+    """Sidecar rows by the file they describe (relative path or bare file name)."""
+    rows: list[dict[str, Any]] = []
+    for name in SIDECARS:
+        path = src / name
+        if not path.exists():
+            continue
+        if name.endswith(".jsonl"):
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise ValueError(f"{path}:{n}: not a JSON object ({exc})") from exc
+        else:
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows.extend(csv.DictReader(fh))
+    by_file: dict[str, dict[str, Any]] = {}
+    for n, row in enumerate(rows, 1):
+        found = next((str(row[k]) for k in FILE_KEYS if row.get(k)), None)
+        if found is None:
+            raise ValueError(f"{src} sidecar row {n}: no file column (one of {', '.join(FILE_KEYS)})")
+        by_file[found] = {k: v for k, v in row.items() if k not in FILE_KEYS}
+    return by_file
+
+
+def discover(src: Path) -> list[Sample]:
+    """Every file under ``src`` (except sidecars and hidden files), sorted, with its sidecar row."""
+    if not src.is_dir():
+        raise FileNotFoundError(f"source folder {src} does not exist")
+    sidecar = read_sidecar(src)
+    files = sorted(
+        p
+        for p in src.rglob("*")
+        if p.is_file()
+        and p.name not in SIDECARS
+        and not any(part.startswith(".") for part in p.relative_to(src).parts)
+    )
+    rels = [p.relative_to(src).as_posix() for p in files]
+    keys = [_key_of(r) for r in rels]
+    samples = []
+    for path, rel, key in zip(files, rels, keys, strict=True):
+        if keys.count(key) > 1:  # a.mp4 and a.mov: keep both, tell them apart by extension
+            key = re.sub(r"[^A-Za-z0-9_-]+", "_", rel).strip("_-")
+        meta = sidecar.get(rel) or sidecar.get(path.name) or {}
+        samples.append(Sample(input=rel, path=str(path.resolve()), key=key, meta=dict(meta)))
+    unmatched = sorted(set(sidecar) - set(rels) - {p.name for p in files})
+    for name in unmatched:
+        log.warning("%s: sidecar names %r but no such file exists", src, name)
+    return samples

@@ -1,0 +1,290 @@
+"""Build recipes: the ordered stages of a curation run, their thresholds and the models they load.
+
+A recipe is a YAML file (a path, or the name of one shipped in ``builders/``) validated by pydantic,
+so a typo in a threshold name fails when the build starts instead of being silently ignored. Each
+stage entry names its kind in ``stage:`` and carries that stage's parameters; ``resources`` gives
+the CPU/GPU hints that the Ray engine passes to the scheduler (the local engines ignore them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be read or does not validate; the message names the file."""
+
+
+class Resources(BaseModel):
+    """Scheduling hints for one stage (Ray ``num_cpus``/``num_gpus``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: float = Field(default=1.0, gt=0)
+    gpus: float = Field(default=0.0, ge=0)
+
+
+class _Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resources: Resources = Field(default_factory=Resources)
+
+    @property
+    def label(self) -> str:
+        """Name of the stage in the funnel, rejects table and progress display."""
+        return str(getattr(self, "name", None) or self.stage)  # type: ignore[attr-defined]
+
+    def models(self) -> list[str]:
+        """Model ids or files this stage loads (shown by ``--dry-run``)."""
+        return []
+
+
+class ProbeStage(_Stage):
+    """Read the real media facts; reject non-videos and inputs too short or too small to yield a clip."""
+
+    stage: Literal["probe"] = "probe"
+    min_seconds: float = Field(default=0.0, ge=0)
+    min_width: int = Field(default=0, ge=0)
+    min_height: int = Field(default=0, ge=0)
+
+
+class SplitStage(_Stage):
+    """Cut each video where content changes and keep segments long and large enough."""
+
+    stage: Literal["split"] = "split"
+    detector: Literal["histogram", "difference", "clip", "none"] = "histogram"
+    threshold: float = Field(
+        default=0.35,
+        description="histogram: L1 distance of colour histograms (0-1); difference: mean abs frame "
+        "difference (0-1); clip: cut where cosine similarity of adjacent embeddings falls BELOW this.",
+    )
+    analysis_fps: float = Field(default=4.0, gt=0, description="Frames per second the detector compares.")
+    min_scene_seconds: float = Field(
+        default=0.5, ge=0, description="Ignore a cut this close to the previous."
+    )
+    min_seconds: float = Field(default=6.0, ge=0, description="Shorter segments are dropped.")
+    max_seconds: float | None = Field(default=None, gt=0, description="Longer segments are chunked.")
+    min_width: int = Field(default=0, ge=0)
+    min_height: int = Field(default=0, ge=0)
+    clip_model: str = Field(default="openai/clip-vit-large-patch14", description="For detector: clip.")
+    crf: int = Field(default=18, ge=0, le=51, description="x264 quality when a cut must be re-encoded.")
+    preset: str = "veryfast"
+
+    def models(self) -> list[str]:
+        return [self.clip_model] if self.detector == "clip" else []
+
+
+class BlackBorderStage(_Stage):
+    """Find letterbox/pillarbox bars; crop them away or reject the clip."""
+
+    stage: Literal["black_border"] = "black_border"
+    method: Literal["hough", "luminance"] = "hough"
+    luminance: float = Field(
+        default=20.0, ge=0, le=255, description="Rows/columns darker than this are bars."
+    )
+    max_fraction: float = Field(
+        default=0.1, ge=0, le=1, description="Border area above this triggers action."
+    )
+    action: Literal["reject", "crop"] = "reject"
+    crf: int = Field(default=18, ge=0, le=51)
+    preset: str = "veryfast"
+
+
+class OcrStage(_Stage):
+    """Count burned-in words (subtitles, slides) with an OCR backend; too many words -> reject."""
+
+    stage: Literal["ocr"] = "ocr"
+    backend: Literal["easyocr"] = "easyocr"
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    frames: int = Field(default=5, ge=1)
+    max_words: int = Field(default=20, ge=0, description="Reject when a frame shows more words than this.")
+    device: str = "auto"
+
+
+class AestheticStage(_Stage):
+    """LAION improved aesthetic predictor: CLIP ViT-L/14 image embedding -> MLP, mean over frames."""
+
+    stage: Literal["aesthetic"] = "aesthetic"
+    clip_model: str = "openai/clip-vit-large-patch14"
+    head: str = Field(
+        default="hf://trl-lib/ddpo-aesthetic-predictor/aesthetic-model.pth",
+        description="MLP weights: a local .pth/.safetensors file or hf://REPO/FILE "
+        "(the LAION sac+logos+ava1-l14-linearMSE head).",
+    )
+    frames: int = Field(default=5, ge=1)
+    min: float | None = Field(default=3.0, description="Reject below this mean score (None: score only).")
+    device: str = "auto"
+
+    def models(self) -> list[str]:
+        return [self.clip_model, self.head]
+
+
+class DoverStage(_Stage):
+    """DOVER technical quality (optional dependency)."""
+
+    stage: Literal["dover"] = "dover"
+    weights: str = Field(default="hf://teowu/DOVER/DOVER.pth", description="Local file or hf://REPO/FILE.")
+    config: str | None = Field(default=None, description="Path to DOVER's dover.yml (model args, sampling).")
+    min: float | None = Field(default=None, description="Reject below this technical score.")
+    device: str = "auto"
+
+    def models(self) -> list[str]:
+        return [self.weights]
+
+
+class MeasuresStage(_Stage):
+    """Built-in measures that need no weights: sharpness, motion magnitude, temporal consistency."""
+
+    stage: Literal["measures"] = "measures"
+    analysis_fps: float = Field(default=4.0, gt=0)
+    max_side: int = Field(default=256, ge=16, description="Frames are downscaled to this before measuring.")
+    min_sharpness: float | None = None
+    min_motion: float | None = None
+    max_motion: float | None = None
+    min_temporal_consistency: float | None = None
+
+
+class Condition(BaseModel):
+    """``score`` must be within [min, max]; a missing score fails the condition."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: str
+    min: float | None = None
+    max: float | None = None
+
+    def holds(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def __str__(self) -> str:
+        parts = [
+            f"{self.score} >= {self.min:g}" if self.min is not None else "",
+            f"{self.score} <= {self.max:g}" if self.max is not None else "",
+        ]
+        return " and ".join(p for p in parts if p) or f"{self.score} present"
+
+
+class FilterStage(_Stage):
+    """A joint rule over stored scores: keep a clip when ANY group has ALL its conditions true."""
+
+    stage: Literal["filter"] = "filter"
+    name: str = "filter"
+    keep_if_any: list[list[Condition]] = Field(min_length=1)
+
+
+class CameraMotionStage(_Stage):
+    """Camera motion type from dense optical flow (a heuristic; labelled so in the record)."""
+
+    stage: Literal["camera_motion"] = "camera_motion"
+    analysis_fps: float = Field(default=4.0, gt=0)
+    static_speed: float = Field(default=0.02, ge=0, description="Global shift per second, fraction of width.")
+    zoom_rate: float = Field(default=0.03, ge=0, description="Radial flow per second, fraction of width.")
+
+
+class CategoryStage(_Stage):
+    """Category from the sidecar metadata hint, else the default."""
+
+    stage: Literal["category"] = "category"
+    default: str = "other"
+
+
+class CaptionStage(_Stage):
+    """Captions from sidecar metadata, or from a captioner backend (medvideocap.caption)."""
+
+    stage: Literal["caption"] = "caption"
+    backend: Literal["openai", "transformers"] | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="Passed to make_captioner.")
+    template: str = "detailed_brief"
+    frames: int = Field(default=8, ge=1)
+    required: bool = Field(default=False, description="Reject clips that end up with no caption.")
+
+    def models(self) -> list[str]:
+        if self.backend is None:
+            return []
+        return [str(self.options.get("model", f"{self.backend} default"))]
+
+
+StageConfig = Annotated[
+    ProbeStage
+    | SplitStage
+    | BlackBorderStage
+    | OcrStage
+    | AestheticStage
+    | DoverStage
+    | MeasuresStage
+    | FilterStage
+    | CameraMotionStage
+    | CategoryStage
+    | CaptionStage,
+    Field(discriminator="stage"),
+]
+
+
+class OutputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    shard_bytes: int = Field(default=1_000_000_000, gt=0)
+
+
+class Recipe(BaseModel):
+    """A whole build: what to run, in which order, with which thresholds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    stages: list[StageConfig] = Field(min_length=1)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _check_order(self) -> Recipe:
+        kinds = [s.stage for s in self.stages]
+        if kinds[0] != "probe":
+            raise ValueError("the first stage must be 'probe' (every input is probed before anything else)")
+        if kinds.count("split") > 1 or kinds.count("probe") > 1:
+            raise ValueError("'probe' and 'split' may appear once each")
+        labels = [s.label for s in self.stages]
+        dupes = sorted({label for label in labels if labels.count(label) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique (give filters a name:), repeated: {dupes}")
+        return self
+
+    def fingerprint(self) -> str:
+        """Hash of the validated recipe: a work dir built with another recipe is not resumed."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(m for s in self.stages for m in s.models()))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load a recipe from a YAML path, or by the name of a shipped one ('demo', 'medvideocap-55k')."""
+    path = Path(name_or_path)
+    if not path.exists():
+        from medvideocap.resources import resource
+
+        name = str(name_or_path)
+        try:
+            path = resource("builders", name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+        except FileNotFoundError as exc:
+            raise RecipeError(f"recipe {name_or_path!r}: not a file, and {exc}") from None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {path}: not valid YAML ({exc})") from exc
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<recipe>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise RecipeError(f"recipe {path}: {problems}") from exc

@@ -1,0 +1,127 @@
+"""Aesthetic stage: the LAION improved aesthetic predictor (CLIP ViT-L/14 embedding -> MLP head).
+
+The paper scores 5 frames and drops clips whose mean is below 3.0. The CLIP model and the MLP head
+load lazily, once per worker process, from Hub ids by default (``clip_model``, ``head`` as
+``hf://REPO/FILE``) or local paths (the tests pass a tiny random CLIP and a hand-set head).
+The head file is a plain state dict, read with ``torch.load(weights_only=True)`` or safetensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvideocap.build.recipe import AestheticStage
+from medvideocap.build.sample import Reject, Sample
+from medvideocap.build.stages import Context, require
+
+_MODELS: dict[tuple[str, ...], Any] = {}
+HEAD_LAYERS = (0, 2, 4, 6, 7)  # Linear layers of the LAION MLP (Dropouts sit at 1, 3, 5)
+
+
+def check(cfg: AestheticStage) -> None:
+    for module in ("torch", "transformers"):
+        require(module, stage=cfg.label, hint="pip install 'medvideocap[train]' (torch + transformers)")
+
+
+def resolve_file(spec: str) -> Path:
+    """A local path, or ``hf://OWNER/NAME/FILE`` fetched (and cached) with huggingface_hub."""
+    if spec.startswith("hf://"):
+        owner, name, *rest = spec[len("hf://") :].split("/")
+        if not rest:
+            raise ValueError(f"{spec!r}: expected hf://OWNER/NAME/FILE")
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(f"{owner}/{name}", "/".join(rest)))
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {spec!r} does not exist")
+    return path
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _clip(model_id: str, device: str) -> tuple[Any, Any]:
+    key = ("clip", model_id, device)
+    if key not in _MODELS:
+        from transformers import CLIPImageProcessor, CLIPModel
+
+        model = CLIPModel.from_pretrained(model_id).to(device).eval()  # type: ignore[arg-type]
+        _MODELS[key] = (model, CLIPImageProcessor.from_pretrained(model_id))
+    return _MODELS[key]
+
+
+def clip_embeddings(model_id: str, images: list[np.ndarray], *, device: str = "auto") -> np.ndarray:
+    """L2-normalised CLIP image embeddings, one row per RGB frame."""
+    import torch
+
+    dev = _device(device)
+    model, processor = _clip(model_id, dev)
+    inputs = processor(images=list(images), return_tensors="pt")
+    with torch.inference_mode():
+        out = model.get_image_features(pixel_values=inputs["pixel_values"].to(dev))
+        feats = out if isinstance(out, torch.Tensor) else out.pooler_output
+        feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+    return feats.cpu().numpy()
+
+
+def load_head(path: Path) -> Any:
+    """The LAION MLP, sized from the state dict (so tiny test heads use the same code)."""
+    import torch
+    from torch import nn
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    dims = [state[f"layers.{i}.weight"].shape for i in HEAD_LAYERS]
+    layers: list[nn.Module] = []
+    for pos, (out_f, in_f) in zip(HEAD_LAYERS, dims, strict=True):
+        while len(layers) < pos:
+            layers.append(nn.Dropout({1: 0.2, 3: 0.2, 5: 0.1}[len(layers)]))
+        layers.append(nn.Linear(in_f, out_f))
+    head = nn.Module()
+    head.layers = nn.Sequential(*layers)
+    head.load_state_dict(state)
+    return head.eval()
+
+
+def _head(spec: str, device: str) -> Any:
+    key = ("head", spec, device)
+    if key not in _MODELS:
+        _MODELS[key] = load_head(resolve_file(spec)).to(device)
+    return _MODELS[key]
+
+
+def score_frames(cfg: AestheticStage, images: list[np.ndarray]) -> list[float]:
+    import torch
+
+    dev = _device(cfg.device)
+    emb = torch.from_numpy(clip_embeddings(cfg.clip_model, images, device=cfg.device)).to(dev)
+    with torch.inference_mode():
+        return [float(v) for v in _head(cfg.head, dev).layers(emb).squeeze(-1).cpu()]
+
+
+def run(sample: Sample, cfg: AestheticStage, ctx: Context) -> Sample | Reject:
+    scores = score_frames(cfg, sample.even_frames(cfg.frames).images)
+    mean = round(float(np.mean(scores)), 6)
+    sample.scores["aesthetic"] = mean
+    if cfg.min is not None and mean < cfg.min:
+        return Reject(
+            cfg.label,
+            "low_aesthetic",
+            f"aesthetic {mean:.2f} (mean of {len(scores)} frames) < {cfg.min:g}",
+            dict(sample.scores),
+        )
+    return sample

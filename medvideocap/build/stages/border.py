@@ -1,0 +1,109 @@
+"""Black-border stage: letterbox/pillarbox bars, found with Canny edges + Hough lines.
+
+A bar is a run of rows (or columns) at the frame edge that stay darker than ``luminance`` in every
+sampled frame. With ``method: hough`` (the paper's approach) a bar only counts when a long straight
+edge (Canny + probabilistic Hough transform on the time-averaged frame) runs along its inner edge,
+so a dark scene or a vignette is not mistaken for a bar. ``black_border`` stores the bar area as a
+fraction of the frame; above ``max_fraction`` the clip is rejected or cropped, as the recipe says.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from medvideocap.build.media import cut
+from medvideocap.build.recipe import BlackBorderStage
+from medvideocap.build.sample import Reject, Sample
+from medvideocap.build.stages import Context
+from medvideocap.probe import probe
+
+_FPS = 2.0
+_TOLERANCE = 3  # pixels between a bar's inner edge and the Hough line that confirms it
+
+
+def _dark_run(values: np.ndarray, threshold: float) -> int:
+    """Length of the leading run of entries below ``threshold``."""
+    above = np.nonzero(values >= threshold)[0]
+    return int(above[0]) if above.size else len(values)
+
+
+def _lines(mean: np.ndarray) -> tuple[list[int], list[int]]:
+    """y of long horizontal lines and x of long vertical lines in the time-averaged frame."""
+    h, w = mean.shape
+    edges = cv2.Canny(mean, 30, 90)
+    found = cv2.HoughLinesP(
+        edges,
+        1,
+        np.pi / 180,
+        threshold=max(10, min(h, w) // 4),
+        minLineLength=int(0.5 * min(h, w)),
+        maxLineGap=8,
+    )
+    ys: list[int] = []
+    xs: list[int] = []
+    for x1, y1, x2, y2 in [] if found is None else found.reshape(-1, 4):
+        if abs(int(y1) - int(y2)) <= 1 and abs(int(x2) - int(x1)) >= 0.5 * w:
+            ys.append((int(y1) + int(y2)) // 2)
+        elif abs(int(x1) - int(x2)) <= 1 and abs(int(y2) - int(y1)) >= 0.5 * h:
+            xs.append((int(x1) + int(x2)) // 2)
+    return ys, xs
+
+
+def find_borders(gray: list[np.ndarray], cfg: BlackBorderStage) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) bar sizes in pixels."""
+    stack = np.stack(gray).astype(np.float32)
+    rows = stack.max(axis=(0, 2))  # brightest value each row reaches in any frame
+    cols = stack.max(axis=(0, 1))
+    top, bottom = _dark_run(rows, cfg.luminance), _dark_run(rows[::-1], cfg.luminance)
+    left, right = _dark_run(cols, cfg.luminance), _dark_run(cols[::-1], cfg.luminance)
+    h, w = stack.shape[1:]
+    if top >= h or left >= w:  # the whole frame is dark: no bars, just a dark clip
+        return 0, 0, 0, 0
+    if cfg.method == "hough":
+        ys, xs = _lines(stack.mean(axis=0).astype(np.uint8))
+
+        def confirmed(edge: int, lines: list[int]) -> bool:
+            return any(abs(edge - v) <= _TOLERANCE for v in lines)
+
+        top = top if top and confirmed(top, ys) else 0
+        bottom = bottom if bottom and confirmed(h - bottom, ys) else 0
+        left = left if left and confirmed(left, xs) else 0
+        right = right if right and confirmed(w - right, xs) else 0
+    return top, bottom, left, right
+
+
+def run(sample: Sample, cfg: BlackBorderStage, ctx: Context) -> Sample | Reject:
+    frames = sample.frames(_FPS, max_side=None)
+    top, bottom, left, right = find_borders(frames.gray(), cfg)
+    h, w = frames.images[0].shape[:2]
+    inner = max(0, h - top - bottom) * max(0, w - left - right)
+    fraction = round(1.0 - inner / float(h * w), 6)
+    sample.scores["black_border"] = fraction
+    if fraction <= cfg.max_fraction:
+        return sample
+    bars = f"bars top {top}, bottom {bottom}, left {left}, right {right} px"
+    if cfg.action == "reject":
+        return Reject(
+            cfg.label,
+            "black_border",
+            f"{fraction:.0%} of the frame is border ({bars}) > {cfg.max_fraction:.0%}",
+            dict(sample.scores),
+        )
+    x, y = left + (left % 2), top + (top % 2)
+    cw, ch = (w - x - right) // 2 * 2, (h - y - bottom) // 2 * 2
+    dest = ctx.work / "clips" / sample.key / f"{sample.index:03d}-crop.mp4"
+    cut(
+        sample.media,
+        dest,
+        start=0.0,
+        end=float(sample.info["duration"]) + 1.0,
+        copy=False,
+        crop=(cw, ch, x, y),
+        crf=cfg.crf,
+        preset=cfg.preset,
+    )
+    sample.clip = str(dest)
+    sample.info = probe(dest, name=f"{sample.input} clip {sample.index}", count_frames=True).as_dict()
+    sample.extra["cropped"] = {"width": cw, "height": ch, "x": x, "y": y}
+    return sample

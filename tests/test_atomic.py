@@ -1,0 +1,49 @@
+"""Atomic writes leave either the old file or the new one, never a stray temporary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from medvideocap.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_parquet
+from medvideocap.sampler import BucketBatchSampler
+
+
+def test_writes_replace_the_target_and_leave_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "a.json"
+    atomic_write_bytes(target, b"old")
+    atomic_write_json(target, {"b": 1, "a": "é"}, sort_keys=True, ensure_ascii=False)
+    assert target.read_text(encoding="utf-8") == '{\n  "a": "é",\n  "b": 1\n}\n'
+    atomic_write_parquet(tmp_path / "t.parquet", pa.table({"x": [1, 2]}))
+    assert pq.read_table(tmp_path / "t.parquet").column("x").to_pylist() == [1, 2]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.json", "sub", "t.parquet"]
+    assert json.loads(target.read_text(encoding="utf-8"))["b"] == 1
+
+
+def test_atomic_path_keeps_the_suffix_and_cleans_up_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "chart.png"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".png" and tmp.name.startswith(".chart.png.tmp-")
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer died")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["chart.png"]
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+
+
+def test_bucket_sampler_pads_every_rank_even_with_fewer_batches_than_ranks() -> None:
+    per_rank = [list(BucketBatchSampler([(1,)] * 2, 2, rank=r, world_size=4)) for r in range(4)]
+    assert [len(b) for b in per_rank] == [1, 1, 1, 1]
+    assert [
+        len(b)
+        for b in (
+            list(BucketBatchSampler([(1,)] * 2, 2, drop_last=True, rank=r, world_size=4)) for r in range(4)
+        )
+    ] == [0] * 4
