@@ -25,15 +25,17 @@ from typing import Any
 from medvideocap.probe import ProbeError, probe
 from medvideocap.schema import ClipRecord
 from medvideocap.splits import DEFAULT_FRACTIONS, DEFAULT_SALT, assign_split, check_fractions
+from medvideocap.validate import DURATION_TOLERANCE_REL, DURATION_TOLERANCE_S, WARNING_KINDS
 from medvideocap.writer import DEFAULT_SHARD_BYTES, DatasetWriter, WriterError
 
 log = logging.getLogger(__name__)
 
-DURATION_TOLERANCE_S = 0.5
-"""A clip whose file is this much (or 5 %) shorter or longer than its JSON says is dropped."""
 FPS_TOLERANCE = 0.5
-# Upstream problems that keep the clip: the odd value is kept in record.extra or read from the video.
-NOT_DROPPED = {"unknown_key", "unknown_category", "filled_from_video"}
+# A clip whose file is DURATION_TOLERANCE_S (or DURATION_TOLERANCE_REL) shorter or longer than its
+# JSON says is dropped; the tolerances are validate's, so `validate` and `convert` agree on durations.
+# Upstream problems that keep the clip (validate's warnings): the odd value is kept in record.extra or
+# read from the video.
+NOT_DROPPED = WARNING_KINDS
 
 
 @dataclass
@@ -85,7 +87,7 @@ def verify_media(record: ClipRecord, video: bytes, *, where: str) -> ClipRecord:
             f"resolution_mismatch: {where}: JSON says {record.width}x{record.height}, "
             f"file is {info.width}x{info.height}"
         )
-    tolerance = max(DURATION_TOLERANCE_S, 0.05 * record.duration)
+    tolerance = max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_REL * record.duration)
     if abs(info.duration - record.duration) > tolerance:
         hint = " (truncated?)" if info.duration < record.duration else ""
         raise ValueError(
@@ -190,7 +192,7 @@ def convert(
         "verify": {
             "probe": "pyav, every packet demuxed",
             "duration_tolerance_s": DURATION_TOLERANCE_S,
-            "duration_tolerance_rel": 0.05,
+            "duration_tolerance_rel": DURATION_TOLERANCE_REL,
             "fps_tolerance": FPS_TOLERANCE,
         },
     }

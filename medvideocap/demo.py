@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from medvideocap.atomic import atomic_path
+from medvideocap.atomic import atomic_path, atomic_write_text
 
 console = Console()
 
@@ -106,7 +106,7 @@ def make_raw_videos(raw: Path, *, seconds: float = 4.0) -> list[Path]:
                 "caption_brief": caption.split(",")[0].rstrip(".") + ".",
             }
         )
-    (raw / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(raw / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in rows), fsync=False)
     return paths
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medvideocap.atomic import atomic_write_bytes
+from medvideocap.dist import env_rank_world
 from medvideocap.latents import (
     DROPPED_NAME,
     FORMAT,
@@ -373,15 +373,6 @@ def rank_of(clip_id: str, world_size: int) -> int:
     return int.from_bytes(hashlib.sha256(clip_id.encode()).digest()[:8], "big") % world_size
 
 
-def dist_env(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """Rank and world size from arguments, else the RANK/WORLD_SIZE that torchrun and accelerate set."""
-    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world size {world_size}")
-    return rank, world_size
-
-
 def _batched_by_shape(items: Iterable[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
     """Batches of items whose videos share a shape (buckets), the last partial ones included."""
     pending: dict[tuple[int, ...], list[dict[str, Any]]] = {}
@@ -556,7 +547,7 @@ def encode_latents(
     rank takes its hash share of the ids), or with ``engine="ray"`` to spread batches over a Ray cluster.
     """
     config = config or EncodeConfig()
-    rank, world_size = dist_env(rank, world_size)
+    rank, world_size = env_rank_world(rank, world_size)
     out = Path(out)
     encoder = BatchEncoder(config) if engine == "local" else None
     reports = []

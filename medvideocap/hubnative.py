@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medvideocap.layout import has_hub_native_info
 from medvideocap.schema import SPLITS, ClipRecord, arrow_schema, check_schema_version
 from medvideocap.writer import FORMAT
 
@@ -19,15 +20,9 @@ if TYPE_CHECKING:
     import polars as pl
 
 
-def is_hub_native(path: Path | str) -> bool:
-    """True when ``path`` is a folder holding a finished hub-native dataset (``meta/info.json``)."""
-    info = Path(path) / "meta" / "info.json"
-    if not info.is_file():
-        return False
-    try:
-        return json.loads(info.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
+is_hub_native = has_hub_native_info
+"""True when ``path`` is a folder holding a finished hub-native dataset (``meta/info.json``); the
+strict check, unlike :func:`medvideocap.layout.is_hub_native`, which also accepts shards + parquet."""
 
 
 def webdataset_features() -> datasets.Features:

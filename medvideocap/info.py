@@ -44,14 +44,16 @@ def info(path_or_repo: str | Path, *, revision: str | None = None) -> dict[str, 
         for key in ("fingerprint", "created_with"):
             if key in ds.info:
                 result[key] = ds.info[key]
-        shards = sorted(root.glob("data/*/shard-*.tar"))
+        per_split = {s: ds.shards(s) for s in ds.splits}
+        shards = [p for paths in per_split.values() for p in paths]
+        parquets = sorted(root.glob("metadata/*.parquet"))
         result["files"] = {
-            "shards": {s: len(list((root / "data" / s).glob("shard-*.tar"))) for s in ds.splits},
-            "metadata": sorted(str(p.relative_to(root)) for p in root.glob("metadata/*.parquet")),
+            "shards": {s: len(paths) for s, paths in per_split.items()},
+            "metadata": [str(p.relative_to(root)) for p in parquets],
         }
         result["bytes"] = {
             "videos": sum(p.stat().st_size for p in shards),
-            "metadata": sum(p.stat().st_size for p in root.glob("metadata/*.parquet")),
+            "metadata": sum(p.stat().st_size for p in parquets),
         }
         if not shards:
             result["notes"].append("video shards not downloaded (metadata only)")

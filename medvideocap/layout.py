@@ -61,16 +61,22 @@ def local_or_download(
     return Path(local)
 
 
+def has_hub_native_info(path: Path | str) -> bool:
+    """True when ``path`` holds a finished hub-native dataset: ``meta/info.json`` with our format."""
+    info = Path(path) / "meta" / "info.json"
+    if not info.is_file():
+        return False
+    try:
+        return json.loads(info.read_text(encoding="utf-8")).get("format") == HUB_NATIVE_FORMAT
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
 def is_hub_native(path: Path) -> bool:
     """``meta/info.json`` saying ``format: medvideocap/hub-native``, or shards + metadata parquet."""
     path = Path(path)
-    info = path / "meta" / "info.json"
-    if info.is_file():
-        try:
-            if json.loads(info.read_text()).get("format") == HUB_NATIVE_FORMAT:
-                return True
-        except (json.JSONDecodeError, AttributeError, OSError):
-            pass
+    if has_hub_native_info(path):
+        return True
     return any(path.glob("data/*/shard-*.tar")) and any(path.glob("metadata/*.parquet"))
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import warnings
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medvideocap.decode import BACKENDS, DecodeError, DecoderCache, FileHandles, PerProcessCache, open_decoder
+from medvideocap.decode import BACKENDS, DecodeError, DecoderCache, FileHandles, open_decoder
 from medvideocap.frames import FrameSpec, resize_crop, sample_rng, to_output
 from medvideocap.schema import ClipRecord, arrow_schema
 from medvideocap.text import strip_boilerplate
@@ -282,17 +282,12 @@ class _UpstreamIndex:
         self.zips = [str(c.zip_path) for c in clips]
         self.members = [c.member for c in clips]
         self.ids = np.array([c.record.id for c in clips], dtype=str)
-        self.handles = PerProcessCache(8, on_evict=_close_zip)
 
     def __len__(self) -> int:
         return len(self._json)
 
     def record(self, i: int) -> ClipRecord:
         return ClipRecord.from_json_dict(json.loads(self._json[i]), where=f"{self.zips[i]}:{self.members[i]}")
-
-
-def _close_zip(handle: zipfile.ZipFile) -> None:
-    handle.close()
 
 
 class ClipDataset(Dataset):
@@ -344,13 +339,10 @@ class ClipDataset(Dataset):
                 f"{shard}:{index.ids[i]}.mp4",
                 (shard, offset),
             )
+        from medvideocap.upstream import read_member
+
         zpath, member = index.zips[i], index.members[i]
-
-        def read() -> bytes:
-            zf = index.handles.get(zpath, lambda: zipfile.ZipFile(zpath))
-            return zf.read(member)
-
-        return read, f"{Path(zpath).name}:{member}", (zpath, member)
+        return partial(read_member, Path(zpath), member), f"{Path(zpath).name}:{member}", (zpath, member)
 
     def __getitem__(self, i: int) -> dict | None:
         if i < 0:

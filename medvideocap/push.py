@@ -52,12 +52,13 @@ def dataset_files(folder: Path) -> list[str]:
     """Files that make up the dataset (relative posix paths), leftovers of unfinished writes excluded."""
     from fnmatch import fnmatch
 
+    # The same IGNORE_PATTERNS the upload is given (``**/`` also matching at the top level), plus
+    # .git/, which huggingface_hub always skips.
+    patterns = [*IGNORE_PATTERNS, *(p.removeprefix("**/") for p in IGNORE_PATTERNS if p.startswith("**/"))]
     files = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
-        if not path.is_file() or rel.startswith((".cache/", ".git/", "meta/progress/")):
-            continue
-        if fnmatch(path.name, ".shard-*.tar.partial") or fnmatch(path.name, ".*.tmp-*"):
+        if not path.is_file() or rel.startswith(".git/") or any(fnmatch(rel, p) for p in patterns):
             continue
         files.append(rel)
     return files

@@ -122,18 +122,18 @@ def caption_items(
     A clip whose video does not decode gets a failure entry, never an exception.
     """
     entries: list[dict[str, Any] | None] = [None] * len(items)
-    ready: list[tuple[int, list[Any], ClipRecord]] = []
+    ready: list[tuple[int, list[Any], list[float], ClipRecord]] = []
     for i, item in enumerate(items):
         try:
-            images, _ = sample_frames(item.read(), frames)
-            ready.append((i, images, item.record))
+            images, times = sample_frames(item.read(), frames)
+            ready.append((i, images, times, item.record))
         except Exception as exc:  # any unreadable clip is recorded, the batch goes on
             entries[i] = _entry(
                 item, ok=False, final=True, error=f"frames: {type(exc).__name__}: {exc}", raw="", attempts=0
             )
     if ready:
-        results = captioner.caption_batch([(im, rec) for _, im, rec in ready], template=template)
-        for (i, images, _), res in zip(ready, results, strict=True):
+        results = captioner.caption_batch([(im, rec) for _, im, _, rec in ready], template=template)
+        for (i, _, times, _), res in zip(ready, results, strict=True):
             entries[i] = _entry(
                 items[i],
                 ok=res.ok,
@@ -143,7 +143,7 @@ def caption_items(
                 attempts=res.attempts,
                 history=res.history,
                 captions=[c.model_dump(mode="json") for c in res.captions],
-                timestamps=[float(f.info.get("timestamp", 0.0)) for f in images],
+                timestamps=times,
             )
     return [e for e in entries if e is not None]
 

@@ -311,21 +311,18 @@ def empty_prompt_embeds(cfg: TrainConfig, manifest: dict[str, Any], device: torc
     """(text_seq_len, D) conditioning used when a caption is dropped: "" through the same UMT5 that encoded
     the cache (from its manifest), which is what WanPipeline feeds as the default negative prompt for CFG.
     Runs once at start-up; the encoder is freed right after."""
-    from transformers import AutoTokenizer, UMT5EncoderModel
+    from medvideocap.encode_latents import EncodeConfig, load_text_encoder
 
     name = manifest.get("text_encoder_id") or cfg.model_id
-    revision = cfg.revision if name == cfg.model_id else None
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(
-        name, subfolder=manifest.get("tokenizer_subfolder", "tokenizer"), revision=revision
+    encoder, tokenizer = load_text_encoder(
+        EncodeConfig(
+            vae=name,
+            text_encoder_subfolder=manifest.get("text_encoder_subfolder", "text_encoder"),
+            tokenizer_subfolder=manifest.get("tokenizer_subfolder", "tokenizer"),
+            text_encoder_revision=cfg.revision if name == cfg.model_id else None,
+            device=str(device),
+        )
     )
-    load_encoder: Any = UMT5EncoderModel.from_pretrained  # (transformers' stubs reject revision=None)
-    encoder = load_encoder(
-        name,
-        subfolder=manifest.get("text_encoder_subfolder", "text_encoder"),
-        revision=revision,
-        torch_dtype=dtype,
-    ).to(device)
     tokens = tokenizer(
         [""],
         padding="max_length",

@@ -448,6 +448,12 @@ def _zip_handle(path: Path) -> zipfile.ZipFile:
         return handle
 
 
+def read_member(zip_path: Path, member: str) -> bytes:
+    """The bytes of one zip member, read through the per-process handle cache."""
+    with _zip_handle(Path(zip_path)).open(member) as f:
+        return f.read()
+
+
 @dataclass
 class UpstreamClip:
     """One record joined to its zip member."""
@@ -461,8 +467,7 @@ class UpstreamClip:
         return _zip_handle(self.zip_path).open(self.member)
 
     def read_bytes(self) -> bytes:
-        with self.open() as f:
-            return f.read()
+        return read_member(self.zip_path, self.member)
 
     @property
     def where(self) -> str:

@@ -45,11 +45,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medvideocap.atomic import atomic_write_bytes, atomic_write_parquet
+from medvideocap.layout import HUB_NATIVE_FORMAT
 from medvideocap.schema import SCHEMA_VERSION, SPLITS, ClipRecord, arrow_schema
 
 log = logging.getLogger(__name__)
 
-FORMAT = "medvideocap/hub-native"
+FORMAT = HUB_NATIVE_FORMAT
 DEFAULT_SHARD_BYTES = 1_000_000_000
 _PARTIAL_SUFFIX = ".tar.partial"
 _PROGRESS = Path("meta") / "progress"

@@ -86,8 +86,12 @@ def test_unfinished_or_foreign_folders_are_refused(hub: Path, tmp_path: Path) ->
 def test_leftovers_of_unfinished_writes_are_not_part_of_the_dataset(hub: Path) -> None:
     (hub / "data" / "train" / ".shard-00009.tar.partial").write_bytes(b"x")
     (hub / "metadata" / ".train.parquet.tmp-123").write_bytes(b"x")
+    (hub / ".README.md.tmp-host-1.md").write_bytes(b"x")
+    (hub / ".cache").mkdir()
+    (hub / ".cache" / "lock").write_bytes(b"x")
     files = dataset_files(hub)
     assert not any(".partial" in f or ".tmp-" in f for f in files)
+    assert not any(f.startswith(".cache/") for f in files)
     assert "data/train/shard-00000.tar" in files
 
 

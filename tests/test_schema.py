@@ -137,7 +137,9 @@ def test_newer_minor_version_warns_and_keeps_unknown_fields() -> None:
 def test_same_version_does_not_warn() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ClipRecord.from_json_dict(_record())
+        record = ClipRecord.from_json_dict(_record())
+    assert record.schema_version == SCHEMA_VERSION
+    assert record.model_extra == {}
 
 
 def test_malformed_version_is_an_error() -> None:

@@ -226,11 +226,11 @@ def build(
     work = Path(work) if work else out.with_name(out.name + ".build")
     inputs = discover(src)
     journal_dir = work / "journal"
-    done = (
-        {json.loads(p.read_text())["input"]: p for p in journal_dir.glob("*.json")}
-        if journal_dir.is_dir()
-        else {}
-    )
+    # input -> its journaled outcomes (each journal file is read once)
+    done: dict[str, list[dict[str, Any]]] = {}
+    if journal_dir.is_dir():
+        for entry in (json.loads(p.read_text()) for p in journal_dir.glob("*.json")):
+            done[entry["input"]] = entry["outcomes"]
     if dry_run:
         return {**plan(src, recipe, inputs, set(done)), "missing": missing}
     if engine not in ("local", "ray"):
@@ -242,9 +242,7 @@ def build(
     by_input: dict[str, list[Outcome]] = {}
     for s in inputs:
         if s.input in done:
-            by_input[s.input] = [
-                Outcome.from_dict(d) for d in json.loads(done[s.input].read_text())["outcomes"]
-            ]
+            by_input[s.input] = [Outcome.from_dict(d) for d in done[s.input]]
 
     with Progress(
         TextColumn("{task.description:>16}"),
@@ -264,7 +262,10 @@ def build(
             sample = keyed[outcomes[0].input]
             atomic_write_json(
                 _journal_path(work, sample),
-                {"input": sample.input, "outcomes": [o.to_dict() for o in outcomes]}, sort_keys=True, ensure_ascii=False, fsync=False
+                {"input": sample.input, "outcomes": [o.to_dict() for o in outcomes]},
+                sort_keys=True,
+                ensure_ascii=False,
+                fsync=False,
             )
             by_input[sample.input] = outcomes
             for task, n in zip(tasks, reached(outcomes, labels), strict=True):

@@ -8,7 +8,6 @@ which is what lets an interrupted build resume into exactly the dataset an unint
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -182,5 +181,7 @@ def cut(
             "1",
         ]
     with atomic_path(dest, fsync=False) as tmp:
-        run_ffmpeg([*args, *BITEXACT, "-movflags", "+faststart", str(tmp)], what=f"{src} [{start:.2f}s-{end:.2f}s]")
+        run_ffmpeg(
+            [*args, *BITEXACT, "-movflags", "+faststart", str(tmp)], what=f"{src} [{start:.2f}s-{end:.2f}s]"
+        )
     return dest
