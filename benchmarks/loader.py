@@ -1,7 +1,7 @@
 """Samples/s of ``medvideocap.load`` against the raw decoders and the plain ``datasets`` path.
 
 Workload: dataset-shaped clips (720x480, 8 s, 30 fps H.264, key frame every 2 s) generated with the
-system ffmpeg, plus the two real clips from ../shared/testdata, written as a hub-native dataset.
+system ffmpeg, plus the two real clips from tests/data, written as a hub-native dataset.
 Every path fetches the same frames (FrameSpec window, centred, so no path gets luckier seeks) and
 produces the same output: float (C, T, H, W) in [-1, 1] at the same size.
 
@@ -40,7 +40,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTDATA = ROOT.parent / "shared" / "testdata"
+TESTDATA = ROOT / "tests" / "data"
 sys.path.insert(0, str(ROOT))
 
 from medvideocap.frames import FrameSpec  # noqa: E402

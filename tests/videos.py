@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
+TESTDATA = Path(__file__).resolve().parent / "data"
 REAL_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4")
 
 
@@ -52,10 +52,10 @@ def make_video(
 
 
 def real_clip(name: str, dest_dir: Path) -> Path:
-    """Copy one of the shared real clips somewhere writable (the shared folder is read-only in CI)."""
+    """Copy one of the repository's real clips (``tests/data``, provenance in its README) somewhere writable."""
     src = TESTDATA / name
     if not src.exists():
-        raise FileNotFoundError(f"{src} missing: CI clones the project with ../shared beside it")
+        raise FileNotFoundError(f"{src} missing: the real test clips ship in tests/data/")
     dest = dest_dir / name
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dest)
