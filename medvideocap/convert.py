@@ -1,9 +1,17 @@
 """Upstream MedVideoCap-55K release (zips + JSON) -> hub-native layout.
 
-Each clip is streamed out of its zip (nothing is extracted), probed so that the media facts in the
-record are the file's own (and a file that disagrees with its JSON, or does not decode, is dropped
-with the reason), given its split from its group key, and handed to :class:`DatasetWriter` in id
-order. Everything dropped, by the upstream reader or here, lands in ``meta/rejects.parquet``.
+Each clip is streamed out of its zip (nothing is extracted; a large member goes through a temporary
+file, never whole into memory), probed so that the media facts in the record are the file's own, given
+its split from its group key, and handed to :class:`DatasetWriter` in id order. The checks are
+:mod:`medvideocap.validate`'s own (:func:`~medvideocap.validate.probe_and_compare`,
+:func:`~medvideocap.validate.caption_problems`, the upstream reader's problems), so a clip is kept
+exactly when ``medvideocap validate`` finds no error with it, and dropped under the same problem
+names. Everything dropped lands in ``meta/rejects.parquet``.
+
+Exit status (:meth:`ConvertSummary.failure`): a run that wrote no clip, or could not read some of its
+inputs (an unreadable or damaged archive, a member that does not read or decode) has failed, even
+though everything it could convert is written and kept; ``max_failures`` accepts that many
+unreadable inputs.
 
 Resuming: the writer keeps finished shards, so a rerun after a kill skips the clips they hold and
 writes the rest in the same order, which gives the same bytes as a run that was never stopped.
@@ -14,28 +22,39 @@ depend on it.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from medvideocap.probe import ProbeError, probe
 from medvideocap.schema import ClipRecord
 from medvideocap.splits import DEFAULT_FRACTIONS, DEFAULT_SALT, assign_split, check_fractions
-from medvideocap.validate import DURATION_TOLERANCE_REL, DURATION_TOLERANCE_S, WARNING_KINDS
+from medvideocap.upstream import DEFAULT_MAX_CLIP_BYTES, MemberReadError, MemberTooLargeError
+from medvideocap.validate import (
+    DEFAULT_MAX_CAPTION_CHARS,
+    DURATION_TOLERANCE_REL,
+    DURATION_TOLERANCE_S,
+    FPS_TOLERANCE_REL,
+    WARNING_KINDS,
+    caption_problems,
+    probe_and_compare,
+)
 from medvideocap.writer import DEFAULT_SHARD_BYTES, DatasetWriter, WriterError
 
 log = logging.getLogger(__name__)
 
-FPS_TOLERANCE = 0.5
-# A clip whose file is DURATION_TOLERANCE_S (or DURATION_TOLERANCE_REL) shorter or longer than its
-# JSON says is dropped; the tolerances are validate's, so `validate` and `convert` agree on durations.
-# Upstream problems that keep the clip (validate's warnings): the odd value is kept in record.extra or
-# read from the video.
+# Upstream problems that keep the clip (validate's warnings): the odd value is kept in record.extra,
+# read from the video, or the id suffixed.
 NOT_DROPPED = WARNING_KINDS
+READ_FAILURE_KINDS = frozenset({"unreadable_member", "damaged_archive", "undecodable_video"})
+"""Drops that mean an input could not be read (not that it was read and found wanting): these make
+the run fail unless accepted with ``max_failures``."""
 
 
 @dataclass
@@ -45,8 +64,12 @@ class Prepared:
     clip_id: str
     where: str
     record: ClipRecord | None = None
-    video: bytes | None = None
+    video: bytes | Path | None = None  # a Path is a temporary file, deleted once written
     reason: str | None = None
+
+    def discard(self) -> None:
+        if isinstance(self.video, Path):
+            self.video.unlink(missing_ok=True)
 
 
 @dataclass
@@ -56,6 +79,34 @@ class ConvertSummary:
     written: int
     skipped: int
     rejects: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        """Clips in the output, written by this run or an earlier one."""
+        return sum(self.counts.values())
+
+    @property
+    def read_failures(self) -> list[dict[str, Any]]:
+        """Drops of inputs that could not be read (:data:`READ_FAILURE_KINDS`)."""
+        return [r for r in self.rejects if reject_kind(r["reason"]) in READ_FAILURE_KINDS]
+
+    def failure(self, max_failures: int = 0) -> str | None:
+        """Why this run must exit non-zero, or None: it left no clip in the output, or more than
+        ``max_failures`` of its inputs could not be read. What was converted is kept either way."""
+        if self.total == 0:
+            return (
+                f"{self.out}: no clip was converted ({len(self.rejects)} inputs dropped; reasons above and "
+                f"in {self.out}/meta/rejects.parquet)"
+            )
+        failures = self.read_failures
+        if len(failures) > max_failures:
+            first = failures[0]
+            return (
+                f"{len(failures)} inputs could not be read (first: {first['reason']}); the {self.total} "
+                f"clips converted are kept in {self.out}. Re-download or repair those inputs and rerun "
+                f"(it resumes), or accept up to N unreadable inputs with --max-failures N"
+            )
+        return None
 
     def reject_kinds(self) -> list[tuple[str, str, int, str]]:
         """(stage, kind, count, first input) per kind of drop, most frequent first."""
@@ -76,25 +127,25 @@ def reject_kind(reason: str) -> str:
     return head.strip() if sep and " " not in head.strip() else "other"
 
 
-def verify_media(record: ClipRecord, video: bytes, *, where: str) -> ClipRecord:
-    """The record with media facts from the file itself; raises ValueError("kind: ...") on disagreement."""
-    try:
-        info = probe(video, name=where, count_frames=True)
-    except ProbeError as exc:
-        raise ValueError(f"unreadable_video: {exc}") from None
-    if (info.width, info.height) != (record.width, record.height):
-        raise ValueError(
-            f"resolution_mismatch: {where}: JSON says {record.width}x{record.height}, "
-            f"file is {info.width}x{info.height}"
-        )
-    tolerance = max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_REL * record.duration)
-    if abs(info.duration - record.duration) > tolerance:
-        hint = " (truncated?)" if info.duration < record.duration else ""
-        raise ValueError(
-            f"duration_mismatch: {where}: JSON says {record.duration:g} s, file decodes {info.duration:g} s{hint}"
-        )
-    if abs(info.fps - record.fps) > FPS_TOLERANCE:
-        raise ValueError(f"fps_mismatch: {where}: JSON says {record.fps:g} fps, file has {info.fps:g} fps")
+def verify_media(
+    record: ClipRecord,
+    video: bytes | Path,
+    *,
+    where: str,
+    max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
+) -> ClipRecord:
+    """The record with media facts from the file itself. Raises ``ValueError("kind: ...; kind: ...")``
+    with every problem ``validate`` would report for this clip (same checks, same names)."""
+    problems = caption_problems(record, where=where, max_chars=max_caption_chars)
+
+    def opener() -> Any:
+        return io.BytesIO(video) if isinstance(video, bytes) else open(video, "rb")  # noqa: SIM115
+
+    info, found = probe_and_compare(record, opener, where=where)
+    problems += found
+    if problems:
+        raise ValueError("; ".join(f"{p.kind}: {p.message}" for p in problems))
+    assert info is not None
     updated = record.model_copy()
     updated.duration = info.duration
     updated.fps = info.fps
@@ -105,22 +156,22 @@ def verify_media(record: ClipRecord, video: bytes, *, where: str) -> ClipRecord:
     return updated
 
 
-def _prepare(clip: Any) -> Prepared:
+def _prepare(clip: Any, scratch: Path, max_caption_chars: int) -> Prepared:
     record: ClipRecord = clip.record
     where = clip.where
     try:
-        video = clip.read_bytes()
-    except (
-        OSError,
-        ValueError,
-        EOFError,
-    ) as exc:  # zipfile raises BadZipFile (an OSError subclass) or zlib errors
-        return Prepared(record.id, where, reason=f"unreadable_member: {where}: {exc}")
+        video = clip.fetch(scratch)
+    except MemberTooLargeError as exc:
+        return Prepared(record.id, where, reason=f"member_too_large: {exc}")
+    except MemberReadError as exc:
+        return Prepared(record.id, where, reason=f"unreadable_member: {exc}")
+    prepared = Prepared(record.id, where, video=video)
     try:
-        checked = verify_media(record, video, where=where)
+        prepared.record = verify_media(record, video, where=where, max_caption_chars=max_caption_chars)
     except ValueError as exc:
+        prepared.discard()
         return Prepared(record.id, where, reason=str(exc))
-    return Prepared(record.id, where, record=checked, video=video)
+    return prepared
 
 
 def _ordered(fn: Callable[[Any], Prepared], items: Sequence[Any], workers: int) -> Iterator[Prepared]:
@@ -162,8 +213,15 @@ def convert(
     workers: int = 1,
     revision: str | None = None,
     progress: bool = True,
+    max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES,
+    max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
 ) -> ConvertSummary:
-    """Convert the upstream release at ``src`` (folder or Hub repo id) into ``out``; resumable."""
+    """Convert the upstream release at ``src`` (folder or Hub repo id) into ``out``; resumable.
+
+    ``max_clip_bytes`` bounds what one zip member may inflate to and ``max_caption_chars`` a caption's
+    length (see :mod:`medvideocap.upstream` and :mod:`medvideocap.validate` for the defaults); past
+    them a clip is dropped with the bound named. Call :meth:`ConvertSummary.failure` for the verdict.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from medvideocap.hubnative import is_hub_native
@@ -176,7 +234,9 @@ def convert(
         raise ValueError(
             f"{src} is already a hub-native dataset; convert reads the upstream zips + JSON release"
         )
-    release = UpstreamRelease.open(src, revision=revision)
+    if max_caption_chars < 1:
+        raise ValueError(f"max_caption_chars must be >= 1, got {max_caption_chars}")
+    release = UpstreamRelease.open(src, revision=revision, max_clip_bytes=max_clip_bytes)
     clips = list(release.clips())  # sorted by id; release.problems is complete from here on
     is_local = Path(src).expanduser().exists()
     recipe = {
@@ -193,7 +253,9 @@ def convert(
             "probe": "pyav, every packet demuxed",
             "duration_tolerance_s": DURATION_TOLERANCE_S,
             "duration_tolerance_rel": DURATION_TOLERANCE_REL,
-            "fps_tolerance": FPS_TOLERANCE,
+            "fps_tolerance_rel": FPS_TOLERANCE_REL,
+            "max_clip_bytes": max_clip_bytes,
+            "max_caption_chars": max_caption_chars,
         },
     }
 
@@ -201,7 +263,11 @@ def convert(
         return assign_split(record.group, fractions=fractions, salt=salt)
 
     written = 0
-    with DatasetWriter(out, shard_bytes=shard_bytes, split_fn=split_fn, recipe=recipe) as writer:
+    with (
+        DatasetWriter(out, shard_bytes=shard_bytes, split_fn=split_fn, recipe=recipe) as writer,
+        tempfile.TemporaryDirectory(prefix="medvideocap-convert-") as scratch,
+    ):
+        prepare = partial(_prepare, scratch=Path(scratch), max_caption_chars=max_caption_chars)
         for problem in release.problems:
             if problem.kind not in NOT_DROPPED:
                 writer.reject(problem.where, "upstream", f"{problem.kind}: {problem.message}")
@@ -218,7 +284,7 @@ def convert(
         )
         with Progress(*columns, disable=not progress, transient=False) as bar:
             task = bar.add_task("convert", total=len(clips), completed=skipped, clip="")
-            for prepared in _ordered(_prepare, todo, workers):
+            for prepared in _ordered(prepare, todo, workers):
                 if prepared.reason is not None:
                     writer.reject(prepared.where, "verify", prepared.reason)
                 else:
@@ -228,6 +294,8 @@ def convert(
                         written += 1
                     except (WriterError, ValueError) as exc:
                         writer.reject(prepared.where, "write", f"invalid_record: {exc}")
+                    finally:
+                        prepared.discard()
                 bar.update(task, advance=1, clip=prepared.clip_id)
         counts = writer.counts
         rejects = writer.rejects

@@ -24,13 +24,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from medvideocap.schema import DataError
+
 Backend = Literal["torchcodec", "decord", "pyav"]
 BACKENDS: tuple[str, ...] = ("torchcodec", "decord", "pyav")
 
 VideoInput = str | Path | bytes
 
 
-class DecodeError(RuntimeError):
+class DecodeError(DataError, RuntimeError):
     """A clip could not be decoded; the message names the clip and the reason."""
 
 
@@ -58,9 +60,12 @@ class Decoder:
         self.width = 0
         self.height = 0
         self.start = 0.0
+        self.end = 0.0  # when the last frame stops being shown (its pts + its duration)
 
     @property
     def duration(self) -> float:
+        if self.end > self.start:
+            return self.end - self.start
         return self.num_frames / self.fps if self.fps else 0.0
 
     def frames_at(self, indices: Sequence[int]) -> Frames:
@@ -90,27 +95,84 @@ class Decoder:
             data, pts = data[pos], pts[pos]
         return Frames(data=data, pts=pts)
 
+    def frames_played_at(self, seconds: Sequence[float]) -> Frames:
+        """The frames on screen at ``seconds`` (pts <= t < next pts), from the real timestamps of the
+        file, so a variable-frame-rate clip gives the right frames (no ``t * average_fps``)."""
+        times = [float(t) for t in seconds]
+        if not times:
+            raise DecodeError(f"{self.name}: no timestamps requested")
+        outside = [t for t in times if not self.start - 1e-6 <= t < self.end + 1e-6]
+        if outside:
+            raise TimestampToleranceError(
+                f"{self.name}: asked for t={outside[0]:.4f}s, the clip spans {self.start:.3f}-{self.end:.3f}s"
+            )
+        clamped = [min(max(t, self.start), self.end - 1e-6) for t in times]
+        try:
+            frames, _ = self._played(clamped)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"{self.name}: {self.backend} failed to decode: {exc}") from exc
+        return frames
+
     def frames_at_times(self, seconds: Sequence[float], *, tolerance_s: float | None = None) -> Frames:
         """Frames nearest to ``seconds``; a frame further than ``tolerance_s`` from its request is an error.
 
-        Like LeRobot's check: a request past the end of the clip or into a gap of a variable-frame-rate
-        file must fail loudly instead of silently returning some other frame. The default tolerance is
-        half a frame period (plus rounding slack), i.e. "the nearest frame really is that instant".
+        Like LeRobot's check: a request past the end of the clip must fail loudly instead of silently
+        returning some other frame. The default tolerance is half the display time of the frame on
+        screen at ``t`` (plus rounding slack), i.e. "the nearest frame really is that instant", which
+        on a variable-frame-rate file is that frame's own period, not the average one. Frames are found by their played-at
+        times (:meth:`frames_played_at`): the frame shown at ``t``, or the next one when ``t`` lies in
+        the later half of its display time, which is right on variable-frame-rate files too.
         """
-        if tolerance_s is None:
-            tolerance_s = 0.5 / self.fps + 1e-4
         times = [float(s) for s in seconds]
-        idx = [min(max(round((t - self.start) * self.fps), 0), self.num_frames - 1) for t in times]
-        frames = self.frames_at(idx)
+        if not times:
+            raise DecodeError(f"{self.name}: no timestamps requested")
+        inside = [min(max(t, self.start), self.end - 1e-6) for t in times]
+        try:
+            played, durations = self._played(inside)
+            # half the display time of the frame on screen at t: the nearest frame is never further
+            tolerance = [0.5 * float(d) + 1e-4 if tolerance_s is None else tolerance_s for d in durations]
+            later = [
+                t - float(p) > float(d) / 2 for t, p, d in zip(inside, played.pts, durations, strict=True)
+            ]
+            nxt = [float(p) + float(d) + 1e-6 for p, d in zip(played.pts, durations, strict=True)]
+            # the next frame may start at or after the clip's end time (a last frame of zero duration)
+            last = [lt and n >= self.end - 1e-6 for lt, n in zip(later, nxt, strict=True)]
+            if any(later):
+                pick = [
+                    n if lt and not ls else t for t, n, lt, ls in zip(inside, nxt, later, last, strict=True)
+                ]
+                played, _ = self._played(pick)
+            if any(last):
+                final = self.frames_at([self.num_frames - 1])
+                pos = torch.tensor([i for i, ls in enumerate(last) if ls])
+                played.data[pos] = final.data[0]
+                played.pts[pos] = final.pts[0]
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"{self.name}: {self.backend} failed to decode: {exc}") from exc
+        frames = played
         dist = (frames.pts - torch.tensor(times, dtype=frames.pts.dtype)).abs()
-        worst = int(dist.argmax())
-        if float(dist[worst]) > tolerance_s:
+        excess = dist - torch.tensor(tolerance, dtype=dist.dtype)
+        worst = int(excess.argmax())
+        if float(excess[worst]) > 0:
             raise TimestampToleranceError(
                 f"{self.name}: asked for t={times[worst]:.4f}s, nearest frame is at "
-                f"{float(frames.pts[worst]):.4f}s ({float(dist[worst]):.4f}s away, tolerance {tolerance_s:.4f}s); "
-                f"the clip spans {self.start:.3f}-{self.start + self.duration:.3f}s"
+                f"{float(frames.pts[worst]):.4f}s ({float(dist[worst]):.4f}s away, tolerance "
+                f"{tolerance[worst]:.4f}s); "
+                f"the clip spans {self.start:.3f}-{self.end:.3f}s"
             )
         return frames
+
+    def _played(self, seconds: list[float]) -> tuple[Frames, torch.Tensor]:
+        """Frames shown at ``seconds`` (inside the clip) and their display durations, from the
+        presentation times in ``self._starts``; torchcodec answers it natively instead."""
+        starts: list[float] = self._starts  # type: ignore[attr-defined]
+        idx = [min(max(bisect.bisect_right(starts, t + 1e-9) - 1, 0), self.num_frames - 1) for t in seconds]
+        ends = [*starts[1:], self.end]
+        return self.frames_at(idx), torch.tensor([ends[i] - starts[i] for i in idx], dtype=torch.float64)
 
     def close(self) -> None:  # noqa: B027 - optional hook, most decoders free on garbage collection
         """Release native resources early."""
@@ -144,12 +206,20 @@ class TorchCodecDecoder(Decoder):
         self.fps = float(meta.average_fps or 0.0)
         self.width, self.height = int(meta.width or 0), int(meta.height or 0)
         self.start = float(meta.begin_stream_seconds or 0.0)
+        self.end = float(meta.end_stream_seconds or 0.0)
         if self.num_frames <= 0 or self.fps <= 0:
             raise DecodeError(f"{name}: torchcodec found no decodable video frames")
+        if self.end <= self.start:
+            self.end = self.start + self.num_frames / self.fps
 
     def _decode(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self._dec.get_frames_at(indices)
         return batch.data, batch.pts_seconds.to(torch.float64)
+
+    def _played(self, seconds: list[float]) -> tuple[Frames, torch.Tensor]:
+        batch = self._dec.get_frames_played_at(seconds)
+        frames = Frames(data=batch.data, pts=batch.pts_seconds.to(torch.float64))
+        return frames, batch.duration_seconds.to(torch.float64)
 
 
 class DecordDecoder(Decoder):
@@ -172,7 +242,10 @@ class DecordDecoder(Decoder):
             raise DecodeError(f"{name}: decord found no decodable video frames")
         first = self._vr[0].shape  # (H, W, C)
         self.height, self.width = int(first[0]), int(first[1])
-        self.start = float(self._vr.get_frame_timestamp([0])[0, 0])
+        spans = np.asarray(self._vr.get_frame_timestamp(list(range(self.num_frames))), dtype=np.float64)
+        self._starts = [float(v) for v in spans[:, 0]]
+        self.start = self._starts[0]
+        self.end = float(spans[-1, 1]) if spans[-1, 1] > spans[-1, 0] else self._starts[-1] + 1.0 / self.fps
         self._vr.seek(0)
 
     def _decode(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,11 +275,13 @@ class PyAVDecoder(Decoder):
         self._stream = stream
         pts: list[int] = []
         keys: list[int] = []
+        durations: dict[int, int] = {}
         try:
             for packet in self._container.demux(stream):
                 if packet.pts is None or packet.size == 0:
                     continue
                 pts.append(packet.pts)
+                durations[packet.pts] = int(packet.duration or 0)
                 if packet.is_keyframe:
                     keys.append(packet.pts)
         except Exception as exc:
@@ -223,6 +298,9 @@ class PyAVDecoder(Decoder):
         )
         self.width, self.height = stream.codec_context.width, stream.codec_context.height
         self.start = self._pts[0] * self._tb
+        self._starts = [p * self._tb for p in self._pts]
+        # like torchcodec's end_stream_seconds_from_content: the latest pts + duration in the file
+        self.end = max((p + durations.get(p, 0)) * self._tb for p in self._pts)
         self._run: Any = None
         self._last: int | None = None
 
@@ -263,6 +341,26 @@ class PyAVDecoder(Decoder):
     def close(self) -> None:
         self._run = None
         self._container.close()
+
+
+def even_frames(
+    source: VideoInput, n: int, *, backend: str = "torchcodec", name: str | None = None
+) -> Frames:
+    """``n`` evenly spaced frames (:func:`medvideocap.frames.even_times`), each the frame nearest its
+    instant by real timestamps; a clip with fewer frames than ``n`` gives each frame once."""
+    from medvideocap.frames import even_times
+
+    decoder = open_decoder(source, backend, name=name)
+    try:
+        times = even_times(decoder.start, decoder.end, n)
+        frames = decoder.frames_at_times(times, tolerance_s=float("inf"))
+    finally:
+        decoder.close()
+    keep = [i for i in range(len(times)) if i == 0 or float(frames.pts[i]) != float(frames.pts[i - 1])]
+    if len(keep) < len(times):
+        pos = torch.tensor(keep)
+        frames = Frames(data=frames.data[pos], pts=frames.pts[pos])
+    return frames
 
 
 def open_decoder(

@@ -15,25 +15,28 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
-from collections.abc import Iterable, Iterator
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from medvideocap.atomic import atomic_write_bytes
+from medvideocap.atomic import atomic_write_text
 from medvideocap.dist import env_rank_world
 from medvideocap.latents import (
-    DROPPED_NAME,
     FORMAT,
     FORMAT_VERSION,
+    LEGACY_DROPPED_NAME,
     ShardWriter,
     array_bytes,
+    dropped_path,
     finished_ids,
+    read_dropped,
     write_manifest,
 )
 from medvideocap.sampler import stable_seed
@@ -46,12 +49,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-DROPPED_SCHEMA = pa.schema([("id", pa.string()), ("stage", pa.string()), ("reason", pa.string())])
+#: Why float32 is the default storage dtype; the CLI help says it and a float16 run warns with it.
+STORAGE_DTYPE_NOTE = (
+    "FastVideo's parquet datasets decode latent and text bytes as float32 whatever the *_dtype column says, "
+    "so they cannot read a float16 cache (medvideocap.load_latents reads both); keep float32 for a cache "
+    "other tools read"
+)
+
+
+class StorageDtypeWarning(UserWarning):
+    """A cache is being written in a dtype some of the field's readers misread (see STORAGE_DTYPE_NOTE)."""
 
 
 @dataclass
 class EncodeConfig:
-    """Everything that decides what the cached bytes mean (it becomes the manifest) plus how to run."""
+    """Everything that decides what the cached bytes mean (it becomes the manifest) plus how to run.
+
+    ``storage_dtype`` stays float32 unless only medvideocap reads the cache: FastVideo's parquet
+    datasets decode the bytes as float32 whatever ``*_dtype`` says (``STORAGE_DTYPE_NOTE``)."""
 
     vae: str = DEFAULT_MODEL
     vae_subfolder: str | None = "vae"
@@ -63,6 +78,8 @@ class EncodeConfig:
     max_length: int = 512
     store: Literal["moments", "sample"] = "moments"
     caption: str = "detailed"
+    # float16 halves the cache but FastVideo's parquet readers decode every *_bytes column as float32
+    # whatever *_dtype says, so they misread it (medvideocap.load_latents reads both): see STORAGE_DTYPE_NOTE
     storage_dtype: Literal["float32", "float16"] = "float32"
     sample_seed: int = 0
     # how to run (not part of the fingerprint)
@@ -211,6 +228,11 @@ def _vae_normalization(vae: Any) -> tuple[list[float], list[float]]:
 
 
 def build_manifest(config: EncodeConfig, vae: Any) -> dict[str, Any]:
+    """What the cache bytes mean. Every writer builds one, so this is where a float16 cache is warned of."""
+    if config.storage_dtype != "float32":
+        warnings.warn(
+            f"storage dtype {config.storage_dtype}: {STORAGE_DTYPE_NOTE}", StorageDtypeWarning, stacklevel=2
+        )
     mean, std = _vae_normalization(vae)
     spec = config.frame_spec()
     frame_spec = dataclasses.asdict(spec)
@@ -387,20 +409,69 @@ def _batched_by_shape(items: Iterable[dict[str, Any]], batch_size: int) -> Itera
 
 
 class DroppedLog:
-    """Clips a rank could not encode, with the reason; rewritten atomically so it survives kills."""
+    """Clips a rank could not encode, with the reason; rewritten atomically so it survives kills.
+
+    JSON lines under ``meta/`` (see ``medvideocap/latents.py``): every parquet file under the cache is a
+    latent shard for FastVideo and Ray Data. A legacy ``rank-R-dropped.parquet`` in the split folder is
+    moved here on open, so resuming an old cache also makes it readable by them."""
 
     def __init__(self, root: Path, split: str, rank: int):
-        self.path = Path(root) / split / DROPPED_NAME.format(rank=rank)
-        self.rows: list[dict[str, str]] = []
-        if self.path.exists():
-            self.rows = pq.read_table(self.path).to_pylist()
+        self.path = dropped_path(root, split, rank)
+        self.rows: list[dict[str, Any]] = read_dropped(self.path) if self.path.exists() else []
+        legacy = Path(root) / split / LEGACY_DROPPED_NAME.format(rank=rank)
+        if legacy.exists():
+            known = {r["id"] for r in self.rows}
+            self.rows += [r for r in read_dropped(legacy) if r["id"] not in known]
+            self._write()  # the new log holds every legacy row before the legacy file goes
+            legacy.unlink()
+            log.info("moved %s to %s (parquet readers took it for a shard)", legacy, self.path)
 
     def add(self, clip_id: str, stage: str, reason: str) -> None:
         log.warning("dropping %s at %s: %s", clip_id, stage, reason)
         self.rows.append({"id": clip_id, "stage": stage, "reason": reason})
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(self.rows, schema=DROPPED_SCHEMA), sink)
-        atomic_write_bytes(self.path, sink.getvalue().to_pybytes())
+        self._write()
+
+    def _write(self) -> None:
+        text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in self.rows)
+        atomic_write_text(self.path, text)
+
+
+def _progress_bar(console: Any = None) -> Any:
+    """The rich columns recaption and convert draw (count, rate, failures, ETA), on stderr so stdout
+    keeps only the JSON summary."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.2f} clips/s"),
+        TextColumn("[red]{task.fields[dropped]} dropped"),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+        transient=False,
+    )
+
+
+class _RankProgress:
+    """One split's line on the bar for this rank: clips finished (encoded or dropped) of this run's
+    share, their rate and the running drop count; rich derives the ETA. Without a bar it only counts."""
+
+    def __init__(self, bar: Any, split: str, rank: int, world_size: int, total: int):
+        self.bar, self.t0, self.done, self.dropped = bar, time.monotonic(), 0, 0
+        label = f"encode-latents {split} rank {rank}/{world_size}"
+        self.task = bar.add_task(label, total=total, rate=0.0, dropped=0) if bar is not None else None
+
+    def rows(self, n: int) -> None:
+        self.advance(encoded=n)
+
+    def advance(self, *, encoded: int = 0, dropped: int = 0) -> None:
+        self.done += encoded + dropped
+        self.dropped += dropped
+        if self.bar is not None:
+            rate = self.done / max(1e-9, time.monotonic() - self.t0)
+            self.bar.update(self.task, completed=self.done, rate=rate, dropped=self.dropped)
 
 
 @dataclass
@@ -427,10 +498,12 @@ def encode_items(
     rank: int = 0,
     world_size: int = 1,
     done: set[str] | None = None,
+    on_rows: Callable[[int], None] | None = None,
 ) -> EncodeReport:
     """The core loop over already-loaded items (the in-process engine): skip finished ids, keep this
     rank's ids, batch by shape, encode, write shards. Items are dicts with ``video`` (C, T, H, W) in
-    [-1, 1], ``caption``, ``id`` and optionally ``timestamps`` and ``record``."""
+    [-1, 1], ``caption``, ``id`` and optionally ``timestamps`` and ``record``. ``on_rows(n)`` is called
+    after each encoded batch (progress)."""
     out = Path(out)
     manifest = write_manifest(out, encoder.manifest)
     encoder.fingerprint = manifest["fingerprint"]
@@ -450,10 +523,13 @@ def encode_items(
             yield it
 
     for batch in _batched_by_shape(todo(), encoder.config.batch_size):
-        for row in encoder.encode_batch(batch):
+        rows = encoder.encode_batch(batch)
+        for row in rows:
             row["split"] = split
             writer.add(row)
             report.encoded += 1
+        if on_rows is not None:
+            on_rows(len(rows))
     writer.flush()
     report.shards += [str(p) for p in writer.written]
     return report
@@ -510,7 +586,12 @@ class _Guarded:
 
 
 def _iter_source(
-    dataset: Any, ids: list[str], wanted: set[str], dropped: DroppedLog, num_workers: int
+    dataset: Any,
+    ids: list[str],
+    wanted: set[str],
+    dropped: DroppedLog,
+    num_workers: int,
+    progress: _RankProgress,
 ) -> Iterator[dict[str, Any]]:
     """Decode only the clips this rank still needs, in id order, ``num_workers`` processes ahead."""
     from torch.utils.data import DataLoader
@@ -526,6 +607,7 @@ def _iter_source(
     for item in loader:
         if "error" in item:
             dropped.add(item["id"], "load", item["error"])
+            progress.advance(dropped=1)
             continue
         yield item
 
@@ -540,16 +622,42 @@ def encode_latents(
     world_size: int | None = None,
     engine: Literal["local", "ray"] = "local",
     limit: int | None = None,
+    progress: bool = False,
+    console: Any = None,
 ) -> list[EncodeReport]:
     """Encode every clip of ``splits`` of any source ``medvideocap.load`` reads into a cache at ``out``.
 
     Safe to rerun: finished ids are skipped. Run it under torchrun/accelerate for several GPUs (each
     rank takes its hash share of the ids), or with ``engine="ray"`` to spread batches over a Ray cluster.
+    ``progress`` draws a bar per split and rank (clips, clips/s, dropped so far, ETA) on ``console``
+    (default: a rich console on stderr): a 55K-clip encode runs for hours.
     """
     config = config or EncodeConfig()
     rank, world_size = env_rank_world(rank, world_size)
     out = Path(out)
     encoder = BatchEncoder(config) if engine == "local" else None
+    bar = _progress_bar(console) if progress else None
+    if bar is not None:
+        bar.start()
+    try:
+        return _encode_splits(source, out, splits, config, rank, world_size, engine, limit, encoder, bar)
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def _encode_splits(
+    source: str | Path,
+    out: Path,
+    splits: Iterable[str],
+    config: EncodeConfig,
+    rank: int,
+    world_size: int,
+    engine: str,
+    limit: int | None,
+    encoder: BatchEncoder | None,
+    bar: Any,
+) -> list[EncodeReport]:
     reports = []
     for split in splits:
         dataset = _source_dataset(source, split, config)
@@ -559,7 +667,7 @@ def encode_latents(
         if limit is not None:
             ids = ids[:limit]
         if engine == "ray":
-            reports.append(_encode_with_ray(source, ids, out, split, config, rank, world_size))
+            reports.append(_encode_with_ray(source, ids, out, split, config, rank, world_size, bar))
             continue
         assert encoder is not None
         manifest = write_manifest(out, encoder.manifest)
@@ -572,8 +680,18 @@ def encode_latents(
         report.skipped_done = sum(cid in done for cid in mine)
         before = len(dropped.rows)
         wanted = {cid for cid in mine if cid not in done}
-        items = _iter_source(dataset, ids, wanted, dropped, config.num_workers)
-        inner = encode_items(items, out, split, encoder, rank=rank, world_size=world_size, done=done)
+        ticker = _RankProgress(bar, split, rank, world_size, len(wanted))
+        items = _iter_source(dataset, ids, wanted, dropped, config.num_workers, ticker)
+        inner = encode_items(
+            items,
+            out,
+            split,
+            encoder,
+            rank=rank,
+            world_size=world_size,
+            done=done,
+            on_rows=ticker.rows,
+        )
         report.encoded = inner.encoded
         report.shards = inner.shards
         report.fingerprint = inner.fingerprint
@@ -625,6 +743,7 @@ def _encode_with_ray(
     config: EncodeConfig,
     rank: int,
     world_size: int,
+    bar: Any = None,
 ) -> EncodeReport:
     """Same ids, resume and shard files as the local engine; Ray actors do the encoding, this driver
     (one rank) writes the shards, so the cache looks the same whichever engine made it."""
@@ -651,6 +770,7 @@ def _encode_with_ray(
             todo.append({"index": i, "id": cid})
     if not todo:
         return report
+    ticker = _RankProgress(bar, split, rank, world_size, len(todo))
     started = not ray.is_initialized()
     if started:  # RAY_ADDRESS, when set, joins an existing cluster
         ray.init(include_dashboard=False, log_to_driver=False)
@@ -675,6 +795,7 @@ def _encode_with_ray(
             if error:
                 dropped.add(row["id"], "load", error)
                 report.dropped += 1
+                ticker.advance(dropped=1)
                 continue
             row["split"] = split
             for k, v in list(row.items()):
@@ -682,6 +803,7 @@ def _encode_with_ray(
                     row[k] = v.tolist()
             writer.add(row)
             report.encoded += 1
+            ticker.advance(encoded=1)
         writer.flush()
         report.shards = [str(p) for p in writer.written]
     finally:

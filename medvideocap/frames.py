@@ -17,13 +17,23 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 Position = Literal["start", "center", "random"]
 
 
 def _round16(value: int) -> int:
     return max(16, int(value / 16 + 0.5) * 16)
+
+
+def even_times(start: float, end: float, n: int) -> list[float]:
+    """The project's one rule for "``n`` evenly spaced frames" of a clip shown from ``start`` to ``end``
+    seconds: the centres of ``n`` equal slices (never the very first frame, often a fade, nor past the
+    end). The captioner, the build stages and the loader all call this, and take the frame nearest
+    each instant by its real timestamp (:meth:`medvideocap.decode.Decoder.frames_at_times`)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    span = max(0.0, end - start)
+    return [start + (i + 0.5) * span / n for i in range(n)]
 
 
 def sample_rng(seed: int, epoch: int, key: str, salt: int = 0) -> np.random.Generator:
@@ -157,6 +167,8 @@ def resize_crop(
     rng: np.random.Generator | None = None,
 ) -> torch.Tensor:
     """Scale ``(T, C, H, W)`` frames to cover (height, width), then crop; aspect ratio is kept."""
+    from torchvision.transforms.v2 import functional as TF
+
     h, w = frames.shape[-2:]
     if (h, w) != (height, width):
         scale = max(height / h, width / w)

@@ -2,17 +2,34 @@
 
 The metadata parquet is the index: it answers "which clips, with which facts" without opening a
 shard, and its ``shard``/``offset``/``size`` columns turn "give me clip X" into one ranged read.
+
+This module owns that read (:func:`read_tar_member`): the map-style loader, the streaming loader and
+:meth:`HubNativeDataset.read_video` all call it. The ranged read starts 512 bytes early so that the
+same ``pread`` also returns the member's tar header, and the header must name ``{id}.mp4`` with the
+recorded size. Without that check a metadata table that drifted from its shards (edited, or copied
+from another build) decodes some other clip under this clip's record, silently. It also owns the
+schema version check of a dataset folder (:func:`check_versions`), from ``meta/info.json`` and from
+the rows, so every reader refuses another major version up front instead of clip by clip.
 """
 
 from __future__ import annotations
 
 import json
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medvideocap.decode import DecodeError, FileHandles
 from medvideocap.layout import has_hub_native_info
-from medvideocap.schema import SPLITS, ClipRecord, arrow_schema, check_schema_version
+from medvideocap.schema import (
+    SPLITS,
+    ClipRecord,
+    DataError,
+    SchemaVersionError,
+    arrow_schema,
+    check_schema_version,
+)
 from medvideocap.writer import FORMAT
 
 if TYPE_CHECKING:
@@ -23,6 +40,120 @@ if TYPE_CHECKING:
 is_hub_native = has_hub_native_info
 """True when ``path`` is a folder holding a finished hub-native dataset (``meta/info.json``); the
 strict check, unlike :func:`medvideocap.layout.is_hub_native`, which also accepts shards + parquet."""
+
+
+INFO_PATH = Path("meta") / "info.json"
+_NAME_FIELD = 100
+"""Bytes of the ustar name field; PAX headers keep longer names elsewhere and truncate this one."""
+
+
+class MemberError(DataError):
+    """A clip's video member cannot be read as the metadata records it; the message names the clip."""
+
+
+class MissingMemberError(MemberError):
+    """The shard or archive holding a clip's video is gone, unreadable or cut short, or lacks the member."""
+
+
+class MemberMismatchError(MemberError):
+    """The bytes at a clip's recorded offset are not its ``{id}.mp4`` member (stale or edited metadata)."""
+
+
+def read_tar_member(
+    shard: str | Path,
+    offset: int,
+    size: int,
+    name: str,
+    *,
+    files: FileHandles,
+    where: str | None = None,
+) -> bytes:
+    """The ``size`` data bytes of tar member ``name`` whose data starts at ``offset`` of ``shard``.
+
+    One ``pread`` of ``512 + size`` bytes from ``offset - 512`` returns the member's header with its
+    data; the header must be a valid tar header (checksum) of a regular file named ``name`` with
+    size ``size``, else :class:`MemberMismatchError`. A name longer than the 100-byte ustar field is
+    compared on that field (a PAX header holds the whole name one block earlier). ``files`` is the
+    caller's per-process handle cache, so a DataLoader worker reuses its descriptors.
+    """
+    label = where or f"{shard}:{name}"
+    fix = (
+        "the metadata parquet no longer matches the shards (edited, or from another build); "
+        "`medvideocap validate DIR` lists every such row"
+    )
+    if offset < tarfile.BLOCKSIZE or size <= 0:
+        raise MemberMismatchError(
+            f"{label}: recorded offset {offset} / size {size} cannot hold a tar member; {fix}"
+        )
+    try:
+        block = files.pread(shard, offset - tarfile.BLOCKSIZE, size + tarfile.BLOCKSIZE)
+    except DecodeError as exc:  # the short read of a truncated shard
+        raise MissingMemberError(f"{label}: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise MissingMemberError(f"{label}: shard {shard} is missing ({exc.strerror})") from exc
+    except OSError as exc:
+        raise MissingMemberError(f"{label}: cannot read shard {shard} ({exc})") from exc
+    try:
+        header = tarfile.TarInfo.frombuf(block[: tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
+    except tarfile.HeaderError as exc:
+        raise MemberMismatchError(
+            f"{label}: the 512 bytes before offset {offset} of {shard} are not a tar header ({exc}); {fix}"
+        ) from exc
+    expected = name.encode("utf-8", "surrogateescape")
+    found = header.name.encode("utf-8", "surrogateescape")
+    same = found == expected or (len(expected) > _NAME_FIELD and found == expected[:_NAME_FIELD])
+    if not same or not header.isfile() or header.size != size:
+        raise MemberMismatchError(
+            f"{label}: offset {offset} of {shard} holds member {header.name!r} of {header.size} bytes, "
+            f"not {name!r} of {size} bytes; {fix}"
+        )
+    return block[tarfile.BLOCKSIZE :]
+
+
+def read_info(root: Path) -> dict[str, Any] | None:
+    """``meta/info.json`` of a dataset folder, version-checked; None when the folder has none."""
+    path = Path(root) / INFO_PATH
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc})") from exc
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(info).__name__}")
+    if "schema_version" in info:
+        check_schema_version(str(info["schema_version"]), where=str(path))
+    return info
+
+
+def check_versions(root: Path, split: str | None = None, table: Any = None) -> None:
+    """Refuse a dataset of another schema major version before any clip is read.
+
+    Checks ``meta/info.json`` and every distinct ``schema_version`` among the rows of ``split``'s
+    metadata (``table``, a pyarrow table, when the caller has it open already): a different major
+    raises :class:`~medvideocap.schema.SchemaVersionError` naming the file, the first such row and
+    both versions.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    read_info(root)
+    if split is None:
+        return
+    path = Path(root) / "metadata" / f"{split}.parquet"
+    if table is None:
+        if not path.is_file():
+            return
+        table = pq.read_table(path, columns=["id", "schema_version"])
+    if "schema_version" not in table.column_names:
+        return
+    column = table.column("schema_version")
+    for version in pc.unique(column).to_pylist():
+        if version is None:
+            continue
+        row = pc.index(column, version).as_py()
+        clip = table.column("id")[row].as_py() if "id" in table.column_names else "?"
+        check_schema_version(str(version), where=f"{path} row {row} (clip {clip})")
 
 
 def webdataset_features() -> datasets.Features:
@@ -47,19 +178,22 @@ class HubNativeDataset:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        info_path = self.root / "meta" / "info.json"
-        if not info_path.is_file():
+        info_path = self.root / INFO_PATH
+        info = read_info(self.root)
+        if info is None:
             raise FileNotFoundError(
                 f"{self.root}: not a hub-native dataset (no meta/info.json); "
                 "convert an upstream release with `medvideocap convert SRC --out DIR`"
             )
-        self.info: dict[str, Any] = json.loads(info_path.read_text(encoding="utf-8"))
+        self.info: dict[str, Any] = info
         if self.info.get("format") != FORMAT:
             raise ValueError(f"{info_path}: format is {self.info.get('format')!r}, expected {FORMAT!r}")
-        check_schema_version(str(self.info.get("schema_version", "")), where=str(self.root))
+        if "schema_version" not in self.info:
+            raise SchemaVersionError(f"{info_path}: no schema_version; not written by medvideocap")
         counts = self.info.get("counts", {})
         self.splits: list[str] = [s for s in SPLITS if counts.get(s)]
         self._index: dict[str, dict[str, tuple[str, int, int]]] = {}
+        self._files = FileHandles()
 
     @classmethod
     def open(cls, path_or_repo: str | Path, *, revision: str | None = None) -> HubNativeDataset:
@@ -100,14 +234,17 @@ class HubNativeDataset:
             raise KeyError(f"{self.root}: no clip {clip_id!r} in split {split!r}") from None
 
     def read_video(self, split: str, clip_id: str) -> bytes:
-        """The mp4 bytes of one clip, read straight from its shard at the recorded offset."""
+        """The mp4 bytes of one clip, read straight from its shard at the recorded offset (after
+        checking the member there is this clip's, see :func:`read_tar_member`)."""
         shard, offset, size = self._locate(split, clip_id)
-        with open(self.root / shard, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read(size)
-        if len(data) != size:
-            raise OSError(f"{self.root / shard}: clip {clip_id} is cut short ({len(data)} of {size} bytes)")
-        return data
+        return read_tar_member(
+            self.root / shard,
+            offset,
+            size,
+            f"{clip_id}.mp4",
+            files=self._files,
+            where=f"{shard}:{clip_id}.mp4",
+        )
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={self.info['counts'][s]}" for s in self.splits)

@@ -4,7 +4,7 @@ Layout::
 
     DIR/manifest.json                              what produced the cache, and its fingerprint
     DIR/{split}/rank-{R}-shard-{NNNNN}.parquet     one row per clip (FastVideo's columns + ours)
-    DIR/{split}/rank-{R}-dropped.parquet           clips a rank could not encode, with the reason
+    DIR/meta/dropped-{split}-rank-{R}.jsonl        clips a rank could not encode, with the reason
 
 Why it looks like this:
 
@@ -16,6 +16,11 @@ Why it looks like this:
   it); the VAE, text encoder, max length and frame spec are recorded, and their fingerprint lets a trainer
   refuse a cache made by something else instead of training on silent garbage.
 * Every rank writes its own files and the readers glob them all, so there is never a merge step.
+* Every ``*.parquet`` anywhere under DIR is a latent shard, because that is how the field's readers find
+  data: FastVideo's parquet datasets walk the folder they are given and count every ``*.parquet`` row as
+  a sample, Ray Data's ``read_parquet`` reads every file it is pointed at. So the drop log is JSON lines
+  under ``meta/``, which no parquet reader picks up (older caches kept it as ``rank-R-dropped.parquet``
+  in the split folder; resuming moves it).
 """
 
 from __future__ import annotations
@@ -44,7 +49,11 @@ FORMAT = "medvideocap/latent-cache"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SHARD_RE = re.compile(r"^rank-(\d+)-shard-(\d{5})\.parquet$")
-DROPPED_NAME = "rank-{rank}-dropped.parquet"
+META_DIR = "meta"
+DROPPED_NAME = "dropped-{split}-rank-{rank}.jsonl"
+#: Where medvideocap 0.1 kept the drop log (inside the split folder, where FastVideo and Ray Data read it
+#: as a shard); still read for resume, and moved to :func:`dropped_path` by the next run of that rank.
+LEGACY_DROPPED_NAME = "rank-{rank}-dropped.parquet"
 
 # Manifest keys that decide what the bytes mean: the fingerprint covers exactly these.
 FINGERPRINT_KEYS = (
@@ -277,13 +286,48 @@ class ShardWriter:
         return path
 
 
+def dropped_path(root: Path, split: str, rank: int) -> Path:
+    """The drop log of one (split, rank): outside the split folder and not parquet (see module doc)."""
+    return Path(root) / META_DIR / DROPPED_NAME.format(split=split, rank=rank)
+
+
+def read_dropped(path: Path) -> list[dict[str, Any]]:
+    """Rows of a drop log (``.jsonl``, or a legacy ``rank-R-dropped.parquet``)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+        return rows
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LatentCacheError(
+                f"{path} line {n}: not JSON ({exc}); delete the line to re-encode it"
+            ) from exc
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+            raise LatentCacheError(f"{path} line {n}: expected an object with a string 'id'")
+        rows.append(row)
+    return rows
+
+
+def dropped_logs(root: Path, split: str) -> list[Path]:
+    """Every rank's drop log of a split, including legacy ones an older version left in the split folder."""
+    root = Path(root)
+    pattern = DROPPED_NAME.format(split=split, rank="*")
+    legacy = LEGACY_DROPPED_NAME.format(rank="*")
+    return sorted((root / META_DIR).glob(pattern)) + sorted((root / split).glob(legacy))
+
+
 def finished_ids(root: Path, split: str) -> set[str]:
     """Ids already in finished shards (any rank) or recorded as dropped: what a resume skips."""
     done: set[str] = set()
     for path in shard_files(root, split):
         done.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
-    for path in sorted((Path(root) / split).glob("rank-*-dropped.parquet")):
-        done.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
+    for path in dropped_logs(root, split):
+        done.update(row["id"] for row in read_dropped(path))
     return done
 
 

@@ -12,12 +12,26 @@ Everything random in a sample (window start, crop, caption choice) is drawn from
 (seed, epoch, clip id), so the same clip gives the same tensor whichever worker, rank, backend or
 resumed run reads it. Per-process state (decoders, file handles, zip handles) is created lazily in the
 process that uses it.
+
+Error policy. ``on_error="skip"`` skips a clip only for a *data* error, an exception of the
+:class:`~medvideocap.schema.DataError` family: a video that does not decode
+(:class:`~medvideocap.decode.DecodeError`), a member that is missing or is not the clip's
+(:class:`~medvideocap.hubnative.MemberError`), a record that does not validate, a clip too short for the
+frame spec (:class:`ShortClipError`). Anything else is a bug in this code or the caller's and
+propagates, whatever ``on_error`` says. A dataset of another schema major version is refused by
+:func:`load` itself, from ``meta/info.json`` and the metadata rows.
+
+Rotation. Records keep the stored frame size and a display ``rotation``; items are upright. torchcodec
+and decord already apply the display matrix, PyAV does not, so PyAV frames are turned here
+(:func:`upright`) before the resize and crop.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,7 +44,8 @@ from torch.utils.data import Dataset
 
 from medvideocap.decode import BACKENDS, DecodeError, DecoderCache, FileHandles, open_decoder
 from medvideocap.frames import FrameSpec, resize_crop, sample_rng, to_output
-from medvideocap.schema import ClipRecord, arrow_schema
+from medvideocap.hubnative import MissingMemberError, check_versions, read_tar_member
+from medvideocap.schema import ClipRecord, DataError, arrow_schema
 from medvideocap.text import strip_boilerplate
 
 CaptionPolicy = str | Mapping[str, float]
@@ -38,6 +53,36 @@ CaptionPolicy = str | Mapping[str, float]
 
 class SkippedSampleWarning(UserWarning):
     """A clip was skipped (unreadable, or too short for the frame spec); the message names it."""
+
+
+class ShortClipError(DataError):
+    """A clip has too few frames for the frame spec (``FrameSpec.short="skip"``)."""
+
+
+_APPLIES_DISPLAY_ROTATION = {"torchcodec": True, "decord": True, "pyav": False, "av": False}
+"""Whether a backend's frames already follow the display matrix (checked by tests/test_load.py)."""
+
+
+def upright(frames: torch.Tensor, record: ClipRecord, backend: str, where: str) -> torch.Tensor:
+    """Decoded ``(T, C, H, W)`` frames turned to their display orientation (``record.rotation``).
+
+    For 90/270 degrees on a non-square clip the frame shape itself says whether the backend turned
+    them; otherwise the backend table decides. Frames that are neither RGB nor of either shape are a
+    backend failure (decord 0.6 returns 4-channel garbage for some rotated sizes), named as such."""
+    rotation = record.rotation
+    if rotation == 0:
+        return frames
+    stored = (record.height, record.width)
+    display = (record.display_height, record.display_width)
+    shape = tuple(frames.shape[-2:])
+    if frames.shape[1] != 3 or shape not in (stored, display):
+        raise DecodeError(
+            f"{where}: {backend} returned frames of shape {tuple(frames.shape[1:])} for a clip stored "
+            f"{record.width}x{record.height} with display rotation {rotation}; it cannot decode this "
+            "rotated video, use backend='torchcodec' or 'pyav'"
+        )
+    turned = shape == display if stored != display else _APPLIES_DISPLAY_ROTATION[backend]
+    return frames if turned else torch.rot90(frames, rotation // 90, dims=(-2, -1))
 
 
 def choose_caption(record: ClipRecord, policy: CaptionPolicy, rng: np.random.Generator) -> str:
@@ -101,7 +146,7 @@ def target_shape(spec: FrameSpec, record: ClipRecord) -> tuple[int, int, int]:
     this before decoding, so the pipeline must use the very same numbers (not the decoder's count,
     which can differ from the metadata by a frame)."""
     frames = record.num_frames or max(1, int(round(record.duration * record.fps)))
-    return spec.target(frames, record.fps, record.width, record.height)
+    return spec.target(frames, record.fps, record.display_width, record.display_height)
 
 
 class SamplePipeline:
@@ -148,19 +193,21 @@ class SamplePipeline:
         self, record: ClipRecord, video: Any, *, epoch: int, where: str, cache_key: Any = None
     ) -> dict | None:
         """The item for one clip, or None when it is skipped. ``video`` is bytes, a path, or a
-        zero-argument callable returning either (so a cached decoder never re-reads the bytes)."""
+        zero-argument callable returning either (so a cached decoder never re-reads the bytes).
+
+        Only data errors (:class:`~medvideocap.schema.DataError`) are skipped or re-raised naming the
+        clip; any other exception is a bug and propagates as it is."""
         try:
             return self._make(record, video, epoch=epoch, where=where, cache_key=cache_key)
-        except _TooShort as short:
+        except ShortClipError as short:
             self.skip(where, str(short), short=True)
             return None
-        except Exception as exc:  # any failure of one clip: name it, count it, carry on (or raise)
+        except DataError as exc:
             if self.on_error == "raise":
-                if isinstance(exc, DecodeError) and where in str(exc):
+                if where in str(exc):
                     raise
                 raise DecodeError(f"{where}: {exc}") from exc
-            reason = str(exc).removeprefix(f"{where}: ") if isinstance(exc, DecodeError) else repr(exc)
-            self.skip(where, reason)
+            self.skip(where, f"{type(exc).__name__}: {str(exc).removeprefix(f'{where}: ')}")
             return None
 
     def _decoder(self, video: Any, where: str, cache_key: Any) -> Any:
@@ -179,12 +226,13 @@ class SamplePipeline:
         num, height, width = target_shape(spec, record)
         indices = spec.indices(decoder.num_frames, decoder.fps, num, rng)
         if indices is None:
-            raise _TooShort(
+            raise ShortClipError(
                 f"{decoder.num_frames} frames at {decoder.fps:g} fps cannot give {num} frames at "
                 f"{spec.fps or decoder.fps:g} fps, stride {spec.stride} (FrameSpec.short='skip')"
             )
         got = decoder.frames_at(indices)
-        pixels = resize_crop(got.data, height, width, crop=spec.crop, rng=rng)
+        frames = upright(got.data, record, self.backend, where)
+        pixels = resize_crop(frames, height, width, crop=spec.crop, rng=rng)
         caption = choose_caption(record, self.caption, sample_rng(self.seed, epoch, record.id, salt=1))
         self.stats.samples += 1
         return {
@@ -194,10 +242,6 @@ class SamplePipeline:
             "timestamps": got.pts.to(torch.float32),
             "id": record.id,
         }
-
-
-class _TooShort(Exception):
-    pass
 
 
 def collate(items: Sequence[dict | None]) -> dict[str, Any] | None:
@@ -244,6 +288,7 @@ class _HubNativeIndex:
             raise ValueError(
                 f"{path}: missing columns {sorted(missing)}; not a medvideocap hub-native metadata table"
             )
+        check_versions(root, split, table)
         self.root = root
         self.path = path
         self.records = table.select([n for n in arrow_schema().names if n in table.column_names])
@@ -332,17 +377,21 @@ class ClipDataset(Dataset):
         index = self.index
         if isinstance(index, _HubNativeIndex):
             shard = index.shard_names[index.shard_idx[i]]
-            path = index.root / shard
-            offset, size = int(index.offset[i]), int(index.size[i])
-            return (
-                lambda: self.files.pread(path, offset, size),
-                f"{shard}:{index.ids[i]}.mp4",
-                (shard, offset),
+            name = f"{index.ids[i]}.mp4"
+            where = f"{shard}:{name}"
+            read = partial(
+                read_tar_member,
+                index.root / shard,
+                int(index.offset[i]),
+                int(index.size[i]),
+                name,
+                files=self.files,
+                where=where,
             )
-        from medvideocap.upstream import read_member
-
+            return read, where, (shard, int(index.offset[i]))
         zpath, member = index.zips[i], index.members[i]
-        return partial(read_member, Path(zpath), member), f"{Path(zpath).name}:{member}", (zpath, member)
+        where = f"{Path(zpath).name}:{member}"
+        return partial(_read_zip_member, Path(zpath), member, where), where, (zpath, member)
 
     def __getitem__(self, i: int) -> dict | None:
         if i < 0:
@@ -351,7 +400,7 @@ class ClipDataset(Dataset):
             raise IndexError(f"index {i} out of range for {len(self)} clips")
         try:
             record = self.index.record(i)
-        except Exception as exc:
+        except DataError as exc:  # an invalid record; another schema major was refused at load()
             where = f"{getattr(self.index, 'path', self.index.root)} row {i}"
             if self.pipeline.on_error == "raise":
                 raise
@@ -359,6 +408,18 @@ class ClipDataset(Dataset):
             return None
         read, where, key = self._reader(i)
         return self.pipeline.make(record, read, epoch=self.epoch, where=where, cache_key=key)
+
+
+def _read_zip_member(zip_path: Path, member: str, where: str) -> bytes:
+    """An upstream clip's bytes; a missing member or a damaged archive is a data error naming it."""
+    from medvideocap.upstream import read_member
+
+    try:
+        return read_member(zip_path, member)
+    except KeyError as exc:  # zipfile's "There is no item named ..."
+        raise MissingMemberError(f"{where}: no such member in {zip_path} ({exc})") from exc
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise MissingMemberError(f"{where}: cannot read it from {zip_path} ({exc})") from exc
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -423,10 +484,16 @@ def load(
     or ``rank``/``world_size``), with ``set_epoch`` and ``state_dict``/``load_state_dict``.
 
     ``frames.seed`` drives window starts and random crops, ``seed`` the caption mix and the streaming
-    shuffle; both are mixed with the epoch and the clip id. A clip that cannot be decoded is skipped
-    with a :class:`SkippedSampleWarning` naming it and counted in ``dataset.stats`` (per process: with
-    DataLoader workers each worker counts its own), or raises :class:`~medvideocap.decode.DecodeError`
-    under ``on_error="raise"``.
+    shuffle; both are mixed with the epoch and the clip id. A clip with bad data (does not decode, its
+    member is missing or is not its own, invalid record, too short) is skipped with a
+    :class:`SkippedSampleWarning` naming it and the reason, and counted in ``dataset.stats`` (per
+    process: with DataLoader workers each worker counts its own), or raises that
+    :class:`~medvideocap.schema.DataError` under ``on_error="raise"``. Other exceptions are bugs and
+    always propagate. A dataset of another schema major version raises
+    :class:`~medvideocap.schema.SchemaVersionError` here, naming both versions.
+
+    Frames come out upright: a clip with a display rotation (``record.rotation``) is turned, and its
+    target size follows the display size.
     """
     spec = frames if frames is not None else FrameSpec()
     pipeline = SamplePipeline(
@@ -449,6 +516,8 @@ def load(
             raise ValueError("streaming needs one split (train, validation or test)")
         from medvideocap.streaming import StreamingClipDataset, list_shards
 
+        if not _is_remote(root):
+            check_versions(Path(root), split)
         return StreamingClipDataset(
             list_shards(root, split),
             pipeline,

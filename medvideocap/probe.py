@@ -1,7 +1,12 @@
-"""Media facts of a video file (duration, fps, frame count, size, codec, bit rate) via PyAV.
+"""Media facts of a video file (duration, fps, frame count, size, rotation, codec, bit rate) via PyAV.
 
 PyAV bundles its own FFmpeg, so probing works without system FFmpeg and on any seekable binary file
-object (a zip member, a tar member, bytes), which is how the upstream reader and the builder use it."""
+object (a zip member, a tar member, bytes), which is how the upstream reader and the builder use it.
+
+Rotation. Phones store portrait video as landscape frames plus a display matrix. PyAV 18 exposes the
+matrix only on decoded frames (``VideoFrame.rotation``), so the probe decodes the first frame; a
+stream whose first frame does not decode is not a usable video anyway. ``rotation`` follows the
+display matrix (ffprobe's ``rotation``), counterclockwise, normalised to 0/90/180/270."""
 
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ from typing import IO, Any
 
 import av
 
+from medvideocap.schema import DataError
 
-class ProbeError(ValueError):
+
+class ProbeError(DataError, ValueError):
     """The input is not a decodable video; the message names it and says why."""
 
 
@@ -28,9 +35,16 @@ class MediaInfo:
     codec: str
     bit_rate: int | None
     has_audio: bool = False
+    rotation: int = 0
+    """Display rotation, degrees counterclockwise (0, 90, 180, 270); ``width``/``height`` are stored size."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) of the upright picture."""
+        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
 
 
 def probe(
@@ -65,17 +79,30 @@ def probe(
         if duration is None and container.duration:
             duration = container.duration / av.time_base
         num_frames: int | None = stream.frames or None
+        rotation: int | None = None
+        n, last_end = 0, 0.0
+        try:
+            # One pass: decode packets until the first frame gives the rotation, and (count_frames)
+            # keep demuxing to the end without decoding.
+            for packet in container.demux(stream):
+                if rotation is None:
+                    rotation = _first_rotation(packet.decode())
+                    if rotation is not None and not count_frames:
+                        break
+                if packet.size == 0 or packet.pts is None:
+                    continue
+                n += 1
+                end = float((packet.pts + (packet.duration or 0)) * tb)
+                last_end = max(last_end, end)
+            if rotation is None:  # a decoder with delay (B-frames) holds frames until it is flushed
+                rotation = _first_rotation(ctx.decode(None))
+        except av.error.FFmpegError as exc:
+            if rotation is None:
+                raise ProbeError(f"{label}: its first frame does not decode ({exc})") from exc
+            raise ProbeError(f"{label}: stream breaks off after {n} packets ({exc})") from exc
+        if rotation is None:
+            raise ProbeError(f"{label}: no video frame decodes")
         if count_frames:
-            n, last_end = 0, 0.0
-            try:
-                for packet in container.demux(stream):
-                    if packet.size == 0 or packet.pts is None:
-                        continue
-                    n += 1
-                    end = float((packet.pts + (packet.duration or 0)) * tb)
-                    last_end = max(last_end, end)
-            except av.error.FFmpegError as exc:
-                raise ProbeError(f"{label}: stream breaks off after {n} packets ({exc})") from exc
             start = float(stream.start_time * tb) if stream.start_time else 0.0
             num_frames = n
             duration = max(last_end - start, 0.0) if last_end else n / fps
@@ -95,4 +122,12 @@ def probe(
             codec=str(ctx.name),
             bit_rate=int(stream.bit_rate or container.bit_rate or 0) or None,
             has_audio=bool(container.streams.audio),
+            rotation=rotation,
         )
+
+
+def _first_rotation(frames: Any) -> int | None:
+    """Display rotation of the first of ``frames`` (None when there is none yet)."""
+    for frame in frames:
+        return int(round(frame.rotation)) % 360
+    return None

@@ -1,9 +1,10 @@
 """Publish a hub-native dataset folder to the Hugging Face Hub, and tag its schema version.
 
-The upload is resumable: with ``huggingface_hub`` >= 1.x ``upload_folder`` skips files already
-committed and deduplicates uploaded data when re-run; on older versions ``upload_large_folder``
-(which keeps its own resume state) is used. Either way, running ``push`` again after a failure
-finishes the job. The commit is then tagged ``v{SCHEMA_VERSION}`` (as LeRobot tags its codebase
+The upload is resumable. A push to the default branch uses ``HfApi.upload_large_folder`` (its own
+resume state, several commits) where the installed ``huggingface_hub`` still has it (0.25 to 1.x);
+2.0 removed it in favour of ``upload_folder``, which skips files already committed and deduplicates
+uploaded data when re-run, and which every push to a ``revision`` uses. Either way, running ``push``
+again after a failure finishes the job. The commit is then tagged ``v{SCHEMA_VERSION}`` (as LeRobot tags its codebase
 version) so readers can pin the schema they understand.
 
 The token comes from ``token=``, else ``HF_TOKEN``, else the ``hf auth login`` cache, all through

@@ -8,7 +8,10 @@ A run lives in one output folder::
     OUT/dataset/        with --write: a new hub-native dataset, original + new captions, same video bytes
 
 The journal is the source of truth: a rerun after a kill captions only the ids it lacks, and
-``--write`` builds the dataset from it. The source dataset is only ever read.
+``--write`` builds the dataset from it. The source dataset is only ever read. A job with failed clips
+counts as failed (:meth:`RecaptionSummary.failure`, the CLI's exit status) although everything
+captioned is kept. Timestamps (``created_at``, ``finished_at``) are provenance, not content: the
+dataset's fingerprint leaves them out, so two identical runs give the same fingerprint.
 """
 
 from __future__ import annotations
@@ -108,9 +111,29 @@ class RecaptionSummary:
     seconds: float = 0.0
     max_backend_failures: int = 20
     backend_failure_streak: int = 0
+    ok_total: int = 0  # selected clips whose journal entry holds new captions (this run or earlier)
+    failed_total: int = 0  # selected clips whose journal entry is a failure
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def failure(self, max_failures: int = 0) -> str | None:
+        """Why the job must exit non-zero, or None. Judged on the journal (this run and earlier ones
+        alike), so a rerun of a failed job fails again until it is fixed or its failures accepted:
+        no clip selected, no clip captioned, or more than ``max_failures`` clips failed."""
+        if self.selected == 0:
+            return "no clip was selected (check --where and --limit): nothing was captioned"
+        if self.ok_total == 0:
+            return (
+                f"no clip was captioned: all {self.failed_total} attempted failed (reasons in {self.journal})"
+            )
+        if self.failed_total > max_failures:
+            return (
+                f"{self.failed_total} of {self.selected} clips failed (reasons in {self.journal}); the "
+                f"{self.ok_total} captioned are kept. Rerun with --retry-failed, or accept up to N failed "
+                "clips with --max-failures N"
+            )
+        return None
 
 
 def caption_items(
@@ -279,6 +302,9 @@ def recaption(
                 finally:
                     if owned:
                         cap.close()
+        settled = [journal.entries[it.id] for it in selected if it.id in journal.entries]
+        summary.ok_total = sum(1 for e in settled if e.get("ok"))
+        summary.failed_total = len(settled) - summary.ok_total
         if write:
             summary.dataset = str(write_dataset(selected, journal, out / DATASET_DIR, settings))
     summary.seconds = round(time.monotonic() - started, 3)

@@ -5,6 +5,35 @@ Everything else (``datasets.Features``, the Arrow and polars schemas, the JSON S
 The serialized form (``record.to_json_dict()``) is deliberately Arrow-friendly: no mappings with
 dynamic keys (captions and extra scores are lists of named entries), so that ``datasets`` can infer or
 declare one stable struct for every row.
+
+Versions. ``SCHEMA_VERSION`` is ``MAJOR.MINOR``: a new optional field (with a default, so older records
+still validate) bumps the minor; removing, renaming or retyping a field bumps the major. 1.1 added
+``rotation`` and ``category_raw``.
+
+Categories. :meth:`Category.parse` maps a release's spelling to one of the paper's five (``other``
+stays ``other``). It lower-cases the value, drops every character that is not a letter (spaces,
+``-``, ``_``, ``/``, ``.``) and one trailing ``video``/``videos``, then looks the result up here:
+
+=====================  ==============================================================================
+category               accepted after normalising (examples of raw values)
+=====================  ==============================================================================
+medical_teaching       medicalteaching, teaching, education, medicaleducation
+                       ("Medical Teaching", "medical-teaching", "Medical Teaching Videos")
+clinical_practice      clinicalpractice, clinical, surgery ("clinical practice videos", "Clinical-Practice")
+popular_science        popularscience, science ("Popular Science Video", "popular_science")
+medical_animation      medicalanimation, animation ("Medical Animation", "medical animation videos")
+medical_imaging        medicalimaging, imaging ("Medical Imaging Videos", "MEDICAL_IMAGING")
+other                  other, and None / "" (no category given)
+=====================  ==============================================================================
+
+Anything else is an error naming the value (the upstream reader turns it into ``other`` and keeps the
+value in ``extra``). A record built from a spelling that is not the canonical value keeps that spelling
+in ``category_raw``, so nothing the source wrote is lost.
+
+Errors. Bad *data* (a record that does not validate, a video that does not decode, a tar member that
+is not where the metadata says) raises a subclass of :class:`DataError`. That is the one family the
+loader's ``on_error="skip"`` may skip; anything else (a ``TypeError`` from our own code, say) is a bug
+and propagates, so a bug never turns into "every clip skipped".
 """
 
 from __future__ import annotations
@@ -31,13 +60,21 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 """``MAJOR.MINOR``. A different major is unreadable; a newer minor warns and keeps unknown fields."""
 
 SPLITS = ("train", "validation", "test")
 Split = Literal["train", "validation", "test"]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+
+class DataError(Exception):
+    """Bad input data (a record, a video, a shard member), as opposed to a bug in the code.
+
+    The base of every error that names one clip's data as the cause; readers that may skip bad clips
+    (``on_error="skip"``) catch this family and nothing wider. :class:`SchemaVersionError` is not in
+    it: a dataset of another major version is unreadable as a whole, never skipped clip by clip."""
 
 
 class SchemaVersionError(ValueError):
@@ -60,29 +97,33 @@ class Category(StrEnum):
 
     @classmethod
     def parse(cls, value: str | None) -> Category:
-        """Accept the spellings seen in the wild ("Medical Teaching", "medical-imaging", ...)."""
+        """The category a release's spelling names (table in the module docstring); raises
+        ``ValueError`` naming the value when it names none of them."""
         if value is None or str(value).strip() == "":
             return cls.other
-        key = re.sub(r"[^a-z]+", "_", str(value).strip().lower()).strip("_")
-        try:
-            return cls(key)
-        except ValueError:
-            aliases = {
-                "teaching": cls.medical_teaching,
-                "education": cls.medical_teaching,
-                "medical_education": cls.medical_teaching,
-                "clinical": cls.clinical_practice,
-                "surgery": cls.clinical_practice,
-                "science": cls.popular_science,
-                "popular_science_video": cls.popular_science,
-                "animation": cls.medical_animation,
-                "imaging": cls.medical_imaging,
-            }
-            if key in aliases:
-                return aliases[key]
+        key = re.sub(r"[^a-z]+", "", str(value).lower())
+        key = re.sub(r"videos?$", "", key) or key
+        category = _CATEGORY_KEYS.get(key)
+        if category is None:
             raise ValueError(
-                f"unknown category {value!r}; expected one of {', '.join(c.value for c in cls)}"
-            ) from None
+                f"unknown category {value!r}; expected one of {', '.join(c.value for c in cls)} "
+                "(case, separators and a trailing 'video(s)' are ignored)"
+            )
+        return category
+
+
+_CATEGORY_KEYS: dict[str, Category] = {
+    **{c.value.replace("_", ""): c for c in Category},
+    "teaching": Category.medical_teaching,
+    "education": Category.medical_teaching,
+    "medicaleducation": Category.medical_teaching,
+    "clinical": Category.clinical_practice,
+    "surgery": Category.clinical_practice,
+    "science": Category.popular_science,
+    "animation": Category.medical_animation,
+    "imaging": Category.medical_imaging,
+}
+"""Normalised spelling -> category; documented in the module docstring's table."""
 
 
 def _finite(value: float | None, name: str) -> float | None:
@@ -166,7 +207,15 @@ class SourceContext(BaseModel):
 
 
 class ClipRecord(BaseModel):
-    """One clip of MedVideoCap-style data."""
+    """One clip of MedVideoCap-style data.
+
+    Frame size: ``width`` and ``height`` are the size *as stored* in the video stream (what the codec
+    decodes, what ``ffprobe`` calls width/height), not the size shown. A phone video with a 90-degree
+    display matrix is stored 1280x720 and shown 720x1280: its record says ``width=1280, height=720,
+    rotation=90``, and :attr:`display_width` / :attr:`display_height` give 720x1280. Stored size keeps
+    old records (which had no rotation) meaning what they always meant; the loader returns upright
+    frames of the display size.
+    """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
@@ -179,14 +228,24 @@ class ClipRecord(BaseModel):
     duration: float = Field(gt=0, description="Seconds.")
     fps: float = Field(gt=0)
     num_frames: int | None = Field(default=None, gt=0)
-    width: int = Field(gt=0)
-    height: int = Field(gt=0)
+    width: int = Field(gt=0, description="Stored frame width in pixels (before display rotation).")
+    height: int = Field(gt=0, description="Stored frame height in pixels (before display rotation).")
+    rotation: int = Field(
+        default=0,
+        description="Display rotation in degrees counterclockwise (0, 90, 180 or 270), as the stream's "
+        "display matrix says (ffprobe's 'rotation', modulo 360): turn stored frames by this to see them "
+        "upright.",
+    )
     codec: str | None = None
     bit_rate: int | None = Field(default=None, ge=0, description="Video bit rate, bits per second.")
 
     scores: Scores = Field(default_factory=Scores)
     camera_motion: str | None = Field(default=None, description="e.g. 'static shot', 'pan left'.")
     category: Category = Category.other
+    category_raw: str | None = Field(
+        default=None,
+        description="The category as the source spelled it, when that is not the canonical value.",
+    )
     captions: list[Caption] = Field(default_factory=list)
     source: SourceContext = Field(default_factory=SourceContext)
     extra: dict[str, Any] = Field(
@@ -212,6 +271,39 @@ class ClipRecord(BaseModel):
             raise ValueError(f"{info.field_name} {v} is odd; 4:2:0 video needs even frame sizes")
         return v
 
+    @field_validator("rotation", mode="before")
+    @classmethod
+    def _check_rotation(cls, v: Any) -> Any:
+        if v is None:
+            return 0
+        if isinstance(v, bool) or not isinstance(v, int | float) or float(v) % 90:
+            raise ValueError(f"rotation {v!r} must be a multiple of 90 degrees")
+        return int(v) % 360
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_raw_category(cls, data: Any) -> Any:
+        """A category given in any spelling but the canonical one keeps that spelling in
+        ``category_raw`` (every source, upstream JSON or sidecar, gets this for free)."""
+        if isinstance(data, dict):
+            raw = data.get("category")
+            if (
+                isinstance(raw, str)
+                and not isinstance(raw, Category)
+                and raw.strip()
+                and raw not in Category.__members__.values()
+                and data.get("category_raw") is None
+            ):
+                data = {**data, "category_raw": raw}
+        return data
+
+    @field_validator("category", mode="before")
+    @classmethod
+    def _parse_category(cls, v: Any) -> Any:
+        if v is None:
+            return Category.other
+        return v if isinstance(v, Category) else Category.parse(str(v))
+
     @field_validator("extra", mode="before")
     @classmethod
     def _parse_extra(cls, v: Any) -> Any:
@@ -236,6 +328,16 @@ class ClipRecord(BaseModel):
     @field_serializer("extra", when_used="json")
     def _serialize_extra(self, v: dict[str, Any]) -> str:
         return json.dumps(v, sort_keys=True, ensure_ascii=False)
+
+    @property
+    def display_width(self) -> int:
+        """Width of the upright frame (what the loader returns at native size)."""
+        return self.height if self.rotation in (90, 270) else self.width
+
+    @property
+    def display_height(self) -> int:
+        """Height of the upright frame."""
+        return self.width if self.rotation in (90, 270) else self.height
 
     def caption(self, name: str) -> str | None:
         """Text of the caption named ``name`` ('detailed', 'brief', ...), or None."""
@@ -273,7 +375,7 @@ class ClipRecord(BaseModel):
         return record
 
 
-class InvalidRecordError(ValueError):
+class InvalidRecordError(DataError, ValueError):
     """A record failed validation; the message names the record and every failing field."""
 
     def __init__(self, where: str, exc: ValidationError):

@@ -28,8 +28,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from medvideocap.decode import FileHandles
 from medvideocap.dist import env_rank_world
+from medvideocap.hubnative import read_tar_member
 from medvideocap.loader import SamplePipeline, SkippedSampleWarning
-from medvideocap.schema import ClipRecord
+from medvideocap.schema import ClipRecord, DataError, SchemaVersionError
 
 
 def list_shards(root: str | Path, split: str) -> list[str]:
@@ -58,7 +59,7 @@ class _Raw:
     key: str
     where: str
     json: bytes | None
-    video: bytes | tuple[str, int, int] | None  # bytes (remote) or (path, offset, size) (local)
+    video: bytes | tuple[str, int, int, str] | None  # bytes (remote) or (path, offset, size, name) (local)
 
 
 class StreamingClipDataset(IterableDataset):
@@ -162,7 +163,7 @@ class StreamingClipDataset(IterableDataset):
                             data = tar.extractfile(member)
                             current.video = data.read() if data is not None else None
                         else:
-                            current.video = (shard, member.offset_data, member.size)
+                            current.video = (shard, member.offset_data, member.size, member.name)
                 end = tar.offset
             if current is not None and keep:
                 yield current
@@ -210,18 +211,23 @@ class StreamingClipDataset(IterableDataset):
             pipeline.skip(raw.where, f"no {raw.key}.{missing} member next to it in the shard")
             return None
         try:
-            record = ClipRecord.from_json_dict(json.loads(raw.json), where=f"{raw.where}.json")
-        except Exception as exc:
+            data = json.loads(raw.json)
+            if not isinstance(data, dict):
+                raise ValueError(f"{raw.where}.json holds a JSON {type(data).__name__}, not an object")
+            record = ClipRecord.from_json_dict(data, where=f"{raw.where}.json")
+        except SchemaVersionError:
+            raise  # another major version is the whole dataset's problem, never one clip's
+        except (DataError, ValueError) as exc:  # bad data (JSONDecodeError is a ValueError); bugs propagate
             if pipeline.on_error == "raise":
                 raise
             pipeline.skip(raw.where, f"invalid record: {exc}")
             return None
         video = raw.video
         if isinstance(video, tuple):
-            path, offset, size = video
+            path, offset, size, name = video
 
             def read() -> bytes:
-                return self.files.pread(path, offset, size)
+                return read_tar_member(path, offset, size, name, files=self.files, where=f"{raw.where}.mp4")
 
             return pipeline.make(record, read, epoch=self.epoch, where=f"{raw.where}.mp4")
         return pipeline.make(record, video, epoch=self.epoch, where=f"{raw.where}.mp4")

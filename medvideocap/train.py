@@ -54,6 +54,11 @@ DEFAULT_VALIDATION_PROMPTS = [
 ]
 
 
+class NoTrainingDataError(RuntimeError):
+    """Training cannot go on: the data source stopped giving batches (every clip of a run of batches
+    failed to load), so the loop would otherwise spin forever over an endless batch plan."""
+
+
 # ----------------------------------------------------------------------------------------------------- config
 class TrainConfig(BaseModel):
     """Every knob of a run. Shipped configs live in ``medvideocap/configs/*.yaml``; any field can be
@@ -87,6 +92,7 @@ class TrainConfig(BaseModel):
     batch_size: int = 1  # per device
     gradient_accumulation_steps: int = 1
     num_workers: int = 2
+    max_empty_batches: int = 100  # batches in a row with no readable clip (on-the-fly) before stopping
     text_seq_len: int = 512  # WanPipeline pads prompts to 512 tokens at inference; train the same way
     caption_dropout: float = 0.1  # probability of the unconditional prompt, for classifier-free guidance
     caption_dropout_embeds: Literal["empty", "zeros"] = "empty"  # UMT5("") as WanPipeline's negative, or 0s
@@ -140,9 +146,19 @@ class TrainConfig(BaseModel):
             problems.append(f"flow_shift={self.flow_shift} must be > 0 (1.0 = no shift)")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append(f"ema_decay={self.ema_decay} must be in [0, 1) (0 disables EMA)")
-        if min(self.batch_size, self.gradient_accumulation_steps, self.max_steps, self.checkpoint_every) < 1:
+        if (
+            min(
+                self.batch_size,
+                self.gradient_accumulation_steps,
+                self.max_steps,
+                self.checkpoint_every,
+                self.max_empty_batches,
+            )
+            < 1
+        ):
             problems.append(
-                "batch_size, gradient_accumulation_steps, max_steps, checkpoint_every must be >= 1"
+                "batch_size, gradient_accumulation_steps, max_steps, checkpoint_every, max_empty_batches "
+                "must be >= 1"
             )
         for name in ("frames", "validation_frames"):
             if (getattr(self, name) - 1) % 4:
@@ -167,7 +183,10 @@ def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Trai
             raise ValueError(f"override {item!r}: expected key=value")
         key = key.strip()
         if key not in TrainConfig.model_fields:
-            raise ValueError(f"override {item!r}: unknown field {key!r} (see {path})")
+            hint = ""
+            if key.split(".")[0] in ("data", "dataset", "data_path", "data_dir", "path", "train_data"):
+                hint = "; the training data is latents=CACHE_DIR (an encode-latents folder) or source=DATASET"
+            raise ValueError(f"override {item!r}: unknown field {key!r} (see {path}){hint}")
         values[key] = yaml.safe_load(raw)
     try:
         return TrainConfig(**values)
@@ -416,6 +435,35 @@ def flow_matching_loss(
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
+def global_rng_state() -> dict[str, Any]:
+    """Python's, numpy's, torch's and (when present) every CUDA device's global RNG state."""
+    import random
+
+    import numpy as np
+
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`global_rng_state` took."""
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def _trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
@@ -427,10 +475,17 @@ def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_lora(transformer: torch.nn.Module, directory: Path) -> None:
-    """The adapter in the layout ``WanPipeline.load_lora_weights(directory)`` reads."""
+    """The adapter in the layout ``WanPipeline.load_lora_weights(directory)`` reads, with its PEFT config
+    as the safetensors adapter metadata: without it diffusers assumes alpha = rank and applies a LoRA
+    trained with another alpha at the wrong scale (1 instead of alpha / rank), silently."""
     from diffusers import WanPipeline
 
-    WanPipeline.save_lora_weights(directory, transformer_lora_layers=lora_state_dict(transformer))
+    config: Any = getattr(transformer, "peft_config", {}).get("default")
+    WanPipeline.save_lora_weights(
+        directory,
+        transformer_lora_layers=lora_state_dict(transformer),
+        transformer_lora_adapter_metadata=config.to_dict() if config is not None else None,
+    )
 
 
 def load_lora(transformer: torch.nn.Module, directory: Path) -> None:
@@ -619,6 +674,25 @@ def _pixel_collate(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
     return collate(items)
 
 
+def _next_batch(batches: Iterator[Any], state: dict[str, Any], cfg: TrainConfig, dataset: Any) -> Any:
+    """The next batch, counting every one consumed. The pixel loader yields None for a batch whose clips
+    all failed to load; a run of ``max_empty_batches`` of those means the source gives nothing (the
+    plan is endless, so waiting would spin forever): stop with what the loader said."""
+    for _ in range(cfg.max_empty_batches):
+        batch = next(batches)
+        state["consumed_batches"] += 1
+        if batch is not None:
+            return batch
+    skipped = getattr(getattr(dataset, "stats", None), "skipped_ids", None) or []
+    why = "; ".join(f"{cid}: {reason}" for cid, reason in skipped[-3:]) or "see the loader's warnings"
+    raise NoTrainingDataError(
+        f"{cfg.source or cfg.latents}: {cfg.max_empty_batches} batches in a row had no clip that could be "
+        f"loaded (at step {state['step']}); last skipped: {why}. Fix the data or the frame settings "
+        "(frames, fps, height, width), or pre-encode it with `medvideocap encode-latents`, which records "
+        "each bad clip and goes on"
+    )
+
+
 def _dtype(mixed_precision: str) -> torch.dtype:
     return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
 
@@ -734,6 +808,7 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
         from safetensors.torch import load_file
 
         accelerator.load_state(str(resume_from))
+        resumed_rng = global_rng_state()  # the checkpoint's, as accelerate restored them
         state = json.loads((resume_from / "trainer_state.json").read_text())
         gen.set_state(load_file(resume_from / f"noise_rng_{accelerator.process_index}.safetensors")["state"])
         if ema is not None:
@@ -783,15 +858,17 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
     samples_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
     val_cache: dict[str, Any] = {}
     batches = iter(loader)
+    if resume_from is not None:
+        # Starting the loader (its worker base seed) and the trackers draw from the global RNGs after
+        # load_state; the uninterrupted run made those draws before its checkpoint, so put the
+        # checkpoint's states back: later checkpoints then hold the states an uninterrupted run has.
+        set_global_rng_state(resumed_rng)
     transformer.train()
     t_last, steps_since_log = time.perf_counter(), 0
     while state["step"] < stop:
         step_loss = torch.zeros((), device=device)
         for micro in range(cfg.gradient_accumulation_steps):
-            batch: Any = None
-            while batch is None:  # the pixel loader yields None for a batch of only unreadable clips
-                batch = next(batches)
-                state["consumed_batches"] += 1
+            batch = _next_batch(batches, state, cfg, dataset)
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             if on_the_fly is not None:
                 batch = on_the_fly(batch, gen)
@@ -875,7 +952,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         return 0
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except NoTrainingDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps({"step": result.step, "export": str(result.export) if result.export else None}))
     return 0
 

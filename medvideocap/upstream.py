@@ -35,11 +35,15 @@ Keys with no alias are kept verbatim in ``record.extra`` and reported once per k
 problem and an :class:`~medvideocap.schema.UnknownFieldsWarning`). Captions taken from the JSON are
 ``Caption(name="detailed"|"brief", source="upstream", model="gpt-4o")``: the paper wrote them with GPT-4o.
 
-Videos are joined to records by base name (members may sit in folders inside the zips) and read by
-streaming :meth:`zipfile.ZipFile.open`: nothing is extracted to disk, so reading the 55K clips needs no
-scratch space. Every inconsistency (record without video, video without record, duplicate names,
-member names escaping the archive root, records that do not fit the schema) is collected in
-:attr:`UpstreamRelease.problems`, never silently dropped. Media facts the JSON lacks altogether
+Videos are joined to records by base name (members may sit in folders inside the zips; the record's
+``file_name`` is the member's full name) and read by streaming :meth:`zipfile.ZipFile.open` in 1 MiB
+chunks: nothing is extracted, and a member is never held whole in memory past
+:data:`SPOOL_MEMORY_BYTES` nor read past :data:`DEFAULT_MAX_CLIP_BYTES` (a clip's size bound). A zip
+whose central directory is cut off is walked by its local file headers instead, so its intact members
+are still read. Names that clean up to the same id get distinct ids by a fixed rule. Every
+inconsistency (record without video, video without record, duplicate names, member names escaping
+the archive root, members too large or cut short, damaged archives, records that do not fit the
+schema) is collected in :attr:`UpstreamRelease.problems`, never silently dropped. Media facts the JSON lacks altogether
 (duration, fps, width, height) are read from the video's header instead (a ``filled_from_video``
 note), so an unexpected JSON shape costs a probe per clip rather than every clip.
 """
@@ -51,12 +55,15 @@ import json
 import logging
 import os
 import re
+import struct
+import tempfile
 import threading
 import warnings
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -148,9 +155,10 @@ class UpstreamFormatError(ValueError):
 class UpstreamProblem(BaseModel):
     """One thing wrong with the release. ``kind`` is one of: record_without_video, video_without_record,
     duplicate_name, unsafe_member_name, invalid_record, schema_version, unknown_key, unknown_category,
-    filled_from_video, unreadable_member. ``unknown_key``, ``unknown_category`` and ``filled_from_video``
-    lose nothing (values are kept in ``record.extra`` or read from the video); the others mean a clip
-    cannot be used as is."""
+    filled_from_video, id_collision, unreadable_member, member_too_large, damaged_archive.
+    ``unknown_key``, ``unknown_category``, ``filled_from_video`` and ``id_collision`` lose nothing
+    (values are kept in ``record.extra``, read from the video, or the id is suffixed); the others mean a
+    clip (or, for ``damaged_archive``, part of an archive) cannot be used as is."""
 
     kind: str
     where: str
@@ -241,13 +249,14 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
-def _category(value: Any) -> Category:
+def _category(value: Any) -> str | None:
     if isinstance(value, list):
         value = value[0] if value else None
     try:
-        return Category.parse(value)
+        Category.parse(value)
     except ValueError as exc:
         raise _ValueError(str(exc)) from None
+    return None if value is None else str(value)  # the record parses it and keeps it in category_raw
 
 
 _PARSERS = {
@@ -344,7 +353,7 @@ def build_record(
     if errors:
         raise ValueError(f"{where}: " + "; ".join(errors))
 
-    stem = PurePosixPath(file_name).stem
+    stem = PurePosixPath(file_name.replace("\\", "/")).stem
     video_id = values.get("source.video_id")
     data: dict[str, Any] = {
         "id": sanitize_id(stem),
@@ -426,8 +435,31 @@ def load_metadata_rows(path: Path) -> list[tuple[str | None, dict[str, Any]]]:
 
 
 _ZIP_HANDLES: OrderedDict[tuple[int, str, int, int], zipfile.ZipFile] = OrderedDict()
+_RECOVERED: OrderedDict[tuple[int, str, int, int], dict[str, LocalEntry]] = OrderedDict()
 _ZIP_LOCK = threading.Lock()
 _MAX_ZIP_HANDLES = 16
+
+DEFAULT_MAX_CLIP_BYTES = 64 * 1024 * 1024
+"""The largest member read as one clip: 720x480 for 10 s at 50 Mbit/s (five times DVD-Video's
+9.8 Mbit/s peak for that frame size) is 62.5 MB, rounded up to 64 MiB. A member declaring or
+inflating to more is not a clip of this dataset (``--max-clip-bytes`` raises the bound)."""
+SPOOL_MEMORY_BYTES = 16 * 1024 * 1024
+"""A member up to this size is held in memory; a larger one (within the clip bound) is spooled to
+a temporary file, so memory per clip in flight stays bounded whatever the archive holds."""
+_CHUNK = 1 << 20
+
+
+class MemberReadError(OSError):
+    """A zip member's bytes cannot be read as a clip; the message names the archive and member."""
+
+
+class MemberTooLargeError(MemberReadError):
+    """A member inflates past the clip size bound."""
+
+
+def _archive_key(path: Path) -> tuple[int, str, int, int]:
+    stat = path.stat()
+    return (os.getpid(), str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def _zip_handle(path: Path) -> zipfile.ZipFile:
@@ -435,8 +467,7 @@ def _zip_handle(path: Path) -> zipfile.ZipFile:
     (a handle inherited across ``fork`` would share its file offset with the parent) and by the
     file's size and mtime (a rewritten archive gets a fresh handle). Evicting a handle is safe while
     members are still open: each open member keeps the underlying file alive."""
-    stat = path.stat()
-    key = (os.getpid(), str(path), stat.st_size, stat.st_mtime_ns)
+    key = _archive_key(path)
     with _ZIP_LOCK:
         handle = _ZIP_HANDLES.get(key)
         if handle is None or handle.fp is None:
@@ -448,10 +479,254 @@ def _zip_handle(path: Path) -> zipfile.ZipFile:
         return handle
 
 
-def read_member(zip_path: Path, member: str) -> bytes:
-    """The bytes of one zip member, read through the per-process handle cache."""
-    with _zip_handle(Path(zip_path)).open(member) as f:
-        return f.read()
+# ---------------------------------------------------------------------------------------------------
+# Recovery of archives whose central directory is gone (a download cut short)
+
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+_LOCAL_SIGNATURE = b"PK\x03\x04"
+_ZIP64_EXTRA = 0x0001
+_U32_MAX = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class LocalEntry:
+    """One member found by walking the local file headers. ``problem`` says why its bytes cannot be
+    read (cut short, encrypted, ...); an entry without one has all its compressed bytes present
+    (whether they inflate to the size and CRC its header declares is checked while reading)."""
+
+    name: str
+    header_offset: int
+    data_offset: int
+    method: int
+    crc: int
+    compress_size: int
+    file_size: int
+    problem: str | None = None
+
+
+def _zip64_sizes(extra: bytes, file_size: int, compress_size: int) -> tuple[int, int]:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, length = struct.unpack_from("<HH", extra, pos)
+        body = extra[pos + 4 : pos + 4 + length]
+        if tag == _ZIP64_EXTRA:
+            values = [v for (v,) in struct.iter_unpack("<Q", body[: len(body) // 8 * 8])]
+            if file_size == _U32_MAX and values:
+                file_size = values.pop(0)
+            if compress_size == _U32_MAX and values:
+                compress_size = values.pop(0)
+            break
+        pos += 4 + length
+    return file_size, compress_size
+
+
+def scan_local_headers(path: Path) -> list[LocalEntry]:
+    """The members of a zip found by walking its local file headers from the start.
+
+    Why this exists: :mod:`zipfile` (and every maintained reader) needs the central directory at
+    the end of the archive, so a download cut short loses every member although most of their
+    bytes are intact. Each local header gives the member's name and sizes, so the walk can hop from
+    member to member. It stops at the central directory, at bytes that are not a local header, at a
+    member whose data runs past the end of the file (reported as cut short) and at a member written
+    with a data descriptor (its length is only known from the central directory; reported). Nothing
+    is extracted: names are only ever used as labels.
+    """
+    entries: list[LocalEntry] = []
+    total = path.stat().st_size
+    with open(path, "rb") as fh:
+        pos = 0
+        while pos + _LOCAL_HEADER.size <= total:
+            fh.seek(pos)
+            head = fh.read(_LOCAL_HEADER.size)
+            if head[:4] != _LOCAL_SIGNATURE:
+                break
+            _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+            raw_name, extra = fh.read(name_len), fh.read(extra_len)
+            name = raw_name.decode("utf-8" if flags & 0x800 else "cp437", errors="replace")
+            data = pos + _LOCAL_HEADER.size + name_len + extra_len
+            usize, csize = _zip64_sizes(extra, usize, csize)
+            entry = LocalEntry(name, pos, data, method, crc, csize, usize)
+            if len(raw_name) < name_len or len(extra) < extra_len or data + csize > total:
+                missing = max(data + csize - total, 1)
+                cut = f"cut short: the archive ends {missing} bytes before this member's data does"
+                entries.append(replace(entry, problem=cut))
+                break
+            if flags & 0x8:
+                why = "written with a data descriptor: its length is only known from the central directory"
+                entries.append(replace(entry, problem=why))
+                break
+            if flags & 0x1:
+                entry = replace(entry, problem="encrypted")
+            elif method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                entry = replace(entry, problem=f"compression method {method} is not supported")
+            entries.append(entry)
+            pos = data + csize
+    return entries
+
+
+def _recovered_entries(path: Path) -> dict[str, LocalEntry] | None:
+    """None when :mod:`zipfile` reads ``path``; else its members found by :func:`scan_local_headers`
+    (cached like the handles). Raises :class:`zipfile.BadZipFile` when no member is found either."""
+    key = _archive_key(path)
+    with _ZIP_LOCK:
+        if key in _RECOVERED:
+            return _RECOVERED[key]
+    try:
+        _zip_handle(path)
+        return None
+    except zipfile.BadZipFile as exc:
+        entries = scan_local_headers(path)
+        if not entries:
+            raise zipfile.BadZipFile(f"{exc}; no member found by scanning its local file headers") from exc
+        by_name = {e.name: e for e in reversed(entries)}  # the first of a repeated name wins
+        with _ZIP_LOCK:
+            _RECOVERED[key] = by_name
+            while len(_RECOVERED) > _MAX_ZIP_HANDLES:
+                _RECOVERED.popitem(last=False)
+        return by_name
+
+
+def _local_chunks(path: Path, entry: LocalEntry, where: str) -> Iterator[bytes]:
+    """The inflated bytes of a recovered member, checked against its header's size and CRC."""
+    if entry.problem:
+        raise MemberReadError(f"{where}: {entry.problem}")
+    inflate = zlib.decompressobj(-zlib.MAX_WBITS) if entry.method == zipfile.ZIP_DEFLATED else None
+    crc, size, left = 0, 0, entry.compress_size
+
+    def checked(out: bytes) -> bytes:
+        nonlocal crc, size
+        crc, size = zlib.crc32(out, crc), size + len(out)
+        if size > entry.file_size:
+            raise MemberReadError(f"{where}: inflates past the {entry.file_size} bytes its header declares")
+        return out
+
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(entry.data_offset)
+            while True:
+                if inflate is not None and inflate.unconsumed_tail:
+                    raw = inflate.unconsumed_tail
+                elif left > 0:
+                    raw = fh.read(min(_CHUNK, left))
+                    if not raw:
+                        raise MemberReadError(f"{where}: the archive ends inside this member")
+                    left -= len(raw)
+                else:
+                    break
+                # max_length bounds what one call inflates: a bomb comes out 1 MiB at a time
+                out = checked(raw if inflate is None else inflate.decompress(raw, _CHUNK))
+                if out:
+                    yield out
+            if inflate is not None:
+                out = checked(inflate.flush())
+                if out:
+                    yield out
+                if not inflate.eof:
+                    raise MemberReadError(f"{where}: its compressed data ends before the stream does")
+    except zlib.error as exc:
+        raise MemberReadError(f"{where}: corrupt compressed data ({exc})") from None
+    if size != entry.file_size or crc != entry.crc:
+        raise MemberReadError(
+            f"{where}: {size} bytes with CRC {crc:08x}; its header declares {entry.file_size} bytes, "
+            f"CRC {entry.crc:08x}"
+        )
+
+
+def _member_chunks(zip_path: Path, member: str) -> Iterator[bytes]:
+    """The member's bytes in chunks of at most 1 MiB, CRC-checked at the end; from the central
+    directory when the archive has one, else from its local header. Raises MemberReadError."""
+    where = f"{zip_path.name}:{member}"
+    try:
+        recovered = _recovered_entries(zip_path)
+        if recovered is not None:
+            entry = recovered.get(member)
+            if entry is None:
+                raise MemberReadError(f"{where}: no such member in the recovered archive")
+            yield from _local_chunks(zip_path, entry, where)
+            return
+        with _zip_handle(zip_path).open(member) as stream:
+            while chunk := stream.read(_CHUNK):
+                yield chunk
+    except MemberReadError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as exc:
+        raise MemberReadError(f"{where}: {exc}") from None
+
+
+def fetch_member(
+    zip_path: Path,
+    member: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_CLIP_BYTES,
+    scratch: Path | None = None,
+    memory_bytes: int = SPOOL_MEMORY_BYTES,
+) -> bytes | Path:
+    """The member's bytes, streamed: in memory up to ``memory_bytes``, past that in a new file under
+    ``scratch`` (the caller deletes it; without ``scratch`` the bytes stay in memory). Raises
+    :class:`MemberTooLargeError` as soon as more than ``max_bytes`` have come out, so neither memory
+    nor disk ever holds more than one clip's bound however large the member inflates."""
+    zip_path = Path(zip_path)
+    where = f"{zip_path.name}:{member}"
+    parts: list[bytes] = []
+    total = 0
+    spill: IO[bytes] | None = None
+    try:
+        for chunk in _member_chunks(zip_path, member):
+            total += len(chunk)
+            if total > max_bytes:
+                raise MemberTooLargeError(
+                    f"{where}: inflates past {max_bytes} bytes, the bound for one clip (--max-clip-bytes)"
+                )
+            if spill is None and (scratch is None or total <= memory_bytes):
+                parts.append(chunk)
+                continue
+            if spill is None:
+                assert scratch is not None
+                spill = tempfile.NamedTemporaryFile(dir=scratch, suffix=".mp4", delete=False)  # noqa: SIM115
+                spill.writelines(parts)
+                parts = []
+            spill.write(chunk)
+    except BaseException:
+        if spill is not None:
+            spill.close()
+            Path(spill.name).unlink(missing_ok=True)
+        raise
+    if spill is None:
+        return b"".join(parts)
+    spill.close()
+    return Path(spill.name)
+
+
+def open_member(zip_path: Path, member: str, *, max_bytes: int = DEFAULT_MAX_CLIP_BYTES) -> IO[bytes]:
+    """A seekable stream of the member (what a demuxer needs): zipfile's own stream when the archive
+    has a central directory, else a spooled copy of the recovered member (bounded memory)."""
+    zip_path = Path(zip_path)
+    try:
+        recovered = _recovered_entries(zip_path)
+    except zipfile.BadZipFile as exc:
+        raise MemberReadError(f"{zip_path.name}:{member}: {exc}") from None
+    if recovered is None:
+        return _zip_handle(zip_path).open(member)
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115  # returned open
+    try:
+        total = 0
+        for chunk in _member_chunks(zip_path, member):
+            total += len(chunk)
+            if total > max_bytes:
+                raise MemberTooLargeError(f"{zip_path.name}:{member}: inflates past {max_bytes} bytes")
+            spool.write(chunk)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool  # type: ignore[return-value]
+
+
+def read_member(zip_path: Path, member: str, *, max_bytes: int = DEFAULT_MAX_CLIP_BYTES) -> bytes:
+    """The bytes of one zip member (at most ``max_bytes``), through the per-process handle cache."""
+    data = fetch_member(Path(zip_path), member, max_bytes=max_bytes)
+    assert isinstance(data, bytes)  # no scratch folder: always in memory
+    return data
 
 
 @dataclass
@@ -461,13 +736,18 @@ class UpstreamClip:
     record: ClipRecord
     zip_path: Path
     member: str
+    max_bytes: int = DEFAULT_MAX_CLIP_BYTES
 
     def open(self) -> IO[bytes]:
         """A seekable stream of the member's bytes, read straight out of the zip."""
-        return _zip_handle(self.zip_path).open(self.member)
+        return open_member(self.zip_path, self.member, max_bytes=self.max_bytes)
 
     def read_bytes(self) -> bytes:
-        return read_member(self.zip_path, self.member)
+        return read_member(self.zip_path, self.member, max_bytes=self.max_bytes)
+
+    def fetch(self, scratch: Path | None = None) -> bytes | Path:
+        """The member's bytes, or a temporary file under ``scratch`` holding them (see :func:`fetch_member`)."""
+        return fetch_member(self.zip_path, self.member, max_bytes=self.max_bytes, scratch=scratch)
 
     @property
     def where(self) -> str:
@@ -482,27 +762,40 @@ class UpstreamRelease:
     metadata_path: Path
     zips: list[Path]
     problems: list[UpstreamProblem] = field(default_factory=list)
+    max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES
     _clips: dict[str, UpstreamClip] | None = field(default=None, repr=False)
     _records: dict[str, ClipRecord] = field(default_factory=dict, repr=False)
     _invalid_names: set[str] = field(default_factory=set, repr=False)
+    _dropped_members: set[str] = field(default_factory=set, repr=False)
     _rows: int = 0
 
     @classmethod
     def open(
-        cls, path_or_repo: str | Path, *, revision: str | None = None, metadata: str | Path | None = None
+        cls,
+        path_or_repo: str | Path,
+        *,
+        revision: str | None = None,
+        metadata: str | Path | None = None,
+        max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES,
     ) -> UpstreamRelease:
         """Open a local release folder or a Hub dataset repo id (only the JSON and zips are fetched).
 
-        ``metadata`` picks the JSON file when the folder holds several candidates.
+        ``metadata`` picks the JSON file when the folder holds several candidates; a member larger
+        than ``max_clip_bytes`` is a ``member_too_large`` problem and never read.
         """
         from medvideocap.layout import local_or_download
 
         root = local_or_download(path_or_repo, revision=revision, allow_patterns=UPSTREAM_PATTERNS)
-        return cls.from_folder(root, metadata=metadata)
+        return cls.from_folder(root, metadata=metadata, max_clip_bytes=max_clip_bytes)
 
     @classmethod
     def from_folder(
-        cls, root: Path, *, metadata: str | Path | None = None, require_videos: bool = True
+        cls,
+        root: Path,
+        *,
+        metadata: str | Path | None = None,
+        require_videos: bool = True,
+        max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES,
     ) -> UpstreamRelease:
         """Open a local folder; ``require_videos=False`` accepts a metadata-only download (for
         ``info``/``stats``): then only :meth:`records` is meaningful and no join problems are reported."""
@@ -516,7 +809,9 @@ class UpstreamRelease:
             metadata_path = find_metadata_file(root)
         if not zips and require_videos:
             raise UpstreamFormatError(f"{root}: no videos_*.zip archives found")
-        return cls(root=root, metadata_path=metadata_path, zips=zips)
+        if max_clip_bytes < 1:
+            raise ValueError(f"max_clip_bytes must be >= 1, got {max_clip_bytes}")
+        return cls(root=root, metadata_path=metadata_path, zips=zips, max_clip_bytes=max_clip_bytes)
 
     def scan(self) -> UpstreamRelease:
         """Read the metadata, list the zips and join them; fills :attr:`problems`. Idempotent."""
@@ -531,21 +826,17 @@ class UpstreamRelease:
             self._clips = {}
             return self
         for base, (record, where) in sorted(records.items()):
+            if base in self._dropped_members:
+                continue  # its member is already reported (too large, cut short)
             if base not in members:
                 self._problem("record_without_video", where, f"{where}: no member named {base!r} in any zip")
                 continue
             zip_path, member = members[base]
-            if record.id in clips:
-                other = clips[record.id]
-                self._problem(
-                    "duplicate_name",
-                    where,
-                    f"{where}: id {record.id!r} also used by {other.record.file_name!r}; kept the first",
-                )
-                continue
-            clips[record.id] = UpstreamClip(record=record, zip_path=zip_path, member=member)
+            clips[record.id] = UpstreamClip(
+                record=record, zip_path=zip_path, member=member, max_bytes=self.max_clip_bytes
+            )
         for base, (zip_path, member) in sorted(members.items()):
-            if base not in records and base not in self._invalid_names:
+            if base not in records and base not in self._invalid_names and base not in self._dropped_members:
                 self._problem(
                     "video_without_record",
                     f"{zip_path.name}:{member}",
@@ -591,18 +882,10 @@ class UpstreamRelease:
 
     def _list_members(self) -> dict[str, tuple[Path, str]]:
         members: dict[str, tuple[Path, str]] = {}
+        self._dropped_members = set()
         for zip_path in self.zips:
-            try:
-                infos = _zip_handle(zip_path).infolist()
-            except (zipfile.BadZipFile, OSError) as exc:
-                self._problem(
-                    "unreadable_member", zip_path.name, f"{zip_path.name}: not a readable zip ({exc})"
-                )
-                continue
-            for info in infos:
-                name = info.filename
-                if info.is_dir():
-                    continue
+            listed = self._archive_members(zip_path)
+            for name, size, unreadable in listed:
                 base = name.replace("\\", "/").rsplit("/", 1)[-1]
                 if base.startswith("._") or "__MACOSX" in name or not base.lower().endswith(VIDEO_SUFFIXES):
                     log.debug("%s:%s: not a video member, ignored", zip_path.name, name)
@@ -623,8 +906,50 @@ class UpstreamRelease:
                         f"{where}: {base!r} already in {first[0].name}:{first[1]}; kept the first",
                     )
                     continue
+                if unreadable:
+                    self._dropped_members.add(base)
+                    self._problem("unreadable_member", where, f"{where}: {unreadable}")
+                    continue
+                if size > self.max_clip_bytes:
+                    self._dropped_members.add(base)
+                    self._problem(
+                        "member_too_large",
+                        where,
+                        f"{where}: declares {size} bytes, over the {self.max_clip_bytes}-byte bound for one "
+                        "clip (--max-clip-bytes); not read",
+                    )
+                    continue
                 members[base] = (zip_path, name)
         return members
+
+    def _archive_members(self, zip_path: Path) -> list[tuple[str, int, str | None]]:
+        """(name, declared size, why unreadable) of every file member; a zip whose central
+        directory is gone is walked by its local headers (:func:`scan_local_headers`)."""
+        try:
+            infos = _zip_handle(zip_path).infolist()
+            return [(i.filename, i.file_size, None) for i in infos if not i.is_dir()]
+        except (zipfile.BadZipFile, OSError) as exc:
+            damage = exc
+        try:
+            entries = scan_local_headers(zip_path)
+        except OSError as exc:
+            entries, damage = [], exc
+        if not entries:
+            self._problem(
+                "unreadable_member",
+                zip_path.name,
+                f"{zip_path.name}: not a readable zip ({damage}), and no member was found by scanning "
+                "its local file headers",
+            )
+            return []
+        intact = sum(e.problem is None for e in entries)
+        self._problem(
+            "damaged_archive",
+            zip_path.name,
+            f"{zip_path.name}: not a readable zip ({damage}); recovered {intact} of the {len(entries)} "
+            "members found by scanning its local file headers (download it again to get the rest)",
+        )
+        return [(e.name, e.file_size, e.problem) for e in entries if not e.name.endswith("/")]
 
     def _read_records(self, members: dict[str, tuple[Path, str]]) -> dict[str, tuple[ClipRecord, str]]:
         rows = load_metadata_rows(self.metadata_path)
@@ -669,9 +994,15 @@ class UpstreamRelease:
             ]
             if missing and base in members and _fill_from_video(mapped, missing, *members[base]):
                 filled[",".join(missing)] = filled.get(",".join(missing), 0) + 1
+            # The record names the member it was read from, folders included; the JSON's own
+            # spelling is kept in extra when it says something else (another folder).
+            name_key = mapped.get("file_name", ("<object key>", None))[0]
+            file_name = members[base][1] if base in members else str(name_value)
+            if "/" in str(name_value).replace("\\", "/") and str(name_value) != file_name:
+                extra = {**extra, name_key: name_value}
             notes: list[str] = []
             try:
-                record = build_record(mapped, extra, file_name=base, where=where, notes=notes)
+                record = build_record(mapped, extra, file_name=file_name, where=where, notes=notes)
             except SchemaVersionError as exc:
                 self._invalid_names.add(base)
                 self._problem("schema_version", where, str(exc))
@@ -692,6 +1023,7 @@ class UpstreamRelease:
                 )
                 continue
             records[base] = (record, where)
+        self._resolve_id_collisions(records)
         for fields, count in filled.items():
             self._problem(
                 "filled_from_video",
@@ -699,6 +1031,39 @@ class UpstreamRelease:
                 f"{meta}: {count} records have no {fields.replace(',', '/')}; taken from their video files",
             )
         return records
+
+    def _resolve_id_collisions(self, records: dict[str, tuple[ClipRecord, str]]) -> None:
+        """Give every record its own id when several names clean up to one (``a b.mp4`` and
+        ``a_b.mp4`` both give ``a_b``). Deterministic whatever the order of the JSON: a name that is
+        already clean keeps the id, the others take ``-2``, ``-3``, ... in sorted order of their
+        names (skipping ids already taken). The rename is recorded in ``extra["id_collision"]`` and
+        reported (``id_collision``, a warning: nothing is lost)."""
+        by_id: dict[str, list[str]] = {}
+        for base, (record, _) in records.items():
+            by_id.setdefault(record.id, []).append(base)
+        taken = set(by_id)
+        for clip_id, bases in sorted(by_id.items()):
+            if len(bases) < 2:
+                continue
+            bases.sort(key=lambda b: (sanitize_id(PurePosixPath(b).stem) != PurePosixPath(b).stem, b))
+            for base in bases[1:]:
+                n = 2
+                while f"{clip_id}-{n}" in taken:
+                    n += 1
+                new_id = f"{clip_id}-{n}"
+                taken.add(new_id)
+                record, where = records[base]
+                how = {"cleaned_id": clip_id, "kept_by": bases[0], "names": bases, "rule": "sorted names"}
+                renamed = record.model_copy(
+                    update={"id": new_id, "extra": {**record.extra, "id_collision": how}}
+                )
+                records[base] = (renamed, where)
+                self._problem(
+                    "id_collision",
+                    where,
+                    f"{where}: {base!r} and {bases[0]!r} both clean up to id {clip_id!r}; {bases[0]!r} keeps "
+                    f"it, {base!r} is {new_id!r} (recorded in extra['id_collision'])",
+                )
 
 
 MEDIA_FIELDS = ("duration", "fps", "width", "height")
@@ -712,7 +1077,7 @@ def _fill_from_video(
     from medvideocap.probe import ProbeError, probe
 
     try:
-        with _zip_handle(zip_path).open(member) as stream:
+        with open_member(zip_path, member) as stream:
             info = probe(stream, name=f"{zip_path.name}:{member}")
     except (ProbeError, zipfile.BadZipFile, OSError, EOFError):
         return False

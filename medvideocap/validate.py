@@ -4,7 +4,13 @@ Metadata that disagrees with the files is the failure that costs most downstream
 81 frames of a clip that decodes 30, a trainer bucketing by a wrong resolution), so every video is
 demuxed in full (``probe(..., count_frames=True)``: real duration even when the header lies) and
 compared with what its record claims. Tolerances: duration within ``max(0.5 s, 5 %)`` (containers
-round, and the paper's durations are given to 0.01 s), fps within 1 %, width and height exact.
+round, and the paper's durations are given to 0.01 s), fps within 1 % of the record's value, width
+and height exact. Captions longer than :data:`DEFAULT_MAX_CAPTION_CHARS` characters are flagged
+(``caption_too_long``): the paper's detailed captions average about 174 words (~1,100 characters), so
+a caption past the bound is a pasted transcript or garbage, not a caption.
+
+This module owns these checks: ``convert`` calls :func:`probe_and_compare` and
+:func:`caption_problems` too, so it keeps a clip exactly when ``validate`` finds no problem with it.
 
 Problems have a severity: ``error`` (the dataset is invalid; the CLI exits non-zero) or ``warning``
 (worth knowing, nothing lost: an unknown upstream key is kept in ``extra``).
@@ -35,6 +41,7 @@ from medvideocap.schema import (
     UnknownFieldsWarning,
     arrow_schema,
 )
+from medvideocap.upstream import DEFAULT_MAX_CLIP_BYTES
 
 if TYPE_CHECKING:
     from medvideocap.upstream import UpstreamClip
@@ -42,8 +49,10 @@ if TYPE_CHECKING:
 DURATION_TOLERANCE_S = 0.5
 DURATION_TOLERANCE_REL = 0.05
 FPS_TOLERANCE_REL = 0.01
+DEFAULT_MAX_CAPTION_CHARS = 10_000
+"""About nine times the paper's mean detailed caption; ``--max-caption-chars`` changes it."""
 
-WARNING_KINDS = frozenset({"unknown_key", "unknown_category", "filled_from_video"})
+WARNING_KINDS = frozenset({"unknown_key", "unknown_category", "filled_from_video", "id_collision"})
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(done, total)`` while videos are probed."""
@@ -56,7 +65,7 @@ class Problem(BaseModel):
     kind: str = Field(
         description="The upstream reader's kinds (see medvideocap.upstream.UpstreamProblem) plus "
         "undecodable_video, duration_mismatch, fps_mismatch, size_mismatch, frames_mismatch, "
-        "offset_mismatch, count_mismatch, split_mismatch, format"
+        "caption_too_long, offset_mismatch, count_mismatch, split_mismatch, format"
     )
     where: str = Field(description="File and row or member the problem is about.")
     message: str
@@ -135,6 +144,34 @@ def compare_media(record: ClipRecord, info: MediaInfo, *, where: str, said_by: s
     return found
 
 
+def caption_problems(
+    record: ClipRecord, *, where: str, max_chars: int = DEFAULT_MAX_CAPTION_CHARS
+) -> list[Problem]:
+    """A ``caption_too_long`` problem per caption of ``record`` longer than ``max_chars`` characters."""
+    return [
+        Problem(
+            kind="caption_too_long",
+            where=where,
+            message=f"clip {record.file_name}: caption {c.name!r} has {len(c.text)} characters "
+            f"({len(c.text.split())} words), over the bound of {max_chars} (--max-caption-chars)",
+        )
+        for c in record.captions
+        if len(c.text) > max_chars
+    ]
+
+
+def probe_and_compare(
+    record: ClipRecord, opener: Callable[[], IO[bytes]], *, where: str, said_by: str = "JSON"
+) -> tuple[MediaInfo | None, list[Problem]]:
+    """Demux the video ``opener`` gives in full and compare it with ``record``: the media facts
+    (None when it cannot be read or decoded) and every problem found."""
+    problems: list[Problem] = []
+    info = _probe_stream(where, opener, problems)
+    if info is not None:
+        problems.extend(compare_media(record, info, where=where, said_by=said_by))
+    return info, problems
+
+
 def validate(
     path_or_repo: str | Path,
     *,
@@ -142,15 +179,20 @@ def validate(
     videos: bool = True,
     workers: int = 1,
     progress: Progress | None = None,
+    max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
+    max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES,
 ) -> ValidationReport:
     """Validate an upstream release or a hub-native dataset (local folder or Hub repo id).
 
     ``videos=False`` checks the metadata only (no download or decode of videos). ``workers`` threads
     demux videos in parallel (PyAV releases the GIL while demuxing); the report's order does not
-    depend on it. Never raises for bad data: everything wrong ends up in the report.
+    depend on it. ``max_caption_chars`` and ``max_clip_bytes`` (upstream zip members) are the
+    bounds ``convert`` takes too.
+    Never raises for bad data: everything wrong ends up in the report.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    limits = _Limits(max_caption_chars=max_caption_chars, max_clip_bytes=max_clip_bytes)
     report = ValidationReport(source=str(path_or_repo), layout=None, root=None, records=0, videos_checked=0)
     try:
         kind, root = resolve(path_or_repo, revision, videos=videos)
@@ -161,11 +203,17 @@ def validate(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownFieldsWarning)  # reported as problems instead
         if kind == UPSTREAM:
-            checks = _upstream_checks(root, report, videos=videos)
+            checks = _upstream_checks(root, report, videos=videos, limits=limits)
         else:
-            checks = _hub_native_checks(root, report, videos=videos)
+            checks = _hub_native_checks(root, report, videos=videos, limits=limits)
         _run_checks(checks, report, workers=workers, progress=progress)
     return report
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_caption_chars: int
+    max_clip_bytes: int
 
 
 VideoCheck = Callable[[], tuple[list[Problem], bool]]
@@ -211,18 +259,19 @@ def _probe_stream(where: str, opener: Callable[[], IO[bytes]], problems: list[Pr
 
 
 def _check_upstream_clip(clip: UpstreamClip) -> tuple[list[Problem], bool]:
-    problems: list[Problem] = []
-    info = _probe_stream(clip.where, clip.open, problems)
-    if info is None:
-        return problems, False
-    return compare_media(clip.record, info, where=clip.where), True
+    info, problems = probe_and_compare(clip.record, clip.open, where=clip.where)
+    return problems, info is not None
 
 
-def _upstream_checks(root: Path, report: ValidationReport, *, videos: bool) -> list[VideoCheck]:
+def _upstream_checks(
+    root: Path, report: ValidationReport, *, videos: bool, limits: _Limits
+) -> list[VideoCheck]:
     from medvideocap.upstream import UpstreamFormatError, UpstreamRelease
 
     try:
-        release = UpstreamRelease.from_folder(root, require_videos=videos)
+        release = UpstreamRelease.from_folder(
+            root, require_videos=videos, max_clip_bytes=limits.max_clip_bytes
+        )
         clips = list(release.clips())
     except (UpstreamFormatError, OSError, ValueError) as exc:
         report.add("format", str(root), str(exc))
@@ -230,10 +279,18 @@ def _upstream_checks(root: Path, report: ValidationReport, *, videos: bool) -> l
     report.records = release.num_rows
     for p in release.problems:
         report.add(p.kind, p.where, p.message)
+    wheres = {c.record.id: c.where for c in clips}
+    for record in release.records():
+        where = wheres.get(record.id, f"{release.metadata_path.name} ({record.file_name})")
+        report.problems.extend(caption_problems(record, where=where, max_chars=limits.max_caption_chars))
     return [partial(_check_upstream_clip, clip) for clip in clips] if videos else []
 
 
-def _hub_native_checks(root: Path, report: ValidationReport, *, videos: bool) -> list[VideoCheck]:
+def _hub_native_checks(
+    root: Path, report: ValidationReport, *, videos: bool, limits: _Limits
+) -> list[VideoCheck]:
+    import polars as pl
+
     from medvideocap.hubnative import HubNativeDataset
 
     try:
@@ -252,8 +309,12 @@ def _hub_native_checks(root: Path, report: ValidationReport, *, videos: bool) ->
         report.add("count_mismatch", where, f"{where}: split not in meta/info.json counts")
     checks: list[VideoCheck] = []
     for split in ds.splits:
-        table = ds.metadata(split)
         where_table = f"metadata/{split}.parquet"
+        try:
+            table = ds.metadata(split)
+        except (pl.exceptions.PolarsError, OSError) as exc:  # a garbage or cut-off parquet file
+            report.add("format", where_table, f"{root / where_table}: unreadable parquet ({exc})")
+            continue
         if table.height != counts.get(split):
             report.add(
                 "count_mismatch",
@@ -277,6 +338,10 @@ def _hub_native_checks(root: Path, report: ValidationReport, *, videos: bool) ->
                 report.add("invalid_record", where, str(exc))
             if record is not None and record.split != split:
                 report.add("split_mismatch", where, f"{where}: record says split {record.split!r}")
+            if record is not None:
+                report.problems.extend(
+                    caption_problems(record, where=where, max_chars=limits.max_caption_chars)
+                )
             if videos:
                 member = _TarMember(
                     root / str(row.get("shard")), clip_id, row.get("offset"), row.get("size"), where

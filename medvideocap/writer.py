@@ -453,11 +453,15 @@ class DatasetWriter:
             for row in rows:
                 categories[row["category"]] = categories.get(row["category"], 0) + 1
                 by_split[split][row["category"]] = by_split[split].get(row["category"], 0) + 1
+        # Content only: a caption's created_at says when, not what, so two identical runs match.
         digest = hashlib.sha256()
         for split in SPLITS:
-            path = self.out / "metadata" / f"{split}.parquet"
-            if path.exists():
-                digest.update(split.encode() + b"\0" + path.read_bytes())
+            content = [
+                {**r, "captions": [{**c, "created_at": None} for c in r.get("captions") or []]}
+                for r in self._rows[split]
+            ]
+            if content:
+                digest.update(split.encode() + b"\0" + json.dumps(content, sort_keys=True).encode())
         recipe = self._settings()["recipe"]
         digest.update(json.dumps(recipe, sort_keys=True).encode())
         return {

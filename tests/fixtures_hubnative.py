@@ -2,8 +2,11 @@
 
 :func:`converted` converts an upstream-shaped release (``fixtures_upstream.make_upstream_release``)
 with fractions 0.5/0.25/0.25 and a tiny shard size, so that the fixture has all three splits and
-several shards. :class:`HubStandIn` exposes the part of ``huggingface_hub.HfApi`` that
-``medvideocap.push`` uses, records every call and keeps "remote" files in a local folder.
+several shards. :func:`write_hub_native` writes a release's clips straight through the
+``DatasetWriter`` (a broken writer fails the tests that use it, it never skips them).
+:class:`HubStandIn` exposes the part of ``huggingface_hub.HfApi`` that ``medvideocap.push`` uses,
+exactly as the installed ``HfApi`` has it (``upload_large_folder`` only where the real API still has it:
+huggingface_hub 2.0 removed it), records every call and keeps "remote" files in a local folder.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import functools
 import hashlib
 import inspect
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fixtures_upstream import make_upstream_release
+from huggingface_hub import HfApi
 
 FRACTIONS = (0.5, 0.25, 0.25)
 SHARD_BYTES = 12_000  # tiny clips are ~4-7 kB: two clips per shard, so splits get several shards
@@ -33,6 +38,20 @@ def converted(tmp: Path, *, n_clips: int = N_CLIPS, faults: tuple[str, ...] = ()
     src = make_upstream_release(tmp / "upstream", n_clips=n_clips, faults=faults)
     out = tmp / "hub"
     convert(src, out, shard_bytes=SHARD_BYTES, fractions=FRACTIONS, workers=workers, progress=False)
+    return out
+
+
+def write_hub_native(release: Path, out: Path, *, test_id: str = "00000") -> Path:
+    """Every clip of the upstream-shaped ``release`` into ``out`` (clip ``test_id`` in test, the rest
+    in train) through :class:`medvideocap.writer.DatasetWriter`; returns ``out``."""
+    from medvideocap.upstream import UpstreamRelease
+    from medvideocap.writer import DatasetWriter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with DatasetWriter(out, split_fn=lambda r: "test" if r.id == test_id else "train") as w:
+            for clip in UpstreamRelease.open(release).clips():
+                w.write(clip.record, clip.read_bytes())
     return out
 
 
@@ -70,8 +89,6 @@ class UploadInterrupted(OSError):
 def _like_hfapi(method: Callable[..., Any]) -> Callable[..., Any]:
     """Bind every call against the real ``HfApi`` method first, so a stand-in that accepts a call the
     real API would refuse (wrong name, positional where keyword-only, unknown option) fails the test."""
-    from huggingface_hub import HfApi
-
     real = inspect.signature(getattr(HfApi, method.__name__))
 
     @functools.wraps(method)
@@ -159,11 +176,42 @@ class HubStandIn:
                 },
             )
         )
+        return self._store(repo_id, Path(folder_path), revision, ignore_patterns)
+
+    if hasattr(HfApi, "upload_large_folder"):  # huggingface_hub < 2.0: push's default-branch path
+
+        @_like_hfapi
+        def upload_large_folder(
+            self,
+            repo_id: str,
+            folder_path: str | Path,
+            *,
+            repo_type: str,
+            revision: str | None = None,
+            ignore_patterns: list[str] | str | None = None,
+            **kw: Any,
+        ) -> None:
+            self.calls.append(
+                (
+                    "upload_large_folder",
+                    {
+                        "repo_id": repo_id,
+                        "repo_type": repo_type,
+                        "revision": revision,
+                        "ignore_patterns": ignore_patterns,
+                    },
+                )
+            )
+            patterns = [ignore_patterns] if isinstance(ignore_patterns, str) else ignore_patterns
+            self._store(repo_id, Path(folder_path), revision, patterns)
+
+    def _store(
+        self, repo_id: str, folder: Path, revision: str | None, ignore_patterns: list[str] | None
+    ) -> str:
         repo = self._repo(repo_id)
         branch = revision or "main"
         if branch not in repo["branches"]:
             raise FileNotFoundError(f"404 revision {branch} not found")
-        folder = Path(folder_path)
         stored = 0
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder).as_posix()

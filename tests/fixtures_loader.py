@@ -6,10 +6,15 @@ process. ``corrupt`` adds clips whose mp4 member is garbage or cut in half, name
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from videos import make_video
+import pyarrow as pa
+import pyarrow.parquet as pq
+from videos import ffmpeg, make_video
 
 from medvideocap.schema import Caption, Category, ClipRecord
 from medvideocap.writer import DatasetWriter
@@ -75,3 +80,33 @@ def make_hub_native(
                     rec = clip_record("bad_truncated", seconds=2.0, fps=8, size=(64, 48))
                     writer.write(rec, good[: len(good) // 2])
     return root
+
+
+def rotated_clip(
+    path: Path, rotation: int, *, seconds: float = 1.0, size: tuple[int, int] = (96, 64)
+) -> Path:
+    """A real clip stored ``size`` (width, height) with a display matrix of ``rotation`` degrees.
+
+    FFmpeg 5.1 has no ``-display_rotation``; its mov muxer turns the legacy ``rotate`` stream tag into a
+    display matrix on a stream copy (a re-encode would apply the rotation instead). 96x64 because
+    decord 0.6 mis-decodes rotated clips whose upright width is 48."""
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = make_video(Path(tmp) / "plain.mp4", seconds=seconds, fps=8, size=size)
+        args = [ffmpeg(), "-y", "-v", "error", "-i", str(plain), "-c", "copy"]
+        args += ["-metadata:s:v:0", f"rotate={rotation}", str(path)]
+        subprocess.run(args, check=True, capture_output=True)
+    return path
+
+
+def edit_metadata(src: Path, dst: Path, split: str, edit: Callable[[dict[str, list]], None]) -> Path:
+    """A copy of dataset ``src`` at ``dst`` whose ``metadata/{split}.parquet`` columns went through
+    ``edit`` (a dict of column name -> list of values, changed in place; a deleted column is dropped),
+    types kept."""
+    shutil.copytree(src, dst)
+    path = dst / "metadata" / f"{split}.parquet"
+    table = pq.read_table(path)
+    columns = table.to_pydict()
+    edit(columns)
+    schema = pa.schema([f for f in table.schema if f.name in columns], metadata=table.schema.metadata)
+    pq.write_table(pa.Table.from_pydict(columns, schema=schema), path)
+    return dst

@@ -20,9 +20,11 @@ file must be flagged: :data:`FAULT_FILES` maps the fault name to that file name.
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from videos import ffmpeg, make_video
@@ -39,7 +41,7 @@ FAULTS = (
 )
 
 FAULT_FILES: dict[str, str] = {
-    "truncated_mp4": "90001.mp4",  # record says 2.0 s; member is a faststart mp4 cut to half its bytes
+    "truncated_mp4": "90001.mp4",  # record says 2.0 s; member is a faststart mp4 cut to 3/4 of its bytes
     "record_without_video": "90002.mp4",  # record only
     "video_without_record": "90003.mp4",  # zip member only
     "duration_mismatch": "90004.mp4",  # record says 8.99 s, file is 1.0 s
@@ -62,15 +64,20 @@ DURATIONS = (1.0, 1.5, 2.0)
 RATES = (8, 10, 12)
 SIZE = (64, 48)
 
-_VIDEO_CACHE: dict[tuple[float, int, bool], bytes] = {}
+_VIDEO_CACHE: dict[tuple[float, int, bool, tuple[int, int]], bytes] = {}
 
 
-def _video_bytes(seconds: float, fps: int, *, faststart: bool = False) -> bytes:
+def video_bytes(seconds: float, fps: int, *, size: tuple[int, int] = SIZE) -> bytes:
+    """A real encoded clip (made once per process per shape)."""
+    return _video_bytes(seconds, fps, size=size)
+
+
+def _video_bytes(seconds: float, fps: int, *, faststart: bool = False, size: tuple[int, int] = SIZE) -> bytes:
     """Encoded clip bytes, made once per (seconds, fps) per process: ffmpeg is the slow part."""
-    key = (seconds, fps, faststart)
+    key = (seconds, fps, faststart, size)
     if key not in _VIDEO_CACHE:
         with tempfile.TemporaryDirectory() as tmp:
-            path = make_video(Path(tmp) / "clip.mp4", seconds=seconds, fps=fps, size=SIZE)
+            path = make_video(Path(tmp) / "clip.mp4", seconds=seconds, fps=fps, size=size)
             if faststart:  # moov first: a cut file still opens and decodes its first frames
                 moved = Path(tmp) / "faststart.mp4"
                 args = [ffmpeg(), "-y", "-v", "error", "-i", str(path), "-c", "copy"]
@@ -82,7 +89,78 @@ def _video_bytes(seconds: float, fps: int, *, faststart: bool = False) -> bytes:
     return _VIDEO_CACHE[key]
 
 
-def _record(name: str, index: int, seconds: float, fps: int, size_bytes: int) -> dict[str, object]:
+def paper_record(name: str, index: int, seconds: float, fps: float, size_bytes: int) -> dict[str, object]:
+    """A metadata record with the paper's key names for a clip of the fixture's size."""
+    return _record(name, index, seconds, fps, size_bytes)
+
+
+def write_release(
+    root: Path, zips: dict[str, list[tuple[str, bytes]]], records: list[dict[str, object]]
+) -> Path:
+    """A release folder from explicit zip members (stored, fixed dates) and records."""
+    root.mkdir(parents=True, exist_ok=True)
+    for zip_name, members in zips.items():
+        with zipfile.ZipFile(root / zip_name, "w", compression=zipfile.ZIP_STORED) as zf:
+            for member, data in members:
+                zf.writestr(zipfile.ZipInfo(member, date_time=(2025, 1, 1, 0, 0, 0)), data)
+    (root / "metadata.json").write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+    return root
+
+
+def zeros_deflated(size: int) -> tuple[bytes, int]:
+    """A raw deflate stream of ``size`` zero bytes and their CRC-32, made without inflating anything
+    big: 1 MiB of zeros is compressed once and its full-flush block repeated (a full flush resets the
+    compressor, so every repeat is the same bytes)."""
+    chunk = 1 << 20
+    assert size % chunk == 0
+    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    block = comp.compress(bytes(chunk)) + comp.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    zero = bytes(chunk)
+    for _ in range(size // chunk):
+        crc = zlib.crc32(zero, crc)
+    return block * (size // chunk) + comp.flush(zlib.Z_FINISH), crc
+
+
+def write_zip64(path: Path, members: list[tuple[str, bytes, int, int, int]]) -> Path:
+    """A zip written by hand from ``(name, payload, method, crc, size)`` members, with zip64 sizes:
+    the payload is stored as given (already deflated for method 8), so a member can inflate to far
+    more than the test ever holds in memory. :mod:`zipfile` reads the result."""
+    local, central = bytearray(), bytearray()
+    for name, payload, method, crc, size in members:
+        raw = name.encode()
+        offset = len(local)
+        extra = struct.pack("<HHQQ", 1, 16, size, len(payload))
+        local += struct.pack(
+            "<4s5H3L2H",
+            b"PK\x03\x04",
+            45,
+            0x800,
+            method,
+            0,
+            0x5A21,
+            crc,
+            0xFFFFFFFF,
+            0xFFFFFFFF,
+            len(raw),
+            len(extra),
+        )
+        local += raw + extra + payload
+        cextra = struct.pack("<HHQQ", 1, 16, size, len(payload))
+        central += struct.pack(
+            "<4s6H3L5H2L",
+            b"PK\x01\x02", 45, 45, 0x800, method, 0, 0x5A21, crc, 0xFFFFFFFF, 0xFFFFFFFF,
+            len(raw), len(cextra), 0, 0, 0, 0, offset,
+        )  # fmt: skip
+        central += raw + cextra
+    end = struct.pack(
+        "<4s4H2LH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central), len(local), 0
+    )
+    path.write_bytes(bytes(local + central + end))
+    return path
+
+
+def _record(name: str, index: int, seconds: float, fps: float, size_bytes: int) -> dict[str, object]:
     source = "yt_A" if index in (0, 1) else "yt_B" if index in (2, 3) else f"yt_{index:03d}"
     kbps = size_bytes * 8 / seconds / 1000
     return {
@@ -135,7 +213,8 @@ def make_upstream_release(root: Path, n_clips: int = 6, faults: tuple[str, ...] 
         if fault == "truncated_mp4":
             data = _video_bytes(2.0, 8, faststart=True)
             records.append(_record(name, base + 1, 2.0, 8, len(data)))
-            zips["videos_2.zip"].append((f"videos_2/{name}", data[: len(data) // 2]))
+            # 3/4 keeps the first frames decodable (0.875 s of 2 s): truncated, not undecodable
+            zips["videos_2.zip"].append((f"videos_2/{name}", data[: len(data) * 3 // 4]))
         elif fault == "record_without_video":
             records.append(_record(name, base + 2, 1.0, 8, len(good)))
         elif fault == "video_without_record":

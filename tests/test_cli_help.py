@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 
 import click
 import pytest
@@ -12,17 +11,11 @@ from click.testing import CliRunner
 from medvideocap.cli import VERBS, main
 
 
-def _present(module: str) -> bool:
-    return importlib.util.find_spec(f"medvideocap.cli.{module}") is not None
-
-
-def test_top_level_help_lists_the_present_verbs() -> None:
+def test_top_level_help_lists_every_verb() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
-    present = [verb for verb, (module, _) in VERBS.items() if _present(module)]
-    assert {"info", "validate", "stats"} <= set(present)
     flat = " ".join(result.output.split())  # undo click's line wrapping
-    for verb in present:
+    for verb in VERBS:
         assert f" {verb} {' '.join(VERBS[verb][1].split()[:4])}" in flat
     undocumented = [p.name for p in main.params if isinstance(p, click.Option) and not (p.help or "").strip()]
     assert not undocumented
@@ -31,8 +24,6 @@ def test_top_level_help_lists_the_present_verbs() -> None:
 @pytest.mark.parametrize("verb", list(VERBS))
 def test_verb_help_explains_every_option(verb: str) -> None:
     module = VERBS[verb][0]
-    if not _present(module):
-        pytest.skip(f"medvideocap/cli/{module}.py is not written yet (another issue)")
     result = CliRunner().invoke(main, [verb, "--help"])
     assert result.exit_code == 0, result.output
     command = importlib.import_module(f"medvideocap.cli.{module}").command

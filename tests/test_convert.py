@@ -7,15 +7,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 from fixtures_hubnative import FRACTIONS, SHARD_BYTES, converted, same_tree
-from fixtures_upstream import FAULT_FILES, make_upstream_release
+from fixtures_upstream import (
+    FAULT_FILES,
+    make_upstream_release,
+    paper_record,
+    video_bytes,
+    write_release,
+    write_zip64,
+    zeros_deflated,
+)
 
-from medvideocap.convert import ConvertSummary, convert, summary_table
+from medvideocap.convert import ConvertSummary, convert, reject_kind, summary_table
 from medvideocap.hubnative import HubNativeDataset
 from medvideocap.schema import SPLITS, Category
+from medvideocap.upstream import DEFAULT_MAX_CLIP_BYTES
+from medvideocap.validate import DEFAULT_MAX_CAPTION_CHARS, validate
 
 FAULTS = ("duration_mismatch", "video_without_record", "truncated_mp4", "unknown_key")
 
@@ -195,3 +206,186 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path: Path) 
     assert summary.skipped > 0  # finished shards were kept, not rewritten
     assert summary.skipped + summary.written == 40
     assert same_tree(clean, killed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# hostile releases: what is converted, what is dropped (named), and the exit status
+
+
+def _release(root: Path, clips: list[tuple[str, bytes, dict]], extra_zips: dict | None = None) -> Path:
+    """A release of real clips: (member name, bytes, record overrides) each, in videos_1.zip."""
+    records = []
+    for i, (name, data, over) in enumerate(clips):
+        rec = paper_record(name.rsplit("/", 1)[-1], 300 + i, 1.0, 8, len(data))
+        records.append({**rec, **over})
+    return write_release(root, {"videos_1.zip": [(n, d) for n, d, _ in clips], **(extra_zips or {})}, records)
+
+
+def _cli(*args: str) -> Any:
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+
+    return CliRunner().invoke(main, ["convert", *args, "--no-progress"])
+
+
+def test_names_that_clean_up_to_one_id_both_convert(tmp_path: Path) -> None:
+    clip = video_bytes(1.0, 8)
+    src = _release(tmp_path / "up", [("a b.mp4", clip, {}), ("a_b.mp4", clip, {}), ("c.mp4", clip, {})])
+    summary = convert(src, tmp_path / "out", progress=False)
+    assert summary.written == 3 and summary.failure() is None
+    rows = pl.concat(pl.read_parquet(p) for p in (tmp_path / "out" / "metadata").glob("*.parquet"))
+    names = dict(zip(rows["file_name"], rows["id"], strict=True))
+    assert names == {"a_b.mp4": "a_b", "a b.mp4": "a_b-2", "c.mp4": "c"}
+    extra = json.loads(rows.filter(pl.col("id") == "a_b-2")["extra"][0])
+    assert extra["id_collision"]["kept_by"] == "a_b.mp4"
+
+
+def _peak_rss_of_convert(src: Path, out: Path) -> dict[str, int]:
+    """Peak resident memory of a fresh process converting ``src``, and its peak before converting."""
+    code = (
+        "import json, resource, sys\n"
+        "import medvideocap.convert, medvideocap.hubnative, medvideocap.card\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "s = medvideocap.convert.convert(sys.argv[1], sys.argv[2], progress=False)\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps({'base_kib': base, 'peak_kib': peak, 'written': s.written}))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(src), str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.splitlines()[-1])
+
+
+def test_a_member_inflating_to_1_gib_is_dropped_unread_with_bounded_memory(tmp_path: Path) -> None:
+    import zipfile
+
+    clip = video_bytes(1.0, 8)
+    bomb, crc = zeros_deflated(1 << 30)  # 1 GiB of zeros in ~1 MB
+    src = tmp_path / "up"
+    src.mkdir()
+    members = [(f"{i:05d}.mp4", clip, 0, zipfile.crc32(clip), len(clip)) for i in range(3)]
+    write_zip64(src / "videos_1.zip", [*members, ("90100.mp4", bomb, 8, crc, 1 << 30)])
+    records = [paper_record(m[0], i, 1.0, 8, len(clip)) for i, m in enumerate(members)]
+    (src / "metadata.json").write_text(json.dumps([*records, paper_record("90100.mp4", 9, 1.0, 8, 1 << 30)]))
+    assert (src / "videos_1.zip").stat().st_size < 2_000_000
+
+    rss = _peak_rss_of_convert(src, tmp_path / "out")
+    assert rss["written"] == 3
+    # measured: before streaming, the member was read whole (peak 2.2 GB); the bound is ~1/10 of that
+    assert rss["peak_kib"] - rss["base_kib"] < 250_000, rss
+    rejects = pl.read_parquet(tmp_path / "out" / "meta" / "rejects.parquet")
+    assert rejects["input"].to_list() == ["videos_1.zip:90100.mp4"]
+    reason = rejects["reason"][0]
+    assert reason.startswith("member_too_large:") and "1073741824 bytes" in reason
+    assert str(DEFAULT_MAX_CLIP_BYTES) in reason and "--max-clip-bytes" in reason
+
+
+def test_a_zip_cut_before_its_central_directory_converts_its_members_and_exits_1(tmp_path: Path) -> None:
+    import zipfile
+
+    clip = video_bytes(1.0, 8)
+    src = _release(tmp_path / "up", [(f"{i:05d}.mp4", clip, {}) for i in range(3)])
+    archive = src / "videos_1.zip"
+    with zipfile.ZipFile(archive) as zf:
+        start_dir = zf.start_dir
+    archive.write_bytes(archive.read_bytes()[:start_dir])
+    result = _cli(str(src), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1, result.output
+    assert "1 inputs could not be read" in result.output and "damaged_archive" in result.output
+    assert "Traceback" not in result.output
+    rows = pl.concat(pl.read_parquet(p) for p in (tmp_path / "out" / "metadata").glob("*.parquet"))
+    assert sorted(rows["id"]) == ["00000", "00001", "00002"]  # every intact member was kept
+    accepted = _cli(str(src), "--out", str(tmp_path / "out"), "--max-failures", "1")
+    assert accepted.exit_code == 0, accepted.output
+
+
+def test_exit_status_says_when_nothing_was_converted_or_an_input_was_unreadable(tmp_path: Path) -> None:
+    clip = video_bytes(1.0, 8)
+    nothing = _release(tmp_path / "none", [("00000.mp4", clip, {"Duration": 8.99})])
+    result = _cli(str(nothing), "--out", str(tmp_path / "out0"))
+    assert result.exit_code == 1 and "no clip was converted" in result.output, result.output
+
+    broken = {"videos_2.zip": []}
+    src = _release(tmp_path / "up", [("00000.mp4", clip, {}), ("00001.mp4", clip, {})], broken)
+    (src / "videos_2.zip").write_bytes(b"truncated download")
+    out = tmp_path / "out"
+    result = _cli(str(src), "--out", str(out))
+    assert result.exit_code == 1 and "1 inputs could not be read" in result.output, result.output
+    assert HubNativeDataset.open(out).info["total"] == 2  # what was converted is kept
+    assert _cli(str(src), "--out", str(out), "--max-failures", "1").exit_code == 0
+    healthy = _release(tmp_path / "ok", [("00000.mp4", clip, {})])
+    assert _cli(str(healthy), "--out", str(tmp_path / "ok-out")).exit_code == 0
+    again = _cli(str(healthy), "--out", str(tmp_path / "ok-out"))  # a finished rerun writes 0: fine
+    assert again.exit_code == 0, again.output
+
+
+def test_captions_over_the_bound_drop_the_clip_in_convert_as_in_validate(tmp_path: Path) -> None:
+    clip = video_bytes(1.0, 8)
+    huge = "word " * 20_000  # 99,999 characters once stripped: ten times the bound
+    src = _release(
+        tmp_path / "up", [("00000.mp4", clip, {}), ("00001.mp4", clip, {"Detailed Caption": huge})]
+    )
+    summary = convert(src, tmp_path / "out", progress=False)
+    assert summary.written == 1
+    (reject,) = summary.rejects
+    assert reject["input"] == "videos_1.zip:00001.mp4" and reject["reason"].startswith("caption_too_long:")
+    assert "99999 characters" in reject["reason"] and str(DEFAULT_MAX_CAPTION_CHARS) in reject["reason"]
+    report = validate(src)
+    assert [(p.kind, p.where) for p in report.errors] == [("caption_too_long", "videos_1.zip:00001.mp4")]
+    assert validate(src, max_caption_chars=2_000_000).ok
+    wider = convert(src, tmp_path / "wide", progress=False, max_caption_chars=2_000_000)
+    assert wider.written == 2
+
+
+# (record value, file) pairs on each side of validate's tolerances: fps 1 % of the record's value,
+# duration max(0.5 s, 5 %), size exact.
+BOUNDARY_CASES = {
+    "fps_29.6_of_30": ({"FPS": 29.6}, 30, False),  # |30 - 29.6| = 0.40 > 0.296
+    "fps_29.8_of_30": ({"FPS": 29.8}, 30, True),  # 0.20 < 0.298
+    "fps_59.45_of_60": ({"FPS": 59.45}, 60, True),  # 0.55 < 0.5945
+    "fps_59.3_of_60": ({"FPS": 59.3}, 60, False),  # 0.70 > 0.593
+    "duration_1.45_of_1.0": ({"Duration": 1.45}, 8, True),
+    "duration_1.55_of_1.0": ({"Duration": 1.55}, 8, False),
+    "size_66x48_of_64x48": ({"Resolution": "66*48"}, 8, False),
+    "size_exact": ({}, 8, True),
+}
+
+
+def test_convert_keeps_a_clip_exactly_when_validate_finds_no_problem(tmp_path: Path) -> None:
+    clips = [
+        (f"{i:05d}.mp4", video_bytes(1.0, fps), {"FPS": fps, **over})
+        for i, (over, fps, _) in enumerate(BOUNDARY_CASES.values())
+    ]
+    src = _release(tmp_path / "up", clips)
+    report = validate(src)
+    flagged = {p.where.rsplit(":", 1)[-1]: p.kind for p in report.errors}
+    summary = convert(src, tmp_path / "out", progress=False)
+    dropped = {r["input"].rsplit(":", 1)[-1]: reject_kind(r["reason"]) for r in summary.rejects}
+    assert dropped == flagged  # same clips, same problem names
+    for i, (name, (_, _, kept)) in enumerate(BOUNDARY_CASES.items()):
+        assert (f"{i:05d}.mp4" not in dropped) is kept, name
+    assert set(dropped.values()) == {"fps_mismatch", "duration_mismatch", "size_mismatch"}
+    assert "resolution_mismatch" not in json.dumps(summary.rejects)
+
+
+def test_converted_output_always_passes_validate(hub: Path, tmp_path: Path) -> None:
+    clips = [(f"{i:05d}.mp4", video_bytes(1.0, fps), {"FPS": fps, **over}) for i, (over, fps, _) in
+             enumerate(BOUNDARY_CASES.values())]  # fmt: skip
+    src = _release(tmp_path / "up", clips)
+    out = tmp_path / "out"
+    convert(src, out, progress=False)
+    for dataset in (hub, out):
+        report = validate(dataset)
+        assert report.ok and report.problems == [], report.problems
+        assert report.videos_checked == report.records > 0
+
+
+def test_cli_help_names_the_bounds_it_defaults_to() -> None:
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+
+    for verb in ("convert", "validate"):
+        text = " ".join(CliRunner().invoke(main, [verb, "--help"]).output.split())
+        assert f"default {DEFAULT_MAX_CAPTION_CHARS}" in text
+        assert "64MiB" in text and DEFAULT_MAX_CLIP_BYTES == 64 * 1024 * 1024

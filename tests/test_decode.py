@@ -3,6 +3,7 @@ across a fork."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,61 @@ def test_file_handles_pread_reads_ranges_and_names_a_short_file(tmp_path: Path) 
     assert files.pread(path, 10, 5) == bytes([10, 11, 12, 13, 14])
     with pytest.raises(DecodeError, match=r"shard\.tar: wanted 20 bytes at offset 90, got 10"):
         files.pread(path, 90, 20)
+
+
+@pytest.fixture(scope="module")
+def vfr_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 s at 10 fps then 2 s at 30 fps in one file (variable frame rate, average 20 fps)."""
+    from videos import ffmpeg
+
+    path = tmp_path_factory.mktemp("vfr") / "vfr.mp4"
+    parts = ["testsrc2=size=64x48:rate=10:duration=2", "testsrc2=size=64x48:rate=30:duration=2"]
+    args = [ffmpeg(), "-y", "-v", "error", "-f", "lavfi", "-i", parts[0], "-f", "lavfi", "-i", parts[1]]
+    args += ["-filter_complex", "[0:v][1:v]concat=n=2:v=1:a=0", "-fps_mode", "passthrough"]
+    subprocess.run(
+        [*args, "-c:v", "libx264", "-preset", "ultrafast", str(path)], check=True, capture_output=True
+    )
+    return path
+
+
+def _all_frames(path: Path) -> dict[float, torch.Tensor]:
+    import av
+
+    with av.open(str(path)) as container:
+        return {
+            round(float(f.time), 4): torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1)
+            for f in container.decode(video=0)
+        }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frames_by_time_are_right_on_a_variable_frame_rate_clip(backend: str, vfr_clip: Path) -> None:
+    truth = _all_frames(vfr_clip)
+    assert len(truth) == 80 and sorted(truth)[21] == pytest.approx(2.0 + 1 / 30, abs=1e-3)
+    dec = open_decoder(vfr_clip, backend)
+    asked = [0.3, 1.93, 1.97, 3.0, 3.5, 3.96]
+    got = dec.frames_at_times(asked)  # default tolerance: half of each frame's own period
+    expected = [0.3, 1.9, 2.0, 3.0, 3.5, 3.9667]
+    assert got.pts.tolist() == pytest.approx(expected, abs=2e-3)
+    for t, frame in zip(got.pts.tolist(), got.data, strict=True):
+        _close(frame.unsqueeze(0), truth[round(t, 4)].unsqueeze(0))
+    played = dec.frames_played_at([1.99, 2.01, 3.34])
+    assert played.pts.tolist() == pytest.approx([1.9, 2.0, 3.3333], abs=2e-3)
+    with pytest.raises(TimestampToleranceError, match="asked for t=4.5000s"):
+        dec.frames_played_at([4.5])
+
+
+def test_even_frames_follow_the_one_rule_on_a_variable_frame_rate_clip(vfr_clip: Path) -> None:
+    from medvideocap.build.media import sample_even
+    from medvideocap.caption import sample_frames
+    from medvideocap.frames import even_times
+
+    assert even_times(0.0, 4.0, 4) == [0.5, 1.5, 2.5, 3.5]  # centres of equal slices
+    dec = open_decoder(vfr_clip, "torchcodec")
+    times = even_times(dec.start, dec.end, 4)  # the last frame (3.967 s) has zero duration here
+    _, caption_times = sample_frames(vfr_clip, 4)
+    assert caption_times == pytest.approx(times, abs=1 / 60)
+    assert sample_even(vfr_clip, 4).times == pytest.approx(caption_times, abs=1e-4)
+    assert decode.even_frames(vfr_clip, 4, backend="pyav").pts.tolist() == pytest.approx(
+        caption_times, abs=1e-4
+    )

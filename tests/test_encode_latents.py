@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -19,7 +21,13 @@ from fixtures_latents import SPEC, make_tiny_model_dir, tiny_config, write_hub_n
 from videos import make_video, real_clip
 
 from medvideocap.encode_latents import BatchEncoder, encode_latents, rank_of
-from medvideocap.latents import FingerprintMismatchError, LatentCache, collate_latents, load_latents
+from medvideocap.latents import (
+    FingerprintMismatchError,
+    LatentCache,
+    collate_latents,
+    load_latents,
+    read_dropped,
+)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +204,7 @@ def test_a_short_clip_is_dropped_with_its_reason_and_not_retried(
     out = tmp_path / "cache"
     (report,) = encode_latents(root, out, config=tiny_config(tiny_model_dir))
     assert report.encoded == 2 and report.dropped == 1
-    dropped = pq.read_table(out / "train" / "rank-0-dropped.parquet").to_pylist()
+    dropped = read_dropped(out / "meta" / "dropped-train-rank-0.jsonl")
     assert [d["id"] for d in dropped] == [ids[1]]
     assert "frames" in dropped[0]["reason"]
     (again,) = encode_latents(root, out, config=tiny_config(tiny_model_dir))
@@ -251,3 +259,176 @@ def test_ray_engine_writes_the_same_cache(
     (report,) = encode_latents(root, tmp_path, config=tiny_config(tiny_model_dir), engine="ray")
     assert report.encoded == 6
     _same_rows(_rows(tmp_path), _rows(reference))
+
+
+# FastVideo 0.2.1's T2V latent schema (fastvideo/dataset/dataloader/schema.py, pyarrow_schema_t2v): the
+# columns and Arrow types its parquet datasets read from every *.parquet under the folder they are given.
+FASTVIDEO_T2V_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("vae_latent_bytes", pa.binary()),
+        ("vae_latent_shape", pa.list_(pa.int64())),
+        ("vae_latent_dtype", pa.string()),
+        ("text_embedding_bytes", pa.binary()),
+        ("text_embedding_shape", pa.list_(pa.int64())),
+        ("text_embedding_dtype", pa.string()),
+        ("file_name", pa.string()),
+        ("caption", pa.string()),
+        ("media_type", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("num_frames", pa.int64()),
+        ("duration_sec", pa.float64()),
+        ("fps", pa.float64()),
+    ]
+)
+
+
+def _fastvideo_rows(folder: Path) -> list[dict]:
+    """What FastVideo's map-style parquet dataset sees: ``os.walk`` over the folder, every file ending
+    in ``.parquet`` (hidden or not), each row a sample whose tensors are ``np.frombuffer(bytes,
+    float32).reshape(shape)``, the way ``collate_rows_from_parquet_schema`` decodes them."""
+    import numpy as np
+
+    rows = []
+    for top, _, files in os.walk(folder):
+        for name in sorted(files):
+            if not name.endswith(".parquet"):
+                continue
+            table = pq.ParquetFile(os.path.join(top, name)).read()
+            for field in FASTVIDEO_T2V_SCHEMA:
+                assert field.name in table.schema.names, f"{name}: no {field.name} column: not a latent shard"
+                assert table.schema.field(field.name).type == field.type, (name, field)
+            for row in table.to_pylist():
+                for key in ("vae_latent", "text_embedding"):
+                    row[key] = np.frombuffer(row[f"{key}_bytes"], dtype=np.float32).reshape(
+                        row[f"{key}_shape"]
+                    )
+                rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def dropped_cache(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, list[str]]:
+    """4 clips, the third too short: a cache with 3 rows and one dropped clip (copy it to change it)."""
+    root = tmp_path_factory.mktemp("dropped")
+    ids = write_hub_native(root / "ds", 4, short_ids=(2,))
+    (report,) = encode_latents(root / "ds", root / "cache", config=tiny_config(tiny_model_dir))
+    assert (report.encoded, report.dropped) == (3, 1)
+    return root, ids
+
+
+def _assert_only_latent_shards(out: Path, kept: list[str]) -> None:
+    import numpy as np
+    import pyarrow.dataset as pads
+
+    ours = load_latents(out, normalize=False, posterior="mode")
+    by_id = {ours.cache.ids[i]: ours.cache.raw(i) for i in range(len(ours))}
+    for folder in (out / "train", out):  # the split folder, and the whole cache as a data root
+        rows = _fastvideo_rows(folder)
+        assert sorted(r["id"] for r in rows) == sorted(kept), folder
+        for r in rows:
+            np.testing.assert_array_equal(r["vae_latent"], by_id[r["id"]]["latent"])
+            np.testing.assert_array_equal(r["text_embedding"], by_id[r["id"]]["text"])
+    table = pads.dataset(out / "train", format="parquet").to_table()  # pyarrow.dataset over the split
+    assert table.num_rows == len(kept) and table.column("vae_latent_bytes").null_count == 0
+    table = pads.dataset(sorted(map(str, out.rglob("*.parquet"))), format="parquet").to_table()  # a glob
+    assert sorted(table.column("id").to_pylist()) == sorted(kept)
+
+
+def test_every_parquet_file_of_a_cache_with_dropped_clips_is_a_fastvideo_latent_shard(
+    dropped_cache: tuple[Path, list[str]], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    root, ids = dropped_cache
+    out = shutil.copytree(root / "cache", tmp_path / "cache")
+    _assert_only_latent_shards(out, [c for c in ids if c != ids[2]])
+    assert [d["id"] for d in read_dropped(out / "meta" / "dropped-train-rank-0.jsonl")] == [ids[2]]
+    (again,) = encode_latents(root / "ds", out, config=tiny_config(tiny_model_dir))
+    assert (again.encoded, again.dropped, again.skipped_done) == (0, 0, 4)  # the drop is not retried
+
+
+def test_resuming_a_cache_with_the_old_parquet_drop_log_moves_it_out_of_the_split_folder(
+    dropped_cache: tuple[Path, list[str]], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    root, ids = dropped_cache
+    out = shutil.copytree(root / "cache", tmp_path / "cache")
+    new_log = out / "meta" / "dropped-train-rank-0.jsonl"
+    legacy = out / "train" / "rank-0-dropped.parquet"  # where medvideocap 0.1 wrote it
+    pq.write_table(pa.Table.from_pylist(read_dropped(new_log)), legacy)
+    new_log.unlink()
+    (again,) = encode_latents(root / "ds", out, config=tiny_config(tiny_model_dir))
+    assert (again.encoded, again.dropped, again.skipped_done) == (0, 0, 4)
+    assert not legacy.exists() and [d["id"] for d in read_dropped(new_log)] == [ids[2]]
+    _assert_only_latent_shards(out, [c for c in ids if c != ids[2]])
+
+
+@pytest.mark.slow
+def test_ray_data_reads_only_latent_rows_from_a_cache_with_dropped_clips(
+    dropped_cache: tuple[Path, list[str]],
+) -> None:
+    ray = pytest.importorskip("ray", reason="ray is an optional extra (medvideocap[ray])")
+    root, ids = dropped_cache
+    out = root / "cache"
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        for folder in (out / "train", out):
+            rows = ray.data.read_parquet(str(folder)).take_all()
+            assert sorted(r["id"] for r in rows) == sorted(c for c in ids if c != ids[2]), folder
+            assert all(r["vae_latent_bytes"] and r["text_embedding_bytes"] for r in rows)
+    finally:
+        ray.shutdown()
+
+
+def test_cli_draws_per_rank_progress_on_stderr_and_keeps_one_json_summary_on_stdout(
+    dropped_cache: tuple[Path, list[str]], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import re
+
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+
+    root, _ = dropped_cache
+    args = [
+        "encode-latents",
+        str(root / "ds"),
+        "--out",
+        str(tmp_path / "cache"),
+        "--vae",
+        str(tiny_model_dir),
+    ]
+    args += ["--num-frames", "9", "--fps", "8", "--height", "32", "--width", "48", "--max-length", "64"]
+    args += ["--device", "cpu", "--num-workers", "0"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    (line,) = res.stdout.splitlines()
+    summary = json.loads(line)
+    assert (summary["encoded"], summary["dropped"], summary["rank"]) == (3, 1, 0)
+    bar = res.stderr
+    assert "encode-latents train rank 0/1" in bar and "4/4" in bar and "1 dropped" in bar, bar
+    assert re.search(r"\d+\.\d\d clips/s", bar) and re.search(r"\d+:\d\d:\d\d", bar), bar  # rate, ETA
+    quiet = CliRunner().invoke(main, [*args[:3], str(tmp_path / "quiet"), *args[4:], "--no-progress"])
+    assert quiet.exit_code == 0 and "clips/s" not in quiet.stderr, quiet.output
+
+
+def test_a_float16_cache_warns_that_fastvideo_misreads_it_and_the_help_says_so(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+    from medvideocap.encode_latents import StorageDtypeWarning
+
+    help_text = " ".join(CliRunner().invoke(main, ["encode-latents", "--help"]).output.split())
+    assert "float16" in help_text and "FastVideo" in help_text and "as float32" in help_text
+    root = tmp_path / "ds"
+    write_hub_native(root, 1)
+    with pytest.warns(StorageDtypeWarning, match="FastVideo.*float32"):
+        encode_latents(root, tmp_path / "f16", config=tiny_config(tiny_model_dir, storage_dtype="float16"))
+    (row,) = _rows(tmp_path / "f16").values()
+    assert row["vae_latent_dtype"] == "float16"
+    with pytest.raises(ValueError):  # what FastVideo's float32 decode does with these bytes
+        np.frombuffer(row["vae_latent_bytes"], dtype=np.float32).reshape(row["vae_latent_shape"])
+    ours = load_latents(tmp_path / "f16", normalize=False, posterior="mode")[0]["latents"]
+    assert ours.shape == tuple(row["vae_latent_shape"])

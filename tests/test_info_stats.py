@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 from click.testing import CliRunner
+from fixtures_hubnative import write_hub_native
 from fixtures_upstream import FAULTS, make_upstream_release
 
 from medvideocap.cli import main
 from medvideocap.info import info
+from medvideocap.schema import SCHEMA_VERSION
 from medvideocap.stats import stats
-from medvideocap.upstream import UpstreamRelease
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -26,14 +26,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def hub_native(release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    writer_mod = pytest.importorskip("medvideocap.writer", reason="hub-native writer (H3) not available")
-    out = tmp_path_factory.mktemp("hub") / "ds"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with writer_mod.DatasetWriter(out, split_fn=lambda r: "test" if r.id == "00000" else "train") as w:
-            for clip in UpstreamRelease.open(release).clips():
-                w.write(clip.record, clip.read_bytes())
-    return out
+    return write_hub_native(release, tmp_path_factory.mktemp("hub") / "ds")
 
 
 def test_info_on_upstream_release(release: Path) -> None:
@@ -74,7 +67,7 @@ def test_info_on_hub_native(hub_native: Path) -> None:
     result = CliRunner().invoke(main, ["info", str(hub_native), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["layout"] == "hub-native" and summary["schema_version"] == "1.0"
+    assert summary["layout"] == "hub-native" and summary["schema_version"] == SCHEMA_VERSION
     assert summary["splits"] == {"train": 5, "test": 1}
     assert summary["files"]["shards"] == {"train": 1, "test": 1}
     assert summary["bytes"]["videos"] > 0

@@ -3,12 +3,13 @@ buckets, and the upstream release giving the same samples as its hub-native conv
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from fixtures_loader import clip_bytes, clip_record, make_hub_native
+from fixtures_loader import clip_bytes, clip_record, edit_metadata, make_hub_native, rotated_clip
 from torch.utils.data import DataLoader
 
 import medvideocap
@@ -16,7 +17,7 @@ from medvideocap.decode import DecodeError
 from medvideocap.frames import FrameSpec
 from medvideocap.loader import SkippedSampleWarning, collate
 from medvideocap.sampler import BucketBatchSampler, bucket_batches
-from medvideocap.schema import ClipRecord
+from medvideocap.schema import SCHEMA_VERSION, ClipRecord, SchemaVersionError
 from medvideocap.writer import DatasetWriter
 
 SMALL = FrameSpec(num_frames=9, fps=8, height=32, width=48, position="random", seed=1)
@@ -232,3 +233,196 @@ def test_single_clip_written_by_hand_loads(tmp_path: Path) -> None:
         writer.write(rec, clip_bytes(2.0, 8, (64, 48)))
     item = medvideocap.load(tmp_path / "one", frames=SMALL)[0]
     assert item["caption"] == "" and item["video"].shape == (3, 9, 32, 48)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schema versions are refused at load(), not clip by clip
+
+
+def test_another_major_version_in_info_json_is_refused_at_load(dataset: Path, tmp_path: Path) -> None:
+    root = edit_metadata(dataset, tmp_path / "v2", "train", lambda columns: None)
+    info_path = root / "meta" / "info.json"
+    info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "schema_version": "2.0"}))
+    for streaming in (False, True):
+        with pytest.raises(SchemaVersionError) as caught:
+            medvideocap.load(root, frames=SMALL, streaming=streaming)
+        message = str(caught.value)
+        assert "info.json" in message and "2.0" in message and SCHEMA_VERSION in message
+
+
+def test_rows_of_another_major_version_are_refused_at_load(dataset: Path, tmp_path: Path) -> None:
+    def bump(columns: dict[str, list]) -> None:
+        columns["schema_version"][4] = "2.0"
+
+    root = edit_metadata(dataset, tmp_path / "rows-v2", "train", bump)
+    with pytest.raises(
+        SchemaVersionError, match=rf"train.parquet row 4 \(clip c004\).*2\.0.*{SCHEMA_VERSION}"
+    ):
+        medvideocap.load(root, frames=SMALL)
+
+
+def test_an_older_minor_version_loads(dataset: Path, tmp_path: Path) -> None:
+    """Records written before the rotation field (schema 1.0) read as rotation 0."""
+
+    def old(columns: dict[str, list]) -> None:
+        columns["schema_version"] = ["1.0"] * len(columns["schema_version"])
+        del columns["rotation"], columns["category_raw"]
+
+    root = edit_metadata(dataset, tmp_path / "v1.0", "train", old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = medvideocap.load(root, frames=SMALL)
+        item = ds[0]
+    assert item is not None and item["record"].schema_version == "1.0" and item["record"].rotation == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Category spellings of a release
+
+
+def test_release_category_spellings_map_to_the_five_and_keep_the_raw_value(tmp_path: Path) -> None:
+    from fixtures_upstream import make_upstream_release
+
+    up = make_upstream_release(tmp_path / "up", n_clips=4)
+    rows = json.loads((up / "metadata.json").read_text())
+    spellings = [
+        "clinical practice videos",
+        "Medical Imaging Videos",
+        "medical-teaching",
+        "medical_animation",
+    ]
+    for row, spelling in zip(rows, spellings, strict=True):
+        row["Video Categories"] = spelling
+    (up / "metadata.json").write_text(json.dumps(rows))
+    ds = medvideocap.load(up, split=None, frames=SMALL)
+    records = {ds.record(i).file_name.rsplit("/", 1)[-1]: ds.record(i) for i in range(len(ds))}
+    got = {name: (r.category.value, r.category_raw) for name, r in records.items()}
+    assert got == {
+        "00000.mp4": ("clinical_practice", "clinical practice videos"),
+        "00001.mp4": ("medical_imaging", "Medical Imaging Videos"),
+        "00002.mp4": ("medical_teaching", "medical-teaching"),
+        "00003.mp4": ("medical_animation", None),  # already the canonical value
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rotated video: upright frames from every backend
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One clip per display rotation (0, 90, 180, 270), stored 96x64, records made from the probe."""
+    from medvideocap.probe import probe
+
+    tmp = tmp_path_factory.mktemp("rot")
+    with DatasetWriter(tmp / "ds", card=False) as writer:
+        for rotation in (0, 90, 180, 270):
+            path = rotated_clip(tmp / f"r{rotation}.mp4", rotation)
+            info = probe(path, count_frames=True)
+            record = clip_record(
+                f"r{rotation:03d}", seconds=info.duration, fps=8, size=(info.width, info.height)
+            )
+            writer.write(record.model_copy(update={"rotation": info.rotation}), path)
+    return tmp
+
+
+def _ffmpeg_upright(path: Path, frames: int, width: int, height: int) -> torch.Tensor:
+    """The first ``frames`` frames ``(T, H, W, 3)`` as ffmpeg shows them (its autorotate applies the
+    display matrix): the field's own reference for "upright"."""
+    import subprocess
+
+    from videos import ffmpeg
+
+    args = [ffmpeg(), "-v", "error", "-i", str(path), "-frames:v", str(frames)]
+    raw = subprocess.run([*args, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], check=True, capture_output=True)
+    return torch.frombuffer(bytearray(raw.stdout), dtype=torch.uint8).view(frames, height, width, 3)
+
+
+@pytest.mark.parametrize("backend", ["torchcodec", "decord", "pyav"])
+def test_rotated_clips_load_upright_at_their_display_size(rotated: Path, backend: str) -> None:
+    native = FrameSpec(num_frames=5, fps=None, height=None, width=None, position="start")
+    ds = medvideocap.load(rotated / "ds", frames=native, backend=backend, output="uint8")
+    by_id = {clip_id: i for i, clip_id in enumerate(ds.ids)}
+    for rotation in (0, 90, 180, 270):
+        i = by_id[f"r{rotation:03d}"]
+        record = ds.record(i)
+        assert (record.width, record.height, record.rotation) == (96, 64, rotation)  # stored size
+        display = (64, 96) if rotation in (90, 270) else (96, 64)
+        assert (record.display_width, record.display_height) == display
+        assert ds.target_shape(i) == (5, display[1], display[0])
+        item = ds[i]
+        assert item is not None and item["video"].shape == (3, 5, display[1], display[0])
+        expected = _ffmpeg_upright(rotated / f"r{rotation}.mp4", 5, *display)
+        got = item["video"].permute(1, 2, 3, 0)
+        assert (got.int() - expected.int()).abs().float().mean() <= 2.0, (backend, rotation)
+
+
+# ---------------------------------------------------------------------------------------------------
+# on_error="skip" skips data errors only
+
+
+def test_a_bug_in_the_pipeline_raises_even_under_skip(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TypeError from our own code is not a bad clip: skipping it would turn a bug into 'every clip
+    skipped'. The bug is planted in the resize step the pipeline runs after decoding."""
+    import medvideocap.loader as loader_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise TypeError("resize_crop() got an unexpected keyword argument 'antialias'")
+
+    ds = medvideocap.load(dataset, frames=SMALL)
+    monkeypatch.setattr(loader_module, "resize_crop", broken)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SkippedSampleWarning)
+        with pytest.raises(TypeError, match="antialias"):
+            ds[0]
+        stream = medvideocap.load(dataset, frames=SMALL, streaming=True)
+        with pytest.raises(TypeError, match="antialias"):
+            next(iter(stream))
+    assert ds.stats.skipped == 0
+
+
+def test_a_key_error_in_the_caption_policy_raises_under_skip(
+    dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medvideocap.loader as loader_module
+
+    def broken(*args: object, **kwargs: object) -> str:
+        return {}["detailed"]  # type: ignore[return-value]
+
+    monkeypatch.setattr(loader_module, "choose_caption", broken)
+    with pytest.raises(KeyError, match="detailed"):
+        medvideocap.load(dataset, frames=SMALL)[1]
+
+
+def test_data_errors_are_skipped_each_with_its_named_reason(corrupt_dataset: Path, tmp_path: Path) -> None:
+    """Decode errors, a missing member and a short clip are skipped, each named with its error type."""
+
+    def drop_second(columns: dict[str, list]) -> None:
+        columns["shard"][1] = "data/train/shard-99999.tar"
+
+    root = edit_metadata(corrupt_dataset, tmp_path / "gone", "train", drop_second)
+    ds = medvideocap.load(root, frames=FrameSpec(num_frames=21, fps=8, height=16, width=16, short="skip"))
+    _items(ds)
+    reasons = {clip.rsplit(":", 1)[1]: reason.split(":", 1)[0] for clip, reason in ds.stats.skipped_ids}
+    assert reasons["c001.mp4"] == "MissingMemberError"
+    assert reasons["bad_garbage.mp4"] == reasons["bad_truncated.mp4"] == "DecodeError"
+    assert ds.stats.short >= 1 and "c000.mp4" in reasons  # 2 s at 8 fps: 16 frames < 21
+
+
+def test_a_rotated_raw_video_built_with_the_demo_recipe_loads_upright(tmp_path: Path) -> None:
+    """End to end: probe records the rotation, the build's record keeps it, the loader turns PyAV's
+    stored frames upright (torchcodec's are already)."""
+    from medvideocap.build.builder import build
+
+    (tmp_path / "raw").mkdir()
+    rotated_clip(tmp_path / "raw" / "phone.mp4", 90, seconds=3.0, size=(192, 128))
+    build(tmp_path / "raw", tmp_path / "out", recipe="demo", workers=1)
+    spec = FrameSpec(num_frames=5, fps=None, height=None, width=None, position="start")
+    items = {}
+    for backend in ("torchcodec", "pyav"):
+        ds = medvideocap.load(tmp_path / "out", frames=spec, backend=backend, output="uint8")
+        record = ds.record(0)
+        assert (record.width, record.height, record.rotation) == (192, 128, 90)
+        items[backend] = ds[0]["video"]
+        assert items[backend].shape == (3, 5, 192, 128)
+    assert (items["torchcodec"].int() - items["pyav"].int()).abs().float().mean() <= 2.0

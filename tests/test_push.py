@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import inspect
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from fixtures_hubnative import HubStandIn, converted, tree_files
+from huggingface_hub import HfApi
 
+import medvideocap.push
 from medvideocap.push import PushError, dataset_files, push, schema_tag
 from medvideocap.schema import SCHEMA_VERSION
 
@@ -118,3 +122,25 @@ def test_cli_push_never_prints_the_token(hub: Path, tmp_path: Path, monkeypatch:
     result = CliRunner().invoke(main, ["push", str(hub), REPO])
     assert result.exit_code == 0, result.output
     assert f"tagged v{SCHEMA_VERSION}" in result.output and SECRET not in result.output
+
+
+def test_the_stand_in_has_exactly_the_hfapi_methods_push_calls() -> None:
+    """Each ``api.X(`` in push.py exists on the stand-in exactly when it exists on the installed
+    ``HfApi``, so the branch push takes with the real API is the one these tests take."""
+    called = set(re.findall(r"api\.(\w+)\(", inspect.getsource(medvideocap.push)))
+    called |= set(re.findall(r'hasattr\(api, "(\w+)"\)', inspect.getsource(medvideocap.push)))
+    assert {"create_repo", "upload_folder", "create_tag"} <= called
+    for name in sorted(called):
+        assert hasattr(HubStandIn, name) == hasattr(HfApi, name), name
+    own = {n for n, v in vars(HubStandIn).items() if callable(v) and not n.startswith("_")} - {"branch_dir"}
+    assert own <= set(dir(HfApi)), own - set(dir(HfApi))
+
+
+def test_a_default_push_takes_the_upload_the_installed_hfapi_offers(hub: Path, tmp_path: Path) -> None:
+    api = HubStandIn(tmp_path / "remote")
+    push(hub, REPO, api=api)
+    uploads = [(name, kw) for name, kw in api.calls if name.startswith("upload")]
+    expected = "upload_large_folder" if hasattr(HfApi, "upload_large_folder") else "upload_folder"
+    assert [name for name, _ in uploads] == [expected]
+    assert uploads[0][1]["repo_type"] == "dataset" and uploads[0][1]["revision"] is None
+    assert tree_files(api.branch_dir(REPO)) == tree_files(hub)

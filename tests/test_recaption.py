@@ -318,3 +318,59 @@ def test_write_follows_the_journal_across_limit_growth_and_retried_failures(upst
         "run.json",
         "summary.json",
     ]
+
+
+def test_two_identical_runs_write_datasets_with_the_same_fingerprint(upstream, server, tmp_path):
+    infos = []
+    for run in ("first", "second"):
+        recaption(upstream, tmp_path / run, backend="openai", captioner=_cap(server), write=True)
+        infos.append(json.loads((tmp_path / run / "dataset" / "meta" / "info.json").read_text()))
+        time.sleep(0.01)  # the captions' created_at differ between the runs
+    stamps = [
+        {c["created_at"] for r in _dataset_rows(tmp_path / run) for c in r["captions"] if c["created_at"]}
+        for run in ("first", "second")
+    ]
+    assert stamps[0] and stamps[0].isdisjoint(stamps[1])  # provenance kept, and it differs
+    assert infos[0]["fingerprint"] == infos[1]["fingerprint"]
+    server.default = lambda body: Action(content=json.dumps({"detailed": DETAILED + " Then", "brief": BRIEF}))
+    recaption(upstream, tmp_path / "other", backend="openai", captioner=_cap(server), write=True)
+    other = json.loads((tmp_path / "other" / "dataset" / "meta" / "info.json").read_text())
+    assert other["fingerprint"] != infos[0]["fingerprint"]  # content still counts
+
+
+def _dataset_rows(run: Path) -> list[dict]:
+    import polars as pl
+
+    return pl.concat(pl.read_parquet(p) for p in (run / "dataset" / "metadata").glob("*.parquet")).to_dicts()
+
+
+def _cli_run(upstream, server, out, *extra):
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+
+    args = ["recaption", str(upstream), "--out", str(out), "--backend", "openai", "--model", "served-vlm"]
+    args += ["--endpoint", server.url, "--concurrency", "1", "--no-progress", *extra]
+    return CliRunner().invoke(main, args)
+
+
+def test_exit_status_is_1_when_every_clip_failed_and_the_journal_is_kept(upstream, server, tmp_path):
+    server.default = lambda body: Action(content=REFUSAL)
+    out = tmp_path / "run"
+    result = _cli_run(upstream, server, out, "--limit", "3")
+    assert result.exit_code == 1, result.output
+    assert "no clip was captioned" in result.output and "Traceback" not in result.output
+    assert len(_journal_ids(out)) == 3  # the failures are journaled, not lost
+    again = _cli_run(upstream, server, out, "--limit", "3")  # a rerun of the failed job fails again
+    assert again.exit_code == 1, again.output
+
+
+def test_failed_clips_beyond_max_failures_set_the_exit_status(upstream, server, tmp_path):
+    server.script = [Action(content=REFUSAL), Action(content=REFUSAL)]  # clip 00000 is refused twice
+    out = tmp_path / "run"
+    result = _cli_run(upstream, server, out, "--limit", "3")
+    assert result.exit_code == 1 and "1 of 3 clips failed" in result.output, result.output
+    assert json.loads(result.stdout.split("\nError")[0])["ok_total"] == 2  # the captioned are kept
+    assert _cli_run(upstream, server, out, "--limit", "3", "--max-failures", "1").exit_code == 0
+    nothing = _cli_run(upstream, server, tmp_path / "none", "--where", "duration > 100")
+    assert nothing.exit_code == 1 and "no clip was selected" in nothing.output

@@ -17,6 +17,7 @@ from medvideocap.schema import (
     Caption,
     Category,
     ClipRecord,
+    DataError,
     InvalidRecordError,
     SchemaVersionError,
     Scores,
@@ -157,10 +158,73 @@ def test_malformed_version_is_an_error() -> None:
         ("MEDICAL_IMAGING", Category.medical_imaging),
         ("", Category.other),
         (None, Category.other),
+        ("clinical practice videos", Category.clinical_practice),
+        ("Medical Imaging Videos", Category.medical_imaging),
+        ("medical-teaching", Category.medical_teaching),
+        ("Popular Science Video", Category.popular_science),
+        ("MedicalAnimation", Category.medical_animation),
+        ("medical / teaching videos", Category.medical_teaching),
+        ("Other", Category.other),
     ],
 )
 def test_category_parse_accepts_paper_spellings(text: str | None, expected: Category) -> None:
     assert Category.parse(text) is expected
+
+
+@pytest.mark.parametrize("text", ["videos", "medical", "cooking videos", "medical teaching lecture"])
+def test_category_parse_rejects_what_names_no_category(text: str) -> None:
+    with pytest.raises(ValueError, match=f"unknown category {text!r}"):
+        Category.parse(text)
+
+
+def test_a_record_keeps_the_category_as_the_source_spelled_it() -> None:
+    record = ClipRecord.from_json_dict(_record(category="Medical Imaging Videos"))
+    assert record.category is Category.medical_imaging
+    assert record.category_raw == "Medical Imaging Videos"
+    again = ClipRecord.from_json_dict(json.loads(json.dumps(record.to_json_dict())))
+    assert again == record and again.category_raw == "Medical Imaging Videos"
+    assert ClipRecord.from_json_dict(_record(category="medical_imaging")).category_raw is None
+    assert ClipRecord.from_json_dict(_record(category=None)).category is Category.other
+
+
+def test_category_table_is_documented_in_the_module_docstring() -> None:
+    import medvideocap.schema as schema
+
+    doc = schema.__doc__ or ""
+    for category in Category:
+        assert category.value in doc
+    for key in schema._CATEGORY_KEYS:
+        assert key in doc, f"normalised spelling {key!r} missing from the table in schema.py's docstring"
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"), [(0, 0), (90, 90), (180.0, 180), (-90, 270), (450, 90), (None, 0)]
+)
+def test_rotation_is_normalised_to_a_quarter_turn(given: object, stored: int) -> None:
+    record = ClipRecord.from_json_dict(_record(rotation=given))
+    assert record.rotation == stored
+    portrait = stored in (90, 270)
+    assert (record.display_width, record.display_height) == ((480, 720) if portrait else (720, 480))
+
+
+@pytest.mark.parametrize("bad", [45, 89.5, "90", True])
+def test_rotation_that_is_not_a_quarter_turn_is_rejected(bad: object) -> None:
+    with pytest.raises(InvalidRecordError, match="rotation"):
+        ClipRecord.from_json_dict(_record(rotation=bad))
+
+
+def test_a_record_without_the_new_fields_still_validates() -> None:
+    """Backward compatible: a 1.0 record (no rotation, no category_raw) reads with the defaults."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        record = ClipRecord.from_json_dict(_record(schema_version="1.0"))
+    assert record.rotation == 0 and record.category_raw is None and record.schema_version == "1.0"
+
+
+def test_bad_records_belong_to_the_data_error_family() -> None:
+    with pytest.raises(DataError):
+        ClipRecord.from_json_dict(_record(fps=0))
+    assert not issubclass(SchemaVersionError, DataError)  # a whole dataset's problem, never skipped
 
 
 def test_arrow_polars_and_features_describe_the_same_columns() -> None:

@@ -236,6 +236,20 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(
     assert wa.keys() == wb.keys()
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)
+    # the checkpoint written after the resume holds the global RNG states of the uninterrupted run's
+    rng_a, rng_b = (_rng_states(tmp_path / run / "run" / "checkpoints" / "step-00000006") for run in "ab")
+    assert rng_a["random_state"] == rng_b["random_state"]
+    np.testing.assert_array_equal(rng_a["numpy_random_seed"][1], rng_b["numpy_random_seed"][1])
+    assert rng_a["numpy_random_seed"][2:] == rng_b["numpy_random_seed"][2:]
+    assert torch.equal(rng_a["torch_manual_seed"], rng_b["torch_manual_seed"])
+
+
+def _rng_states(checkpoint: Path) -> dict[str, Any]:
+    """accelerate's record of the global RNGs in a checkpoint, read with its own weights_only loader."""
+    from accelerate.utils import load
+
+    states: dict[str, Any] = load(checkpoint / "random_states_0.pkl")
+    return states
 
 
 def test_an_interrupted_save_is_never_resumed_from(tmp_path: Path) -> None:
@@ -331,6 +345,61 @@ def test_exported_checkpoint_loads_in_wanpipeline_and_generates_a_different_vide
             step, prompt, tmp_path / "mid.mp4", frames=5, height=32, width=32, steps=2, device="cpu"
         )
         assert probe(mid, count_frames=True).num_frames == FRAMES
+
+
+def test_a_lora_with_alpha_other_than_rank_keeps_its_scale_in_diffusers_and_generate(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    """lora_alpha 16 over rank 4 scales the adapter by 4: the export carries that in its metadata, so
+    diffusers' own load_lora_weights and our generate give what the trained model gives."""
+    from diffusers import WanPipeline
+
+    from medvideocap.generate import generate, sample_videos, write_mp4
+
+    cfg = tiny_train_config(
+        tmp_path,
+        tiny_pipeline_dir,
+        latent_cache,
+        mode="lora",
+        lora_rank=4,
+        lora_alpha=16,
+        batch_size=2,
+        max_steps=4,
+        learning_rate=2e-2,
+        ema_decay=0.0,
+        caption_dropout=0.0,
+    )
+    trained = train(cfg, dataset=_dataset(latent_cache)).transformer.eval()
+    final = tmp_path / "run" / "final"
+    loaded = WanPipeline.from_pretrained(tiny_pipeline_dir)
+    loaded.load_lora_weights(str(final))
+    adapter = next(iter(loaded.transformer.peft_config.values()))
+    assert (adapter.r, adapter.lora_alpha) == (4, 16)
+    unscaled = WanPipeline.from_pretrained(tiny_pipeline_dir)  # the same weights without the metadata
+    unscaled.load_lora_weights(WanPipeline.lora_state_dict(str(final)))
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        "hidden_states": torch.randn(1, 4, 2, HEIGHT // 8, WIDTH // 8, generator=g),
+        "timestep": torch.tensor([500.0]),
+        "encoder_hidden_states": torch.randn(1, 64, 32, generator=g),
+        "return_dict": False,
+    }
+    with torch.no_grad():
+        want = trained(**inputs)[0]
+        torch.testing.assert_close(loaded.transformer(**inputs)[0], want, rtol=1e-4, atol=1e-5)
+        assert (unscaled.transformer(**inputs)[0] - want).abs().max() > 1e-2  # scale 1 is another model
+
+    prompt = "Laparoscopic suturing of the abdominal wall"
+    opts = {"num_frames": FRAMES, "height": HEIGHT, "width": WIDTH, "steps": 2, "seed": 0}
+    reference = WanPipeline.from_pretrained(tiny_pipeline_dir, transformer=trained)
+    (want_video,) = sample_videos(reference, [prompt], **opts)  # type: ignore[arg-type]
+    (unscaled_video,) = sample_videos(unscaled, [prompt], **opts)  # type: ignore[arg-type]
+    out = generate(final, prompt, tmp_path / "g.mp4", frames=FRAMES, height=HEIGHT, width=WIDTH, steps=2)
+    got = _frames(out).astype(int)
+    want_frames = _frames(write_mp4(want_video, tmp_path / "want.mp4")).astype(int)
+    unscaled_frames = _frames(write_mp4(unscaled_video, tmp_path / "unscaled.mp4")).astype(int)
+    assert np.abs(got - want_frames).max() <= 1, "generate did not apply the LoRA at alpha / rank"
+    assert np.abs(got - unscaled_frames).mean() > 3 * max(np.abs(got - want_frames).mean(), 0.1)
 
 
 def test_validation_writes_videos_and_a_contact_sheet(
@@ -520,3 +589,74 @@ def test_two_process_ddp_run_shards_data_and_resumes_identically(
     np.testing.assert_allclose([m["loss"] for m in resumed], [m["loss"] for m in straight], rtol=1e-5)
     ckpt = tmp_path / "b" / "run" / "checkpoints" / "step-00000004"
     assert (ckpt / "noise_rng_0.safetensors").is_file() and (ckpt / "noise_rng_1.safetensors").is_file()
+
+
+@pytest.mark.timeout(300)  # before the bound, this spun forever
+def test_a_source_whose_every_clip_fails_stops_with_the_reason_and_a_nonzero_exit(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    from click.testing import CliRunner
+    from fixtures_latents import write_hub_native
+
+    from medvideocap.cli import main
+
+    write_hub_native(tmp_path / "short", 2, short_ids=(0, 1))  # 0.5 s clips: 4 frames, 9 are needed
+    cfg = tiny_train_config(
+        tmp_path,
+        tiny_pipeline_dir,
+        latent_cache,
+        latents=None,
+        source=str(tmp_path / "short"),
+        frames=9,
+        fps=8.0,
+        height=HEIGHT,
+        width=WIDTH,
+        max_steps=2,
+        max_empty_batches=5,
+    )
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump()))
+    res = CliRunner().invoke(main, ["train", "--config", str(config_file)])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    text = " ".join(res.output.split())
+    assert "5 batches in a row had no clip that could be loaded" in text, text
+    assert "cannot give 9 frames" in text and "Traceback" not in text
+
+
+def test_the_readme_train_command_takes_the_cache_as_latents(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    """``medvideocap train --config medgen-1.3b-lora --set latents=CACHE`` (the README's line), with the
+    tiny model and CPU-sized settings set the same way."""
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+
+    small = {
+        "model_id": str(tiny_pipeline_dir),
+        "output_dir": str(tmp_path / "run"),
+        "mixed_precision": "no",
+        "gradient_checkpointing": "false",
+        "num_workers": "0",
+        "text_seq_len": "64",
+        "report_to": "null",
+        "max_steps": "1",
+        "gradient_accumulation_steps": "1",
+        "warmup_steps": "0",
+        "validation_prompts": "[]",
+        "lora_rank": "4",
+        "lora_alpha": "4",
+    }
+    sets = [a for k, v in small.items() for a in ("--set", f"{k}={v}")]
+    runner = CliRunner()
+    res = runner.invoke(
+        main, ["train", "--config", "medgen-1.3b-lora", "--set", f"latents={latent_cache}", *sets]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.splitlines()[-1])["step"] == 1
+    assert (tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
+    res = runner.invoke(main, ["train", "--config", "medgen-1.3b-lora", "--set", "data.path=latents/"])
+    assert res.exit_code == 2 and "latents=CACHE_DIR" in res.output, res.output
+    missing = tmp_path / "nowhere"
+    res = runner.invoke(main, ["train", "--config", "medgen-1.3b-lora", "--set", f"latents={missing}", *sets])
+    assert res.exit_code == 1 and "not a latent cache" in res.output and "Traceback" not in res.output

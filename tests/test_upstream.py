@@ -11,15 +11,27 @@ from typing import Any
 
 import av
 import pytest
-from fixtures_upstream import DURATIONS, RATES, make_upstream_release
+from fixtures_upstream import (
+    DURATIONS,
+    RATES,
+    make_upstream_release,
+    paper_record,
+    video_bytes,
+    write_release,
+    write_zip64,
+    zeros_deflated,
+)
 
 from medvideocap import layout
 from medvideocap.probe import probe
 from medvideocap.schema import Category, UnknownFieldsWarning
 from medvideocap.upstream import (
     ALIASES,
+    MemberReadError,
+    MemberTooLargeError,
     UpstreamFormatError,
     UpstreamRelease,
+    fetch_member,
     is_unsafe_member_name,
     is_upstream_release,
     normalise_key,
@@ -58,7 +70,8 @@ def test_reader_yields_typed_records_joined_to_decodable_bytes(release_dir: Path
         rec = clip.record
         assert (rec.width, rec.height) == (64, 48)
         assert rec.duration == DURATIONS[i % 3] and rec.fps == RATES[i % 3]
-        assert rec.file_name == f"{i:05d}.mp4" and rec.split is None
+        member = f"{i:05d}.mp4" if i % 2 == 0 else f"videos_2/{i:05d}.mp4"  # the member's full name
+        assert rec.file_name == member == clip.member and rec.split is None
         assert isinstance(rec.category, Category) and rec.category != Category.other
         assert rec.scores.aesthetic is not None and rec.scores.technical is not None
         assert rec.bit_rate is not None and 10_000 < rec.bit_rate < 200_000
@@ -354,3 +367,160 @@ def test_unknown_category_keeps_the_clip_as_other(tmp_path: Path, release_dir: P
     assert clips["00002"].category == Category.medical_imaging  # a list: the first is the category
     assert [p.kind for p in release.problems] == ["unknown_category"]  # once per distinct value
     assert "Health News" in release.problems[0].message
+
+
+# ---------------------------------------------------------------------------------------------------
+# hostile archives: colliding ids, folders in names, cut-off central directories, oversized members
+
+
+def _clip_release(root: Path, names: list[str], *, fps: int = 8) -> tuple[Path, dict[str, bytes]]:
+    """One zip holding a real 1-s clip under each member name, and a record per name."""
+    data = video_bytes(1.0, fps)
+    members = [(name, data) for name in names]
+    records = [paper_record(name, 200 + i, 1.0, fps, len(data)) for i, name in enumerate(names)]
+    return write_release(root, {"videos_1.zip": members}, records), dict(members)
+
+
+def test_names_that_clean_up_to_one_id_get_distinct_ids_by_a_fixed_rule(tmp_path: Path) -> None:
+    names = ["a b.mp4", "a_b.mp4", "a+b.mp4", "a_b-2.mp4", "c.mp4"]
+    root, _ = _clip_release(tmp_path / "r", names)
+    release = UpstreamRelease.open(root)
+    by_name = {c.record.file_name: c.record for c in release.clips()}
+    assert len(by_name) == 5
+    # the clean name keeps the id; the others are suffixed in sorted order, skipping ids already taken
+    assert {n: r.id for n, r in by_name.items()} == {
+        "a_b.mp4": "a_b",
+        "a b.mp4": "a_b-3",
+        "a+b.mp4": "a_b-4",
+        "a_b-2.mp4": "a_b-2",
+        "c.mp4": "c",
+    }
+    how = by_name["a b.mp4"].extra["id_collision"]
+    assert how["cleaned_id"] == "a_b" and how["kept_by"] == "a_b.mp4"
+    assert "id_collision" not in by_name["a_b.mp4"].extra
+    collisions = [p for p in release.problems if p.kind == "id_collision"]
+    assert len(collisions) == 2 and "'a b.mp4'" in collisions[0].message + collisions[1].message
+    # the same rule whatever the order of the JSON
+    records = json.loads((root / "metadata.json").read_text())
+    (root / "metadata.json").write_text(json.dumps(records[::-1]))
+    again = {c.record.file_name: c.record.id for c in UpstreamRelease.open(root).clips()}
+    assert again == {n: r.id for n, r in by_name.items()}
+
+
+def test_member_names_with_folders_are_kept_whole_in_the_record(tmp_path: Path) -> None:
+    data = video_bytes(1.0, 8)
+    zips = {"videos_1.zip": [("clips/day 1/00010.mp4", data), ("videos_1/00011.mp4", data)]}
+    records = [
+        paper_record("clips/day 1/00010.mp4", 10, 1.0, 8, len(data)),
+        paper_record("elsewhere/00011.mp4", 11, 1.0, 8, len(data)),
+    ]
+    release = UpstreamRelease.open(write_release(tmp_path / "r", zips, records))
+    first, second = release.clips()
+    assert (first.record.id, first.record.file_name) == ("00010", "clips/day 1/00010.mp4")
+    assert first.record.extra == {}
+    # the member's name is the record's; the JSON's other folder is kept, not lost
+    assert (second.record.id, second.record.file_name) == ("00011", "videos_1/00011.mp4")
+    assert second.record.extra == {"Video Name": "elsewhere/00011.mp4"}
+    assert probe(first.read_bytes()).num_frames == 8
+
+
+def _cut(archive: Path, at: int) -> None:
+    archive.write_bytes(archive.read_bytes()[:at])
+
+
+def test_a_zip_without_its_central_directory_gives_back_every_intact_member(tmp_path: Path) -> None:
+    names = [f"{i:05d}.mp4" for i in range(4)]
+    root, members = _clip_release(tmp_path / "r", names)
+    archive = root / "videos_1.zip"
+    with zipfile.ZipFile(archive) as zf:
+        start_dir = zf.start_dir
+    _cut(archive, start_dir)  # the download stopped where the central directory starts
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(archive)
+    release = UpstreamRelease.open(root)
+    clips = list(release.clips())
+    assert [c.record.file_name for c in clips] == names
+    for clip in clips:
+        assert clip.read_bytes() == members[clip.member]
+        with clip.open() as stream:  # seekable, for the demuxer
+            assert probe(stream, count_frames=True).num_frames == 8
+    assert [(p.kind, p.where) for p in release.problems] == [("damaged_archive", "videos_1.zip")]
+    assert "recovered 4" in release.problems[0].message
+
+
+def test_a_zip_cut_inside_a_member_gives_back_the_members_before_it(tmp_path: Path) -> None:
+    names = [f"{i:05d}.mp4" for i in range(4)]
+    root, members = _clip_release(tmp_path / "r", names)
+    archive = root / "videos_1.zip"
+    with zipfile.ZipFile(archive) as zf:
+        third = zf.getinfo("00002.mp4")
+    _cut(archive, third.header_offset + 30 + len("00002.mp4") + third.file_size // 2)
+    release = UpstreamRelease.open(root)
+    assert [c.record.id for c in release.clips()] == ["00000", "00001"]
+    assert all(c.read_bytes() == members[c.member] for c in release.clips())
+    kinds = {(p.kind, p.where) for p in release.problems}
+    assert ("damaged_archive", "videos_1.zip") in kinds
+    assert ("unreadable_member", "videos_1.zip:00002.mp4") in kinds  # named, with why
+    assert ("record_without_video", "metadata.json row 3 (00003.mp4)") in kinds  # after the cut: lost
+    cut = next(p for p in release.problems if p.kind == "unreadable_member")
+    assert "cut short" in cut.message
+
+
+def test_a_recovered_member_that_fails_its_crc_is_refused(tmp_path: Path) -> None:
+    root, _ = _clip_release(tmp_path / "r", ["00000.mp4", "00001.mp4"])
+    archive = root / "videos_1.zip"
+    with zipfile.ZipFile(archive) as zf:
+        start_dir, first = zf.start_dir, zf.getinfo("00000.mp4")
+    data = bytearray(archive.read_bytes()[:start_dir])
+    data[first.header_offset + 30 + len(first.filename) + 100] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    clip = UpstreamRelease.open(root).get("00000")
+    with pytest.raises(MemberReadError, match="CRC"):
+        clip.read_bytes()
+    assert len(UpstreamRelease.open(root).get("00001").read_bytes()) > 0
+
+
+def test_recovered_names_escaping_the_archive_are_refused(tmp_path: Path) -> None:
+    root, _ = _clip_release(tmp_path / "r", ["00000.mp4", "../00001.mp4", "/abs/00002.mp4"])
+    archive = root / "videos_1.zip"
+    with zipfile.ZipFile(archive) as zf:
+        start_dir = zf.start_dir
+    _cut(archive, start_dir)
+    release = UpstreamRelease.open(root)
+    assert [c.record.id for c in release.clips()] == ["00000"]
+    unsafe = {p.where for p in release.problems if p.kind == "unsafe_member_name"}
+    assert unsafe == {"videos_1.zip:../00001.mp4", "videos_1.zip:/abs/00002.mp4"}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["r", "metadata.json", "videos_1.zip"])
+
+
+def test_garbage_named_zip_fails_loudly(tmp_path: Path) -> None:
+    root, _ = _clip_release(tmp_path / "r", ["00000.mp4"])
+    (root / "videos_2.zip").write_bytes(b"not a zip at all " * 100)
+    release = UpstreamRelease.open(root)
+    assert len(release) == 1
+    bad = next(p for p in release.problems if p.where == "videos_2.zip")
+    assert bad.kind == "unreadable_member" and "no member was found" in bad.message
+
+
+def test_members_over_the_clip_bound_are_reported_and_never_read(tmp_path: Path) -> None:
+    root, members = _clip_release(tmp_path / "r", ["00000.mp4"])
+    payload, crc = zeros_deflated(64 << 20)
+    data = members["00000.mp4"]
+    write_zip64(
+        root / "videos_1.zip",
+        [("00000.mp4", data, 0, zipfile.crc32(data), len(data)), ("big.mp4", payload, 8, crc, 64 << 20)],
+    )
+    records = json.loads((root / "metadata.json").read_text())
+    (root / "metadata.json").write_text(json.dumps([*records, paper_record("big.mp4", 9, 1.0, 8, 64 << 20)]))
+    release = UpstreamRelease.open(root, max_clip_bytes=32 << 20)
+    assert [c.record.id for c in release.clips()] == ["00000"]
+    too_large = [p for p in release.problems if p.kind == "member_too_large"]
+    assert [p.where for p in too_large] == ["videos_1.zip:big.mp4"] and len(release.problems) == 1
+    assert "67108864 bytes" in too_large[0].message and "--max-clip-bytes" in too_large[0].message
+    # the bound holds while streaming too, on disk or in memory
+    with pytest.raises(MemberTooLargeError, match="inflates past 1000 bytes"):
+        fetch_member(root / "videos_1.zip", "00000.mp4", max_bytes=1000)
+    spilled = fetch_member(root / "videos_1.zip", "big.mp4", scratch=tmp_path, memory_bytes=1 << 20)
+    assert isinstance(spilled, Path) and spilled.stat().st_size == 64 << 20
+    spilled.unlink()
+    assert fetch_member(root / "videos_1.zip", "00000.mp4", scratch=tmp_path) == data

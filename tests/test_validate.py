@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 import zipfile
 from pathlib import Path
 
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from fixtures_hubnative import write_hub_native
 from fixtures_upstream import FAULT_FILES, FAULTS, UNKNOWN_KEY, make_upstream_release
 
 from medvideocap.cli import main
 from medvideocap.probe import MediaInfo
-from medvideocap.schema import ClipRecord
-from medvideocap.upstream import UpstreamRelease
+from medvideocap.schema import SCHEMA_VERSION, ClipRecord
 from medvideocap.validate import ValidationReport, compare_media, validate
 
 # fault -> (problem kind, text the message must contain besides the file name)
@@ -153,14 +152,7 @@ def test_compare_media_tolerances() -> None:
 
 @pytest.fixture(scope="module")
 def hub_native(clean_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    writer_mod = pytest.importorskip("medvideocap.writer", reason="hub-native writer (H3) not available")
-    out = tmp_path_factory.mktemp("hub") / "ds"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with writer_mod.DatasetWriter(out, split_fn=lambda r: "test" if r.id == "00000" else "train") as w:
-            for clip in UpstreamRelease.open(clean_release).clips():
-                w.write(clip.record, clip.read_bytes())
-    return out
+    return write_hub_native(clean_release, tmp_path_factory.mktemp("hub") / "ds")
 
 
 def _tampered(hub_native: Path, tmp_path: Path) -> Path:
@@ -207,7 +199,7 @@ def test_hub_native_wrong_major_version_is_a_problem(hub_native: Path, tmp_path:
     assert result.exit_code == 1
     problems = json.loads(result.stdout)["problems"]
     assert [p["kind"] for p in problems] == ["schema_version"]
-    assert "2.0" in problems[0]["message"] and "1.0" in problems[0]["message"]
+    assert "2.0" in problems[0]["message"] and SCHEMA_VERSION in problems[0]["message"]
 
 
 def test_corrupt_member_and_broken_zip_are_unreadable(tmp_path: Path) -> None:
@@ -226,3 +218,34 @@ def test_corrupt_member_and_broken_zip_are_unreadable(tmp_path: Path) -> None:
     orphans = {p.where for p in report.problems if p.kind == "record_without_video"}
     assert orphans == {"metadata.json row 1 (00001.mp4)", "metadata.json row 3 (00003.mp4)"}
     assert report.videos_checked == 1
+
+
+def test_captions_over_the_bound_are_flagged_in_a_hub_native_dataset(
+    clean_release: Path, tmp_path: Path
+) -> None:
+    import warnings
+
+    from medvideocap.schema import Caption
+    from medvideocap.upstream import UpstreamRelease
+    from medvideocap.validate import DEFAULT_MAX_CAPTION_CHARS
+    from medvideocap.writer import DatasetWriter
+
+    long_text = "x" * (DEFAULT_MAX_CAPTION_CHARS + 1)
+    out = tmp_path / "ds"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with DatasetWriter(out, split_fn=lambda r: "train") as w:
+            for clip in UpstreamRelease.open(clean_release).clips():
+                record = clip.record
+                if record.id == "00003":
+                    record = record.with_caption(Caption(name="pasted", text=long_text))
+                w.write(record, clip.read_bytes())
+    report = validate(out)
+    assert [(p.kind, p.severity) for p in report.problems] == [("caption_too_long", "error")]
+    assert (
+        "00003" in report.problems[0].where and f"{len(long_text)} characters" in report.problems[0].message
+    )
+    runner = CliRunner()
+    assert runner.invoke(main, ["validate", str(out), "--json"]).exit_code == 1
+    wider = runner.invoke(main, ["validate", str(out), "--json", "--max-caption-chars", str(len(long_text))])
+    assert wider.exit_code == 0, wider.output

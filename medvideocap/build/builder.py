@@ -30,7 +30,7 @@ from rich.table import Table
 from medvideocap.atomic import atomic_write_json
 from medvideocap.build.engine import run_local, run_ray
 from medvideocap.build.media import MediaError, ffmpeg_exe
-from medvideocap.build.pipeline import Outcome, discover
+from medvideocap.build.pipeline import SOURCE_STAGE, Outcome, scan
 from medvideocap.build.recipe import Recipe, load_recipe
 from medvideocap.build.sample import Sample
 from medvideocap.build.stages import MissingDependencyError, check_stage
@@ -96,6 +96,8 @@ def reached(outcomes: list[Outcome], labels: list[str]) -> list[int]:
 def funnel(recipe: Recipe, by_input: dict[str, list[Outcome]]) -> dict[str, Any]:
     """Count in / out / dropped per stage with the top reasons, like the paper's curation funnel."""
     labels = [s.label for s in recipe.stages]
+    if any(o.stage == SOURCE_STAGE for outs in by_input.values() for o in outs):
+        labels.insert(0, SOURCE_STAGE)  # entries refused before the first stage (symlinks, FIFOs)
     if any(o.stage == "record" for outs in by_input.values() for o in outs):
         labels.append("record")
     totals = [0] * len(labels)
@@ -214,9 +216,13 @@ def build(
     work: Path | str | None = None,
     dry_run: bool = False,
     keep_work: bool = False,
+    follow_symlinks: bool = False,
     console: Console | None = None,
 ) -> BuildResult | dict[str, Any]:
-    """Run (or with ``dry_run`` plan) a build; returns the result, or the plan for a dry run."""
+    """Run (or with ``dry_run`` plan) a build; returns the result, or the plan for a dry run.
+
+    Symlinks under ``src`` are refused (a ``source`` reject naming the link and its target) unless
+    ``follow_symlinks``: a link can point anywhere, and a build reads what its source folder holds."""
     src, out = Path(src), Path(out)
     console = console or Console(stderr=True)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -224,7 +230,8 @@ def build(
     if missing and not dry_run:
         raise MissingDependencyError("; ".join(missing))
     work = Path(work) if work else out.with_name(out.name + ".build")
-    inputs = discover(src)
+    discovery = scan(src, follow_symlinks=follow_symlinks)
+    inputs, refused = discovery.samples, discovery.refused
     journal_dir = work / "journal"
     # input -> its journaled outcomes (each journal file is read once)
     done: dict[str, list[dict[str, Any]]] = {}
@@ -236,12 +243,15 @@ def build(
     if engine not in ("local", "ray"):
         raise BuildError(f"unknown engine {engine!r}; use 'local' or 'ray'")
     _open_work(work, recipe, src)
-    pending = [s for s in inputs if s.input not in done]
+    redo = _lost_work(out, recipe, done)
+    if redo:
+        console.print(f"redoing {len(redo)} processed inputs whose cut clips are gone and not yet written")
+    pending = [s for s in inputs if s.input not in done or s.input in redo]
     resumed = len(inputs) - len(pending)
     labels = [s.label for s in recipe.stages]
     by_input: dict[str, list[Outcome]] = {}
     for s in inputs:
-        if s.input in done:
+        if s.input in done and s.input not in redo:
             by_input[s.input] = [Outcome.from_dict(d) for d in done[s.input]]
 
     with Progress(
@@ -278,8 +288,11 @@ def build(
         else:
             run_local(pending, recipe, work, workers=workers or os.cpu_count() or 1, on_done=on_done)
 
-    outcomes = sorted((o for s in inputs for o in by_input[s.input]), key=Outcome.sort_key)
-    summary = funnel(recipe, {s.input: by_input[s.input] for s in inputs})
+    for o in refused:
+        by_input[o.input] = [o]
+    names = [s.input for s in inputs] + [o.input for o in refused]
+    outcomes = sorted((o for name in names for o in by_input[name]), key=Outcome.sort_key)
+    summary = funnel(recipe, {name: by_input[name] for name in names})
     _write(out, recipe, outcomes, summary)
     console.print(funnel_table(summary))
     if not keep_work:
@@ -295,20 +308,45 @@ def build(
     )
 
 
-def _write(out: Path, recipe: Recipe, outcomes: list[Outcome], summary: dict[str, Any]) -> None:
-    from medvideocap.schema import ClipRecord
+def _writer(out: Path, recipe: Recipe) -> Any:
     from medvideocap.writer import DatasetWriter
 
-    meta = recipe.model_dump(mode="json")
-    with DatasetWriter(out, shard_bytes=recipe.output.shard_bytes, recipe=meta) as writer:
+    return DatasetWriter(out, shard_bytes=recipe.output.shard_bytes, recipe=recipe.model_dump(mode="json"))
+
+
+def _lost_work(out: Path, recipe: Recipe, done: dict[str, list[dict[str, Any]]]) -> set[str]:
+    """Journaled inputs with a kept clip that is neither in the output nor cut in the work dir any
+    more (the output was deleted after a finished build, whose clean-up removed the cut clips): they
+    are processed again, so a rerun never needs a journal edited by hand."""
+    unwritten = [
+        (name, o)
+        for name, outs in done.items()
+        for o in outs
+        if o["stage"] is None and (o["clip"] is None or not Path(o["clip"]).exists())
+    ]
+    if not unwritten:
+        return set()
+    if not out.exists():
+        return {name for name, _ in unwritten}
+    writer = _writer(out, recipe)  # reads what finished shards hold; nothing is written
+    try:
+        return {name for name, o in unwritten if not writer.has(o["id"])}
+    finally:
+        writer.abort()
+
+
+def _write(out: Path, recipe: Recipe, outcomes: list[Outcome], summary: dict[str, Any]) -> None:
+    from medvideocap.schema import ClipRecord
+
+    with _writer(out, recipe) as writer:
         for o in outcomes:
             if o.kept:
                 if writer.has(o.id):
                     continue
                 if o.clip is None or not Path(o.clip).exists():
                     raise BuildError(
-                        f"clip {o.id} of {o.input}: its cut file {o.clip} is gone; "
-                        "delete the work dir's journal entry for this input and rerun"
+                        f"clip {o.id} of {o.input}: its cut file {o.clip} vanished while writing; "
+                        "run the same command again (it cuts the clip again)"
                     )
                 record = ClipRecord.from_json_dict(o.record or {}, where=f"clip {o.id}")
                 writer.write(record, Path(o.clip))

@@ -8,8 +8,10 @@ which is what lets an interrupted build resume into exactly the dataset an unint
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,55 +58,81 @@ def _resize(image: np.ndarray, max_side: int | None) -> np.ndarray:
     )
 
 
-def _sample_at(path: str | Path, ticks: list[float] | None, step: float, max_side: int | None) -> Frames:
-    """The first frame at or after each tick (times relative to the first frame); only those are
-    converted and kept, so memory stays small whatever the clip length and resolution."""
-    images: list[np.ndarray] = []
-    times: list[float] = []
+def _scaled(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(2, round(width * scale)), max(2, round(height * scale))
+
+
+def iter_frames(
+    path: str | Path,
+    *,
+    fps: float | None = None,
+    max_side: int | None = 256,
+    size: tuple[int, int] | None = None,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Decoded RGB frames with their times (seconds from the first frame), one at a time.
+
+    Every frame, or with ``fps`` the first frame at or after each ``1/fps`` tick. Frames are scaled by
+    the decoder (area filter) to ``size`` = (width, height), or so the longer side is at most
+    ``max_side``. A generator on purpose: an analysis that folds frames into running sums holds one
+    frame, so a worker's memory does not grow with the length of the video."""
+    step = 1.0 / fps if fps else 0.0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
         t0: float | None = None
-        pending = list(ticks) if ticks is not None else None
         next_tick = 0.0
         for frame in container.decode(stream):
             if frame.time is None:
                 continue
             t0 = float(frame.time) if t0 is None else t0
             t = float(frame.time) - t0
-            if pending is not None:
-                if not pending:
-                    break
-                if t + 1e-6 < pending[0]:
+            if step:
+                if t + 1e-6 < next_tick:
                     continue
-                while pending and pending[0] <= t + 1e-6:
-                    pending.pop(0)
-            elif t + 1e-6 < next_tick:
-                continue
-            else:
                 while next_tick <= t + 1e-6:
                     next_tick += step
-            images.append(_resize(frame.to_ndarray(format="rgb24"), max_side))
-            times.append(t)
+            w, h = size or _scaled(frame.width, frame.height, max_side)
+            if (w, h) == (frame.width, frame.height):
+                image = frame.to_ndarray(format="rgb24")
+            else:
+                image = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+            yield t, image
+
+
+def _collect(frames: Iterator[tuple[float, np.ndarray]], path: str | Path) -> Frames:
+    times: list[float] = []
+    images: list[np.ndarray] = []
+    for t, image in frames:
+        times.append(t)
+        images.append(image)
     if not images:
         raise MediaError(f"{path}: no decodable video frames")
     return Frames(images, times)
 
 
 def sample_at_fps(path: str | Path, fps: float, *, max_side: int | None = 256) -> Frames:
-    """Frames about ``1/fps`` seconds apart, downscaled so the longer side is at most ``max_side``."""
-    return _sample_at(path, None, 1.0 / fps, max_side)
+    """Frames about ``1/fps`` seconds apart, downscaled so the longer side is at most ``max_side``.
+
+    Holds them all: for clips (seconds long); long inputs are analysed with :func:`iter_frames`."""
+    return _collect(iter_frames(path, fps=fps, max_side=max_side), path)
 
 
 def sample_even(path: str | Path, n: int, *, max_side: int | None = None) -> Frames:
-    """``n`` frames spread evenly over the clip (what the aesthetic and OCR stages look at)."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        if stream.duration and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
-        else:
-            duration = (container.duration or 0) / av.time_base
-    ticks = [(i + 0.5) * duration / n for i in range(n)] if duration > 0 else [0.0]
-    return _sample_at(path, ticks, 0.0, max_side)
+    """``n`` frames spread evenly over the clip (what the aesthetic and OCR stages look at), at the
+    instants of the project's one rule (:func:`medvideocap.frames.even_times`), each the frame
+    nearest its instant by real timestamps (torchcodec's played-at lookup), so variable-frame-rate
+    files are sampled right too."""
+    from medvideocap.decode import DecodeError, even_frames
+
+    try:
+        frames = even_frames(Path(path), n, backend="torchcodec", name=str(path))
+    except DecodeError as exc:
+        raise MediaError(str(exc)) from exc
+    images = [_resize(f.permute(1, 2, 0).contiguous().numpy(), max_side) for f in frames.data]
+    return Frames(images, [float(t) for t in frames.pts])
 
 
 def keyframe_times(path: str | Path) -> list[float]:
@@ -185,3 +213,58 @@ def cut(
             [*args, *BITEXACT, "-movflags", "+faststart", str(tmp)], what=f"{src} [{start:.2f}s-{end:.2f}s]"
         )
     return dest
+
+
+@dataclass(frozen=True)
+class Crop:
+    """The picture area ffmpeg's ``cropdetect`` found inside a frame of ``width`` x ``height``."""
+
+    w: int
+    h: int
+    x: int
+    y: int
+    width: int
+    height: int
+
+    @property
+    def bars(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) bar sizes in pixels."""
+        return self.y, self.height - self.y - self.h, self.x, self.width - self.x - self.w
+
+    @property
+    def fraction(self) -> float:
+        """Share of the frame outside the picture area."""
+        return 1.0 - (self.w * self.h) / float(self.width * self.height)
+
+
+_CROP = re.compile(r"crop=(-?\d+):(-?\d+):(-?\d+):(-?\d+)")
+
+
+def cropdetect(path: str | Path, *, limit: float = 24.0, fps: float = 2.0) -> Crop:
+    """Letterbox/pillarbox detection by ffmpeg's own ``cropdetect`` filter.
+
+    ``limit`` is the black level on the 0-255 scale. ``reset=0`` makes the filter grow one box over
+    every sampled frame, so the final box is the area where anything bright ever appeared: a dark
+    scene inside the picture does not shrink it, a bar never shows content. ``round=2`` keeps the bars
+    exact (the filter rounds to 16 px by default). A clip that is dark everywhere has no bars."""
+    from medvideocap.probe import probe
+
+    info = probe(path, name=str(path))
+    graph = f"fps={fps:g},cropdetect=limit={limit / 255.0:.6f}:round=2:skip=0:reset=0"
+    proc = subprocess.run(
+        [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-v", "info", "-i", str(path)]
+        + ["-map", "0:v:0", "-vf", graph, "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        errors="replace",
+    )
+    if proc.returncode != 0:
+        raise MediaError(f"{path}: ffmpeg cropdetect failed ({proc.stderr.strip()[-400:]})")
+    found = _CROP.findall(proc.stderr)
+    whole = Crop(info.width, info.height, 0, 0, info.width, info.height)
+    if not found:
+        return whole
+    w, h, x, y = (int(v) for v in found[-1])
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > info.width or y + h > info.height:
+        return whole
+    return Crop(w, h, x, y, info.width, info.height)

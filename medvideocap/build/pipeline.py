@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SIDECARS = ("metadata.jsonl", "metadata.csv")
 FILE_KEYS = ("file", "file_name", "filename", "video", "path", "name")
+SOURCE_STAGE = "source"  # the funnel row of entries refused before any stage
 
 
 @dataclass
@@ -99,7 +102,7 @@ def rejected(sample: Sample, reject: Reject) -> Outcome:
         s.clip_id,
         stage=reject.stage,
         code=reject.code,
-        reason=reject.reason,
+        reason=printable(reject.reason),
         scores=dict(reject.scores or s.scores),
         start=s.start,
         end=s.end,
@@ -186,19 +189,107 @@ def read_sidecar(src: Path) -> dict[str, dict[str, Any]]:
     return by_file
 
 
-def discover(src: Path) -> list[Sample]:
-    """Every file under ``src`` (except sidecars and hidden files), sorted, with its sidecar row."""
+def printable(text: str) -> str:
+    """``text`` as valid Unicode: bytes that are not UTF-8 (a file name's, kept by Python as lone
+    surrogates) become ``\\xNN`` escapes, so records, journals and parquet tables can hold it."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@dataclass
+class Discovery:
+    """What :func:`scan` found: the inputs to build, and entries refused before any stage (symlinks
+    not followed, FIFOs and other non-regular files) as ``source`` rejects."""
+
+    samples: list[Sample]
+    refused: list[Outcome]
+
+
+def _refuse(rel: str, key: str, code: str, detail: str) -> Outcome:
+    return Outcome(rel, 0, 1, f"{key}-000", stage=SOURCE_STAGE, code=code, reason=f"{code}: {detail}")
+
+
+def _entries(src: Path, follow_symlinks: bool) -> tuple[list[Path], list[tuple[Path, str, str]]]:
+    """Files under ``src`` (sorted like ``sorted(rglob)``) and refused entries (path, code, detail).
+
+    A symlink is not followed unless ``follow_symlinks``: reading it would take a build outside the
+    folder it was pointed at. Followed directory links are walked once (cycles end there)."""
+    root = src.resolve()
+    files: list[Path] = []
+    refused: list[tuple[Path, str, str]] = []
+    seen_dirs: set[Path] = set()
+
+    def unreadable(exc: OSError) -> None:
+        path = Path(exc.filename)
+        refused.append((path, "unreadable", f"{printable(str(path))}: {printable(exc.strerror or str(exc))}"))
+
+    for top, dirs, names in os.walk(src, onerror=unreadable, followlinks=follow_symlinks):
+        here = Path(top)
+        seen_dirs.add(here.resolve())
+        kept_dirs = []
+        for d in sorted(dirs):
+            path = here / d
+            if d.startswith("."):
+                continue
+            if path.is_symlink():
+                if not follow_symlinks:
+                    refused.append((path, "symlink", _link_detail(path, root)))
+                    continue
+                if path.resolve() in seen_dirs:  # a link back up the tree: walked already
+                    continue
+            kept_dirs.append(d)
+        dirs[:] = kept_dirs
+        for name in names:
+            path = here / name
+            if name.startswith(".") or name in SIDECARS:
+                continue
+            if path.is_symlink():
+                if not follow_symlinks:
+                    refused.append((path, "symlink", _link_detail(path, root)))
+                    continue
+                if not path.exists():
+                    refused.append((path, "broken_symlink", _link_detail(path, root)))
+                    continue
+            if not path.is_file():
+                detail = f"{printable(str(path))} is not a regular file (a FIFO, socket or device)"
+                refused.append((path, "not_regular_file", detail))
+                continue
+            files.append(path)
+    return sorted(files), sorted(refused)
+
+
+def _link_detail(path: Path, root: Path) -> str:
+    target = Path(os.path.realpath(path))
+    where = "inside" if target == root or root in target.parents else "outside"
+    return (
+        f"{printable(str(path))} is a symlink to {printable(str(os.readlink(path)))} ({where} the source "
+        "folder); not followed: pass --follow-symlinks to read it"
+    )
+
+
+def scan(src: Path, *, follow_symlinks: bool = False) -> Discovery:
+    """Every file under ``src`` (except sidecars and hidden files), sorted, with its sidecar row.
+
+    ``Sample.input`` is the path relative to ``src`` made :func:`printable` (unique within the build);
+    ``Sample.path`` keeps the real name, whatever its bytes, to open the file."""
     if not src.is_dir():
         raise FileNotFoundError(f"source folder {src} does not exist")
     sidecar = read_sidecar(src)
-    files = sorted(
-        p
-        for p in src.rglob("*")
-        if p.is_file()
-        and p.name not in SIDECARS
-        and not any(part.startswith(".") for part in p.relative_to(src).parts)
-    )
-    rels = [p.relative_to(src).as_posix() for p in files]
+    files, refused_entries = _entries(src, follow_symlinks)
+    raw_rels = [p.relative_to(src).as_posix() for p in files]
+    rels = [printable(r) for r in raw_rels]
+    counts = Counter(rels)
+    # an escaped name equal to a real one (a file literally named "a\xff.mp4"): tell them apart by hex
+    rels = [
+        r if counts[r] == 1 or r == raw else f"{r} [{os.fsencode(raw).hex()}]"
+        for r, raw in zip(rels, raw_rels, strict=True)
+    ]
     keys = [_key_of(r) for r in rels]
     samples = []
     for path, rel, key in zip(files, rels, keys, strict=True):
@@ -209,4 +300,13 @@ def discover(src: Path) -> list[Sample]:
     unmatched = sorted(set(sidecar) - set(rels) - {p.name for p in files})
     for name in unmatched:
         log.warning("%s: sidecar names %r but no such file exists", src, name)
-    return samples
+    refused = []
+    for path, code, detail in refused_entries:
+        rel = printable(path.relative_to(src).as_posix())
+        refused.append(_refuse(rel, _key_of(rel), code, detail))
+    return Discovery(samples, refused)
+
+
+def discover(src: Path, *, follow_symlinks: bool = False) -> list[Sample]:
+    """The inputs :func:`scan` finds under ``src`` (refused entries left out)."""
+    return scan(src, follow_symlinks=follow_symlinks).samples

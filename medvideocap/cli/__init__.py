@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("train", "Fine-tune Wan2.1-T2V (MedGen reference) on cached latents."),
     "generate": ("generate", "Sample videos from a trained checkpoint."),
     "demo": ("demo", "Run the whole pipeline on generated sample videos (what `make demo` runs)."),
+    "eval": ("eval", "Score checkpoints (VBench dimensions, CLIP score), compare runs, collect ratings."),
 }
 
 

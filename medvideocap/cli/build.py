@@ -45,6 +45,11 @@ import click
 )
 @click.option("--keep-work", is_flag=True, help="Keep the cut clips in the work dir after writing.")
 @click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Read symlinks under --src (default: refuse each one, recorded as a 'source' reject).",
+)
+@click.option(
     "--dry-run", is_flag=True, help="Print the plan (inputs, stages, models, estimated work) and exit."
 )
 def command(
@@ -56,6 +61,7 @@ def command(
     ray_address: str | None,
     work: Path | None,
     keep_work: bool,
+    follow_symlinks: bool,
     dry_run: bool,
 ) -> None:
     """Curate raw videos into a captioned hub-native dataset by a recipe (resumable: rerun to continue)."""
@@ -72,6 +78,7 @@ def command(
             work=work,
             dry_run=dry_run,
             keep_work=keep_work,
+            follow_symlinks=follow_symlinks,
         )
     except (BuildError, MissingDependencyError, RecipeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc

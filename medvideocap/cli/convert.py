@@ -36,6 +36,26 @@ import click
     help="Threads probing clips; the output does not depend on it.",
 )
 @click.option("--revision", default=None, help="Hub revision when SRC is a repo id.")
+@click.option(
+    "--max-failures",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Unreadable inputs (archives, members, videos that do not decode) to accept before exiting 1.",
+)
+@click.option(
+    "--max-clip-bytes",
+    default=None,
+    help="Largest zip member read as a clip, e.g. 64MiB (the default: 720x480 for 10 s at 50 Mbit/s is "
+    "62.5 MB); larger members are dropped unread.",
+)
+@click.option(
+    "--max-caption-chars",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Longest caption accepted, in characters (default 10000, about nine times the paper's mean "
+    "detailed caption); a longer one drops the clip.",
+)
 @click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
 def command(
     src: str,
@@ -45,21 +65,31 @@ def command(
     salt: str | None,
     workers: int,
     revision: str | None,
+    max_failures: int,
+    max_clip_bytes: str | None,
+    max_caption_chars: int | None,
     no_progress: bool,
 ) -> None:
     """Convert the upstream MedVideoCap-55K release SRC (folder or Hub repo id) into the hub-native layout.
 
     Clips are streamed out of the zips, probed, split by a stable hash of their source video and written
     to webdataset shards; a killed run resumes where its finished shards end. Dropped clips are listed
-    with their reason at the end and in DIR/meta/rejects.parquet."""
+    with their reason at the end and in DIR/meta/rejects.parquet. Clips are kept exactly when
+    `medvideocap validate SRC` finds no error with them.
+
+    Exits 1 when no clip was converted, or when more inputs than --max-failures could not be read
+    (what was converted is kept; a rerun resumes)."""
     from rich.console import Console
 
     from medvideocap.convert import convert, summary_table
     from medvideocap.splits import DEFAULT_SALT, parse_fractions
+    from medvideocap.upstream import DEFAULT_MAX_CLIP_BYTES
+    from medvideocap.validate import DEFAULT_MAX_CAPTION_CHARS
     from medvideocap.writer import parse_size
 
     try:
         size = parse_size(shard_size)
+        clip_bytes = parse_size(max_clip_bytes) if max_clip_bytes else DEFAULT_MAX_CLIP_BYTES
         parts = parse_fractions(fractions)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
@@ -73,7 +103,12 @@ def command(
             workers=workers,
             revision=revision,
             progress=not no_progress,
+            max_clip_bytes=clip_bytes,
+            max_caption_chars=max_caption_chars or DEFAULT_MAX_CAPTION_CHARS,
         )
     except (ValueError, FileNotFoundError) as exc:  # bad source layout, or a resume with other options
         raise click.ClickException(str(exc)) from None
     Console().print(summary_table(summary))
+    failure = summary.failure(max_failures)
+    if failure is not None:
+        raise click.ClickException(failure)

@@ -71,7 +71,11 @@ def _bucket(text: str) -> tuple[int, int, int]:
     type=click.Choice(["float32", "float16"]),
     default="float32",
     show_default=True,
-    help="dtype of the stored bytes (float32 is lossless for bf16 compute).",
+    help=(
+        "dtype of the stored bytes (float32 is lossless for bf16 compute). float16 halves the cache, but "
+        "FastVideo's parquet datasets decode latent and text bytes as float32 whatever the *_dtype column "
+        "says, so they cannot read a float16 cache (medvideocap.load_latents reads both; writing one warns)."
+    ),
 )
 @click.option("--tiling/--no-tiling", default=False, help="VAE spatial tiling (less memory, large frames).")
 @click.option(
@@ -96,10 +100,16 @@ def _bucket(text: str) -> tuple[int, int, int]:
 )
 @click.option("--ray-concurrency", default=1, show_default=True, help="Ray encoder actors (one GPU each).")
 @click.option("--limit", default=None, type=int, help="Only the first N clips of each split (smoke runs).")
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="Do not draw the progress bar (per split and rank: clips, clips/s, dropped so far, ETA; on stderr).",
+)
 def command(source: str, out: str, splits: tuple[str, ...], **opts: object) -> None:
     """Pre-encode clips to Wan2.1 VAE latents + UMT5 text embeddings (a FastVideo-compatible parquet
     cache with a manifest and fingerprint). Rerunning resumes; under torchrun/accelerate each rank
-    (RANK/WORLD_SIZE) encodes its own share of the clips."""
+    (RANK/WORLD_SIZE) encodes its own share of the clips. Progress goes to stderr; stdout gets one JSON
+    summary line per split."""
     from medvideocap.encode_latents import EncodeConfig, encode_latents
     from medvideocap.frames import FrameSpec
 
@@ -114,11 +124,20 @@ def command(source: str, out: str, splits: tuple[str, ...], **opts: object) -> N
     )
     engine = opts.pop("engine")
     limit = opts.pop("limit")
+    progress = not opts.pop("no_progress")
     concurrency = opts.pop("ray_concurrency")
     for key in ("vae_subfolder", "text_encoder_subfolder", "tokenizer_subfolder"):
         opts[key] = opts[key] or None
     config = EncodeConfig(frames=frames, extra={"ray_concurrency": concurrency}, **opts)  # type: ignore[arg-type]
-    reports = encode_latents(source, out, splits=splits, config=config, engine=engine, limit=limit)  # type: ignore[arg-type]
+    reports = encode_latents(
+        source,
+        out,
+        splits=splits,
+        config=config,
+        engine=engine,  # type: ignore[arg-type]
+        limit=limit,  # type: ignore[arg-type]
+        progress=progress,
+    )
     for r in reports:
         click.echo(
             json.dumps(

@@ -120,12 +120,22 @@ import click
     type=click.IntRange(min=1),
     help="--engine ray: captioner actors (each loads the model once; one GPU each when the cluster has GPUs).",
 )
+@click.option(
+    "--max-failures",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Failed clips (unreadable video, rejected reply, backend error) to accept before exiting 1.",
+)
 @click.option("--revision", default=None, help="Hub revision when SOURCE is a repo id.")
 @click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
 def command(source: str, out: str, backend: str, **opts: Any) -> None:
     """Re-caption SOURCE (a hub-native dataset or an upstream release, folder or Hub repo id) with a
     multimodal LLM. Each clip's new captions, with model, prompt and frame provenance, go to a journal
-    in --out; a rerun captions only what the journal lacks. The source is never modified."""
+    in --out; a rerun captions only what the journal lacks. The source is never modified.
+
+    Exits 1 when no clip was selected or captioned, or more clips than --max-failures failed
+    (counted over the journal; everything captioned is kept)."""
     import json
 
     from medvideocap.recaption import recaption
@@ -172,5 +182,6 @@ def command(source: str, out: str, backend: str, **opts: Any) -> None:
     except ValueError as exc:  # our errors say what to change; no stack trace for them
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(summary.to_json(), indent=2))
-    if summary.failed:
-        click.echo(f"{summary.failed} clips failed; reasons in {summary.journal}", err=True)
+    failure = summary.failure(opts["max_failures"])
+    if failure is not None:
+        raise click.ClickException(failure)

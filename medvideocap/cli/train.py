@@ -29,7 +29,8 @@ def command(config: str, overrides: tuple[str, ...], print_config: bool) -> None
     Rerunning the same command resumes from the newest checkpoint in output_dir (resume: auto)."""
     import yaml
 
-    from medvideocap.train import load_config, train
+    from medvideocap.latents import FingerprintMismatchError, LatentCacheError
+    from medvideocap.train import NoTrainingDataError, load_config, train
 
     try:
         cfg = load_config(config, overrides)
@@ -42,5 +43,8 @@ def command(config: str, overrides: tuple[str, ...], print_config: bool) -> None
         raise click.UsageError(
             "no training data: --set latents=CACHE_DIR (from encode-latents) or source=DATASET"
         )
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except (FingerprintMismatchError, LatentCacheError, NoTrainingDataError) as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({"step": result.step, "export": str(result.export) if result.export else None}))

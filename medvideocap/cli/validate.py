@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 
 import click
 
@@ -27,19 +28,53 @@ import click
     help="Threads demuxing videos in parallel.",
 )
 @click.option("--strict", is_flag=True, help="Exit non-zero on warnings too (e.g. unknown upstream keys).")
+@click.option(
+    "--max-caption-chars",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Longest caption accepted, in characters (default 10000, as convert); longer is caption_too_long.",
+)
+@click.option(
+    "--max-clip-bytes",
+    default=None,
+    help="Largest upstream zip member accepted as a clip, e.g. 64MiB (the default, as convert).",
+)
 def command(
-    path_or_repo: str, revision: str | None, as_json: bool, no_videos: bool, workers: int, strict: bool
+    path_or_repo: str,
+    revision: str | None,
+    as_json: bool,
+    no_videos: bool,
+    workers: int,
+    strict: bool,
+    max_caption_chars: int | None,
+    max_clip_bytes: str | None,
 ) -> None:
-    """Check every record against the schema and every video against its record (duration, fps, size).
+    """Check every record against the schema and every video against its record (duration, fps, size),
+    and every caption against its length bound; `convert` keeps a clip exactly when this finds no error.
 
     Exits 1 when anything is invalid (with --strict, also on warnings)."""
     from rich.console import Console
     from rich.progress import Progress as RichProgress
 
-    from medvideocap.validate import validate
+    from medvideocap.upstream import DEFAULT_MAX_CLIP_BYTES
+    from medvideocap.validate import DEFAULT_MAX_CAPTION_CHARS, validate
+    from medvideocap.writer import parse_size
 
+    try:
+        clip_bytes = parse_size(max_clip_bytes) if max_clip_bytes else DEFAULT_MAX_CLIP_BYTES
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-clip-bytes") from None
+    run = partial(
+        validate,
+        path_or_repo,
+        revision=revision,
+        videos=not no_videos,
+        workers=workers,
+        max_caption_chars=max_caption_chars or DEFAULT_MAX_CAPTION_CHARS,
+        max_clip_bytes=clip_bytes,
+    )
     if as_json:
-        report = validate(path_or_repo, revision=revision, videos=not no_videos, workers=workers)
+        report = run()
         click.echo(json.dumps(report.to_json_dict(), indent=2))
     else:
         console = Console(stderr=False)
@@ -49,9 +84,7 @@ def command(
             def progress(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            report = validate(
-                path_or_repo, revision=revision, videos=not no_videos, workers=workers, progress=progress
-            )
+            report = run(progress=progress)
         _print_report(console, report)
     failed = not report.ok or (strict and report.warnings)
     sys.exit(1 if failed else 0)

@@ -39,6 +39,7 @@ MODULES = {
     "ocr": "ocr",
     "aesthetic": "aesthetic",
     "dover": "dover",
+    "technical": "technical",
     "measures": "measures",
     "filter": "joint",
     "camera_motion": "camera",

@@ -7,6 +7,7 @@ fused into a 0-1 score with DOVER's published fusion constants (the paper's "DOV
 
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,30 @@ _MEAN = (123.675, 116.28, 103.53)
 _STD = (58.395, 57.12, 57.375)
 
 
+_NEEDS = {
+    "dover.models": ("DOVER",),
+    "dover.datasets": ("UnifiedFrameSampler", "spatial_temporal_view_decomposition"),
+}
+
+
 def check(cfg: DoverStage) -> None:
+    """Import exactly what :func:`run` will use: a package that is merely *named* ``dover`` (the
+    unrelated one on the package registry) passes ``find_spec('dover')`` and then fails mid-run."""
     require("dover", stage=cfg.label, hint=_HINT)
+    for module, names in _NEEDS.items():
+        try:
+            found = importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - any import failure means DOVER is not usable here
+            raise MissingDependencyError(
+                f"stage {cfg.label!r}: the installed 'dover' package is not DOVER ({module}: "
+                f"{type(exc).__name__}: {exc}); the registry package named dover is an unrelated tool: {_HINT}"
+            ) from None
+        missing = [n for n in names if not hasattr(found, n)]
+        if missing:
+            raise MissingDependencyError(
+                f"stage {cfg.label!r}: {module} has no {', '.join(missing)}: the installed 'dover' is "
+                f"not DOVER: {_HINT}"
+            )
     if cfg.config is None:
         raise MissingDependencyError(f"stage {cfg.label!r}: set 'config:' to DOVER's dover.yml ({_HINT})")
 

@@ -1,0 +1,168 @@
+"""``medvideocap eval``: score checkpoints (or existing videos), compare runs, and run doctors' ratings.
+
+Four modes, one verb: ``--checkpoint``/``--videos`` scores into ``--out``; ``--compare A/ B/`` compares
+finished eval folders; ``--rating-sheet`` writes a blind pairwise sheet for the eval in ``--out``;
+``--import-ratings FILE`` aggregates a filled sheet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+METRICS_HELP = (
+    "Comma-separated metrics (default: all). Built in: subject_consistency, background_consistency, "
+    "temporal_flickering, flow_interpolation_smoothness (VBench's motion-smoothness protocol with optical "
+    "flow instead of AMT-S), imaging_quality_clipiqa (CLIP-IQA; stands in for MUSIQ), aesthetic_quality, "
+    "text_video_alignment (CLIP score). videoscore is not built in (it loads neither through plain "
+    "transformers nor as an OpenAI-compatible chat model): add a Metric in medvideocap/eval/metrics/ that "
+    "calls a served VideoScore and register it in METRICS (see medvideocap/eval/metrics/__init__.py)."
+)
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 0,1,2") from exc
+
+
+@click.command(name="eval")
+@click.argument("folders", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    help="[LABEL=]DIR of a trainer output or WanPipeline folder; repeat to evaluate several.",
+)
+@click.option(
+    "--videos",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Score existing mp4s instead: DIR/LABEL/PROMPT_ID-sSEED.mp4 or DIR/PROMPT_ID.mp4.",
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output folder.")
+@click.option(
+    "--prompts", default="medgen-200", show_default=True, help="Shipped set name, .jsonl or .txt file."
+)
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, one video per seed.")
+@click.option("--limit", type=int, default=None, help="Only the first N prompts.")
+@click.option("--metrics", "metric_names", default=None, help=METRICS_HELP)
+@click.option(
+    "--metric-model",
+    multiple=True,
+    help="NAME=PATH_OR_ID (or NAME.head=FILE for aesthetic_quality's MLP head) to replace a default model.",
+)
+@click.option("--base", default=None, help="Base model for LoRA / transformer-only checkpoints.")
+@click.option("--negative-prompt", default=None, help="Negative prompt for classifier-free guidance.")
+@click.option("--frames", default=81, show_default=True, help="Frames per video (4k+1).")
+@click.option("--height", default=480, show_default=True, help="Height (multiple of 16).")
+@click.option("--width", default=832, show_default=True, help="Width (multiple of 16).")
+@click.option("--steps", default=50, show_default=True, help="Denoising steps.")
+@click.option("--guidance", default=5.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--fps", default=16.0, show_default=True, help="Frame rate written to the mp4s.")
+@click.option("--device", default=None, help="torch device (default: cuda when available).")
+@click.option("--compare", is_flag=True, help="Compare the eval output FOLDERS given as arguments.")
+@click.option(
+    "--bootstrap", default=2000, show_default=True, help="Bootstrap resamples for --compare / ratings."
+)
+@click.option(
+    "--rating-sheet", is_flag=True, help="Write a blind pairwise rating sheet for the eval in --out."
+)
+@click.option("--rating-seed", default=0, show_default=True, help="Seed of the sheet's randomised order.")
+@click.option(
+    "--import-ratings",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A filled rating sheet CSV: win rates per category with confidence intervals.",
+)
+def command(
+    folders: tuple[Path, ...],
+    checkpoints: tuple[str, ...],
+    videos: Path | None,
+    out: Path | None,
+    prompts: str,
+    seeds: str,
+    limit: int | None,
+    metric_names: str | None,
+    metric_model: tuple[str, ...],
+    base: str | None,
+    negative_prompt: str | None,
+    frames: int,
+    height: int,
+    width: int,
+    steps: int,
+    guidance: float,
+    fps: float,
+    device: str | None,
+    compare: bool,
+    bootstrap: int,
+    rating_sheet: bool,
+    rating_seed: int,
+    import_ratings: Path | None,
+) -> None:
+    """Score checkpoints the way the MedGen paper does (VBench dimensions, CLIP score), compare runs with
+    paired bootstrap intervals, and collect doctors' blind pairwise ratings."""
+    from medvideocap.eval import compare as compare_mod
+    from medvideocap.eval import ratings
+    from medvideocap.eval.metrics import MetricError, build_metrics, parse_metric_models
+    from medvideocap.eval.prompts import PromptError, load_prompts
+    from medvideocap.eval.runner import EvalError, GenerationSettings, checkpoint_labels, run_eval
+
+    modes = sum([compare, rating_sheet, import_ratings is not None, bool(checkpoints or videos)])
+    if modes != 1:
+        raise click.UsageError(
+            "choose one: --checkpoint DIR / --videos DIR (with --out), --compare A/ B/, --rating-sheet "
+            "--out DIR, or --import-ratings FILE"
+        )
+    if folders and not compare:
+        raise click.UsageError(
+            f"unexpected arguments {[str(f) for f in folders]} (only --compare takes folders)"
+        )
+    try:
+        if compare:
+            text = compare_mod.compare_runs(list(folders), out=out, resamples=bootstrap)
+            click.echo(text)
+            return
+        if import_ratings is not None:
+            click.echo(ratings.import_ratings(import_ratings, out=out, resamples=bootstrap))
+            return
+        if out is None:
+            raise click.UsageError("--out DIR is required")
+        if rating_sheet:
+            sheet = ratings.write_rating_sheet(out, seed=rating_seed)
+            click.echo(f"{sheet} (send the .html and .csv, keep key.json: it unblinds the sheet)")
+            return
+        prompt_set = load_prompts(prompts)[:limit]
+        names = [n.strip() for n in metric_names.split(",") if n.strip()] if metric_names else None
+        from medvideocap.eval.metrics import METRICS
+
+        metrics = build_metrics(names or list(METRICS), parse_metric_models(metric_model), device=device)
+        summary = run_eval(
+            out,
+            prompts=prompt_set,
+            metrics=metrics,
+            checkpoints=checkpoint_labels(checkpoints) if checkpoints else None,
+            videos=videos,
+            seeds=_ints(seeds),
+            settings=GenerationSettings(
+                frames=frames,
+                height=height,
+                width=width,
+                steps=steps,
+                guidance=guidance,
+                fps=fps,
+                negative_prompt=negative_prompt,
+                base=base,
+            ),
+            prompts_name=prompts,
+            device=device,
+            progress=lambda msg: click.echo(msg, err=True),
+        )
+    except (EvalError, MetricError, PromptError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"{summary.videos} videos ({summary.generated} generated, {summary.scored} scores new); "
+        f"report: {out / 'report.md'}"
+    )

@@ -1,0 +1,112 @@
+"""What every evaluation metric shares: the interface, the device pick, the model revision record and
+VBench's consistency rule.
+
+Each metric module defines one :class:`Metric` subclass with its published definition, the real model id
+it loads by default and how its raw value is mapped into [0, 1]. Videos arrive as ``uint8 (T, H, W, 3)``
+arrays decoded from the mp4 on disk, so a score does not depend on whether the video was just generated
+or read back by ``--videos``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class MetricError(ValueError):
+    """A metric cannot run as configured (missing package, model or bad input); says what to do."""
+
+
+def pick_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def model_revision(model_id: str) -> str:
+    """What exactly was loaded: the Hub commit of ``model_id`` when it came from the Hub cache, or
+    ``local:<hash of config.json and weight file sizes>`` for a folder, so two runs that used different
+    local weights are told apart in their outputs."""
+    path = Path(model_id)
+    if path.exists():
+        digest = hashlib.blake2b(digest_size=8)
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            digest.update(file.name.encode())
+            if file.name == "config.json":
+                digest.update(file.read_bytes())
+            else:
+                digest.update(str(file.stat().st_size).encode())
+        return f"local:{digest.hexdigest()}"
+    try:
+        from transformers import AutoConfig
+
+        commit = getattr(AutoConfig.from_pretrained(model_id), "_commit_hash", None)
+    except (OSError, ValueError):
+        commit = None
+    return str(commit) if commit else "unknown"
+
+
+def consistency(features: Any) -> float:
+    """VBench's subject/background consistency rule over per-frame features ``(T, D)``: for each frame
+    after the first, the mean of its cosine to the first frame and to the previous frame, each clipped at
+    0; averaged over those frames. A one-frame video is perfectly consistent (1.0)."""
+    import torch
+
+    feats = torch.nn.functional.normalize(torch.as_tensor(features, dtype=torch.float32), dim=-1)
+    if feats.shape[0] < 2:
+        return 1.0
+    to_first = (feats[1:] @ feats[0]).clamp(min=0.0)
+    to_prev = (feats[1:] * feats[:-1]).sum(-1).clamp(min=0.0)
+    return float(((to_first + to_prev) / 2).mean().clamp(0.0, 1.0))
+
+
+class Metric:
+    """One evaluation dimension. Subclasses set the class attributes and implement :meth:`score`.
+
+    ``models`` maps a role (``""`` for the main model, e.g. ``"head"`` for a second file) to an id or path;
+    ``--metric-model NAME=...`` overrides the main one and ``NAME.ROLE=...`` the others.
+    """
+
+    name: ClassVar[str]
+    definition: ClassVar[str]
+    normalisation: ClassVar[str]
+    relation_to_vbench: ClassVar[str]
+    default_models: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, models: dict[str, str] | None = None, *, device: str | None = None) -> None:
+        unknown = set(models or {}) - set(self.default_models)
+        if unknown:
+            roles = ", ".join(repr(r) for r in self.default_models) or "none"
+            raise MetricError(f"metric {self.name!r} has no model role {sorted(unknown)} (roles: {roles})")
+        self.models = {**self.default_models, **(models or {})}
+        self.device = pick_device(device)
+
+    def info(self) -> dict[str, Any]:
+        """The record written next to the scores: enough to know what a number means and reproduce it."""
+        return {
+            "name": self.name,
+            "definition": self.definition,
+            "normalisation": self.normalisation,
+            "relation_to_vbench": self.relation_to_vbench,
+            "models": {
+                role or "model": {"id": mid, "revision": model_revision(mid)}
+                for role, mid in self.models.items()
+            },
+        }
+
+    def score(self, video: np.ndarray, prompt: str) -> float:
+        """Score one ``uint8 (T, H, W, 3)`` video generated for ``prompt``; a float in [0, 1]."""
+        raise NotImplementedError
+
+
+def check_video(video: np.ndarray) -> np.ndarray:
+    arr = np.asarray(video)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or arr.shape[0] < 1:
+        raise MetricError(f"expected a uint8 (T, H, W, 3) video, got {arr.dtype} {tuple(arr.shape)}")
+    return arr

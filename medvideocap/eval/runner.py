@@ -1,0 +1,319 @@
+"""``medvideocap eval``'s runner: generate a video per (checkpoint, prompt, seed), score it, resume after a kill.
+
+Why it is shaped this way: generation is the slow, GPU-bound part and metrics change more often than
+checkpoints, so the two are separate steps keyed in one journal (:class:`medvideocap.caption.journal.Journal`,
+the one recaption uses): ``video/CKPT/PROMPT/SEED`` once its mp4 is on disk (written atomically by
+:func:`medvideocap.generate.write_mp4`), ``score/CKPT/PROMPT/SEED/METRIC`` once a score is. A rerun does
+only what the journal lacks, so a killed run finishes where it stopped, adding a checkpoint or a metric
+to a finished run costs only the new work, and nothing finished is touched. The output tables are
+rebuilt from the journal at the end of every run, so they never depend on where a run was interrupted.
+Every metric reads the mp4 back from disk, so ``--videos`` (scoring someone else's files) and a fresh run
+score the same bytes the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvideocap.atomic import atomic_write_json
+from medvideocap.caption.journal import Journal
+from medvideocap.eval import report
+from medvideocap.eval.metrics import Metric, MetricError
+from medvideocap.eval.prompts import Prompt
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "eval.json"
+JOURNAL_FILE = "journal.jsonl"
+VIDEOS_DIR = "videos"
+_VIDEO_NAME = re.compile(r"^(?P<prompt>.+?)(?:-s(?P<seed>\d+))?$")
+
+
+class EvalError(ValueError):
+    """An eval run that cannot go on as asked; says which file or option and what to do."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What makes two videos of the same (checkpoint, prompt, seed) the same video."""
+
+    frames: int = 81
+    height: int = 480
+    width: int = 832
+    steps: int = 50
+    guidance: float = 5.0
+    fps: float = 16.0
+    negative_prompt: str | None = None
+    base: str | None = None
+
+    def check(self) -> None:
+        if (self.frames - 1) % 4:
+            raise EvalError(f"--frames {self.frames}: Wan's VAE needs 4k+1 frames (e.g. 81, 49, 17, 5)")
+        if self.height % 16 or self.width % 16:
+            raise EvalError(f"--height/--width {self.height}x{self.width}: must be multiples of 16")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One video of the evaluation: which checkpoint, prompt and seed, and where its mp4 lives."""
+
+    checkpoint: str
+    prompt: Prompt
+    seed: int
+    path: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.checkpoint}/{self.prompt.id}/{self.seed}"
+
+
+@dataclass
+class EvalSummary:
+    out: str
+    videos: int = 0
+    generated: int = 0
+    scored: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def checkpoint_labels(specs: Sequence[str]) -> dict[str, Path]:
+    """``[LABEL=]DIR`` -> {label: folder}. Without a label the folder's name is used, or ``parent-name``
+    when two folders share a name (``run-a/final``, ``run-b/final``)."""
+    pairs: list[tuple[str | None, Path]] = []
+    for spec in specs:
+        label, sep, rest = spec.partition("=")
+        if sep and label and not Path(spec).exists():
+            pairs.append((label, Path(rest)))
+        else:
+            pairs.append((None, Path(spec)))
+    names = [p.name for _, p in pairs]
+    out: dict[str, Path] = {}
+    for given, path in pairs:
+        label = given or (path.name if names.count(path.name) == 1 else f"{path.parent.name}-{path.name}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", label):
+            raise EvalError(f"--checkpoint {path}: label {label!r} must be letters, digits, '.', '_' or '-'")
+        if label in out:
+            raise EvalError(f"--checkpoint: two checkpoints are labelled {label!r}; name them LABEL=DIR")
+        out[label] = path
+    return out
+
+
+def generation_items(
+    out: Path, checkpoints: dict[str, Path], prompts: Sequence[Prompt], seeds: Sequence[int]
+) -> list[Item]:
+    return [
+        Item(label, p, s, out / VIDEOS_DIR / label / f"{p.id}-s{s}.mp4")
+        for label in checkpoints
+        for p in prompts
+        for s in seeds
+    ]
+
+
+def video_items(videos: Path, prompts: Sequence[Prompt]) -> list[Item]:
+    """Existing mp4s laid out as ``DIR/LABEL/PROMPT_ID[-sSEED].mp4`` (what eval writes under ``videos/``)
+    or flat ``DIR/PROMPT_ID[-sSEED].mp4`` (one checkpoint, labelled by the folder's name)."""
+    if not videos.is_dir():
+        raise EvalError(f"--videos {videos}: not a folder")
+    by_id = {p.id: p for p in prompts}
+    files = sorted(videos.glob("*.mp4")) + sorted(videos.glob("*/*.mp4"))
+    if not files:
+        raise EvalError(
+            f"--videos {videos}: no .mp4 files (expected LABEL/PROMPT_ID-sSEED.mp4 or PROMPT_ID.mp4)"
+        )
+    items = []
+    for f in files:
+        if f.name.startswith("."):
+            continue
+        m = _VIDEO_NAME.match(f.stem)
+        assert m is not None  # the pattern matches any non-empty stem
+        prompt = by_id.get(m["prompt"])
+        if prompt is None:
+            raise EvalError(
+                f"{f}: no prompt with id {m['prompt']!r} in the prompt set; name files PROMPT_ID[-sSEED].mp4 "
+                "with ids from --prompts"
+            )
+        label = videos.name if f.parent == videos else f.parent.name
+        items.append(Item(label, prompt, int(m["seed"] or 0), f))
+    return items
+
+
+def read_video(path: Path) -> np.ndarray:
+    """All frames of an mp4 as ``uint8 (T, H, W, 3)``, through the project's decoder interface."""
+    from medvideocap.decode import DecodeError, open_decoder
+
+    try:
+        decoder = open_decoder(path, "pyav")
+        try:
+            frames = decoder.frames_at(range(decoder.num_frames)).data
+        finally:
+            decoder.close()
+    except DecodeError as exc:
+        raise EvalError(f"{path}: cannot decode ({exc})") from exc
+    return frames.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _check_run(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to mix videos or scores made with other settings into one output folder."""
+    run_file = out / RUN_FILE
+    old: dict[str, Any] = {}
+    if run_file.exists():
+        old = json.loads(run_file.read_text(encoding="utf-8"))
+        if old.get("generation") != settings["generation"]:
+            raise EvalError(
+                f"{run_file}: this folder holds videos made with {old.get('generation')}, not "
+                f"{settings['generation']}; rerun with the same settings or use a new --out"
+            )
+        for section in ("checkpoints", "metrics"):
+            for name, value in settings[section].items():
+                before = old.get(section, {}).get(name)
+                if before is not None and before != value:
+                    raise EvalError(
+                        f"{run_file}: {section[:-1]} {name!r} was {before}, now {value}; its results would "
+                        "mix two models: use a new --out (or another label)"
+                    )
+    merged = {
+        "generation": settings["generation"],
+        "prompts": settings["prompts"],
+        "checkpoints": {**old.get("checkpoints", {}), **settings["checkpoints"]},
+        "metrics": {**old.get("metrics", {}), **settings["metrics"]},
+    }
+    if merged != old:
+        atomic_write_json(run_file, merged, sort_keys=True, fsync=False)
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """A SIGKILL leaves the half-written file of :func:`medvideocap.atomic.atomic_path` behind; its item is
+    not in the journal, so it is made again, and the fragment goes."""
+    for stale in [
+        *out.glob(".*.tmp-*"),
+        *out.glob(f"{VIDEOS_DIR}/*/.*.tmp-*"),
+        *out.glob(f"{report.PLOTS_DIR}/.*.tmp-*"),
+    ]:
+        log.info("removing %s, left by an interrupted run", stale)
+        stale.unlink(missing_ok=True)
+
+
+def run_eval(
+    out: str | Path,
+    *,
+    prompts: Sequence[Prompt],
+    metrics: Sequence[Metric],
+    checkpoints: dict[str, Path] | None = None,
+    videos: Path | None = None,
+    seeds: Sequence[int] = (0,),
+    settings: GenerationSettings | None = None,
+    prompts_name: str = "",
+    device: str | None = None,
+    load_pipeline: Callable[..., Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> EvalSummary:
+    """Generate what the journal in ``out`` lacks (from ``checkpoints``) or take ``videos``, score every
+    video with every metric, and rebuild the output tables (:func:`medvideocap.eval.report.write_outputs`).
+
+    ``load_pipeline`` defaults to :func:`medvideocap.generate.load_pipeline`; a notebook can pass its own
+    to reuse a pipeline already in memory.
+    """
+    from medvideocap import generate
+
+    out = Path(out)
+    settings = settings or GenerationSettings()
+    if (checkpoints is None) == (videos is None):
+        raise EvalError("give --checkpoint DIR (generate, then score) or --videos DIR (score existing mp4s)")
+    if checkpoints is not None:
+        settings.check()
+        for label, path in checkpoints.items():
+            try:
+                generate.describe_checkpoint(path)
+            except FileNotFoundError as exc:
+                raise EvalError(f"--checkpoint {label}: {exc}") from exc
+        items = generation_items(out, checkpoints, prompts, seeds)
+        sources = {label: str(path.resolve()) for label, path in checkpoints.items()}
+    else:
+        assert videos is not None
+        items = video_items(videos, prompts)
+        sources = {it.checkpoint: f"videos:{videos.resolve()}" for it in items}
+    run_settings = {
+        "generation": asdict(settings) if checkpoints is not None else {"videos": str(videos)},
+        "prompts": prompts_name,
+        "checkpoints": sources,
+        "metrics": {m.name: m.info() for m in metrics},
+    }
+    _check_run(out, run_settings)
+    _remove_stale_temporaries(out)
+    summary = EvalSummary(out=str(out), videos=len(items))
+    say = progress or (lambda _msg: None)
+    timings: dict[str, list[float]] = {}
+    with Journal(out / JOURNAL_FILE) as journal:
+        if checkpoints is not None:
+            loader = load_pipeline or generate.load_pipeline
+            for label, path in checkpoints.items():
+                todo = [
+                    it for it in items if it.checkpoint == label and f"video/{it.key}" not in journal.ok_ids()
+                ]
+                if not todo:
+                    continue
+                say(f"{label}: generating {len(todo)} videos")
+                pipe = loader(path, base=settings.base, device=device)
+                for it in todo:
+                    started = time.perf_counter()
+                    (video,) = generate.sample_videos(
+                        pipe,
+                        [it.prompt.prompt],
+                        num_frames=settings.frames,
+                        height=settings.height,
+                        width=settings.width,
+                        steps=settings.steps,
+                        guidance=settings.guidance,
+                        seed=it.seed,
+                        negative_prompt=settings.negative_prompt,
+                    )
+                    generate.write_mp4(video, it.path, fps=settings.fps)
+                    seconds = time.perf_counter() - started
+                    timings.setdefault("generation", []).append(seconds)
+                    journal.append(
+                        {"id": f"video/{it.key}", "ok": True, "path": str(it.path), "seconds": seconds}
+                    )
+                    summary.generated += 1
+                del pipe
+        done = journal.ok_ids()
+        for it in items:
+            missing = [m for m in metrics if f"score/{it.key}/{m.name}" not in done]
+            if not missing:
+                continue
+            video = read_video(it.path)
+            for metric in missing:
+                started = time.perf_counter()
+                value = metric.score(video, it.prompt.prompt)
+                seconds = time.perf_counter() - started
+                if not np.isfinite(value) or not 0.0 <= value <= 1.0:
+                    raise MetricError(
+                        f"{metric.name} gave {value!r} for {it.path}, outside [0, 1]: a bug, please report it"
+                    )
+                timings.setdefault(metric.name, []).append(seconds)
+                journal.append(
+                    {
+                        "id": f"score/{it.key}/{metric.name}",
+                        "ok": True,
+                        "value": float(value),
+                        "seconds": seconds,
+                    }
+                )
+                summary.scored += 1
+            say(f"scored {it.key}")
+        summary.seconds = {k: round(float(np.mean(v)), 4) for k, v in timings.items()}
+        report.write_outputs(
+            out, items, [m.name for m in metrics], journal, json.loads((out / RUN_FILE).read_text())
+        )
+    return summary
