@@ -34,10 +34,10 @@ def device_name(device: str) -> str:
 
 def random_pipeline(device: str, dtype: torch.dtype) -> Any:
     """``WanPipeline`` with the real Wan2.1-T2V-1.3B shapes and random weights (UMT5-XXL encoder, Wan VAE)."""
-    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, WanPipeline
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from medvideocap.tiny import WAN_1_3B_TRANSFORMER_CONFIG, tiny_scheduler, tiny_tokenizer
+    from medvideocap.tiny import tiny_scheduler, tiny_tokenizer
 
     umt5_xxl = UMT5Config(
         vocab_size=256384,
@@ -50,11 +50,14 @@ def random_pipeline(device: str, dtype: torch.dtype) -> Any:
         pad_token_id=0,
         eos_token_id=1,
     )
+    # The training benchmark owns "the 1.3B transformer with random weights, cast the way diffusers does".
+    from train_step import random_transformer
+
+    transformer = random_transformer(dtype).to(device)
     with torch.device(device):
-        transformer: Any = WanTransformer3DModel(**WAN_1_3B_TRANSFORMER_CONFIG)
-        vae: Any = AutoencoderKLWan()
+        vae: Any = AutoencoderKLWan()  # stays fp32, as Wan's VAE runs
         encoder: Any = UMT5EncoderModel(umt5_xxl)
-    transformer, encoder = transformer.to(dtype), encoder.to(dtype)  # the VAE stays fp32, as Wan runs it
+    encoder = encoder.to(dtype)
     pipe: Any = WanPipeline(
         tokenizer=tiny_tokenizer(),
         text_encoder=encoder.eval(),

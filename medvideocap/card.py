@@ -55,6 +55,31 @@ def card_configs(splits: list[str]) -> list[dict[str, Any]]:
     ]
 
 
+def identity(info: dict[str, Any]) -> dict[str, Any]:
+    """What this dataset is, from ``meta/info.json``'s recipe: a conversion of the upstream release
+    (or a re-captioning of one) is MedVideoCap-55K; a ``build`` from one's own videos is named by
+    its ``--name`` (``recipe.build.name``), else by its recipe, with its source folder, and claims no
+    upstream dataset as its source."""
+    recipe = info.get("recipe") or {}
+    if "stages" not in recipe:  # convert / recaption of the upstream release
+        return {
+            "title": "MedVideoCap-55K (hub-native)",
+            "built": False,
+            "source_datasets": [UPSTREAM_REPO],
+            "recipe_name": None,
+            "source": UPSTREAM_REPO,
+        }
+    build = recipe.get("build") or {}
+    name = str(recipe.get("name") or "custom")
+    return {
+        "title": str(build.get("name") or f"Medical video clips built with medvideocap (recipe {name})"),
+        "built": True,
+        "source_datasets": None,
+        "recipe_name": name,
+        "source": str(build.get("source") or "local video files"),
+    }
+
+
 def card_data(info: dict[str, Any]) -> Any:
     """``huggingface_hub.DatasetCardData`` of the card header, built from ``meta/info.json``."""
     import datasets
@@ -63,14 +88,15 @@ def card_data(info: dict[str, Any]) -> Any:
     from medvideocap.hubnative import webdataset_features
 
     splits = [s for s in SPLITS if info.get("counts", {}).get(s)]
+    who = identity(info)
     data = DatasetCardData(
-        license="apache-2.0",
+        license="apache-2.0" if not who["built"] else "other",
         language=["en"],
         task_categories=["text-to-video"],
         size_categories=[size_category(int(info.get("total", 0)))],
-        pretty_name="MedVideoCap-55K (hub-native)",
+        pretty_name=who["title"],
         tags=["medical", "video", "text-to-video", "video-captioning", "webdataset", "medvideocap"],
-        source_datasets=[UPSTREAM_REPO],
+        source_datasets=who["source_datasets"],
         configs=card_configs(splits),
     )
     infos = datasets.info.DatasetInfosDict({"default": datasets.DatasetInfo(features=webdataset_features())})
@@ -249,6 +275,7 @@ def render_card(root: Path | str, *, repo_id: str | None = None) -> str:
     )
     return template.render(
         card_data=card_data(info).to_yaml(),
+        who=identity(info),
         info=info,
         recipe_json=json.dumps(info.get("recipe", {}), indent=2, sort_keys=True),
         splits=splits,

@@ -70,6 +70,7 @@ def probe(
             raise ProbeError(f"{label}: no video stream (streams: {', '.join(kinds) or 'none'})")
         stream = container.streams.video[0]
         ctx = stream.codec_context
+        ctx.thread_count = 1  # one frame is decoded (for the rotation): thread start-up would cost more
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate:
             raise ProbeError(f"{label}: video stream has no frame rate")

@@ -72,6 +72,7 @@ from pydantic import BaseModel, ValidationError
 from medvideocap.schema import (
     Category,
     ClipRecord,
+    DataError,
     SchemaVersionError,
     UnknownFieldsWarning,
     check_schema_version,
@@ -449,7 +450,7 @@ a temporary file, so memory per clip in flight stays bounded whatever the archiv
 _CHUNK = 1 << 20
 
 
-class MemberReadError(OSError):
+class MemberReadError(DataError, OSError):
     """A zip member's bytes cannot be read as a clip; the message names the archive and member."""
 
 

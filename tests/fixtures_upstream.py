@@ -15,6 +15,10 @@ share ``yt_B`` (so groups exist); the others have a source of their own.
 
 Each planted fault adds *extra* entries (never touches the good clips), so a test knows exactly which
 file must be flagged: :data:`FAULT_FILES` maps the fault name to that file name.
+
+For hostile archives built member by member: :func:`video_bytes` (a real clip), :func:`paper_record`,
+:func:`write_release` (explicit members and records), and :func:`write_zip64` with
+:func:`zeros_deflated` (a member that inflates to 1 GiB from ~1 MB, built without inflating it).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def test_a_recipe_typo_is_an_error_naming_the_file_and_key(tmp_path: Path) -> No
     with pytest.raises(RecipeError, match="first stage must be 'probe'"):
         path.write_text("name: bad\nstages:\n  - stage: measures\n")
         load_recipe(path)
-    with pytest.raises(RecipeError, match="no builders file"):
+    with pytest.raises(RecipeError, match="no shipped recipe of that name"):
         load_recipe("no-such-recipe")
 
 
@@ -258,9 +259,95 @@ def test_dry_run_prints_the_plan_and_writes_nothing(small_raw: Path, tmp_path: P
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output[result.output.index("{") :])
     assert plan["inputs"] == 2 and plan["by_extension"] == {".mp4": 2}
-    assert [s["stage"] for s in plan["stages"]][:2] == ["probe", "split"] and plan["models"] == []
+    assert plan["recipe"] == "default" and plan["recipe_from"].startswith("shipped recipe 'default'")
+    assert [s["stage"] for s in plan["stages"]][:2] == ["probe", "split"]
     assert plan["video_seconds"] == pytest.approx(6.0, abs=0.3) and plan["already_done"] == 0
+    # every stage says what it loads, and the default recipe needs nothing from the network
+    loads = {row["stage"]: row for row in plan["loads"]}
+    assert (
+        "scenedetect" in loads["split"]["loads"][0]["loads"]
+        and "rapidocr" in loads["ocr"]["loads"][0]["loads"]
+    )
+    assert all(row["offline"] for row in plan["loads"]), plan["loads"]
     assert not out.exists() and not Path(f"{out}.build").exists()
+
+
+def test_dry_run_of_the_paper_recipe_says_which_hub_models_are_not_available_offline(
+    small_raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medvideocap.cli import main
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    args = ["build", "--src", str(small_raw), "--out", str(tmp_path / "o"), "--recipe", "medvideocap-55k"]
+    result = CliRunner().invoke(main, [*args, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output[result.output.index("{") :])
+    loads = {row["stage"]: row for row in plan["loads"]}
+    assert (
+        not loads["split"]["offline"]
+        and "openai/clip-vit-large-patch14" in loads["split"]["loads"][0]["loads"]
+    )
+    assert not loads["aesthetic"]["offline"] and loads["black_border"]["offline"]
+
+
+def test_a_folder_named_like_a_shipped_recipe_does_not_shadow_it(
+    small_raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medvideocap.build.recipe import resolve_recipe
+    from medvideocap.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()  # issue 12 item 11: this used to crash build with IsADirectoryError
+    assert load_recipe("demo").origin.startswith("shipped recipe 'demo'")
+    with pytest.raises(RecipeError, match="is a folder, not a recipe file"):
+        load_recipe("./demo")
+    (tmp_path / "mine.yaml").write_text("name: mine\nstages:\n  - stage: probe\n")
+    assert load_recipe("mine.yaml").origin == "recipe file mine.yaml"
+    assert resolve_recipe("mine.yaml")[0] == Path("mine.yaml")
+    (tmp_path / "mine").write_text("name: mine\nstages:\n  - stage: probe\n")
+    with pytest.raises(RecipeError, match=r"did you mean ./mine\?"):
+        load_recipe("mine")
+    args = ["build", "--src", str(small_raw), "--out", "out", "--recipe", "demo", "--dry-run"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert '"recipe_from": "shipped recipe \'demo\'' in result.output
+
+
+def test_build_with_no_recipe_keeps_the_dataset_limits_and_runs_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from videos import ffmpeg
+
+    from medvideocap.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    raw = tmp_path / "raw"
+    make_video(raw / "three_seconds.mp4", seconds=3, fps=10, size=(854, 480))
+    make_video(raw / "small.mp4", seconds=7, fps=10, size=(320, 240))
+    # a real 10.56 s shot at 854x480: Big Buck Bunny played forward then backward (no cut)
+    graph = "[0:v]scale=854:480,setsar=1,fps=10,split[a][b];[b]reverse[r];[a][r]concat=n=2:v=1:a=0"
+    subprocess.run(
+        [ffmpeg(), "-y", "-v", "error", "-i", str(TESTDATA / "bigbuckbunny.mp4"), "-filter_complex", graph]
+        + ["-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "20", str(raw / "lecture.mp4")],
+        check=True,
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["build", "--src", str(raw), "--out", str(out), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    import polars as pl
+
+    rejects = {r["input"]: r for r in pl.read_parquet(out / "meta" / "rejects.parquet").iter_rows(named=True)}
+    assert (
+        rejects["three_seconds.mp4"]["stage"] == "probe" and "< 6 s" in rejects["three_seconds.mp4"]["reason"]
+    )
+    assert (
+        rejects["small.mp4"]["stage"] == "probe" and "320x240 below minimum" in rejects["small.mp4"]["reason"]
+    )
+    [row] = pl.read_parquet(out / "metadata" / "train.parquet").iter_rows(named=True)
+    assert row["height"] == 480 and 6.0 <= row["duration"] <= 10.05
+    assert row["scores"]["technical"] is not None and row["scores"]["technical"] > 0.1
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["recipe"]["name"] == "default"
 
 
 def test_a_work_dir_from_another_recipe_is_not_resumed(small_raw: Path, tmp_path: Path) -> None:

@@ -116,3 +116,28 @@ def test_empty_splits_are_not_declared_and_the_dataset_still_loads(tmp_path: Pat
 @pytest.mark.parametrize(("n", "label"), [(8, "n<1K"), (55_803, "10K<n<100K"), (1000, "1K<n<10K")])
 def test_size_category(n: int, label: str) -> None:
     assert size_category(n) == label
+
+
+@pytest.mark.parametrize(
+    ("build", "title"),
+    [
+        ({"name": "Knee clinic clips", "source": "raw/"}, "Knee clinic clips"),
+        (None, "Medical video clips built with medvideocap (recipe default)"),
+    ],
+)
+def test_the_card_of_a_build_says_what_it_is_not_medvideocap_55k(tmp_path: Path, build, title: str) -> None:
+    from huggingface_hub import DatasetCard
+
+    from medvideocap.build.recipe import load_recipe
+
+    recipe = load_recipe("default").model_dump(mode="json")
+    if build:
+        recipe["build"] = build
+    out = tmp_path / "built"
+    with DatasetWriter(out, recipe=recipe):
+        pass
+    text = (out / "README.md").read_text()
+    card = DatasetCard.load(out / "README.md")
+    assert card.data.pretty_name == title and not card.data.source_datasets
+    assert f"# {title}\n" in text and "MedVideoCap-55K (hub-native)" not in text
+    assert "by the `default` recipe" in text and (build is None or "from raw/" in text)

@@ -271,8 +271,9 @@ def test_a_member_inflating_to_1_gib_is_dropped_unread_with_bounded_memory(tmp_p
 
     rss = _peak_rss_of_convert(src, tmp_path / "out")
     assert rss["written"] == 3
-    # measured: before streaming, the member was read whole (peak 2.2 GB); the bound is ~1/10 of that
-    assert rss["peak_kib"] - rss["base_kib"] < 250_000, rss
+    # Growth past the imports; measured 0.16 GB here (the card's charts included) against 2.1 GB when
+    # the member was read whole. Half the member's size is a bound no whole read can meet.
+    assert rss["peak_kib"] - rss["base_kib"] < 512 * 1024, rss
     rejects = pl.read_parquet(tmp_path / "out" / "meta" / "rejects.parquet")
     assert rejects["input"].to_list() == ["videos_1.zip:90100.mp4"]
     reason = rejects["reason"][0]

@@ -213,6 +213,20 @@ def test_changed_generation_settings_refuse_to_mix_into_a_finished_folder(
     assert res.exit_code == 1 and "use a new --out" in res.output and "Traceback" not in res.output
 
 
+def test_other_metric_weights_refuse_to_mix_into_a_finished_folder(
+    setup: dict[str, Path], finished: Path
+) -> None:
+    other = save_tiny_dino(setup["root"] / "dino-other", seed=1)  # same config and sizes, other weights
+    args = _args(setup, finished)
+    args[args.index(f"subject_consistency={setup['dino']}")] = f"subject_consistency={other}"
+    res = CliRunner().invoke(main, args, env=_env())
+    assert (
+        res.exit_code == 1
+        and "metric 'subject_consistency' was" in res.output
+        and "mix two models" in res.output
+    )
+
+
 def test_bad_inputs_fail_with_a_message_naming_the_file(setup: dict[str, Path], tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["eval", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "not a checkpoint" in res.output

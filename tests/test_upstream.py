@@ -524,3 +524,27 @@ def test_members_over_the_clip_bound_are_reported_and_never_read(tmp_path: Path)
     assert isinstance(spilled, Path) and spilled.stat().st_size == 64 << 20
     spilled.unlink()
     assert fetch_member(root / "videos_1.zip", "00000.mp4", scratch=tmp_path) == data
+
+
+def test_a_cut_zip_written_with_data_descriptors_fails_loudly_naming_the_member(tmp_path: Path) -> None:
+    class Unseekable(io.RawIOBase):  # zipfile then writes data descriptors (sizes after the data)
+        def __init__(self) -> None:
+            self.buf = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: Any) -> int:
+            self.buf += bytes(b)
+            return len(b)
+
+    root, members = _clip_release(tmp_path / "r", ["00000.mp4"])
+    sink = Unseekable()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("00000.mp4", members["00000.mp4"])
+    data = bytes(sink.buf)
+    (root / "videos_1.zip").write_bytes(data[: data.index(b"PK\x01\x02")])
+    release = UpstreamRelease.open(root)
+    assert list(release.clips()) == []
+    problem = next(p for p in release.problems if p.kind == "unreadable_member")
+    assert problem.where == "videos_1.zip:00000.mp4" and "data descriptor" in problem.message

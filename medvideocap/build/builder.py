@@ -209,7 +209,7 @@ def build(
     src: Path | str,
     out: Path | str,
     *,
-    recipe: Recipe | str | Path = "demo",
+    recipe: Recipe | str | Path = "default",
     engine: str = "local",
     workers: int | None = None,
     ray_address: str | None = None,

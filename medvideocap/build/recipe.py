@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+log = logging.getLogger(__name__)
 
 
 class RecipeError(ValueError):
@@ -123,6 +126,7 @@ class BlackBorderStage(_Stage):
         default=0.1, ge=0, le=1, description="Border area above this triggers action."
     )
     action: Literal["reject", "crop"] = "reject"
+    min_height: int = Field(default=0, ge=0, description="crop: reject a cropped clip lower than this.")
     crf: int = Field(default=18, ge=0, le=51)
     preset: str = "veryfast"
 
@@ -310,6 +314,16 @@ class Recipe(BaseModel):
     description: str = ""
     stages: list[StageConfig] = Field(min_length=1)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    _origin: str = PrivateAttr(default="recipe given in code")
+
+    @property
+    def origin(self) -> str:
+        """Where this recipe came from ("shipped recipe 'demo' (...)", "recipe file ./r.yaml")."""
+        return self._origin
+
+    @origin.setter
+    def origin(self, value: str) -> None:
+        self._origin = value
 
     @model_validator(mode="after")
     def _check_order(self) -> Recipe:
@@ -333,25 +347,65 @@ class Recipe(BaseModel):
         return list(dict.fromkeys(m for s in self.stages for m in s.models()))
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
-    """Load a recipe from a YAML path, or by the name of a shipped one ('demo', 'medvideocap-55k')."""
-    path = Path(name_or_path)
-    if not path.exists():
+DEFAULT_RECIPE = "default"
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes shipped in ``builders/`` (what ``--recipe NAME`` accepts)."""
+    from medvideocap.resources import resource_dir
+
+    return sorted(p.stem for p in resource_dir("builders").glob("*.yaml"))
+
+
+def resolve_recipe(name_or_path: str | Path) -> tuple[Path, str]:
+    """The recipe file a ``--recipe`` value means, and a phrase saying which it is.
+
+    Unambiguous by construction: a bare name (no folder separator, no .yaml/.yml suffix) is a shipped
+    recipe; anything else is a path and must be a file. So a folder or file called ``demo`` in the
+    working directory never shadows the shipped ``demo`` (write ``./demo`` to mean the file), and a
+    folder passed as a recipe is an error naming it instead of a crash."""
+    text = str(name_or_path)
+    bare = isinstance(name_or_path, str) and "/" not in text and "\\" not in text
+    if bare and not text.endswith((".yaml", ".yml")):
+        names = shipped_recipes()
+        if text not in names:
+            hint = f"; did you mean ./{text}?" if Path(text).is_file() else ""
+            raise RecipeError(
+                f"recipe {text!r}: no shipped recipe of that name (shipped: {', '.join(names)}); "
+                f"pass a recipe file by its path (e.g. ./{text}.yaml){hint}"
+            )
         from medvideocap.resources import resource
 
-        name = str(name_or_path)
-        try:
-            path = resource("builders", name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
-        except FileNotFoundError as exc:
-            raise RecipeError(f"recipe {name_or_path!r}: not a file, and {exc}") from None
+        return resource("builders", f"{text}.yaml"), f"shipped recipe {text!r}"
+    path = Path(name_or_path)
+    if path.is_file():
+        return path, f"recipe file {path}"
+    if path.is_dir():
+        raise RecipeError(f"recipe {text!r}: {path} is a folder, not a recipe file")
+    if bare and Path(text).stem in shipped_recipes() and path.parent == Path("."):
+        from medvideocap.resources import resource
+
+        return resource("builders", path.name), f"shipped recipe {path.stem!r}"
+    raise RecipeError(f"recipe {text!r}: no such file (shipped recipes: {', '.join(shipped_recipes())})")
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load a recipe by the name of a shipped one ('default', 'demo', 'medvideocap-55k') or from a
+    YAML file path (see :func:`resolve_recipe`); ``recipe.origin`` says which was used."""
+    path, origin = resolve_recipe(name_or_path)
     try:
         data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"recipe {path}: cannot read it ({exc})") from exc
     except yaml.YAMLError as exc:
         raise RecipeError(f"recipe {path}: not valid YAML ({exc})") from exc
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<recipe>'}: {err['msg']}" for err in exc.errors()
         )
         raise RecipeError(f"recipe {path}: {problems}") from exc
+    recipe.origin = f"{origin} ({path})" if origin.startswith("shipped") else origin
+    log.info("using %s", recipe.origin)
+    return recipe

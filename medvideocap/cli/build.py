@@ -20,9 +20,10 @@ import click
 )
 @click.option(
     "--recipe",
-    default="demo",
+    default="default",
     show_default=True,
-    help="Recipe YAML path, or a shipped recipe name (demo, medvideocap-55k).",
+    help="A shipped recipe name (default: offline curation with the dataset's limits; medvideocap-55k: "
+    "the paper's, hub models; demo: tiny generated videos) or a recipe file path (./my.yaml).",
 )
 @click.option(
     "--engine",
@@ -50,7 +51,10 @@ import click
     help="Read symlinks under --src (default: refuse each one, recorded as a 'source' reject).",
 )
 @click.option(
-    "--dry-run", is_flag=True, help="Print the plan (inputs, stages, models, estimated work) and exit."
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (inputs, stages, what each stage loads and whether it is available offline, "
+    "estimated work) and exit.",
 )
 def command(
     src: Path,
@@ -83,4 +87,14 @@ def command(
     except (BuildError, MissingDependencyError, RecipeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     if dry_run:
-        click.echo(json.dumps(result, indent=2))
+        from medvideocap.build.recipe import load_recipe
+        from medvideocap.build.stages import offline_report
+
+        chosen = load_recipe(recipe)
+        plan = {
+            **result,
+            "recipe": chosen.name,
+            "recipe_from": chosen.origin,
+            "loads": offline_report(chosen),
+        }
+        click.echo(json.dumps(plan, indent=2))

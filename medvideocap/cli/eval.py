@@ -166,3 +166,6 @@ def command(
         f"{summary.videos} videos ({summary.generated} generated, {summary.scored} scores new); "
         f"report: {out / 'report.md'}"
     )
+    if summary.seconds:
+        timings = ", ".join(f"{k} {v:.3f}" for k, v in summary.seconds.items())
+        click.echo(f"seconds per video this run: {timings}", err=True)

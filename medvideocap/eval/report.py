@@ -117,10 +117,10 @@ def render_report(summary: dict[str, Any], plots: Sequence[str], sheet: str | No
     ckpts = summary["checkpoints"]
     metrics = sorted({m for c in ckpts.values() for m in c["means"]})
     parts = [
-        "# Evaluation report\n",
+        "# Evaluation report\n\n",
         f"Prompt set: `{summary['prompts']}`. Every score is in [0, 1], higher is better; "
-        "definitions and models are listed at the end.\n",
-        "## Per checkpoint\n",
+        "definitions and models are listed at the end.\n\n",
+        "## Per checkpoint\n\n",
         markdown_table(
             ["checkpoint", "videos", *metrics, "total"],
             [

@@ -178,7 +178,7 @@ def _check_run(out: Path, settings: dict[str, Any]) -> None:
         for section in ("checkpoints", "metrics"):
             for name, value in settings[section].items():
                 before = old.get(section, {}).get(name)
-                if before is not None and before != value:
+                if before is not None and not _same_source(before, value):
                     raise EvalError(
                         f"{run_file}: {section[:-1]} {name!r} was {before}, now {value}; its results would "
                         "mix two models: use a new --out (or another label)"
@@ -191,6 +191,23 @@ def _check_run(out: Path, settings: dict[str, Any]) -> None:
     }
     if merged != old:
         atomic_write_json(run_file, merged, sort_keys=True, fsync=False)
+
+
+def _same_source(before: Any, now: Any) -> bool:
+    """A checkpoint path, or a metric's model ids and revisions; a revision only counts where both runs
+    could read it (a Hub model seen offline has revision "unknown")."""
+    if not isinstance(before, dict) or not isinstance(now, dict):
+        return bool(before == now)
+    old_models, new_models = before.get("models", {}), now.get("models", {})
+    if old_models.keys() != new_models.keys():
+        return False
+    for role, model in new_models.items():
+        prev = old_models[role]
+        if prev["id"] != model["id"]:
+            return False
+        if "unknown" not in (prev["revision"], model["revision"]) and prev["revision"] != model["revision"]:
+            return False
+    return True
 
 
 def _remove_stale_temporaries(out: Path) -> None:

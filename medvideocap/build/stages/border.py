@@ -12,10 +12,12 @@ fraction of the frame; above ``max_fraction`` the clip is rejected or cropped, a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import cv2
 import numpy as np
 
-from medvideocap.build.media import cropdetect, cut
+from medvideocap.build.media import cropdetect, cut, iter_frames
 from medvideocap.build.recipe import BlackBorderStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context
@@ -53,18 +55,26 @@ def _lines(mean: np.ndarray) -> tuple[list[int], list[int]]:
     return ys, xs
 
 
-def find_borders(gray: list[np.ndarray], cfg: BlackBorderStage) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) bar sizes in pixels."""
-    stack = np.stack(gray).astype(np.float32)
-    rows = stack.max(axis=(0, 2))  # brightest value each row reaches in any frame
-    cols = stack.max(axis=(0, 1))
+def find_borders(gray: Iterable[np.ndarray], cfg: BlackBorderStage) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) bar sizes in pixels, folded over the frames one at a time."""
+    rows = cols = total = None
+    count = 0
+    for g in gray:
+        f = g.astype(np.float32)
+        r, c = f.max(axis=1), f.max(axis=0)  # brightest value each row / column reaches
+        rows = r if rows is None else np.maximum(rows, r)
+        cols = c if cols is None else np.maximum(cols, c)
+        total = f if total is None else total + f
+        count += 1
+    if rows is None or cols is None or total is None:
+        return 0, 0, 0, 0
     top, bottom = _dark_run(rows, cfg.luminance), _dark_run(rows[::-1], cfg.luminance)
     left, right = _dark_run(cols, cfg.luminance), _dark_run(cols[::-1], cfg.luminance)
-    h, w = stack.shape[1:]
+    h, w = total.shape
     if top >= h or left >= w:  # the whole frame is dark: no bars, just a dark clip
         return 0, 0, 0, 0
     if cfg.method == "hough":
-        ys, xs = _lines(stack.mean(axis=0).astype(np.uint8))
+        ys, xs = _lines((total / count).astype(np.uint8))
 
         def confirmed(edge: int, lines: list[int]) -> bool:
             return any(abs(edge - v) <= _TOLERANCE for v in lines)
@@ -82,9 +92,13 @@ def run(sample: Sample, cfg: BlackBorderStage, ctx: Context) -> Sample | Reject:
         top, bottom, left, right = found.bars
         h, w = found.height, found.width
     else:
-        frames = sample.frames(_FPS, max_side=None)
-        top, bottom, left, right = find_borders(frames.gray(), cfg)
-        h, w = frames.images[0].shape[:2]
+        info = probe(sample.media, name=str(sample.media))
+        grey = (
+            cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)
+            for _, im in iter_frames(sample.media, fps=_FPS, max_side=None)
+        )
+        top, bottom, left, right = find_borders(grey, cfg)
+        h, w = info.height, info.width
     sample.extra["black_border_method"] = cfg.method
     inner = max(0, h - top - bottom) * max(0, w - left - right)
     fraction = round(1.0 - inner / float(h * w), 6)
@@ -115,4 +129,11 @@ def run(sample: Sample, cfg: BlackBorderStage, ctx: Context) -> Sample | Reject:
     sample.clip = str(dest)
     sample.info = probe(dest, name=f"{sample.input} clip {sample.index}", count_frames=True).as_dict()
     sample.extra["cropped"] = {"width": cw, "height": ch, "x": x, "y": y}
+    if ch < cfg.min_height:
+        return Reject(
+            cfg.label,
+            "too_small",
+            f"{cw}x{ch} after cropping {bars} is below the minimum height {cfg.min_height}",
+            dict(sample.scores),
+        )
     return sample

@@ -7,9 +7,12 @@ second, as a fraction of the frame width, so thresholds do not depend on resolut
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import cv2
 import numpy as np
 
+from medvideocap.build.media import iter_frames
 from medvideocap.build.recipe import CameraMotionStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context
@@ -17,22 +20,27 @@ from medvideocap.build.stages import Context
 METHOD = "heuristic: phase correlation (pan/tilt) + Farneback flow (zoom)"
 
 
-def global_motion(gray: list[np.ndarray], times: list[float]) -> tuple[float, float, float]:
+def global_motion(frames: Iterable[tuple[float, np.ndarray]]) -> tuple[float, float, float]:
     """(horizontal, vertical, zoom) motion per second as fractions of the frame width (medians).
 
     Translation comes from phase correlation (one global shift per frame pair, robust to flat
     regions and to small objects moving in front of the camera); zoom is the median radial component
     of Farneback flow over textured pixels (flat regions carry no flow information)."""
-    if len(gray) < 2:
-        return 0.0, 0.0, 0.0
-    h, w = gray[0].shape
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    rx, ry = xs - (w - 1) / 2.0, ys - (h - 1) / 2.0
-    radius = np.sqrt(rx * rx + ry * ry) + 1e-6
-    window = cv2.createHanningWindow((w, h), cv2.CV_32F)
-    dxs, dys, zooms = [], [], []
-    for (a, b), step in zip(zip(gray, gray[1:], strict=False), np.diff(times), strict=False):
-        dt = max(float(step), 1e-3)
+    dxs: list[float] = []
+    dys: list[float] = []
+    zooms: list[float] = []
+    prev: tuple[float, np.ndarray] | None = None
+    for t, b in frames:  # (time, grey frame), one pair at a time: memory stays flat
+        if prev is None:
+            prev = (t, b)
+            h, w = b.shape
+            ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+            rx, ry = xs - (w - 1) / 2.0, ys - (h - 1) / 2.0
+            radius = np.sqrt(rx * rx + ry * ry) + 1e-6
+            window = cv2.createHanningWindow((w, h), cv2.CV_32F)
+            continue
+        (t_a, a), prev = prev, (t, b)
+        dt = max(float(t - t_a), 1e-3)
         (dx, dy), _response = cv2.phaseCorrelate(a.astype(np.float32), b.astype(np.float32), window)
         dxs.append(dx / w / dt)
         dys.append(dy / w / dt)
@@ -41,6 +49,8 @@ def global_motion(gray: list[np.ndarray], times: list[float]) -> tuple[float, fl
         textured = grad > max(float(np.percentile(grad, 75)), 1.0)
         radial = ((flow[..., 0] - dx) * rx + (flow[..., 1] - dy) * ry) / radius
         zooms.append(float(np.median(radial[textured])) / w / dt if textured.any() else 0.0)
+    if not dxs:
+        return 0.0, 0.0, 0.0
     return float(np.median(dxs)), float(np.median(dys)), float(np.median(zooms))
 
 
@@ -56,8 +66,8 @@ def classify(dx: float, dy: float, zoom: float, cfg: CameraMotionStage) -> str:
 
 
 def run(sample: Sample, cfg: CameraMotionStage, ctx: Context) -> Sample | Reject:
-    frames = sample.frames(cfg.analysis_fps, max_side=160)
-    dx, dy, zoom = global_motion(frames.gray(), frames.times)
+    frames = iter_frames(sample.media, fps=cfg.analysis_fps, max_side=160)
+    dx, dy, zoom = global_motion((t, cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)) for t, im in frames)
     sample.camera_motion = classify(dx, dy, zoom, cfg)
     sample.scores["camera_pan_speed"] = round(dx, 6)
     sample.scores["camera_tilt_speed"] = round(dy, 6)

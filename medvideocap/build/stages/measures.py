@@ -9,9 +9,12 @@ Frames are downscaled to ``max_side`` first so thresholds mean the same across r
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import cv2
 import numpy as np
 
+from medvideocap.build.media import iter_frames
 from medvideocap.build.recipe import MeasuresStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context
@@ -50,12 +53,29 @@ def temporal_consistency(images: list[np.ndarray]) -> float:
     return float(np.mean([_correlation(a, b) for a, b in zip(small, small[1:], strict=False)]))
 
 
+def streamed(frames: Iterable[tuple[float, np.ndarray]]) -> dict[str, float]:
+    """The three measures folded over a stream of RGB frames (one frame held at a time)."""
+    sharp, moves, corr = [], [], []
+    prev_gray: np.ndarray | None = None
+    prev_small: np.ndarray | None = None
+    for _, image in frames:
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        small = cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA)
+        sharp.append(float(cv2.Laplacian(gray, cv2.CV_64F).var()))
+        if prev_gray is not None and prev_small is not None:
+            moves.append(float(np.abs(gray.astype(np.int16) - prev_gray.astype(np.int16)).mean()))
+            corr.append(_correlation(prev_small, small))
+        prev_gray, prev_small = gray, small
+    return {
+        "sharpness": float(np.mean(sharp)) if sharp else 0.0,
+        "motion": float(np.mean(moves)) if moves else 0.0,
+        "temporal_consistency": float(np.mean(corr)) if corr else 1.0,
+    }
+
+
 def run(sample: Sample, cfg: MeasuresStage, ctx: Context) -> Sample | Reject:
-    frames = sample.frames(cfg.analysis_fps, max_side=cfg.max_side)
-    gray = frames.gray()
-    sample.scores["sharpness"] = round(sharpness(gray), 6)
-    sample.scores["motion"] = round(motion(gray), 6)
-    sample.scores["temporal_consistency"] = round(temporal_consistency(frames.images), 6)
+    values = streamed(iter_frames(sample.media, fps=cfg.analysis_fps, max_side=cfg.max_side))
+    sample.scores.update({k: round(v, 6) for k, v in values.items()})
     checks = [
         ("sharpness", cfg.min_sharpness, None, "blurry"),
         ("motion", cfg.min_motion, None, "static"),

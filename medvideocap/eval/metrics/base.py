@@ -30,18 +30,17 @@ def pick_device(device: str | None) -> str:
 
 def model_revision(model_id: str) -> str:
     """What exactly was loaded: the Hub commit of ``model_id`` when it came from the Hub cache, or
-    ``local:<hash of config.json and weight file sizes>`` for a folder, so two runs that used different
-    local weights are told apart in their outputs."""
+    ``local:<hash of the folder's files>`` for a local model, so two runs that used different local
+    weights are told apart in their outputs (hashing a ViT-L takes a second or two, once per run)."""
     path = Path(model_id)
     if path.exists():
         digest = hashlib.blake2b(digest_size=8)
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for file in files:
-            digest.update(file.name.encode())
-            if file.name == "config.json":
-                digest.update(file.read_bytes())
-            else:
-                digest.update(str(file.stat().st_size).encode())
+            digest.update(str(file.relative_to(path) if file != path else file.name).encode())
+            with file.open("rb") as fh:
+                while block := fh.read(1 << 22):
+                    digest.update(block)
         return f"local:{digest.hexdigest()}"
     try:
         from transformers import AutoConfig
