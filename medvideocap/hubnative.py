@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medvideocap.decode import DecodeError, FileHandles
+from medvideocap.handles import FileHandles, ShortReadError
 from medvideocap.layout import has_hub_native_info
 from medvideocap.schema import (
     SPLITS,
@@ -87,7 +87,7 @@ def read_tar_member(
         )
     try:
         block = files.pread(shard, offset - tarfile.BLOCKSIZE, size + tarfile.BLOCKSIZE)
-    except DecodeError as exc:  # the short read of a truncated shard
+    except ShortReadError as exc:  # the short read of a truncated shard
         raise MissingMemberError(f"{label}: {exc}") from exc
     except FileNotFoundError as exc:
         raise MissingMemberError(f"{label}: shard {shard} is missing ({exc.strerror})") from exc

@@ -42,8 +42,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medvideocap.decode import BACKENDS, DecodeError, DecoderCache, FileHandles, open_decoder
+from medvideocap.decode import BACKENDS, DecodeError, DecoderCache, open_decoder
 from medvideocap.frames import FrameSpec, resize_crop, sample_rng, to_output
+from medvideocap.handles import FileHandles
 from medvideocap.hubnative import MissingMemberError, check_versions, read_tar_member
 from medvideocap.schema import ClipRecord, DataError, arrow_schema
 from medvideocap.text import strip_boilerplate

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from medvideocap.decode import FileHandles
 from medvideocap.dist import env_rank_world
+from medvideocap.handles import FileHandles
 from medvideocap.hubnative import read_tar_member
 from medvideocap.loader import SamplePipeline, SkippedSampleWarning
 from medvideocap.schema import ClipRecord, DataError, SchemaVersionError

@@ -237,7 +237,7 @@ def _small_raw(root: Path) -> Path:
 
 
 def _cli_build(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "medvideocap", "build", "--workers", "1", *args]
+    cmd = [sys.executable, "-m", "medvideocap", "build", "--recipe", "demo", "--workers", "1", *args]
     return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=300)
 
 

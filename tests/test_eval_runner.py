@@ -227,6 +227,17 @@ def test_other_metric_weights_refuse_to_mix_into_a_finished_folder(
     )
 
 
+def test_a_metric_model_that_cannot_load_says_how_to_point_it_elsewhere(
+    finished: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    args = ["eval", "--videos", str(finished / "videos"), "--out", str(tmp_path / "o"), "--prompts"]
+    args += [str(finished.parent / "prompts.jsonl"), "--metrics", "subject_consistency", "--device", "cpu"]
+    res = CliRunner().invoke(main, [*args, "--metric-model", f"subject_consistency={tmp_path / 'empty'}"])
+    assert res.exit_code == 1 and "--metric-model subject_consistency=PATH" in res.output
+    assert "Traceback" not in res.output
+
+
 def test_bad_inputs_fail_with_a_message_naming_the_file(setup: dict[str, Path], tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["eval", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "not a checkpoint" in res.output

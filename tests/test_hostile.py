@@ -142,7 +142,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
     os.mkfifo(raw / "fifo.mp4")
     (raw / "empty_dir.mp4").mkdir()
     out = root / "out"
-    result = cli(root, "build", "--src", str(raw), "--out", str(out), "--workers", "2")
+    result = cli(root, "build", "--src", str(raw), "--out", str(out), "--recipe", "demo", "--workers", "2")
     return {"root": root, "raw": raw, "out": out, "build": result, "good": good_names + ["bad\\xff\\xfe.mp4"]}
 
 

@@ -11,8 +11,8 @@ import torch
 from fixtures_loader import clip_bytes, clip_record, edit_metadata, make_hub_native
 
 import medvideocap
-from medvideocap.decode import FileHandles
 from medvideocap.frames import FrameSpec
+from medvideocap.handles import FileHandles
 from medvideocap.hubnative import (
     HubNativeDataset,
     MemberMismatchError,

@@ -141,8 +141,8 @@ def video_items(videos: Path, prompts: Sequence[Prompt]) -> list[Item]:
         prompt = by_id.get(m["prompt"])
         if prompt is None:
             raise EvalError(
-                f"{f}: no prompt with id {m['prompt']!r} in the prompt set; name files PROMPT_ID[-sSEED].mp4 "
-                "with ids from --prompts"
+                f"{f}: no prompt with id {m['prompt']!r} in the prompt set (--prompts, cut by --limit); name "
+                "files PROMPT_ID[-sSEED].mp4 with ids from the prompt set"
             )
         label = videos.name if f.parent == videos else f.parent.name
         items.append(Item(label, prompt, int(m["seed"] or 0), f))
@@ -282,7 +282,12 @@ def run_eval(
                 if not todo:
                     continue
                 say(f"{label}: generating {len(todo)} videos")
-                pipe = loader(path, base=settings.base, device=device)
+                try:
+                    pipe = loader(path, base=settings.base, device=device)
+                except OSError as exc:
+                    raise EvalError(
+                        f"--checkpoint {label}: cannot load {path} (or its --base): {exc}"
+                    ) from exc
                 for it in todo:
                     started = time.perf_counter()
                     (video,) = generate.sample_videos(
@@ -312,7 +317,15 @@ def run_eval(
             video = read_video(it.path)
             for metric in missing:
                 started = time.perf_counter()
-                value = metric.score(video, it.prompt.prompt)
+                try:
+                    value = metric.score(video, it.prompt.prompt)
+                except (
+                    OSError
+                ) as exc:  # what transformers / huggingface_hub raise for a model they cannot get
+                    raise MetricError(
+                        f"{metric.name}: cannot load its model {metric.models}: {exc}; point it at a local "
+                        f"copy with --metric-model {metric.name}=PATH (or leave it out with --metrics)"
+                    ) from exc
                 seconds = time.perf_counter() - started
                 if not np.isfinite(value) or not 0.0 <= value <= 1.0:
                     raise MetricError(
