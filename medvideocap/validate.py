@@ -32,6 +32,8 @@ from typing import IO, TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
+from medvideocap.handles import FileHandles
+from medvideocap.hubnative import MemberError, MemberMismatchError, read_tar_member
 from medvideocap.layout import UPSTREAM, resolve
 from medvideocap.probe import MediaInfo, ProbeError, probe
 from medvideocap.schema import (
@@ -374,36 +376,21 @@ def _check_tar_member(member: _TarMember, record: ClipRecord | None) -> tuple[li
 
 
 def _read_tar_member(member: _TarMember, problems: list[Problem]) -> bytes | None:
-    """The member's bytes at the recorded offset, after checking the tar header just before them
-    names ``{id}.mp4`` (a wrong offset would otherwise decode some other clip without complaint)."""
+    """The member's bytes through the loader's own checked read (:func:`hubnative.read_tar_member`),
+    so a wrong offset is reported here exactly when ``load()`` would refuse it."""
     where, offset, size = member.where, member.offset, member.size
-    if offset is None or size is None or offset < 512:
+    if offset is None or size is None:
         problems.append(
             _problem("offset_mismatch", where, f"{where}: no usable offset/size ({offset}, {size})")
         )
         return None
+    files = FileHandles(maxsize=1)  # one per call: members are checked from several threads
     try:
-        with open(member.shard, "rb") as fh:
-            fh.seek(offset - 512)
-            header = fh.read(512)
-            data = fh.read(size)
-    except OSError as exc:
-        problems.append(
-            _problem("unreadable_member", where, f"{where}: cannot read {member.shard.name} ({exc})")
-        )
-        return None
-    try:
-        name = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape").name
-    except tarfile.TarError:
-        name = ""
-    if name.rsplit("/", 1)[-1] != f"{member.clip_id}.mp4" and len(name) < 99:
-        message = (
-            f"{where}: offset {offset} in {member.shard.name} points at {name!r}, not {member.clip_id}.mp4"
-        )
-        problems.append(_problem("offset_mismatch", where, message))
-        return None
-    if len(data) != size:
-        message = f"{where}: {member.shard.name} is cut short ({len(data)} of {size} bytes)"
-        problems.append(_problem("unreadable_member", where, message))
-        return None
-    return data
+        return read_tar_member(member.shard, offset, size, f"{member.clip_id}.mp4", files=files, where=where)
+    except MemberMismatchError as exc:
+        problems.append(_problem("offset_mismatch", where, str(exc)))
+    except MemberError as exc:
+        problems.append(_problem("unreadable_member", where, str(exc)))
+    finally:
+        files.clear()
+    return None

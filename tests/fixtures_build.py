@@ -166,6 +166,8 @@ def text_real(
     dest: Path, name: str, words: int, *, size: tuple[int, int] = (640, 360), seconds: float = 3.0
 ) -> Path:
     """A real clip with ``words`` distinct words burned in (white on a dark box, three lines)."""
+    if not Path(FONT).is_file():
+        raise RuntimeError(f"drawtext needs the font {FONT}: apt-get install -y fonts-dejavu-core")
     vocab = [
         "patient",
         "knee",

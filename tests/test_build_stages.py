@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -581,7 +582,7 @@ def test_dover_start_up_check_is_not_fooled_by_an_unrelated_package_named_dover(
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text('"""A tool that happens to be called dover."""\n')
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    for mod in [m for m in __import__("sys").modules if m == "dover" or m.startswith("dover.")]:
-        monkeypatch.delitem(__import__("sys").modules, mod)
+    for mod in [m for m in sys.modules if m == "dover" or m.startswith("dover.")]:
+        monkeypatch.delitem(sys.modules, mod)
     with pytest.raises(MissingDependencyError, match="not DOVER"):
         dover.check(DoverStage(config="dover.yml"))

@@ -23,9 +23,12 @@ METRICS_HELP = (
 
 def _ints(value: str) -> list[int]:
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        seeds = [int(v) for v in value.split(",") if v.strip()]
     except ValueError as exc:
         raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 0,1,2") from exc
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise click.BadParameter(f"{value!r}: expected distinct non-negative integers, e.g. 0,1,2")
+    return seeds
 
 
 @click.command(name="eval")
@@ -47,7 +50,7 @@ def _ints(value: str) -> list[int]:
     "--prompts", default="medgen-200", show_default=True, help="Shipped set name, .jsonl or .txt file."
 )
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, one video per seed.")
-@click.option("--limit", type=int, default=None, help="Only the first N prompts.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N prompts.")
 @click.option("--metrics", "metric_names", default=None, help=METRICS_HELP)
 @click.option(
     "--metric-model",

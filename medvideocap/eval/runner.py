@@ -275,10 +275,9 @@ def run_eval(
     with Journal(out / JOURNAL_FILE) as journal:
         if checkpoints is not None:
             loader = load_pipeline or generate.load_pipeline
+            made = journal.ok_ids()
             for label, path in checkpoints.items():
-                todo = [
-                    it for it in items if it.checkpoint == label and f"video/{it.key}" not in journal.ok_ids()
-                ]
+                todo = [it for it in items if it.checkpoint == label and f"video/{it.key}" not in made]
                 if not todo:
                     continue
                 say(f"{label}: generating {len(todo)} videos")
@@ -319,9 +318,7 @@ def run_eval(
                 started = time.perf_counter()
                 try:
                     value = metric.score(video, it.prompt.prompt)
-                except (
-                    OSError
-                ) as exc:  # what transformers / huggingface_hub raise for a model they cannot get
+                except OSError as exc:  # what transformers / huggingface_hub raise for a missing model
                     raise MetricError(
                         f"{metric.name}: cannot load its model {metric.models}: {exc}; point it at a local "
                         f"copy with --metric-model {metric.name}=PATH (or leave it out with --metrics)"
