@@ -151,6 +151,7 @@ def verify_media(
     updated.fps = info.fps
     updated.num_frames = info.num_frames
     updated.codec = info.codec
+    updated.rotation = info.rotation
     if updated.bit_rate is None:
         updated.bit_rate = info.bit_rate
     return updated

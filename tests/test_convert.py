@@ -12,8 +12,10 @@ from typing import Any
 import polars as pl
 import pytest
 from fixtures_hubnative import FRACTIONS, SHARD_BYTES, converted, same_tree
+from fixtures_loader import rotated_clip
 from fixtures_upstream import (
     FAULT_FILES,
+    SIZE,
     make_upstream_release,
     paper_record,
     video_bytes,
@@ -390,3 +392,12 @@ def test_cli_help_names_the_bounds_it_defaults_to() -> None:
         text = " ".join(CliRunner().invoke(main, [verb, "--help"]).output.split())
         assert f"default {DEFAULT_MAX_CAPTION_CHARS}" in text
         assert "64MiB" in text and DEFAULT_MAX_CLIP_BYTES == 64 * 1024 * 1024
+
+
+def test_a_rotated_clip_converts_with_its_rotation_recorded(tmp_path: Path) -> None:
+    data = rotated_clip(tmp_path / "r.mp4", 90, size=SIZE).read_bytes()
+    src = _release(tmp_path / "up", [("00001.mp4", data, {}), ("00002.mp4", video_bytes(1.0, 8), {})])
+    summary = convert(src, tmp_path / "out", progress=False)
+    assert summary.written == 2, summary.rejects
+    rows = pl.concat(pl.read_parquet(p) for p in (tmp_path / "out" / "metadata").glob("*.parquet"))
+    assert dict(zip(rows["file_name"], rows["rotation"], strict=True)) == {"00001.mp4": 90, "00002.mp4": 0}

@@ -277,3 +277,13 @@ def test_the_shipped_prompt_set_has_200_prompts_in_the_datasets_category_mix() -
     assert shares.keys() == expected.keys()
     for cat, want in expected.items():
         assert shares[cat] == pytest.approx(want, abs=0.01), cat
+
+
+def test_a_text_prompt_file_has_one_prompt_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "mine.txt"
+    path.write_text("a heart beating\n\n  an X-ray of a hand  \n")
+    prompts = load_prompts(path)
+    assert [(p.id, p.prompt, p.category) for p in prompts] == [
+        ("p0001", "a heart beating", "uncategorised"),
+        ("p0003", "an X-ray of a hand", "uncategorised"),
+    ]

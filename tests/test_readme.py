@@ -26,6 +26,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,7 +139,10 @@ def _tiny_options(words: list[str], places: dict[str, str]) -> list[str]:
 def _run(words: list[str]) -> subprocess.CompletedProcess[str]:
     if words[0] == "medvideocap":
         words = [sys.executable, "-m", "medvideocap", *words[1:]]
-    return subprocess.run(words, capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+    t0 = time.monotonic()
+    done = subprocess.run(words, capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    print(f"{time.monotonic() - t0:6.1f} s  rc {done.returncode}  {shlex.join(words[2:])[:160]}", flush=True)
+    return done
 
 
 def test_every_readme_command_runs_as_written(
