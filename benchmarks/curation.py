@@ -1,6 +1,6 @@
 """Does each curation stage find what it filters? Precision / recall on labelled real footage.
 
-    .venv/bin/python benchmarks/curation.py [--skip-transnet] [--dir DIR]
+    .venv/bin/python benchmarks/curation.py [--skip-transnet] [--easyocr] [--dir DIR]
 
 Makes a labelled corpus from the repository's real clips (tests/data: Big Buck Bunny, bikes) with
 the helpers the tests use (tests/fixtures_build.py):
@@ -126,8 +126,11 @@ def transnet_direct(path: Path) -> list[float]:
         check=True,
     ).stdout
     frames = np.frombuffer(raw, np.uint8).reshape(-1, 27, 48, 3)
-    single, _ = model.predict_frames(frames, quiet=True)
-    scenes = model.predictions_to_scenes(np.asarray(single).reshape(-1))
+    import torch
+
+    single, _ = model.predict_frames(torch.from_numpy(frames.copy()), quiet=True)
+    probs = single.detach().cpu().numpy() if hasattr(single, "detach") else np.asarray(single)
+    scenes = model.predictions_to_scenes(probs.reshape(-1))
     fps = float(probe(path, name=str(path)).fps)
     return [float(s[0]) / fps for s in scenes[1:]]
 

@@ -33,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from medvideocap.layout import REJECTS_PATH
 from medvideocap.schema import ClipRecord
 from medvideocap.splits import DEFAULT_FRACTIONS, DEFAULT_SALT, assign_split, check_fractions
 from medvideocap.upstream import DEFAULT_MAX_CLIP_BYTES, MemberReadError, MemberTooLargeError
@@ -96,7 +97,7 @@ class ConvertSummary:
         if self.total == 0:
             return (
                 f"{self.out}: no clip was converted ({len(self.rejects)} inputs dropped; reasons above and "
-                f"in {self.out}/meta/rejects.parquet)"
+                f"in {self.out}/{REJECTS_PATH})"
             )
         failures = self.read_failures
         if len(failures) > max_failures:

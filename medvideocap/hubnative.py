@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medvideocap.handles import FileHandles, ShortReadError
-from medvideocap.layout import has_hub_native_info
+from medvideocap.layout import (
+    FORMAT,
+    INFO_PATH,
+    METADATA_GLOB,
+    SHARD_GLOB,
+    has_hub_native_info,
+    metadata_path,
+    split_dir,
+)
 from medvideocap.schema import (
     SPLITS,
     ClipRecord,
@@ -30,7 +38,6 @@ from medvideocap.schema import (
     arrow_schema,
     check_schema_version,
 )
-from medvideocap.writer import FORMAT
 
 if TYPE_CHECKING:
     import datasets
@@ -42,7 +49,6 @@ is_hub_native = has_hub_native_info
 strict check, unlike :func:`medvideocap.layout.is_hub_native`, which also accepts shards + parquet."""
 
 
-INFO_PATH = Path("meta") / "info.json"
 _NAME_FIELD = 100
 """Bytes of the ustar name field; PAX headers keep longer names elsewhere and truncate this one."""
 
@@ -140,7 +146,7 @@ def check_versions(root: Path, split: str | None = None, table: Any = None) -> N
     read_info(root)
     if split is None:
         return
-    path = Path(root) / "metadata" / f"{split}.parquet"
+    path = Path(root) / metadata_path(split)
     if table is None:
         if not path.is_file():
             return
@@ -154,6 +160,22 @@ def check_versions(root: Path, split: str | None = None, table: Any = None) -> N
         row = pc.index(column, version).as_py()
         clip = table.column("id")[row].as_py() if "id" in table.column_names else "?"
         check_schema_version(str(version), where=f"{path} row {row} (clip {clip})")
+
+
+def read_metadata(root: Path, split: str) -> pl.DataFrame:
+    """The metadata parquet of ``split`` under ``root``: the one read of the index.
+
+    :meth:`HubNativeDataset.metadata` and the map-style loader both call this, so the index is read
+    (and its absence reported) one way. A missing split is a :class:`FileNotFoundError` naming the
+    splits whose metadata exists.
+    """
+    import polars as pl
+
+    path = Path(root) / metadata_path(split)
+    if not path.is_file():
+        have = sorted(p.stem for p in Path(root).glob(METADATA_GLOB))
+        raise FileNotFoundError(f"{root}: no metadata for split {split!r} ({path} missing); splits: {have}")
+    return pl.read_parquet(path)
 
 
 def webdataset_features() -> datasets.Features:
@@ -182,7 +204,7 @@ class HubNativeDataset:
         info = read_info(self.root)
         if info is None:
             raise FileNotFoundError(
-                f"{self.root}: not a hub-native dataset (no meta/info.json); "
+                f"{self.root}: not a hub-native dataset (no {INFO_PATH}); "
                 "convert an upstream release with `medvideocap convert SRC --out DIR`"
             )
         self.info: dict[str, Any] = info
@@ -208,21 +230,19 @@ class HubNativeDataset:
 
     def metadata(self, split: str) -> pl.DataFrame:
         """The metadata table of ``split`` (record columns, shard, offset, size, caption columns)."""
-        import polars as pl
-
         self._check_split(split)
-        return pl.read_parquet(self.root / "metadata" / f"{split}.parquet")
+        return read_metadata(self.root, split)
 
     def records(self, split: str) -> Iterator[ClipRecord]:
         """Validated records of ``split``, in shard order."""
         names = arrow_schema().names
         for i, row in enumerate(self.metadata(split).select(names).iter_rows(named=True)):
-            yield ClipRecord.from_json_dict(row, where=f"{self.root}/metadata/{split}.parquet row {i}")
+            yield ClipRecord.from_json_dict(row, where=f"{self.root}/{metadata_path(split)} row {i}")
 
     def shards(self, split: str) -> list[Path]:
         """The finished shard files of ``split``, in order."""
         self._check_split(split)
-        return sorted((self.root / "data" / split).glob("shard-*.tar"))
+        return sorted((self.root / split_dir(split)).glob(SHARD_GLOB))
 
     def _locate(self, split: str, clip_id: str) -> tuple[str, int, int]:
         if split not in self._index:

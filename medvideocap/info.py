@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from medvideocap.layout import HUB_NATIVE
+from medvideocap.layout import HUB_NATIVE, METADATA_GLOB
 from medvideocap.schema import SCHEMA_VERSION
 from medvideocap.stats import load_metadata
 
@@ -46,7 +46,7 @@ def info(path_or_repo: str | Path, *, revision: str | None = None) -> dict[str, 
                 result[key] = ds.info[key]
         per_split = {s: ds.shards(s) for s in ds.splits}
         shards = [p for paths in per_split.values() for p in paths]
-        parquets = sorted(root.glob("metadata/*.parquet"))
+        parquets = sorted(root.glob(METADATA_GLOB))
         result["files"] = {
             "shards": {s: len(paths) for s, paths in per_split.items()},
             "metadata": [str(p.relative_to(root)) for p in parquets],

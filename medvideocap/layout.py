@@ -17,13 +17,51 @@ from typing import Literal
 UPSTREAM: Literal["upstream"] = "upstream"
 HUB_NATIVE: Literal["hub-native"] = "hub-native"
 HUB_NATIVE_FORMAT = "medvideocap/hub-native"
+FORMAT = HUB_NATIVE_FORMAT
+"""The ``format`` value of a hub-native ``meta/info.json`` (owned here, not by the writer, so that readers
+of the format need not import the writer)."""
 Kind = Literal["upstream", "hub-native"]
+
+# The hub-native layout, relative to the dataset root, with posix separators: the writer, the readers,
+# the card, the build and ``push`` all name these files through this table (LeRobot's ``INFO_PATH``
+# style), so a path changes in one place. Strings, not Paths: they are also glob patterns and the tails
+# of ``hf://`` URLs. ``root / INFO_PATH`` joins them on disk.
+README_PATH = "README.md"
+"""The dataset card; its YAML header declares the configs ``load_dataset`` reads."""
+META_DIR = "meta"
+INFO_PATH = "meta/info.json"
+REJECTS_PATH = "meta/rejects.parquet"
+FUNNEL_PATH = "meta/funnel.json"
+CHARTS_DIR = "meta/charts"
+PROGRESS_DIR = "meta/progress"
+"""Resume state of an unfinished write; removed when the dataset is closed (and never pushed)."""
+METADATA_DIR = "metadata"
+DATA_DIR = "data"
+SHARD_GLOB = "shard-*.tar"
+METADATA_GLOB = f"{METADATA_DIR}/*.parquet"
+SHARDS_GLOB = f"{DATA_DIR}/*/{SHARD_GLOB}"
+
+
+def metadata_path(split: str) -> str:
+    """``metadata/{split}.parquet``: the index of one split (one row per clip, no video bytes)."""
+    return f"{METADATA_DIR}/{split}.parquet"
+
+
+def split_dir(split: str) -> str:
+    """``data/{split}``: the folder of one split's webdataset shards."""
+    return f"{DATA_DIR}/{split}"
+
+
+def shard_path(split: str, index: int) -> str:
+    """``data/{split}/shard-{NNNNN}.tar``: shard ``index`` of ``split`` (five digits, zero-padded)."""
+    return f"{split_dir(split)}/shard-{index:05d}.tar"
+
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 # Files worth fetching to find out what a repo is, and to read its metadata without videos.
-METADATA_PATTERNS = ["README.md", "*.json", "*.jsonl", "meta/*", "metadata/*.parquet"]
-VIDEO_PATTERNS = {UPSTREAM: ["videos_*.zip"], HUB_NATIVE: ["data/*/shard-*.tar"]}
+METADATA_PATTERNS = [README_PATH, "*.json", "*.jsonl", f"{META_DIR}/*", METADATA_GLOB]
+VIDEO_PATTERNS = {UPSTREAM: ["videos_*.zip"], HUB_NATIVE: [SHARDS_GLOB]}
 
 
 class LayoutError(ValueError):
@@ -63,7 +101,7 @@ def local_or_download(
 
 def has_hub_native_info(path: Path | str) -> bool:
     """True when ``path`` holds a finished hub-native dataset: ``meta/info.json`` with our format."""
-    info = Path(path) / "meta" / "info.json"
+    info = Path(path) / INFO_PATH
     if not info.is_file():
         return False
     try:
@@ -77,7 +115,7 @@ def is_hub_native(path: Path) -> bool:
     path = Path(path)
     if has_hub_native_info(path):
         return True
-    return any(path.glob("data/*/shard-*.tar")) and any(path.glob("metadata/*.parquet"))
+    return any(path.glob(SHARDS_GLOB)) and any(path.glob(METADATA_GLOB))
 
 
 def detect(path: Path, *, videos: bool = True) -> Kind | None:
@@ -86,11 +124,11 @@ def detect(path: Path, *, videos: bool = True) -> Kind | None:
     from medvideocap.upstream import is_upstream_release
 
     path = Path(path)
-    if is_hub_native(path) or (not videos and (path / "meta" / "info.json").is_file()):
+    if is_hub_native(path) or (not videos and (path / INFO_PATH).is_file()):
         return HUB_NATIVE
     if is_upstream_release(path):
         return UPSTREAM
-    if not videos and any(path.glob("*.json")) and not (path / "meta").exists():
+    if not videos and any(path.glob("*.json")) and not (path / META_DIR).exists():
         return UPSTREAM
     return None
 

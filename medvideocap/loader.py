@@ -45,7 +45,8 @@ from torch.utils.data import Dataset
 from medvideocap.decode import BACKENDS, DecodeError, DecoderCache, open_decoder
 from medvideocap.frames import FrameSpec, resize_crop, sample_rng, to_output
 from medvideocap.handles import FileHandles
-from medvideocap.hubnative import MissingMemberError, check_versions, read_tar_member
+from medvideocap.hubnative import MissingMemberError, check_versions, read_metadata, read_tar_member
+from medvideocap.layout import INFO_PATH, METADATA_GLOB, SHARDS_GLOB, metadata_path
 from medvideocap.schema import ClipRecord, DataError, arrow_schema
 from medvideocap.text import strip_boilerplate
 
@@ -272,18 +273,12 @@ def collate(items: Sequence[dict | None]) -> dict[str, Any] | None:
 
 class _HubNativeIndex:
     """The metadata parquet of one split, kept as Arrow columns (no per-row Python objects, so forked
-    workers do not copy pages by touching refcounts)."""
+    workers do not copy pages by touching refcounts). Read by :func:`medvideocap.hubnative.read_metadata`,
+    the reader :class:`~medvideocap.hubnative.HubNativeDataset` uses, so there is one reader of the index."""
 
     def __init__(self, root: Path, split: str) -> None:
-        import pyarrow.parquet as pq
-
-        path = root / "metadata" / f"{split}.parquet"
-        if not path.is_file():
-            have = sorted(p.stem for p in (root / "metadata").glob("*.parquet"))
-            raise FileNotFoundError(
-                f"{root}: no metadata for split {split!r} ({path} missing); splits: {have}"
-            )
-        table = pq.read_table(path)
+        path = root / metadata_path(split)
+        table = read_metadata(root, split).to_arrow()
         missing = {"shard", "offset", "size", "id"} - set(table.column_names)
         if missing:
             raise ValueError(
@@ -446,8 +441,8 @@ def _resolve(source: str | Path, revision: str | None, *, streaming: bool) -> tu
         kind = detect(path)
         if kind is None:
             raise FileNotFoundError(
-                f"{path}: neither a hub-native dataset (meta/info.json, data/<split>/shard-*.tar, "
-                "metadata/<split>.parquet) nor an upstream release (videos_*.zip + metadata json)"
+                f"{path}: neither a hub-native dataset ({INFO_PATH}, {SHARDS_GLOB}, {METADATA_GLOB}) "
+                "nor an upstream release (videos_*.zip + metadata json)"
             )
         return kind, path
     kind, root = resolve(source, revision)

@@ -29,6 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from medvideocap.dist import env_rank_world
 from medvideocap.handles import FileHandles
 from medvideocap.hubnative import read_tar_member
+from medvideocap.layout import SHARD_GLOB, split_dir
 from medvideocap.loader import SamplePipeline, SkippedSampleWarning
 from medvideocap.schema import ClipRecord, DataError, SchemaVersionError
 
@@ -41,13 +42,13 @@ def list_shards(root: str | Path, split: str) -> list[str]:
 
         fs = HfFileSystem()
         base = text[len("hf://") :].rstrip("/")
-        found = sorted(fs.glob(f"{base}/data/{split}/shard-*.tar"))
+        found = sorted(fs.glob(f"{base}/{split_dir(split)}/{SHARD_GLOB}"))
         shards = [f"hf://{p}" for p in found]
     else:
-        shards = [str(p) for p in sorted((Path(root) / "data" / split).glob("shard-*.tar"))]
+        shards = [str(p) for p in sorted((Path(root) / split_dir(split)).glob(SHARD_GLOB))]
     if not shards:
         raise FileNotFoundError(
-            f"{root}: no shards for split {split!r} (looked for data/{split}/shard-*.tar)"
+            f"{root}: no shards for split {split!r} (looked for {split_dir(split)}/{SHARD_GLOB})"
         )
     return shards
 

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 
 from medvideocap.handles import FileHandles
 from medvideocap.hubnative import MemberError, MemberMismatchError, read_tar_member
-from medvideocap.layout import UPSTREAM, resolve
+from medvideocap.layout import INFO_PATH, METADATA_GLOB, UPSTREAM, metadata_path, resolve
 from medvideocap.probe import MediaInfo, ProbeError, probe
 from medvideocap.schema import (
     ClipRecord,
@@ -298,20 +298,20 @@ def _hub_native_checks(
     try:
         ds = HubNativeDataset(root)
     except SchemaVersionError as exc:
-        report.add("schema_version", str(root / "meta" / "info.json"), str(exc))
+        report.add("schema_version", str(root / INFO_PATH), str(exc))
         return []
     except (ValueError, OSError) as exc:
         report.add("format", str(root), str(exc))
         return []
     names = arrow_schema().names
     counts = ds.info.get("counts", {})
-    on_disk = sorted(p.stem for p in (root / "metadata").glob("*.parquet"))
+    on_disk = sorted(p.stem for p in root.glob(METADATA_GLOB))
     for split in sorted(set(on_disk) - set(ds.splits)):
-        where = f"metadata/{split}.parquet"
-        report.add("count_mismatch", where, f"{where}: split not in meta/info.json counts")
+        where = metadata_path(split)
+        report.add("count_mismatch", where, f"{where}: split not in {INFO_PATH} counts")
     checks: list[VideoCheck] = []
     for split in ds.splits:
-        where_table = f"metadata/{split}.parquet"
+        where_table = metadata_path(split)
         try:
             table = ds.metadata(split)
         except (pl.exceptions.PolarsError, OSError) as exc:  # a garbage or cut-off parquet file
@@ -321,7 +321,7 @@ def _hub_native_checks(
             report.add(
                 "count_mismatch",
                 where_table,
-                f"{where_table}: {table.height} rows, meta/info.json says {counts.get(split)}",
+                f"{where_table}: {table.height} rows, {INFO_PATH} says {counts.get(split)}",
             )
         seen: set[str] = set()
         for i, row in enumerate(table.iter_rows(named=True)):

@@ -1,6 +1,6 @@
 """Writes the hub-native layout: webdataset shards, metadata parquet, meta/info.json, rejects and card.
 
-Layout (see :mod:`medvideocap.hubnative` for the reader)::
+Layout (paths owned by :mod:`medvideocap.layout`; see :mod:`medvideocap.hubnative` for the reader)::
 
     DIR/README.md                        card with YAML ``configs`` so ``load_dataset(DIR)`` needs no script
     DIR/data/{split}/shard-{NNNNN}.tar   ``{id}.mp4`` + ``{id}.json`` per clip, in the order written
@@ -45,15 +45,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medvideocap.atomic import atomic_write_bytes, atomic_write_parquet
-from medvideocap.layout import HUB_NATIVE_FORMAT
+from medvideocap.layout import (
+    FORMAT,
+    INFO_PATH,
+    META_DIR,
+    METADATA_DIR,
+    PROGRESS_DIR,
+    REJECTS_PATH,
+    SHARD_GLOB,
+    metadata_path,
+    shard_path,
+    split_dir,
+)
 from medvideocap.schema import SCHEMA_VERSION, SPLITS, ClipRecord, arrow_schema
 
 log = logging.getLogger(__name__)
 
-FORMAT = HUB_NATIVE_FORMAT
 DEFAULT_SHARD_BYTES = 1_000_000_000
 _PARTIAL_SUFFIX = ".tar.partial"
-_PROGRESS = Path("meta") / "progress"
+_PROGRESS = Path(PROGRESS_DIR)
 _REJECTS_JOURNAL = _PROGRESS / "rejects.jsonl"
 _SETTINGS = _PROGRESS / "settings.json"
 
@@ -104,7 +114,7 @@ def rejects_schema() -> pa.Schema:
 
 def shard_name(split: str, index: int) -> str:
     """Path of shard ``index`` of ``split``, relative to the dataset root (posix separators)."""
-    return f"data/{split}/shard-{index:05d}.tar"
+    return shard_path(split, index)
 
 
 def encode_record(record: ClipRecord) -> bytes:
@@ -220,21 +230,21 @@ class DatasetWriter:
 
     def _resume(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        for folder in (self.out, self.out / "metadata", self.out / "meta"):
+        for folder in (self.out, self.out / METADATA_DIR, self.out / META_DIR):
             for stale in folder.glob(".*.tmp-*") if folder.is_dir() else ():
                 stale.unlink()  # an atomic write cut short by a kill; written again on close
         for split in SPLITS:
-            folder = self.out / "data" / split
+            folder = self.out / split_dir(split)
             if not folder.is_dir():
                 continue
             for partial in sorted(folder.glob(f".shard-*{_PARTIAL_SUFFIX}")):
                 log.info("discarding unfinished shard %s (its clips are written again)", partial)
                 partial.unlink()
-            for path in sorted(folder.glob("shard-*.tar")):
+            for path in sorted(folder.glob(SHARD_GLOB)):
                 index = int(path.stem.split("-")[1])
                 self._load_finished_shard(split, path)
                 self._next_index[split] = max(self._next_index[split], index + 1)
-        rejects_parquet = self.out / "meta" / "rejects.parquet"
+        rejects_parquet = self.out / REJECTS_PATH
         if rejects_parquet.exists():
             for row in pq.read_table(rejects_parquet).to_pylist():
                 self._rejects.setdefault((row["input"], row["stage"]), row)
@@ -255,7 +265,7 @@ class DatasetWriter:
         ours = self._settings()
         if self.resumed:
             stored: dict[str, Any] | None = None
-            for path in (self.out / _SETTINGS, self.out / "meta" / "info.json"):
+            for path in (self.out / _SETTINGS, self.out / INFO_PATH):
                 if path.exists():
                     data = json.loads(path.read_text(encoding="utf-8"))
                     stored = {"shard_bytes": data.get("shard_bytes"), "recipe": data.get("recipe", {})}
@@ -419,18 +429,17 @@ class DatasetWriter:
         for shard in list(self._open.values()):
             self._finish(shard)
         schema = metadata_schema()
-        meta_dir = self.out / "metadata"
         for split in SPLITS:
-            path = meta_dir / f"{split}.parquet"
+            path = self.out / metadata_path(split)
             if self._rows[split]:
                 atomic_write_parquet(path, pa.Table.from_pylist(self._rows[split], schema=schema))
             elif path.exists():
                 path.unlink()
         atomic_write_parquet(
-            self.out / "meta" / "rejects.parquet", pa.Table.from_pylist(self.rejects, schema=rejects_schema())
+            self.out / REJECTS_PATH, pa.Table.from_pylist(self.rejects, schema=rejects_schema())
         )
         info = self._info()
-        atomic_write_bytes(self.out / "meta" / "info.json", (json.dumps(info, indent=2) + "\n").encode())
+        atomic_write_bytes(self.out / INFO_PATH, (json.dumps(info, indent=2) + "\n").encode())
         shutil.rmtree(self.out / _PROGRESS, ignore_errors=True)
         if self.card:
             from medvideocap.card import write_card

@@ -17,6 +17,7 @@ from medvideocap.hubnative import (
     HubNativeDataset,
     MemberMismatchError,
     MissingMemberError,
+    read_metadata,
     read_tar_member,
 )
 from medvideocap.loader import SkippedSampleWarning
@@ -140,3 +141,38 @@ def test_streaming_reads_members_through_the_checked_read(dataset: Path) -> None
     assert sorted(streamed) == mapped.ids
     for i, clip_id in enumerate(mapped.ids):
         assert torch.equal(streamed[clip_id], mapped[i]["video"])
+
+
+def test_the_loader_reads_the_index_through_the_datasets_reader(
+    dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One reader of the metadata parquet: the map-style loader's index is the table
+    ``HubNativeDataset.metadata`` returns, read by ``hubnative.read_metadata``."""
+    import medvideocap.loader as loader
+
+    calls: list[tuple[Path, str]] = []
+
+    def counted(root: Path, split: str) -> object:
+        calls.append((Path(root), split))
+        return read_metadata(root, split)
+
+    monkeypatch.setattr(loader, "read_metadata", counted)
+    ds = medvideocap.load(dataset, "train", frames=SPEC)
+    assert calls == [(dataset, "train")]
+    table = HubNativeDataset(dataset).metadata("train")
+    assert table.equals(read_metadata(dataset, "train"))
+    assert ds.ids == table["id"].to_list()
+    assert ds.index.offset.tolist() == table["offset"].to_list()
+    assert ds.index.size.tolist() == table["size"].to_list()
+    assert [ds.index.shard_names[i] for i in ds.index.shard_idx] == table["shard"].to_list()
+    assert (
+        ds.index.record(1).to_json_dict()
+        == next(r for i, r in enumerate(HubNativeDataset(dataset).records("train")) if i == 1).to_json_dict()
+    )
+
+
+def test_a_split_without_metadata_names_the_splits_that_have_it(dataset: Path) -> None:
+    with pytest.raises(
+        FileNotFoundError, match=r"no metadata for split 'test'.*test\.parquet missing.*\['train'\]"
+    ):
+        read_metadata(dataset, "test")

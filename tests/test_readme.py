@@ -129,7 +129,8 @@ def _tiny_options(words: list[str], places: dict[str, str]) -> list[str]:
         sets = [f"model_id={tmp / 'tiny-wan'}", f"output_dir={tmp / 'run'}", "max_steps=2", "num_workers=0"]
         sets += ["gradient_accumulation_steps=1", "mixed_precision='no'", "gradient_checkpointing=false"]
         sets += ["text_seq_len=32", "lora_rank=4", "lora_alpha=4", "checkpoint_every=2", "validation_every=0"]
-        sets += ["report_to=null", "warmup_steps=0"]
+        sets += ["report_to=null", "warmup_steps=0", "validation_frames=9", "validation_height=64"]
+        sets += ["validation_width=96", "validation_steps=2"]
         return [w for s in sets for w in ("--set", s)]
     if verb == "generate":
         return ["--frames", "5", "--height", "32", "--width", "32", "--steps", "2", "--device", "cpu"]
@@ -145,6 +146,7 @@ def _run(words: list[str]) -> subprocess.CompletedProcess[str]:
     return done
 
 
+@pytest.mark.timeout(1500)  # ten CLI runs, four of them loading torch models: minutes on two loaded cores
 def test_every_readme_command_runs_as_written(
     places: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

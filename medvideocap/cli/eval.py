@@ -109,7 +109,7 @@ def command(
     paired bootstrap intervals, and collect doctors' blind pairwise ratings."""
     from medvideocap.eval import compare as compare_mod
     from medvideocap.eval import ratings
-    from medvideocap.eval.metrics import MetricError, build_metrics, parse_metric_models
+    from medvideocap.eval.metrics import METRICS, MetricError, build_metrics, parse_metric_models
     from medvideocap.eval.prompts import PromptError, load_prompts
     from medvideocap.eval.runner import EvalError, GenerationSettings, checkpoint_labels, run_eval
 
@@ -139,8 +139,6 @@ def command(
             return
         prompt_set = load_prompts(prompts)[:limit]
         names = [n.strip() for n in metric_names.split(",") if n.strip()] if metric_names else None
-        from medvideocap.eval.metrics import METRICS
-
         metrics = build_metrics(names or list(METRICS), parse_metric_models(metric_model), device=device)
         summary = run_eval(
             out,
