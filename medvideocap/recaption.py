@@ -16,7 +16,6 @@ dataset's fingerprint leaves them out, so two identical runs give the same finge
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -33,6 +32,7 @@ from medvideocap.atomic import atomic_write_json
 from medvideocap.caption import BaseCaptioner, load_template, make_captioner, sample_frames
 from medvideocap.caption.journal import Journal
 from medvideocap.caption.where import compile_where
+from medvideocap.hashing import short_hexdigest
 from medvideocap.schema import Caption, ClipRecord
 
 log = logging.getLogger(__name__)
@@ -454,7 +454,7 @@ def _run_ray(
 
 def _entry_digest(entry: dict[str, Any]) -> str:
     captions = sorted((c["name"], c["text"]) for c in entry.get("captions", []))
-    return hashlib.sha256(json.dumps([entry.get("ok"), captions]).encode()).hexdigest()[:16]
+    return short_hexdigest(json.dumps([entry.get("ok"), captions]))
 
 
 def write_dataset(selected: list[SourceItem], journal: Journal, dest: Path, settings: dict[str, Any]) -> Path:

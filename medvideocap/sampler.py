@@ -7,7 +7,6 @@ decoding anything; the streaming helper groups items as they arrive.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -15,14 +14,16 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import Sampler
 
 from medvideocap.dist import env_rank_world
+from medvideocap.hashing import hash64
 
 if TYPE_CHECKING:
     from medvideocap.loader import ClipDataset
 
 
 def stable_seed(*parts: Any) -> int:
-    """A 63-bit seed from any values, the same in every process and Python version (unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+    """A 63-bit seed from any values, the same in every process and Python version (unlike ``hash``):
+    sha256 of the ``:``-joined ``str`` of the parts, first 8 bytes little-endian, shifted right by one."""
+    return hash64(":".join(map(str, parts)), algorithm="sha256", byteorder="little") >> 1
 
 
 class BucketBatchSampler(Sampler[list[int]]):

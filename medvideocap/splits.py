@@ -12,10 +12,10 @@ published conversion uses; change it only to draw a different, equally valid spl
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 
+from medvideocap.hashing import unit_interval
 from medvideocap.schema import SPLITS
 
 DEFAULT_SALT = "medvideocap-v1"
@@ -48,9 +48,9 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
 
 
 def group_position(group: str, *, salt: str = DEFAULT_SALT) -> float:
-    """Where ``group`` falls in [0, 1): the first 8 bytes of sha256(f"{salt}:{group}") over 2**64."""
-    digest = hashlib.sha256(f"{salt}:{group}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    """Where ``group`` falls in [0, 1): the first 8 bytes of sha256(f"{salt}:{group}"), big-endian, over
+    2**64 (:func:`medvideocap.hashing.unit_interval`; the published split depends on exactly this)."""
+    return unit_interval(f"{salt}:{group}", algorithm="sha256", byteorder="big")
 
 
 def assign_split(
