@@ -15,7 +15,8 @@ Why it is shaped this way:
   on disk is always complete. Re-opening ``DIR`` reads the finished shards back (headers and the
   small json members only), deletes leftover temp shards, and :meth:`DatasetWriter.has` then
   answers for every clip they hold. Clips that were in an unfinished shard are simply written
-  again. Rejects are appended to ``meta/progress/rejects.jsonl`` as they happen and de-duplicated.
+  again. Rejects are appended to ``meta/progress/rejects.jsonl`` as they happen and de-duplicated
+  (a journal under :mod:`medvideocap.journal`'s policy: a torn last line is recorded again).
 * **Byte identity across a kill.** Tar headers are fixed (mtime 0, uid/gid 0, no user names, mode
   0644), members go in the order they are given, shard boundaries depend only on that order and
   the target size, and no data file holds a timestamp. Because finished shards always hold a prefix
@@ -45,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medvideocap.atomic import atomic_write_bytes, atomic_write_parquet
+from medvideocap.journal import JournalAppender, read_journal
 from medvideocap.layout import (
     FORMAT,
     INFO_PATH,
@@ -150,6 +152,12 @@ def metadata_row(payload: bytes, *, shard: str, offset: int, size: int, where: s
     return row
 
 
+def _check_reject(row: Any) -> str | None:
+    if not isinstance(row, dict) or not {"input", "stage"} <= row.keys():
+        return "expected a reject object with 'input' and 'stage'; delete the line to record it again"
+    return None
+
+
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = size
@@ -221,6 +229,7 @@ class DatasetWriter:
         self._open: dict[str, _Shard] = {}
         self._rejects: dict[tuple[str, str], dict[str, Any]] = {}
         self._closed = False
+        self._rejects_out = JournalAppender(self.out / _REJECTS_JOURNAL, durable=False)
         self.resumed = 0
         self._resume()
         self._check_settings()
@@ -248,14 +257,10 @@ class DatasetWriter:
         if rejects_parquet.exists():
             for row in pq.read_table(rejects_parquet).to_pylist():
                 self._rejects.setdefault((row["input"], row["stage"]), row)
-        journal = self.out / _REJECTS_JOURNAL
-        if journal.exists():
-            for line in journal.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut off by a kill; the reject is recorded again on rerun
-                self._rejects.setdefault((row["input"], row["stage"]), row)
+        # A torn last line (a kill mid-append) is cut off and that reject recorded again on rerun; a bad
+        # line in the middle is an error naming it (medvideocap.journal's policy).
+        for row in read_journal(self.out / _REJECTS_JOURNAL, check=_check_reject).entries:
+            self._rejects.setdefault((row["input"], row["stage"]), row)
 
     def _settings(self) -> dict[str, Any]:
         return json.loads(json.dumps({"shard_bytes": self.shard_bytes, "recipe": self.recipe}, default=str))
@@ -378,10 +383,7 @@ class DatasetWriter:
             "scores": json.dumps(scores, sort_keys=True) if scores else None,
         }
         self._rejects[key] = row
-        journal = self.out / _REJECTS_JOURNAL
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        with open(journal, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._rejects_out.append(row)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -420,6 +422,7 @@ class DatasetWriter:
         for shard in list(self._open.values()):
             shard.tar.fileobj.close()  # type: ignore[union-attr]
             del self._open[shard.split]
+        self._rejects_out.close()
         self._closed = True
 
     def close(self) -> None:
@@ -438,6 +441,7 @@ class DatasetWriter:
         atomic_write_parquet(
             self.out / REJECTS_PATH, pa.Table.from_pylist(self.rejects, schema=rejects_schema())
         )
+        self._rejects_out.close()
         info = self._info()
         atomic_write_bytes(self.out / INFO_PATH, (json.dumps(info, indent=2) + "\n").encode())
         shutil.rmtree(self.out / _PROGRESS, ignore_errors=True)

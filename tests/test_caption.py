@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -10,7 +9,6 @@ from fixtures_caption import record
 from videos import make_video, real_clip
 
 from medvideocap.caption import FrameError, TemplateError, builtin_templates, load_template, sample_frames
-from medvideocap.caption.journal import Journal, JournalError
 from medvideocap.caption.where import WhereError, compile_where
 from medvideocap.schema import Caption, Scores
 
@@ -107,46 +105,6 @@ def test_templates_cannot_reach_python_internals(tmp_path):
     )
     with pytest.raises(TemplateError, match="cannot render"):
         load_template(evil).render(record(), None, 8)
-
-
-# --- journal ----------------------------------------------------------------------------------------
-
-
-def test_journal_appends_durably_and_reloads(tmp_path):
-    path = tmp_path / "journal.jsonl"
-    with Journal(path) as j:
-        j.append({"id": "a", "ok": True})
-        j.append({"id": "b", "ok": False, "error": "refusal"})
-        assert path.read_text().count("\n") == 2  # on disk before close
-    j2 = Journal(path)
-    assert set(j2.entries) == {"a", "b"} and j2.ok_ids() == {"a"} and j2.failed_ids() == {"b"}
-
-
-def test_journal_cuts_a_torn_last_line_and_keeps_appending_cleanly(tmp_path):
-    path = tmp_path / "journal.jsonl"
-    path.write_bytes(b'{"id": "a", "ok": true}\n{"id": "b", "ok": tr')
-    j = Journal(path)
-    assert set(j.entries) == {"a"} and j.torn == 1
-    j.append({"id": "b", "ok": True})
-    j.close()
-    lines = path.read_text().splitlines()
-    assert [json.loads(x)["id"] for x in lines] == ["a", "b"]
-
-
-def test_journal_keeps_a_whole_last_line_missing_its_newline(tmp_path):
-    path = tmp_path / "journal.jsonl"
-    path.write_bytes(b'{"id": "a", "ok": true}')
-    j = Journal(path)
-    j.append({"id": "b", "ok": True})
-    j.close()
-    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["a", "b"]
-
-
-def test_journal_corruption_in_the_middle_is_an_error_naming_the_line(tmp_path):
-    path = tmp_path / "journal.jsonl"
-    path.write_bytes(b'{"id": "a"}\nnot json\n{"id": "c"}\n')
-    with pytest.raises(JournalError, match="journal.jsonl:2"):
-        Journal(path)
 
 
 # --- where ------------------------------------------------------------------------------------------

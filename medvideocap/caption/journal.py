@@ -7,65 +7,32 @@ so the next append starts on a clean line and no clip is counted twice or lost.
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-log = logging.getLogger(__name__)
+from medvideocap.journal import JournalAppender, JournalError, read_journal
+
+__all__ = ["Journal", "JournalError"]
 
 
-class JournalError(ValueError):
-    """A journal line that is not the torn tail of a killed run; names the file and line."""
+def _check(entry: Any) -> str | None:
+    if not isinstance(entry, dict) or "id" not in entry:
+        return "journal entries are objects with an 'id'"
+    return None
 
 
 class Journal:
-    """Append-only JSONL file of per-clip results keyed by ``id``; the last entry for an id wins."""
+    """Append-only JSONL file of per-clip results keyed by ``id``; the last entry for an id wins.
+
+    Reading, torn-tail repair and appending follow :mod:`medvideocap.journal`'s policy."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.entries: dict[str, dict[str, Any]] = {}
-        self.torn = 0
-        self._fh: BinaryIO | None = None
-        if self.path.exists():
-            self._load()
-
-    def _load(self) -> None:
-        data = self.path.read_bytes()
-        *complete, tail = data.split(b"\n")
-        for lineno, line in enumerate(complete, 1):
-            if line.strip():
-                self._add(line, lineno)
-        if not tail.strip():
-            return
-        # No newline after the last line: the write a kill interrupted. Whole JSON is kept (only the
-        # newline was lost); a fragment is cut off so the next append starts on a clean line.
-        try:
-            self._add(tail, len(complete) + 1)
-            fix = b"\n"
-        except JournalError:
-            self.torn = 1
-            fix = b""
-            log.warning(
-                "%s: dropping a torn last line (%d bytes) left by an interrupted run", self.path, len(tail)
-            )
-        with self.path.open("r+b") as fh:
-            fh.truncate(len(data) - len(tail))
-            fh.seek(0, os.SEEK_END)
-            fh.write(tail + fix if fix else b"")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def _add(self, line: bytes, lineno: int) -> None:
-        try:
-            entry = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise JournalError(f"{self.path}:{lineno}: not a JSON line ({exc}); fix or remove it") from exc
-        if not isinstance(entry, dict) or "id" not in entry:
-            raise JournalError(f"{self.path}:{lineno}: journal entries are objects with an 'id'")
-        self.entries[str(entry["id"])] = entry
+        found = read_journal(self.path, check=_check)
+        self.entries: dict[str, dict[str, Any]] = {str(e["id"]): e for e in found.entries}
+        self.torn = found.torn
+        self._out = JournalAppender(self.path, durable=True)
 
     def __contains__(self, clip_id: object) -> bool:
         return clip_id in self.entries
@@ -88,23 +55,14 @@ class Journal:
         """Write one entry durably before returning: a clip is done only once its line is on disk."""
         if "id" not in entry:
             raise ValueError("journal entries need an 'id'")
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("ab")
-        fh = self._fh
-        line = json.dumps(entry, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n"
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
+        self._out.append(entry)
         self.entries[str(entry["id"])] = entry
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.entries.values())
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._out.close()
 
     def __enter__(self) -> Journal:
         return self
