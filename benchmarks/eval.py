@@ -213,7 +213,8 @@ def main() -> int:
     }
     if args.device.startswith("cuda"):
         result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    print(f"measured on {result['device']} with {result['models']}, {frames}x{height}x{width}, {steps} steps")
+    made = "synthetic videos, no generation" if args.skip_generation else f"{steps} denoising steps"
+    print(f"measured on {result['device']} with {result['models']}, {frames}x{height}x{width}, {made}")
     width_col = max(len(k) for k in result["seconds_per_prompt"])
     for name, value in result["seconds_per_prompt"].items():
         print(f"  {name:<{width_col}}  {value:10.4f} s/prompt")
