@@ -14,7 +14,8 @@ from medvideocap.atomic import atomic_path
 from medvideocap.stats import SCORE_NAMES
 
 
-def _figure():  # type: ignore[no-untyped-def]
+def pyplot():  # type: ignore[no-untyped-def]
+    """matplotlib.pyplot on the Agg backend (no display needed); every chart of the package draws through it."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -23,8 +24,9 @@ def _figure():  # type: ignore[no-untyped-def]
     return plt
 
 
-def _save(fig: object, path: Path) -> Path:
-    plt = _figure()
+def save_figure(fig: object, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically and close it."""
+    plt = pyplot()
     try:
         with atomic_path(path, fsync=False) as tmp:
             fig.savefig(tmp, dpi=100, bbox_inches="tight")  # type: ignore[attr-defined]
@@ -34,7 +36,7 @@ def _save(fig: object, path: Path) -> Path:
 
 
 def _bar(out: Path, name: str, counts: dict[str, int], *, title: str, xlabel: str) -> Path:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = list(counts)[:20]
     ax.bar(labels, [counts[k] for k in labels], color="#3a7ca5")
@@ -42,14 +44,14 @@ def _bar(out: Path, name: str, counts: dict[str, int], *, title: str, xlabel: st
     ax.set_xlabel(xlabel)
     ax.set_ylabel("clips")
     ax.tick_params(axis="x", labelrotation=30)
-    return _save(fig, out / name)
+    return save_figure(fig, out / name)
 
 
 def _hist(out: Path, name: str, series: dict[str, pl.Series], *, title: str, xlabel: str) -> Path | None:
     present = {k: s.drop_nulls().to_numpy() for k, s in series.items() if s.drop_nulls().len()}
     if not present:
         return None
-    plt = _figure()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.6), squeeze=False)
     for ax, (label, values) in zip(axes[0], present.items(), strict=True):
         ax.hist(values, bins=min(40, max(5, len(values) // 4)), color="#81a4cd", edgecolor="#1d3557")
@@ -57,7 +59,7 @@ def _hist(out: Path, name: str, series: dict[str, pl.Series], *, title: str, xla
         ax.set_xlabel(xlabel)
         ax.set_ylabel("clips")
     fig.suptitle(title)
-    return _save(fig, out / name)
+    return save_figure(fig, out / name)
 
 
 def write_plots(frame: pl.DataFrame, out: Path, *, title: str = "") -> list[Path]:

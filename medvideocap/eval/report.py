@@ -164,9 +164,9 @@ def render_report(summary: dict[str, Any], plots: Sequence[str], sheet: str | No
 
 def metric_plot(scores: pl.DataFrame, metric: str, path: Path) -> Path:
     """Box plot of one metric's per-video scores, one box per checkpoint, the mean marked."""
-    from medvideocap.plots import _figure, _save
+    from medvideocap.plots import pyplot, save_figure
 
-    plt = _figure()
+    plt = pyplot()
     part = scores.filter(pl.col("metric") == metric)
     names = list(dict.fromkeys(part["checkpoint"].to_list()))
     data = [part.filter(pl.col("checkpoint") == n)["value"].to_numpy() for n in names]
@@ -175,7 +175,7 @@ def metric_plot(scores: pl.DataFrame, metric: str, path: Path) -> Path:
     ax.set_xticks(range(1, len(names) + 1), names, rotation=20)
     ax.set_title(metric)
     ax.set_ylabel("score (higher is better)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_contact_sheet(items: Sequence[Item], path: Path, *, max_prompts: int = 6) -> Path | None:
