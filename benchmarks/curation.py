@@ -41,6 +41,11 @@ from medvideocap.build.stages import Context  # noqa: E402
 Span = tuple[float, float]
 
 
+def _made(fn: Callable[..., Path], dest: Path, *args: Any, **kwargs: Any) -> Path:
+    """``fn(dest, ...)`` unless an earlier run with the same ``--dir`` already made ``dest``."""
+    return dest if dest.exists() else fn(dest, *args, **kwargs)
+
+
 def corpus(root: Path) -> dict[str, Any]:
     """The labelled clips: {cuts: [(path, truth spans)], borders: [(path, bars)], text: [...], quality: [...]}."""
     bbb, bikes = fx.TESTDATA / "bigbuckbunny.mp4", fx.TESTDATA / "bikes.mp4"
@@ -48,9 +53,9 @@ def corpus(root: Path) -> dict[str, Any]:
     cuts = [
         (bikes, [(c, c) for c in fx.BIKES_CUTS]),
         (bbb, []),
-        (fx.concat_real(root / "cuts" / "concat.mp4"), [(c, c) for c in fx.CONCAT_CUTS]),
+        (_made(fx.concat_real, root / "cuts" / "concat.mp4"), [(c, c) for c in fx.CONCAT_CUTS]),
         (
-            fx.dissolve_real(root / "cuts" / "dissolve.mp4"),
+            _made(fx.dissolve_real, root / "cuts" / "dissolve.mp4"),
             [
                 (dissolve_start, fx.BBB_SECONDS),
                 *((dissolve_start + c, dissolve_start + c) for c in fx.BIKES_CUTS),
@@ -59,18 +64,20 @@ def corpus(root: Path) -> dict[str, Any]:
     ]
     borders = []
     for name in ("bikes.mp4", "bigbuckbunny.mp4"):
-        borders.append((fx.degraded_real(root / "borders" / f"none-{name}", name, "source"), (0, 0, 0, 0)))
+        borders.append(
+            (_made(fx.degraded_real, root / "borders" / f"none-{name}", name, "source"), (0, 0, 0, 0))
+        )
         for bar, pillar in ((8, False), (44, False), (60, True)):
-            path = fx.letterbox_real(root / "borders" / f"{bar}-{name}", name, bar=bar, pillar=pillar)
+            path = _made(fx.letterbox_real, root / "borders" / f"{bar}-{name}", name, bar=bar, pillar=pillar)
             borders.append((path, (0, 0, bar, bar) if pillar else (bar, bar, 0, 0)))
     text = []
     for words in (0, 9, 15, 21, 30):
         for name in ("bikes.mp4", "bigbuckbunny.mp4"):
             path = root / "text" / f"{words}-{name}"
             if words:
-                fx.text_real(path, name, words, size=(480, 270), seconds=2.0)
+                _made(fx.text_real, path, name, words, size=(480, 270), seconds=2.0)
             else:
-                fx.degraded_real(path, name, "source", seconds=2.0)
+                _made(fx.degraded_real, path, name, "source", seconds=2.0)
             text.append((path, words))
     quality = []
     for name in ("bikes.mp4", "bigbuckbunny.mp4"):
@@ -163,6 +170,14 @@ def cropdetect_direct(path: Path) -> tuple[int, int, int, int]:
     return y, info.height - y - h, x, info.width - x - w
 
 
+class Rows(list):  # type: ignore[type-arg]
+    """The table's rows, each also printed the moment it is measured (a long run shows progress)."""
+
+    def append(self, row: tuple[str, str, str, str, str, str]) -> None:
+        super().append(row)
+        print(" | ".join(row), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -173,10 +188,13 @@ def main() -> None:
     parser.add_argument(
         "--skip-transnet", action="store_true", help="Leave out the (slow on CPU) TransNetV2 rows."
     )
+    parser.add_argument(
+        "--easyocr", action="store_true", help="Add easyocr (offline models; minutes per frame on 2 CPUs)."
+    )
     args = parser.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="curation-"))
     data = corpus(root)
-    rows: list[tuple[str, str, str, str, str, str]] = []
+    rows = Rows()
 
     # cuts -------------------------------------------------------------------------------------
     from medvideocap.build.stages import split
@@ -191,28 +209,32 @@ def main() -> None:
         ),
         ("PySceneDetect detect() direct", scenedetect_direct),
     ]
-    if not args.skip_transnet:
-        detectors.insert(
-            1,
+    late: list[tuple[str, Callable[[Path], list[float]]]] = []
+    if not args.skip_transnet:  # slow on a CPU: measured last, so the other rows print first
+        late.append(
             (
                 "ours: split transnetv2",
                 lambda p: split.detect_cuts(p, SplitStage(detector="transnetv2", device="cpu")),
-            ),
-        )
-        detectors.append(("TransNetV2 predict_frames direct", transnet_direct))
-    for label, fn in detectors:
-        found, rate = timed(fn, paths)
-        precision, recall, total, detected = score_cuts(found, truths)
-        rows.append(
-            (
-                "cuts",
-                label,
-                f"{precision:.2f}",
-                f"{recall:.2f}",
-                f"{detected} found / {total} true",
-                f"{rate:.2f}",
             )
         )
+        late.append(("TransNetV2 predict_frames direct", transnet_direct))
+
+    def cut_rows(chosen: list[tuple[str, Callable[[Path], list[float]]]]) -> None:
+        for label, fn in chosen:
+            found, rate = timed(fn, paths)
+            precision, recall, total, detected = score_cuts(found, truths)
+            rows.append(
+                (
+                    "cuts",
+                    label,
+                    f"{precision:.2f}",
+                    f"{recall:.2f}",
+                    f"{detected} found / {total} true",
+                    f"{rate:.2f}",
+                )
+            )
+
+    cut_rows(detectors)
 
     # borders ----------------------------------------------------------------------------------
     from medvideocap.build.stages import border
@@ -288,9 +310,7 @@ def main() -> None:
         ("ours: ocr rapidocr (default)", ocr_stage(OcrStage())),
         ("rapidocr direct, words split on spaces", rapidocr_spaces),
     ]
-    if ocr.importlib.util.find_spec("easyocr") is not None and ocr.importlib.util.find_spec(
-        "easyocr_en_models"
-    ):
+    if args.easyocr:
         text_rows.append(
             ("ours: ocr easyocr (offline models)", ocr_stage(OcrStage(backend="easyocr", device="cpu")))
         )
@@ -347,6 +367,8 @@ def main() -> None:
                 f"{rate:.2f}",
             )
         )
+
+    cut_rows(late)
 
     widths = [
         max(len(r[i]) for r in [("stage", "detector", "precision", "recall", "detail", "clips/s"), *rows])

@@ -175,7 +175,10 @@ def read_metadata(root: Path, split: str) -> pl.DataFrame:
     if not path.is_file():
         have = sorted(p.stem for p in Path(root).glob(METADATA_GLOB))
         raise FileNotFoundError(f"{root}: no metadata for split {split!r} ({path} missing); splits: {have}")
-    return pl.read_parquet(path)
+    try:
+        return pl.read_parquet(path)
+    except pl.exceptions.PolarsError as exc:  # garbage or cut off: name the file, not just polars' words
+        raise ValueError(f"{path}: unreadable metadata parquet ({exc})") from exc
 
 
 def webdataset_features() -> datasets.Features:

@@ -314,8 +314,8 @@ def _hub_native_checks(
         where_table = metadata_path(split)
         try:
             table = ds.metadata(split)
-        except (pl.exceptions.PolarsError, OSError) as exc:  # a garbage or cut-off parquet file
-            report.add("format", where_table, f"{root / where_table}: unreadable parquet ({exc})")
+        except (ValueError, pl.exceptions.PolarsError, OSError) as exc:  # garbage or cut-off parquet
+            report.add("format", where_table, str(exc))
             continue
         if table.height != counts.get(split):
             report.add(
