@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from medvideocap.atomic import atomic_write_text
+from medvideocap.devices import resolve_device
 from medvideocap.dist import env_rank_world
 from medvideocap.latents import (
     FORMAT,
@@ -95,9 +96,7 @@ class EncodeConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved_device(self) -> str:
-        import torch
-
-        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return resolve_device(self.device)
 
     def resolved_compute_dtype(self) -> str:
         if self.compute_dtype:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medvideocap.atomic import atomic_path
+from medvideocap.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def load_pipeline(
     import torch
     from diffusers import WanPipeline, WanTransformer3DModel
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     info = describe_checkpoint(checkpoint)
     base = base or info["base"] or DEFAULT_BASE

@@ -249,15 +249,19 @@ def test_a_file_name_that_is_not_utf8_is_built_under_an_escaped_name(tmp_path: P
     raw = _small_raw(tmp_path / "raw")
     (raw / BAD_NAME).write_bytes((raw / "good.mp4").read_bytes())
     out = tmp_path / "out"
-    done = _cli_build("--src", str(raw), "--out", str(out))
+    done = _cli_build("--src", str(raw), "--out", str(out), "--name", "Ward videos")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
+    card = (out / "README.md").read_text()
+    assert "# Ward videos\n" in card and "from raw/" in card and "MedVideoCap-55K (hub-native)" not in card
     records = _records(out)
     assert {"good-000", "other-000"} <= set(records)  # the good inputs next to it are built
     [bad] = [r for r in records.values() if r.extra["input"] != r.id.rsplit("-", 1)[0] + ".mp4"]
     assert bad.extra["input"] == "bad\\xff\\xfe.mp4" and bad.id == "bad_xff_xfe-000"
     before = tree_bytes(out)
-    again = _cli_build("--src", str(raw), "--out", str(out))  # the journal round-trips the name
+    again = _cli_build(
+        "--src", str(raw), "--out", str(out), "--name", "Ward videos"
+    )  # the journal round-trips the name
     assert again.returncode == 0, again.stderr[-3000:]
     assert tree_bytes(out) == before
 

@@ -15,7 +15,6 @@ from medvideocap.decode import (
     BACKENDS,
     DecodeError,
     DecoderCache,
-    FileHandles,
     TimestampToleranceError,
     open_decoder,
 )
@@ -130,15 +129,6 @@ def test_decoder_cache_evicts_least_recently_used_and_closes_it(gop_clip: Path) 
     assert len(cache) == 1
     with pytest.raises(DecodeError):  # closed container
         a.frames_at([0])
-
-
-def test_file_handles_pread_reads_ranges_and_names_a_short_file(tmp_path: Path) -> None:
-    path = tmp_path / "shard.tar"
-    path.write_bytes(bytes(range(100)))
-    files = FileHandles()
-    assert files.pread(path, 10, 5) == bytes([10, 11, 12, 13, 14])
-    with pytest.raises(DecodeError, match=r"shard\.tar: wanted 20 bytes at offset 90, got 10"):
-        files.pread(path, 90, 20)
 
 
 @pytest.fixture(scope="module")

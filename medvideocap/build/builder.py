@@ -217,13 +217,17 @@ def build(
     dry_run: bool = False,
     keep_work: bool = False,
     follow_symlinks: bool = False,
+    name: str | None = None,
     console: Console | None = None,
 ) -> BuildResult | dict[str, Any]:
     """Run (or with ``dry_run`` plan) a build; returns the result, or the plan for a dry run.
 
     Symlinks under ``src`` are refused (a ``source`` reject naming the link and its target) unless
-    ``follow_symlinks``: a link can point anywhere, and a build reads what its source folder holds."""
+    ``follow_symlinks``: a link can point anywhere, and a build reads what its source folder holds.
+    ``name`` titles the dataset card (default: named after the recipe); the card also names the
+    source folder, so a build from one's own videos never passes for MedVideoCap-55K."""
     src, out = Path(src), Path(out)
+    identity = {"name": name, "source": f"{src.resolve().name}/"}
     console = console or Console(stderr=True)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     missing = _missing(recipe)
@@ -243,7 +247,7 @@ def build(
     if engine not in ("local", "ray"):
         raise BuildError(f"unknown engine {engine!r}; use 'local' or 'ray'")
     _open_work(work, recipe, src)
-    redo = _lost_work(out, recipe, done)
+    redo = _lost_work(out, recipe, identity, done)
     if redo:
         console.print(f"redoing {len(redo)} processed inputs whose cut clips are gone and not yet written")
     pending = [s for s in inputs if s.input not in done or s.input in redo]
@@ -293,7 +297,7 @@ def build(
     names = [s.input for s in inputs] + [o.input for o in refused]
     outcomes = sorted((o for name in names for o in by_input[name]), key=Outcome.sort_key)
     summary = funnel(recipe, {name: by_input[name] for name in names})
-    _write(out, recipe, outcomes, summary)
+    _write(out, recipe, identity, outcomes, summary)
     console.print(funnel_table(summary))
     if not keep_work:
         shutil.rmtree(work / "clips", ignore_errors=True)
@@ -308,13 +312,18 @@ def build(
     )
 
 
-def _writer(out: Path, recipe: Recipe) -> Any:
+def _writer(out: Path, recipe: Recipe, identity: dict[str, Any]) -> Any:
+    """The output's writer; ``identity`` (``--name`` and source folder) rides in the stored recipe as
+    ``build``, which is where the card looks for the dataset's title and source."""
     from medvideocap.writer import DatasetWriter
 
-    return DatasetWriter(out, shard_bytes=recipe.output.shard_bytes, recipe=recipe.model_dump(mode="json"))
+    stored = {**recipe.model_dump(mode="json"), "build": identity}
+    return DatasetWriter(out, shard_bytes=recipe.output.shard_bytes, recipe=stored)
 
 
-def _lost_work(out: Path, recipe: Recipe, done: dict[str, list[dict[str, Any]]]) -> set[str]:
+def _lost_work(
+    out: Path, recipe: Recipe, identity: dict[str, Any], done: dict[str, list[dict[str, Any]]]
+) -> set[str]:
     """Journaled inputs with a kept clip that is neither in the output nor cut in the work dir any
     more (the output was deleted after a finished build, whose clean-up removed the cut clips): they
     are processed again, so a rerun never needs a journal edited by hand."""
@@ -328,17 +337,19 @@ def _lost_work(out: Path, recipe: Recipe, done: dict[str, list[dict[str, Any]]])
         return set()
     if not out.exists():
         return {name for name, _ in unwritten}
-    writer = _writer(out, recipe)  # reads what finished shards hold; nothing is written
+    writer = _writer(out, recipe, identity)  # reads what finished shards hold; nothing is written
     try:
         return {name for name, o in unwritten if not writer.has(o["id"])}
     finally:
         writer.abort()
 
 
-def _write(out: Path, recipe: Recipe, outcomes: list[Outcome], summary: dict[str, Any]) -> None:
+def _write(
+    out: Path, recipe: Recipe, identity: dict[str, Any], outcomes: list[Outcome], summary: dict[str, Any]
+) -> None:
     from medvideocap.schema import ClipRecord
 
-    with _writer(out, recipe) as writer:
+    with _writer(out, recipe, identity) as writer:
         for o in outcomes:
             if o.kept:
                 if writer.has(o.id):

@@ -13,6 +13,8 @@ from typing import Any
 
 from PIL import Image
 
+from medvideocap.devices import resolve_device
+
 from .base import BaseCaptioner, Job, Reply
 
 log = logging.getLogger(__name__)
@@ -25,16 +27,6 @@ def _shrink(img: Image.Image, max_side: int) -> Image.Image:
         return img
     scale = max_side / max(img.size)
     return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
-
-
-def default_device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 class TransformersCaptioner(BaseCaptioner):
@@ -59,7 +51,7 @@ class TransformersCaptioner(BaseCaptioner):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.device = device or default_device()
+        self.device = resolve_device(device)
         if dtype == "auto":
             torch_dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         else:

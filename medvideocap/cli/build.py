@@ -44,6 +44,11 @@ import click
     default=None,
     help="Work dir with the resume journal and cut clips (default: OUT.build).",
 )
+@click.option(
+    "--name",
+    default=None,
+    help="Title of the dataset card (default: named after the recipe); the card also names the source folder.",
+)
 @click.option("--keep-work", is_flag=True, help="Keep the cut clips in the work dir after writing.")
 @click.option(
     "--follow-symlinks",
@@ -67,6 +72,7 @@ def command(
     keep_work: bool,
     follow_symlinks: bool,
     dry_run: bool,
+    name: str | None,
 ) -> None:
     """Curate raw videos into a captioned hub-native dataset by a recipe (resumable: rerun to continue)."""
     from medvideocap.build import BuildError, MissingDependencyError, RecipeError, build
@@ -83,6 +89,7 @@ def command(
             dry_run=dry_run,
             keep_work=keep_work,
             follow_symlinks=follow_symlinks,
+            name=name,
         )
     except (BuildError, MissingDependencyError, RecipeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -90,6 +97,7 @@ def command(
         from medvideocap.build.recipe import load_recipe
         from medvideocap.build.stages import offline_report
 
+        assert isinstance(result, dict)  # a dry run returns its plan
         chosen = load_recipe(recipe)
         plan = {
             **result,

@@ -16,6 +16,7 @@ import numpy as np
 from medvideocap.build.recipe import AestheticStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context, require
+from medvideocap.devices import resolve_device
 
 _MODELS: dict[tuple[str, ...], Any] = {}
 HEAD_LAYERS = (0, 2, 4, 6, 7)  # Linear layers of the LAION MLP (Dropouts sit at 1, 3, 5)
@@ -41,15 +42,9 @@ def resolve_file(spec: str) -> Path:
     return path
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def _clip(model_id: str, device: str) -> tuple[Any, Any]:
+def clip_model(model_id: str, device: str) -> tuple[Any, Any]:
+    """CLIP model and image processor for ``model_id`` on ``device``, loaded once per process (shared
+    by the aesthetic stage and the evaluation metrics)."""
     key = ("clip", model_id, device)
     if key not in _MODELS:
         from transformers import CLIPImageProcessor, CLIPModel
@@ -63,8 +58,8 @@ def clip_embeddings(model_id: str, images: list[np.ndarray], *, device: str = "a
     """L2-normalised CLIP image embeddings, one row per RGB frame."""
     import torch
 
-    dev = _device(device)
-    model, processor = _clip(model_id, dev)
+    dev = resolve_device(device)
+    model, processor = clip_model(model_id, dev)
     inputs = processor(images=list(images), return_tensors="pt")
     with torch.inference_mode():
         out = model.get_image_features(pixel_values=inputs["pixel_values"].to(dev))
@@ -107,7 +102,7 @@ def _head(spec: str, device: str) -> Any:
 def score_frames(cfg: AestheticStage, images: list[np.ndarray]) -> list[float]:
     import torch
 
-    dev = _device(cfg.device)
+    dev = resolve_device(cfg.device)
     emb = torch.from_numpy(clip_embeddings(cfg.clip_model, images, device=cfg.device)).to(dev)
     with torch.inference_mode():
         return [float(v) for v in _head(cfg.head, dev).layers(emb).squeeze(-1).cpu()]

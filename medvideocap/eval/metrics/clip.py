@@ -21,7 +21,7 @@ def text_features(model_id: str, texts: Sequence[str], *, device: str) -> np.nda
     import torch
     from transformers import AutoTokenizer
 
-    model, _ = aesthetic._clip(model_id, device)
+    model, _ = aesthetic.clip_model(model_id, device)
     tokenizer = AutoTokenizer.from_pretrained(model_id)
     inputs = tokenizer(
         list(texts),
