@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from fixtures_build import EXPECTED_REJECTS, SCENE_CUTS, make_raw, tree_bytes
+from videos import make_video
 
 from medvideocap.build import build
 from medvideocap.probe import probe
@@ -315,3 +316,11 @@ def test_a_deleted_output_is_rebuilt_by_running_the_same_command_again(tmp_path:
     third = _cli_build("--src", str(raw), "--out", str(out))
     assert third.returncode == 0, third.stderr[-3000:]
     assert tree_bytes(out) == reference
+
+
+def test_a_build_that_keeps_no_clip_exits_1_naming_where_the_reasons_are(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    make_video(raw / "short.mp4", seconds=1.0, fps=8, size=(128, 96))  # the demo recipe wants >= 2 s
+    done = _cli_build("--src", str(raw), "--out", str(tmp_path / "out"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "kept no clip" in done.stderr and "rejects.parquet" in done.stderr

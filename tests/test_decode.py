@@ -10,7 +10,7 @@ import pytest
 import torch
 from videos import REAL_CLIPS, make_video, real_clip
 
-from medvideocap import decode
+from medvideocap import decode, handles
 from medvideocap.decode import (
     BACKENDS,
     DecodeError,
@@ -114,8 +114,8 @@ def test_decoder_cache_reuses_within_a_process_and_forgets_after_fork(
 
     first = cache.get("a", factory)
     assert cache.get("a", factory) is first and len(made) == 1
-    real_pid = decode.os.getpid()
-    monkeypatch.setattr(decode.os, "getpid", lambda: real_pid + 1)  # what a forked worker sees
+    real_pid = handles.os.getpid()
+    monkeypatch.setattr(handles.os, "getpid", lambda: real_pid + 1)  # what a forked worker sees
     second = cache.get("a", factory)
     assert second is not first and len(made) == 2
     # the parent's decoder was dropped, not closed: it still works for the parent

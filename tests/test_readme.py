@@ -12,6 +12,7 @@ these), which the test names where they happen:
   stand-in (``fixtures_hubnative.HubStandIn``, checked against the real ``HfApi`` signatures);
 * real model ids are replaced by tiny random models of the same classes (``medvideocap.tiny``,
   ``medvideocap.caption.tiny``) through the verbs' own options, appended to the README's arguments;
+  ``eval`` runs one prompt (an appended ``--limit 1``) with the two metrics that need no weights;
 * ``build --recipe medvideocap-55k`` needs the paper's models, so it runs as written with ``--dry-run``
   (the plan, naming every model), and the dataset the other commands use is built with ``--recipe demo``;
 * ``make demo`` / ``make test`` are checked with ``make -n`` (the targets exist and expand): the demo itself
@@ -68,7 +69,18 @@ def argv(command: str, places: dict[str, str]) -> list[str]:
 
 
 # the order the verbs run in (each needs what an earlier one made)
-ORDER = ["make", "build", "info", "validate", "stats", "recaption", "encode-latents", "train", "generate"]
+ORDER = [
+    "make",
+    "build",
+    "info",
+    "validate",
+    "stats",
+    "recaption",
+    "encode-latents",
+    "train",
+    "generate",
+    "eval",
+]
 ORDER += ["convert", "push"]
 
 
@@ -100,6 +112,7 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "DIR": str(tmp / "plots"),
         "runs/x/final": str(tmp / "run" / "final"),
         "sample.mp4": str(tmp / "sample.mp4"),
+        "evals/x/": str(tmp / "evals" / "x"),
         UPSTREAM_REPO: str(make_upstream_release(tmp / "upstream", n_clips=4)),
         "_tmp": str(tmp),
     }
@@ -134,6 +147,9 @@ def _tiny_options(words: list[str], places: dict[str, str]) -> list[str]:
         return [w for s in sets for w in ("--set", s)]
     if verb == "generate":
         return ["--frames", "5", "--height", "32", "--width", "32", "--steps", "2", "--device", "cpu"]
+    if verb == "eval":  # one prompt (a later --limit wins) and the metrics that need no model weights
+        small = ["--frames", "5", "--height", "32", "--width", "32", "--steps", "2", "--device", "cpu"]
+        return [*small, "--limit", "1", "--metrics", "temporal_flickering,flow_interpolation_smoothness"]
     return []
 
 
@@ -186,4 +202,5 @@ def test_every_readme_command_runs_as_written(
         ran.append(command)
     assert sorted(ran) == sorted(readme_commands())
     assert (Path(places["sample.mp4"])).stat().st_size > 0
+    assert (Path(places["evals/x/"]) / "report.md").is_file()
     shutil.rmtree(Path(places["_tmp"]) / "remote", ignore_errors=True)

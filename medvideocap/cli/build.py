@@ -106,3 +106,12 @@ def command(
             "loads": offline_report(chosen),
         }
         click.echo(json.dumps(plan, indent=2))
+        return
+    from medvideocap.layout import INFO_PATH, REJECTS_PATH
+
+    # exit 1 when the dataset holds no clip (a rerun of a finished build counts what is already there)
+    if not json.loads((out / INFO_PATH).read_text()).get("total"):
+        raise click.ClickException(
+            f"{out}: the build kept no clip; each input's reason is in {out / REJECTS_PATH}: check --src "
+            "and the recipe's limits (--dry-run shows the recipe)"
+        )
