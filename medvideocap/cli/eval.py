@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from medvideocap.cli.options import generation_options
+
 METRICS_HELP = (
     "Comma-separated metrics (default: all). Built in: subject_consistency, background_consistency, "
     "temporal_flickering, flow_interpolation_smoothness (VBench's motion-smoothness protocol with optical "
@@ -57,15 +59,6 @@ def _ints(value: str) -> list[int]:
     multiple=True,
     help="NAME=PATH_OR_ID (or NAME.head=FILE for aesthetic_quality's MLP head) to replace a default model.",
 )
-@click.option("--base", default=None, help="Base model for LoRA / transformer-only checkpoints.")
-@click.option("--negative-prompt", default=None, help="Negative prompt for classifier-free guidance.")
-@click.option("--frames", default=81, show_default=True, help="Frames per video (4k+1).")
-@click.option("--height", default=480, show_default=True, help="Height (multiple of 16).")
-@click.option("--width", default=832, show_default=True, help="Width (multiple of 16).")
-@click.option("--steps", default=50, show_default=True, help="Denoising steps.")
-@click.option("--guidance", default=5.0, show_default=True, help="Classifier-free guidance scale.")
-@click.option("--fps", default=16.0, show_default=True, help="Frame rate written to the mp4s.")
-@click.option("--device", default=None, help="torch device (default: cuda when available).")
 @click.option("--compare", is_flag=True, help="Compare the eval output FOLDERS given as arguments.")
 @click.option(
     "--bootstrap", default=2000, show_default=True, help="Bootstrap resamples for --compare / ratings."
@@ -80,6 +73,7 @@ def _ints(value: str) -> list[int]:
     default=None,
     help="A filled rating sheet CSV: win rates per category with confidence intervals.",
 )
+@generation_options
 def command(
     folders: tuple[Path, ...],
     checkpoints: tuple[str, ...],

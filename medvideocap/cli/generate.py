@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from medvideocap.cli.options import generation_options
+
 
 @click.command(name="generate")
 @click.option(
@@ -19,20 +21,8 @@ import click
 @click.option(
     "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .mp4 file."
 )
-@click.option(
-    "--base",
-    default=None,
-    help="Base model id or folder for LoRA / transformer-only checkpoints (default: the one the run used).",
-)
-@click.option("--negative-prompt", default=None, help="Negative prompt for classifier-free guidance.")
-@click.option("--frames", default=81, show_default=True, help="Number of frames (4k+1).")
-@click.option("--height", default=480, show_default=True, help="Height in pixels (multiple of 16).")
-@click.option("--width", default=832, show_default=True, help="Width in pixels (multiple of 16).")
-@click.option("--steps", default=50, show_default=True, help="Denoising steps.")
-@click.option("--guidance", default=5.0, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--seed", default=0, show_default=True, help="Random seed of the initial noise.")
-@click.option("--fps", default=16.0, show_default=True, help="Frame rate written to the mp4.")
-@click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
+@generation_options
 def command(
     checkpoint: Path,
     prompt: str,

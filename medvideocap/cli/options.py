@@ -1,0 +1,31 @@
+"""Options shared by several verbs, declared once so their names, defaults and help cannot drift."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+_GENERATION: list[Callable[[Any], Any]] = [
+    click.option(
+        "--base",
+        default=None,
+        help="Base model id or folder for LoRA / transformer-only checkpoints (default: the one the run used).",
+    ),
+    click.option("--negative-prompt", default=None, help="Negative prompt for classifier-free guidance."),
+    click.option("--frames", default=81, show_default=True, help="Frames per video (4k+1)."),
+    click.option("--height", default=480, show_default=True, help="Height in pixels (multiple of 16)."),
+    click.option("--width", default=832, show_default=True, help="Width in pixels (multiple of 16)."),
+    click.option("--steps", default=50, show_default=True, help="Denoising steps."),
+    click.option("--guidance", default=5.0, show_default=True, help="Classifier-free guidance scale."),
+    click.option("--fps", default=16.0, show_default=True, help="Frame rate written to the mp4s."),
+    click.option("--device", default=None, help="torch device (default: cuda when available, else cpu)."),
+]
+
+
+def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The sampling options of ``generate`` and ``eval`` (WanPipeline's arguments, the paper's 480x832)."""
+    for option in reversed(_GENERATION):
+        command = option(command)
+    return command
