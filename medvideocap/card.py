@@ -15,11 +15,18 @@ from typing import Any
 
 import polars as pl
 
+from medvideocap.layout import (
+    CHARTS_DIR,
+    FUNNEL_PATH,
+    INFO_PATH,
+    README_PATH,
+    REJECTS_PATH,
+    split_dir,
+)
 from medvideocap.resources import resource
 from medvideocap.schema import SCHEMA_VERSION, SPLITS, Category
 
 TEMPLATE = "dataset_card.md.j2"
-CHARTS_DIR = Path("meta") / "charts"
 UPSTREAM_REPO = "FreedomIntelligence/MedVideoCap-55K"
 
 
@@ -50,7 +57,7 @@ def card_configs(splits: list[str]) -> list[dict[str, Any]]:
         {
             "config_name": "default",
             "default": True,
-            "data_files": [{"split": s, "path": f"data/{s}/*.tar"} for s in present],
+            "data_files": [{"split": s, "path": f"{split_dir(s)}/*.tar"} for s in present],
         }
     ]
 
@@ -116,8 +123,10 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def build_stats(root: Path, splits: list[str]) -> dict[str, Any]:
     """Markdown tables of this build: clips per split and category, durations, resolutions, scores."""
+    from medvideocap.hubnative import read_metadata
+
     frames = [
-        pl.read_parquet(root / "metadata" / f"{s}.parquet").select(
+        read_metadata(root, s).select(
             pl.lit(s).alias("split"),
             "category",
             "duration",
@@ -214,7 +223,7 @@ def write_charts(root: Path, df: pl.DataFrame) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "categories.png", metadata={"Software": None})
     plt.close(fig)
-    written.append((CHARTS_DIR / "categories.png").as_posix())
+    written.append(f"{CHARTS_DIR}/categories.png")
 
     fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
     ax.hist(df["duration"].to_list(), bins=30, color="#55a868")
@@ -224,7 +233,7 @@ def write_charts(root: Path, df: pl.DataFrame) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "durations.png", metadata={"Software": None})
     plt.close(fig)
-    written.append((CHARTS_DIR / "durations.png").as_posix())
+    written.append(f"{CHARTS_DIR}/durations.png")
     return written
 
 
@@ -252,11 +261,11 @@ def render_card(root: Path | str, *, repo_id: str | None = None) -> str:
     import jinja2
 
     root = Path(root)
-    info = json.loads((root / "meta" / "info.json").read_text(encoding="utf-8"))
+    info = json.loads((root / INFO_PATH).read_text(encoding="utf-8"))
     splits = [s for s in SPLITS if info.get("counts", {}).get(s)]
     stats = build_stats(root, splits)
     charts = write_charts(root, stats.pop("df"))
-    rejects_path = root / "meta" / "rejects.parquet"
+    rejects_path = root / REJECTS_PATH
     reject_table = ""
     if rejects_path.exists():
         rejects = pl.read_parquet(rejects_path)
@@ -267,7 +276,7 @@ def render_card(root: Path | str, *, repo_id: str | None = None) -> str:
                 .sort(["len", "stage", "reason"], descending=[True, False, False])
             )
             reject_table = _table(["stage", "reason", "inputs"], [list(r) for r in summary.iter_rows()])
-    funnel_table = _funnel_table(root / "meta" / "funnel.json")
+    funnel_table = _funnel_table(root / FUNNEL_PATH)
     template = jinja2.Template(
         resource("cards", TEMPLATE).read_text(encoding="utf-8"),
         undefined=jinja2.StrictUndefined,
@@ -299,6 +308,6 @@ def write_card(root: Path | str, *, repo_id: str | None = None) -> Path:
     from medvideocap.atomic import atomic_write_bytes
 
     root = Path(root)
-    path = root / "README.md"
+    path = root / README_PATH
     atomic_write_bytes(path, render_card(root, repo_id=repo_id).encode())
     return path

@@ -29,6 +29,7 @@ import numpy as np
 from medvideocap.atomic import atomic_write_text
 from medvideocap.devices import resolve_device
 from medvideocap.dist import env_rank_world
+from medvideocap.hashing import hash64
 from medvideocap.latents import (
     FORMAT,
     FORMAT_VERSION,
@@ -391,7 +392,7 @@ def _sampled_fps(ts: list[float] | None) -> float | None:
 
 def rank_of(clip_id: str, world_size: int) -> int:
     """The rank that owns a clip: a stable hash, the same in every process, run and Python version."""
-    return int.from_bytes(hashlib.sha256(clip_id.encode()).digest()[:8], "big") % world_size
+    return hash64(clip_id) % world_size
 
 
 def _batched_by_shape(items: Iterable[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:

@@ -9,7 +9,6 @@ so a sample is the same whichever worker, rank or resumed run produces it.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from medvideocap.hashing import hash64
 
 Position = Literal["start", "center", "random"]
 
@@ -38,7 +39,7 @@ def even_times(start: float, end: float, n: int) -> list[float]:
 
 def sample_rng(seed: int, epoch: int, key: str, salt: int = 0) -> np.random.Generator:
     """A generator that depends only on (seed, epoch, clip id), never on visiting order."""
-    digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    digest = hash64(key, algorithm="blake2b", byteorder="little")
     return np.random.default_rng([seed, epoch, digest, salt])
 
 

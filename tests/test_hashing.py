@@ -94,3 +94,13 @@ def test_hashes_do_not_depend_on_the_process_hash_seed() -> None:
     ]
     assert runs[0][0] == runs[1][0] == str(hash64("video-a"))
     assert runs[0][1] != runs[1][1]  # the builtin hash really does differ, so the test can tell
+
+
+def test_latent_rank_assignment_and_frame_rng_keep_their_published_values() -> None:
+    # values computed by the code before it called medvideocap.hashing: a cache written across 8
+    # ranks, and the frames a FrameSpec(position="random") picks, must not move
+    from medvideocap.encode_latents import rank_of
+    from medvideocap.frames import sample_rng
+
+    assert [rank_of(f"clip{i:03d}", 8) for i in range(8)] == [0, 0, 5, 5, 4, 5, 5, 0]
+    assert sample_rng(0, 0, "clip000").integers(0, 1000, 4).tolist() == [7, 882, 56, 809]

@@ -8,7 +8,6 @@ the CPU/GPU hints that the Ray engine passes to the scheduler (the local engines
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from medvideocap.hashing import short_hexdigest
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +342,7 @@ class Recipe(BaseModel):
     def fingerprint(self) -> str:
         """Hash of the validated recipe: a work dir built with another recipe is not resumed."""
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return short_hexdigest(text)
 
     def models(self) -> list[str]:
         return list(dict.fromkeys(m for s in self.stages for m in s.models()))
