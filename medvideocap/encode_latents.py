@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from medvideocap.atomic import atomic_write_text
+from medvideocap.defaults import WAN_T2V_1_3B
 from medvideocap.devices import resolve_device
 from medvideocap.dist import env_rank_world
 from medvideocap.hashing import hash64
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+DEFAULT_MODEL = WAN_T2V_1_3B
 #: Why float32 is the default storage dtype; the CLI help says it and a float16 run warns with it.
 STORAGE_DTYPE_NOTE = (
     "FastVideo's parquet datasets decode latent and text bytes as float32 whatever the *_dtype column says, "

@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 
 from medvideocap.atomic import atomic_path
+from medvideocap.defaults import WAN_T2V_1_3B
 from medvideocap.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+DEFAULT_BASE = WAN_T2V_1_3B
 LORA_FILE = "pytorch_lora_weights.safetensors"
 RUN_FILE = "medvideocap_train.json"
 

@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from medvideocap.atomic import atomic_write_json, atomic_write_text
+from medvideocap.defaults import WAN_T2V_1_3B
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class TrainConfig(BaseModel):
     split: str = "train"
     expect_fingerprint: str | None = None  # refuse a cache built from a different dataset/recipe
     # model
-    model_id: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"  # hub id or a local pipeline folder
+    model_id: str = WAN_T2V_1_3B  # hub id or a local pipeline folder
     revision: str | None = None
     transformer_subfolder: str = "transformer"
     mode: Literal["lora", "full"] = "lora"

@@ -7,6 +7,8 @@ import json
 
 import click
 
+from medvideocap.defaults import WAN_T2V_1_3B
+
 
 def _bucket(text: str) -> tuple[int, int, int]:
     try:
@@ -24,9 +26,7 @@ def _bucket(text: str) -> tuple[int, int, int]:
 @click.option(
     "--split", "splits", multiple=True, default=("train",), show_default=True, help="Split(s) to encode."
 )
-@click.option(
-    "--vae", default="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", show_default=True, help="VAE hub id or local folder."
-)
+@click.option("--vae", default=WAN_T2V_1_3B, show_default=True, help="VAE hub id or local folder.")
 @click.option("--vae-subfolder", default="vae", show_default=True, help="Subfolder of the VAE ('' for none).")
 @click.option("--vae-revision", default=None, help="Hub revision of the VAE.")
 @click.option("--text-encoder", default=None, help="Text encoder hub id or folder (default: the --vae repo).")
