@@ -35,7 +35,7 @@ lint: setup
 	$(BIN)/ruff format --check medvideocap tests benchmarks
 
 schemas: setup
-	$(BIN)/python -c "from medvideocap.schema import write_json_schemas; print(*write_json_schemas('schemas'), sep='\n')"
+	$(BIN)/python -c "from medvideocap.dataset.schema import write_json_schemas; print(*write_json_schemas('schemas'), sep='\n')"
 
 clean:
 	rm -rf demo-output .pytest_cache

@@ -59,7 +59,7 @@ def run_stage(stage: str, path: Path, work: Path) -> dict[str, float]:
     from medvideocap.build.recipe import Recipe
     from medvideocap.build.sample import Sample
     from medvideocap.build.stages import Context, make_stage
-    from medvideocap.probe import probe
+    from medvideocap.media.probe import probe
 
     t0 = time.perf_counter()
     info = probe(path, name=path.name, count_frames=True)

@@ -124,7 +124,7 @@ def transnet_direct(path: Path) -> list[float]:
     """TransNetV2 as its README runs it: ffmpeg-scaled 48x27 frames -> predict_frames ->
     predictions_to_scenes(threshold 0.5); a cut is the first frame of each later scene."""
     from medvideocap.build.stages.split import transnet_model
-    from medvideocap.probe import probe
+    from medvideocap.media.probe import probe
 
     model, _ = transnet_model("cpu")
     raw = subprocess.run(
@@ -155,7 +155,7 @@ def cropdetect_direct(path: Path) -> tuple[int, int, int, int]:
     """ffmpeg's cropdetect with its own defaults (limit 24, round 16, skip 2), last reported box."""
     import re
 
-    from medvideocap.probe import probe
+    from medvideocap.media.probe import probe
 
     info = probe(path, name=str(path))
     proc = subprocess.run(
@@ -241,14 +241,14 @@ def main() -> None:
 
     def ours(method: str) -> Callable[[Path], tuple[int, int, int, int]]:
         def bars(path: Path) -> tuple[int, int, int, int]:
-            from medvideocap.build.media import cropdetect
+            from medvideocap.media.ffmpeg import cropdetect
 
             cfg = BlackBorderStage(method=method)  # type: ignore[arg-type]
             if method == "cropdetect":
                 return cropdetect(path, limit=cfg.luminance).bars
             import cv2
 
-            from medvideocap.build.media import iter_frames
+            from medvideocap.media.ffmpeg import iter_frames
 
             grey = (
                 cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for _, im in iter_frames(path, fps=2.0, max_side=None)
@@ -300,7 +300,7 @@ def main() -> None:
         return decide
 
     def rapidocr_spaces(path: Path) -> tuple[bool, float]:
-        from medvideocap.build.media import sample_even
+        from medvideocap.media.ffmpeg import sample_even
 
         cfg = OcrStage()
         counts = [sum(len(r.text.split()) for r in ocr.read(im, cfg)) for im in sample_even(path, 5).images]
@@ -331,8 +331,8 @@ def main() -> None:
         )
 
     # quality ------------------------------------------------------------------------------------
-    from medvideocap.build.media import sample_even
     from medvideocap.build.stages import measures, technical
+    from medvideocap.media.ffmpeg import sample_even
 
     cfg_t = TechnicalStage()
     for label, fn in (

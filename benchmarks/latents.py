@@ -170,7 +170,7 @@ def bench_loader(rows: int, latent: tuple[int, ...], text_dim: int, repeats: int
 
 
 def bench_tiny_encode(clips: int) -> None:
-    from medvideocap.encode_latents import BatchEncoder, EncodeConfig
+    from medvideocap.latents.encode import BatchEncoder, EncodeConfig
     from medvideocap.tiny import tiny_text_encoder, tiny_vae
 
     text_encoder, tokenizer = tiny_text_encoder()

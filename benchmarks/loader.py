@@ -43,10 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = ROOT / "tests" / "data"
 sys.path.insert(0, str(ROOT))
 
-from medvideocap.frames import FrameSpec  # noqa: E402
-from medvideocap.probe import probe  # noqa: E402
-from medvideocap.schema import Caption, ClipRecord  # noqa: E402
-from medvideocap.writer import DatasetWriter  # noqa: E402
+from medvideocap.dataset.schema import Caption, ClipRecord  # noqa: E402
+from medvideocap.dataset.writer import DatasetWriter  # noqa: E402
+from medvideocap.media.frames import FrameSpec  # noqa: E402
+from medvideocap.media.probe import probe  # noqa: E402
 
 
 def make_clip(path: Path, seconds: float, fps: int, index: int) -> Path:

@@ -54,7 +54,7 @@ def main() -> None:
             "no CUDA GPU visible; this benchmark measures GPU encode throughput (CPU numbers: benchmarks/latents.py)"
         )
 
-    from medvideocap.encode_latents import BatchEncoder, EncodeConfig
+    from medvideocap.latents.encode import BatchEncoder, EncodeConfig
 
     config = EncodeConfig(
         vae=args.model,
@@ -76,7 +76,7 @@ def main() -> None:
             if args.slicing:
                 vae.enable_slicing()
         else:
-            from medvideocap.encode_latents import load_vae
+            from medvideocap.latents.encode import load_vae
 
             vae = load_vae(config)
     except Exception as exc:  # noqa: BLE001 - turn a missing download into a clear message
@@ -87,7 +87,7 @@ def main() -> None:
     if args.text:
         if args.random_init:
             fail("--text needs the real UMT5 weights; drop --random-init")
-        from medvideocap.encode_latents import load_text_encoder
+        from medvideocap.latents.encode import load_text_encoder
 
         try:
             text_encoder, tokenizer = load_text_encoder(config)

@@ -123,8 +123,8 @@ def _step(title: str, *args: str) -> None:
 def _show_loader(dataset: Path) -> None:
     import torch
 
-    from medvideocap.frames import FrameSpec
-    from medvideocap.loader import collate, load
+    from medvideocap.loading.loader import collate, load
+    from medvideocap.media.frames import FrameSpec
 
     console.rule("[bold]medvideocap.load")
     spec = FrameSpec(num_frames=9, fps=8.0, height=64, width=96, position="center")

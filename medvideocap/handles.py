@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medvideocap.schema import DataError
+from medvideocap.dataset.schema import DataError
 
 
 class ShortReadError(DataError, OSError):

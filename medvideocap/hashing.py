@@ -4,7 +4,7 @@ Python's ``hash(str)`` is salted per process (``PYTHONHASHSEED``), so anything t
 DataLoader workers, ranks, reruns or published outputs (split assignment, sampler seeds, shard
 owners, short content ids) hashes through this module instead. Every function hashes the UTF-8
 bytes of the text and says which digest and byte order it reads, because those choices are part of
-published outputs: :func:`medvideocap.splits.group_position` decides which split a clip is in, so
+published outputs: :func:`medvideocap.dataset.splits.group_position` decides which split a clip is in, so
 changing its algorithm or byte order would move clips between splits of an already published
 dataset. Callers keep the algorithm and byte order they shipped with; new callers should use the
 defaults (sha256, big-endian, the order in which the hex digest is written).

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from medvideocap.schema import ClipRecord, SourceContext
+from medvideocap.dataset.schema import ClipRecord, SourceContext
 
 DETAILED = (
     "A surgeon's gloved hands work inside an open abdominal cavity under bright operating-room light. "

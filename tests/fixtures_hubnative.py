@@ -4,7 +4,7 @@
 with fractions 0.5/0.25/0.25 and a tiny shard size, so that the fixture has all three splits and
 several shards. :func:`write_hub_native` writes a release's clips straight through the
 ``DatasetWriter`` (a broken writer fails the tests that use it, it never skips them).
-:class:`HubStandIn` exposes the part of ``huggingface_hub.HfApi`` that ``medvideocap.push`` uses,
+:class:`HubStandIn` exposes the part of ``huggingface_hub.HfApi`` that ``medvideocap.dataset.push`` uses,
 exactly as the installed ``HfApi`` has it (``upload_large_folder`` only where the real API still has it:
 huggingface_hub 2.0 removed it), records every call and keeps "remote" files in a local folder.
 """
@@ -33,7 +33,7 @@ N_CLIPS = 8  # with the default salt and FRACTIONS this gives train 5, validatio
 
 def converted(tmp: Path, *, n_clips: int = N_CLIPS, faults: tuple[str, ...] = (), workers: int = 1) -> Path:
     """Convert a fresh upstream fixture into ``tmp/hub`` and return that folder."""
-    from medvideocap.convert import convert
+    from medvideocap.dataset.convert import convert
 
     src = make_upstream_release(tmp / "upstream", n_clips=n_clips, faults=faults)
     out = tmp / "hub"
@@ -43,9 +43,9 @@ def converted(tmp: Path, *, n_clips: int = N_CLIPS, faults: tuple[str, ...] = ()
 
 def write_hub_native(release: Path, out: Path, *, test_id: str = "00000") -> Path:
     """Every clip of the upstream-shaped ``release`` into ``out`` (clip ``test_id`` in test, the rest
-    in train) through :class:`medvideocap.writer.DatasetWriter`; returns ``out``."""
-    from medvideocap.upstream import UpstreamRelease
-    from medvideocap.writer import DatasetWriter
+    in train) through :class:`medvideocap.dataset.writer.DatasetWriter`; returns ``out``."""
+    from medvideocap.dataset.upstream import UpstreamRelease
+    from medvideocap.dataset.writer import DatasetWriter
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

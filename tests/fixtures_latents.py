@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from videos import make_video
 
-from medvideocap.encode_latents import EncodeConfig
-from medvideocap.frames import FrameSpec
+from medvideocap.latents.encode import EncodeConfig
+from medvideocap.media.frames import FrameSpec
 
 #: 9 frames (2 latent frames + 1) at 8 fps, 32x48: the tiny VAE encodes it in milliseconds.
 SPEC = FrameSpec(num_frames=9, fps=8.0, height=32, width=48, position="center")
@@ -59,9 +59,9 @@ def write_hub_native(
 
 def write_videos(root: Path, paths: dict[str, Path]) -> list[str]:
     """Any mp4s (id -> path) as a hub-native ``train`` split, records filled from ``probe``."""
-    from medvideocap.probe import probe
-    from medvideocap.schema import Caption, ClipRecord
-    from medvideocap.writer import DatasetWriter
+    from medvideocap.dataset.schema import Caption, ClipRecord
+    from medvideocap.dataset.writer import DatasetWriter
+    from medvideocap.media.probe import probe
 
     with DatasetWriter(root, card=False) as writer:  # the card is H3's concern, not ours
         for i, (clip_id, path) in enumerate(paths.items()):

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from videos import ffmpeg, make_video
 
-from medvideocap.schema import Caption, Category, ClipRecord
-from medvideocap.writer import DatasetWriter
+from medvideocap.dataset.schema import Caption, Category, ClipRecord
+from medvideocap.dataset.writer import DatasetWriter
 
 _CACHE: dict[tuple[float, int, tuple[int, int]], bytes] = {}
 

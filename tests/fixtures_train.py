@@ -22,8 +22,8 @@ def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def latent_cache(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline_dir: Path) -> Path:
     """4 clips (64x48, 8 fps, 2-3 s) -> 5 frames at 32x32 -> latents (4, 2, 4, 4) + UMT5 embeddings."""
-    from medvideocap.encode_latents import EncodeConfig, encode_latents
-    from medvideocap.frames import FrameSpec
+    from medvideocap.latents.encode import EncodeConfig, encode_latents
+    from medvideocap.media.frames import FrameSpec
 
     root = tmp_path_factory.mktemp("latents")
     hub = make_hub_native(root / "hub", n_clips=4)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from medvideocap.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_parquet
-from medvideocap.sampler import BucketBatchSampler
+from medvideocap.loading.sampler import BucketBatchSampler
 
 
 def test_writes_replace_the_target_and_leave_no_temporary(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ from fixtures_build import EXPECTED_REJECTS, SCENE_CUTS, make_raw, tree_bytes
 from videos import make_video
 
 from medvideocap.build import build
-from medvideocap.probe import probe
-from medvideocap.schema import ClipRecord
+from medvideocap.dataset.schema import ClipRecord
+from medvideocap.media.probe import probe
 
 
 @pytest.fixture(scope="module")

@@ -364,7 +364,7 @@ def test_caption_backend_is_called_through_medvideocap_caption(
     small_raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from medvideocap.build.stages import caption as caption_stage
-    from medvideocap.schema import Caption
+    from medvideocap.dataset.schema import Caption
 
     seen = {}
 
@@ -421,7 +421,7 @@ def test_frame_difference_detector_finds_the_scene_cuts(tmp_path: Path) -> None:
 def test_a_build_that_dies_while_writing_resumes_into_the_same_bytes(tmp_path: Path, monkeypatch) -> None:
     from fixtures_build import tree_bytes
 
-    from medvideocap.writer import DatasetWriter
+    from medvideocap.dataset.writer import DatasetWriter
 
     raw = tmp_path / "raw"
     for i in range(4):
@@ -526,7 +526,7 @@ def test_cropdetect_finds_the_bars_of_a_letterboxed_real_clip_and_crops_or_rejec
 ) -> None:
     from fixtures_build import letterbox_real
 
-    from medvideocap.build.media import cropdetect
+    from medvideocap.media.ffmpeg import cropdetect
 
     clip = letterbox_real(tmp_path / "raw" / f"boxed-{name}", name, bar=bar, pillar=pillar)
     assert cropdetect(clip).bars == ((0, 0, bar, bar) if pillar else (bar, bar, 0, 0))

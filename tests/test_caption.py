@@ -10,7 +10,7 @@ from videos import make_video, real_clip
 
 from medvideocap.caption import FrameError, TemplateError, builtin_templates, load_template, sample_frames
 from medvideocap.caption.where import WhereError, compile_where
-from medvideocap.schema import Caption, Scores
+from medvideocap.dataset.schema import Caption, Scores
 
 # --- frames -----------------------------------------------------------------------------------------
 

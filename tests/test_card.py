@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from fixtures_hubnative import converted
 
-from medvideocap.card import card_configs, render_card, size_category
-from medvideocap.hubnative import webdataset_features
-from medvideocap.schema import SPLITS, Caption, ClipRecord
-from medvideocap.writer import DatasetWriter
+from medvideocap.dataset.card import card_configs, render_card, size_category
+from medvideocap.dataset.hubnative import webdataset_features
+from medvideocap.dataset.schema import SPLITS, Caption, ClipRecord
+from medvideocap.dataset.writer import DatasetWriter
 
 
 @pytest.fixture(scope="module")

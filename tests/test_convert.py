@@ -24,11 +24,11 @@ from fixtures_upstream import (
     zeros_deflated,
 )
 
-from medvideocap.convert import ConvertSummary, convert, reject_kind, summary_table
-from medvideocap.hubnative import HubNativeDataset
-from medvideocap.schema import SPLITS, Category
-from medvideocap.upstream import DEFAULT_MAX_CLIP_BYTES
-from medvideocap.validate import DEFAULT_MAX_CAPTION_CHARS, validate
+from medvideocap.dataset.convert import ConvertSummary, convert, reject_kind, summary_table
+from medvideocap.dataset.hubnative import HubNativeDataset
+from medvideocap.dataset.schema import SPLITS, Category
+from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES
+from medvideocap.dataset.validate import DEFAULT_MAX_CAPTION_CHARS, validate
 
 FAULTS = ("duration_mismatch", "video_without_record", "truncated_mp4", "unknown_key")
 
@@ -247,9 +247,9 @@ def _peak_rss_of_convert(src: Path, out: Path) -> dict[str, int]:
     """Peak resident memory of a fresh process converting ``src``, and its peak before converting."""
     code = (
         "import json, resource, sys\n"
-        "import medvideocap.convert, medvideocap.hubnative, medvideocap.card\n"
+        "import medvideocap.dataset.convert, medvideocap.dataset.hubnative, medvideocap.dataset.card\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "s = medvideocap.convert.convert(sys.argv[1], sys.argv[2], progress=False)\n"
+        "s = medvideocap.dataset.convert.convert(sys.argv[1], sys.argv[2], progress=False)\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "print(json.dumps({'base_kib': base, 'peak_kib': peak, 'written': s.written}))\n"
     )

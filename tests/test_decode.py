@@ -10,8 +10,9 @@ import pytest
 import torch
 from videos import REAL_CLIPS, make_video, real_clip
 
-from medvideocap import decode, handles
-from medvideocap.decode import (
+from medvideocap import handles
+from medvideocap.media import decode
+from medvideocap.media.decode import (
     BACKENDS,
     DecodeError,
     DecoderCache,
@@ -174,9 +175,9 @@ def test_frames_by_time_are_right_on_a_variable_frame_rate_clip(backend: str, vf
 
 
 def test_even_frames_follow_the_one_rule_on_a_variable_frame_rate_clip(vfr_clip: Path) -> None:
-    from medvideocap.build.media import sample_even
     from medvideocap.caption import sample_frames
-    from medvideocap.frames import even_times
+    from medvideocap.media.ffmpeg import sample_even
+    from medvideocap.media.frames import even_times
 
     assert even_times(0.0, 4.0, 4) == [0.5, 1.5, 2.5, 3.5]  # centres of equal slices
     dec = open_decoder(vfr_clip, "torchcodec")

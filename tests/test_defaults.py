@@ -6,8 +6,8 @@ import yaml
 
 import medvideocap
 from medvideocap.defaults import WAN_T2V_1_3B
-from medvideocap.encode_latents import DEFAULT_MODEL
 from medvideocap.generate import DEFAULT_BASE
+from medvideocap.latents.encode import DEFAULT_MODEL
 from medvideocap.train import TrainConfig
 
 

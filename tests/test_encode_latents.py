@@ -20,7 +20,6 @@ import torch
 from fixtures_latents import SPEC, make_tiny_model_dir, tiny_config, write_hub_native, write_videos
 from videos import make_video, real_clip
 
-from medvideocap.encode_latents import BatchEncoder, encode_latents, rank_of
 from medvideocap.latents import (
     FingerprintMismatchError,
     LatentCache,
@@ -28,6 +27,7 @@ from medvideocap.latents import (
     load_latents,
     read_dropped,
 )
+from medvideocap.latents.encode import BatchEncoder, encode_latents, rank_of
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def _same_rows(a: dict[str, dict], b: dict[str, dict]) -> None:
 def test_cached_latents_match_encoding_on_the_fly_and_decode_alike(
     dataset, reference: Path, tiny_model_dir: Path
 ) -> None:
-    from medvideocap.loader import load
+    from medvideocap.loading.loader import load
 
     root, ids = dataset
     cache = load_latents(reference, normalize=True, posterior="mode")
@@ -219,8 +219,8 @@ def test_resuming_with_other_settings_is_refused(dataset, reference: Path, tiny_
 def test_real_clips_land_in_aspect_buckets_and_batch_by_latent_shape(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from medvideocap.frames import FrameSpec
-    from medvideocap.loader import load
+    from medvideocap.loading.loader import load
+    from medvideocap.media.frames import FrameSpec
 
     paths = {
         "bunny": real_clip("bigbuckbunny.mp4", tmp_path / "real"),  # 1280x720
@@ -418,7 +418,7 @@ def test_a_float16_cache_warns_that_fastvideo_misreads_it_and_the_help_says_so(
     from click.testing import CliRunner
 
     from medvideocap.cli import main
-    from medvideocap.encode_latents import StorageDtypeWarning
+    from medvideocap.latents.encode import StorageDtypeWarning
 
     help_text = " ".join(CliRunner().invoke(main, ["encode-latents", "--help"]).output.split())
     assert "float16" in help_text and "FastVideo" in help_text and "as float32" in help_text

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medvideocap.frames import FrameSpec, nearest_bucket, resize_crop, sample_rng, to_output
+from medvideocap.media.frames import FrameSpec, nearest_bucket, resize_crop, sample_rng, to_output
 
 
 def _rng(key: str = "clip", seed: int = 0, epoch: int = 0) -> np.random.Generator:

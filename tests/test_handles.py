@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from medvideocap.dataset.schema import DataError
 from medvideocap.handles import FileHandles, PerProcessCache, ShortReadError
-from medvideocap.schema import DataError
 
 
 def test_file_handles_pread_reads_ranges_and_names_a_short_file(tmp_path: Path) -> None:

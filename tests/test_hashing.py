@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
+from medvideocap.caption.recaption import _entry_digest
+from medvideocap.dataset.splits import DEFAULT_SALT, assign_split, group_position
 from medvideocap.hashing import digest_bytes, hash64, short_hexdigest, unit_interval
-from medvideocap.recaption import _entry_digest
-from medvideocap.sampler import stable_seed
-from medvideocap.splits import DEFAULT_SALT, assign_split, group_position
+from medvideocap.loading.sampler import stable_seed
 
 GROUPS = {
     "video-a": 0.8764596606796073,
@@ -99,8 +99,8 @@ def test_hashes_do_not_depend_on_the_process_hash_seed() -> None:
 def test_latent_rank_assignment_and_frame_rng_keep_their_published_values() -> None:
     # values computed by the code before it called medvideocap.hashing: a cache written across 8
     # ranks, and the frames a FrameSpec(position="random") picks, must not move
-    from medvideocap.encode_latents import rank_of
-    from medvideocap.frames import sample_rng
+    from medvideocap.latents.encode import rank_of
+    from medvideocap.media.frames import sample_rng
 
     assert [rank_of(f"clip{i:03d}", 8) for i in range(8)] == [0, 0, 5, 5, 4, 5, 5, 0]
     assert sample_rng(0, 0, "clip000").integers(0, 1000, 4).tolist() == [7, 882, 56, 809]

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from videos import ffmpeg, make_video
 
-from medvideocap.schema import ClipRecord
+from medvideocap.dataset.schema import ClipRecord
 
 # The wrapper runs one command and reports its exit status and the peak RSS of its process tree.
 _MEASURE = (
@@ -205,7 +205,7 @@ BROKEN = [
 # every item of every split is read (upright, resized frames), one JSON verdict line per path.
 LOAD_SCRIPT = (
     "import json, sys, medvideocap\n"
-    "from medvideocap.frames import FrameSpec\n"
+    "from medvideocap.media.frames import FrameSpec\n"
     "spec = FrameSpec(num_frames=4, fps=4.0, height=32, width=32)\n"
     "for arg in sys.argv[1:]:\n"
     "    path, splits = arg.split('::')\n"

@@ -1,4 +1,4 @@
-"""``medvideocap.hubnative``: the one reader of a tar member at a recorded offset (its header checked in
+"""``medvideocap.dataset.hubnative``: the one reader of a tar member at a recorded offset (its header checked in
 the same read) as the loaders and ``HubNativeDataset`` use it, on real shards written by the writer."""
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ import torch
 from fixtures_loader import clip_bytes, clip_record, edit_metadata, make_hub_native
 
 import medvideocap
-from medvideocap.frames import FrameSpec
-from medvideocap.handles import FileHandles
-from medvideocap.hubnative import (
+from medvideocap.dataset.hubnative import (
     HubNativeDataset,
     MemberMismatchError,
     MissingMemberError,
     read_metadata,
     read_tar_member,
 )
-from medvideocap.loader import SkippedSampleWarning
-from medvideocap.streaming import StreamingClipDataset
-from medvideocap.writer import DatasetWriter
+from medvideocap.dataset.writer import DatasetWriter
+from medvideocap.handles import FileHandles
+from medvideocap.loading.loader import SkippedSampleWarning
+from medvideocap.loading.streaming import StreamingClipDataset
+from medvideocap.media.frames import FrameSpec
 
 SPEC = FrameSpec(num_frames=5, fps=8, height=16, width=16, position="start")
 
@@ -148,7 +148,7 @@ def test_the_loader_reads_the_index_through_the_datasets_reader(
 ) -> None:
     """One reader of the metadata parquet: the map-style loader's index is the table
     ``HubNativeDataset.metadata`` returns, read by ``hubnative.read_metadata``."""
-    import medvideocap.loader as loader
+    import medvideocap.loading.loader as loader
 
     calls: list[tuple[Path, str]] = []
 

@@ -12,9 +12,9 @@ from fixtures_hubnative import write_hub_native
 from fixtures_upstream import FAULTS, make_upstream_release
 
 from medvideocap.cli import main
-from medvideocap.info import info
-from medvideocap.schema import SCHEMA_VERSION
-from medvideocap.stats import stats
+from medvideocap.dataset.info import info
+from medvideocap.dataset.schema import SCHEMA_VERSION
+from medvideocap.dataset.stats import stats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,8 +12,8 @@ import pytest
 from fixtures_loader import clip_bytes, clip_record
 
 from medvideocap.caption.journal import Journal
+from medvideocap.dataset.writer import DatasetWriter
 from medvideocap.journal import JournalAppender, JournalError, read_journal
-from medvideocap.writer import DatasetWriter
 
 REJECTS = Path("meta/progress/rejects.jsonl")
 

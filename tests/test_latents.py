@@ -1,4 +1,4 @@
-"""The latent cache format and its readers (``medvideocap/latents.py``), fed by the tiny Wan VAE + UMT5
+"""The latent cache format and its readers (``medvideocap/latents/__init__.py``), fed by the tiny Wan VAE + UMT5
 encoding plain pixel tensors (the end-to-end path from mp4s is in test_encode_latents.py)."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import pytest
 import torch
 from fixtures_latents import make_tiny_model_dir, tiny_config
 
-from medvideocap.encode_latents import BatchEncoder, encode_items
 from medvideocap.latents import (
     BucketBatchSampler,
     FingerprintMismatchError,
@@ -21,6 +20,7 @@ from medvideocap.latents import (
     collate_latents,
     load_latents,
 )
+from medvideocap.latents.encode import BatchEncoder, encode_items
 
 FASTVIDEO_T2V_COLUMNS = [
     "id",

@@ -1,4 +1,4 @@
-"""medvideocap.layout: the one table of hub-native paths, and layout detection on real folders.
+"""medvideocap.dataset.layout: the one table of hub-native paths, and layout detection on real folders.
 
 The writer writes where these names say and the readers read from there; these tests pin both ends
 to the same table, so a path that changes in one place changes everywhere or fails here."""
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from fixtures_loader import clip_bytes, clip_record
 
-from medvideocap import layout
-from medvideocap.hubnative import HubNativeDataset
-from medvideocap.layout import (
+from medvideocap.dataset import layout
+from medvideocap.dataset.hubnative import HubNativeDataset
+from medvideocap.dataset.layout import (
     FORMAT,
     HUB_NATIVE,
     INFO_PATH,
@@ -31,8 +31,8 @@ from medvideocap.layout import (
     shard_path,
     split_dir,
 )
-from medvideocap.streaming import list_shards
-from medvideocap.writer import DatasetWriter
+from medvideocap.dataset.writer import DatasetWriter
+from medvideocap.loading.streaming import list_shards
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,6 @@ def test_detect_tells_the_layouts_apart(written: Path, tmp_path: Path) -> None:
 def test_reading_the_format_does_not_import_the_writer() -> None:
     """The hub-native reader takes FORMAT from the layout, so writer -> card -> hubnative -> writer
     is no longer an import cycle."""
-    code = "import sys, medvideocap.hubnative; print('medvideocap.writer' in sys.modules)"
+    code = "import sys, medvideocap.dataset.hubnative; print('medvideocap.dataset.writer' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -13,12 +13,12 @@ from fixtures_loader import clip_bytes, clip_record, edit_metadata, make_hub_nat
 from torch.utils.data import DataLoader
 
 import medvideocap
-from medvideocap.decode import DecodeError
-from medvideocap.frames import FrameSpec
-from medvideocap.loader import SkippedSampleWarning, collate
-from medvideocap.sampler import BucketBatchSampler, bucket_batches
-from medvideocap.schema import SCHEMA_VERSION, ClipRecord, SchemaVersionError
-from medvideocap.writer import DatasetWriter
+from medvideocap.dataset.schema import SCHEMA_VERSION, ClipRecord, SchemaVersionError
+from medvideocap.dataset.writer import DatasetWriter
+from medvideocap.loading.loader import SkippedSampleWarning, collate
+from medvideocap.loading.sampler import BucketBatchSampler, bucket_batches
+from medvideocap.media.decode import DecodeError
+from medvideocap.media.frames import FrameSpec
 
 SMALL = FrameSpec(num_frames=9, fps=8, height=32, width=48, position="random", seed=1)
 
@@ -196,7 +196,7 @@ def test_dataloader_workers_after_the_parent_decoded_give_the_same_items(dataset
 def test_upstream_release_and_its_hub_native_conversion_give_the_same_samples(tmp_path: Path) -> None:
     from fixtures_upstream import make_upstream_release
 
-    from medvideocap.upstream import UpstreamRelease
+    from medvideocap.dataset.upstream import UpstreamRelease
 
     up = make_upstream_release(tmp_path / "up", n_clips=6)
     with DatasetWriter(tmp_path / "hn", card=False) as writer:
@@ -312,7 +312,7 @@ def test_release_category_spellings_map_to_the_five_and_keep_the_raw_value(tmp_p
 @pytest.fixture(scope="module")
 def rotated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One clip per display rotation (0, 90, 180, 270), stored 96x64, records made from the probe."""
-    from medvideocap.probe import probe
+    from medvideocap.media.probe import probe
 
     tmp = tmp_path_factory.mktemp("rot")
     with DatasetWriter(tmp / "ds", card=False) as writer:
@@ -364,7 +364,7 @@ def test_rotated_clips_load_upright_at_their_display_size(rotated: Path, backend
 def test_a_bug_in_the_pipeline_raises_even_under_skip(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A TypeError from our own code is not a bad clip: skipping it would turn a bug into 'every clip
     skipped'. The bug is planted in the resize step the pipeline runs after decoding."""
-    import medvideocap.loader as loader_module
+    import medvideocap.loading.loader as loader_module
 
     def broken(*args: object, **kwargs: object) -> None:
         raise TypeError("resize_crop() got an unexpected keyword argument 'antialias'")
@@ -384,7 +384,7 @@ def test_a_bug_in_the_pipeline_raises_even_under_skip(dataset: Path, monkeypatch
 def test_a_key_error_in_the_caption_policy_raises_under_skip(
     dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medvideocap.loader as loader_module
+    import medvideocap.loading.loader as loader_module
 
     def broken(*args: object, **kwargs: object) -> str:
         return {}["detailed"]  # type: ignore[return-value]

@@ -1,4 +1,4 @@
-"""``medvideocap.probe``: media facts of real files, the display rotation measured against ffprobe's own."""
+"""``medvideocap.media.probe``: media facts of real files, the display rotation measured against ffprobe's own."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from fixtures_loader import rotated_clip
 from videos import TESTDATA, ffmpeg
 
-from medvideocap.probe import ProbeError, probe
-from medvideocap.schema import DataError
+from medvideocap.dataset.schema import DataError
+from medvideocap.media.probe import ProbeError, probe
 
 
 def _ffprobe_rotation(path: Path) -> int:

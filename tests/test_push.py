@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from fixtures_hubnative import HubStandIn, converted, tree_files
 from huggingface_hub import HfApi
 
-import medvideocap.push
-from medvideocap.push import PushError, dataset_files, push, schema_tag
-from medvideocap.schema import SCHEMA_VERSION
+import medvideocap.dataset.push
+from medvideocap.dataset.push import PushError, dataset_files, push, schema_tag
+from medvideocap.dataset.schema import SCHEMA_VERSION
 
 REPO = "someone/medvideocap-test"
 SECRET = "hf_NotARealTokenButSecretAnyway123"
@@ -127,8 +127,8 @@ def test_cli_push_never_prints_the_token(hub: Path, tmp_path: Path, monkeypatch:
 def test_the_stand_in_has_exactly_the_hfapi_methods_push_calls() -> None:
     """Each ``api.X(`` in push.py exists on the stand-in exactly when it exists on the installed
     ``HfApi``, so the branch push takes with the real API is the one these tests take."""
-    called = set(re.findall(r"api\.(\w+)\(", inspect.getsource(medvideocap.push)))
-    called |= set(re.findall(r'hasattr\(api, "(\w+)"\)', inspect.getsource(medvideocap.push)))
+    called = set(re.findall(r"api\.(\w+)\(", inspect.getsource(medvideocap.dataset.push)))
+    called |= set(re.findall(r'hasattr\(api, "(\w+)"\)', inspect.getsource(medvideocap.dataset.push)))
     assert {"create_repo", "upload_folder", "create_tag"} <= called
     for name in sorted(called):
         assert hasattr(HubStandIn, name) == hasattr(HfApi, name), name

@@ -17,7 +17,7 @@ from fixtures_caption import BRIEF, DETAILED, REFUSAL, Action, FakeChatServer
 from fixtures_upstream import make_upstream_release
 
 from medvideocap.caption import make_captioner
-from medvideocap.recaption import JOURNAL_FILE, RecaptionError, iter_source, recaption
+from medvideocap.caption.recaption import JOURNAL_FILE, RecaptionError, iter_source, recaption
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_upstream_recaption_write_keeps_originals_and_video_bytes(upstream, serv
     assert sorted(_journal_ids(out)) == [f"{i:05d}" for i in range(6)]
     assert _tree_digest(upstream) == before  # the source is only read
 
-    from medvideocap.hubnative import HubNativeDataset
+    from medvideocap.dataset.hubnative import HubNativeDataset
 
     ds = HubNativeDataset.open(out / "dataset")
     source = {it.id: it for it in iter_source(upstream)}
@@ -99,7 +99,7 @@ def test_finished_run_resumes_without_building_a_captioner(upstream, server, tmp
     def no_model(*args, **kwargs):
         raise AssertionError("a finished run must not load a model")
 
-    monkeypatch.setattr("medvideocap.recaption.make_captioner", no_model)
+    monkeypatch.setattr("medvideocap.caption.recaption.make_captioner", no_model)
     again = recaption(upstream, out, backend="openai", model="served-vlm", limit=2)
     assert again.already_done == 2 and again.captioned == 0
 
@@ -215,8 +215,8 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(upstream, tmp_
 
 
 def test_hub_native_source_keeps_splits(upstream, server, tmp_path):
-    from medvideocap.hubnative import HubNativeDataset
-    from medvideocap.writer import DatasetWriter
+    from medvideocap.dataset.hubnative import HubNativeDataset
+    from medvideocap.dataset.writer import DatasetWriter
 
     src = tmp_path / "hub"
     with DatasetWriter(src, split_fn=lambda r: "test" if r.id in ("00001", "00004") else "train") as w:
@@ -235,7 +235,7 @@ def test_hub_native_source_keeps_splits(upstream, server, tmp_path):
 @pytest.mark.slow
 def test_transformers_backend_through_the_cli_with_write(upstream, tmp_path):
     from medvideocap.caption.tiny import save_tiny_vlm
-    from medvideocap.hubnative import HubNativeDataset
+    from medvideocap.dataset.hubnative import HubNativeDataset
 
     model = save_tiny_vlm(tmp_path / "tiny-qwen")
     out = tmp_path / "run"
@@ -291,7 +291,7 @@ def test_ray_engine_runs_the_same_work_and_resumes(upstream, server, tmp_path):
 
 
 def test_write_follows_the_journal_across_limit_growth_and_retried_failures(upstream, server, tmp_path):
-    from medvideocap.hubnative import HubNativeDataset
+    from medvideocap.dataset.hubnative import HubNativeDataset
 
     def written(out):
         ds = HubNativeDataset.open(out / "dataset")

@@ -1,4 +1,4 @@
-"""medvideocap.sampler: equal-shape batches, the same number of steps on every rank, exact resume.
+"""medvideocap.loading.sampler: equal-shape batches, the same number of steps on every rank, exact resume.
 
 Shapes stand in for clips here (the sampler only ever sees shapes); tests/test_load.py runs the same
 sampler over a real decoded dataset through a DataLoader."""
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from medvideocap.sampler import BucketBatchSampler, bucket_batches
+from medvideocap.loading.sampler import BucketBatchSampler, bucket_batches
 
 SMALL, WIDE, TALL = (9, 32, 48), (9, 32, 64), (9, 48, 32)
 SHAPES = [SMALL] * 7 + [WIDE] * 5 + [TALL] * 2  # 14 items in three buckets of uneven size

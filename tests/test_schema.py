@@ -12,7 +12,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from medvideocap.schema import (
+from medvideocap.dataset.schema import (
     SCHEMA_VERSION,
     Caption,
     Category,
@@ -188,7 +188,7 @@ def test_a_record_keeps_the_category_as_the_source_spelled_it() -> None:
 
 
 def test_category_table_is_documented_in_the_module_docstring() -> None:
-    import medvideocap.schema as schema
+    import medvideocap.dataset.schema as schema
 
     doc = schema.__doc__ or ""
     for category in Category:

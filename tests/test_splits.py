@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from medvideocap.splits import (
+from medvideocap.dataset.splits import (
     DEFAULT_SALT,
     assign_split,
     check_fractions,
@@ -29,7 +29,7 @@ def test_same_split_in_a_fresh_interpreter() -> None:
     # hash() is salted per process; ours must not be.
     groups = [f"video-{i}" for i in range(50)]
     code = (
-        "from medvideocap.splits import assign_split;"
+        "from medvideocap.dataset.splits import assign_split;"
         f"print(','.join(assign_split(g, fractions=(0.6, 0.2, 0.2)) for g in {groups!r}))"
     )
     out = subprocess.run(

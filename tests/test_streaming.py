@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 import medvideocap
-from medvideocap.frames import FrameSpec
-from medvideocap.loader import SkippedSampleWarning, collate
-from medvideocap.streaming import StreamingClipDataset
+from medvideocap.loading.loader import SkippedSampleWarning, collate
+from medvideocap.loading.streaming import StreamingClipDataset
+from medvideocap.media.frames import FrameSpec
 
 SPEC = FrameSpec(num_frames=5, fps=8, height=16, width=16, seed=1)
 

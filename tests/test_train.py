@@ -287,7 +287,7 @@ def test_exported_checkpoint_loads_in_wanpipeline_and_generates_a_different_vide
     from click.testing import CliRunner
 
     from medvideocap.cli import main
-    from medvideocap.probe import probe
+    from medvideocap.media.probe import probe
 
     cfg = tiny_train_config(
         tmp_path,
@@ -407,7 +407,7 @@ def test_validation_writes_videos_and_a_contact_sheet(
 ) -> None:
     from PIL import Image
 
-    from medvideocap.probe import probe
+    from medvideocap.media.probe import probe
 
     prompts = ["Echocardiogram, apical four-chamber view", "CPR on a manikin"]
     cfg = tiny_train_config(

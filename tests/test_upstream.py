@@ -22,10 +22,9 @@ from fixtures_upstream import (
     zeros_deflated,
 )
 
-from medvideocap import layout
-from medvideocap.probe import probe
-from medvideocap.schema import Category, UnknownFieldsWarning
-from medvideocap.upstream import (
+from medvideocap.dataset import layout
+from medvideocap.dataset.schema import Category, UnknownFieldsWarning
+from medvideocap.dataset.upstream import (
     ALIASES,
     MemberReadError,
     MemberTooLargeError,
@@ -40,6 +39,7 @@ from medvideocap.upstream import (
     parse_fps,
     parse_resolution,
 )
+from medvideocap.media.probe import probe
 
 
 @pytest.fixture(scope="module")
@@ -346,7 +346,7 @@ def test_hub_failures_become_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
 def test_every_alias_is_documented_in_the_module_docstring() -> None:
     import re
 
-    import medvideocap.upstream as upstream
+    import medvideocap.dataset.upstream as upstream
 
     documented = set(re.findall(r"[a-z0-9]+", upstream.__doc__ or ""))
     assert sorted(k for k in ALIASES if k not in documented) == []

@@ -14,9 +14,9 @@ from fixtures_hubnative import write_hub_native
 from fixtures_upstream import FAULT_FILES, FAULTS, UNKNOWN_KEY, make_upstream_release
 
 from medvideocap.cli import main
-from medvideocap.probe import MediaInfo
-from medvideocap.schema import SCHEMA_VERSION, ClipRecord
-from medvideocap.validate import ValidationReport, compare_media, validate
+from medvideocap.dataset.schema import SCHEMA_VERSION, ClipRecord
+from medvideocap.dataset.validate import ValidationReport, compare_media, validate
+from medvideocap.media.probe import MediaInfo
 
 # fault -> (problem kind, text the message must contain besides the file name)
 EXPECTED = {
@@ -225,10 +225,10 @@ def test_captions_over_the_bound_are_flagged_in_a_hub_native_dataset(
 ) -> None:
     import warnings
 
-    from medvideocap.schema import Caption
-    from medvideocap.upstream import UpstreamRelease
-    from medvideocap.validate import DEFAULT_MAX_CAPTION_CHARS
-    from medvideocap.writer import DatasetWriter
+    from medvideocap.dataset.schema import Caption
+    from medvideocap.dataset.upstream import UpstreamRelease
+    from medvideocap.dataset.validate import DEFAULT_MAX_CAPTION_CHARS
+    from medvideocap.dataset.writer import DatasetWriter
 
     long_text = "x" * (DEFAULT_MAX_CAPTION_CHARS + 1)
     out = tmp_path / "ds"

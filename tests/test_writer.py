@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 from fixtures_hubnative import same_tree
 
-from medvideocap.hubnative import HubNativeDataset, is_hub_native
-from medvideocap.schema import Caption, Category, ClipRecord, InvalidRecordError
-from medvideocap.writer import DatasetWriter, WriterError, parse_size
+from medvideocap.dataset.hubnative import HubNativeDataset, is_hub_native
+from medvideocap.dataset.schema import Caption, Category, ClipRecord, InvalidRecordError
+from medvideocap.dataset.writer import DatasetWriter, WriterError, parse_size
 
 
 def _record(i: int, *, split: str | None = "train", group: str | None = None) -> ClipRecord:

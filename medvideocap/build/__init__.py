@@ -1,7 +1,7 @@
 """Curate raw videos into a hub-native dataset by a recipe (``medvideocap build``).
 
 ``build(src, out, recipe="demo")`` runs the recipe's stages (see :mod:`medvideocap.build.stages`)
-with the chosen engine and writes through :class:`medvideocap.writer.DatasetWriter`."""
+with the chosen engine and writes through :class:`medvideocap.dataset.writer.DatasetWriter`."""
 
 from medvideocap.build.builder import BuildError, BuildResult, build, check_requirements, funnel
 from medvideocap.build.pipeline import Outcome, Pipeline, discover

@@ -8,7 +8,7 @@ The work directory (default: ``OUT.build`` next to the output) holds the resumab
 
 Processing fills the journal in any order (pool workers and Ray finish when they finish); writing
 happens once every input is journaled, in sorted (input, clip index) order, through the resumable
-:class:`~medvideocap.writer.DatasetWriter`. A kill while processing loses at most the inputs in
+:class:`~medvideocap.dataset.writer.DatasetWriter`. A kill while processing loses at most the inputs in
 flight; a kill while writing is resumed by the writer. Either way the rerun writes the same bytes.
 """
 
@@ -29,11 +29,11 @@ from rich.table import Table
 
 from medvideocap.atomic import atomic_write_json
 from medvideocap.build.engine import run_local, run_ray
-from medvideocap.build.media import MediaError, ffmpeg_exe
 from medvideocap.build.pipeline import SOURCE_STAGE, Outcome, scan
 from medvideocap.build.recipe import Recipe, load_recipe
 from medvideocap.build.sample import Sample
 from medvideocap.build.stages import MissingDependencyError, check_stage
+from medvideocap.media.ffmpeg import MediaError, ffmpeg_exe
 
 log = logging.getLogger(__name__)
 FUNNEL_FILE = Path("meta") / "funnel.json"
@@ -149,7 +149,7 @@ def funnel_table(data: dict[str, Any]) -> Table:
 
 def plan(src: Path, recipe: Recipe, inputs: list[Sample], done: set[str]) -> dict[str, Any]:
     """What a build would do (``--dry-run``): inputs, stages, models, estimated work."""
-    from medvideocap.probe import ProbeError, probe
+    from medvideocap.media.probe import ProbeError, probe
 
     seconds = 0.0
     readable = 0
@@ -315,7 +315,7 @@ def build(
 def _writer(out: Path, recipe: Recipe, identity: dict[str, Any]) -> Any:
     """The output's writer; ``identity`` (``--name`` and source folder) rides in the stored recipe as
     ``build``, which is where the card looks for the dataset's title and source."""
-    from medvideocap.writer import DatasetWriter
+    from medvideocap.dataset.writer import DatasetWriter
 
     stored = {**recipe.model_dump(mode="json"), "build": identity}
     return DatasetWriter(out, shard_bytes=recipe.output.shard_bytes, recipe=stored)
@@ -347,7 +347,7 @@ def _lost_work(
 def _write(
     out: Path, recipe: Recipe, identity: dict[str, Any], outcomes: list[Outcome], summary: dict[str, Any]
 ) -> None:
-    from medvideocap.schema import ClipRecord
+    from medvideocap.dataset.schema import ClipRecord
 
     with _writer(out, recipe, identity) as writer:
         for o in outcomes:

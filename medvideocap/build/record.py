@@ -1,11 +1,11 @@
-"""Turning a finished sample into a validated :class:`~medvideocap.schema.ClipRecord`."""
+"""Turning a finished sample into a validated :class:`~medvideocap.dataset.schema.ClipRecord`."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from medvideocap.build.sample import Sample
-from medvideocap.schema import Caption, Category, ClipRecord, NamedScore, Scores, SourceContext
+from medvideocap.dataset.schema import Caption, Category, ClipRecord, NamedScore, Scores, SourceContext
 
 SCORE_FIELDS = tuple(name for name in Scores.model_fields if name != "other")
 SOURCE_KEYS = {

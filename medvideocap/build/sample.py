@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from medvideocap.build.media import Frames, sample_at_fps, sample_even
+from medvideocap.media.ffmpeg import Frames, sample_at_fps, sample_even
 
 
 @dataclass

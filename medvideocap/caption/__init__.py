@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 from .base import DEFAULT_TEMPLATE, BaseCaptioner, Captioner, CaptionResult, make_captioner
-from .frames import FrameError, sample_frames
 from .hygiene import HygieneError, clean_caption, garbled_reason, is_refusal, parse_reply
+from .sampling import FrameError, sample_frames
 from .templates import Template, TemplateError, builtin_templates, load_template
 
 __all__ = [

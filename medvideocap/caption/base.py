@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
-from medvideocap.schema import Caption, ClipRecord
+from medvideocap.dataset.schema import Caption, ClipRecord
 
 from .hygiene import HygieneError, parse_reply
 from .templates import Template, load_template

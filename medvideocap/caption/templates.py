@@ -19,7 +19,7 @@ import yaml
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
-from medvideocap.schema import ClipRecord
+from medvideocap.dataset.schema import ClipRecord
 
 Format = Literal["json", "text", "json_fields"]
 _FORMATS = ("json", "text", "json_fields")

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from medvideocap.schema import ClipRecord
+from medvideocap.dataset.schema import ClipRecord
 
 Predicate = Callable[[ClipRecord], bool]
 

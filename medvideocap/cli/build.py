@@ -107,7 +107,7 @@ def command(
         }
         click.echo(json.dumps(plan, indent=2))
         return
-    from medvideocap.layout import INFO_PATH, REJECTS_PATH
+    from medvideocap.dataset.layout import INFO_PATH, REJECTS_PATH
 
     # exit 1 when the dataset holds no clip (a rerun of a finished build counts what is already there)
     if not json.loads((out / INFO_PATH).read_text()).get("total"):

@@ -1,4 +1,4 @@
-"""``medvideocap convert SRC --out DIR``: parse arguments, run :func:`medvideocap.convert.convert`, print."""
+"""``medvideocap convert SRC --out DIR``: parse arguments, run :func:`medvideocap.dataset.convert.convert`, print."""
 
 from __future__ import annotations
 
@@ -81,11 +81,11 @@ def command(
     (what was converted is kept; a rerun resumes)."""
     from rich.console import Console
 
-    from medvideocap.convert import convert, summary_table
-    from medvideocap.splits import DEFAULT_SALT, parse_fractions
-    from medvideocap.upstream import DEFAULT_MAX_CLIP_BYTES
-    from medvideocap.validate import DEFAULT_MAX_CAPTION_CHARS
-    from medvideocap.writer import parse_size
+    from medvideocap.dataset.convert import convert, summary_table
+    from medvideocap.dataset.splits import DEFAULT_SALT, parse_fractions
+    from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES
+    from medvideocap.dataset.validate import DEFAULT_MAX_CAPTION_CHARS
+    from medvideocap.dataset.writer import parse_size
 
     try:
         size = parse_size(shard_size)

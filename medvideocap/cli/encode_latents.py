@@ -1,5 +1,5 @@
 """``medvideocap encode-latents SOURCE --out DIR``: parse arguments, call
-:func:`medvideocap.encode_latents.encode_latents`, print what was done."""
+:func:`medvideocap.latents.encode.encode_latents`, print what was done."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def _bucket(text: str) -> tuple[int, int, int]:
 )
 @click.option("--rows-per-shard", default=64, show_default=True, help="Clips per parquet shard.")
 @click.option(
-    "--backend", default="torchcodec", show_default=True, help="Video decoder for medvideocap.loader."
+    "--backend", default="torchcodec", show_default=True, help="Video decoder for medvideocap.loading.loader."
 )
 @click.option(
     "--num-workers", default=2, show_default=True, help="Processes decoding clips ahead of the encoder."
@@ -110,8 +110,8 @@ def command(source: str, out: str, splits: tuple[str, ...], **opts: object) -> N
     cache with a manifest and fingerprint). Rerunning resumes; under torchrun/accelerate each rank
     (RANK/WORLD_SIZE) encodes its own share of the clips. Progress goes to stderr; stdout gets one JSON
     summary line per split."""
-    from medvideocap.encode_latents import EncodeConfig, encode_latents
-    from medvideocap.frames import FrameSpec
+    from medvideocap.latents.encode import EncodeConfig, encode_latents
+    from medvideocap.media.frames import FrameSpec
 
     frames = FrameSpec(
         num_frames=int(opts.pop("num_frames")),  # type: ignore[call-overload]

@@ -1,4 +1,4 @@
-"""``medvideocap info PATH_OR_REPO``: parse arguments, call :func:`medvideocap.info.info`, print."""
+"""``medvideocap info PATH_OR_REPO``: parse arguments, call :func:`medvideocap.dataset.info.info`, print."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def command(path_or_repo: str, revision: str | None, as_json: bool) -> None:
     """Say what a dataset is: layout, schema version, counts per split and category, sizes.
 
     Reads metadata and file listings only; for a Hub repo id no video is downloaded."""
-    from medvideocap.info import info
+    from medvideocap.dataset.info import info
 
     try:
         summary = info(path_or_repo, revision=revision)

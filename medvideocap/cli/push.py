@@ -1,4 +1,4 @@
-"""``medvideocap push DIR REPO_ID``: parse arguments, run :func:`medvideocap.push.push`, print."""
+"""``medvideocap push DIR REPO_ID``: parse arguments, run :func:`medvideocap.dataset.push.push`, print."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import click
 def command(folder: str, repo_id: str, private: bool, revision: str | None, token: str | None) -> None:
     """Upload the hub-native dataset FOLDER to the Hugging Face dataset repo REPO_ID and tag its schema
     version (v<SCHEMA_VERSION>). Re-running after a failure resumes the upload."""
-    from medvideocap.push import PushError, push
+    from medvideocap.dataset.push import PushError, push
 
     try:
         result = push(folder, repo_id, private=private, revision=revision, token=token)

@@ -1,5 +1,5 @@
 """``medvideocap recaption SOURCE --out DIR --backend ...``: parse arguments, run
-:func:`medvideocap.recaption.recaption`, print the summary."""
+:func:`medvideocap.caption.recaption.recaption`, print the summary."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def command(source: str, out: str, backend: str, **opts: Any) -> None:
     (counted over the journal; everything captioned is kept)."""
     import json
 
-    from medvideocap.recaption import recaption
+    from medvideocap.caption.recaption import recaption
 
     backend_options: dict[str, Any] = {
         "revision": opts["model_revision"],

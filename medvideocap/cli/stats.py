@@ -1,4 +1,4 @@
-"""``medvideocap stats PATH_OR_REPO``: parse arguments, call :func:`medvideocap.stats.stats`, print."""
+"""``medvideocap stats PATH_OR_REPO``: parse arguments, call :func:`medvideocap.dataset.stats.stats`, print."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON instead of tables.")
 def command(path_or_repo: str, revision: str | None, plots_dir: Path | None, as_json: bool) -> None:
     """Distributions over the metadata: categories, durations, resolutions, fps, scores, caption lengths."""
-    from medvideocap.stats import stats
+    from medvideocap.dataset.stats import stats
 
     try:
         result = stats(path_or_repo, revision=revision, plots=plots_dir)

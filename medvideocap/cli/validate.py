@@ -1,4 +1,4 @@
-"""``medvideocap validate PATH_OR_REPO``: parse arguments, run :func:`medvideocap.validate.validate`, print."""
+"""``medvideocap validate PATH_OR_REPO``: parse arguments, run :func:`medvideocap.dataset.validate.validate`, print."""
 
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ def command(
     from rich.console import Console
     from rich.progress import Progress as RichProgress
 
-    from medvideocap.upstream import DEFAULT_MAX_CLIP_BYTES
-    from medvideocap.validate import DEFAULT_MAX_CAPTION_CHARS, validate
-    from medvideocap.writer import parse_size
+    from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES
+    from medvideocap.dataset.validate import DEFAULT_MAX_CAPTION_CHARS, validate
+    from medvideocap.dataset.writer import parse_size
 
     try:
         clip_bytes = parse_size(max_clip_bytes) if max_clip_bytes else DEFAULT_MAX_CLIP_BYTES
@@ -94,7 +94,7 @@ def _print_report(console: object, report: object) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from medvideocap.validate import ValidationReport
+    from medvideocap.dataset.validate import ValidationReport
 
     assert isinstance(console, Console) and isinstance(report, ValidationReport)
     console.print(

@@ -164,7 +164,7 @@ def render_report(summary: dict[str, Any], plots: Sequence[str], sheet: str | No
 
 def metric_plot(scores: pl.DataFrame, metric: str, path: Path) -> Path:
     """Box plot of one metric's per-video scores, one box per checkpoint, the mean marked."""
-    from medvideocap.plots import pyplot, save_figure
+    from medvideocap.dataset.plots import pyplot, save_figure
 
     plt = pyplot()
     part = scores.filter(pl.col("metric") == metric)

@@ -151,7 +151,7 @@ def video_items(videos: Path, prompts: Sequence[Prompt]) -> list[Item]:
 
 def read_video(path: Path) -> np.ndarray:
     """All frames of an mp4 as ``uint8 (T, H, W, 3)``, through the project's decoder interface."""
-    from medvideocap.decode import DecodeError, open_decoder
+    from medvideocap.media.decode import DecodeError, open_decoder
 
     try:
         decoder = open_decoder(path, "pyav")

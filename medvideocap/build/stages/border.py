@@ -17,11 +17,11 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
-from medvideocap.build.media import cropdetect, cut, iter_frames
 from medvideocap.build.recipe import BlackBorderStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context
-from medvideocap.probe import probe
+from medvideocap.media.ffmpeg import cropdetect, cut, iter_frames
+from medvideocap.media.probe import probe
 
 _FPS = 2.0
 _TOLERANCE = 3  # pixels between a bar's inner edge and the Hough line that confirms it

@@ -14,7 +14,7 @@ from medvideocap.build.recipe import CaptionStage
 from medvideocap.build.record import CAPTION_KEYS, to_record
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context, MissingDependencyError
-from medvideocap.schema import Caption
+from medvideocap.dataset.schema import Caption
 
 _CAPTIONERS: dict[str, Any] = {}
 

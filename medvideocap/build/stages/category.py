@@ -9,7 +9,7 @@ from medvideocap.build.recipe import CategoryStage
 from medvideocap.build.record import CATEGORY_KEYS
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context
-from medvideocap.schema import Category
+from medvideocap.dataset.schema import Category
 
 
 def check(cfg: CategoryStage) -> None:

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
-from medvideocap.build.media import iter_frames
 from medvideocap.build.recipe import MeasuresStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context
+from medvideocap.media.ffmpeg import iter_frames
 
 
 def sharpness(gray: list[np.ndarray]) -> float:

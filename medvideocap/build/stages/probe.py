@@ -7,7 +7,7 @@ from pathlib import Path
 from medvideocap.build.recipe import ProbeStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context
-from medvideocap.probe import ProbeError, probe
+from medvideocap.media.probe import ProbeError, probe
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}

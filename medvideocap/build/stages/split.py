@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from medvideocap.build.media import cut, iter_frames, keyframe_times
 from medvideocap.build.recipe import DEFAULT_THRESHOLDS, SplitStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context, require
 from medvideocap.devices import resolve_device
-from medvideocap.probe import probe
+from medvideocap.media.ffmpeg import cut, iter_frames, keyframe_times
+from medvideocap.media.probe import probe
 
 _THUMB = 32  # histogram/difference features are computed on frames scaled to this many pixels wide
 _TRANSNET_SIZE = (48, 27)  # (width, height) TransNetV2 was trained on

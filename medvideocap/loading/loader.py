@@ -5,7 +5,7 @@ Two shapes, one sample pipeline:
 * map-style (:class:`ClipDataset`) over the split's metadata parquet: each item is one ``os.pread``
   of the mp4 member at its recorded offset in its tar shard (per-worker file handles), or one member
   of an upstream release zip;
-* streaming (:class:`medvideocap.streaming.StreamingClipDataset`) over the split's tar shards, local
+* streaming (:class:`medvideocap.loading.streaming.StreamingClipDataset`) over the split's tar shards, local
   or on the Hub.
 
 Everything random in a sample (window start, crop, caption choice) is drawn from a generator seeded by
@@ -14,9 +14,9 @@ resumed run reads it. Per-process state (decoders, file handles, zip handles) is
 process that uses it.
 
 Error policy. ``on_error="skip"`` skips a clip only for a *data* error, an exception of the
-:class:`~medvideocap.schema.DataError` family: a video that does not decode
-(:class:`~medvideocap.decode.DecodeError`), a member that is missing or is not the clip's
-(:class:`~medvideocap.hubnative.MemberError`), a record that does not validate, a clip too short for the
+:class:`~medvideocap.dataset.schema.DataError` family: a video that does not decode
+(:class:`~medvideocap.media.decode.DecodeError`), a member that is missing or is not the clip's
+(:class:`~medvideocap.dataset.hubnative.MemberError`), a record that does not validate, a clip too short for the
 frame spec (:class:`ShortClipError`). Anything else is a bug in this code or the caller's and
 propagates, whatever ``on_error`` says. A dataset of another schema major version is refused by
 :func:`load` itself, from ``meta/info.json`` and the metadata rows.
@@ -42,12 +42,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medvideocap.decode import BACKENDS, DecodeError, DecoderCache, open_decoder
-from medvideocap.frames import FrameSpec, resize_crop, sample_rng, to_output
+from medvideocap.dataset.hubnative import MissingMemberError, check_versions, read_metadata, read_tar_member
+from medvideocap.dataset.layout import INFO_PATH, METADATA_GLOB, SHARDS_GLOB, metadata_path
+from medvideocap.dataset.schema import ClipRecord, DataError, arrow_schema
 from medvideocap.handles import FileHandles
-from medvideocap.hubnative import MissingMemberError, check_versions, read_metadata, read_tar_member
-from medvideocap.layout import INFO_PATH, METADATA_GLOB, SHARDS_GLOB, metadata_path
-from medvideocap.schema import ClipRecord, DataError, arrow_schema
+from medvideocap.media.decode import BACKENDS, DecodeError, DecoderCache, open_decoder
+from medvideocap.media.frames import FrameSpec, resize_crop, sample_rng, to_output
 from medvideocap.text import strip_boilerplate
 
 CaptionPolicy = str | Mapping[str, float]
@@ -197,7 +197,7 @@ class SamplePipeline:
         """The item for one clip, or None when it is skipped. ``video`` is bytes, a path, or a
         zero-argument callable returning either (so a cached decoder never re-reads the bytes).
 
-        Only data errors (:class:`~medvideocap.schema.DataError`) are skipped or re-raised naming the
+        Only data errors (:class:`~medvideocap.dataset.schema.DataError`) are skipped or re-raised naming the
         clip; any other exception is a bug and propagates as it is."""
         try:
             return self._make(record, video, epoch=epoch, where=where, cache_key=cache_key)
@@ -256,7 +256,7 @@ def collate(items: Sequence[dict | None]) -> dict[str, Any] | None:
     if len(shapes) > 1:
         raise ValueError(
             f"cannot stack videos of shapes {sorted(shapes)} in one batch; use FrameSpec(buckets=...) with "
-            "medvideocap.sampler.BucketBatchSampler (map-style) or bucket_batches (streaming)"
+            "medvideocap.loading.sampler.BucketBatchSampler (map-style) or bucket_batches (streaming)"
         )
     return {
         "video": torch.stack([it["video"] for it in kept]),
@@ -273,8 +273,8 @@ def collate(items: Sequence[dict | None]) -> dict[str, Any] | None:
 
 class _HubNativeIndex:
     """The metadata parquet of one split, kept as Arrow columns (no per-row Python objects, so forked
-    workers do not copy pages by touching refcounts). Read by :func:`medvideocap.hubnative.read_metadata`,
-    the reader :class:`~medvideocap.hubnative.HubNativeDataset` uses, so there is one reader of the index."""
+    workers do not copy pages by touching refcounts). Read by :func:`medvideocap.dataset.hubnative.read_metadata`,
+    the reader :class:`~medvideocap.dataset.hubnative.HubNativeDataset` uses, so there is one reader of the index."""
 
     def __init__(self, root: Path, split: str) -> None:
         path = root / metadata_path(split)
@@ -308,8 +308,8 @@ class _UpstreamIndex:
     """Clips of an upstream release (zip members), optionally one split of the deterministic split."""
 
     def __init__(self, root: Path, split: str | None) -> None:
-        from medvideocap.splits import assign_split
-        from medvideocap.upstream import UpstreamRelease
+        from medvideocap.dataset.splits import assign_split
+        from medvideocap.dataset.upstream import UpstreamRelease
 
         release = UpstreamRelease.open(root)
         clips = list(release.clips())
@@ -408,7 +408,7 @@ class ClipDataset(Dataset):
 
 def _read_zip_member(zip_path: Path, member: str, where: str) -> bytes:
     """An upstream clip's bytes; a missing member or a damaged archive is a data error naming it."""
-    from medvideocap.upstream import read_member
+    from medvideocap.dataset.upstream import read_member
 
     try:
         return read_member(zip_path, member)
@@ -429,7 +429,7 @@ def _is_remote(source: str | Path) -> bool:
 def _resolve(source: str | Path, revision: str | None, *, streaming: bool) -> tuple[str, Any]:
     """("hub-native" | "upstream", root) for a local folder or repo id; streaming from a repo id keeps
     it remote (``hf://`` paths) instead of downloading."""
-    from medvideocap.layout import detect, looks_like_repo_id, resolve
+    from medvideocap.dataset.layout import detect, looks_like_repo_id, resolve
 
     if _is_remote(source):
         return "hub-native", str(source)
@@ -470,11 +470,11 @@ def load(
     """MedVideoCap clips as a PyTorch dataset of training items.
 
     ``source`` is a hub-native folder or repo id, an ``hf://datasets/...`` path, or an upstream release
-    folder or repo id (upstream clips are split by :func:`medvideocap.splits.assign_split`; ``split=None``
+    folder or repo id (upstream clips are split by :func:`medvideocap.dataset.splits.assign_split`; ``split=None``
     takes all). Each item is ``{"video": (C, T, H, W) float in [-1, 1] (or uint8), "record": ClipRecord,
     "caption": str, "timestamps": (T,) seconds, "id": str}``.
 
-    Map-style by default (shuffle with the DataLoader or :class:`~medvideocap.sampler.BucketBatchSampler`);
+    Map-style by default (shuffle with the DataLoader or :class:`~medvideocap.loading.sampler.BucketBatchSampler`);
     ``streaming=True`` gives an ``IterableDataset`` over the tar shards with shard + buffer shuffling
     (``shuffle`` defaults to True there), split across DataLoader workers and ranks (``RANK``/``WORLD_SIZE``
     or ``rank``/``world_size``), with ``set_epoch`` and ``state_dict``/``load_state_dict``.
@@ -484,9 +484,9 @@ def load(
     member is missing or is not its own, invalid record, too short) is skipped with a
     :class:`SkippedSampleWarning` naming it and the reason, and counted in ``dataset.stats`` (per
     process: with DataLoader workers each worker counts its own), or raises that
-    :class:`~medvideocap.schema.DataError` under ``on_error="raise"``. Other exceptions are bugs and
+    :class:`~medvideocap.dataset.schema.DataError` under ``on_error="raise"``. Other exceptions are bugs and
     always propagate. A dataset of another schema major version raises
-    :class:`~medvideocap.schema.SchemaVersionError` here, naming both versions.
+    :class:`~medvideocap.dataset.schema.SchemaVersionError` here, naming both versions.
 
     Frames come out upright: a clip with a display rotation (``record.rotation``) is turned, and its
     target size follows the display size.
@@ -510,7 +510,7 @@ def load(
             )
         if split is None:
             raise ValueError("streaming needs one split (train, validation or test)")
-        from medvideocap.streaming import StreamingClipDataset, list_shards
+        from medvideocap.loading.streaming import StreamingClipDataset, list_shards
 
         if not _is_remote(root):
             check_versions(Path(root), split)

@@ -30,7 +30,7 @@ def even_times(start: float, end: float, n: int) -> list[float]:
     """The project's one rule for "``n`` evenly spaced frames" of a clip shown from ``start`` to ``end``
     seconds: the centres of ``n`` equal slices (never the very first frame, often a fade, nor past the
     end). The captioner, the build stages and the loader all call this, and take the frame nearest
-    each instant by its real timestamp (:meth:`medvideocap.decode.Decoder.frames_at_times`)."""
+    each instant by its real timestamp (:meth:`medvideocap.media.decode.Decoder.frames_at_times`)."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     span = max(0.0, end - start)

@@ -32,8 +32,8 @@ from medvideocap.atomic import atomic_write_json
 from medvideocap.caption import BaseCaptioner, load_template, make_captioner, sample_frames
 from medvideocap.caption.journal import Journal
 from medvideocap.caption.where import compile_where
+from medvideocap.dataset.schema import Caption, ClipRecord
 from medvideocap.hashing import short_hexdigest
-from medvideocap.schema import Caption, ClipRecord
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,11 @@ class SourceItem:
 def iter_source(source: str | Path, *, revision: str | None = None) -> Iterator[SourceItem]:
     """Clips of a hub-native dataset (every split) or an upstream release, local or a Hub repo id,
     in a deterministic order."""
-    from medvideocap.layout import UPSTREAM, resolve
+    from medvideocap.dataset.layout import UPSTREAM, resolve
 
     kind, root = resolve(source, revision)
     if kind == UPSTREAM:
-        from medvideocap.upstream import UpstreamRelease
+        from medvideocap.dataset.upstream import UpstreamRelease
 
         release = UpstreamRelease.open(root)
         for clip in release.clips():
@@ -80,7 +80,7 @@ def iter_source(source: str | Path, *, revision: str | None = None) -> Iterator[
                 "%s: %d upstream problems skipped (run `medvideocap validate`)", root, len(release.problems)
             )
         return
-    from medvideocap.hubnative import HubNativeDataset
+    from medvideocap.dataset.hubnative import HubNativeDataset
 
     ds = HubNativeDataset.open(root)
     for split in ds.splits:
@@ -466,7 +466,7 @@ def write_dataset(selected: list[SourceItem], journal: Journal, dest: Path, sett
     written has changed in the journal (``--retry-failed``), the dataset is rebuilt beside the old one
     and swapped in, since a written shard is never edited in place.
     """
-    from medvideocap.writer import DatasetWriter
+    from medvideocap.dataset.writer import DatasetWriter
 
     recipe = {
         "recaption": {

@@ -3,8 +3,8 @@
 Each clip is streamed out of its zip (nothing is extracted; a large member goes through a temporary
 file, never whole into memory), probed so that the media facts in the record are the file's own, given
 its split from its group key, and handed to :class:`DatasetWriter` in id order. The checks are
-:mod:`medvideocap.validate`'s own (:func:`~medvideocap.validate.probe_and_compare`,
-:func:`~medvideocap.validate.caption_problems`, the upstream reader's problems), so a clip is kept
+:mod:`medvideocap.dataset.validate`'s own (:func:`~medvideocap.dataset.validate.probe_and_compare`,
+:func:`~medvideocap.dataset.validate.caption_problems`, the upstream reader's problems), so a clip is kept
 exactly when ``medvideocap validate`` finds no error with it, and dropped under the same problem
 names. Everything dropped lands in ``meta/rejects.parquet``.
 
@@ -33,11 +33,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from medvideocap.layout import REJECTS_PATH
-from medvideocap.schema import ClipRecord
-from medvideocap.splits import DEFAULT_FRACTIONS, DEFAULT_SALT, assign_split, check_fractions
-from medvideocap.upstream import DEFAULT_MAX_CLIP_BYTES, MemberReadError, MemberTooLargeError
-from medvideocap.validate import (
+from medvideocap.dataset.layout import REJECTS_PATH
+from medvideocap.dataset.schema import ClipRecord
+from medvideocap.dataset.splits import DEFAULT_FRACTIONS, DEFAULT_SALT, assign_split, check_fractions
+from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES, MemberReadError, MemberTooLargeError
+from medvideocap.dataset.validate import (
     DEFAULT_MAX_CAPTION_CHARS,
     DURATION_TOLERANCE_REL,
     DURATION_TOLERANCE_S,
@@ -46,7 +46,7 @@ from medvideocap.validate import (
     caption_problems,
     probe_and_compare,
 )
-from medvideocap.writer import DEFAULT_SHARD_BYTES, DatasetWriter, WriterError
+from medvideocap.dataset.writer import DEFAULT_SHARD_BYTES, DatasetWriter, WriterError
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +221,13 @@ def convert(
     """Convert the upstream release at ``src`` (folder or Hub repo id) into ``out``; resumable.
 
     ``max_clip_bytes`` bounds what one zip member may inflate to and ``max_caption_chars`` a caption's
-    length (see :mod:`medvideocap.upstream` and :mod:`medvideocap.validate` for the defaults); past
+    length (see :mod:`medvideocap.dataset.upstream` and :mod:`medvideocap.dataset.validate` for the defaults); past
     them a clip is dropped with the bound named. Call :meth:`ConvertSummary.failure` for the verdict.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from medvideocap.hubnative import is_hub_native
-    from medvideocap.upstream import UpstreamRelease
+    from medvideocap.dataset.hubnative import is_hub_native
+    from medvideocap.dataset.upstream import UpstreamRelease
 
     fractions = check_fractions(fractions)
     if workers < 1:

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from medvideocap.atomic import atomic_path
-from medvideocap.stats import SCORE_NAMES
+from medvideocap.dataset.stats import SCORE_NAMES
 
 
 def pyplot():  # type: ignore[no-untyped-def]
@@ -63,7 +63,7 @@ def _hist(out: Path, name: str, series: dict[str, pl.Series], *, title: str, xla
 
 
 def write_plots(frame: pl.DataFrame, out: Path, *, title: str = "") -> list[Path]:
-    """Write the charts for ``frame`` (a :func:`medvideocap.stats.load_metadata` frame) into ``out``."""
+    """Write the charts for ``frame`` (a :func:`medvideocap.dataset.stats.load_metadata` frame) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     prefix = f"{title}: " if title else ""
 

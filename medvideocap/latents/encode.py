@@ -1,7 +1,7 @@
 """Pre-encode clips into a latent cache: Wan2.1 VAE latents + UMT5 prompt embeddings per clip.
 
 Training on pixels re-runs the VAE and the 5B-parameter text encoder every step; a cache pays that
-once. What makes this cache trustworthy (see ``medvideocap/latents.py`` for the format):
+once. What makes this cache trustworthy (see ``medvideocap/latents/__init__.py`` for the format):
 
 * resume is keyed by clip id: finished shards are read back for their ids, so a rerun after a kill
   encodes only what is missing and never writes an id twice; the last, partial shard is written at the end;
@@ -42,12 +42,12 @@ from medvideocap.latents import (
     read_dropped,
     write_manifest,
 )
-from medvideocap.sampler import stable_seed
+from medvideocap.loading.sampler import stable_seed
 
 if TYPE_CHECKING:
     import torch
 
-    from medvideocap.frames import FrameSpec
+    from medvideocap.media.frames import FrameSpec
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class EncodeConfig:
         return "bfloat16" if self.resolved_device().startswith("cuda") else "float32"
 
     def frame_spec(self) -> FrameSpec:
-        from medvideocap.frames import FrameSpec
+        from medvideocap.media.frames import FrameSpec
 
         return self.frames if self.frames is not None else FrameSpec(position="center")
 
@@ -412,7 +412,7 @@ def _batched_by_shape(items: Iterable[dict[str, Any]], batch_size: int) -> Itera
 class DroppedLog:
     """Clips a rank could not encode, with the reason; rewritten atomically so it survives kills.
 
-    JSON lines under ``meta/`` (see ``medvideocap/latents.py``): every parquet file under the cache is a
+    JSON lines under ``meta/`` (see ``medvideocap/latents/__init__.py``): every parquet file under the cache is a
     latent shard for FastVideo and Ray Data. A legacy ``rank-R-dropped.parquet`` in the split folder is
     moved here on open, so resuming an old cache also makes it readable by them."""
 
@@ -537,7 +537,7 @@ def encode_items(
 
 
 def _source_dataset(source: str | Path, split: str, config: EncodeConfig) -> Any:
-    from medvideocap.loader import load
+    from medvideocap.loading.loader import load
 
     return load(
         source,

@@ -15,8 +15,8 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from medvideocap.layout import HUB_NATIVE, resolve
-from medvideocap.schema import Scores, UnknownFieldsWarning, arrow_schema
+from medvideocap.dataset.layout import HUB_NATIVE, resolve
+from medvideocap.dataset.schema import Scores, UnknownFieldsWarning, arrow_schema
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 SCORE_NAMES = tuple(n for n in Scores.model_fields if n != "other")
@@ -33,7 +33,7 @@ class MetadataTable:
     frame: pl.DataFrame
     notes: list[str] = field(default_factory=list)
     upstream: Any = None
-    """The :class:`~medvideocap.upstream.UpstreamRelease` read, for the upstream layout."""
+    """The :class:`~medvideocap.dataset.upstream.UpstreamRelease` read, for the upstream layout."""
 
 
 def load_metadata(path_or_repo: str | Path, *, revision: str | None = None) -> MetadataTable:
@@ -42,14 +42,14 @@ def load_metadata(path_or_repo: str | Path, *, revision: str | None = None) -> M
     notes: list[str] = []
     release = None
     if kind == HUB_NATIVE:
-        from medvideocap.hubnative import HubNativeDataset
+        from medvideocap.dataset.hubnative import HubNativeDataset
 
         ds = HubNativeDataset(root)
         names = arrow_schema().names
         parts = [ds.metadata(s).select(names) for s in ds.splits]
         frame = pl.concat(parts, how="vertical_relaxed") if parts else _empty()
     else:
-        from medvideocap.upstream import UpstreamRelease
+        from medvideocap.dataset.upstream import UpstreamRelease
 
         release = UpstreamRelease.from_folder(root, require_videos=False)
         with warnings.catch_warnings():
@@ -146,7 +146,7 @@ def stats(
         **compute_stats(table.frame),
     }
     if plots is not None:
-        from medvideocap.plots import write_plots
+        from medvideocap.dataset.plots import write_plots
 
         result["plots"] = [str(p) for p in write_plots(table.frame, Path(plots), title=table.source)]
     return result

@@ -17,7 +17,7 @@ from medvideocap.dist import env_rank_world
 from medvideocap.hashing import hash64
 
 if TYPE_CHECKING:
-    from medvideocap.loader import ClipDataset
+    from medvideocap.loading.loader import ClipDataset
 
 
 def stable_seed(*parts: Any) -> int:
@@ -36,7 +36,7 @@ class BucketBatchSampler(Sampler[list[int]]):
     hangs otherwise. ``state_dict``/``load_state_dict`` resume an epoch after the batches already consumed.
 
     Build it from shapes (a latent cache's ``latent_shapes``) or with :meth:`for_dataset` from a
-    :class:`~medvideocap.loader.ClipDataset` (its ``target_shape`` per clip, known without decoding).
+    :class:`~medvideocap.loading.loader.ClipDataset` (its ``target_shape`` per clip, known without decoding).
     """
 
     def __init__(
@@ -124,7 +124,7 @@ def bucket_batches(
     """Collated batches from a stream of items of mixed shapes (e.g. a streaming dataset with buckets):
     an item waits in its shape's bucket until the bucket holds ``batch_size``; leftovers come last
     unless ``drop_last``."""
-    from medvideocap.loader import collate
+    from medvideocap.loading.loader import collate
 
     pending: dict[tuple[int, ...], list[dict]] = {}
     for item in items:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from medvideocap.dataset.schema import SPLITS
 from medvideocap.hashing import unit_interval
-from medvideocap.schema import SPLITS
 
 DEFAULT_SALT = "medvideocap-v1"
 DEFAULT_FRACTIONS = (0.98, 0.01, 0.01)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medvideocap.schema import SCHEMA_VERSION
+from medvideocap.dataset.schema import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def push(
 
     ``api`` defaults to ``huggingface_hub.HfApi(token=token)``; tests pass a stand-in with the same
     methods. ``update_card`` re-renders README.md so its loading examples name ``repo_id``."""
-    from medvideocap.hubnative import is_hub_native
+    from medvideocap.dataset.hubnative import is_hub_native
 
     folder = Path(folder)
     if not is_hub_native(folder):
@@ -92,7 +92,7 @@ def push(
             f"{folder}: a write is still in progress (meta/progress/ exists); finish it before pushing"
         )
     if update_card:
-        from medvideocap.card import write_card
+        from medvideocap.dataset.card import write_card
 
         write_card(folder, repo_id=repo_id)
     if api is None:

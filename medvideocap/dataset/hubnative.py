@@ -1,4 +1,4 @@
-"""Reads the hub-native layout written by :mod:`medvideocap.writer`, locally or from a Hub repo.
+"""Reads the hub-native layout written by :mod:`medvideocap.dataset.writer`, locally or from a Hub repo.
 
 The metadata parquet is the index: it answers "which clips, with which facts" without opening a
 shard, and its ``shard``/``offset``/``size`` columns turn "give me clip X" into one ranged read.
@@ -20,8 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medvideocap.handles import FileHandles, ShortReadError
-from medvideocap.layout import (
+from medvideocap.dataset.layout import (
     FORMAT,
     INFO_PATH,
     METADATA_GLOB,
@@ -30,7 +29,7 @@ from medvideocap.layout import (
     metadata_path,
     split_dir,
 )
-from medvideocap.schema import (
+from medvideocap.dataset.schema import (
     SPLITS,
     ClipRecord,
     DataError,
@@ -38,6 +37,7 @@ from medvideocap.schema import (
     arrow_schema,
     check_schema_version,
 )
+from medvideocap.handles import FileHandles, ShortReadError
 
 if TYPE_CHECKING:
     import datasets
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 is_hub_native = has_hub_native_info
 """True when ``path`` is a folder holding a finished hub-native dataset (``meta/info.json``); the
-strict check, unlike :func:`medvideocap.layout.is_hub_native`, which also accepts shards + parquet."""
+strict check, unlike :func:`medvideocap.dataset.layout.is_hub_native`, which also accepts shards + parquet."""
 
 
 _NAME_FIELD = 100
@@ -137,7 +137,7 @@ def check_versions(root: Path, split: str | None = None, table: Any = None) -> N
 
     Checks ``meta/info.json`` and every distinct ``schema_version`` among the rows of ``split``'s
     metadata (``table``, a pyarrow table, when the caller has it open already): a different major
-    raises :class:`~medvideocap.schema.SchemaVersionError` naming the file, the first such row and
+    raises :class:`~medvideocap.dataset.schema.SchemaVersionError` naming the file, the first such row and
     both versions.
     """
     import pyarrow.compute as pc
@@ -186,7 +186,7 @@ def webdataset_features() -> datasets.Features:
     ``load_dataset`` never infers types from the first few rows (where nulls would make them wrong)."""
     import datasets
 
-    from medvideocap.schema import hf_features
+    from medvideocap.dataset.schema import hf_features
 
     return datasets.Features(
         {
@@ -223,7 +223,7 @@ class HubNativeDataset:
     @classmethod
     def open(cls, path_or_repo: str | Path, *, revision: str | None = None) -> HubNativeDataset:
         """Open a local folder, or download a Hub dataset repo (``owner/name``) and open that."""
-        from medvideocap.layout import local_or_download
+        from medvideocap.dataset.layout import local_or_download
 
         return cls(local_or_download(path_or_repo, revision=revision))
 

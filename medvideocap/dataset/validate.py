@@ -32,21 +32,21 @@ from typing import IO, TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from medvideocap.handles import FileHandles
-from medvideocap.hubnative import MemberError, MemberMismatchError, read_tar_member
-from medvideocap.layout import INFO_PATH, METADATA_GLOB, UPSTREAM, metadata_path, resolve
-from medvideocap.probe import MediaInfo, ProbeError, probe
-from medvideocap.schema import (
+from medvideocap.dataset.hubnative import MemberError, MemberMismatchError, read_tar_member
+from medvideocap.dataset.layout import INFO_PATH, METADATA_GLOB, UPSTREAM, metadata_path, resolve
+from medvideocap.dataset.schema import (
     ClipRecord,
     InvalidRecordError,
     SchemaVersionError,
     UnknownFieldsWarning,
     arrow_schema,
 )
-from medvideocap.upstream import DEFAULT_MAX_CLIP_BYTES
+from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES
+from medvideocap.handles import FileHandles
+from medvideocap.media.probe import MediaInfo, ProbeError, probe
 
 if TYPE_CHECKING:
-    from medvideocap.upstream import UpstreamClip
+    from medvideocap.dataset.upstream import UpstreamClip
 
 DURATION_TOLERANCE_S = 0.5
 DURATION_TOLERANCE_REL = 0.05
@@ -65,7 +65,7 @@ class Problem(BaseModel):
 
     severity: Literal["error", "warning"] = "error"
     kind: str = Field(
-        description="The upstream reader's kinds (see medvideocap.upstream.UpstreamProblem) plus "
+        description="The upstream reader's kinds (see medvideocap.dataset.upstream.UpstreamProblem) plus "
         "undecodable_video, duration_mismatch, fps_mismatch, size_mismatch, frames_mismatch, "
         "caption_too_long, offset_mismatch, count_mismatch, split_mismatch, format"
     )
@@ -268,7 +268,7 @@ def _check_upstream_clip(clip: UpstreamClip) -> tuple[list[Problem], bool]:
 def _upstream_checks(
     root: Path, report: ValidationReport, *, videos: bool, limits: _Limits
 ) -> list[VideoCheck]:
-    from medvideocap.upstream import UpstreamFormatError, UpstreamRelease
+    from medvideocap.dataset.upstream import UpstreamFormatError, UpstreamRelease
 
     try:
         release = UpstreamRelease.from_folder(
@@ -293,7 +293,7 @@ def _hub_native_checks(
 ) -> list[VideoCheck]:
     import polars as pl
 
-    from medvideocap.hubnative import HubNativeDataset
+    from medvideocap.dataset.hubnative import HubNativeDataset
 
     try:
         ds = HubNativeDataset(root)

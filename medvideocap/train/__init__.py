@@ -40,7 +40,7 @@ from medvideocap.defaults import WAN_T2V_1_3B
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 #: Validation prompts in the spirit of the paper's evaluation set (our own wording).
 DEFAULT_VALIDATION_PROMPTS = [
@@ -207,7 +207,7 @@ class ResumableBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
     def __init__(
         self, dataset: Any, batch_size: int, *, seed: int, rank: int, world_size: int, consumed: int
     ):
-        from medvideocap.sampler import BucketBatchSampler
+        from medvideocap.loading.sampler import BucketBatchSampler
 
         opts: dict[str, Any] = {
             "shuffle": True,
@@ -266,8 +266,8 @@ def open_dataset(cfg: TrainConfig) -> Any:
             sample_seed=cfg.seed,
         )
     if cfg.source:
-        from medvideocap.frames import FrameSpec
-        from medvideocap.loader import load
+        from medvideocap.loading.loader import load
+        from medvideocap.media.frames import FrameSpec
 
         spec = FrameSpec(
             num_frames=cfg.frames, fps=cfg.fps, height=cfg.height, width=cfg.width, seed=cfg.seed
@@ -282,7 +282,7 @@ class OnTheFlyEncoder:
     and their memory on the GPU: pre-encode for real runs, use this to try a dataset quickly."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
-        from medvideocap.encode_latents import BatchEncoder, EncodeConfig
+        from medvideocap.latents.encode import BatchEncoder, EncodeConfig
 
         config = EncodeConfig(
             vae=cfg.model_id,
@@ -331,7 +331,7 @@ def empty_prompt_embeds(cfg: TrainConfig, manifest: dict[str, Any], device: torc
     """(text_seq_len, D) conditioning used when a caption is dropped: "" through the same UMT5 that encoded
     the cache (from its manifest), which is what WanPipeline feeds as the default negative prompt for CFG.
     Runs once at start-up; the encoder is freed right after."""
-    from medvideocap.encode_latents import EncodeConfig, load_text_encoder
+    from medvideocap.latents.encode import EncodeConfig, load_text_encoder
 
     name = manifest.get("text_encoder_id") or cfg.model_id
     encoder, tokenizer = load_text_encoder(
@@ -670,7 +670,7 @@ def validate(
 
 
 def _pixel_collate(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    from medvideocap.loader import collate
+    from medvideocap.loading.loader import collate
 
     return collate(items)
 

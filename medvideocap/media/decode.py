@@ -22,8 +22,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from medvideocap.dataset.schema import DataError
 from medvideocap.handles import PerProcessCache
-from medvideocap.schema import DataError
 
 Backend = Literal["torchcodec", "decord", "pyav"]
 BACKENDS: tuple[str, ...] = ("torchcodec", "decord", "pyav")
@@ -345,9 +345,9 @@ class PyAVDecoder(Decoder):
 def even_frames(
     source: VideoInput, n: int, *, backend: str = "torchcodec", name: str | None = None
 ) -> Frames:
-    """``n`` evenly spaced frames (:func:`medvideocap.frames.even_times`), each the frame nearest its
+    """``n`` evenly spaced frames (:func:`medvideocap.media.frames.even_times`), each the frame nearest its
     instant by real timestamps; a clip with fewer frames than ``n`` gives each frame once."""
-    from medvideocap.frames import even_times
+    from medvideocap.media.frames import even_times
 
     decoder = open_decoder(source, backend, name=name)
     try:

@@ -122,10 +122,10 @@ def sample_at_fps(path: str | Path, fps: float, *, max_side: int | None = 256) -
 
 def sample_even(path: str | Path, n: int, *, max_side: int | None = None) -> Frames:
     """``n`` frames spread evenly over the clip (what the aesthetic and OCR stages look at), at the
-    instants of the project's one rule (:func:`medvideocap.frames.even_times`), each the frame
+    instants of the project's one rule (:func:`medvideocap.media.frames.even_times`), each the frame
     nearest its instant by real timestamps (torchcodec's played-at lookup), so variable-frame-rate
     files are sampled right too."""
-    from medvideocap.decode import DecodeError, even_frames
+    from medvideocap.media.decode import DecodeError, even_frames
 
     try:
         frames = even_frames(Path(path), n, backend="torchcodec", name=str(path))
@@ -247,7 +247,7 @@ def cropdetect(path: str | Path, *, limit: float = 24.0, fps: float = 2.0) -> Cr
     every sampled frame, so the final box is the area where anything bright ever appeared: a dark
     scene inside the picture does not shrink it, a bar never shows content. ``round=2`` keeps the bars
     exact (the filter rounds to 16 px by default). A clip that is dark everywhere has no bars."""
-    from medvideocap.probe import probe
+    from medvideocap.media.probe import probe
 
     info = probe(path, name=str(path))
     graph = f"fps={fps:g},cropdetect=limit={limit / 255.0:.6f}:round=2:skip=0:reset=0"

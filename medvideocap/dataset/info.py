@@ -12,9 +12,9 @@ from typing import Any
 
 import polars as pl
 
-from medvideocap.layout import HUB_NATIVE, METADATA_GLOB
-from medvideocap.schema import SCHEMA_VERSION
-from medvideocap.stats import load_metadata
+from medvideocap.dataset.layout import HUB_NATIVE, METADATA_GLOB
+from medvideocap.dataset.schema import SCHEMA_VERSION
+from medvideocap.dataset.stats import load_metadata
 
 
 def _counts(frame: pl.DataFrame, column: str) -> dict[str, int]:
@@ -37,7 +37,7 @@ def info(path_or_repo: str | Path, *, revision: str | None = None) -> dict[str, 
         "notes": list(table.notes),
     }
     if table.layout == HUB_NATIVE:
-        from medvideocap.hubnative import HubNativeDataset
+        from medvideocap.dataset.hubnative import HubNativeDataset
 
         ds = HubNativeDataset(root)
         result["schema_version"] = str(ds.info.get("schema_version"))

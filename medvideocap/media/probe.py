@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import av
 
-from medvideocap.schema import DataError
+from medvideocap.dataset.schema import DataError
 
 
 class ProbeError(DataError, ValueError):

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from medvideocap.atomic import atomic_path, atomic_write_bytes
 from medvideocap.dist import env_rank_world
-from medvideocap.sampler import BucketBatchSampler, stable_seed
+from medvideocap.loading.sampler import BucketBatchSampler, stable_seed
 
 FORMAT = "medvideocap/latent-cache"
 FORMAT_VERSION = 1

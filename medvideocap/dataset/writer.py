@@ -1,6 +1,6 @@
 """Writes the hub-native layout: webdataset shards, metadata parquet, meta/info.json, rejects and card.
 
-Layout (paths owned by :mod:`medvideocap.layout`; see :mod:`medvideocap.hubnative` for the reader)::
+Layout (paths owned by :mod:`medvideocap.dataset.layout`; see :mod:`medvideocap.dataset.hubnative` for the reader)::
 
     DIR/README.md                        card with YAML ``configs`` so ``load_dataset(DIR)`` needs no script
     DIR/data/{split}/shard-{NNNNN}.tar   ``{id}.mp4`` + ``{id}.json`` per clip, in the order written
@@ -46,8 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medvideocap.atomic import atomic_write_bytes, atomic_write_parquet
-from medvideocap.journal import JournalAppender, read_journal
-from medvideocap.layout import (
+from medvideocap.dataset.layout import (
     FORMAT,
     INFO_PATH,
     META_DIR,
@@ -59,7 +58,8 @@ from medvideocap.layout import (
     shard_path,
     split_dir,
 )
-from medvideocap.schema import SCHEMA_VERSION, SPLITS, ClipRecord, arrow_schema
+from medvideocap.dataset.schema import SCHEMA_VERSION, SPLITS, ClipRecord, arrow_schema
+from medvideocap.journal import JournalAppender, read_journal
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class DatasetWriter:
     """Writes clips into a hub-native dataset folder; re-opening the folder resumes it.
 
     ``split_fn(record) -> split`` is used for records whose ``split`` is None (default: hash of the
-    group key, :func:`medvideocap.splits.assign_split`). ``recipe`` is stored in ``meta/info.json``
+    group key, :func:`medvideocap.dataset.splits.assign_split`). ``recipe`` is stored in ``meta/info.json``
     and shown in the card. Use as a context manager: a clean exit calls :meth:`close`; an exception
     leaves unfinished shards as temp files so that a rerun rewrites exactly those clips.
     """
@@ -217,7 +217,7 @@ class DatasetWriter:
         self.recipe = recipe or {}
         self.card = card
         if split_fn is None:
-            from medvideocap.splits import assign_split
+            from medvideocap.dataset.splits import assign_split
 
             def split_fn(record: ClipRecord) -> str:
                 return assign_split(record.group)
@@ -446,7 +446,7 @@ class DatasetWriter:
         atomic_write_bytes(self.out / INFO_PATH, (json.dumps(info, indent=2) + "\n").encode())
         shutil.rmtree(self.out / _PROGRESS, ignore_errors=True)
         if self.card:
-            from medvideocap.card import write_card
+            from medvideocap.dataset.card import write_card
 
             write_card(self.out)
         self._closed = True

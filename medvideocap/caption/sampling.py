@@ -1,8 +1,8 @@
 """Evenly spaced frames of a clip, the captioner's view of a video (the paper shows GPT-4o 8 of them).
 
 Which instants count as "evenly spaced" is the project's one rule
-(:func:`medvideocap.frames.even_times`); the frame nearest each instant is found by its real
-timestamp through :mod:`medvideocap.decode` (torchcodec's played-at lookup, or PyAV's packet times
+(:func:`medvideocap.media.frames.even_times`); the frame nearest each instant is found by its real
+timestamp through :mod:`medvideocap.media.decode` (torchcodec's played-at lookup, or PyAV's packet times
 where torchcodec is not installed), so variable-frame-rate clips are sampled at the right moments.
 """
 
@@ -28,7 +28,7 @@ def sample_frames(video: bytes | Path, n: int = 8) -> tuple[list[Image.Image], l
     Each image also carries its timestamp in ``image.info["timestamp"]`` so a captioner handed only the
     images can still record which moments it saw. Short clips with fewer than ``n`` frames give fewer.
     """
-    from medvideocap.decode import DecodeError, even_frames
+    from medvideocap.media.decode import DecodeError, even_frames
 
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")

@@ -32,7 +32,7 @@ schema_version         schemaversion
 =====================  =========================================================================
 
 Keys with no alias are kept verbatim in ``record.extra`` and reported once per key (an ``unknown_key``
-problem and an :class:`~medvideocap.schema.UnknownFieldsWarning`). Captions taken from the JSON are
+problem and an :class:`~medvideocap.dataset.schema.UnknownFieldsWarning`). Captions taken from the JSON are
 ``Caption(name="detailed"|"brief", source="upstream", model="gpt-4o")``: the paper wrote them with GPT-4o.
 
 Videos are joined to records by base name (members may sit in folders inside the zips; the record's
@@ -69,7 +69,7 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ValidationError
 
-from medvideocap.schema import (
+from medvideocap.dataset.schema import (
     Category,
     ClipRecord,
     DataError,
@@ -322,7 +322,7 @@ def build_record(
 ) -> ClipRecord:
     """Turn mapped upstream fields into a validated :class:`ClipRecord`.
 
-    Raises :class:`~medvideocap.schema.SchemaVersionError` for another major version and
+    Raises :class:`~medvideocap.dataset.schema.SchemaVersionError` for another major version and
     ``ValueError`` naming ``where`` and each upstream field that does not fit. A category outside
     the paper's five does not lose the clip: it becomes ``other``, the raw value is kept in
     ``extra`` under its upstream key, and a note is appended to ``notes``.
@@ -784,7 +784,7 @@ class UpstreamRelease:
         ``metadata`` picks the JSON file when the folder holds several candidates; a member larger
         than ``max_clip_bytes`` is a ``member_too_large`` problem and never read.
         """
-        from medvideocap.layout import local_or_download
+        from medvideocap.dataset.layout import local_or_download
 
         root = local_or_download(path_or_repo, revision=revision, allow_patterns=UPSTREAM_PATTERNS)
         return cls.from_folder(root, metadata=metadata, max_clip_bytes=max_clip_bytes)
@@ -1075,7 +1075,7 @@ def _fill_from_video(
 ) -> bool:
     """Media facts the JSON lacks, read from the video's header: a release whose JSON has no FPS key
     must not lose every clip. False when the member cannot be probed (the record then stays invalid)."""
-    from medvideocap.probe import ProbeError, probe
+    from medvideocap.media.probe import ProbeError, probe
 
     try:
         with open_member(zip_path, member) as stream:

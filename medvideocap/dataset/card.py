@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from medvideocap.layout import (
+from medvideocap.dataset.layout import (
     CHARTS_DIR,
     FUNNEL_PATH,
     INFO_PATH,
@@ -23,8 +23,8 @@ from medvideocap.layout import (
     REJECTS_PATH,
     split_dir,
 )
+from medvideocap.dataset.schema import SCHEMA_VERSION, SPLITS, Category
 from medvideocap.resources import resource
-from medvideocap.schema import SCHEMA_VERSION, SPLITS, Category
 
 TEMPLATE = "dataset_card.md.j2"
 UPSTREAM_REPO = "FreedomIntelligence/MedVideoCap-55K"
@@ -92,7 +92,7 @@ def card_data(info: dict[str, Any]) -> Any:
     import datasets
     from huggingface_hub import DatasetCardData
 
-    from medvideocap.hubnative import webdataset_features
+    from medvideocap.dataset.hubnative import webdataset_features
 
     splits = [s for s in SPLITS if info.get("counts", {}).get(s)]
     who = identity(info)
@@ -123,7 +123,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def build_stats(root: Path, splits: list[str]) -> dict[str, Any]:
     """Markdown tables of this build: clips per split and category, durations, resolutions, scores."""
-    from medvideocap.hubnative import read_metadata
+    from medvideocap.dataset.hubnative import read_metadata
 
     frames = [
         read_metadata(root, s).select(

@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from medvideocap.dataset.hubnative import read_tar_member
+from medvideocap.dataset.layout import SHARD_GLOB, split_dir
+from medvideocap.dataset.schema import ClipRecord, DataError, SchemaVersionError
 from medvideocap.dist import env_rank_world
 from medvideocap.handles import FileHandles
-from medvideocap.hubnative import read_tar_member
-from medvideocap.layout import SHARD_GLOB, split_dir
-from medvideocap.loader import SamplePipeline, SkippedSampleWarning
-from medvideocap.schema import ClipRecord, DataError, SchemaVersionError
+from medvideocap.loading.loader import SamplePipeline, SkippedSampleWarning
 
 
 def list_shards(root: str | Path, split: str) -> list[str]:

@@ -121,7 +121,7 @@ def is_hub_native(path: Path) -> bool:
 def detect(path: Path, *, videos: bool = True) -> Kind | None:
     """The layout of a local folder, or None. ``videos=False`` accepts folders whose video files were
     not downloaded (metadata only)."""
-    from medvideocap.upstream import is_upstream_release
+    from medvideocap.dataset.upstream import is_upstream_release
 
     path = Path(path)
     if is_hub_native(path) or (not videos and (path / INFO_PATH).is_file()):

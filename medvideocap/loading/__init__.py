@@ -1,0 +1,1 @@
+"""Feeding pixels to a trainer: the map-style loader, streaming splits and the one shape bucketer (samplers)."""
