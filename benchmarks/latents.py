@@ -6,6 +6,9 @@
 (a) writes one cache of random rows shaped like real Wan latents and UMT5 embeddings, plus the same
 bytes as one raw ``.bin`` file per tensor (what a hand-rolled loader reads with ``np.fromfile``), warms
 the page cache with one pass of each, then times full passes. The target is load_latents >= 0.8x raw.
+``posterior="sample"`` draws on the CPU in the loader; ``posterior="moments"`` hands mean + log-variance
+to the trainer, which draws on its device (``sample_moments``): both are compared with raw reads of the
+same bytes, and the draw's own CPU cost is printed last.
 (b) encodes synthetic clips with the tiny random-init models from ``medvideocap.tiny`` (the real
 Wan2.1 VAE needs a GPU: see benchmarks/vae_encode_gpu.py).
 """
@@ -24,7 +27,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from medvideocap.latents import FORMAT, FORMAT_VERSION, ShardWriter, array_bytes, load_latents, write_manifest
+from medvideocap.latents import (
+    FORMAT,
+    FORMAT_VERSION,
+    ShardWriter,
+    array_bytes,
+    collate_latents,
+    load_latents,
+    sample_moments,
+    write_manifest,
+)
 
 
 def _manifest(channels: int) -> dict:
@@ -152,7 +164,16 @@ def bench_loader(rows: int, latent: tuple[int, ...], text_dim: int, repeats: int
                 raw_files,
                 dict(streaming=True, normalize=True, posterior="sample"),
             ),
+            "streaming, posterior=moments, normalize=True": (
+                raw_files,
+                dict(streaming=True, normalize=True, posterior="moments"),
+            ),
+            "map-style, posterior=moments, normalize=True": (
+                raw_files,
+                dict(streaming=False, normalize=True, posterior="moments"),
+            ),
         }
+        ratios: dict[str, float] = {}
         for name, (files, kw) in cases.items():
             ds = load_latents(root / "cache", **kw)
 
@@ -163,10 +184,30 @@ def bench_loader(rows: int, latent: tuple[int, ...], text_dim: int, repeats: int
                 return consume(raw_items(files, text_dim))
 
             best = interleaved({"raw": raw, "ours": ours}, repeats)
+            ratios[name] = best["raw"] / best["ours"]
             print(
                 f"    {name:<46} load_latents {rows / best['ours']:8.1f}/s   raw same bytes "
-                f"{rows / best['raw']:8.1f}/s   ratio {best['raw'] / best['ours']:5.2f}x"
+                f"{rows / best['raw']:8.1f}/s   ratio {ratios[name]:5.2f}x"
             )
+        sample = ratios["streaming, posterior=sample, normalize=True"]
+        moments = ratios["streaming, posterior=moments, normalize=True"]
+        print(
+            f"    posterior in the loader (sample) {sample:5.2f}x vs left to the trainer (moments) {moments:5.2f}x "
+            "of raw reads of the same bytes (mean + logvar + text), measured in this run"
+        )
+        bench_draw(load_latents(root / "cache", posterior="moments"), repeats)
+
+
+def bench_draw(ds: Any, repeats: int, batch_size: int = 8) -> None:
+    """What the draw costs where it now runs: ``sample_moments`` on collated batches, on this CPU (on
+    the training GPU it is a few elementwise kernels)."""
+    batches = [
+        collate_latents([ds[i] for i in range(k, min(k + batch_size, len(ds)))])
+        for k in range(0, len(ds), batch_size)
+    ]
+    g = torch.Generator().manual_seed(0)
+    best = interleaved({"draw": lambda: [sample_moments(b, g) for b in batches]}, repeats)["draw"]
+    print(f"    sample_moments on this CPU, batches of {batch_size}: {len(ds) / best:8.1f} rows/s")
 
 
 def bench_tiny_encode(clips: int) -> None:

@@ -33,6 +33,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -117,6 +118,7 @@ def raw_paths(
         from torchcodec.transforms import Resize
 
         meta = VideoDecoder(str(files[i]), seek_mode="approximate").metadata
+        assert meta.height and meta.width, f"{files[i]}: no frame size in its metadata"
         scale = max(h / meta.height, w / meta.width)
         size = (
             max(h, int(np.ceil(meta.height * scale - 1e-6))),
@@ -144,12 +146,16 @@ def raw_paths(
             for frame in container.decode(stream):
                 if frame.pts in wanted:
                     got[frame.pts] = frame.to_ndarray(format="rgb24")
-                if frame.pts >= max(wanted):
+                if frame.pts is not None and frame.pts >= max(wanted):
                     break
             arr = np.stack([got[pts[k]] for k in plans[i]])
         return resize(torch.from_numpy(arr).permute(0, 3, 1, 2), h, w)
 
-    paths = {"raw torchcodec": torchcodec_raw, "raw decord": decord_raw, "raw pyav": pyav_raw}
+    paths: dict[str, Callable[[int], torch.Tensor]] = {
+        "raw torchcodec": torchcodec_raw,
+        "raw decord": decord_raw,
+        "raw pyav": pyav_raw,
+    }
     if decoder_resize:
         paths["raw torchcodec (decoder resize)"] = torchcodec_own_resize
     return paths
@@ -171,12 +177,15 @@ def compare_speed(args: argparse.Namespace, root: Path, files: list[Path], work:
     }
     base = ours["torchcodec"]
     order = [base.ids.index(f"clip{i:03d}") for i in range(len(files))]  # file i -> dataset index
-    plans = []
+    plans: list[list[int]] = []
     for i in range(len(files)):
         item = base[order[i]]
         rec = item["record"]
         n = rec.num_frames or round(rec.duration * rec.fps)
-        plans.append(spec.indices(n, rec.fps, args.frames, np.random.default_rng(0)))
+        plan = spec.indices(n, rec.fps, args.frames, np.random.default_rng(0))
+        if plan is None:
+            raise SystemExit(f"{files[i]}: too short for {args.frames} frames at {args.target_fps:g} fps")
+        plans.append(plan)
     print(
         f"sample: {args.frames} frames at {args.target_fps:g} fps -> float (3, {args.frames}, {args.height}, "
         f"{args.width})"
@@ -185,8 +194,12 @@ def compare_speed(args: argparse.Namespace, root: Path, files: list[Path], work:
     paths: dict[str, Callable[[int], torch.Tensor]] = raw_paths(
         files, plans, args.height, args.width, args.decoder_resize
     )
+
+    def ours_path(ds: Any) -> Callable[[int], torch.Tensor]:
+        return lambda i: ds[order[i]]["video"]
+
     for backend, ds in ours.items():
-        paths[f"ours {backend}"] = lambda i, ds=ds: ds[order[i]]["video"]
+        paths[f"ours {backend}"] = ours_path(ds)
 
     if not args.skip_datasets:
         import datasets

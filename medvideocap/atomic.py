@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
+TEMP_GLOB = ".*.tmp-*"
+"""Matches every :func:`temp_name` (an atomic write in progress, or cut short by a kill)."""
+
+
 def temp_name(path: Path) -> Path:
     """The private temporary sibling of ``path`` used while it is being written."""
     return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}{path.suffix}")
@@ -84,6 +88,7 @@ def atomic_write_parquet(path: str | Path, table: pa.Table, *, fsync: bool = Tru
 
 
 __all__ = [
+    "TEMP_GLOB",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",

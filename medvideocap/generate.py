@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medvideocap import models
 from medvideocap.atomic import atomic_path
 from medvideocap.defaults import WAN_T2V_1_3B
 from medvideocap.devices import resolve_device
@@ -59,28 +61,21 @@ def load_pipeline(
     device: str | None = None,
     dtype: Any = None,
 ) -> Any:
-    """A ``WanPipeline`` with the checkpoint's weights, on ``device`` (CUDA when available)."""
-    import torch
-    from diffusers import WanPipeline, WanTransformer3DModel
-
+    """A ``WanPipeline`` with the checkpoint's weights, on ``device`` (CUDA when available), in ``dtype``
+    (default :func:`medvideocap.models.default_compute_dtype`); loaded through :mod:`medvideocap.models`."""
     device = resolve_device(device)
-    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    dtype = dtype or models.default_compute_dtype(device)
     info = describe_checkpoint(checkpoint)
     base = base or info["base"] or DEFAULT_BASE
     revision = revision or info["revision"]
     if info["kind"] == "pipeline":
-        pipe = WanPipeline.from_pretrained(checkpoint, torch_dtype=dtype)
+        pipe = models.load_wan_pipeline(str(checkpoint), dtype=dtype)
     elif info["kind"] == "transformer":
-        transformer = WanTransformer3DModel.from_pretrained(
-            checkpoint, subfolder="transformer", torch_dtype=dtype
-        )
-        pipe = WanPipeline.from_pretrained(
-            base, revision=revision, transformer=transformer, torch_dtype=dtype
-        )
+        transformer = models.load_transformer(str(checkpoint), subfolder="transformer", dtype=dtype)
+        pipe = models.load_wan_pipeline(base, revision=revision, transformer=transformer, dtype=dtype)
     else:
-        pipe = WanPipeline.from_pretrained(base, revision=revision, torch_dtype=dtype)
+        pipe = models.load_wan_pipeline(base, revision=revision, dtype=dtype)
         pipe.load_lora_weights(str(checkpoint))
-    pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
@@ -130,15 +125,59 @@ def contact_sheet(videos: Sequence[np.ndarray], path: str | Path, columns: int =
     return path
 
 
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What makes two videos of the same (checkpoint, prompt, seed) the same video.
+
+    The one description of Wan sampling settings: ``eval`` builds one from its flags, and the trainer's
+    validation (``TrainConfig.validation``, written ``validation_frames``, ``validation_steps``, ... in a
+    config) is one too, so both check and sample the same way."""
+
+    frames: int = 81
+    height: int = 480
+    width: int = 832
+    steps: int = 50
+    guidance: float = 5.0
+    fps: float = 16.0
+    negative_prompt: str | None = None
+    base: str | None = None
+
+    def problems(self, spell: Callable[[str], str] = "--{}".format) -> list[str]:
+        """What Wan cannot sample, each naming the setting as ``spell(field)`` (an eval flag by default,
+        a config key for the trainer), so the message says what to change where it was written."""
+        found = []
+        if (self.frames - 1) % 4:
+            found.append(f"{spell('frames')} {self.frames}: Wan's VAE needs 4k+1 frames (e.g. 81, 49, 17, 5)")
+        if self.height % 16 or self.width % 16:
+            found.append(
+                f"{spell('height')}/{spell('width')} {self.height}x{self.width}: must be multiples of 16"
+            )
+        return found
+
+    def sample(self, pipe: Any, prompts: Sequence[str], *, seed: int) -> list[np.ndarray]:
+        """:func:`medvideocap.generate.sample_videos` with these settings (prompt i uses ``seed + i``)."""
+        return sample_videos(
+            pipe,
+            prompts,
+            num_frames=self.frames,
+            height=self.height,
+            width=self.width,
+            steps=self.steps,
+            guidance=self.guidance,
+            seed=seed,
+            negative_prompt=self.negative_prompt,
+        )
+
+
 def sample_videos(
     pipe: Any,
     prompts: Sequence[str],
     *,
-    num_frames: int = 81,
-    height: int = 480,
-    width: int = 832,
-    steps: int = 50,
-    guidance: float = 5.0,
+    num_frames: int = GenerationSettings.frames,
+    height: int = GenerationSettings.height,
+    width: int = GenerationSettings.width,
+    steps: int = GenerationSettings.steps,
+    guidance: float = GenerationSettings.guidance,
     seed: int = 0,
     negative_prompt: str | None = None,
 ) -> list[np.ndarray]:
@@ -169,31 +208,21 @@ def generate(
     out: str | Path,
     *,
     base: str | None = None,
-    frames: int = 81,
-    height: int = 480,
-    width: int = 832,
-    steps: int = 50,
-    guidance: float = 5.0,
+    frames: int = GenerationSettings.frames,
+    height: int = GenerationSettings.height,
+    width: int = GenerationSettings.width,
+    steps: int = GenerationSettings.steps,
+    guidance: float = GenerationSettings.guidance,
     seed: int = 0,
     negative_prompt: str | None = None,
-    fps: float = 16.0,
+    fps: float = GenerationSettings.fps,
     device: str | None = None,
 ) -> Path:
     """Sample one video for ``prompt`` from ``checkpoint`` and write it to ``out`` (mp4)."""
-    if (frames - 1) % 4:
-        raise ValueError(f"frames={frames}: Wan's VAE needs 4k+1 frames (e.g. 81, 49, 17, 5)")
-    if height % 16 or width % 16:
-        raise ValueError(f"{height}x{width}: height and width must be multiples of 16 (VAE 8x, patch 2x)")
+    settings = GenerationSettings(frames, height, width, steps, guidance, fps, negative_prompt, base)
+    problems = settings.problems()  # named as the generate flags, its main caller
+    if problems:
+        raise ValueError("; ".join(problems))
     pipe = load_pipeline(checkpoint, base=base, device=device)
-    (video,) = sample_videos(
-        pipe,
-        [prompt],
-        num_frames=frames,
-        height=height,
-        width=width,
-        steps=steps,
-        guidance=guidance,
-        seed=seed,
-        negative_prompt=negative_prompt,
-    )
+    (video,) = settings.sample(pipe, [prompt], seed=seed)
     return write_mp4(video, out, fps=fps)

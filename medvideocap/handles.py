@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medvideocap.dataset.schema import DataError
+from medvideocap.errors import DataError
 
 
 class ShortReadError(DataError, OSError):

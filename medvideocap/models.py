@@ -3,6 +3,12 @@
 ``encode-latents``, the trainer (on-the-fly encoding, the empty-prompt embedding), ``generate`` and
 evaluation all load and run them, so each step is written here once:
 
+* :func:`load_vae`, :func:`load_text_encoder`, :func:`load_transformer` and :func:`load_wan_pipeline`
+  take plain keyword arguments (a hub id or local folder, subfolder, revision, dtype, device), so no
+  caller needs another stage's config object; ``dtype``/``device`` default the same way everywhere
+  (:func:`default_compute_dtype`, :func:`medvideocap.devices.resolve_device`);
+* :func:`revision_of` is what a cache manifest records about the weights it was made with;
+* :func:`vae_normalization` is the per-channel ``(mean, std)`` every latent is trained on;
 * :func:`encode_prompts` is how a caption becomes conditioning (Wan's pipeline: whitespace collapsed,
   ``max_length`` padding, the unpadded rows kept), so a cached embedding equals what inference computes;
 * :func:`sample_posterior` is the one reparameterised draw from a VAE posterior, with the log-variance
@@ -12,14 +18,225 @@ evaluation all load and run them, so each step is written here once:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from medvideocap.defaults import WAN_T2V_1_3B
+from medvideocap.devices import resolve_device
 
 if TYPE_CHECKING:
     import torch
 
 #: diffusers' ``DiagonalGaussianDistribution`` clamps the log-variance to this range before exp().
 LOGVAR_RANGE = (-30.0, 20.0)
+#: The compute dtypes a model can be loaded in, by the names configs and CLIs use.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+# ----------------------------------------------------------------------------------------------------
+# dtypes and revisions
+
+
+def default_compute_dtype(device: str) -> str:
+    """bfloat16 on CUDA (Wan was trained in it; half the memory), float32 elsewhere (CPUs and MPS
+    run bf16 slowly or not at all)."""
+    return "bfloat16" if str(device).startswith("cuda") else "float32"
+
+
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``"float32"``/``"bfloat16"``/``"float16"`` (or a ``torch.dtype``) as a ``torch.dtype``; anything else
+    is refused with the accepted names, so a typo in a config fails before a 12 GB download."""
+    import torch
+
+    if isinstance(name, torch.dtype):
+        return name
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"compute dtype must be one of {sorted(dtypes)}, not {name!r}")
+    return dtypes[name]
+
+
+def _resolve(device: str | None, dtype: str | torch.dtype | None) -> tuple[str, torch.dtype]:
+    device = resolve_device(device)
+    return device, torch_dtype(dtype if dtype is not None else default_compute_dtype(device))
+
+
+def local_folder(name: str, subfolder: str | None) -> Path | None:
+    """``name/subfolder`` when ``name`` is a local path, else None (a hub id)."""
+    p = Path(name)
+    if p.exists():
+        return p / subfolder if subfolder else p
+    return None
+
+
+def revision_of(name: str, subfolder: str | None = None, revision: str | None = None) -> str:
+    """The commit a hub model resolved to (from the local HF cache), or a content hash of a local folder.
+
+    A cache manifest records this so a cache made with other weights is told apart. The real Wan
+    folders are ~12 GB, so big files are identified by size plus their first and last MiB
+    (safetensors headers carry every tensor's name, dtype and shape). Offline and uncached, the
+    requested revision (or ``main``) is all that can be said.
+    """
+    local = local_folder(name, subfolder)
+    if local is None:
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(
+                name,
+                revision=revision,
+                local_files_only=True,
+                allow_patterns=[f"{subfolder}/*"] if subfolder else None,
+            )
+            return Path(path).name
+        except Exception:  # noqa: BLE001 - offline lookup is best effort; the requested revision is recorded
+            return revision or "main"
+    h = hashlib.sha256()
+    files = sorted(q for q in local.rglob("*") if q.is_file()) if local.is_dir() else [local]
+    for q in files:
+        size = q.stat().st_size
+        h.update(f"{q.relative_to(local) if local.is_dir() else q.name}:{size}\n".encode())
+        with open(q, "rb") as f:
+            if size <= 64 << 20:
+                h.update(f.read())
+            else:
+                h.update(f.read(1 << 20))
+                f.seek(size - (1 << 20))
+                h.update(f.read())
+    return "sha256:" + h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# loading
+
+
+def _pretrained_kwargs(subfolder: str | None, revision: str | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    if revision:
+        kwargs["revision"] = revision
+    return kwargs
+
+
+def load_vae(
+    name: str = WAN_T2V_1_3B,
+    *,
+    subfolder: str | None = "vae",
+    revision: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+    tiling: bool = False,
+    slicing: bool = False,
+) -> Any:
+    """Any diffusers video VAE (``AutoencoderKLWan`` for Wan) from a hub id or a local folder, frozen in
+    eval mode on ``device`` (default: :func:`~medvideocap.devices.resolve_device`) in ``dtype`` (default:
+    :func:`default_compute_dtype`). ``AutoModel`` reads the class from the folder's config, so another
+    VAE family loads without code here; a model without ``encode()`` is refused by name."""
+    from diffusers import AutoModel
+
+    device, dt = _resolve(device, dtype)
+    vae = AutoModel.from_pretrained(name, torch_dtype=dt, **_pretrained_kwargs(subfolder, revision))
+    if not hasattr(vae, "encode"):
+        raise ValueError(f"{name} ({type(vae).__name__}) is not a VAE: it has no encode()")
+    vae = vae.to(device).eval().requires_grad_(False)
+    if tiling:
+        vae.enable_tiling()
+    if slicing:
+        vae.enable_slicing()
+    return vae
+
+
+def load_text_encoder(
+    name: str = WAN_T2V_1_3B,
+    *,
+    subfolder: str | None = "text_encoder",
+    tokenizer_subfolder: str | None = "tokenizer",
+    revision: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
+) -> tuple[Any, Any]:
+    """UMT5 (Wan) or T5 encoder, frozen on ``device``, and its tokenizer: ``(encoder, tokenizer)``.
+
+    The class is chosen from the folder's ``model_type`` among the two Wan-style pipelines use; any
+    other type is refused by name rather than loaded through a generic class that might add heads."""
+    from transformers import AutoConfig, AutoTokenizer, T5EncoderModel, UMT5EncoderModel
+
+    device, dt = _resolve(device, dtype)
+    kw: dict[str, Any] = {"revision": revision} if revision else {}
+    model_config = AutoConfig.from_pretrained(name, subfolder=subfolder or "", **kw)
+    classes: dict[str, Any] = {"umt5": UMT5EncoderModel, "t5": T5EncoderModel}
+    if model_config.model_type not in classes:
+        raise ValueError(
+            f"{name}/{subfolder}: text encoder type {model_config.model_type!r} is not "
+            f"supported (expected one of {sorted(classes)})"
+        )
+    encoder = classes[model_config.model_type].from_pretrained(
+        name, subfolder=subfolder or "", torch_dtype=dt, **kw
+    )
+    tokenizer = AutoTokenizer.from_pretrained(name, subfolder=tokenizer_subfolder or "", **kw)
+    return encoder.to(device).eval().requires_grad_(False), tokenizer
+
+
+def load_transformer(
+    name: str = WAN_T2V_1_3B,
+    *,
+    subfolder: str | None = "transformer",
+    revision: str | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Any:
+    """Wan's ``WanTransformer3DModel`` in ``dtype`` (default float32), on the CPU: the trainer decides
+    what trains and where it lives (LoRA adapters, DDP), ``generate`` moves it with the pipeline."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel.from_pretrained(
+        name, torch_dtype=torch_dtype(dtype or "float32"), **_pretrained_kwargs(subfolder, revision)
+    )
+
+
+def load_wan_pipeline(
+    name: str = WAN_T2V_1_3B,
+    *,
+    revision: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    transformer: Any = None,
+) -> Any:
+    """A ``WanPipeline`` (VAE, UMT5, scheduler, transformer) from a pipeline folder or hub id, on the CPU
+    with its progress bar off; ``transformer`` replaces the folder's (a fine-tuned or training one).
+    ``dtype`` None keeps the dtypes the folder was saved in."""
+    from diffusers import WanPipeline
+
+    kwargs: dict[str, Any] = _pretrained_kwargs(None, revision)
+    if dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype(dtype)
+    if transformer is not None:
+        kwargs["transformer"] = transformer
+    pipe = WanPipeline.from_pretrained(name, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def vae_normalization(vae: Any) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) such that training latents are ``(z - mean) / std``.
+
+    Wan VAEs carry ``latents_mean``/``latents_std``; SD-style VAEs a ``shift_factor``/``scaling_factor``,
+    which is the same thing with one value for every channel.
+    """
+    cfg = vae.config
+    if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
+        return [float(v) for v in cfg.latents_mean], [float(v) for v in cfg.latents_std]
+    channels = int(getattr(cfg, "z_dim", None) or getattr(cfg, "latent_channels", None) or 0)
+    scale = getattr(cfg, "scaling_factor", None)
+    if not channels or scale is None:
+        raise ValueError(f"{type(vae).__name__}: config has neither latents_mean/std nor scaling_factor")
+    shift = float(getattr(cfg, "shift_factor", None) or 0.0)
+    return [shift] * channels, [1.0 / float(scale)] * channels
+
+
+# ----------------------------------------------------------------------------------------------------
+# running
 
 
 def sample_posterior(
@@ -32,9 +249,10 @@ def sample_posterior(
     """
     import torch
 
-    std = torch.exp(0.5 * logvar.clamp(*LOGVAR_RANGE).to(mean.dtype))
+    # Two allocations, the rest in place: this runs per item in DataLoader workers for posterior="sample".
+    std = logvar.clamp(*LOGVAR_RANGE).to(mean.dtype).mul_(0.5).exp_()  # clamp() made a new tensor
     eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return mean + std * eps
+    return eps.mul_(std).add_(mean)
 
 
 def clean_prompt(text: str) -> str:

@@ -11,6 +11,8 @@ and building them does not disturb the global RNG.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,12 +47,14 @@ WAN_1_3B_TRANSFORMER_CONFIG: dict[str, Any] = {
 _SPECIALS = ["<pad>", "</s>", "<unk>"]
 
 
-def _seeded(seed: int) -> Any:
-    """Fork the RNG so building a tiny model is reproducible and leaves the caller's RNG untouched."""
-    ctx = torch.random.fork_rng(devices=[])
-    ctx.__enter__()
-    torch.manual_seed(seed)
-    return ctx
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block on a forked CPU RNG seeded with ``seed``: building a tiny model is reproducible and
+    leaves the caller's RNG untouched. Public because every tiny-model builder (here and in
+    :mod:`medvideocap.eval.tiny`) draws its random init through it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def tiny_vae(seed: int = 0) -> AutoencoderKLWan:
@@ -60,8 +64,7 @@ def tiny_vae(seed: int = 0) -> AutoencoderKLWan:
     gen = torch.Generator().manual_seed(seed + 1)
     mean = (torch.randn(TINY_Z_DIM, generator=gen) * 0.1).round(decimals=4).tolist()
     std = (1.0 + torch.rand(TINY_Z_DIM, generator=gen)).round(decimals=4).tolist()
-    ctx = _seeded(seed)
-    try:
+    with seeded(seed):
         vae: Any = AutoencoderKLWan(
             base_dim=8,
             z_dim=TINY_Z_DIM,
@@ -72,8 +75,6 @@ def tiny_vae(seed: int = 0) -> AutoencoderKLWan:
             latents_mean=mean,
             latents_std=std,
         )
-    finally:
-        ctx.__exit__(None, None, None)
     return vae.eval()
 
 
@@ -123,11 +124,8 @@ def tiny_text_encoder(seed: int = 0) -> tuple[UMT5EncoderModel, PreTrainedTokeni
         eos_token_id=1,
         decoder_start_token_id=0,
     )
-    ctx = _seeded(seed)
-    try:
+    with seeded(seed):
         encoder = UMT5EncoderModel(config)
-    finally:
-        ctx.__exit__(None, None, None)
     return encoder.eval(), tokenizer
 
 
@@ -142,8 +140,7 @@ def tiny_transformer(
     """A ``WanTransformer3DModel`` matching the tiny VAE (in/out = z_dim) and encoder (text_dim = d_model)."""
     from diffusers import WanTransformer3DModel
 
-    ctx = _seeded(seed)
-    try:
+    with seeded(seed):
         model = WanTransformer3DModel(
             patch_size=(1, 2, 2),
             num_attention_heads=num_attention_heads,
@@ -158,8 +155,6 @@ def tiny_transformer(
             qk_norm="rms_norm_across_heads",
             rope_max_seq_len=1024,
         )
-    finally:
-        ctx.__exit__(None, None, None)
     return model
 
 

@@ -1,13 +1,16 @@
 """Shared fixtures for the latent-cache tests: a tiny Wan-shaped model folder, a small hub-native
-dataset of real mp4s, and the frame spec / config that keep encoding CPU-fast."""
+dataset of real mp4s, the frame spec / config that keep encoding CPU-fast, and caches of random rows
+written without any model (for reader and bucketing tests that need exact control of the stored values)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from videos import make_video
 
+from medvideocap.latents import FORMAT, FORMAT_VERSION, ShardWriter, array_bytes, write_manifest
 from medvideocap.latents.encode import EncodeConfig
 from medvideocap.media.frames import FrameSpec
 
@@ -86,3 +89,65 @@ def write_videos(root: Path, paths: dict[str, Path]) -> list[str]:
             )
             writer.write(record, path)
     return list(paths)
+
+
+def write_random_cache(
+    root: Path,
+    shapes: list[tuple[int, ...]],
+    *,
+    logvar: float | None = None,
+    rows_per_shard: int = 3,
+    text_dim: int = 8,
+    seed: int = 0,
+) -> Path:
+    """A moments cache of ``len(shapes)`` random rows (ids ``r000``...), latent ``shapes[i]`` (C, F, h, w),
+    with a manifest whose per-channel mean/std are not 0/1 (so normalisation shows). The log-variance is
+    random around -2, or ``logvar`` everywhere (to probe the clip)."""
+    channels = shapes[0][0]
+    manifest = write_manifest(
+        root,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "vae_id": "random",
+            "vae_subfolder": None,
+            "vae_revision": "random",
+            "vae_class": "AutoencoderKLWan",
+            "latents_mean": [0.25 * c for c in range(channels)],
+            "latents_std": [0.5 + c for c in range(channels)],
+            "normalization": "none",
+            "store": "moments",
+            "frame_spec": {},
+            "text_encoder_id": "random",
+            "text_encoder_subfolder": None,
+            "text_encoder_revision": "random",
+            "tokenizer_subfolder": None,
+            "max_length": 16,
+            "caption": "detailed",
+            "compute_dtype": "float32",
+            "storage_dtype": "float32",
+        },
+    )
+    rng = np.random.default_rng(seed)
+    writer = ShardWriter(root, "train", 0, rows_per_shard=rows_per_shard)
+    for i, shape in enumerate(shapes):
+        mean = rng.standard_normal(shape, dtype=np.float32)
+        lv = (
+            np.full(shape, logvar, np.float32)
+            if logvar is not None
+            else rng.standard_normal(shape, np.float32) - 2
+        )
+        text = rng.standard_normal((int(rng.integers(2, 9)), text_dim), dtype=np.float32)
+        row: dict = {
+            "id": f"r{i:03d}",
+            "caption": f"row {i}",
+            "media_type": "video",
+            "latent_kind": "moments",
+        }
+        for prefix, arr in (("vae_latent", mean), ("vae_logvar", lv), ("text_embedding", text)):
+            data, stored_shape, dtype = array_bytes(arr)
+            row.update({f"{prefix}_bytes": data, f"{prefix}_shape": stored_shape, f"{prefix}_dtype": dtype})
+        row.update(text_len=text.shape[0], fingerprint=manifest["fingerprint"])
+        writer.add(row)
+    writer.flush()
+    return root

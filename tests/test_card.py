@@ -4,6 +4,7 @@ import glob
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 from fixtures_hubnative import converted
 
@@ -141,3 +142,45 @@ def test_the_card_of_a_build_says_what_it_is_not_medvideocap_55k(tmp_path: Path,
     assert card.data.pretty_name == title and not card.data.source_datasets
     assert f"# {title}\n" in text and "MedVideoCap-55K (hub-native)" not in text
     assert "by the `default` recipe" in text and (build is None or "from raw/" in text)
+
+
+def test_card_numbers_are_the_stats_modules_numbers(hub: Path) -> None:
+    from medvideocap.dataset.stats import compute_stats, load_metadata
+
+    text = (hub / "README.md").read_text()
+    frame = load_metadata(hub).frame
+    for name, part in [*((s, frame.filter(pl.col("split") == s)) for s in SPLITS), ("all", frame)]:
+        q = compute_stats(part, digits=None)
+        d = q["duration"]
+        row = (
+            f"| {name} | {q['clips']} | {d['min']:.2f} | {d['mean']:.2f} | {d['p50']:.2f} | {d['max']:.2f} |"
+        )
+        assert f"{row} {q['hours']:.3f} |" in text, row
+    for r in compute_stats(frame)["by_resolution"]:
+        assert f"| {r['resolution']} | {r['clips']} | {r['mean_fps']:.1f} |" in text
+
+
+def test_card_charts_are_the_plots_modules_charts_written_atomically(hub: Path, tmp_path: Path) -> None:
+    from medvideocap.dataset.plots import category_chart, duration_chart
+    from medvideocap.dataset.stats import compute_stats, load_metadata
+
+    frame = load_metadata(hub).frame
+    counts = {k: c["count"] for k, c in compute_stats(frame)["categories"].items()}
+    category_chart(counts, tmp_path / "categories.png")
+    duration_chart(frame["duration"], tmp_path / "durations.png")
+    for name in ("categories.png", "durations.png"):
+        assert (hub / "meta" / "charts" / name).read_bytes() == (tmp_path / name).read_bytes(), name
+    assert sorted(p.name for p in (hub / "meta" / "charts").iterdir()) == ["categories.png", "durations.png"]
+
+
+def test_card_rounds_each_number_once(tmp_path: Path, tiny_clip: Path) -> None:
+    # 2.13504 s: rounded to 4 places first (stats' JSON precision) it would read 2.1350 -> "2.13"
+    with DatasetWriter(tmp_path / "ds", split_fn=lambda r: "train") as writer:
+        writer.write(
+            ClipRecord(
+                id="c0", group="g0", file_name="c0.mp4", duration=2.13504, fps=8.0, width=64, height=48
+            ),
+            tiny_clip,
+        )
+    text = (tmp_path / "ds" / "README.md").read_text()
+    assert "| train | 1 | 2.14 | 2.14 | 2.14 | 2.14 | 0.001 |" in text

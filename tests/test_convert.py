@@ -383,6 +383,39 @@ def test_converted_output_always_passes_validate(hub: Path, tmp_path: Path) -> N
         assert report.videos_checked == report.records > 0
 
 
+def test_every_clip_convert_drops_is_one_validate_flags_and_its_output_validates_clean(
+    tmp_path: Path,
+) -> None:
+    from fixtures_upstream import FAULTS as EVERY_FAULT
+
+    # the fixture release with every planted fault, plus a third zip of clips on each side of the
+    # fps / duration / size tolerances
+    src = make_upstream_release(tmp_path / "up", n_clips=4, faults=EVERY_FAULT)
+    records = json.loads((src / "metadata.json").read_text())
+    boundary = []
+    for i, (over, fps, _) in enumerate(BOUNDARY_CASES.values()):
+        data = video_bytes(1.0, fps)
+        boundary.append(
+            (f"8{i:04d}.mp4", data, {**paper_record(f"8{i:04d}.mp4", 300 + i, 1.0, fps, len(data)), **over})
+        )
+    write_release(
+        src, {"videos_3.zip": [(n, d) for n, d, _ in boundary]}, [*records, *(r for _, _, r in boundary)]
+    )
+
+    report = validate(src)
+    flagged = {(p.where, p.kind) for p in report.errors}
+    summary = convert(src, tmp_path / "out", progress=False)
+    dropped = {(r["input"], reject_kind(r["reason"])) for r in summary.rejects}
+    assert dropped == flagged  # the same clips, named the same way, for the same reason
+    kept_boundary = {f"8{i:04d}.mp4" for i, (_, _, kept) in enumerate(BOUNDARY_CASES.values()) if kept}
+    assert {w.rsplit(":", 1)[-1] for w, _ in dropped} & kept_boundary == set()
+    assert {kind for _, kind in dropped} >= {"fps_mismatch", "size_mismatch", "duration_mismatch"}
+
+    out = validate(tmp_path / "out")
+    assert out.problems == [], out.problems  # not an error, not even a warning
+    assert out.videos_checked == out.records == summary.written == 4 + 1 + len(kept_boundary)
+
+
 def test_cli_help_names_the_bounds_it_defaults_to() -> None:
     from click.testing import CliRunner
 

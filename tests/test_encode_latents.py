@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -81,7 +82,7 @@ def test_cached_latents_match_encoding_on_the_fly_and_decode_alike(
     cache = load_latents(reference, normalize=True, posterior="mode")
     assert sorted(cache.cache.ids) == sorted(ids)
     encoder = BatchEncoder(tiny_config(tiny_model_dir))
-    pixels = load(root, "train", frames=SPEC, shuffle=False)
+    pixels: Any = load(root, "train", frames=SPEC, shuffle=False)  # the map-style hub-native dataset
     by_id = {cid: i for i, cid in enumerate(cache.cache.ids)}
     mean = torch.tensor(cache.manifest["latents_mean"]).view(-1, 1, 1, 1)
     std = torch.tensor(cache.manifest["latents_std"]).view(-1, 1, 1, 1)
@@ -233,7 +234,7 @@ def test_real_clips_land_in_aspect_buckets_and_batch_by_latent_shape(
         tmp_path / "ds", tmp_path / "cache", config=tiny_config(tiny_model_dir, frames=spec)
     )
     assert report.encoded == 3
-    pixels = load(tmp_path / "ds", "train", frames=spec)
+    pixels: Any = load(tmp_path / "ds", "train", frames=spec)
     expected = {cid: pixels.target_shape(i) for i, cid in enumerate(pixels.ids)}
     assert expected["bunny"] == expected["pattern"] != expected["bikes"]
     ds = load_latents(tmp_path / "cache")
@@ -432,3 +433,161 @@ def test_a_float16_cache_warns_that_fastvideo_misreads_it_and_the_help_says_so(
         np.frombuffer(row["vae_latent_bytes"], dtype=np.float32).reshape(row["vae_latent_shape"])
     ours = load_latents(tmp_path / "f16", normalize=False, posterior="mode")[0]["latents"]
     assert ours.shape == tuple(row["vae_latent_shape"])
+
+
+def test_every_cli_default_is_the_default_of_the_python_api() -> None:
+    import dataclasses
+    import inspect
+
+    import click
+
+    from medvideocap.cli.encode_latents import command
+    from medvideocap.latents.encode import EncodeConfig
+    from medvideocap.media.frames import FrameSpec
+
+    config = EncodeConfig()
+    frames = config.frame_spec()
+    run = inspect.signature(encode_latents).parameters
+    config_fields = {f.name for f in dataclasses.fields(EncodeConfig)}
+    frame_fields = {f.name for f in dataclasses.fields(FrameSpec)}
+    cli_only = {"out", "no_progress"}  # the cache folder is required; the bar is on unless --no-progress
+    parsed = command.make_context("encode-latents", ["SOURCE", "--out", "cache"]).params
+    seen = set()
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.name in cli_only:
+            continue
+        name = param.name
+        assert name is not None
+        if name in config_fields:
+            expected = getattr(config, name)
+        elif name in frame_fields:  # --num-frames ... --bucket build the FrameSpec
+            expected = getattr(frames, name)
+        else:
+            assert name in run, f"--{name}: no EncodeConfig field, FrameSpec field or encode_latents keyword"
+            expected = run[name].default
+        value = parsed[name] or None if name == "buckets" else parsed[name]  # no --bucket: no buckets
+        assert value == expected, f"--{name}: CLI default {value!r} != API {expected!r}"
+        seen.add(name)
+    assert {"num_workers", "vae", "num_frames", "engine", "ray_address", "ray_concurrency"} <= seen
+
+
+def test_the_cli_with_no_options_builds_the_default_encode_config(monkeypatch, tmp_path: Path) -> None:
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    import medvideocap.cli.encode_latents as cli
+    from medvideocap.cli import main
+    from medvideocap.latents.encode import EncodeConfig
+
+    calls: list[dict] = []
+
+    def record(*_: Any, **kw: Any) -> list[Any]:
+        calls.append(kw)
+        return []
+
+    monkeypatch.setattr(cli, "encode_latents", record)
+    res = CliRunner().invoke(main, ["encode-latents", str(tmp_path / "src"), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    (kw,) = calls
+    default = EncodeConfig()
+    assert kw["config"].frames == default.frame_spec()
+    assert dataclasses.replace(kw["config"], frames=None) == default
+    assert (kw["engine"], kw["splits"], kw["limit"], kw["ray_address"]) == ("local", ("train",), None, None)
+
+
+# the drop log is a resume journal (medvideocap.journal): torn tail repaired, a bad middle line named
+
+
+def test_a_drop_log_line_torn_by_a_kill_is_cut_off_and_the_next_append_starts_clean(tmp_path: Path) -> None:
+    from medvideocap.latents.dropped import DroppedLog, dropped_path, finished_ids
+
+    log = DroppedLog(tmp_path, "train", 0)
+    log.add("a", "load", "EOFError: truncated")
+    log.add("b", "load", "too short")
+    path = dropped_path(tmp_path, "train", 0)
+    whole = path.read_bytes()
+    assert whole == (
+        b'{"id": "a", "reason": "EOFError: truncated", "stage": "load"}\n'
+        b'{"id": "b", "reason": "too short", "stage": "load"}\n'
+    )  # the on-disk format read by every earlier version
+    path.write_bytes(whole + b'{"id": "c", "reas')  # killed in the middle of the third append
+    assert read_dropped(path) == log.rows and path.read_bytes().endswith(b'"reas')  # readers leave it
+    assert finished_ids(tmp_path, "train") == {"a", "b"}  # so "c" is encoded again on resume
+    reopened = DroppedLog(tmp_path, "train", 0)
+    assert [r["id"] for r in reopened.rows] == ["a", "b"] and path.read_bytes() == whole
+    reopened.add("c", "load", "again")
+    assert [r["id"] for r in read_dropped(path)] == ["a", "b", "c"]
+
+
+def test_a_drop_log_whose_last_line_only_lost_its_newline_keeps_it(tmp_path: Path) -> None:
+    from medvideocap.latents.dropped import DroppedLog, dropped_path
+
+    path = dropped_path(tmp_path, "train", 0)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'{"id": "a", "reason": "r", "stage": "load"}')
+    assert [r["id"] for r in DroppedLog(tmp_path, "train", 0).rows] == ["a"]
+    assert path.read_bytes().endswith(b"}\n")
+
+
+@pytest.mark.parametrize(
+    "bad", [b"not json at all", b'{"stage": "load"}', b'["a"]'], ids=["not-json", "no-id", "not-object"]
+)
+def test_a_bad_line_in_the_middle_of_a_drop_log_is_an_error_naming_file_and_line(
+    tmp_path: Path, bad: bytes
+) -> None:
+    from medvideocap.latents import LatentCacheError
+    from medvideocap.latents.dropped import DroppedLog, dropped_path, finished_ids
+
+    path = dropped_path(tmp_path, "train", 0)
+    path.parent.mkdir(parents=True)
+    good = b'{"id": "a", "reason": "r", "stage": "load"}\n'
+    path.write_bytes(good + bad + b"\n" + good.replace(b'"a"', b'"b"'))
+    before = path.read_bytes()
+    for call in (lambda: read_dropped(path), lambda: finished_ids(tmp_path, "train")):
+        with pytest.raises(LatentCacheError, match=f"{path}:2: "):
+            call()
+    with pytest.raises(LatentCacheError, match=f"{path}:2: "):
+        DroppedLog(tmp_path, "train", 0)
+    assert path.read_bytes() == before  # nothing guessed, nothing rewritten
+
+
+def test_ray_address_reaches_the_one_ray_bootstrap(
+    dataset, tiny_model_dir: Path, monkeypatch, tmp_path
+) -> None:
+    """``--engine ray`` once ignored ``--ray-address`` (it had none) and always read RAY_ADDRESS."""
+    from contextlib import contextmanager
+
+    from click.testing import CliRunner
+
+    import medvideocap.cli.encode_latents as cli
+    import medvideocap.latents.encode as module
+    from medvideocap.cli import main
+
+    asked: list[str | None] = []
+
+    class Stop(Exception):
+        pass
+
+    @contextmanager
+    def ray_session(address=None, **_):
+        asked.append(address)
+        raise Stop  # no cluster is started: the address is what this test is about
+        yield
+
+    monkeypatch.setattr(module, "ray_session", ray_session)
+    with pytest.raises(Stop):
+        encode_latents(
+            dataset[0], tmp_path / "c", config=tiny_config(tiny_model_dir), engine="ray", ray_address="head:1"
+        )
+    assert asked == ["head:1"]
+    calls: list[dict] = []
+
+    def record(*_: Any, **kw: Any) -> list[Any]:
+        calls.append(kw)
+        return []
+
+    monkeypatch.setattr(cli, "encode_latents", record)
+    args = ["encode-latents", "src", "--out", str(tmp_path / "c"), "--engine", "ray", "--ray-address", "h:2"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert (calls[0]["engine"], calls[0]["ray_address"]) == ("ray", "h:2")

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from medvideocap.caption.recaption import _entry_digest
+from medvideocap.caption.recaption import entry_digest
 from medvideocap.dataset.splits import DEFAULT_SALT, assign_split, group_position
 from medvideocap.hashing import digest_bytes, hash64, short_hexdigest, unit_interval
 from medvideocap.loading.sampler import stable_seed
@@ -53,7 +53,7 @@ def test_sampler_seeds_are_the_ones_resumed_runs_expect() -> None:
 
 
 def test_recaption_entry_digest_is_unchanged() -> None:
-    assert _entry_digest({"ok": True, "captions": [{"name": "detailed", "text": "x"}]}) == "271a0ea96eddb992"
+    assert entry_digest({"ok": True, "captions": [{"name": "detailed", "text": "x"}]}) == "271a0ea96eddb992"
 
 
 def test_byte_order_and_algorithm_are_what_the_docstrings_say() -> None:

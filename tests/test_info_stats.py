@@ -121,3 +121,25 @@ def test_a_path_that_is_no_dataset_is_one_clear_error(verb: str, tmp_path: Path)
     assert result.exit_code == 1
     assert "not a dataset folder" in result.output and "videos_*.zip" in result.output
     assert not isinstance(result.exception, ValueError)  # handled, no traceback
+
+
+def test_stats_orders_ties_by_value_and_rounds_only_when_asked(release: Path) -> None:
+    from medvideocap.dataset.stats import compute_stats, load_metadata
+
+    frame = load_metadata(release).frame
+    counts = compute_stats(frame)["categories"]
+    assert list(counts) == [  # 2 teaching clips, then the four 1-clip categories by name
+        "medical_teaching",
+        "clinical_practice",
+        "medical_animation",
+        "medical_imaging",
+        "popular_science",
+    ]
+    reversed_rows = compute_stats(frame.reverse())
+    assert list(reversed_rows["categories"]) == list(counts) and reversed_rows == compute_stats(frame)
+    exact = compute_stats(frame, digits=None)
+    assert exact["categories"]["popular_science"]["share"] == 1 / 6  # 0.1667 in the JSON report
+    assert counts["popular_science"]["share"] == 0.1667
+    assert exact["by_resolution"] == [
+        {"resolution": "64x48", "width": 64, "height": 48, "clips": 6, "mean_fps": 10.0}
+    ]

@@ -1,16 +1,17 @@
-"""The latent cache format and its readers (``medvideocap/latents/__init__.py``), fed by the tiny Wan VAE + UMT5
-encoding plain pixel tensors (the end-to-end path from mp4s is in test_encode_latents.py)."""
+"""The latent cache format and its readers (``medvideocap/latents/``: format, reader, datasets), fed by
+the tiny Wan VAE + UMT5 encoding plain pixel tensors (the end-to-end path from mp4s is in test_encode_latents.py)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fixtures_latents import make_tiny_model_dir, tiny_config
+from fixtures_latents import make_tiny_model_dir, tiny_config, write_random_cache
 
 from medvideocap.latents import (
     BucketBatchSampler,
@@ -19,6 +20,7 @@ from medvideocap.latents import (
     LatentCacheError,
     collate_latents,
     load_latents,
+    sample_moments,
 )
 from medvideocap.latents.encode import BatchEncoder, encode_items
 
@@ -187,6 +189,10 @@ def test_store_sample_keeps_one_fixed_draw(tmp_path: Path, tiny_model_dir: Path,
     z = torch.cat(residuals)
     assert abs(z.mean().item()) < 0.15 and 0.85 < z.std().item() < 1.15
     assert ds.fingerprint != moments.fingerprint
+    # nothing to draw later either: "moments" gives the stored sample, and sample_moments leaves it be
+    stored = load_latents(tmp_path, normalize=False, posterior="moments")[0]
+    assert "latents_logvar" not in stored and torch.equal(stored["latents"], ds[0]["latents"])
+    assert sample_moments(stored) is stored
 
 
 def test_fingerprint_mismatch_is_a_clear_error(cache_dir: Path) -> None:
@@ -226,7 +232,9 @@ def test_collate_pads_prompts_with_a_mask(cache_dir: Path) -> None:
 def test_map_style_trains_through_a_dataloader_with_workers(cache_dir: Path) -> None:
     ds = load_latents(cache_dir)
     sampler = ds.bucket_sampler(3, shuffle=True, seed=1)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collate_latents, num_workers=2)
+    loader: torch.utils.data.DataLoader[dict] = torch.utils.data.DataLoader(
+        ds, batch_sampler=sampler, collate_fn=collate_latents, num_workers=2
+    )
     ids = [cid for batch in loader for cid in batch["id"]]
     assert sorted(ids) == sorted(ds.cache.ids)
 
@@ -236,7 +244,9 @@ def test_streaming_shards_over_ranks_and_workers_disjoint_and_complete(cache_dir
     got: list[str] = []
     for rank in range(2):
         ds = load_latents(cache_dir, streaming=True, shuffle=True, seed=5, rank=rank, world_size=2)
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+        loader: torch.utils.data.DataLoader[dict] = torch.utils.data.DataLoader(
+            ds, batch_size=None, num_workers=2
+        )
         got += [item["id"] for item in loader]
     # 7 clips over 2 ranks: 3 each (ranks stay in step), split over each rank's workers; nothing twice
     assert len(got) == len(set(got)) == 6
@@ -329,10 +339,10 @@ def test_missing_cache_and_split_errors_say_what_to_do(cache_dir: Path, tmp_path
 def test_one_row_groups_are_read_directly_and_items_never_alias(
     tmp_path: Path, encoder: BatchEncoder, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medvideocap.latents as latents_module
+    import medvideocap.latents.format as latents_format
 
     # real Wan rows (~20 MB) get a row group each; force that with the tiny rows
-    monkeypatch.setattr(latents_module, "ROW_GROUP_BYTES", 1)
+    monkeypatch.setattr(latents_format, "ROW_GROUP_BYTES", 1)
     encode_items(_items(7), tmp_path, "train", encoder)
     assert pq.ParquetFile(sorted((tmp_path / "train").glob("*.parquet"))[0]).metadata.num_row_groups == 2
     big = load_latents(tmp_path, normalize=False, posterior="mode")
@@ -378,3 +388,88 @@ def test_streaming_with_workers_resumes_through_a_stateful_dataloader(cache_dir:
     resumed = sdl.StatefulDataLoader(make(), batch_size=None, num_workers=2)
     resumed.load_state_dict(state)
     assert head + [item["id"] for item in resumed] == full
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_moments_items_carry_the_posterior_for_the_trainer(
+    cache_dir: Path, streaming: bool, normalize: bool
+) -> None:
+    mode = load_latents(cache_dir, normalize=normalize, posterior="mode")
+    by_id = {mode[i]["id"]: i for i in range(len(mode))}
+    ds = load_latents(cache_dir, streaming=streaming, normalize=normalize, posterior="moments")
+    items = list(ds) if streaming else [ds[i] for i in range(len(ds))]
+    assert len(items) == 7
+    std = torch.tensor(mode.manifest["latents_std"])
+    for item in items:
+        i = by_id[item["id"]]
+        assert torch.equal(item["latents"], mode[i]["latents"])  # the mean, normalised as asked
+        raw = mode.cache.raw(i)["logvar"]
+        assert item["latents_logvar"].dtype == torch.float32
+        assert torch.equal(item["latents_logvar"], torch.from_numpy(raw.copy()))
+        assert torch.equal(item["latents_scale"], std if normalize else torch.ones_like(std))
+    batch = collate_latents(items[:3])
+    assert batch["latents_logvar"].shape == batch["latents"].shape
+    assert batch["latents_scale"].shape == (3, len(std))
+
+
+def test_sample_moments_draws_what_the_cpu_path_draws(tmp_path: Path) -> None:
+    # z = (mean + exp(logvar/2) * eps - m) / s, exactly, for the eps the generator gives
+    write_random_cache(tmp_path, [(3, 2, 4, 5)] * 4)
+    ds = load_latents(tmp_path, posterior="moments")
+    batch = collate_latents([ds[i] for i in range(4)])
+    drawn = sample_moments(batch, torch.Generator().manual_seed(11))
+    assert "latents_logvar" not in drawn and "latents_scale" not in drawn
+    assert drawn["id"] == batch["id"] and drawn["prompt_embeds"] is batch["prompt_embeds"]
+    eps = torch.randn(batch["latents"].shape, generator=torch.Generator().manual_seed(11))
+    raw = load_latents(tmp_path, normalize=False, posterior="moments")
+    mean = torch.stack([raw[i]["latents"] for i in range(4)])
+    m = torch.tensor(ds.manifest["latents_mean"]).view(1, -1, 1, 1, 1)
+    s = torch.tensor(ds.manifest["latents_std"]).view(1, -1, 1, 1, 1)
+    expected = (mean + torch.exp(0.5 * batch["latents_logvar"]) * eps - m) / s
+    assert torch.allclose(drawn["latents"], expected, rtol=1e-5, atol=1e-5)
+    # and in distribution it is the CPU "sample" path: residuals in stored units are N(0, 1) for both
+    cpu = load_latents(tmp_path, posterior="sample")
+    std = torch.exp(0.5 * batch["latents_logvar"])
+    for z in (drawn["latents"], torch.stack([cpu[i]["latents"] for i in range(4)])):
+        r = ((z * s + m) - mean) / std
+        assert abs(r.mean().item()) < 0.15 and 0.85 < r.std().item() < 1.15
+    # one item works too, and a batch with nothing to draw comes back unchanged
+    assert sample_moments(ds[0], torch.Generator().manual_seed(1))["latents"].shape == (3, 2, 4, 5)
+    plain = collate_latents([cpu[0]])
+    assert sample_moments(plain) is plain
+
+
+def test_both_paths_clip_the_log_variance_like_diffusers(tmp_path: Path) -> None:
+    write_random_cache(tmp_path, [(2, 3, 8, 8)] * 3, logvar=40.0)  # clipped to 20: std e^10, not e^20
+    mean = load_latents(tmp_path, normalize=False, posterior="mode")
+    cpu = load_latents(tmp_path, normalize=False, posterior="sample")
+    moments = load_latents(tmp_path, normalize=False, posterior="moments")
+    batch = collate_latents([moments[i] for i in range(3)])
+    on_loader = torch.stack([cpu[i]["latents"] for i in range(3)])
+    on_device = sample_moments(batch, torch.Generator().manual_seed(0))["latents"]
+    expected_mean = torch.stack([mean[i]["latents"] for i in range(3)])
+    for z in (on_loader, on_device):
+        r = (z - expected_mean) / math.exp(10.0)
+        assert 0.8 < r.std().item() < 1.2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the draw must stay on it")
+def test_sample_moments_draws_on_the_batch_device(tmp_path: Path) -> None:
+    write_random_cache(tmp_path, [(3, 2, 4, 5)] * 2)
+    ds = load_latents(tmp_path, posterior="moments")
+    batch = collate_latents([ds[0], ds[1]])
+    on_gpu = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    drawn = sample_moments(on_gpu, torch.Generator(device="cuda").manual_seed(5))
+    assert drawn["latents"].device.type == "cuda"
+    eps = torch.randn(
+        batch["latents"].shape, generator=torch.Generator(device="cuda").manual_seed(5), device="cuda"
+    )
+    s = batch["latents_scale"].view(2, -1, 1, 1, 1)
+    expected = (batch["latents"] * s + torch.exp(0.5 * batch["latents_logvar"]) * eps.cpu()) / s
+    assert torch.allclose(drawn["latents"].cpu(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_posterior_is_refused(cache_dir: Path) -> None:
+    with pytest.raises(ValueError, match="'moments'"):
+        load_latents(cache_dir, posterior="mean")  # type: ignore[arg-type]

@@ -104,3 +104,27 @@ def test_reading_the_format_does_not_import_the_writer() -> None:
     code = "import sys, medvideocap.dataset.hubnative; print('medvideocap.dataset.writer' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_card_names_its_charts_and_shards_through_the_layout(written: Path) -> None:
+    from huggingface_hub import DatasetCard
+
+    for chart in (layout.CATEGORY_CHART_PATH, layout.DURATION_CHART_PATH):
+        assert chart.startswith(f"{layout.CHARTS_DIR}/") and (written / chart).is_file()
+        assert f"]({chart})" in (written / README_PATH).read_text()
+    (config,) = DatasetCard.load(written / README_PATH).data.configs
+    assert {f["split"]: f["path"] for f in config["data_files"]} == {
+        s: layout.split_shards_glob(s) for s in ("train", "test")
+    }
+    assert layout.split_shards_glob("test") == "data/test/shard-*.tar"
+
+
+def test_an_unfinished_shard_is_named_as_the_layout_says(tmp_path: Path) -> None:
+    writer = DatasetWriter(tmp_path / "ds", shard_bytes=10**9)
+    try:
+        writer.write(clip_record("c0", seconds=1.0, fps=8, size=(64, 48)), clip_bytes(1.0, 8, (64, 48)))
+        folder = tmp_path / "ds" / split_dir("train")
+        assert [p.name for p in folder.glob(layout.PARTIAL_SHARD_GLOB)] == [".shard-00000.tar.partial"]
+        assert not list(folder.glob(layout.SHARD_GLOB))  # never taken for a finished shard
+    finally:
+        writer.abort()

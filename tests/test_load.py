@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -164,12 +165,13 @@ def test_corrupt_clip_raises_under_on_error_raise(corrupt_dataset: Path) -> None
 
 
 def test_short_clips_are_skipped_or_padded(dataset: Path) -> None:
-    long_spec = dict(num_frames=21, fps=8, height=32, width=48, position="start")  # 2.5 s: only 3 s clips fit
-    skipping = medvideocap.load(dataset, frames=FrameSpec(**long_spec, short="skip"))
+    # 21 frames at 8 fps = 2.5 s: only the 3 s clips fit
+    long_spec = partial(FrameSpec, num_frames=21, fps=8, height=32, width=48, position="start")
+    skipping = medvideocap.load(dataset, frames=long_spec(short="skip"))
     items = _items(skipping)
     assert [it is None for it in items] == [True, False] * 3
     assert skipping.stats.short == 3 and skipping.stats.skipped == 3
-    padded = _items(medvideocap.load(dataset, frames=FrameSpec(**long_spec, short="pad"), output="uint8"))
+    padded = _items(medvideocap.load(dataset, frames=long_spec(short="pad"), output="uint8"))
     short = padded[0]
     assert short["video"].shape == (3, 21, 32, 48)
     assert torch.equal(short["video"][:, -1], short["video"][:, 15])  # the 16th frame is the last one
@@ -387,7 +389,8 @@ def test_a_key_error_in_the_caption_policy_raises_under_skip(
     import medvideocap.loading.loader as loader_module
 
     def broken(*args: object, **kwargs: object) -> str:
-        return {}["detailed"]  # type: ignore[return-value]
+        captions: dict[str, str] = {}
+        return captions["detailed"]
 
     monkeypatch.setattr(loader_module, "choose_caption", broken)
     with pytest.raises(KeyError, match="detailed"):

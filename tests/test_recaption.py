@@ -374,3 +374,34 @@ def test_failed_clips_beyond_max_failures_set_the_exit_status(upstream, server, 
     assert _cli_run(upstream, server, out, "--limit", "3", "--max-failures", "1").exit_code == 0
     nothing = _cli_run(upstream, server, tmp_path / "none", "--where", "duration > 100")
     assert nothing.exit_code == 1 and "no clip was selected" in nothing.output
+
+
+def test_ray_address_from_the_cli_reaches_the_one_ray_bootstrap(upstream, server, tmp_path, monkeypatch):
+    """--ray-address is honoured (the recaption engine once ignored it and always read RAY_ADDRESS)."""
+    from contextlib import contextmanager
+
+    from click.testing import CliRunner
+
+    import medvideocap.caption.recaption as module
+    from medvideocap.cli import main
+
+    asked: list[str | None] = []
+
+    class Stop(Exception):
+        pass
+
+    @contextmanager
+    def ray_session(address=None, **_):
+        asked.append(address)
+        raise Stop  # the address is all this test is about: no cluster is started
+        yield
+
+    monkeypatch.setattr(module, "ray_session", ray_session)
+    args = ["recaption", str(upstream), "--out", str(tmp_path / "run"), "--backend", "openai"]
+    args += ["--endpoint", server.url, "--model", "served-vlm", "--engine", "ray", "--limit", "1"]
+    res = CliRunner().invoke(main, [*args, "--ray-address", "head:6379"])
+    assert isinstance(res.exception, Stop), res.output
+    res = CliRunner().invoke(main, args)
+    assert isinstance(res.exception, Stop), res.output
+    assert asked == ["head:6379", None]  # None: medvideocap.dist falls back to RAY_ADDRESS, then local
+    assert server.requests == []

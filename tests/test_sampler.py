@@ -1,17 +1,21 @@
-"""medvideocap.loading.sampler: equal-shape batches, the same number of steps on every rank, exact resume.
+"""medvideocap.loading.sampler: equal-shape batches, the same number of steps on every rank, exact resume;
+and the one streaming bucketer, ``bucket_by_shape``, for pixel and latent streams.
 
 Shapes stand in for clips here (the sampler only ever sees shapes); tests/test_load.py runs the same
 sampler over a real decoded dataset through a DataLoader."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from fixtures_latents import write_random_cache
 
-from medvideocap.loading.sampler import BucketBatchSampler, bucket_batches
+from medvideocap.loading.sampler import BucketBatchSampler, bucket_batches, bucket_by_shape
 
 SMALL, WIDE, TALL = (9, 32, 48), (9, 32, 64), (9, 48, 32)
 SHAPES = [SMALL] * 7 + [WIDE] * 5 + [TALL] * 2  # 14 items in three buckets of uneven size
@@ -117,3 +121,75 @@ def test_bucket_batches_groups_a_stream_by_shape_and_skips_dropped_items() -> No
     assert batches[0]["video"].shape == (2, 3, *SMALL) and batches[1]["video"].shape == (2, 3, *WIDE)
     assert torch.equal(batches[0]["video"][1], torch.full((3, *SMALL), 2.0))
     assert [b["id"] for b in bucket_batches(stream, 2, drop_last=True)] == [["c0", "c2"], ["c1", "c3"]]
+
+
+def test_bucket_by_shape_groups_mixed_shapes_and_yields_full_buckets_at_once() -> None:
+    stream = ["a1", "b1", "a2", "c1", "b2", "a3", "a4", "c2"]
+    batches = list(bucket_by_shape(stream, 2, shape=lambda s: s[0]))
+    # a full bucket comes out when its last item arrives; every item comes exactly once
+    assert batches == [["a1", "a2"], ["b1", "b2"], ["a3", "a4"], ["c1", "c2"]]
+    assert list(bucket_by_shape(stream, 3, shape=lambda s: s[0])) == [
+        ["a1", "a2", "a3"],
+        ["b1", "b2"],  # leftovers last ...
+        ["c1", "c2"],
+        ["a4"],  # ... in the order of their first item: a's bucket restarted after c1 and b1
+    ]
+
+
+def test_bucket_by_shape_drop_last_drops_only_partial_buckets() -> None:
+    stream = [(i, SHAPES[i]) for i in range(len(SHAPES))]
+    batches = list(bucket_by_shape(stream, 3, shape=lambda x: x[1], drop_last=True))
+    assert [len(b) for b in batches] == [3, 3, 3]  # SMALL 7 -> 2 full, WIDE 5 -> 1, TALL 2 -> 0
+    assert Counter(b[0][1] for b in batches) == {SMALL: 2, WIDE: 1}
+    with pytest.raises(ValueError, match="batch_size"):
+        list(bucket_by_shape(stream, 0, shape=lambda x: x[1]))
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_bucket_by_shape_resumes_by_feeding_the_items_not_yet_yielded(batch_size: int) -> None:
+    # the property StreamingLatentDataset's state relies on, at every break point
+    stream = list(range(len(SHAPES)))
+    shuffled = [stream[(5 * k) % len(stream)] for k in range(len(stream))]  # a permutation
+
+    def batches(items: list[int]) -> list[list[int]]:
+        return list(bucket_by_shape(items, batch_size, shape=lambda i: SHAPES[i]))
+
+    full = batches(shuffled)
+    assert sorted(i for b in full for i in b) == stream
+    for cut in range(len(full) + 1):
+        done = {i for b in full[:cut] for i in b}
+        assert full[:cut] + batches([i for i in shuffled if i not in done]) == full
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_streaming_latents_resume_to_the_same_batches_at_every_break(tmp_path: Path, drop_last: bool) -> None:
+    from medvideocap.latents import load_latents
+
+    shapes = [(2, 2, 4, 4), (2, 3, 4, 4), (2, 2, 4, 6)]
+    write_random_cache(tmp_path, [shapes[(i * i) % 3] for i in range(13)], rows_per_shard=4)
+
+    def dataset() -> Any:
+        return load_latents(
+            tmp_path,
+            posterior="mode",
+            streaming=True,
+            shuffle=True,
+            seed=4,
+            batch_size=3,
+            drop_last=drop_last,
+        )
+
+    full = [b["id"] for b in dataset()]
+    assert (
+        all(len(b) == 3 for b in full)
+        if drop_last
+        else sorted(sum(full, [])) == [f"r{i:03d}" for i in range(13)]
+    )
+    assert any(len(b) < 3 for b in full) != drop_last
+    for cut in range(len(full)):
+        ds = dataset()
+        it = iter(ds)
+        head = [next(it)["id"] for _ in range(cut)]
+        resumed = dataset()
+        resumed.load_state_dict(json.loads(json.dumps(ds.state_dict())))
+        assert head + [b["id"] for b in resumed] == full, f"break after {cut} batches"

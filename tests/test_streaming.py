@@ -221,7 +221,7 @@ class _LocalHub:
                 b[: len(chunk)] = chunk
                 return len(chunk)
 
-        return io.BufferedReader(Stream())
+        return io.BufferedReader(Stream())  # type: ignore[type-var]
 
 
 def test_hub_repo_streams_through_hf_paths_with_full_coverage(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -34,7 +34,7 @@ def test_shipped_lora_config_has_the_paper_settings() -> None:
     cfg = load_config("medgen-1.3b-lora")
     assert (cfg.mode, cfg.lora_rank, cfg.lora_alpha, cfg.learning_rate) == ("lora", 32, 32, 5e-5)
     assert (cfg.mixed_precision, cfg.ema_decay, cfg.seed) == ("bf16", 0.999, 1024)
-    assert (cfg.validation_frames, cfg.validation_height, cfg.validation_width) == (81, 480, 832)
+    assert (cfg.validation.frames, cfg.validation.height, cfg.validation.width) == (81, 480, 832)
     assert cfg.model_id == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers" and cfg.transformer_subfolder == "transformer"
     assert cfg.flow_shift == 3.0
     full = load_config("medgen-1.3b-full")
@@ -54,9 +54,9 @@ def test_every_config_field_can_be_overridden_from_the_command_line() -> None:
     assert cfg.lora_target_modules == ["to_q", "ffn.net.0.proj"] and cfg.max_steps == 7
     assert cfg.resume == "none" and cfg.report_to is None and cfg.flow_shift == 5.0
     assert load_config("medgen-1.3b-lora", ["mixed_precision=no"]).mixed_precision == "no"  # not YAML false
-    for key, value in base.items():  # each field round-trips through key=<yaml>
+    for key, value in base.items():  # each field (as a config file spells it) round-trips through key=<yaml>
         flow = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...")
-        assert getattr(load_config("medgen-1.3b-lora", [f"{key}={flow}"]), key) == value, key
+        assert load_config("medgen-1.3b-lora", [f"{key}={flow}"]).model_dump()[key] == value, key
 
 
 def test_bad_overrides_name_the_field() -> None:
@@ -66,6 +66,44 @@ def test_bad_overrides_name_the_field() -> None:
         load_config("medgen-1.3b-lora", ["mode=qlora"])
     with pytest.raises(FileNotFoundError, match="medgen-1.3b-lora"):
         load_config("medgen-14b")
+
+
+def test_validation_sampling_is_evals_generation_settings_under_the_keys_configs_write() -> None:
+    from medvideocap.generate import GenerationSettings
+
+    assert TrainConfig().validation == GenerationSettings()  # one owner of the defaults
+    cfg = load_config(
+        "medgen-1.3b-lora",
+        ["validation_steps=4", "validation_fps=8", "validation_negative_prompt=blurry", "validation_seed=3"],
+    )
+    assert cfg.validation == GenerationSettings(steps=4, fps=8.0, negative_prompt="blurry")
+    assert cfg.validation_seed == 3
+    dumped = cfg.model_dump()  # what config.yaml and --print-config show: the keys a config file takes
+    assert "validation" not in dumped and (dumped["validation_steps"], dumped["validation_frames"]) == (4, 81)
+    assert TrainConfig(**dumped) == cfg
+    assert load_config("medgen-1.3b-lora", ["validation={steps: 3}"]).validation.steps == 3  # beats the file
+    with pytest.raises(
+        ValueError, match="validation_height/validation_width 480x830: must be multiples of 16"
+    ):
+        load_config("medgen-1.3b-lora", ["validation_width=830"])
+
+
+def test_a_torn_metrics_tail_is_dropped_and_a_damaged_line_is_an_error_naming_it(tmp_path: Path) -> None:
+    from medvideocap.journal import JournalError
+    from medvideocap.train.metrics import trim_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": i, "loss": 1.0 / i, "lr": 1e-4}) for i in (1, 2, 3)]
+    path.write_text("\n".join(lines) + '\n{"step": 4, "lo')  # killed mid-append
+    assert [e["step"] for e in trim_metrics(path, 2)] == [1, 2]  # the resumed checkpoint's step
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    path.write_text(lines[0] + "\nnot json\n" + lines[2] + "\n")
+    with pytest.raises(JournalError, match=f"{path}:2: not a JSON line"):
+        trim_metrics(path, 3)
+    path.write_text(lines[0] + '\n{"loss": 0.5}\n' + lines[2] + "\n")
+    with pytest.raises(JournalError, match=f"{path}:2: not a metrics line"):
+        trim_metrics(path, 3)
+    assert trim_metrics(path, 0) == [] and path.read_text() == ""  # a fresh run starts an empty file
 
 
 # ------------------------------------------------------------------------------------------ objective
@@ -139,7 +177,7 @@ def test_batches_resume_mid_epoch_and_differ_between_epochs() -> None:
 
 
 # ------------------------------------------------------------------------------------------- training
-def _dataset(cache: Path, posterior: str = "sample") -> Any:
+def _dataset(cache: Path, posterior: Literal["sample", "mode", "moments"] = "sample") -> Any:
     from medvideocap.latents import load_latents
 
     return load_latents(cache, split="train", posterior=posterior)
@@ -165,6 +203,21 @@ def test_loss_on_a_fixed_batch_drops_by_half_in_50_steps(
     losses = np.array(result.losses)
     assert len(losses) == 50 and np.isfinite(losses).all()
     assert losses[-10:].mean() < 0.5 * losses[:10].mean(), losses
+
+
+def test_the_loader_moves_posterior_moments_and_the_loop_draws_the_sample(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    from medvideocap.train import open_dataset
+
+    opts = {"batch_size": 2, "max_steps": 1, "caption_dropout": 0.0, "ema_decay": 0.0}
+    cfg = tiny_train_config(tmp_path / "moments", tiny_pipeline_dir, latent_cache, **opts)
+    item = open_dataset(cfg)[0]
+    assert "latents_logvar" in item  # no CPU sampling in the loader
+    torch.testing.assert_close(item["latents"], _dataset(latent_cache, posterior="mode")[0]["latents"])
+    drawn = train(cfg).losses
+    mean_only = tiny_train_config(tmp_path / "mode", tiny_pipeline_dir, latent_cache, **opts)
+    assert drawn != train(mean_only, dataset=_dataset(latent_cache, posterior="mode")).losses
 
 
 def test_lora_trains_only_adapters_and_leaves_base_weights_bit_identical(
@@ -219,6 +272,8 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(
     first = train(tiny_train_config(tmp_path / "b", tiny_pipeline_dir, latent_cache, stop_at_step=3, **opts))
     assert first.step == 3 and first.export is None  # 3 steps x 2 batches: stopped mid-epoch of 4 clips
     assert [p.name for p in checkpoint_dirs(tmp_path / "b" / "run")] == ["step-00000003"]
+    with (tmp_path / "b" / "run" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "loss": 0.')  # as if killed mid-append after the checkpoint: repaired on resume
     resumed = train(tiny_train_config(tmp_path / "b", tiny_pipeline_dir, latent_cache, **opts))
     assert resumed.resumed_from is not None and resumed.steps == [4, 5, 6]
     np.testing.assert_allclose(first.losses + resumed.losses, straight.losses, rtol=1e-5, atol=1e-6)
@@ -449,7 +504,7 @@ def test_bf16_lora_keeps_the_frozen_base_in_bf16_and_adapters_in_fp32(
     assert dtypes["blocks.0.scale_shift_table"] == torch.float32  # diffusers keeps Wan's modulation in fp32
 
 
-def test_module_entry_point_prints_the_resolved_config() -> None:
+def test_module_entry_point_is_the_click_command_and_takes_both_override_spellings() -> None:
     import subprocess
     import sys
 
@@ -461,6 +516,8 @@ def test_module_entry_point_prints_the_resolved_config() -> None:
             "--config",
             "medgen-1.3b-full",
             "--print-config",
+            "--set",
+            "seed=7",
             "max_steps=9",
         ],
         capture_output=True,
@@ -468,7 +525,7 @@ def test_module_entry_point_prints_the_resolved_config() -> None:
         check=True,
     ).stdout
     cfg = yaml.safe_load(out)
-    assert cfg["mode"] == "full" and cfg["max_steps"] == 9 and cfg["seed"] == 1024
+    assert cfg["mode"] == "full" and cfg["max_steps"] == 9 and cfg["seed"] == 7
 
 
 def test_on_the_fly_encoding_trains_from_pixels_and_resumes_identically(
@@ -496,6 +553,28 @@ def test_on_the_fly_encoding_trains_from_pixels_and_resumes_identically(
     assert (tmp_path / "a" / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
 
 
+def test_on_the_fly_posterior_draw_clips_the_log_variance_as_diffusers_does(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import math
+
+    from medvideocap.models import LOGVAR_RANGE
+    from medvideocap.tiny import TINY_TEXT_DIM, TINY_Z_DIM
+    from medvideocap.train import OnTheFlyEncoder
+
+    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, latents=None, source="pixels")
+    encoder = OnTheFlyEncoder(cfg, torch.device("cpu"))
+    shape = (2, TINY_Z_DIM, 2, HEIGHT // 8, WIDTH // 8)
+    mean, logvar = torch.zeros(shape), torch.full(shape, 100.0)  # exp(50) unclipped
+    monkeypatch.setattr(encoder.encoder, "encode_videos", lambda videos: (mean, logvar))
+    batch = {"video": torch.zeros(2, 3, FRAMES, HEIGHT, WIDTH), "caption": ["a", "b c"], "id": ["0", "1"]}
+    out = encoder(batch, torch.Generator().manual_seed(0))
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(0))  # replay the one draw
+    want = (math.exp(0.5 * LOGVAR_RANGE[1]) * eps - encoder.mean) / encoder.std
+    torch.testing.assert_close(out["latents"], want)
+    assert out["prompt_embeds"].shape == (2, cfg.text_seq_len, TINY_TEXT_DIM)
+
+
 def test_config_rejects_impossible_values_with_the_reason() -> None:
     with pytest.raises(ValueError, match="4k\\+1 frames"):
         load_config("medgen-1.3b-lora", ["validation_frames=80"])
@@ -518,7 +597,7 @@ def test_shipped_lora_targets_exist_in_the_real_1_3b_architecture() -> None:
     from medvideocap.train import build_transformer
 
     with torch.device("meta"):  # the real shapes, no weights, no memory
-        real = WanTransformer3DModel(**WAN_1_3B_TRANSFORMER_CONFIG)
+        real: Any = WanTransformer3DModel(**WAN_1_3B_TRANSFORMER_CONFIG)
         model = build_transformer(load_config("medgen-1.3b-lora"), torch.bfloat16, transformer=real)
     lora = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     # 30 blocks x (self + cross attention) x (q, k, v, out) x rank 32 x (1536 in + 1536 out)

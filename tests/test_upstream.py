@@ -32,7 +32,6 @@ from medvideocap.dataset.upstream import (
     UpstreamRelease,
     fetch_member,
     is_unsafe_member_name,
-    is_upstream_release,
     normalise_key,
     parse_bit_rate,
     parse_duration,
@@ -295,9 +294,9 @@ def test_a_rewritten_zip_is_read_afresh(tmp_path: Path) -> None:
 
 
 def test_detection_of_the_layout(release_dir: Path, tmp_path: Path) -> None:
-    assert is_upstream_release(release_dir)
+    assert layout.is_upstream_release(release_dir)
     assert layout.resolve(release_dir) == ("upstream", release_dir)
-    assert not is_upstream_release(tmp_path)
+    assert not layout.is_upstream_release(tmp_path)
     with pytest.raises(layout.LayoutError, match="not a dataset folder"):
         layout.resolve(tmp_path)
     with pytest.raises(layout.LayoutError, match="not a Hub repo id"):

@@ -1,6 +1,7 @@
 """``medvideocap build``: raw videos -> curated, scored, captioned hub-native dataset, by a recipe.
 
-The work directory (default: ``OUT.build`` next to the output) holds the resumable state:
+The work directory (default: ``OUT.build`` next to the output, laid out by
+:mod:`medvideocap.build.workdir`) holds the resumable state:
 
     state.json                 recipe fingerprint + source folder (a different recipe is not resumed)
     journal/{key}.json         one file per finished input: all its outcomes (written atomically)
@@ -33,10 +34,11 @@ from medvideocap.build.pipeline import SOURCE_STAGE, Outcome, scan
 from medvideocap.build.recipe import Recipe, load_recipe
 from medvideocap.build.sample import Sample
 from medvideocap.build.stages import MissingDependencyError, check_stage
+from medvideocap.build.workdir import clips_dir, journal_path, state_path
+from medvideocap.dataset.layout import FUNNEL_PATH
 from medvideocap.media.ffmpeg import MediaError, ffmpeg_exe
 
 log = logging.getLogger(__name__)
-FUNNEL_FILE = Path("meta") / "funnel.json"
 
 
 class BuildError(RuntimeError):
@@ -186,15 +188,63 @@ def plan(src: Path, recipe: Recipe, inputs: list[Sample], done: set[str]) -> dic
 # build
 
 
-def _journal_path(work: Path, sample: Sample) -> Path:
-    return work / "journal" / f"{sample.key}.json"
+def _journal_entry(path: Path, sample: Sample) -> list[Outcome]:
+    """The outcomes ``sample``'s journal file holds; ValueError saying why it cannot be trusted."""
+    try:
+        entry = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not valid JSON ({exc})") from exc
+    if not isinstance(entry, dict) or entry.get("input") != sample.input:
+        found = entry.get("input") if isinstance(entry, dict) else None
+        raise ValueError(f"it records input {found!r}, not {sample.input!r}")
+    raw = entry.get("outcomes")
+    if not isinstance(raw, list) or not raw or not all(isinstance(o, dict) for o in raw):
+        raise ValueError("it holds no list of outcomes")
+    try:
+        outcomes = [Outcome.from_dict(o) for o in raw]
+    except TypeError as exc:  # a missing or unknown field
+        raise ValueError(f"an outcome does not fit ({exc})") from exc
+    if any(o.input != sample.input for o in outcomes):
+        raise ValueError(f"it holds outcomes of another input than {sample.input!r}")
+    return outcomes
+
+
+def read_finished(work: Path, samples: list[Sample]) -> dict[str, list[Outcome]]:
+    """The ``samples`` the work dir's journal records as finished: input -> its outcomes.
+
+    Each journal file is written atomically, so a kill never leaves half of one; but the writes skip
+    fsync (one per input would slow a long build), so a machine crash can leave an empty or torn file,
+    and a disk or a hand edit can damage one. Such a file is not trusted and not fatal: a warning names
+    it, and its input counts as not finished, so it is processed again and the file rewritten. A
+    guess at its content could silently lose the input's clips; redoing it costs one input's time.
+    This is :mod:`medvideocap.journal`'s policy for a torn last line (the entry is redone), applied
+    per file: the journal stays one file per input (not that module's JSON lines) so that work dirs
+    of earlier builds still resume."""
+    done: dict[str, list[Outcome]] = {}
+    for sample in samples:
+        path = journal_path(work, sample.key)
+        if not path.is_file():
+            continue
+        try:
+            done[sample.input] = _journal_entry(path, sample)
+        except ValueError as exc:
+            log.warning("%s: damaged journal file (%s); %s is processed again", path, exc, sample.input)
+    return done
 
 
 def _open_work(work: Path, recipe: Recipe, src: Path) -> None:
-    state_path = work / "state.json"
+    path = state_path(work)
     state = {"recipe": recipe.name, "fingerprint": recipe.fingerprint(), "source": str(src.resolve())}
-    if state_path.exists():
-        found = json.loads(state_path.read_text())
+    if path.exists():
+        try:
+            found = json.loads(path.read_bytes())
+            if not isinstance(found, dict):
+                raise ValueError(f"expected a JSON object, got {type(found).__name__}")
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise BuildError(
+                f"{path}: unreadable build state ({exc}); pass another --work dir or delete {work} "
+                "to start over"
+            ) from exc
         if found.get("fingerprint") != state["fingerprint"]:
             raise BuildError(
                 f"work dir {work} belongs to a build with recipe {found.get('recipe')!r} (fingerprint "
@@ -202,7 +252,7 @@ def _open_work(work: Path, recipe: Recipe, src: Path) -> None:
                 "pass another --work dir or delete it to start over"
             )
         return
-    atomic_write_json(state_path, state, sort_keys=True, ensure_ascii=False, fsync=False)
+    atomic_write_json(path, state, sort_keys=True, ensure_ascii=False, fsync=False)
 
 
 def build(
@@ -236,12 +286,7 @@ def build(
     work = Path(work) if work else out.with_name(out.name + ".build")
     discovery = scan(src, follow_symlinks=follow_symlinks)
     inputs, refused = discovery.samples, discovery.refused
-    journal_dir = work / "journal"
-    # input -> its journaled outcomes (each journal file is read once)
-    done: dict[str, list[dict[str, Any]]] = {}
-    if journal_dir.is_dir():
-        for entry in (json.loads(p.read_text()) for p in journal_dir.glob("*.json")):
-            done[entry["input"]] = entry["outcomes"]
+    done = read_finished(work, inputs)  # input -> its journaled outcomes (each file read once)
     if dry_run:
         return {**plan(src, recipe, inputs, set(done)), "missing": missing}
     if engine not in ("local", "ray"):
@@ -256,7 +301,7 @@ def build(
     by_input: dict[str, list[Outcome]] = {}
     for s in inputs:
         if s.input in done and s.input not in redo:
-            by_input[s.input] = [Outcome.from_dict(d) for d in done[s.input]]
+            by_input[s.input] = done[s.input]
 
     with Progress(
         TextColumn("{task.description:>16}"),
@@ -275,7 +320,7 @@ def build(
         def on_done(outcomes: list[Outcome]) -> None:
             sample = keyed[outcomes[0].input]
             atomic_write_json(
-                _journal_path(work, sample),
+                journal_path(work, sample.key),
                 {"input": sample.input, "outcomes": [o.to_dict() for o in outcomes]},
                 sort_keys=True,
                 ensure_ascii=False,
@@ -300,7 +345,7 @@ def build(
     _write(out, recipe, identity, outcomes, summary)
     console.print(funnel_table(summary))
     if not keep_work:
-        shutil.rmtree(work / "clips", ignore_errors=True)
+        shutil.rmtree(clips_dir(work), ignore_errors=True)
     return BuildResult(
         out=out,
         inputs=len(inputs),
@@ -322,7 +367,7 @@ def _writer(out: Path, recipe: Recipe, identity: dict[str, Any]) -> Any:
 
 
 def _lost_work(
-    out: Path, recipe: Recipe, identity: dict[str, Any], done: dict[str, list[dict[str, Any]]]
+    out: Path, recipe: Recipe, identity: dict[str, Any], done: dict[str, list[Outcome]]
 ) -> set[str]:
     """Journaled inputs with a kept clip that is neither in the output nor cut in the work dir any
     more (the output was deleted after a finished build, whose clean-up removed the cut clips): they
@@ -331,7 +376,7 @@ def _lost_work(
         (name, o)
         for name, outs in done.items()
         for o in outs
-        if o["stage"] is None and (o["clip"] is None or not Path(o["clip"]).exists())
+        if o.kept and (o.clip is None or not Path(o.clip).exists())
     ]
     if not unwritten:
         return set()
@@ -339,7 +384,7 @@ def _lost_work(
         return {name for name, _ in unwritten}
     writer = _writer(out, recipe, identity)  # reads what finished shards hold; nothing is written
     try:
-        return {name for name, o in unwritten if not writer.has(o["id"])}
+        return {name for name, o in unwritten if not writer.has(o.id)}
     finally:
         writer.abort()
 
@@ -363,4 +408,4 @@ def _write(
                 writer.write(record, Path(o.clip))
             else:
                 writer.reject(o.reject_input, o.stage or "", o.reason or "", o.scores or None)
-        atomic_write_json(out / FUNNEL_FILE, summary, sort_keys=True, ensure_ascii=False, fsync=False)
+        atomic_write_json(out / FUNNEL_PATH, summary, sort_keys=True, ensure_ascii=False, fsync=False)

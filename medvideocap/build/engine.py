@@ -4,7 +4,8 @@
 * ``local`` with ``workers=N``: a ``ProcessPoolExecutor`` (spawned workers, so no forked CUDA or
   decoder state), one input per task, each worker building the stage functions once;
 * ``ray``: Ray Data, one ``flat_map`` per stage carrying that stage's CPU/GPU hints, so GPU stages get
-  GPU workers and the rest stay on CPUs; ``ray_address`` joins an existing cluster.
+  GPU workers and the rest stay on CPUs; ``ray_address`` (else ``$RAY_ADDRESS``) joins an existing
+  cluster (:func:`medvideocap.dist.ray_session`).
 
 Every engine hands finished inputs (all their outcomes) to ``on_done`` as they complete, in whatever
 order; the builder journals them and sorts before writing, so the dataset does not depend on it.
@@ -22,6 +23,7 @@ from typing import Any
 from medvideocap.build.pipeline import Outcome, Pipeline, apply_stage, kept, rejected
 from medvideocap.build.recipe import Recipe
 from medvideocap.build.sample import Reject, Sample
+from medvideocap.dist import ray_session
 
 OnDone = Callable[[list[Outcome]], None]
 _PIPELINES: dict[tuple[str, str], Pipeline] = {}
@@ -79,18 +81,16 @@ def _ray_finish(row: dict[str, str]) -> dict[str, str]:
 def run_ray(
     pending: list[Sample], recipe: Recipe, work: Path, *, address: str | None, on_done: OnDone
 ) -> None:
-    try:
-        import ray
-        import ray.data
-    except ImportError as exc:
-        raise RuntimeError("--engine ray needs Ray Data: pip install 'medvideocap[ray]'") from exc
-    import functools
-
     if not pending:
         return
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    with ray_session(address) as ray:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        _run_ray_stages(ray, pending, recipe, work, on_done)
+
+
+def _run_ray_stages(ray: Any, pending: list[Sample], recipe: Recipe, work: Path, on_done: OnDone) -> None:
+    import functools
+
     recipe_json = recipe.model_dump_json()
     rows = [{"sample": json.dumps(s.to_dict()), "outcome": ""} for s in pending]
     ds: Any = ray.data.from_items(rows, override_num_blocks=len(rows))

@@ -157,9 +157,14 @@ class Pipeline:
 # inputs
 
 
+def _slug(text: str) -> str:
+    """``text`` with every run of characters outside ``[A-Za-z0-9_-]`` made one ``_``, ends trimmed."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-")
+
+
 def _key_of(rel: str) -> str:
     stem = rel.rsplit(".", 1)[0] if "." in Path(rel).name else rel
-    key = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_-") or "video"
+    key = _slug(stem) or "video"
     return key if key[0].isalnum() else f"v{key}"
 
 
@@ -294,7 +299,7 @@ def scan(src: Path, *, follow_symlinks: bool = False) -> Discovery:
     samples = []
     for path, rel, key in zip(files, rels, keys, strict=True):
         if keys.count(key) > 1:  # a.mp4 and a.mov: keep both, tell them apart by extension
-            key = re.sub(r"[^A-Za-z0-9_-]+", "_", rel).strip("_-")
+            key = _slug(rel)
         meta = sidecar.get(rel) or sidecar.get(path.name) or {}
         samples.append(Sample(input=rel, path=str(path.resolve()), key=key, meta=dict(meta)))
     unmatched = sorted(set(sidecar) - set(rels) - {p.name for p in files})

@@ -5,9 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from medvideocap.build.sample import Sample
-from medvideocap.dataset.schema import Caption, Category, ClipRecord, NamedScore, Scores, SourceContext
+from medvideocap.dataset.schema import (
+    SCORE_NAMES,
+    Caption,
+    Category,
+    ClipRecord,
+    NamedScore,
+    Scores,
+    SourceContext,
+)
 
-SCORE_FIELDS = tuple(name for name in Scores.model_fields if name != "other")
 SOURCE_KEYS = {
     "video_id": ("source_id", "video_id", "id", "youtube_id"),
     "title": ("title",),
@@ -38,8 +45,8 @@ def meta_value(meta: dict[str, Any], keys: tuple[str, ...]) -> str | None:
 
 def scores_of(values: dict[str, float]) -> Scores:
     """Schema fields by name; every other score as a named entry (sorted, so records are stable)."""
-    other = [NamedScore(name=k, value=v) for k, v in sorted(values.items()) if k not in SCORE_FIELDS]
-    return Scores(**{k: v for k, v in values.items() if k in SCORE_FIELDS}, other=other)
+    other = [NamedScore(name=k, value=v) for k, v in sorted(values.items()) if k not in SCORE_NAMES]
+    return Scores(**{k: v for k, v in values.items() if k in SCORE_NAMES}, other=other)
 
 
 def to_record(sample: Sample) -> ClipRecord:

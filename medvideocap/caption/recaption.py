@@ -33,6 +33,7 @@ from medvideocap.caption import BaseCaptioner, load_template, make_captioner, sa
 from medvideocap.caption.journal import Journal
 from medvideocap.caption.where import compile_where
 from medvideocap.dataset.schema import Caption, ClipRecord
+from medvideocap.dist import ray_session
 from medvideocap.hashing import short_hexdigest
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,7 @@ def recaption(
     write: bool = False,
     retry_failed: bool = False,
     engine: str = "local",
+    ray_address: str | None = None,
     source_revision: str | None = None,
     progress: bool = False,
     captioner: BaseCaptioner | None = None,
@@ -230,6 +232,7 @@ def recaption(
 
     ``backend_options`` go to :func:`make_captioner` (``model``, ``revision``, ``endpoint``,
     ``concurrency`` ...); ``source_revision`` is the Hub revision of ``source`` when it is a repo id.
+    ``engine="ray"`` joins the Ray cluster at ``ray_address`` (else ``$RAY_ADDRESS``, else a local one).
     Pass ``captioner`` to reuse one already built (tests, notebooks); its ``name_prefix`` is set to
     this run's caption-name prefix.
 
@@ -292,6 +295,7 @@ def recaption(
                     frames,
                     prefix,
                     backend_options,
+                    ray_address,
                 )
             else:
                 owned = captioner is None
@@ -415,44 +419,45 @@ def _run_ray(
     frames: int,
     prefix: str,
     options: dict[str, Any],
+    ray_address: str | None = None,
 ) -> None:
     """Ray Data: actors each build a captioner once and run :func:`caption_items` on id batches;
     the driver alone writes the journal, so resume works exactly as with the local engine."""
-    import ray
+    with ray_session(ray_address) as ray:
+        ids = ray.data.from_items([{"id": it.id} for it in todo])
+        options = dict(options)
+        actors = int(options.pop("ray_actors", 1))
+        # A local VLM wants a GPU per actor when the cluster has any; a CPU-only cluster still runs it.
+        gpus = options.pop("ray_gpus_per_actor", None)
+        if gpus is None:
+            has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+            gpus = 1 if backend == "transformers" and has_gpu and options.get("device") != "cpu" else 0
+        if backend == "openai":  # a batch's requests run concurrently inside the actor
+            batch = int(options.pop("batch_size", options.get("concurrency", 8)))
+        else:
+            batch = int(options.get("batch_size", 4))
 
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, log_to_driver=False)
-    ids = ray.data.from_items([{"id": it.id} for it in todo])
-    options = dict(options)
-    actors = int(options.pop("ray_actors", 1))
-    # A local VLM wants a GPU per actor when the cluster has any; a CPU-only cluster still runs it.
-    gpus = options.pop("ray_gpus_per_actor", None)
-    if gpus is None:
-        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        gpus = 1 if backend == "transformers" and has_gpu and options.get("device") != "cpu" else 0
-    if backend == "openai":  # a batch's requests run concurrently inside the actor
-        batch = int(options.pop("batch_size", options.get("concurrency", 8)))
-    else:
-        batch = int(options.get("batch_size", 4))
+        class _CaptionFn:
+            def __init__(self) -> None:
+                self.captioner = make_captioner(backend, **{**options, "name_prefix": prefix})
+                self.items = {it.id: it for it in iter_source(source, revision=revision)}
 
-    class _CaptionFn:
-        def __init__(self) -> None:
-            self.captioner = make_captioner(backend, **{**options, "name_prefix": prefix})
-            self.items = {it.id: it for it in iter_source(source, revision=revision)}
+            def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
+                items = [self.items[str(i)] for i in rows["id"]]
+                entries = caption_items(self.captioner, items, template=template, frames=frames)
+                return {"entry": [json.dumps(e, default=str) for e in entries]}
 
-        def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
-            items = [self.items[str(i)] for i in rows["id"]]
-            entries = caption_items(self.captioner, items, template=template, frames=frames)
-            return {"entry": [json.dumps(e, default=str) for e in entries]}
-
-    results = ids.map_batches(
-        _CaptionFn, batch_size=batch, concurrency=actors, num_gpus=gpus, batch_format="numpy"
-    )
-    for row in results.iter_rows():
-        _record(json.loads(row["entry"]), journal, summary)
+        results = ids.map_batches(
+            _CaptionFn, batch_size=batch, concurrency=actors, num_gpus=gpus, batch_format="numpy"
+        )
+        for row in results.iter_rows():
+            _record(json.loads(row["entry"]), journal, summary)
 
 
-def _entry_digest(entry: dict[str, Any]) -> str:
+def entry_digest(entry: dict[str, Any]) -> str:
+    """What a journal entry contributes to a written dataset (its outcome and captions, in name order),
+    as a short stable id: ``write_dataset`` compares it with the state it wrote last time to find clips
+    whose captions changed since (``--retry-failed``) and rebuild rather than append."""
     captions = sorted((c["name"], c["text"]) for c in entry.get("captions", []))
     return short_hexdigest(json.dumps([entry.get("ok"), captions]))
 
@@ -474,7 +479,7 @@ def write_dataset(selected: list[SourceItem], journal: Journal, dest: Path, sett
         }
     }
     state_file = dest.parent / WRITE_STATE_FILE
-    digests = {it.id: _entry_digest(journal.entries[it.id]) for it in selected if it.id in journal.entries}
+    digests = {it.id: entry_digest(journal.entries[it.id]) for it in selected if it.id in journal.entries}
     written: dict[str, str] = {}
     if state_file.exists() and dest.exists():
         written = json.loads(state_file.read_text(encoding="utf-8"))

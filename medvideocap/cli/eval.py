@@ -105,7 +105,8 @@ def command(
     from medvideocap.eval import ratings
     from medvideocap.eval.metrics import METRICS, MetricError, build_metrics, parse_metric_models
     from medvideocap.eval.prompts import PromptError, load_prompts
-    from medvideocap.eval.runner import EvalError, GenerationSettings, checkpoint_labels, run_eval
+    from medvideocap.eval.runner import EvalError, checkpoint_labels, run_eval
+    from medvideocap.generate import GenerationSettings
 
     modes = sum([compare, rating_sheet, import_ratings is not None, bool(checkpoints or videos)])
     if modes != 1:

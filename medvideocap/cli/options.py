@@ -1,4 +1,5 @@
-"""Options shared by several verbs, declared once so their names, defaults and help cannot drift."""
+"""Options shared by several verbs, declared once so their names, defaults and help cannot drift; the
+sampling defaults are :class:`~medvideocap.generate.GenerationSettings`'s."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 import click
 
+from medvideocap.generate import GenerationSettings
+
 _GENERATION: list[Callable[[Any], Any]] = [
     click.option(
         "--base",
@@ -14,12 +17,31 @@ _GENERATION: list[Callable[[Any], Any]] = [
         help="Base model id or folder for LoRA / transformer-only checkpoints (default: the one the run used).",
     ),
     click.option("--negative-prompt", default=None, help="Negative prompt for classifier-free guidance."),
-    click.option("--frames", default=81, show_default=True, help="Frames per video (4k+1)."),
-    click.option("--height", default=480, show_default=True, help="Height in pixels (multiple of 16)."),
-    click.option("--width", default=832, show_default=True, help="Width in pixels (multiple of 16)."),
-    click.option("--steps", default=50, show_default=True, help="Denoising steps."),
-    click.option("--guidance", default=5.0, show_default=True, help="Classifier-free guidance scale."),
-    click.option("--fps", default=16.0, show_default=True, help="Frame rate written to the mp4s."),
+    click.option(
+        "--frames", default=GenerationSettings.frames, show_default=True, help="Frames per video (4k+1)."
+    ),
+    click.option(
+        "--height",
+        default=GenerationSettings.height,
+        show_default=True,
+        help="Height in pixels (multiple of 16).",
+    ),
+    click.option(
+        "--width",
+        default=GenerationSettings.width,
+        show_default=True,
+        help="Width in pixels (multiple of 16).",
+    ),
+    click.option("--steps", default=GenerationSettings.steps, show_default=True, help="Denoising steps."),
+    click.option(
+        "--guidance",
+        default=GenerationSettings.guidance,
+        show_default=True,
+        help="Classifier-free guidance scale.",
+    ),
+    click.option(
+        "--fps", default=GenerationSettings.fps, show_default=True, help="Frame rate written to the mp4s."
+    ),
     click.option("--device", default=None, help="torch device (default: cuda when available, else cpu)."),
 ]
 

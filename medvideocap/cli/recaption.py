@@ -97,6 +97,11 @@ import click
     help="local: threads in this process; ray: Ray Data actors (cluster from RAY_ADDRESS or a local one).",
 )
 @click.option(
+    "--ray-address",
+    default=None,
+    help="--engine ray: address of an existing Ray cluster (default: $RAY_ADDRESS, else start a local one).",
+)
+@click.option(
     "--max-new-tokens",
     default=None,
     type=click.IntRange(min=1),
@@ -175,6 +180,7 @@ def command(source: str, out: str, backend: str, **opts: Any) -> None:
             write=opts["write"],
             retry_failed=opts["retry_failed"],
             engine=opts["engine"],
+            ray_address=opts["ray_address"],
             source_revision=opts["revision"],
             progress=not opts["no_progress"],
             **backend_options,

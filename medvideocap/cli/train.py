@@ -1,5 +1,9 @@
-"""``medvideocap train --config NAME_OR_PATH --set key=value ...``: parse arguments, call
-:func:`medvideocap.train.train`. Multi-GPU: ``accelerate launch -m medvideocap.train`` with the same config."""
+"""``medvideocap train --config NAME_OR_PATH [--set key=value ...] [key=value ...]``: parse arguments, call
+:func:`medvideocap.train.train`.
+
+The one training command line: ``python -m medvideocap.train`` (what ``accelerate launch -m`` and
+``torchrun -m`` run on every rank) runs this same click command, so both spellings take the same options.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import json
 import click
 
 
-@click.command(name="train")
+@click.command(name="train", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config",
@@ -23,17 +27,22 @@ import click
     help="Override one config field (repeatable); the value parses as YAML, e.g. --set max_steps=2000.",
 )
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
-def command(config: str, overrides: tuple[str, ...], print_config: bool) -> None:
+@click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def command(
+    config: str, overrides: tuple[str, ...], print_config: bool, more_overrides: tuple[str, ...]
+) -> None:
     """Fine-tune Wan2.1-T2V (MedGen reference recipe) on an encode-latents cache, LoRA or full.
 
+    Overrides go after --set or bare (KEY=VALUE arguments, applied after the --set ones).
     Rerunning the same command resumes from the newest checkpoint in output_dir (resume: auto)."""
     import yaml
 
+    from medvideocap.journal import JournalError
     from medvideocap.latents import FingerprintMismatchError, LatentCacheError
     from medvideocap.train import NoTrainingDataError, load_config, train
 
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, (*overrides, *more_overrides))
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
     if print_config:
@@ -45,6 +54,6 @@ def command(config: str, overrides: tuple[str, ...], print_config: bool) -> None
         )
     try:
         result = train(cfg)
-    except (FingerprintMismatchError, LatentCacheError, NoTrainingDataError) as exc:
+    except (FingerprintMismatchError, JournalError, LatentCacheError, NoTrainingDataError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({"step": result.step, "export": str(result.export) if result.export else None}))

@@ -1,10 +1,12 @@
 """The dataset card (``README.md``) of a hub-native dataset, rendered from ``cards/dataset_card.md.j2``.
 
 The YAML header is what makes ``load_dataset(DIR_OR_REPO)`` work with no loading script: its
-``configs`` map each split to its shards (the default, webdataset config) and to its metadata
-parquet (the ``metadata`` config), and ``dataset_info`` declares the features of the default
-config so ``datasets`` never guesses column types from the first rows. The body carries real
-statistics of this build, computed from the metadata parquet, and charts saved next to it.
+``configs`` map each split to its shards (the default, webdataset config), and ``dataset_info``
+declares the features of that config so ``datasets`` never guesses column types from the first rows.
+The body carries real statistics of this build and two charts saved next to it. The card owns neither:
+the numbers are :mod:`medvideocap.dataset.stats`'s (what ``medvideocap stats`` prints) and the charts
+:mod:`medvideocap.dataset.plots`'s (what ``stats --plots`` draws), so the card, the report and the
+charts cannot drift apart; the card only lays them out.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ from typing import Any
 import polars as pl
 
 from medvideocap.dataset.layout import (
-    CHARTS_DIR,
+    CATEGORY_CHART_PATH,
+    DURATION_CHART_PATH,
     FUNNEL_PATH,
     INFO_PATH,
     README_PATH,
     REJECTS_PATH,
-    split_dir,
+    metadata_path,
+    split_shards_glob,
 )
+from medvideocap.dataset.plots import category_chart, duration_chart
 from medvideocap.dataset.schema import SCHEMA_VERSION, SPLITS, Category
+from medvideocap.dataset.stats import compute_stats, load_metadata
 from medvideocap.resources import resource
 
 TEMPLATE = "dataset_card.md.j2"
@@ -57,7 +63,7 @@ def card_configs(splits: list[str]) -> list[dict[str, Any]]:
         {
             "config_name": "default",
             "default": True,
-            "data_files": [{"split": s, "path": f"{split_dir(s)}/*.tar"} for s in present],
+            "data_files": [{"split": s, "path": split_shards_glob(s)} for s in present],
         }
     ]
 
@@ -122,26 +128,17 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def build_stats(root: Path, splits: list[str]) -> dict[str, Any]:
-    """Markdown tables of this build: clips per split and category, durations, resolutions, scores."""
-    from medvideocap.dataset.hubnative import read_metadata
+    """Markdown tables of this build: clips per split and category, durations, resolutions, scores.
 
-    frames = [
-        read_metadata(root, s).select(
-            pl.lit(s).alias("split"),
-            "category",
-            "duration",
-            "fps",
-            "width",
-            "height",
-            pl.col("scores").struct.field("aesthetic").alias("aesthetic"),
-            pl.col("scores").struct.field("technical").alias("technical"),
-        )
-        for s in splits
-    ]
-    df = pl.concat(frames) if frames else pl.DataFrame()
-    if df.is_empty():
+    Every number comes from :func:`medvideocap.dataset.stats.compute_stats` (the owner of the
+    dataset's statistics, also behind ``medvideocap stats``), over the whole dataset and over each
+    split, unrounded: the card only formats them. ``frame`` and ``summary`` are returned for the
+    charts."""
+    frame = load_metadata(root).frame
+    if frame.is_empty():
         return {
-            "df": df,
+            "frame": frame,
+            "summary": None,
             "split_table": "",
             "category_table": "",
             "duration_table": "",
@@ -149,91 +146,68 @@ def build_stats(root: Path, splits: list[str]) -> dict[str, Any]:
             "score_table": "",
             "hours": 0.0,
         }
-    cats = [c.value for c in Category if c.value in set(df["category"].to_list())]
+    overall = compute_stats(frame, digits=None)
+    by_split = {s: compute_stats(frame.filter(pl.col("split") == s), digits=None) for s in splits}
+    total = overall["clips"]
+
+    def clips_of(summary: dict[str, Any], category: str) -> int:
+        return int(summary["categories"].get(category, {}).get("count", 0))
+
     category_rows = []
-    for cat in cats:
-        row: list[Any] = [cat]
-        sub = df.filter(pl.col("category") == cat)
-        for s in splits:
-            row.append(sub.filter(pl.col("split") == s).height)
-        row += [sub.height, f"{100 * sub.height / df.height:.1f}%"]
-        category_rows.append(row)
+    for cat in (c.value for c in Category if c.value in overall["categories"]):
+        n = clips_of(overall, cat)
+        category_rows.append(
+            [cat, *(clips_of(by_split[s], cat) for s in splits), n, f"{100 * n / total:.1f}%"]
+        )
     duration_rows = []
-    for s in [*splits, "all"]:
-        d = df if s == "all" else df.filter(pl.col("split") == s)
-        dur = d["duration"]
+    for name, summary in [*by_split.items(), ("all", overall)]:
+        dur = summary["duration"]
         duration_rows.append(
             [
-                s,
-                d.height,
-                _fmt(dur.min()),
-                _fmt(dur.mean()),
-                _fmt(dur.median()),
-                _fmt(dur.max()),
-                _fmt(dur.sum() / 3600, 3),
+                name,
+                summary["clips"],
+                _fmt(dur.get("min")),
+                _fmt(dur.get("mean")),
+                _fmt(dur.get("p50")),
+                _fmt(dur.get("max")),
+                _fmt(summary["hours"], 3),
             ]
         )
-    res = (
-        df.group_by("width", "height")
-        .agg(pl.len().alias("clips"), pl.col("fps").mean().alias("fps"))
-        .sort(["clips", "width", "height"], descending=[True, False, False])
-    )
     resolution_rows = [
-        [f"{r['width']}x{r['height']}", r["clips"], _fmt(r["fps"], 1)] for r in res.iter_rows(named=True)
+        [r["resolution"], r["clips"], _fmt(r["mean_fps"], 1)] for r in overall["by_resolution"]
     ]
     score_rows = []
     for name in ("aesthetic", "technical"):
-        col = df[name].drop_nulls()
-        score_rows.append([name, col.len(), _fmt(col.min(), 3), _fmt(col.mean(), 3), _fmt(col.max(), 3)])
+        q = overall["scores"].get(name, {"count": 0})
+        score_rows.append(
+            [name, q["count"], _fmt(q.get("min"), 3), _fmt(q.get("mean"), 3), _fmt(q.get("max"), 3)]
+        )
     return {
-        "df": df,
-        "split_table": _table(
-            ["split", "clips"], [[s, df.filter(pl.col("split") == s).height] for s in splits]
-        ),
+        "frame": frame,
+        "summary": overall,
+        "split_table": _table(["split", "clips"], [[s, by_split[s]["clips"]] for s in splits]),
         "category_table": _table(["category", *splits, "total", "share"], category_rows),
         "duration_table": _table(
             ["split", "clips", "min s", "mean s", "median s", "max s", "hours"], duration_rows
         ),
         "resolution_table": _table(["resolution", "clips", "mean fps"], resolution_rows),
         "score_table": _table(["score", "clips with it", "min", "mean", "max"], score_rows),
-        "hours": float(df["duration"].sum()) / 3600,
+        "hours": float(overall["hours"]),
     }
 
 
-def write_charts(root: Path, df: pl.DataFrame) -> list[str]:
-    """Category and duration charts as PNG under ``meta/charts/``; returns their paths relative to root.
-
-    The PNGs carry no software/date metadata, so a rebuild of the same data gives the same bytes."""
-    if df.is_empty():
+def write_charts(root: Path, frame: pl.DataFrame, summary: dict[str, Any] | None) -> list[str]:
+    """The category and duration charts of :mod:`medvideocap.dataset.plots` (the owner of every chart,
+    written atomically, no software metadata: a rebuild of the same data gives the same bytes) at
+    their layout paths; returns the paths written, relative to root. ``summary`` is
+    :func:`~medvideocap.dataset.stats.compute_stats` of ``frame``; None or an empty frame draws none."""
+    if summary is None or frame.is_empty():
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = root / CHARTS_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    counts = df.group_by("category").len().sort(["len", "category"], descending=[True, False])
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
-    ax.barh(counts["category"].to_list()[::-1], counts["len"].to_list()[::-1], color="#4c72b0")
-    ax.set_xlabel("clips")
-    ax.set_title("Clips per category")
-    fig.tight_layout()
-    fig.savefig(out / "categories.png", metadata={"Software": None})
-    plt.close(fig)
-    written.append(f"{CHARTS_DIR}/categories.png")
-
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
-    ax.hist(df["duration"].to_list(), bins=30, color="#55a868")
-    ax.set_xlabel("duration (s)")
-    ax.set_ylabel("clips")
-    ax.set_title("Clip durations")
-    fig.tight_layout()
-    fig.savefig(out / "durations.png", metadata={"Software": None})
-    plt.close(fig)
-    written.append(f"{CHARTS_DIR}/durations.png")
+    categories = {name: int(c["count"]) for name, c in summary["categories"].items()}
+    category_chart(categories, root / CATEGORY_CHART_PATH)
+    written = [CATEGORY_CHART_PATH]
+    if duration_chart(frame["duration"], root / DURATION_CHART_PATH) is not None:
+        written.append(DURATION_CHART_PATH)
     return written
 
 
@@ -264,7 +238,7 @@ def render_card(root: Path | str, *, repo_id: str | None = None) -> str:
     info = json.loads((root / INFO_PATH).read_text(encoding="utf-8"))
     splits = [s for s in SPLITS if info.get("counts", {}).get(s)]
     stats = build_stats(root, splits)
-    charts = write_charts(root, stats.pop("df"))
+    charts = write_charts(root, stats.pop("frame"), stats.pop("summary"))
     rejects_path = root / REJECTS_PATH
     reject_table = ""
     if rejects_path.exists():
@@ -295,7 +269,7 @@ def render_card(root: Path | str, *, repo_id: str | None = None) -> str:
         upstream_repo=UPSTREAM_REPO,
         schema_version=SCHEMA_VERSION,
         metadata_files={
-            s: f"hf://datasets/{repo_id or 'OWNER/medvideocap-55k'}/metadata/{s}.parquet" for s in splits
+            s: f"hf://datasets/{repo_id or 'OWNER/medvideocap-55k'}/{metadata_path(s)}" for s in splits
         },
         wds_split=splits[0] if splits else "train",
         wds_last=max(int(info.get("shards", {}).get(splits[0], 1)) - 1, 0) if splits else 0,

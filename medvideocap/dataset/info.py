@@ -10,30 +10,24 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from medvideocap.dataset.layout import HUB_NATIVE, METADATA_GLOB
 from medvideocap.dataset.schema import SCHEMA_VERSION
-from medvideocap.dataset.stats import load_metadata
-
-
-def _counts(frame: pl.DataFrame, column: str) -> dict[str, int]:
-    series = frame[column].value_counts(sort=True)
-    return {str(k): int(v) for k, v in series.iter_rows()}
+from medvideocap.dataset.stats import compute_stats, load_metadata
 
 
 def info(path_or_repo: str | Path, *, revision: str | None = None) -> dict[str, Any]:
     """A JSON-serialisable summary of a dataset (local folder or Hub repo id)."""
     table = load_metadata(path_or_repo, revision=revision)
-    root, frame = table.root, table.frame
+    root = table.root
+    summary = compute_stats(table.frame)  # the counts are the stats module's, not a second tally
     result: dict[str, Any] = {
         "source": table.source,
         "layout": table.layout,
         "root": str(root),
-        "clips": frame.height,
-        "hours": round(float(frame["duration"].sum()) / 3600, 4) if frame.height else 0.0,
-        "splits": _counts(frame, "split"),
-        "categories": _counts(frame, "category"),
+        "clips": summary["clips"],
+        "hours": summary["hours"],
+        "splits": summary["splits"],
+        "categories": {name: c["count"] for name, c in summary["categories"].items()},
         "notes": list(table.notes),
     }
     if table.layout == HUB_NATIVE:

@@ -33,11 +33,17 @@ INFO_PATH = "meta/info.json"
 REJECTS_PATH = "meta/rejects.parquet"
 FUNNEL_PATH = "meta/funnel.json"
 CHARTS_DIR = "meta/charts"
+CATEGORY_CHART_PATH = f"{CHARTS_DIR}/categories.png"
+DURATION_CHART_PATH = f"{CHARTS_DIR}/durations.png"
+"""The charts the dataset card embeds (drawn by :mod:`medvideocap.dataset.plots`)."""
 PROGRESS_DIR = "meta/progress"
 """Resume state of an unfinished write; removed when the dataset is closed (and never pushed)."""
 METADATA_DIR = "metadata"
 DATA_DIR = "data"
 SHARD_GLOB = "shard-*.tar"
+PARTIAL_SUFFIX = ".tar.partial"
+PARTIAL_SHARD_GLOB = f".shard-*{PARTIAL_SUFFIX}"
+"""A shard still being written (hidden, renamed to ``shard-*.tar`` when full); never read or pushed."""
 METADATA_GLOB = f"{METADATA_DIR}/*.parquet"
 SHARDS_GLOB = f"{DATA_DIR}/*/{SHARD_GLOB}"
 
@@ -50,6 +56,11 @@ def metadata_path(split: str) -> str:
 def split_dir(split: str) -> str:
     """``data/{split}``: the folder of one split's webdataset shards."""
     return f"{DATA_DIR}/{split}"
+
+
+def split_shards_glob(split: str) -> str:
+    """``data/{split}/shard-*.tar``: the finished shards of one split (the card's ``data_files``)."""
+    return f"{split_dir(split)}/{SHARD_GLOB}"
 
 
 def shard_path(split: str, index: int) -> str:
@@ -118,11 +129,19 @@ def is_hub_native(path: Path) -> bool:
     return any(path.glob(SHARDS_GLOB)) and any(path.glob(METADATA_GLOB))
 
 
+def is_upstream_release(path: Path) -> bool:
+    """A folder with at least one ``videos_*.zip`` and a JSON file beside it."""
+    path = Path(path)
+    return (
+        path.is_dir()
+        and any(path.glob("videos_*.zip"))
+        and any(p.is_file() for p in [*path.glob("*.json"), *path.glob("*.jsonl")])
+    )
+
+
 def detect(path: Path, *, videos: bool = True) -> Kind | None:
     """The layout of a local folder, or None. ``videos=False`` accepts folders whose video files were
     not downloaded (metadata only)."""
-    from medvideocap.dataset.upstream import is_upstream_release
-
     path = Path(path)
     if is_hub_native(path) or (not videos and (path / INFO_PATH).is_file()):
         return HUB_NATIVE

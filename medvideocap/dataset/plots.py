@@ -2,16 +2,20 @@
 
 matplotlib runs with the Agg backend (no display needed, safe on servers and in CI). Each chart is
 written under a temporary name and renamed, so an interrupted run never leaves a half-written PNG.
+This module owns every chart of a dataset: ``stats --plots`` writes :func:`write_plots`'s set, and the
+dataset card embeds :func:`category_chart` and :func:`duration_chart`, the same drawings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from medvideocap.atomic import atomic_path
-from medvideocap.dataset.stats import SCORE_NAMES
+from medvideocap.dataset.schema import SCORE_NAMES
 
 
 def pyplot():  # type: ignore[no-untyped-def]
@@ -25,11 +29,15 @@ def pyplot():  # type: ignore[no-untyped-def]
 
 
 def save_figure(fig: object, path: Path) -> Path:
-    """Write ``fig`` to ``path`` atomically and close it."""
+    """Write ``fig`` to ``path`` atomically and close it.
+
+    A PNG carries no ``Software`` entry (matplotlib's version), so the same data gives the same bytes
+    on any install: a rebuilt dataset, whose card embeds charts, compares byte for byte."""
     plt = pyplot()
+    metadata = {"Software": None} if path.suffix.lower() == ".png" else None
     try:
         with atomic_path(path, fsync=False) as tmp:
-            fig.savefig(tmp, dpi=100, bbox_inches="tight")  # type: ignore[attr-defined]
+            fig.savefig(tmp, dpi=100, bbox_inches="tight", metadata=metadata)  # type: ignore[attr-defined]
     finally:
         plt.close(fig)
     return path
@@ -62,44 +70,47 @@ def _hist(out: Path, name: str, series: dict[str, pl.Series], *, title: str, xla
     return save_figure(fig, out / name)
 
 
-def write_plots(frame: pl.DataFrame, out: Path, *, title: str = "") -> list[Path]:
-    """Write the charts for ``frame`` (a :func:`medvideocap.dataset.stats.load_metadata` frame) into ``out``."""
+def category_chart(categories: Mapping[str, int], path: Path, *, title: str = "") -> Path:
+    """Bar chart of clips per category (``category -> clips``, in the order given)."""
+    prefix = f"{title}: " if title else ""
+    return _bar(
+        path.parent, path.name, dict(categories), title=f"{prefix}clips per category", xlabel="category"
+    )
+
+
+def duration_chart(durations: pl.Series, path: Path, *, title: str = "") -> Path | None:
+    """Histogram of clip durations (seconds); None (nothing written) when there is none."""
+    prefix = f"{title}: " if title else ""
+    return _hist(
+        path.parent, path.name, {"duration": durations}, title=f"{prefix}clip durations", xlabel="seconds"
+    )
+
+
+def write_plots(frame: pl.DataFrame, out: Path, summary: Mapping[str, Any], *, title: str = "") -> list[Path]:
+    """Write the charts of ``frame`` (a :func:`medvideocap.dataset.stats.load_metadata` frame) into
+    ``out``. Bars show the counts of ``summary`` (:func:`medvideocap.dataset.stats.compute_stats` of
+    that frame), so a chart and the numbers printed beside it never disagree; histograms need the
+    values themselves and read them from ``frame``."""
     out.mkdir(parents=True, exist_ok=True)
     prefix = f"{title}: " if title else ""
-
-    def counts(expr: pl.Expr) -> dict[str, int]:
-        series = frame.select(expr.alias("v")).to_series().value_counts(sort=True)
-        return {str(k): int(v) for k, v in series.iter_rows()}
-
+    categories = {name: int(c["count"]) for name, c in summary["categories"].items()}
     written: list[Path | None] = [
-        _bar(
-            out,
-            "categories.png",
-            counts(pl.col("category")),
-            title=f"{prefix}clips per category",
-            xlabel="category",
-        ),
+        category_chart(categories, out / "categories.png", title=title),
         _bar(
             out,
             "resolution.png",
-            counts(pl.format("{}x{}", pl.col("width"), pl.col("height"))),
+            dict(summary["resolution"]),
             title=f"{prefix}resolutions",
             xlabel="width x height",
         ),
         _bar(
             out,
             "fps.png",
-            counts(pl.col("fps").round(2).cast(pl.String)),
+            dict(summary["fps"]["values"]),
             title=f"{prefix}frame rates",
             xlabel="fps",
         ),
-        _hist(
-            out,
-            "duration.png",
-            {"duration": frame["duration"]},
-            title=f"{prefix}clip durations",
-            xlabel="seconds",
-        ),
+        duration_chart(frame["duration"], out / "duration.png", title=title),
         _hist(
             out,
             "scores.png",

@@ -19,11 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medvideocap.atomic import TEMP_GLOB
+from medvideocap.dataset.layout import INFO_PATH, PARTIAL_SHARD_GLOB, PROGRESS_DIR
 from medvideocap.dataset.schema import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
-IGNORE_PATTERNS = ["meta/progress/*", "**/.shard-*.tar.partial", "**/.*.tmp-*", ".cache/*"]
+IGNORE_PATTERNS = [f"{PROGRESS_DIR}/*", f"**/{PARTIAL_SHARD_GLOB}", f"**/{TEMP_GLOB}", ".cache/*"]
+"""Never uploaded: a write's resume state, unfinished shards, atomic writes cut short, and the
+``.cache/`` folder ``huggingface_hub`` keeps its upload state in."""
 
 
 class PushError(RuntimeError):
@@ -85,11 +89,11 @@ def push(
     folder = Path(folder)
     if not is_hub_native(folder):
         raise PushError(
-            f"{folder}: not a finished hub-native dataset (no meta/info.json); run convert or build first"
+            f"{folder}: not a finished hub-native dataset (no {INFO_PATH}); run convert or build first"
         )
-    if (folder / "meta" / "progress").exists():
+    if (folder / PROGRESS_DIR).exists():
         raise PushError(
-            f"{folder}: a write is still in progress (meta/progress/ exists); finish it before pushing"
+            f"{folder}: a write is still in progress ({PROGRESS_DIR}/ exists); finish it before pushing"
         )
     if update_card:
         from medvideocap.dataset.card import write_card

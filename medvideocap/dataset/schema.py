@@ -60,6 +60,8 @@ from pydantic import (
     model_validator,
 )
 
+from medvideocap.errors import DataError
+
 SCHEMA_VERSION = "1.1"
 """``MAJOR.MINOR``. A different major is unreadable; a newer minor warns and keeps unknown fields."""
 
@@ -67,14 +69,6 @@ SPLITS = ("train", "validation", "test")
 Split = Literal["train", "validation", "test"]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
-
-
-class DataError(Exception):
-    """Bad input data (a record, a video, a shard member), as opposed to a bug in the code.
-
-    The base of every error that names one clip's data as the cause; readers that may skip bad clips
-    (``on_error="skip"``) catch this family and nothing wider. :class:`SchemaVersionError` is not in
-    it: a dataset of another major version is unreadable as a whole, never skipped clip by clip."""
 
 
 class SchemaVersionError(ValueError):
@@ -190,6 +184,11 @@ class Scores(BaseModel):
         if name in type(self).model_fields and name != "other":
             return getattr(self, name)
         return next((s.value for s in self.other if s.name == name), None)
+
+
+SCORE_NAMES: tuple[str, ...] = tuple(n for n in Scores.model_fields if n != "other")
+"""The named score fields (``other`` holds any further scorer's output by name): stats, plots and the
+build's record mapping all list scores through this one tuple."""
 
 
 class SourceContext(BaseModel):

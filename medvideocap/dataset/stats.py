@@ -16,10 +16,9 @@ import polars as pl
 import pyarrow as pa
 
 from medvideocap.dataset.layout import HUB_NATIVE, resolve
-from medvideocap.dataset.schema import Scores, UnknownFieldsWarning, arrow_schema
+from medvideocap.dataset.schema import SCORE_NAMES, UnknownFieldsWarning, arrow_schema
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
-SCORE_NAMES = tuple(n for n in Scores.model_fields if n != "other")
 UNSPLIT = "unsplit"
 
 
@@ -47,7 +46,8 @@ def load_metadata(path_or_repo: str | Path, *, revision: str | None = None) -> M
         ds = HubNativeDataset(root)
         names = arrow_schema().names
         parts = [ds.metadata(s).select(names) for s in ds.splits]
-        frame = pl.concat(parts, how="vertical_relaxed") if parts else _empty()
+        # one chunk: polars 2.1 panics in ``pl.format`` over a multi-chunk frame filtered by a mask
+        frame = pl.concat(parts, how="vertical_relaxed", rechunk=True) if parts else _empty()
     else:
         from medvideocap.dataset.upstream import UpstreamRelease
 
@@ -82,55 +82,87 @@ def _with_caption_columns(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(words("detailed"), words("brief"))
 
 
-def _quantiles(series: pl.Series) -> dict[str, float | int | None]:
+def _round(value: float, digits: int | None) -> float:
+    return value if digits is None else round(value, digits)
+
+
+def _quantiles(series: pl.Series, digits: int | None) -> dict[str, float | int | None]:
     values = series.drop_nulls()
     out: dict[str, float | int | None] = {"count": values.len()}
     if values.len() == 0:
         return out
-    out["mean"] = round(float(values.mean()), 4)  # type: ignore[arg-type]
+    out["mean"] = _round(float(values.mean()), digits)  # type: ignore[arg-type]
     for q in QUANTILES:
         label = {0.0: "min", 1.0: "max"}.get(q, f"p{round(q * 100)}")
-        out[label] = round(float(values.quantile(q, interpolation="linear")), 4)  # type: ignore[arg-type]
+        out[label] = _round(float(values.quantile(q, interpolation="linear")), digits)  # type: ignore[arg-type]
     return out
 
 
 def _counts(frame: pl.DataFrame, column: str | pl.Expr, name: str) -> dict[str, int]:
+    """Value counts, most frequent first and ties by value: a total order, so the same rows always
+    give the same report, chart and card bytes (polars leaves the order of ties open)."""
     expr = pl.col(column) if isinstance(column, str) else column
-    counted = frame.select(expr.alias(name)).to_series().value_counts(sort=True)
-    return {str(k): int(v) for k, v in counted.iter_rows()}
+    counted = frame.select(expr.alias(name)).to_series().value_counts(name="n")
+    ordered = counted.sort(["n", pl.col(name).cast(pl.String)], descending=[True, False], nulls_last=True)
+    return {str(k): int(v) for k, v in ordered.iter_rows()}
 
 
-def compute_stats(frame: pl.DataFrame) -> dict[str, Any]:
+def _by_resolution(frame: pl.DataFrame, digits: int | None) -> list[dict[str, Any]]:
+    """Clips and mean fps per (width, height), most clips first, ties by width then height: the
+    order is total, so two runs over the same rows list them the same way (the card is byte-stable)."""
+    table = (
+        frame.group_by("width", "height")
+        .agg(pl.len().alias("clips"), pl.col("fps").mean().alias("mean_fps"))
+        .sort(["clips", "width", "height"], descending=[True, False, False])
+    )
+    return [
+        {
+            "resolution": f"{r['width']}x{r['height']}",
+            "width": r["width"],
+            "height": r["height"],
+            "clips": r["clips"],
+            "mean_fps": None if r["mean_fps"] is None else _round(float(r["mean_fps"]), digits),
+        }
+        for r in table.iter_rows(named=True)
+    ]
+
+
+def compute_stats(frame: pl.DataFrame, *, digits: int | None = 4) -> dict[str, Any]:
     """Counts per split/category/camera motion/resolution/fps and quantiles of durations, scores and
-    caption lengths; JSON-serialisable."""
+    caption lengths; JSON-serialisable.
+
+    Floats are rounded to ``digits`` for the JSON report; ``digits=None`` keeps them exact, for a
+    caller that formats them itself (the dataset card): rounding twice (to 4, then to 2 places)
+    would move a value like 2.13504 from 2.14 to 2.13."""
     n = frame.height
     categories = _counts(frame, "category", "category")
     stats: dict[str, Any] = {
         "clips": n,
-        "hours": round(float(frame["duration"].sum()) / 3600, 4) if n else 0.0,
+        "hours": _round(float(frame["duration"].sum()) / 3600, digits) if n else 0.0,
         "splits": _counts(frame, "split", "split"),
-        "categories": {k: {"count": v, "share": round(v / n, 4)} for k, v in categories.items()},
+        "categories": {k: {"count": v, "share": _round(v / n, digits)} for k, v in categories.items()},
         "camera_motion": _counts(frame, pl.col("camera_motion").fill_null("unknown"), "camera_motion"),
-        "duration": _quantiles(frame["duration"]),
+        "duration": _quantiles(frame["duration"], digits),
         "fps": {
             "values": _counts(frame, pl.col("fps").round(3).cast(pl.String), "fps"),
-            **_quantiles(frame["fps"]),
+            **_quantiles(frame["fps"], digits),
         },
         "resolution": _counts(frame, pl.format("{}x{}", pl.col("width"), pl.col("height")), "resolution"),
+        "by_resolution": _by_resolution(frame, digits),
         "scores": {},
         "caption_words": {
-            "detailed": _quantiles(frame["caption_detailed_words"]),
-            "brief": _quantiles(frame["caption_brief_words"]),
+            "detailed": _quantiles(frame["caption_detailed_words"], digits),
+            "brief": _quantiles(frame["caption_brief_words"], digits),
         },
     }
     for name in SCORE_NAMES:
         series = frame["scores"].struct.field(name)
         if series.drop_nulls().len():
-            stats["scores"][name] = _quantiles(series)
+            stats["scores"][name] = _quantiles(series, digits)
     others = frame.select(pl.col("scores").struct.field("other").explode()).to_series().struct.unnest()
     if "name" in others.columns:
         for (name,), group in others.drop_nulls().group_by(["name"]):
-            stats["scores"][str(name)] = _quantiles(group["value"])
+            stats["scores"][str(name)] = _quantiles(group["value"], digits)
     return stats
 
 
@@ -139,14 +171,11 @@ def stats(
 ) -> dict[str, Any]:
     """Statistics of a dataset's metadata; with ``plots``, PNG charts are written there too."""
     table = load_metadata(path_or_repo, revision=revision)
-    result = {
-        "source": table.source,
-        "layout": table.layout,
-        "notes": table.notes,
-        **compute_stats(table.frame),
-    }
+    summary = compute_stats(table.frame)
+    result = {"source": table.source, "layout": table.layout, "notes": table.notes, **summary}
     if plots is not None:
         from medvideocap.dataset.plots import write_plots
 
-        result["plots"] = [str(p) for p in write_plots(table.frame, Path(plots), title=table.source)]
+        written = write_plots(table.frame, Path(plots), summary, title=table.source)
+        result["plots"] = [str(p) for p in written]
     return result

@@ -1110,13 +1110,3 @@ def find_metadata_file(root: Path) -> Path:
             f"{root}: several metadata files {[p.name for p in candidates]}; pick one with metadata=..."
         )
     return candidates[0]
-
-
-def is_upstream_release(path: Path) -> bool:
-    """A folder with at least one ``videos_*.zip`` and a JSON file beside it."""
-    path = Path(path)
-    return (
-        path.is_dir()
-        and any(path.glob("videos_*.zip"))
-        and any(p.is_file() for p in [*path.glob("*.json"), *path.glob("*.jsonl")])
-    )

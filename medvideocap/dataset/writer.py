@@ -45,7 +45,8 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medvideocap.atomic import atomic_write_bytes, atomic_write_parquet
+from medvideocap.atomic import TEMP_GLOB, atomic_write_bytes, atomic_write_parquet
+from medvideocap.dataset import layout
 from medvideocap.dataset.layout import (
     FORMAT,
     INFO_PATH,
@@ -64,7 +65,6 @@ from medvideocap.journal import JournalAppender, read_journal
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_BYTES = 1_000_000_000
-_PARTIAL_SUFFIX = ".tar.partial"
 _PROGRESS = Path(PROGRESS_DIR)
 _REJECTS_JOURNAL = _PROGRESS / "rejects.jsonl"
 _SETTINGS = _PROGRESS / "settings.json"
@@ -240,13 +240,13 @@ class DatasetWriter:
     def _resume(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         for folder in (self.out, self.out / METADATA_DIR, self.out / META_DIR):
-            for stale in folder.glob(".*.tmp-*") if folder.is_dir() else ():
+            for stale in folder.glob(TEMP_GLOB) if folder.is_dir() else ():
                 stale.unlink()  # an atomic write cut short by a kill; written again on close
         for split in SPLITS:
             folder = self.out / split_dir(split)
             if not folder.is_dir():
                 continue
-            for partial in sorted(folder.glob(f".shard-*{_PARTIAL_SUFFIX}")):
+            for partial in sorted(folder.glob(layout.PARTIAL_SHARD_GLOB)):
                 log.info("discarding unfinished shard %s (its clips are written again)", partial)
                 partial.unlink()
             for path in sorted(folder.glob(SHARD_GLOB)):
@@ -399,7 +399,7 @@ class DatasetWriter:
         self._next_index[split] = index + 1
         final = self.out / shard_name(split, index)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.stem}{_PARTIAL_SUFFIX}")
+        tmp = final.with_name(f".{final.stem}{layout.PARTIAL_SUFFIX}")
         tar = tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115  # closed in _finish/abort
         shard = _Shard(split=split, index=index, final=final, tmp=tmp, tar=tar)
         self._open[split] = shard

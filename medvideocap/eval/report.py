@@ -180,8 +180,8 @@ def metric_plot(scores: pl.DataFrame, metric: str, path: Path) -> Path:
 
 def write_contact_sheet(items: Sequence[Item], path: Path, *, max_prompts: int = 6) -> Path | None:
     """The same prompts across checkpoints: first seed of the first ``max_prompts`` prompts."""
-    from medvideocap.eval.runner import read_video
     from medvideocap.generate import contact_sheet
+    from medvideocap.media.decode import all_frames
 
     checkpoints = list(dict.fromkeys(it.checkpoint for it in items))
     by_key = {(it.checkpoint, it.prompt.id, it.seed): it for it in items}
@@ -192,7 +192,7 @@ def write_contact_sheet(items: Sequence[Item], path: Path, *, max_prompts: int =
         for ckpt in checkpoints:
             it = by_key.get((ckpt, pid, first_seed))
             if it is not None and it.path.is_file():
-                videos.append(read_video(it.path))
+                videos.append(all_frames(it.path))
     if not videos:
         return None
     width = max(v.shape[2] for v in videos)

@@ -29,6 +29,7 @@ from medvideocap.caption.journal import Journal
 from medvideocap.eval import report
 from medvideocap.eval.metrics import Metric, MetricError
 from medvideocap.eval.prompts import Prompt
+from medvideocap.generate import GenerationSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +41,6 @@ _VIDEO_NAME = re.compile(r"^(?P<prompt>.+?)(?:-s(?P<seed>\d+))?$")
 
 class EvalError(ValueError):
     """An eval run that cannot go on as asked; says which file or option and what to do."""
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """What makes two videos of the same (checkpoint, prompt, seed) the same video."""
-
-    frames: int = 81
-    height: int = 480
-    width: int = 832
-    steps: int = 50
-    guidance: float = 5.0
-    fps: float = 16.0
-    negative_prompt: str | None = None
-    base: str | None = None
-
-    def check(self) -> None:
-        if (self.frames - 1) % 4:
-            raise EvalError(f"--frames {self.frames}: Wan's VAE needs 4k+1 frames (e.g. 81, 49, 17, 5)")
-        if self.height % 16 or self.width % 16:
-            raise EvalError(f"--height/--width {self.height}x{self.width}: must be multiples of 16")
 
 
 @dataclass(frozen=True)
@@ -150,18 +131,13 @@ def video_items(videos: Path, prompts: Sequence[Prompt]) -> list[Item]:
 
 
 def read_video(path: Path) -> np.ndarray:
-    """All frames of an mp4 as ``uint8 (T, H, W, 3)``, through the project's decoder interface."""
-    from medvideocap.media.decode import DecodeError, open_decoder
+    """All frames of an mp4 as ``uint8 (T, H, W, 3)``; a file that does not decode is an :class:`EvalError`."""
+    from medvideocap.media.decode import DecodeError, all_frames
 
     try:
-        decoder = open_decoder(path, "pyav")
-        try:
-            frames = decoder.frames_at(range(decoder.num_frames)).data
-        finally:
-            decoder.close()
+        return all_frames(path)
     except DecodeError as exc:
         raise EvalError(f"{path}: cannot decode ({exc})") from exc
-    return frames.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def _check_run(out: Path, settings: dict[str, Any]) -> None:
@@ -249,7 +225,9 @@ def run_eval(
     if (checkpoints is None) == (videos is None):
         raise EvalError("give --checkpoint DIR (generate, then score) or --videos DIR (score existing mp4s)")
     if checkpoints is not None:
-        settings.check()
+        problems = settings.problems()
+        if problems:
+            raise EvalError("; ".join(problems))
         for label, path in checkpoints.items():
             try:
                 generate.describe_checkpoint(path)
@@ -289,17 +267,7 @@ def run_eval(
                     ) from exc
                 for it in todo:
                     started = time.perf_counter()
-                    (video,) = generate.sample_videos(
-                        pipe,
-                        [it.prompt.prompt],
-                        num_frames=settings.frames,
-                        height=settings.height,
-                        width=settings.width,
-                        steps=settings.steps,
-                        guidance=settings.guidance,
-                        seed=it.seed,
-                        negative_prompt=settings.negative_prompt,
-                    )
+                    (video,) = settings.sample(pipe, [it.prompt.prompt], seed=it.seed)
                     generate.write_mp4(video, it.path, fps=settings.fps)
                     seconds = time.perf_counter() - started
                     timings.setdefault("generation", []).append(seconds)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from medvideocap.tiny import _seeded, tiny_tokenizer
+from medvideocap.tiny import seeded, tiny_tokenizer
 
 
 def save_tiny_dino(directory: str | Path, seed: int = 0, *, image_size: int = 32) -> Path:
@@ -27,11 +27,8 @@ def save_tiny_dino(directory: str | Path, seed: int = 0, *, image_size: int = 32
         image_size=image_size,
         patch_size=8,
     )
-    ctx = _seeded(seed)
-    try:
+    with seeded(seed):
         model = ViTModel(config, add_pooling_layer=False)
-    finally:
-        ctx.__exit__(None, None, None)
     model.save_pretrained(out)
     ViTImageProcessor(
         size={"height": image_size, "width": image_size},
@@ -69,11 +66,8 @@ def save_tiny_clip(directory: str | Path, seed: int = 0, *, image_size: int = 32
         },
         projection_dim=8,
     )
-    ctx = _seeded(seed)
-    try:
+    with seeded(seed):
         model = CLIPModel(config)
-    finally:
-        ctx.__exit__(None, None, None)
     model.save_pretrained(out)
     CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}

@@ -14,8 +14,6 @@ once. What makes this cache trustworthy (see ``medvideocap/latents/__init__.py``
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 import warnings
@@ -26,23 +24,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from medvideocap.atomic import atomic_write_text
+from medvideocap import models
 from medvideocap.defaults import WAN_T2V_1_3B
 from medvideocap.devices import resolve_device
-from medvideocap.dist import env_rank_world
+from medvideocap.dist import env_rank_world, ray_session
 from medvideocap.hashing import hash64
-from medvideocap.latents import (
-    FORMAT,
-    FORMAT_VERSION,
-    LEGACY_DROPPED_NAME,
-    ShardWriter,
-    array_bytes,
-    dropped_path,
-    finished_ids,
-    read_dropped,
-    write_manifest,
-)
-from medvideocap.loading.sampler import stable_seed
+from medvideocap.latents.dropped import DroppedLog, finished_ids
+from medvideocap.latents.format import FORMAT, FORMAT_VERSION, ShardWriter, array_bytes, write_manifest
 
 if TYPE_CHECKING:
     import torch
@@ -93,7 +81,8 @@ class EncodeConfig:
     slicing: bool = False
     rows_per_shard: int = 64
     backend: str = "torchcodec"  # video decoder used by medvideocap.load
-    num_workers: int = 0  # DataLoader processes decoding clips ahead of the encoder
+    num_workers: int = 2  # DataLoader processes decoding clips ahead of the encoder (0: decode inline)
+    ray_concurrency: int = 1  # engine="ray": encoder actors (one GPU each)
     frames: Any = None  # FrameSpec; None: the default spec with a deterministic (centre) window
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -101,9 +90,7 @@ class EncodeConfig:
         return resolve_device(self.device)
 
     def resolved_compute_dtype(self) -> str:
-        if self.compute_dtype:
-            return self.compute_dtype
-        return "bfloat16" if self.resolved_device().startswith("cuda") else "float32"
+        return self.compute_dtype or models.default_compute_dtype(self.resolved_device())
 
     def frame_spec(self) -> FrameSpec:
         from medvideocap.media.frames import FrameSpec
@@ -112,120 +99,32 @@ class EncodeConfig:
 
 
 # ----------------------------------------------------------------------------------------------------
-# models
-
-
-def _local_or_hub(name: str, subfolder: str | None) -> Path | None:
-    p = Path(name)
-    if p.exists():
-        return p / subfolder if subfolder else p
-    return None
-
-
-def _revision_of(name: str, subfolder: str | None, revision: str | None) -> str:
-    """The commit a hub model resolved to (from the local HF cache), or a content hash of a local folder.
-
-    The real Wan folders are ~12 GB, so big files are identified by size plus their first and last MiB
-    (safetensors headers carry every tensor's name, dtype and shape).
-    """
-    local = _local_or_hub(name, subfolder)
-    if local is None:
-        try:
-            from huggingface_hub import snapshot_download
-
-            path = snapshot_download(
-                name,
-                revision=revision,
-                local_files_only=True,
-                allow_patterns=[f"{subfolder}/*"] if subfolder else None,
-            )
-            return Path(path).name
-        except Exception:  # noqa: BLE001 - offline lookup is best effort; the requested revision is recorded
-            return revision or "main"
-    h = hashlib.sha256()
-    files = sorted(q for q in local.rglob("*") if q.is_file()) if local.is_dir() else [local]
-    for q in files:
-        size = q.stat().st_size
-        h.update(f"{q.relative_to(local) if local.is_dir() else q.name}:{size}\n".encode())
-        with open(q, "rb") as f:
-            if size <= 64 << 20:
-                h.update(f.read())
-            else:
-                h.update(f.read(1 << 20))
-                f.seek(size - (1 << 20))
-                h.update(f.read())
-    return "sha256:" + h.hexdigest()
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise ValueError(f"compute dtype must be one of {sorted(dtypes)}, not {name!r}")
-    return dtypes[name]
+# models (loaded by medvideocap.models; these read the arguments from an EncodeConfig)
 
 
 def load_vae(config: EncodeConfig) -> Any:
-    """Any diffusers video VAE (``AutoencoderKLWan`` by default) from a hub id or a local folder."""
-    from diffusers import AutoModel
-
-    kwargs: dict[str, Any] = {"torch_dtype": _torch_dtype(config.resolved_compute_dtype())}
-    if config.vae_subfolder:
-        kwargs["subfolder"] = config.vae_subfolder
-    if config.vae_revision:
-        kwargs["revision"] = config.vae_revision
-    vae = AutoModel.from_pretrained(config.vae, **kwargs)
-    if not hasattr(vae, "encode"):
-        raise ValueError(f"{config.vae} ({type(vae).__name__}) is not a VAE: it has no encode()")
-    vae = vae.to(config.resolved_device()).eval().requires_grad_(False)
-    if config.tiling:
-        vae.enable_tiling()
-    if config.slicing:
-        vae.enable_slicing()
-    return vae
+    """:func:`medvideocap.models.load_vae` with the VAE, device and dtype ``config`` names."""
+    return models.load_vae(
+        config.vae,
+        subfolder=config.vae_subfolder,
+        revision=config.vae_revision,
+        dtype=config.resolved_compute_dtype(),
+        device=config.resolved_device(),
+        tiling=config.tiling,
+        slicing=config.slicing,
+    )
 
 
 def load_text_encoder(config: EncodeConfig) -> tuple[Any, Any]:
-    """UMT5 (Wan) or T5 encoder + its tokenizer, from the text-encoder repo/folder (default: the VAE's)."""
-    from transformers import AutoConfig, AutoTokenizer, T5EncoderModel, UMT5EncoderModel
-
-    name = config.text_encoder or config.vae
-    kw: dict[str, Any] = {}
-    if config.text_encoder_revision:
-        kw["revision"] = config.text_encoder_revision
-    model_config = AutoConfig.from_pretrained(name, subfolder=config.text_encoder_subfolder or "", **kw)
-    classes: dict[str, Any] = {"umt5": UMT5EncoderModel, "t5": T5EncoderModel}
-    if model_config.model_type not in classes:
-        raise ValueError(
-            f"{name}/{config.text_encoder_subfolder}: text encoder type {model_config.model_type!r} is not "
-            f"supported (expected one of {sorted(classes)})"
-        )
-    encoder = classes[model_config.model_type].from_pretrained(
-        name,
-        subfolder=config.text_encoder_subfolder or "",
-        torch_dtype=_torch_dtype(config.resolved_compute_dtype()),
-        **kw,
+    """:func:`medvideocap.models.load_text_encoder` from ``config``'s text-encoder repo (default: the VAE's)."""
+    return models.load_text_encoder(
+        config.text_encoder or config.vae,
+        subfolder=config.text_encoder_subfolder,
+        tokenizer_subfolder=config.tokenizer_subfolder,
+        revision=config.text_encoder_revision,
+        dtype=config.resolved_compute_dtype(),
+        device=config.resolved_device(),
     )
-    tokenizer = AutoTokenizer.from_pretrained(name, subfolder=config.tokenizer_subfolder or "", **kw)
-    return encoder.to(config.resolved_device()).eval().requires_grad_(False), tokenizer
-
-
-def _vae_normalization(vae: Any) -> tuple[list[float], list[float]]:
-    """Per-channel (mean, std) such that training latents are ``(z - mean) / std``.
-
-    Wan VAEs carry ``latents_mean``/``latents_std``; SD-style VAEs a ``shift_factor``/``scaling_factor``,
-    which is the same thing with one value for every channel.
-    """
-    cfg = vae.config
-    if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
-        return [float(v) for v in cfg.latents_mean], [float(v) for v in cfg.latents_std]
-    channels = int(getattr(cfg, "z_dim", None) or getattr(cfg, "latent_channels", None) or 0)
-    scale = getattr(cfg, "scaling_factor", None)
-    if not channels or scale is None:
-        raise ValueError(f"{type(vae).__name__}: config has neither latents_mean/std nor scaling_factor")
-    shift = float(getattr(cfg, "shift_factor", None) or 0.0)
-    return [shift] * channels, [1.0 / float(scale)] * channels
 
 
 def build_manifest(config: EncodeConfig, vae: Any) -> dict[str, Any]:
@@ -234,7 +133,7 @@ def build_manifest(config: EncodeConfig, vae: Any) -> dict[str, Any]:
         warnings.warn(
             f"storage dtype {config.storage_dtype}: {STORAGE_DTYPE_NOTE}", StorageDtypeWarning, stacklevel=2
         )
-    mean, std = _vae_normalization(vae)
+    mean, std = models.vae_normalization(vae)
     spec = config.frame_spec()
     frame_spec = dataclasses.asdict(spec)
     if frame_spec.get("buckets") is not None:
@@ -245,7 +144,7 @@ def build_manifest(config: EncodeConfig, vae: Any) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "vae_id": config.vae,
         "vae_subfolder": config.vae_subfolder,
-        "vae_revision": _revision_of(config.vae, config.vae_subfolder, config.vae_revision),
+        "vae_revision": models.revision_of(config.vae, config.vae_subfolder, config.vae_revision),
         "vae_class": type(vae).__name__,
         "latents_mean": mean,
         "latents_std": std,
@@ -254,7 +153,7 @@ def build_manifest(config: EncodeConfig, vae: Any) -> dict[str, Any]:
         "frame_spec": frame_spec,
         "text_encoder_id": text_name,
         "text_encoder_subfolder": config.text_encoder_subfolder,
-        "text_encoder_revision": _revision_of(
+        "text_encoder_revision": models.revision_of(
             text_name, config.text_encoder_subfolder, config.text_encoder_revision
         ),
         "tokenizer_subfolder": config.tokenizer_subfolder,
@@ -272,11 +171,6 @@ def build_manifest(config: EncodeConfig, vae: Any) -> dict[str, Any]:
 # the per-batch function
 
 
-def _clean_prompt(text: str) -> str:
-    # Wan's pipeline collapses whitespace before tokenising; embed exactly what inference will see.
-    return " ".join(text.split())
-
-
 class BatchEncoder:
     """Holds the models; ``encode_batch`` turns items of one frame shape into cache rows."""
 
@@ -285,7 +179,7 @@ class BatchEncoder:
     ):
         self.config = config
         self.device = config.resolved_device()
-        self.dtype = _torch_dtype(config.resolved_compute_dtype())
+        self.dtype = models.torch_dtype(config.resolved_compute_dtype())
         self.vae = vae if vae is not None else load_vae(config)
         if text_encoder is None or tokenizer is None:
             text_encoder, tokenizer = load_text_encoder(config)
@@ -302,40 +196,28 @@ class BatchEncoder:
             return dist.mean.float().cpu(), dist.logvar.float().cpu()
 
     def encode_texts(self, texts: list[str]) -> list[torch.Tensor]:
-        """Unpadded (L_i, D) embeddings, computed exactly as Wan's pipeline does (max_length padding)."""
-        import torch
-
-        tok = self.tokenizer(
-            [_clean_prompt(t) for t in texts],
-            padding="max_length",
-            max_length=self.config.max_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
+        """Unpadded (L_i, D) float32 embeddings on the CPU (:func:`medvideocap.models.encode_prompts`)."""
+        embeds = models.encode_prompts(
+            self.text_encoder, self.tokenizer, texts, max_length=self.config.max_length, device=self.device
         )
-        lens = tok.attention_mask.gt(0).sum(dim=1).tolist()
-        with torch.inference_mode():
-            hidden = self.text_encoder(
-                tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
-            ).last_hidden_state
-        return [hidden[i, :n].float().cpu() for i, n in enumerate(lens)]
+        return [e.cpu() for e in embeds]
 
     def encode_batch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Items as ``medvideocap.load`` yields them (same frame shape) -> rows of the cache schema."""
         import torch
 
+        from medvideocap.loading.sampler import stable_seed  # imports torch: not needed to read a config
+
         videos = torch.stack([it["video"] for it in items])
         mean, logvar = self.encode_videos(videos)
-        logvar = logvar.clamp(-30.0, 20.0)
+        logvar = logvar.clamp(*models.LOGVAR_RANGE)
         texts = self.encode_texts([it["caption"] for it in items])
         sdt = np.dtype(self.config.storage_dtype)
         rows = []
         for b, it in enumerate(items):
             if self.config.store == "sample":
                 g = torch.Generator().manual_seed(stable_seed(self.config.sample_seed, it["id"]))
-                z = mean[b] + torch.exp(0.5 * logvar[b]) * torch.randn(mean[b].shape, generator=g)
-                lat, lv = z, None
+                lat, lv = models.sample_posterior(mean[b], logvar[b], generator=g), None
             else:
                 lat, lv = mean[b], logvar[b]
             latent_bytes, latent_shape, latent_dtype = array_bytes(lat.numpy().astype(sdt))
@@ -396,45 +278,12 @@ def rank_of(clip_id: str, world_size: int) -> int:
     return hash64(clip_id) % world_size
 
 
-def _batched_by_shape(items: Iterable[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
-    """Batches of items whose videos share a shape (buckets), the last partial ones included."""
-    pending: dict[tuple[int, ...], list[dict[str, Any]]] = {}
-    for it in items:
-        key = tuple(it["video"].shape)
-        bucket = pending.setdefault(key, [])
-        bucket.append(it)
-        if len(bucket) == batch_size:
-            del pending[key]
-            yield bucket
-    yield from pending.values()
+def _by_shape(items: Iterable[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    """Batches of items whose videos share a shape (a VAE forward takes one shape), the last partial
+    ones included: :func:`medvideocap.loading.sampler.bucket_by_shape` on the video tensor's shape."""
+    from medvideocap.loading.sampler import bucket_by_shape  # imports torch: not needed to read a config
 
-
-class DroppedLog:
-    """Clips a rank could not encode, with the reason; rewritten atomically so it survives kills.
-
-    JSON lines under ``meta/`` (see ``medvideocap/latents/__init__.py``): every parquet file under the cache is a
-    latent shard for FastVideo and Ray Data. A legacy ``rank-R-dropped.parquet`` in the split folder is
-    moved here on open, so resuming an old cache also makes it readable by them."""
-
-    def __init__(self, root: Path, split: str, rank: int):
-        self.path = dropped_path(root, split, rank)
-        self.rows: list[dict[str, Any]] = read_dropped(self.path) if self.path.exists() else []
-        legacy = Path(root) / split / LEGACY_DROPPED_NAME.format(rank=rank)
-        if legacy.exists():
-            known = {r["id"] for r in self.rows}
-            self.rows += [r for r in read_dropped(legacy) if r["id"] not in known]
-            self._write()  # the new log holds every legacy row before the legacy file goes
-            legacy.unlink()
-            log.info("moved %s to %s (parquet readers took it for a shard)", legacy, self.path)
-
-    def add(self, clip_id: str, stage: str, reason: str) -> None:
-        log.warning("dropping %s at %s: %s", clip_id, stage, reason)
-        self.rows.append({"id": clip_id, "stage": stage, "reason": reason})
-        self._write()
-
-    def _write(self) -> None:
-        text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in self.rows)
-        atomic_write_text(self.path, text)
+    return bucket_by_shape(items, batch_size, lambda it: tuple(it["video"].shape))
 
 
 def _progress_bar(console: Any = None) -> Any:
@@ -523,7 +372,7 @@ def encode_items(
             done.add(it["id"])
             yield it
 
-    for batch in _batched_by_shape(todo(), encoder.config.batch_size):
+    for batch in _by_shape(todo(), encoder.config.batch_size):
         rows = encoder.encode_batch(batch)
         for row in rows:
             row["split"] = split
@@ -622,6 +471,7 @@ def encode_latents(
     rank: int | None = None,
     world_size: int | None = None,
     engine: Literal["local", "ray"] = "local",
+    ray_address: str | None = None,
     limit: int | None = None,
     progress: bool = False,
     console: Any = None,
@@ -629,7 +479,8 @@ def encode_latents(
     """Encode every clip of ``splits`` of any source ``medvideocap.load`` reads into a cache at ``out``.
 
     Safe to rerun: finished ids are skipped. Run it under torchrun/accelerate for several GPUs (each
-    rank takes its hash share of the ids), or with ``engine="ray"`` to spread batches over a Ray cluster.
+    rank takes its hash share of the ids), or with ``engine="ray"`` to spread batches over a Ray cluster
+    (``ray_address``, else ``$RAY_ADDRESS``, else a local one).
     ``progress`` draws a bar per split and rank (clips, clips/s, dropped so far, ETA) on ``console``
     (default: a rich console on stderr): a 55K-clip encode runs for hours.
     """
@@ -641,7 +492,9 @@ def encode_latents(
     if bar is not None:
         bar.start()
     try:
-        return _encode_splits(source, out, splits, config, rank, world_size, engine, limit, encoder, bar)
+        return _encode_splits(
+            source, out, splits, config, rank, world_size, engine, limit, encoder, bar, ray_address
+        )
     finally:
         if bar is not None:
             bar.stop()
@@ -658,6 +511,7 @@ def _encode_splits(
     limit: int | None,
     encoder: BatchEncoder | None,
     bar: Any,
+    ray_address: str | None,
 ) -> list[EncodeReport]:
     reports = []
     for split in splits:
@@ -668,7 +522,9 @@ def _encode_splits(
         if limit is not None:
             ids = ids[:limit]
         if engine == "ray":
-            reports.append(_encode_with_ray(source, ids, out, split, config, rank, world_size, bar))
+            reports.append(
+                _encode_with_ray(source, ids, out, split, config, rank, world_size, bar, ray_address)
+            )
             continue
         assert encoder is not None
         manifest = write_manifest(out, encoder.manifest)
@@ -728,7 +584,7 @@ class _RayEncodeFn:
                 items.append(self.dataset[int(index)])
             except Exception as exc:  # noqa: BLE001 - recorded as dropped by the driver
                 failed.append({"id": str(clip_id), "error": f"{type(exc).__name__}: {exc}"})
-        for group in _batched_by_shape(items, max(1, len(items))):
+        for group in _by_shape(items, max(1, len(items))):
             rows.extend(self.encoder.encode_batch(group))
         for f in failed:
             rows.append({"id": f["id"], "__error__": f["error"]})
@@ -745,11 +601,11 @@ def _encode_with_ray(
     rank: int,
     world_size: int,
     bar: Any = None,
+    ray_address: str | None = None,
 ) -> EncodeReport:
     """Same ids, resume and shard files as the local engine; Ray actors do the encoding, this driver
-    (one rank) writes the shards, so the cache looks the same whichever engine made it."""
-    import ray
-
+    (one rank) writes the shards, so the cache looks the same whichever engine made it. Ray is joined at
+    ``ray_address`` (else ``$RAY_ADDRESS``) or started locally by :func:`medvideocap.dist.ray_session`."""
     # The manifest needs the VAE config (normalisation) before any actor starts: read it on the CPU.
     vae = load_vae(dataclasses.replace(config, device="cpu", compute_dtype="float32"))
     actor_config = dataclasses.replace(
@@ -772,10 +628,7 @@ def _encode_with_ray(
     if not todo:
         return report
     ticker = _RankProgress(bar, split, rank, world_size, len(todo))
-    started = not ray.is_initialized()
-    if started:  # RAY_ADDRESS, when set, joins an existing cluster
-        ray.init(include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(ray_address) as ray:
         ds = ray.data.from_items(todo).map_batches(
             _RayEncodeFn,
             fn_constructor_kwargs={
@@ -787,7 +640,7 @@ def _encode_with_ray(
             batch_size=config.batch_size,
             batch_format="default",
             num_gpus=1 if actor_config.resolved_device().startswith("cuda") else 0,
-            concurrency=int(config.extra.get("ray_concurrency", 1)),
+            concurrency=int(config.extra.get("ray_concurrency", config.ray_concurrency)),
         )
         writer = ShardWriter(out, split, rank, rows_per_shard=config.rows_per_shard)
         for row in ds.iter_rows():
@@ -807,7 +660,4 @@ def _encode_with_ray(
             ticker.advance(encoded=1)
         writer.flush()
         report.shards = [str(p) for p in writer.written]
-    finally:
-        if started:
-            ray.shutdown()
     return report

@@ -191,6 +191,12 @@ class SamplePipeline:
         self.stats.skipped_ids.append((clip, reason))
         warnings.warn(f"skipping {clip}: {reason}", SkippedSampleWarning, stacklevel=3)
 
+    def warn_lost(self, message: str) -> None:
+        """Warn that data is missing from the epoch (e.g. a damaged shard's tail), as a
+        :class:`SkippedSampleWarning`: the one category a user filters or escalates for lost clips, owned
+        here so the streaming reader needs nothing else from this module."""
+        warnings.warn(message, SkippedSampleWarning, stacklevel=3)
+
     def make(
         self, record: ClipRecord, video: Any, *, epoch: int, where: str, cache_key: Any = None
     ) -> dict | None:

@@ -2,14 +2,15 @@
 
 A video batch must share (frames, height, width). With buckets, which bucket a clip lands in depends
 only on its metadata (size, frame count, fps), so the map-style sampler groups indices up front without
-decoding anything; the streaming helper groups items as they arrive.
+decoding anything; the streaming bucketer (:func:`bucket_by_shape`, the one used by pixel streaming,
+latent streaming and ``encode-latents``) groups items as they arrive.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch.utils.data import Sampler
 
@@ -18,6 +19,8 @@ from medvideocap.hashing import hash64
 
 if TYPE_CHECKING:
     from medvideocap.loading.loader import ClipDataset
+
+T = TypeVar("T")
 
 
 def stable_seed(*parts: Any) -> int:
@@ -118,28 +121,47 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.consumed = int(state["consumed"])
 
 
+def bucket_by_shape(
+    items: Iterable[T], batch_size: int, shape: Callable[[T], Hashable], *, drop_last: bool = False
+) -> Iterator[list[T]]:
+    """The one streaming bucketer: lists of ``batch_size`` items of equal ``shape(item)``, from a stream of
+    mixed shapes, without looking ahead (so it works on iterables, and on indices whose shape is known).
+
+    An item waits in its shape's bucket; a bucket that fills is yielded at once (so batches come in the
+    order their last item arrived) and starts afresh. Leftover partial buckets come last, in the order of
+    their first item, unless ``drop_last``. That order depends only on the items still waiting, so a
+    consumer that resumes by feeding again exactly the items not yet yielded, in their original order,
+    gets the same batches as without the break (what :class:`~medvideocap.latents.StreamingLatentDataset`
+    does with positions).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pending: dict[Hashable, list[T]] = {}
+    for item in items:
+        key = shape(item)
+        bucket = pending.setdefault(key, [])
+        bucket.append(item)
+        if len(bucket) == batch_size:
+            del pending[key]  # a refilled bucket ranks by its new first item (see above)
+            yield bucket
+    if not drop_last:
+        yield from pending.values()
+
+
 def bucket_batches(
     items: Iterable[dict | None], batch_size: int, *, drop_last: bool = False
 ) -> Iterator[dict[str, Any]]:
-    """Collated batches from a stream of items of mixed shapes (e.g. a streaming dataset with buckets):
-    an item waits in its shape's bucket until the bucket holds ``batch_size``; leftovers come last
-    unless ``drop_last``."""
+    """Collated batches from a stream of pixel items of mixed shapes (e.g. a streaming dataset with
+    buckets), grouped by :func:`bucket_by_shape` on ``item["video"].shape``; ``None`` items (skipped
+    clips) are left out."""
     from medvideocap.loading.loader import collate
 
-    pending: dict[tuple[int, ...], list[dict]] = {}
-    for item in items:
-        if item is None:
-            continue
-        shape = tuple(item["video"].shape)
-        bucket = pending.setdefault(shape, [])
-        bucket.append(item)
-        if len(bucket) == batch_size:
-            batch = collate(bucket)
-            pending[shape] = []
-            if batch is not None:
-                yield batch
-    if not drop_last:
-        for bucket in pending.values():
-            batch = collate(bucket)
-            if bucket and batch is not None:
-                yield batch
+    present = (item for item in items if item is not None)
+    for bucket in bucket_by_shape(present, batch_size, _video_shape, drop_last=drop_last):
+        batch = collate(bucket)
+        if batch is not None:
+            yield batch
+
+
+def _video_shape(item: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(item["video"].shape)

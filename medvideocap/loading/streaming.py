@@ -17,11 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import tarfile
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
@@ -31,7 +30,10 @@ from medvideocap.dataset.layout import SHARD_GLOB, split_dir
 from medvideocap.dataset.schema import ClipRecord, DataError, SchemaVersionError
 from medvideocap.dist import env_rank_world
 from medvideocap.handles import FileHandles
-from medvideocap.loading.loader import SamplePipeline, SkippedSampleWarning
+
+if TYPE_CHECKING:
+    # Type only: loader's ``load`` imports this module, so a runtime import back would be a cycle.
+    from medvideocap.loading.loader import SamplePipeline
 
 
 def list_shards(root: str | Path, split: str) -> list[str]:
@@ -177,11 +179,9 @@ class StreamingClipDataset(IterableDataset):
             if self.pipeline.on_error == "raise":
                 raise
             self.skipped_shards.append((shard, str(exc)))
-            warnings.warn(
+            self.pipeline.warn_lost(
                 f"shard {shard} is damaged ({exc}; truncated?): the clips after its last readable member "
-                "are missing from this epoch",
-                SkippedSampleWarning,
-                stacklevel=2,
+                "are missing from this epoch"
             )
 
     def _raw_stream(self, consumer: int, consumers: int) -> Iterator[_Raw]:

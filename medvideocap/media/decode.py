@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from medvideocap.dataset.schema import DataError
+from medvideocap.errors import DataError
 from medvideocap.handles import PerProcessCache
 
 Backend = Literal["torchcodec", "decord", "pyav"]
@@ -360,6 +360,16 @@ def even_frames(
         pos = torch.tensor(keep)
         frames = Frames(data=frames.data[pos], pts=frames.pts[pos])
     return frames
+
+
+def all_frames(source: VideoInput, *, backend: str = "pyav", name: str | None = None) -> np.ndarray:
+    """Every frame of a clip as ``uint8 (T, H, W, 3)``: how evaluation reads the short videos it made."""
+    decoder = open_decoder(source, backend, name=name)
+    try:
+        frames = decoder.frames_at(range(decoder.num_frames)).data
+    finally:
+        decoder.close()
+    return frames.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def open_decoder(

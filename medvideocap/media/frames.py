@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from medvideocap.hashing import hash64
+
+if TYPE_CHECKING:  # FrameSpec is read by CLIs for their --help defaults: no torch import for that
+    import torch
 
 Position = Literal["start", "center", "random"]
 
@@ -191,5 +193,7 @@ def to_output(frames: torch.Tensor, output: str) -> torch.Tensor:
     if output == "uint8":
         return video.contiguous()
     if output == "float":
+        import torch
+
         return video.to(torch.float32).div_(127.5).sub_(1.0)
     raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")

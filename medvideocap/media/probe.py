@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import av
 
-from medvideocap.dataset.schema import DataError
+from medvideocap.errors import DataError
 
 
 class ProbeError(DataError, ValueError):

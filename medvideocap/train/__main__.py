@@ -1,5 +1,9 @@
-"""``python -m medvideocap.train``: the same command as ``medvideocap train``."""
+"""``python -m medvideocap.train``: the same click command as ``medvideocap train``, one parser for both
+(``accelerate launch -m medvideocap.train`` and ``torchrun -m medvideocap.train`` run this on each rank)."""
 
-from medvideocap.train import main
+import logging
 
-raise SystemExit(main())
+from medvideocap.cli.train import command
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+command.main(prog_name="python -m medvideocap.train")

@@ -20,6 +20,7 @@ import numpy as np
 from medvideocap.build.recipe import BlackBorderStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context
+from medvideocap.build.workdir import clip_path
 from medvideocap.media.ffmpeg import cropdetect, cut, iter_frames
 from medvideocap.media.probe import probe
 
@@ -115,7 +116,7 @@ def run(sample: Sample, cfg: BlackBorderStage, ctx: Context) -> Sample | Reject:
         )
     x, y = left + (left % 2), top + (top % 2)
     cw, ch = (w - x - right) // 2 * 2, (h - y - bottom) // 2 * 2
-    dest = ctx.work / "clips" / sample.key / f"{sample.index:03d}-crop.mp4"
+    dest = clip_path(ctx.work, sample.key, f"{sample.index:03d}-crop")
     cut(
         sample.media,
         dest,

@@ -33,6 +33,7 @@ import numpy as np
 from medvideocap.build.recipe import DEFAULT_THRESHOLDS, SplitStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context, require
+from medvideocap.build.workdir import clip_path
 from medvideocap.devices import resolve_device
 from medvideocap.media.ffmpeg import cut, iter_frames, keyframe_times
 from medvideocap.media.probe import probe
@@ -378,7 +379,7 @@ def run(sample: Sample, cfg: SplitStage, ctx: Context) -> list[Sample | Reject]:
             out.append(Reject(cfg.label, "too_short", detail, sample=child))
             continue
         copy = copy_ok and on_key(start) and (on_key(end) or end >= duration - 0.5 / fps)
-        dest = ctx.work / "clips" / sample.key / f"{i:03d}.mp4"
+        dest = clip_path(ctx.work, sample.key, f"{i:03d}")
         cut(sample.path, dest, start=start, end=end, copy=copy, crf=cfg.crf, preset=cfg.preset)
         info = probe(dest, name=f"{sample.input} clip {i}", count_frames=True)
         child.clip = str(dest)

@@ -1,0 +1,44 @@
+"""The layout of a build's work directory (default ``OUT.build`` next to the output), in one place.
+
+    state.json                 recipe fingerprint + source folder (a different recipe is not resumed)
+    journal/{key}.json         one file per finished input: all its outcomes (written atomically)
+    clips/{key}/{name}.mp4     the cut clips, until they are written into the dataset
+
+The builder keeps the state and the journal, and the ``split`` and ``border`` stages cut clips under
+``clips/``: each names its files through these helpers (as the dataset's own files are named by
+:mod:`medvideocap.dataset.layout`), so the work directory's layout changes in one place. A leaf module:
+stages import it without importing the builder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STATE_FILE = "state.json"
+JOURNAL_DIR = "journal"
+CLIPS_DIR = "clips"
+
+
+def state_path(work: Path) -> Path:
+    """``work/state.json``: which recipe (fingerprint) and source folder the work dir belongs to."""
+    return Path(work) / STATE_FILE
+
+
+def journal_dir(work: Path) -> Path:
+    """``work/journal``: one JSON file per finished input."""
+    return Path(work) / JOURNAL_DIR
+
+
+def journal_path(work: Path, key: str) -> Path:
+    """``work/journal/{key}.json``: the outcomes of the input whose sample key is ``key``."""
+    return journal_dir(work) / f"{key}.json"
+
+
+def clips_dir(work: Path) -> Path:
+    """``work/clips``: every cut clip not yet written into the dataset (removed after a build)."""
+    return Path(work) / CLIPS_DIR
+
+
+def clip_path(work: Path, key: str, name: str) -> Path:
+    """``work/clips/{key}/{name}.mp4``: a clip cut from the input whose sample key is ``key``."""
+    return clips_dir(work) / key / f"{name}.mp4"

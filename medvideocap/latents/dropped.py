@@ -1,0 +1,102 @@
+"""The drop log of a latent cache: clips a rank could not encode, and with the shards what a resume skips.
+
+It lives under ``meta/`` as JSON lines, not parquet, because every ``*.parquet`` under a cache is read
+as a shard by FastVideo and Ray Data (see :mod:`medvideocap.latents.format`). It is a resume journal
+(:mod:`medvideocap.journal`): a recorded id counts as done, so its policy is the journal's: a line torn
+by a kill is repaired by the next run of that rank (which encodes that clip again), a bad line in the
+middle is an error naming ``file:line``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from medvideocap.atomic import atomic_write_bytes
+from medvideocap.journal import JournalAppender, JournalError, encode_entry, read_journal
+from medvideocap.latents.format import META_DIR, LatentCacheError, shard_files
+
+log = logging.getLogger(__name__)
+
+DROPPED_NAME = "dropped-{split}-rank-{rank}.jsonl"
+#: Where medvideocap 0.1 kept the drop log (inside the split folder, where FastVideo and Ray Data read it
+#: as a shard); still read for resume, and moved to :func:`dropped_path` by the next run of that rank.
+LEGACY_DROPPED_NAME = "rank-{rank}-dropped.parquet"
+
+
+def dropped_path(root: Path, split: str, rank: int) -> Path:
+    """The drop log of one (split, rank): outside the split folder and not parquet (see module doc)."""
+    return Path(root) / META_DIR / DROPPED_NAME.format(split=split, rank=rank)
+
+
+def _check_row(entry: Any) -> str | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+        return "expected an object with a string 'id'; fix the line, or delete it to re-encode that clip"
+    return None
+
+
+def read_dropped(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Rows of a drop log (``.jsonl``, or a legacy ``rank-R-dropped.parquet``); none when it is absent.
+
+    A torn last line (a kill during an append) is left out; ``repair=True`` also cuts it off the file,
+    which only the rank about to append to it does (readers may look at a cache they cannot write).
+    A bad line anywhere else raises :class:`LatentCacheError` naming ``file:line``."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+        return rows
+    try:
+        entries: list[dict[str, Any]] = read_journal(path, check=_check_row, repair=repair).entries
+    except JournalError as exc:
+        raise LatentCacheError(str(exc)) from exc
+    return entries
+
+
+def dropped_logs(root: Path, split: str) -> list[Path]:
+    """Every rank's drop log of a split, including legacy ones an older version left in the split folder."""
+    root = Path(root)
+    pattern = DROPPED_NAME.format(split=split, rank="*")
+    legacy = LEGACY_DROPPED_NAME.format(rank="*")
+    return sorted((root / META_DIR).glob(pattern)) + sorted((root / split).glob(legacy))
+
+
+def finished_ids(root: Path, split: str) -> set[str]:
+    """Ids already in finished shards (any rank) or recorded as dropped: what a resume skips."""
+    done: set[str] = set()
+    for path in shard_files(root, split):
+        done.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
+    for path in dropped_logs(root, split):
+        done.update(row["id"] for row in read_dropped(path))
+    return done
+
+
+class DroppedLog:
+    """The writer of one rank's drop log: :meth:`add` appends a line and fsyncs it before returning, so a
+    clip counts as dropped (and is skipped on resume) only once that is on disk.
+
+    Opening it repairs a torn last line. A legacy ``rank-R-dropped.parquet`` in the split folder is moved
+    here on open (the new log is written whole, atomically, before the legacy file goes), so resuming an
+    old cache also makes it readable by FastVideo and Ray Data. Drops are rare, so each append opens the
+    file anew rather than holding a handle for a day-long run."""
+
+    def __init__(self, root: Path, split: str, rank: int):
+        self.path = dropped_path(root, split, rank)
+        self.rows: list[dict[str, Any]] = read_dropped(self.path, repair=True)
+        legacy = Path(root) / split / LEGACY_DROPPED_NAME.format(rank=rank)
+        if legacy.exists():
+            known = {r["id"] for r in self.rows}
+            self.rows += [r for r in read_dropped(legacy) if r["id"] not in known]
+            atomic_write_bytes(self.path, b"".join(encode_entry(r) for r in self.rows))
+            legacy.unlink()
+            log.info("moved %s to %s (parquet readers took it for a shard)", legacy, self.path)
+
+    def add(self, clip_id: str, stage: str, reason: str) -> None:
+        """Record that ``clip_id`` failed at ``stage`` (``load``, ...) and why."""
+        log.warning("dropping %s at %s: %s", clip_id, stage, reason)
+        row = {"id": clip_id, "stage": stage, "reason": reason}
+        with JournalAppender(self.path, durable=True) as journal:
+            journal.append(row)
+        self.rows.append(row)

@@ -1,0 +1,385 @@
+"""The MedGen training loop: data adapters -> objective -> the loop, to read top to bottom.
+
+Everything heavy (VAE, UMT5) ran once in ``medvideocap encode-latents``; here only the transformer
+trains (``source=DATASET`` instead of ``latents=`` encodes on the fly, for quick tries). The config is
+:mod:`~medvideocap.train.config`, the model :mod:`~medvideocap.train.model`, the one-off set-up
+:mod:`~medvideocap.train.prepare`, what lands on disk :mod:`~medvideocap.train.checkpoint`, per-step
+reporting :mod:`~medvideocap.train.metrics` and the validation videos :mod:`~medvideocap.train.validation`.
+
+Resumes are exact: every random draw of a step (the VAE posterior sample, drawn here on the training
+device, flow noise, timesteps, caption dropout) comes from one per-rank generator whose state is
+checkpointed, and the batch plan counts the batches consumed, so a stopped and resumed run is a
+bit-for-bit continuation of the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medvideocap.latents import sample_moments
+from medvideocap.models import encode_prompts, load_text_encoder, sample_posterior
+from medvideocap.train.checkpoint import (
+    export_final,
+    find_resume,
+    restore_checkpoint,
+    save_checkpoint,
+    set_global_rng_state,
+)
+from medvideocap.train.config import NoTrainingDataError, TrainConfig
+from medvideocap.train.metrics import StepLog
+from medvideocap.train.model import build_transformer, weight_dtype
+from medvideocap.train.prepare import (
+    Trainee,
+    check_dataset,
+    prepare_trainee,
+    record_run,
+    start_accelerator,
+)
+from medvideocap.train.validation import Validator
+
+
+# ------------------------------------------------------------------------------------------------- data
+class ResumableBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """Endless batches for one rank: the latent cache's shape-bucketed, per-epoch-shuffled batch plan,
+    epoch after epoch, starting ``consumed`` batches in.
+
+    The trainer counts the batches it *consumed* (not what the DataLoader prefetched), so a resumed job
+    starts exactly where the stopped one left off. Indices travel as (epoch, index) so a dataset that
+    draws its own posterior samples (``posterior="sample"``) draws them for the right epoch."""
+
+    def __init__(
+        self, dataset: Any, batch_size: int, *, seed: int, rank: int, world_size: int, consumed: int
+    ):
+        from medvideocap.loading.sampler import BucketBatchSampler
+
+        opts: dict[str, Any] = {"shuffle": True, "seed": seed, "drop_last": True}
+        opts |= {"rank": rank, "world_size": world_size}
+        if hasattr(dataset, "bucket_sampler"):
+            self.plan = dataset.bucket_sampler(batch_size, **opts)
+        else:  # any other map-style dataset of equal-shaped items
+            self.plan = BucketBatchSampler([()] * len(dataset), batch_size, **opts)
+        self.per_epoch = len(self.plan)
+        if self.per_epoch == 0:
+            raise ValueError(
+                f"{len(dataset)} training items give no full batch of {batch_size} per rank on {world_size} rank(s)"
+            )
+        self.consumed = consumed
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, offset = divmod(self.consumed, self.per_epoch)
+        while True:
+            self.plan.load_state_dict({"epoch": epoch, "consumed": offset, "seed": self.plan.seed})
+            for batch in self.plan:
+                yield [(epoch, i) for i in batch]
+            epoch, offset = epoch + 1, 0
+
+
+class EpochIndexed(torch.utils.data.Dataset):
+    """Looks up ``(epoch, index)``, telling the dataset the epoch inside every worker process."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+def open_dataset(cfg: TrainConfig) -> Any:
+    """The latent cache written by ``encode-latents`` (normalised posterior means and log-variances +
+    unpadded UMT5 embeddings), or, without one, pixel clips from ``medvideocap.load`` for
+    :class:`OnTheFlyEncoder`."""
+    if cfg.latents:
+        from medvideocap.latents import load_latents
+
+        # moments: items carry the posterior (mean, log-variance); the loop draws on the training device
+        return load_latents(
+            cfg.latents, split=cfg.split, expect_fingerprint=cfg.expect_fingerprint, posterior="moments"
+        )
+    if cfg.source:
+        from medvideocap.loading.loader import load
+        from medvideocap.media.frames import FrameSpec
+
+        spec = FrameSpec(
+            num_frames=cfg.frames, fps=cfg.fps, height=cfg.height, width=cfg.width, seed=cfg.seed
+        )
+        return load(cfg.source, cfg.split, frames=spec, caption=cfg.caption, seed=cfg.seed)
+    raise ValueError("no training data: set latents=PATH (an encode-latents folder) or source=DATASET")
+
+
+def pad_prompts(embeds: torch.Tensor | list[torch.Tensor], text_seq_len: int) -> torch.Tensor:
+    """Prompt embeddings, (B, L, D) zero-padded or a list of unpadded (L_i, D), -> (B, text_seq_len, D),
+    zero-padded exactly as WanPipeline pads prompts at inference (Wan's cross-attention takes no mask;
+    the zeros are what it learned to ignore)."""
+    if isinstance(embeds, list):
+        embeds = torch.nn.utils.rnn.pad_sequence(embeds, batch_first=True)
+    if embeds.shape[1] > text_seq_len:
+        raise ValueError(f"prompt of {embeds.shape[1]} tokens exceeds text_seq_len={text_seq_len}")
+    return torch.nn.functional.pad(embeds, (0, 0, 0, text_seq_len - embeds.shape[1]))
+
+
+class OnTheFlyEncoder:
+    """Turns a pixel batch from ``medvideocap.load`` into the batch a latent cache would give, with the
+    same models and steps as ``encode-latents`` (its ``BatchEncoder``). Costs a VAE + UMT5 pass per step
+    and their memory on the GPU: pre-encode for real runs, use this to try a dataset quickly."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        from medvideocap.latents.encode import BatchEncoder, EncodeConfig
+
+        config = EncodeConfig(
+            vae=cfg.model_id,
+            vae_revision=cfg.revision,
+            text_encoder_revision=cfg.revision,
+            max_length=cfg.text_seq_len,
+            caption=cfg.caption,
+            device=str(device),
+        )
+        self.encoder = BatchEncoder(config)
+        self.manifest = self.encoder.manifest
+        self.text_seq_len = cfg.text_seq_len
+        c = len(self.manifest["latents_mean"])
+        self.mean = torch.tensor(self.manifest["latents_mean"], device=device).view(1, c, 1, 1, 1)
+        self.std = torch.tensor(self.manifest["latents_std"], device=device).view(1, c, 1, 1, 1)
+
+    def __call__(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        mean, logvar = (t.to(self.mean.device) for t in self.encoder.encode_videos(batch["video"]))
+        latents = (sample_posterior(mean, logvar, generator=generator) - self.mean) / self.std
+        texts = [t.to(latents.device) for t in self.encoder.encode_texts(batch["caption"])]
+        embeds = pad_prompts(texts, self.text_seq_len)
+        return {"latents": latents, "prompt_embeds": embeds, "id": batch["id"], "caption": batch["caption"]}
+
+
+def make_collate(text_seq_len: int) -> Any:
+    """``collate_latents``, then the prompts zero-padded to ``text_seq_len`` (:func:`pad_prompts`)."""
+    from medvideocap.latents import collate_latents
+
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate_latents(items)
+        batch["prompt_embeds"] = pad_prompts(batch["prompt_embeds"], text_seq_len)
+        return batch
+
+    return collate
+
+
+def empty_prompt_embeds(cfg: TrainConfig, manifest: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """(text_seq_len, D) conditioning used when a caption is dropped: "" through the same UMT5 that encoded
+    the cache (from its manifest), which is what WanPipeline feeds as the default negative prompt for CFG.
+    Runs once at start-up; the encoder is freed right after."""
+    name = manifest.get("text_encoder_id") or cfg.model_id
+    encoder, tokenizer = load_text_encoder(
+        name,
+        subfolder=manifest.get("text_encoder_subfolder", "text_encoder"),
+        tokenizer_subfolder=manifest.get("tokenizer_subfolder", "tokenizer"),
+        revision=cfg.revision if name == cfg.model_id else None,
+        device=str(device),
+    )
+    (hidden,) = encode_prompts(encoder, tokenizer, [""], max_length=cfg.text_seq_len, device=device)
+    del encoder
+    return pad_prompts([hidden.cpu()], cfg.text_seq_len)[0]
+
+
+def next_batch(batches: Iterator[Any], state: dict[str, Any], cfg: TrainConfig, dataset: Any) -> Any:
+    """The next batch, counting every one consumed. The pixel loader yields None for a batch whose clips
+    all failed to load; a run of ``max_empty_batches`` of those means the source gives nothing (the
+    plan is endless, so waiting would spin forever): stop with what the loader said."""
+    for _ in range(cfg.max_empty_batches):
+        batch = next(batches)
+        state["consumed_batches"] += 1
+        if batch is not None:
+            return batch
+    skipped = getattr(getattr(dataset, "stats", None), "skipped_ids", None) or []
+    why = "; ".join(f"{cid}: {reason}" for cid, reason in skipped[-3:]) or "see the loader's warnings"
+    raise NoTrainingDataError(
+        f"{cfg.source or cfg.latents}: {cfg.max_empty_batches} batches in a row had no clip that could be "
+        f"loaded (at step {state['step']}); last skipped: {why}. Fix the data or the frame settings "
+        "(frames, fps, height, width), or pre-encode it with `medvideocap encode-latents`, which records "
+        "each bad clip and goes on"
+    )
+
+
+# -------------------------------------------------------------------------------------------- objective
+def sample_sigmas(n: int, cfg: TrainConfig, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Noise levels in (0, 1): logit-normal (or uniform) draws, then Wan's shift
+    ``s' = shift*s / (1 + (shift-1)*s)``, which spends more training on high noise, where large-scale
+    structure (anatomy, camera layout) is decided."""
+    if cfg.timestep_sampling == "logit_normal":
+        u = torch.randn(n, generator=generator, device=device) * cfg.logit_std + cfg.logit_mean
+        s = torch.sigmoid(u)
+    else:
+        s = torch.rand(n, generator=generator, device=device)
+    return cfg.flow_shift * s / (1.0 + (cfg.flow_shift - 1.0) * s)
+
+
+def flow_matching_loss(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    null_embeds: torch.Tensor,
+) -> torch.Tensor:
+    """Rectified flow: x_t = (1-s) x0 + s noise, the model predicts the velocity noise - x0 at timestep
+    1000*s (Wan's convention), MSE in fp32. Every random draw comes from ``generator`` in a fixed order,
+    so checkpointing its state makes resumed runs bit-for-bit continuations."""
+    x0 = batch["latents"]
+    b = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    sigmas = sample_sigmas(b, cfg, generator, x0.device)
+    drop = torch.rand(b, generator=generator, device=x0.device) < cfg.caption_dropout
+    s = sigmas.view(b, 1, 1, 1, 1)
+    noisy = (1.0 - s) * x0 + s * noise
+    target = noise - x0
+    embeds = torch.where(drop.view(b, 1, 1), null_embeds.to(batch["prompt_embeds"]), batch["prompt_embeds"])
+    pred = model(
+        hidden_states=noisy, timestep=sigmas * 1000.0, encoder_hidden_states=embeds, return_dict=False
+    )[0]
+    return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+
+# ------------------------------------------------------------------------------------------------- loop
+@dataclass
+class TrainResult:
+    """What a run did: per-optimizer-step mean loss (rank-averaged), final step, where things went."""
+
+    losses: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    step: int = 0
+    resumed_from: Path | None = None
+    export: Path | None = None
+    validations: list[Path] = field(default_factory=list)
+    transformer: Any = None  # the trained (unwrapped) model, for notebooks and tests
+
+
+def make_loader(cfg: TrainConfig, dataset: Any, accelerator: Any, *, pixels: bool, consumed: int) -> Any:
+    """The endless DataLoader of this rank over :class:`ResumableBatches`, ``consumed`` batches in."""
+    from medvideocap.loading.loader import collate
+
+    plan = ResumableBatches(
+        dataset,
+        cfg.batch_size,
+        seed=cfg.seed,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        consumed=consumed,
+    )
+    return torch.utils.data.DataLoader(
+        EpochIndexed(dataset),
+        batch_sampler=plan,
+        num_workers=cfg.num_workers,
+        collate_fn=collate if pixels else make_collate(cfg.text_seq_len),
+        pin_memory=accelerator.device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+    )
+
+
+def optimizer_step(
+    cfg: TrainConfig, accelerator: Any, model: Trainee, next_micro: Any, gen: torch.Generator, null: Any
+) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches (gradients synced on the
+    last only); returns the step's mean loss, the gradient norm and the last batch."""
+    step_loss = torch.zeros((), device=accelerator.device)
+    for micro in range(cfg.gradient_accumulation_steps):
+        batch = next_micro()
+        last = micro == cfg.gradient_accumulation_steps - 1
+        with accelerator.no_sync(model.transformer) if not last else contextlib.nullcontext():
+            with accelerator.autocast():
+                loss = flow_matching_loss(model.transformer, batch, cfg, gen, null)
+            accelerator.backward(loss / cfg.gradient_accumulation_steps)
+        step_loss += loss.detach() / cfg.gradient_accumulation_steps
+    grad_norm = accelerator.clip_grad_norm_(model.params, cfg.max_grad_norm)
+    model.optimizer.step()
+    model.lr_scheduler.step()
+    model.optimizer.zero_grad(set_to_none=True)
+    if model.ema is not None:
+        model.ema.step(model.params)
+    return step_loss, grad_norm, batch
+
+
+def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
+    """Run (or resume) training; ``dataset`` defaults to the latent cache at ``cfg.latents``."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    accelerator = start_accelerator(cfg)
+    device, main = accelerator.device, accelerator.is_main_process
+
+    # data and model
+    dataset = dataset if dataset is not None else open_dataset(cfg)
+    on_the_fly = OnTheFlyEncoder(cfg, device) if cfg.latents is None and cfg.source else None
+    manifest: dict[str, Any] = on_the_fly.manifest if on_the_fly else getattr(dataset, "manifest", None) or {}
+    transformer = build_transformer(cfg, weight_dtype(cfg.mixed_precision))
+    model_config: Any = transformer.config
+    check_dataset(cfg, None if on_the_fly else dataset, manifest, model_config)
+    null_embeds = torch.zeros(cfg.text_seq_len, int(model_config.text_dim), device=device)
+    if cfg.caption_dropout > 0 and cfg.caption_dropout_embeds == "empty":
+        null_embeds = empty_prompt_embeds(cfg, manifest, device).to(device)
+    model = prepare_trainee(cfg, accelerator, transformer)
+
+    # resume: the same sequence of batches, noise and timesteps as an uninterrupted run
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + accelerator.process_index)
+    state: dict[str, Any] = {"step": 0, "consumed_batches": 0}
+    resume_from, resumed_rng = find_resume(cfg), None
+    if resume_from is not None:
+        state, resumed_rng = restore_checkpoint(accelerator, resume_from, gen, model.ema, model.names)
+        if main:
+            console.print(f"resumed from {resume_from} at step {state['step']}")
+    loader = make_loader(
+        cfg, dataset, accelerator, pixels=on_the_fly is not None, consumed=state["consumed_batches"]
+    )
+    if cfg.report_to:
+        accelerator.init_trackers("medgen", config={k: str(v) for k, v in cfg.model_dump().items()})
+    run_info = record_run(cfg, accelerator, manifest, len(dataset), pixels=on_the_fly is not None)
+    stop = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
+    step_log = StepLog(accelerator, cfg, console, stop=stop, resumed_step=state["step"])
+    validator = Validator(cfg, device)
+    batches = iter(loader)
+    if resumed_rng is not None:
+        # Starting the loader (its worker base seed) and the trackers draw from the global RNGs after
+        # load_state; the uninterrupted run made those draws before its checkpoint, so put the
+        # checkpoint's states back: later checkpoints then hold the states an uninterrupted run has.
+        set_global_rng_state(resumed_rng)
+
+    def next_micro() -> dict[str, Any]:
+        batch = next_batch(batches, state, cfg, dataset)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return on_the_fly(batch, gen) if on_the_fly is not None else sample_moments(batch, gen)
+
+    result = TrainResult(step=state["step"], resumed_from=resume_from)
+    model.transformer.train()
+    while state["step"] < stop:
+        step_loss, grad_norm, batch = optimizer_step(cfg, accelerator, model, next_micro, gen, null_embeds)
+        state["step"] += 1
+        mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
+        result.losses.append(mean_loss)
+        result.steps.append(state["step"])
+        tokens = math.prod(batch["latents"].shape[2:]) // 4  # patch (1, 2, 2): tokens per sample
+        step_log(state["step"], mean_loss, model.lr_scheduler.get_last_lr()[0], grad_norm, tokens)
+        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == stop:
+            save_checkpoint(accelerator, cfg, dict(state), model.transformer, model.ema, gen)
+        if cfg.validation_every and state["step"] % cfg.validation_every == 0 and main:
+            unwrapped = accelerator.unwrap_model(model.transformer)
+            result.validations.append(validator(unwrapped, model.ema, state["step"]))
+    step_log.close()
+
+    result.step = state["step"]
+    result.transformer = accelerator.unwrap_model(model.transformer)
+    accelerator.wait_for_everyone()
+    if state["step"] >= cfg.max_steps and main:
+        run_info["steps"] = state["step"]
+        final = Path(cfg.output_dir) / "final"
+        result.export = export_final(cfg, result.transformer, model.ema, final, run_info)
+        if not cfg.validation_every and cfg.validation_prompts:
+            result.validations.append(validator(result.transformer, model.ema, state["step"]))
+    accelerator.end_training()
+    return result

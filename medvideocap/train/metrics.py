@@ -1,0 +1,75 @@
+"""What a run reports per optimizer step: a ``metrics.jsonl`` line for every step, and every
+``log_every`` steps a console line and the trackers' scalars (loss, LR, grad norm, throughput).
+
+``metrics.jsonl`` is a resume journal kept by :mod:`medvideocap.journal`, the package's one policy for
+what a kill leaves: a torn last line is dropped (that step is redone), a bad line in the middle is an
+error naming ``file:line``. On resume it keeps exactly the steps up to the checkpoint's, so a stopped and
+resumed run's file equals an uninterrupted run's, with no step missing or twice.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from medvideocap.atomic import atomic_write_text
+from medvideocap.journal import JournalAppender, encode_entry, read_journal
+from medvideocap.train.config import TrainConfig
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _step_line(entry: Any) -> str | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
+        return 'not a metrics line: expected {"step": N, "loss": ..., "lr": ...}'
+    return None
+
+
+def trim_metrics(path: Path, step: int) -> list[dict[str, Any]]:
+    """Keep the lines of steps ``<= step`` (the resumed checkpoint's; 0 for a fresh run, which keeps
+    none and reads nothing) and return them. Rewritten atomically: a kill leaves the old or new file."""
+    kept: list[dict[str, Any]] = []
+    if step > 0:
+        kept = [e for e in read_journal(path, check=_step_line, repair=False).entries if e["step"] <= step]
+    atomic_write_text(path, "".join(encode_entry(e).decode("utf-8") for e in kept), fsync=False)
+    return kept
+
+
+class StepLog:
+    """The per-step reporting of one rank; only the main process writes files and prints."""
+
+    def __init__(self, accelerator: Any, cfg: TrainConfig, console: Any, *, stop: int, resumed_step: int):
+        self.accelerator, self.cfg, self.console, self.stop = accelerator, cfg, console, stop
+        self.samples_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
+        self.journal = JournalAppender(Path(cfg.output_dir) / METRICS_FILE, durable=False)
+        if accelerator.is_main_process:
+            trim_metrics(self.journal.path, resumed_step)
+        self.t_last, self.steps_since = time.perf_counter(), 0
+
+    def __call__(self, step: int, loss: float, lr: float, grad_norm: Any, tokens_per_sample: int) -> None:
+        """Record one finished optimizer step (``loss`` already averaged over ranks)."""
+        self.steps_since += 1
+        if self.accelerator.is_main_process:
+            self.journal.append({"step": step, "loss": loss, "lr": lr})
+        if step % self.cfg.log_every and step != self.stop:
+            return
+        samples_s = self.samples_per_step * self.steps_since / (time.perf_counter() - self.t_last)
+        logs = {
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "samples_per_s": samples_s,
+            "tokens_per_s": samples_s * tokens_per_sample,
+        }
+        self.accelerator.log(logs, step=step)
+        if self.accelerator.is_main_process:
+            self.console.print(
+                f"step {step:>7}/{self.cfg.max_steps}  loss {loss:.4f}  lr {lr:.2e}  "
+                f"grad {logs['grad_norm']:.3f}  {samples_s:.2f} samples/s  {logs['tokens_per_s']:.0f} tok/s",
+                soft_wrap=True,
+            )
+        self.t_last, self.steps_since = time.perf_counter(), 0
+
+    def close(self) -> None:
+        self.journal.close()

@@ -1,0 +1,90 @@
+"""``medvideocap generate`` and the sampling settings it shares with eval and training validation
+(``medvideocap/generate.py``), on a tiny random Wan2.1 pipeline saved as a real model folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from medvideocap.cli import main
+from medvideocap.generate import GenerationSettings, generate, write_mp4
+from medvideocap.media.probe import probe
+from medvideocap.tiny import save_tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipe")
+
+
+def test_generate_writes_an_mp4_of_the_asked_frames_size_and_fps(pipeline_dir: Path, tmp_path: Path) -> None:
+    out = generate(
+        pipeline_dir, "an ultrasound probe on the abdomen", tmp_path / "v.mp4",
+        frames=5, height=32, width=48, steps=2, fps=8.0, device="cpu",
+    )  # fmt: skip
+    info = probe(out)
+    assert (info.width, info.height, info.num_frames) == (48, 32, 5)
+    assert info.fps == pytest.approx(8.0)
+
+
+def test_the_same_seed_gives_the_same_video_and_another_seed_another(
+    pipeline_dir: Path, tmp_path: Path
+) -> None:
+    from medvideocap.generate import load_pipeline
+
+    pipe = load_pipeline(pipeline_dir, device="cpu")
+    settings = GenerationSettings(frames=5, height=32, width=32, steps=2)
+    (a,), (b,) = settings.sample(pipe, ["x"], seed=3), settings.sample(pipe, ["x"], seed=3)
+    (c,) = settings.sample(pipe, ["x"], seed=4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"frames": 6}, "--frames 6: Wan's VAE needs 4k\\+1 frames"),
+        ({"width": 40}, "must be multiples of 16"),
+    ],
+)
+def test_settings_wan_cannot_sample_are_refused_before_any_model_loads(
+    bad: dict, message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        generate(tmp_path / "no-such-checkpoint", "x", tmp_path / "v.mp4", **bad)
+
+
+def test_cli_defaults_are_the_one_set_of_generation_settings() -> None:
+    """generate, eval and the trainer's validation_* keys all start from GenerationSettings' defaults."""
+    from medvideocap.cli.generate import command
+    from medvideocap.train import TrainConfig
+
+    defaults = {p.name: p.default for p in command.params}
+    for f in dataclasses.fields(GenerationSettings):
+        assert defaults[f.name] == f.default, f.name
+    assert TrainConfig().validation == GenerationSettings()
+
+
+def test_cli_generate_prints_the_written_file(pipeline_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.mp4"
+    args = ["generate", "--checkpoint", str(pipeline_dir), "--prompt", "x", "--out", str(out)]
+    args += ["--frames", "5", "--height", "32", "--width", "32", "--steps", "1", "--device", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == str(out) and probe(out).num_frames == 5
+
+
+def test_cli_names_a_bad_setting_without_a_traceback(tmp_path: Path) -> None:
+    args = ["generate", "--checkpoint", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "v.mp4")]
+    result = CliRunner().invoke(main, [*args, "--frames", "8"])
+    assert result.exit_code != 0 and "--frames 8" in result.output and "Traceback" not in result.output
+
+
+def test_write_mp4_round_trips_frames_within_codec_error(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    video = np.repeat(rng.random((1, 32, 32, 3)), 4, axis=0)  # (T, H, W, 3) floats in [0, 1]
+    info = probe(write_mp4(video, tmp_path / "w.mp4", fps=4.0))
+    assert (info.num_frames, info.width, info.height) == (4, 32, 32)
