@@ -19,6 +19,9 @@ def resource_dir(kind: str) -> Path:
 
 
 def resource(kind: str, name: str) -> Path:
+    """The shipped file ``name`` of ``kind``; ``name`` is a bare file name, never a path out of the folder."""
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise ValueError(f"{name!r} is not a file name: shipped {kind} files are named without a folder")
     path = resource_dir(kind) / name
     if not path.exists():
         known = ", ".join(sorted(p.name for p in resource_dir(kind).iterdir()))
