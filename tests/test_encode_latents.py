@@ -553,34 +553,21 @@ def test_a_bad_line_in_the_middle_of_a_drop_log_is_an_error_naming_file_and_line
 
 
 def test_ray_address_reaches_the_one_ray_bootstrap(
-    dataset, tiny_model_dir: Path, monkeypatch, tmp_path
+    dataset, tiny_model_dir: Path, monkeypatch, tmp_path, ray_session_spy
 ) -> None:
     """``--engine ray`` once ignored ``--ray-address`` (it had none) and always read RAY_ADDRESS."""
-    from contextlib import contextmanager
-
     from click.testing import CliRunner
 
     import medvideocap.cli.encode_latents as cli
     import medvideocap.latents.encode as module
     from medvideocap.cli import main
 
-    asked: list[str | None] = []
-
-    class Stop(Exception):
-        pass
-
-    @contextmanager
-    def ray_session(address=None, **_):
-        asked.append(address)
-        raise Stop  # no cluster is started: the address is what this test is about
-        yield
-
-    monkeypatch.setattr(module, "ray_session", ray_session)
-    with pytest.raises(Stop):
+    spy = ray_session_spy(module)
+    with pytest.raises(spy.error):
         encode_latents(
             dataset[0], tmp_path / "c", config=tiny_config(tiny_model_dir), engine="ray", ray_address="head:1"
         )
-    assert asked == ["head:1"]
+    assert spy.asked == ["head:1"]
     calls: list[dict] = []
 
     def record(*_: Any, **kw: Any) -> list[Any]:

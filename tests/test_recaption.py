@@ -376,32 +376,19 @@ def test_failed_clips_beyond_max_failures_set_the_exit_status(upstream, server, 
     assert nothing.exit_code == 1 and "no clip was selected" in nothing.output
 
 
-def test_ray_address_from_the_cli_reaches_the_one_ray_bootstrap(upstream, server, tmp_path, monkeypatch):
+def test_ray_address_from_the_cli_reaches_the_one_ray_bootstrap(upstream, server, tmp_path, ray_session_spy):
     """--ray-address is honoured (the recaption engine once ignored it and always read RAY_ADDRESS)."""
-    from contextlib import contextmanager
-
     from click.testing import CliRunner
 
     import medvideocap.caption.recaption as module
     from medvideocap.cli import main
 
-    asked: list[str | None] = []
-
-    class Stop(Exception):
-        pass
-
-    @contextmanager
-    def ray_session(address=None, **_):
-        asked.append(address)
-        raise Stop  # the address is all this test is about: no cluster is started
-        yield
-
-    monkeypatch.setattr(module, "ray_session", ray_session)
+    spy = ray_session_spy(module)
     args = ["recaption", str(upstream), "--out", str(tmp_path / "run"), "--backend", "openai"]
     args += ["--endpoint", server.url, "--model", "served-vlm", "--engine", "ray", "--limit", "1"]
     res = CliRunner().invoke(main, [*args, "--ray-address", "head:6379"])
-    assert isinstance(res.exception, Stop), res.output
+    assert isinstance(res.exception, spy.error), res.output
     res = CliRunner().invoke(main, args)
-    assert isinstance(res.exception, Stop), res.output
-    assert asked == ["head:6379", None]  # None: medvideocap.dist falls back to RAY_ADDRESS, then local
+    assert isinstance(res.exception, spy.error), res.output
+    assert spy.asked == ["head:6379", None]  # None: medvideocap.dist falls back to RAY_ADDRESS, then local
     assert server.requests == []
