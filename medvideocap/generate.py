@@ -219,7 +219,10 @@ def generate(
     device: str | None = None,
 ) -> Path:
     """Sample one video for ``prompt`` from ``checkpoint`` and write it to ``out`` (mp4)."""
-    settings = GenerationSettings(frames, height, width, steps, guidance, fps, negative_prompt, base)
+    settings = GenerationSettings(
+        frames=frames, height=height, width=width, steps=steps, guidance=guidance, fps=fps,
+        negative_prompt=negative_prompt, base=base,
+    )  # fmt: skip
     problems = settings.problems()  # named as the generate flags, its main caller
     if problems:
         raise ValueError("; ".join(problems))
