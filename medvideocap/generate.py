@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE = WAN_T2V_1_3B
 LORA_FILE = "pytorch_lora_weights.safetensors"
 RUN_FILE = "medvideocap_train.json"
+#: x264 settings of every video we generate. Macroblock-tree rate control is off because it made the
+#: bytes depend on the process, not the frames: the same frames, encoded 10 times in one process that had
+#: run torch, gave up to 6 different files (the eval kill/resume test failed 3 runs in 7); with
+#: ``mbtree=0`` every encode gave one file. CRF 18 keeps the quality near-lossless without it.
+X264_OPTIONS = {"crf": "18", "x264-params": "mbtree=0"}
 
 
 def describe_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
@@ -80,7 +85,8 @@ def load_pipeline(
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 16.0) -> Path:
-    """Write (T, H, W, 3) frames (float in [0, 1] or uint8) as H.264 mp4, atomically.
+    """Write (T, H, W, 3) frames (float in [0, 1] or uint8) as H.264 mp4, atomically; the same frames give
+    the same bytes in any process (:data:`X264_OPTIONS`).
 
     Odd sizes are padded by one pixel (yuv420p needs even dimensions) rather than failing on a tiny test."""
     import av
@@ -97,7 +103,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 16.0) -> Path:
         stream = container.add_stream("libx264", rate=int(round(fps)))
         stream.width, stream.height = video.shape[2], video.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18"}
+        stream.options = dict(X264_OPTIONS)
         for frame in video:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
