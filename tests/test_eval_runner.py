@@ -178,6 +178,7 @@ def test_outputs_have_the_scores_table_summary_report_plots_and_contact_sheet(fi
         and "## run-b per category" in report
         and "| clinical practice |" in report
     )
+    assert "generation run-a (UMT5, 512 tokens): 0" in report  # every truncation is counted
     for metric in METRICS.split(","):
         png = finished / "plots" / f"{metric}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -49,7 +49,11 @@ def _ints(value: str) -> list[int]:
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Output folder.")
 @click.option(
-    "--prompts", default="medgen-200", show_default=True, help="Shipped set name, .jsonl or .txt file."
+    "--prompts",
+    default="medgen-200",
+    show_default=True,
+    help="medgen-paper (the MedGen paper's 200 prompts: fetched once from the authors' pinned commit, "
+    "sha256-checked, cached), a shipped set name, or a .jsonl / .txt file.",
 )
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds, one video per seed.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N prompts.")
@@ -104,7 +108,7 @@ def command(
     from medvideocap.eval import compare as compare_mod
     from medvideocap.eval import ratings
     from medvideocap.eval.metrics import METRICS, MetricError, build_metrics, parse_metric_models
-    from medvideocap.eval.prompts import PromptError, load_prompts
+    from medvideocap.eval.prompts import PromptError, describe_prompts, load_prompts
     from medvideocap.eval.runner import EvalError, checkpoint_labels, run_eval
     from medvideocap.generate import GenerationSettings
 
@@ -152,7 +156,7 @@ def command(
                 negative_prompt=negative_prompt,
                 base=base,
             ),
-            prompts_name=prompts,
+            prompts_name=describe_prompts(prompts),
             device=device,
             progress=lambda msg: click.echo(msg, err=True),
         )

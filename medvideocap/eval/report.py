@@ -82,6 +82,7 @@ def summarise(scores: pl.DataFrame, run_info: dict[str, Any]) -> dict[str, Any]:
     """Means per checkpoint and metric, per checkpoint x category x metric, and the weighted total."""
     out: dict[str, Any] = {
         "prompts": run_info.get("prompts"),
+        "truncation": run_info.get("truncation", {}),
         "generation": run_info.get("generation"),
         "metrics": run_info.get("metrics", {}),
         "total_weights": {m: WEIGHTS.get(m, 1.0) for m in scores["metric"].unique().sort()},
@@ -113,6 +114,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _truncation_note(counts: dict[str, int]) -> str:
+    if not counts:
+        return ""
+    parts = ", ".join(f"{name}: {n}" for name, n in sorted(counts.items()))
+    return f"Prompts longer than a model's text window (read only in part): {parts}.\n\n"
+
+
 def render_report(summary: dict[str, Any], plots: Sequence[str], sheet: str | None) -> str:
     ckpts = summary["checkpoints"]
     metrics = sorted({m for c in ckpts.values() for m in c["means"]})
@@ -120,6 +128,7 @@ def render_report(summary: dict[str, Any], plots: Sequence[str], sheet: str | No
         "# Evaluation report\n\n",
         f"Prompt set: `{summary['prompts']}`. Every score is in [0, 1], higher is better; "
         "definitions and models are listed at the end.\n\n",
+        _truncation_note(summary.get("truncation") or {}),
         "## Per checkpoint\n\n",
         markdown_table(
             ["checkpoint", "videos", *metrics, "total"],

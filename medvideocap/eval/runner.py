@@ -28,7 +28,7 @@ from medvideocap.atomic import atomic_write_json
 from medvideocap.caption.journal import Journal
 from medvideocap.eval import report
 from medvideocap.eval.metrics import Metric, MetricError
-from medvideocap.eval.prompts import Prompt
+from medvideocap.eval.prompts import Prompt, count_truncated
 from medvideocap.generate import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 RUN_FILE = "eval.json"
 JOURNAL_FILE = "journal.jsonl"
 VIDEOS_DIR = "videos"
+#: ``WanPipeline``'s text window (``max_sequence_length``): UMT5 reads at most this many tokens.
+WAN_TEXT_TOKENS = 512
 _VIDEO_NAME = re.compile(r"^(?P<prompt>.+?)(?:-s(?P<seed>\d+))?$")
 
 
@@ -165,8 +167,20 @@ def _check_run(out: Path, settings: dict[str, Any]) -> None:
         "checkpoints": {**old.get("checkpoints", {}), **settings["checkpoints"]},
         "metrics": {**old.get("metrics", {}), **settings["metrics"]},
     }
+    if "truncation" in old:  # counted by earlier runs of the same prompts (see _record_truncations)
+        merged["truncation"] = old["truncation"]
     if merged != old:
         atomic_write_json(run_file, merged, sort_keys=True, fsync=False)
+
+
+def _record_truncations(out: Path, counts: dict[str, int]) -> None:
+    """Merge how many prompts each text model cut into ``eval.json`` as soon as they are known, so a run
+    that resumes without loading that model again still reports them."""
+    run_file = out / RUN_FILE
+    run = json.loads(run_file.read_text(encoding="utf-8"))
+    merged = {**run.get("truncation", {}), **counts}
+    if merged != run.get("truncation"):
+        atomic_write_json(run_file, {**run, "truncation": merged}, sort_keys=True, fsync=False)
 
 
 def _same_source(before: Any, now: Any) -> bool:
@@ -247,6 +261,11 @@ def run_eval(
     }
     _check_run(out, run_settings)
     _remove_stale_temporaries(out)
+    texts = [p.prompt for p in prompts]
+    for metric in metrics:
+        counts = getattr(metric, "truncations", None)
+        if counts is not None:
+            _record_truncations(out, counts(texts))
     summary = EvalSummary(out=str(out), videos=len(items))
     say = progress or (lambda _msg: None)
     timings: dict[str, list[float]] = {}
@@ -265,6 +284,16 @@ def run_eval(
                     raise EvalError(
                         f"--checkpoint {label}: cannot load {path} (or its --base): {exc}"
                     ) from exc
+                tokenizer = getattr(pipe, "tokenizer", None)
+                if tokenizer is not None:
+                    _record_truncations(
+                        out,
+                        {
+                            f"generation {label} (UMT5, {WAN_TEXT_TOKENS} tokens)": count_truncated(
+                                tokenizer, texts, WAN_TEXT_TOKENS
+                            )
+                        },
+                    )
                 for it in todo:
                     started = time.perf_counter()
                     (video,) = settings.sample(pipe, [it.prompt.prompt], seed=it.seed)

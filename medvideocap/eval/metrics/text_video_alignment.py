@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from medvideocap.eval.metrics.base import Metric, check_video
@@ -22,6 +24,17 @@ class TextVideoAlignment(Metric):
         "text-to-video papers."
     )
     default_models = {"": "openai/clip-vit-base-patch32"}
+
+    def truncations(self, prompts: Sequence[str]) -> dict[str, int]:
+        """How many prompts CLIP reads only in part (its text window is 77 tokens; the paper's prompts run
+        to 296 words), so the report can say so."""
+        from transformers import AutoTokenizer
+
+        from medvideocap.eval.prompts import count_truncated
+
+        tokenizer = AutoTokenizer.from_pretrained(self.models[""])
+        limit = int(tokenizer.model_max_length) if tokenizer.model_max_length < 1_000_000 else 77
+        return {f"{self.name} (CLIP, {limit} tokens)": count_truncated(tokenizer, prompts, limit)}
 
     def score(self, video: np.ndarray, prompt: str) -> float:
         frames = image_features(self.models[""], check_video(video), device=self.device)
