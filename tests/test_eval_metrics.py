@@ -190,3 +190,22 @@ def test_metric_model_overrides_parse_and_bad_ones_say_what_to_type() -> None:
         build_metrics(["videoscore"])
     with pytest.raises(MetricError, match=r"uint8 \(T, H, W, 3\)"):
         _metric("temporal_flickering", {}).score(np.zeros((3, 8, 8)), "")
+
+
+@pytest.mark.parametrize(
+    ("name", "frames"),
+    [
+        ("subject_consistency", 2),
+        ("background_consistency", 2),
+        ("temporal_flickering", 2),
+        ("flow_interpolation_smoothness", 3),
+    ],
+)
+def test_a_temporal_metric_refuses_a_video_too_short_to_have_time_in_it(
+    name: str, frames: int, models: dict[str, dict[str, str]]
+) -> None:
+    metric = _metric(name, models)
+    short = np.stack([scene(float(i)) for i in range(frames - 1)])
+    with pytest.raises(MetricError, match=f"{name} measures change over time and needs at least {frames}"):
+        metric.score(short, "")
+    assert 0.0 <= metric.score(np.stack([scene(float(i)) for i in range(frames)]), "") <= 1.0

@@ -315,6 +315,8 @@ def run_eval(
                 started = time.perf_counter()
                 try:
                     value = metric.score(video, it.prompt.prompt)
+                except MetricError as exc:
+                    raise MetricError(f"{it.path}: {exc}") from exc
                 except OSError as exc:  # what transformers / huggingface_hub raise for a missing model
                     raise MetricError(
                         f"{metric.name}: cannot load its model {metric.models}: {exc}; point it at a local "

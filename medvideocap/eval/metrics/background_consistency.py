@@ -22,4 +22,8 @@ class BackgroundConsistency(Metric):
     default_models = {"": "openai/clip-vit-base-patch32"}
 
     def score(self, video: np.ndarray, prompt: str) -> float:
-        return consistency(image_features(self.models[""], check_video(video), device=self.device))
+        return consistency(
+            image_features(
+                self.models[""], check_video(video, min_frames=2, metric=self.name), device=self.device
+            )
+        )

@@ -98,8 +98,16 @@ class Metric:
         raise NotImplementedError
 
 
-def check_video(video: np.ndarray) -> np.ndarray:
+def check_video(video: np.ndarray, *, min_frames: int = 1, metric: str = "") -> np.ndarray:
+    """``video`` as a ``uint8 (T, H, W, 3)`` array with at least ``min_frames`` frames. A temporal metric
+    asks for 2 (3 to re-create a middle frame): on one frame it would report perfect consistency and
+    smoothness of a video with no time in it, a silent wrong answer."""
     arr = np.asarray(video)
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or arr.shape[0] < 1:
         raise MetricError(f"expected a uint8 (T, H, W, 3) video, got {arr.dtype} {tuple(arr.shape)}")
+    if arr.shape[0] < min_frames:
+        raise MetricError(
+            f"{metric or 'this metric'} measures change over time and needs at least {min_frames} frames, "
+            f"the video has {arr.shape[0]}; generate more frames (--frames) or leave it out (--metrics)"
+        )
     return arr

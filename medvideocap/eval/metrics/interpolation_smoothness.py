@@ -53,12 +53,12 @@ def interpolate_middle(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 def interpolation_error(video: np.ndarray) -> float:
     """Mean absolute error (0-255) of the odd frames re-created from their even neighbours."""
-    v = check_video(video)
+    v = check_video(video, min_frames=3, metric="flow_interpolation_smoothness")
     errors = [
         np.abs(interpolate_middle(v[i - 1], v[i + 1]).astype(np.int16) - v[i].astype(np.int16)).mean()
         for i in range(1, len(v) - 1, 2)
     ]
-    return float(np.mean(errors)) if errors else 0.0
+    return float(np.mean(errors))
 
 
 class FlowInterpolationSmoothness(Metric):

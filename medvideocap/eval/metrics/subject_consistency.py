@@ -50,4 +50,8 @@ class SubjectConsistency(Metric):
     default_models = {"": "facebook/dino-vitb16"}
 
     def score(self, video: np.ndarray, prompt: str) -> float:
-        return consistency(dino_features(self.models[""], check_video(video), device=self.device))
+        return consistency(
+            dino_features(
+                self.models[""], check_video(video, min_frames=2, metric=self.name), device=self.device
+            )
+        )

@@ -9,9 +9,7 @@ from medvideocap.eval.metrics.base import Metric, check_video
 
 def mean_abs_frame_difference(video: np.ndarray) -> float:
     """Mean over consecutive frame pairs of the mean absolute pixel difference (0-255 scale)."""
-    v = check_video(video)
-    if len(v) < 2:
-        return 0.0
+    v = check_video(video, min_frames=2, metric="temporal_flickering")
     diffs = np.abs(v[1:].astype(np.int16) - v[:-1].astype(np.int16))
     return float(diffs.reshape(len(v) - 1, -1).mean(axis=1).mean())
 
