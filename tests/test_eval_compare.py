@@ -167,3 +167,33 @@ def test_a_bad_rating_names_the_row_and_a_sheet_needs_two_checkpoints(
         import_ratings(bad)
     with pytest.raises(EvalError, match="needs two checkpoints"):
         write_rating_sheet(runs["steady"])
+
+
+@pytest.mark.parametrize(("prefers", "accuracy", "tau"), [("steady", 1.0, 1.0), ("jittery", 0.0, -1.0)])
+def test_imported_ratings_report_each_metrics_agreement_with_the_raters(
+    runs: dict[str, Path], prefers: str, accuracy: float, tau: float
+) -> None:
+    """Both metrics score the steady pans above the noisy ones: they agree with a rater who prefers steady
+    videos on every pair, and disagree on every pair with one who prefers the noise."""
+    write_rating_sheet(runs["both"], seed=1)
+    folder = runs["both"] / "ratings"
+    rows = list(csv.DictReader((folder / "sheet.csv").open()))
+    key = json.loads((folder / "key.json").read_text())
+    for n, r in enumerate(rows):
+        info = key["pairs"][r["pair"]]
+        r["choice"] = "tie" if n == 0 else ("left" if info["left"] == prefers else "right")
+    filled = folder / f"filled-{prefers}.csv"
+    with filled.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    text = import_ratings(filled, resamples=200)
+    agreement = {
+        r["metric"]: r for r in json.loads((folder / "ratings.json").read_text())["metric_agreement"]
+    }
+    assert set(agreement) == {"temporal_flickering", "flow_interpolation_smoothness"}
+    for row in agreement.values():
+        assert row["pairs"] == N_PROMPTS - 1  # the tie is left out
+        assert row["accuracy"] == accuracy and row["kendall_tau"] == tau
+        assert row["accuracy_ci"] == [accuracy, accuracy]
+    assert "## Agreement of each metric with the raters" in text and "temporal_flickering" in text

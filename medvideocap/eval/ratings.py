@@ -5,7 +5,8 @@ side in an HTML page in random order, and copies them under neutral names (``r00
 the page nor the file names say which checkpoint is which. The order, and which video is which, is
 recorded in ``key.json``: keep it away from the raters. ``import_ratings`` joins a filled CSV with its key
 and gives each checkpoint's win rate (a tie counts half) per category, with a percentile bootstrap
-interval over the rated pairs.
+interval over the rated pairs, and, for each automatic metric of the eval, how well it agrees with the
+raters (:func:`metric_agreement`), so a lab sees which metrics track its clinicians.
 """
 
 from __future__ import annotations
@@ -176,6 +177,92 @@ def win_rates(
     return rows
 
 
+def metric_agreement(
+    ratings: list[dict[str, str]],
+    key: dict[str, Any],
+    scores: Any,
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """For each metric in ``scores`` (the eval's ``scores.parquet``), its agreement with the raters over
+    the rated pairs that are not ties: ``accuracy``, the share of pairs where the metric scores the
+    preferred video higher (a metric tie counts half), and Kendall's tau in the form used to judge metrics
+    against human pairwise preferences, (concordant - discordant) / pairs (a metric tie is neither), in
+    [-1, 1]; each with a 95% percentile bootstrap interval over pairs."""
+    value = {
+        (str(c), str(p), int(s), str(m)): float(v)
+        for c, p, s, m, v in scores.select("checkpoint", "prompt_id", "seed", "metric", "value").iter_rows()
+    }
+    metrics = sorted({k[3] for k in value})
+    rng = np.random.default_rng(seed)
+    rows = []
+    for metric in metrics:
+        signs = []  # +1 the metric agrees with the rater, -1 it disagrees, 0 a metric tie
+        for r in ratings:
+            if r["choice"] == "tie":
+                continue
+            info = key["pairs"][r["pair"]]
+            won, lost = (
+                (info["left"], info["right"]) if r["choice"] == "left" else (info["right"], info["left"])
+            )
+            a = value.get((won, str(info["prompt_id"]), int(info["seed"]), metric))
+            b = value.get((lost, str(info["prompt_id"]), int(info["seed"]), metric))
+            if a is not None and b is not None:
+                signs.append(float(np.sign(a - b)))
+        if not signs:
+            continue
+        v = np.asarray(signs)
+        boot = v[rng.integers(0, len(v), size=(resamples, len(v)))]
+        acc, tau = (boot > 0).mean(axis=1) + 0.5 * (boot == 0).mean(axis=1), boot.mean(axis=1)
+        rows.append(
+            {
+                "metric": metric,
+                "pairs": len(v),
+                "accuracy": float((v > 0).mean() + 0.5 * (v == 0).mean()),
+                "accuracy_ci": [float(x) for x in np.quantile(acc, [0.025, 0.975])],
+                "kendall_tau": float(v.mean()),
+                "kendall_tau_ci": [float(x) for x in np.quantile(tau, [0.025, 0.975])],
+            }
+        )
+    return rows
+
+
+def _agreement_section(
+    path: Path, ratings: list[dict[str, str]], key: dict[str, Any], resamples: int
+) -> tuple[str, list[dict[str, Any]]]:
+    """The agreement table, from the ``scores.parquet`` of the eval the sheet was written for."""
+    import polars as pl
+
+    from medvideocap.eval.report import SCORES_FILE
+
+    scores_path = path.parent.parent / SCORES_FILE
+    if not scores_path.is_file():
+        return f"\nNo {scores_path} beside the sheet's eval folder: no metric agreement computed.\n", []
+    rows = metric_agreement(ratings, key, pl.read_parquet(scores_path), resamples=resamples)
+    if not rows:
+        return "\nNo rated pair that is not a tie has scores: no metric agreement computed.\n", []
+    table = markdown_table(
+        ["metric", "pairs", "pairwise accuracy [95% CI]", "Kendall's tau [95% CI]"],
+        [
+            [
+                r["metric"],
+                r["pairs"],
+                f"{r['accuracy']:.3f} [{r['accuracy_ci'][0]:.3f}, {r['accuracy_ci'][1]:.3f}]",
+                f"{r['kendall_tau']:+.3f} [{r['kendall_tau_ci'][0]:+.3f}, {r['kendall_tau_ci'][1]:+.3f}]",
+            ]
+            for r in rows
+        ],
+    )
+    return (
+        "\n## Agreement of each metric with the raters\n\nOver rated pairs that are not ties: pairwise "
+        "accuracy (the metric scores the preferred video higher; a metric tie counts half) and Kendall's "
+        "tau ((concordant - discordant) / pairs), with percentile bootstrap intervals over pairs.\n\n"
+        + table,
+        rows,
+    )
+
+
 def import_ratings(path: Path, *, out: Path | None = None, resamples: int = 2000) -> str:
     """Aggregate a filled sheet (its ``key.json`` is read from beside it); writes ``ratings.md`` and
     ``ratings.json`` to ``out`` (default: the sheet's folder) and returns the markdown."""
@@ -211,7 +298,13 @@ def import_ratings(path: Path, *, out: Path | None = None, resamples: int = 2000
         f"{len(ratings)} ratings from {len(raters) or 'unnamed'} rater(s) ({', '.join(raters)}); a tie counts "
         f"half; percentile bootstrap over ratings, {resamples} resamples.\n\n" + table
     )
+    section, agreement = _agreement_section(path, ratings, key, resamples)
+    text += section
     dest = Path(out) if out else path.parent
     atomic_write_text(dest / RESULTS_FILE, text, fsync=False)
-    atomic_write_json(dest / "ratings.json", {"source": os.fspath(path), "rows": rows}, fsync=False)
+    atomic_write_json(
+        dest / "ratings.json",
+        {"source": os.fspath(path), "rows": rows, "metric_agreement": agreement},
+        fsync=False,
+    )
     return text
