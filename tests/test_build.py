@@ -324,3 +324,65 @@ def test_a_build_that_keeps_no_clip_exits_1_naming_where_the_reasons_are(tmp_pat
     done = _cli_build("--src", str(raw), "--out", str(tmp_path / "out"))
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "kept no clip" in done.stderr and "rejects.parquet" in done.stderr
+
+
+def test_an_out_or_work_folder_in_or_around_src_is_refused_before_any_work(tmp_path: Path) -> None:
+    """``build --out src/out`` used to write the dataset into the source tree, which the next run
+    scanned as input. Every overlap is refused in one line naming both folders; nothing is written."""
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "good.mp4").write_bytes(b"not read")
+    link, out = tmp_path / "link", tmp_path / "out"
+    link.symlink_to(raw, target_is_directory=True)
+    cases = [
+        (["--out", str(raw / "out")], f"--out {raw / 'out'} lies inside --src {raw}"),
+        (["--out", str(raw)], f"--out {raw} is --src {raw} itself"),
+        (["--out", str(link)], f"--out {link} is --src {raw} itself"),  # a link to the source is it
+        (["--out", str(tmp_path)], f"--src {raw} lies inside --out {tmp_path}"),
+        (["--out", str(out), "--work", str(raw / "work")], f"--work {raw / 'work'} lies inside --src {raw}"),
+    ]
+    for args, says in cases:
+        done = CliRunner().invoke(main, ["build", "--src", str(raw), *args, "--recipe", "demo"])
+        line = done.output.strip()
+        assert done.exit_code == 1 and "\n" not in line and line.startswith(f"Error: {says}: "), done.output
+    assert [p.name for p in raw.iterdir()] == ["good.mp4"] and not out.exists()
+
+
+def test_a_symlink_loop_under_src_is_skipped_with_a_warning_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from click.testing import CliRunner
+
+    from medvideocap.build.pipeline import scan
+    from medvideocap.cli import main
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "good.mp4").write_bytes(b"a video")
+    (raw / "loop.mp4").symlink_to("loop.mp4")
+    (raw / "a.mp4").symlink_to("b.mp4")
+    (raw / "b.mp4").symlink_to("a.mp4")
+    for follow in (False, True):  # a loop is never readable: the same verdict either way
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medvideocap.build.pipeline"):
+            found = scan(raw, follow_symlinks=follow)
+        assert [s.input for s in found.samples] == ["good.mp4"]
+        refused = {o.input: o.reason or "" for o in found.refused}
+        assert sorted(refused) == ["a.mp4", "b.mp4", "loop.mp4"]
+        for name, reason in refused.items():
+            assert reason.startswith(f"symlink_loop: {raw / name} is a symlink loop"), reason
+            assert "--follow-symlinks" not in reason
+        assert sorted(r.getMessage().split(" ")[0] for r in caplog.records) == [
+            str(raw / n) for n in ("a.mp4", "b.mp4", "loop.mp4")
+        ]
+
+    (tmp_path / "src").symlink_to("src")  # --src itself a loop: one line, not pathlib's RuntimeError
+    done = CliRunner().invoke(main, ["build", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "o")])
+    said = done.output
+    assert done.exit_code == 1 and said.startswith(
+        f"Error: --src {tmp_path / 'src'}: runs through a symlink loop"
+    )

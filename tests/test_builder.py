@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ DAMAGE = {
     "not_utf8": lambda data: b"\xff\xfe" + data[2:],
     "wrong_shape": lambda data: b'{"input": "good.mp4", "outcomes": [{"stage": null}]}',
     "another_input": lambda data: data.replace(b'"input": "good.mp4"', b'"input": "other.mp4"'),
+    "clip_outside": lambda data: re.sub(rb'"clip": "[^"]*"', b'"clip": "/etc/passwd"', data),  # never read
 }
 
 
@@ -77,3 +79,36 @@ def test_an_unreadable_state_file_is_a_build_error_naming_it(tmp_path: Path) -> 
     state_path(tmp_path / "out.build").write_text('{"recipe": "demo", "finger')
     with pytest.raises(BuildError, match=r"state\.json: unreadable build state .*delete"):
         build(raw, tmp_path / "out", recipe="demo", workers=1)
+
+
+def test_a_replaced_input_is_built_again_and_a_deleted_ones_clips_are_dropped(tmp_path: Path) -> None:
+    """A rerun once said "resuming: 3 of 3 inputs already processed" after an input was replaced, and
+    kept a deleted input's clip. Inputs are journaled with their size and mtime_ns now: the output is
+    what a fresh build of the current inputs writes, and the rerun says how many changed and went."""
+    import io
+
+    import polars as pl
+    from rich.console import Console
+
+    raw = tmp_path / "raw"
+    make_video(raw / "good.mp4", seconds=3, fps=8, size=(160, 120))
+    make_video(raw / "other.mp4", seconds=3, fps=8, size=(160, 120), source="mandelbrot=size=160x120:rate=8")
+    make_video(raw / "third.mp4", seconds=3, fps=8, size=(160, 120), vf="negate")
+    assert build(raw, tmp_path / "out", recipe="demo", workers=1).kept == 3
+
+    make_video(raw / "other.mp4", seconds=4, fps=8, size=(160, 120), source="mandelbrot=size=160x120:rate=8")
+    (raw / "third.mp4").unlink()
+    console = Console(file=io.StringIO(), width=300)
+    again = build(raw, tmp_path / "out", recipe="demo", workers=1, console=console)
+    said = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "1 inputs changed (processed again) and 1 were deleted (1 of their clips dropped)" in said
+    assert "resuming: 1 of 2 inputs" in said and "redoing" not in said  # good.mp4 is not cut again
+    assert (again.inputs, again.resumed, again.changed, again.deleted, again.kept) == (2, 1, 1, 1, 2)
+    rows = pl.concat(pl.read_parquet(p) for p in (tmp_path / "out" / "metadata").glob("*.parquet"))
+    durations = dict(zip(rows["id"], rows["duration"], strict=True))
+    assert sorted(durations) == ["good-000", "other-000"] and durations["other-000"] > 3.5
+
+    fresh = build(raw, tmp_path / "fresh", recipe="demo", workers=1)
+    assert fresh.kept == 2 and tree_bytes(tmp_path / "out") == tree_bytes(tmp_path / "fresh")
+    journal = sorted(p.name for p in journal_dir(tmp_path / "out.build").iterdir())
+    assert journal == ["good.json", "other.json"]  # the deleted input's entry is gone

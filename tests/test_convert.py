@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -434,3 +435,19 @@ def test_a_rotated_clip_converts_with_its_rotation_recorded(tmp_path: Path) -> N
     assert summary.written == 2, summary.rejects
     rows = pl.concat(pl.read_parquet(p) for p in (tmp_path / "out" / "metadata").glob("*.parquet"))
     assert dict(zip(rows["file_name"], rows["rotation"], strict=True)) == {"00001.mp4": 90, "00002.mp4": 0}
+
+
+def test_an_out_in_or_around_the_source_is_refused_before_any_work(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+
+    src = make_upstream_release(tmp_path / "release", n_clips=1)
+    before = sorted(p.name for p in src.iterdir())
+    with pytest.raises(ValueError, match=re.escape(f"--out {src / 'hub'} lies inside the source {src}: ")):
+        convert(src, src / "hub", progress=False)
+    with pytest.raises(ValueError, match=re.escape(f"the source {src} lies inside --out {tmp_path}: ")):
+        convert(src, tmp_path, progress=False)
+    done = CliRunner().invoke(main, ["convert", str(src), "--out", str(src), "--no-progress"])
+    assert done.exit_code == 1 and done.output.startswith(f"Error: --out {src} is the source {src} itself: ")
+    assert sorted(p.name for p in src.iterdir()) == before  # nothing written into the source

@@ -281,3 +281,28 @@ def test_a_broken_dataset_is_reported_by_validate_and_refused_by_load(broken: di
     assert verdict["error"] != "RuntimeError", verdict  # the script's own shape check
     assert verdict["error"] not in PROGRAMMING_ERRORS, verdict
     assert how in verdict["message"], verdict  # the message names the dataset (or its file)
+
+
+def test_numbers_out_of_range_are_refused_naming_the_option_or_the_recipe_key(tmp_path: Path) -> None:
+    """``--max-retries -1``, ``--timeout 0`` and a ``.nan`` threshold in a recipe were accepted."""
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+
+    src = tmp_path / "raw"
+    src.mkdir()
+    recaption = ["recaption", str(src), "--out", str(tmp_path / "run"), "--backend", "openai"]
+    for option, value in [("--max-retries", "-1"), ("--timeout", "0"), ("--timeout", "nan")]:
+        done = CliRunner().invoke(main, [*recaption, option, value])
+        assert done.exit_code == 2 and f"Invalid value for '{option}'" in done.output, done.output
+    recipe = tmp_path / "nan.yaml"
+    recipe.write_text(
+        "name: nan\nstages:\n  - stage: probe\n  - stage: split\n    detector: difference\n    threshold: .nan\n"
+    )
+    args = ["build", "--src", str(src), "--out", str(tmp_path / "out"), "--recipe", str(recipe)]
+    done = CliRunner().invoke(main, args)
+    said = done.output
+    assert done.exit_code == 1 and said.startswith(f"Error: recipe {recipe}: stages.1.split.threshold: "), (
+        said
+    )
+    assert "finite number" in said

@@ -4,6 +4,7 @@ buckets, and the upstream release giving the same samples as its hub-native conv
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from functools import partial
 from pathlib import Path
@@ -14,7 +15,7 @@ from fixtures_loader import clip_bytes, clip_record, edit_metadata, make_hub_nat
 from torch.utils.data import DataLoader
 
 import medvideocap
-from medvideocap.dataset.schema import SCHEMA_VERSION, ClipRecord, SchemaVersionError
+from medvideocap.dataset.schema import SCHEMA_VERSION, ClipRecord, DataError, SchemaVersionError
 from medvideocap.dataset.writer import DatasetWriter
 from medvideocap.loading.loader import SkippedSampleWarning, collate
 from medvideocap.loading.sampler import BucketBatchSampler, bucket_batches
@@ -429,3 +430,26 @@ def test_a_rotated_raw_video_built_with_the_demo_recipe_loads_upright(tmp_path: 
         items[backend] = ds[0]["video"]
         assert items[backend].shape == (3, 5, 192, 128)
     assert (items["torchcodec"].int() - items["pyav"].int()).abs().float().mean() <= 2.0
+
+
+def test_a_shard_path_leading_out_of_the_dataset_is_never_read(dataset: Path, tmp_path: Path) -> None:
+    """A metadata row naming ``../elsewhere/x.tar`` (a real shard holding the clip at the recorded
+    offset, so only the path check stands between the loader and another folder's bytes) is skipped
+    with a warning naming the row, or raises under on_error="raise"; the other rows load."""
+    moved: dict[str, str] = {}
+
+    def escape(columns: dict[str, list]) -> None:
+        moved["shard"] = columns["shard"][1]
+        columns["shard"][1] = "../elsewhere/x.tar"
+
+    root = edit_metadata(dataset, tmp_path / "ds", "train", escape)
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(dataset / moved["shard"], tmp_path / "elsewhere" / "x.tar")
+
+    ds = medvideocap.load(root, frames=SMALL)
+    with pytest.warns(SkippedSampleWarning, match=r"train\.parquet row 1 \(clip c001\).*leads outside"):
+        assert ds[1] is None
+    assert ds[0] is not None and ds.stats.skipped == 1 and ds.stats.samples == 1
+    strict = medvideocap.load(root, frames=SMALL, on_error="raise")
+    with pytest.raises(DataError, match=r"row 1 \(clip c001\): shard '\.\./elsewhere/x\.tar' leads outside"):
+        strict[1]

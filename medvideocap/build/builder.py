@@ -4,8 +4,13 @@ The work directory (default: ``OUT.build`` next to the output, laid out by
 :mod:`medvideocap.build.workdir`) holds the resumable state:
 
     state.json                 recipe fingerprint + source folder (a different recipe is not resumed)
-    journal/{key}.json         one file per finished input: all its outcomes (written atomically)
+    journal/{key}.json         one file per finished input: all its outcomes and the input's size and
+                               mtime_ns (written atomically)
     clips/{key}/{NNN}.mp4      the cut clips, until they are written into the dataset
+
+A rerun processes again an input whose size or mtime changed, and drops the clips of an input that is
+gone; either way the output is written anew (:func:`_start_output_over`), with the unchanged inputs'
+clips copied back from it instead of cut again.
 
 Processing fills the journal in any order (pool workers and Ray finish when they finish); writing
 happens once every input is journaled, in sorted (input, clip index) order, through the resumable
@@ -28,15 +33,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from medvideocap.atomic import atomic_write_json
+from medvideocap.atomic import atomic_write_bytes, atomic_write_json
 from medvideocap.build.engine import run_local, run_ray
 from medvideocap.build.pipeline import SOURCE_STAGE, Outcome, scan
 from medvideocap.build.recipe import Recipe, load_recipe
 from medvideocap.build.sample import Sample
 from medvideocap.build.stages import MissingDependencyError, check_stage
-from medvideocap.build.workdir import clips_dir, journal_path, state_path
+from medvideocap.build.workdir import clips_dir, input_clips_dir, journal_dir, journal_path, state_path
 from medvideocap.dataset.layout import FUNNEL_PATH
 from medvideocap.media.ffmpeg import MediaError, ffmpeg_exe
+from medvideocap.paths import PathLoopError, check_apart, inside, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,8 @@ class BuildResult:
     out: Path
     inputs: int
     resumed: int  # inputs found already finished in the journal
+    changed: int  # journaled inputs whose file was replaced since: processed again
+    deleted: int  # journaled inputs no longer under the source: their clips dropped
     kept: int
     rejected: int
     funnel: dict[str, Any] = field(default_factory=dict)
@@ -188,8 +196,23 @@ def plan(src: Path, recipe: Recipe, inputs: list[Sample], done: set[str]) -> dic
 # build
 
 
-def _journal_entry(path: Path, sample: Sample) -> list[Outcome]:
-    """The outcomes ``sample``'s journal file holds; ValueError saying why it cannot be trusted."""
+def input_stat(path: str | Path) -> dict[str, int]:
+    """What tells a journaled input file from its replacement: size and ``st_mtime_ns``.
+
+    A hash would read every byte of every (multi-GB) input on each rerun; size + mtime is what make and
+    rsync trust, and it misses only a file replaced by one of the same size and the same mtime to the
+    nanosecond. An input that cannot be stat'ed gets ``{}``, which matches no journal entry."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _journal_entry(path: Path, sample: Sample, clips: Path) -> tuple[list[Outcome], dict[str, int] | None]:
+    """The outcomes ``sample``'s journal file holds and the input's :func:`input_stat` when they were
+    journaled (None in journals of earlier versions); ValueError saying why it cannot be trusted.
+    Each cut-clip path must lie inside ``clips``: the build copies those files into the dataset."""
     try:
         entry = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -206,11 +229,38 @@ def _journal_entry(path: Path, sample: Sample) -> list[Outcome]:
         raise ValueError(f"an outcome does not fit ({exc})") from exc
     if any(o.input != sample.input for o in outcomes):
         raise ValueError(f"it holds outcomes of another input than {sample.input!r}")
-    return outcomes
+    for o in outcomes:
+        if o.clip is not None:  # an OutsideRootError is a ValueError
+            inside(clips, os.path.relpath(o.clip, clips), where=f"clip {o.id}", what="cut clip", fix="")
+    stat = entry.get("stat")
+    if stat is not None and not (isinstance(stat, dict) and all(isinstance(v, int) for v in stat.values())):
+        raise ValueError(f"its stat {stat!r} is not a map of integers")
+    return outcomes, stat
 
 
-def read_finished(work: Path, samples: list[Sample]) -> dict[str, list[Outcome]]:
-    """The ``samples`` the work dir's journal records as finished: input -> its outcomes.
+def _journaled_outcomes(path: Path) -> list[Outcome]:
+    """The outcomes in the journal file of an input that is gone (only counted); [] when unreadable."""
+    try:
+        entry = json.loads(path.read_bytes())
+        return [Outcome.from_dict(o) for o in entry["outcomes"]]
+    except (ValueError, TypeError, KeyError, AttributeError):  # JSONDecodeError is a ValueError
+        return []
+
+
+@dataclass
+class Journaled:
+    """What the work dir's journal says about the inputs :func:`scan` found this time."""
+
+    done: dict[str, list[Outcome]]  # unchanged inputs -> their outcomes
+    changed: list[str] = field(default_factory=list)  # inputs replaced since journaled: processed again
+    deleted: dict[Path, list[Outcome]] = field(default_factory=dict)  # journal files of inputs now gone
+
+
+def read_finished(work: Path, samples: list[Sample], stats: dict[str, dict[str, int]]) -> Journaled:
+    """The ``samples`` the work dir's journal records as finished (input -> its outcomes), the inputs
+    whose file changed since (``stats``: input -> :func:`input_stat` now), and the journal files of
+    inputs no longer under the source. An entry without a stat (written before stats were kept) is
+    trusted as it is, so work dirs of earlier builds still resume.
 
     Each journal file is written atomically, so a kill never leaves half of one; but the writes skip
     fsync (one per input would slow a long build), so a machine crash can leave an empty or torn file,
@@ -220,21 +270,31 @@ def read_finished(work: Path, samples: list[Sample]) -> dict[str, list[Outcome]]
     This is :mod:`medvideocap.journal`'s policy for a torn last line (the entry is redone), applied
     per file: the journal stays one file per input (not that module's JSON lines) so that work dirs
     of earlier builds still resume."""
-    done: dict[str, list[Outcome]] = {}
+    found = Journaled(done={})
     for sample in samples:
         path = journal_path(work, sample.key)
         if not path.is_file():
             continue
         try:
-            done[sample.input] = _journal_entry(path, sample)
+            outcomes, stat = _journal_entry(path, sample, clips_dir(work))
         except ValueError as exc:
             log.warning("%s: damaged journal file (%s); %s is processed again", path, exc, sample.input)
-    return done
+            continue
+        if stat is not None and stat != stats.get(sample.input):
+            found.changed.append(sample.input)
+        else:
+            found.done[sample.input] = outcomes
+    keys = {sample.key for sample in samples}
+    folder = journal_dir(work)
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        if path.stem not in keys:
+            found.deleted[path] = _journaled_outcomes(path)
+    return found
 
 
-def _open_work(work: Path, recipe: Recipe, src: Path) -> None:
+def _open_work(work: Path, recipe: Recipe, source: Path) -> None:
     path = state_path(work)
-    state = {"recipe": recipe.name, "fingerprint": recipe.fingerprint(), "source": str(src.resolve())}
+    state = {"recipe": recipe.name, "fingerprint": recipe.fingerprint(), "source": str(source)}
     if path.exists():
         try:
             found = json.loads(path.read_bytes())
@@ -275,23 +335,35 @@ def build(
     Symlinks under ``src`` are refused (a ``source`` reject naming the link and its target) unless
     ``follow_symlinks``: a link can point anywhere, and a build reads what its source folder holds.
     ``name`` titles the dataset card (default: named after the recipe); the card also names the
-    source folder, so a build from one's own videos never passes for MedVideoCap-55K."""
+    source folder, so a build from one's own videos never passes for MedVideoCap-55K. ``out`` and
+    ``work`` must lie apart from ``src`` (:func:`medvideocap.paths.check_apart`), checked first."""
     src, out = Path(src), Path(out)
-    identity = {"name": name, "source": f"{src.resolve().name}/"}
+    work = Path(work) if work else out.with_name(out.name + ".build")
+    # Written into --src, the output (or the work dir's cut clips) would be scanned as input next run.
+    check_apart(src, out, error=BuildError)
+    check_apart(src, work, out_label="--work", error=BuildError)
+    try:
+        source = resolve_path(src, label="--src")
+    except PathLoopError as exc:
+        raise BuildError(str(exc)) from None
+    identity = {"name": name, "source": f"{source.name}/"}
     console = console or Console(stderr=True)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     missing = _missing(recipe)
     if missing and not dry_run:
         raise MissingDependencyError("; ".join(missing))
-    work = Path(work) if work else out.with_name(out.name + ".build")
     discovery = scan(src, follow_symlinks=follow_symlinks)
     inputs, refused = discovery.samples, discovery.refused
-    done = read_finished(work, inputs)  # input -> its journaled outcomes (each file read once)
+    stats = {s.input: input_stat(s.path) for s in inputs}  # taken before processing, journaled after
+    journaled = read_finished(work, inputs, stats)  # each journal file read once
+    done = journaled.done
     if dry_run:
         return {**plan(src, recipe, inputs, set(done)), "missing": missing}
     if engine not in ("local", "ray"):
         raise BuildError(f"unknown engine {engine!r}; use 'local' or 'ray'")
-    _open_work(work, recipe, src)
+    _open_work(work, recipe, source)
+    if journaled.changed or journaled.deleted:
+        _start_output_over(out, work, journaled, {s.input: s.key for s in inputs}, console)
     redo = _lost_work(out, recipe, identity, done)
     if redo:
         console.print(f"redoing {len(redo)} processed inputs whose cut clips are gone and not yet written")
@@ -321,7 +393,11 @@ def build(
             sample = keyed[outcomes[0].input]
             atomic_write_json(
                 journal_path(work, sample.key),
-                {"input": sample.input, "outcomes": [o.to_dict() for o in outcomes]},
+                {
+                    "input": sample.input,
+                    "stat": stats[sample.input],
+                    "outcomes": [o.to_dict() for o in outcomes],
+                },
                 sort_keys=True,
                 ensure_ascii=False,
                 fsync=False,
@@ -350,6 +426,8 @@ def build(
         out=out,
         inputs=len(inputs),
         resumed=resumed,
+        changed=len(journaled.changed),
+        deleted=len(journaled.deleted),
         kept=summary["clips"],
         rejected=sum(not o.kept for o in outcomes),
         funnel=summary,
@@ -364,6 +442,64 @@ def _writer(out: Path, recipe: Recipe, identity: dict[str, Any]) -> Any:
 
     stored = {**recipe.model_dump(mode="json"), "build": identity}
     return DatasetWriter(out, shard_bytes=recipe.output.shard_bytes, recipe=stored)
+
+
+def _start_output_over(
+    out: Path, work: Path, journaled: Journaled, keys: dict[str, str], console: Console
+) -> None:
+    """Inputs changed or deleted since the output was written: write the output anew.
+
+    The writer only appends (its finished shards are a prefix of the clip sequence, which is what
+    makes a resumed write byte-identical), so a changed input's new clips cannot replace its old ones
+    in place, nor can a deleted input's clips be taken out. The kept clips of unchanged inputs are
+    first copied back from the old output to their cut-clip paths in the work dir (a finished build
+    removed the cut files), so they are written again without being cut again; a clip that cannot be
+    copied back leaves its input to :func:`_lost_work`, which processes it again."""
+    dropped = sum(o.kept for outs in journaled.deleted.values() for o in outs)
+    console.print(
+        f"since the last build {len(journaled.changed)} inputs changed (processed again) and "
+        f"{len(journaled.deleted)} were deleted ({dropped} of their clips dropped); {out} is written anew"
+    )
+    if out.exists():
+        _copy_back_clips(out, work, journaled.done)
+        shutil.rmtree(out)
+    for name in journaled.changed:  # stale cut clips; processing cuts the new ones
+        shutil.rmtree(input_clips_dir(work, keys[name]), ignore_errors=True)
+    for path in journaled.deleted:
+        shutil.rmtree(input_clips_dir(work, path.stem), ignore_errors=True)
+        path.unlink(missing_ok=True)
+
+
+def _copy_back_clips(out: Path, work: Path, done: dict[str, list[Outcome]]) -> None:
+    """Write the kept clips of ``done`` whose cut file is gone back from ``out`` to where the journal
+    says they were cut."""
+    from medvideocap.dataset.hubnative import HubNativeDataset
+    from medvideocap.errors import DataError
+
+    wanted = {
+        o.id: o for outs in done.values() for o in outs if o.kept and o.clip and not Path(o.clip).exists()
+    }
+    if not wanted:
+        return
+    try:
+        dataset = HubNativeDataset(out)
+    except (OSError, ValueError) as exc:  # an unfinished output: its inputs are processed again
+        log.info("%s: cannot copy clips back (%s); their inputs are processed again", out, exc)
+        return
+    for split in dataset.splits:
+        try:
+            ids = dataset.metadata(split)["id"].to_list()
+        except (OSError, ValueError) as exc:  # a damaged index: those inputs are processed again
+            log.info("%s: cannot copy clips back (%s); their inputs are processed again", out, exc)
+            continue
+        for clip_id in ids:
+            o = wanted.get(clip_id)
+            if o is None or o.clip is None:
+                continue
+            try:  # o.clip lies inside the work dir's clips folder (checked by _journal_entry)
+                atomic_write_bytes(o.clip, dataset.read_video(split, clip_id), fsync=False)
+            except (DataError, OSError) as exc:
+                log.info("clip %s not copied back (%s); %s is processed again", clip_id, exc, o.input)
 
 
 def _lost_work(

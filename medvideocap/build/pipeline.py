@@ -8,6 +8,7 @@ processes or Ray tasks, and sorted into one deterministic order before anything 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import os
@@ -255,6 +256,15 @@ def _entries(src: Path, follow_symlinks: bool) -> tuple[list[Path], list[tuple[P
             if name.startswith(".") or name in SIDECARS:
                 continue
             if path.is_symlink():
+                if _loops(path):  # never readable, followed or not: say so, not "pass --follow-symlinks"
+                    target = printable(os.readlink(path))
+                    detail = (
+                        f"{printable(str(path))} is a symlink loop (-> {target} leads back to itself); "
+                        "skipped, the other inputs are built: fix or remove the link"
+                    )
+                    log.warning("%s", detail)
+                    refused.append((path, "symlink_loop", detail))
+                    continue
                 if not follow_symlinks:
                     refused.append((path, "symlink", _link_detail(path, root)))
                     continue
@@ -267,6 +277,16 @@ def _entries(src: Path, follow_symlinks: bool) -> tuple[list[Path], list[tuple[P
                 continue
             files.append(path)
     return sorted(files), sorted(refused)
+
+
+def _loops(path: Path) -> bool:
+    """True when following ``path`` never ends (ELOOP). ``Path.exists()`` says False for it, and
+    ``Path.resolve()`` raises ``RuntimeError`` (``OSError`` from Python 3.13), so ask ``os.stat``."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _link_detail(path: Path, root: Path) -> str:

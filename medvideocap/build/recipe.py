@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from medvideocap.hashing import short_hexdigest
 
@@ -25,17 +34,35 @@ class RecipeError(ValueError):
     """A recipe file that cannot be read or does not validate; the message names the file."""
 
 
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+"""Every recipe model's config: an unknown key is a typo, and ``.nan``/``.inf`` are no thresholds
+(YAML reads them as floats, and NaN fails every comparison, so ``min: .nan`` would silently keep or
+drop everything)."""
+
+
+def _finite_options(value: Any, where: str = "options") -> None:
+    """Raise ValueError naming the key of a non-finite float anywhere in free-form ``options``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}; use a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _finite_options(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _finite_options(item, f"{where}.{i}")
+
+
 class Resources(BaseModel):
     """Scheduling hints for one stage (Ray ``num_cpus``/``num_gpus``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     cpus: float = Field(default=1.0, gt=0)
     gpus: float = Field(default=0.0, ge=0)
 
 
 class _Stage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     resources: Resources = Field(default_factory=Resources)
 
@@ -224,7 +251,7 @@ class MeasuresStage(_Stage):
 class Condition(BaseModel):
     """``score`` must be within [min, max]; a missing score fails the condition."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     score: str
     min: float | None = None
@@ -277,6 +304,12 @@ class CaptionStage(_Stage):
     frames: int = Field(default=8, ge=1)
     required: bool = Field(default=False, description="Reject clips that end up with no caption.")
 
+    @field_validator("options")
+    @classmethod
+    def _check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        _finite_options(options)  # free-form, so STRICT's allow_inf_nan does not reach inside
+        return options
+
     def models(self) -> list[str]:
         if self.backend is None:
             return []
@@ -301,7 +334,7 @@ StageConfig = Annotated[
 
 
 class OutputConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     shard_bytes: int = Field(default=1_000_000_000, gt=0)
 
@@ -309,7 +342,7 @@ class OutputConfig(BaseModel):
 class Recipe(BaseModel):
     """A whole build: what to run, in which order, with which thresholds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     name: str
     description: str = ""

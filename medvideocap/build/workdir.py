@@ -1,7 +1,7 @@
 """The layout of a build's work directory (default ``OUT.build`` next to the output), in one place.
 
     state.json                 recipe fingerprint + source folder (a different recipe is not resumed)
-    journal/{key}.json         one file per finished input: all its outcomes (written atomically)
+    journal/{key}.json         one file per finished input: its outcomes and file stat (written atomically)
     clips/{key}/{name}.mp4     the cut clips, until they are written into the dataset
 
 The builder keeps the state and the journal, and the ``split`` and ``border`` stages cut clips under
@@ -39,6 +39,11 @@ def clips_dir(work: Path) -> Path:
     return Path(work) / CLIPS_DIR
 
 
+def input_clips_dir(work: Path, key: str) -> Path:
+    """``work/clips/{key}``: the clips cut from the input whose sample key is ``key``."""
+    return clips_dir(work) / key
+
+
 def clip_path(work: Path, key: str, name: str) -> Path:
     """``work/clips/{key}/{name}.mp4``: a clip cut from the input whose sample key is ``key``."""
-    return clips_dir(work) / key / f"{name}.mp4"
+    return input_clips_dir(work, key) / f"{name}.mp4"

@@ -3,9 +3,18 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A click callback: ``value`` when it is a finite number. click's ranges let ``nan`` through
+    (every comparison with it is false) and ``inf`` past an open upper end."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", ctx=ctx, param=param)
+    return value
 
 
 @click.command(name="recaption")
@@ -78,9 +87,20 @@ import click
 @click.option(
     "--device", default=None, help="transformers backend: cuda, cpu, mps (default: best available)."
 )
-@click.option("--timeout", default=120.0, show_default=True, help="openai backend: seconds per request.")
 @click.option(
-    "--max-retries", default=5, show_default=True, help="openai backend: retries on 429/5xx/timeouts."
+    "--timeout",
+    default=120.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    callback=_finite,
+    help="openai backend: seconds per request (more than 0).",
+)
+@click.option(
+    "--max-retries",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="openai backend: retries on 429/5xx/timeouts (0: ask once).",
 )
 @click.option(
     "--name", "name_prefix", default=None, help="Prefix of the new caption names (default MODEL/TEMPLATE-vN)."

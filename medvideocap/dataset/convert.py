@@ -47,6 +47,7 @@ from medvideocap.dataset.validate import (
     probe_and_compare,
 )
 from medvideocap.dataset.writer import DEFAULT_SHARD_BYTES, DatasetWriter, WriterError
+from medvideocap.paths import check_apart
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +224,15 @@ def convert(
     ``max_clip_bytes`` bounds what one zip member may inflate to and ``max_caption_chars`` a caption's
     length (see :mod:`medvideocap.dataset.upstream` and :mod:`medvideocap.dataset.validate` for the defaults); past
     them a clip is dropped with the bound named. Call :meth:`ConvertSummary.failure` for the verdict.
+    An ``out`` that is ``src``, lies inside it or holds it is refused first
+    (:func:`medvideocap.paths.check_apart`).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from medvideocap.dataset.hubnative import is_hub_native
     from medvideocap.dataset.upstream import UpstreamRelease
 
+    check_apart(src, out, src_label="the source")
     fractions = check_fractions(fractions)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")

@@ -38,6 +38,7 @@ from medvideocap.dataset.schema import (
     check_schema_version,
 )
 from medvideocap.handles import FileHandles, ShortReadError
+from medvideocap.paths import inside
 
 if TYPE_CHECKING:
     import datasets
@@ -114,6 +115,27 @@ def read_tar_member(
             f"not {name!r} of {size} bytes; {fix}"
         )
     return block[tarfile.BLOCKSIZE :]
+
+
+def read_row_member(
+    root: Path,
+    shard: str,
+    offset: int,
+    size: int,
+    name: str,
+    *,
+    files: FileHandles,
+    where: str,
+    row: str,
+) -> bytes:
+    """:func:`read_tar_member` for a metadata row whose ``shard`` is relative to the dataset ``root``.
+
+    The shard path is data, so it is checked to lie inside ``root`` before anything is opened
+    (:func:`medvideocap.paths.inside`): a row naming ``../elsewhere/x.tar`` would otherwise serve
+    another folder's bytes as this clip. That is an
+    :class:`~medvideocap.paths.OutsideRootError` naming ``row``, a data error like a missing member."""
+    path = inside(root, shard, where=row, what="shard")
+    return read_tar_member(path, offset, size, name, files=files, where=where)
 
 
 def read_info(root: Path) -> dict[str, Any] | None:
@@ -258,15 +280,18 @@ class HubNativeDataset:
 
     def read_video(self, split: str, clip_id: str) -> bytes:
         """The mp4 bytes of one clip, read straight from its shard at the recorded offset (after
-        checking the member there is this clip's, see :func:`read_tar_member`)."""
+        checking the shard lies inside the dataset and the member there is this clip's, see
+        :func:`read_row_member`)."""
         shard, offset, size = self._locate(split, clip_id)
-        return read_tar_member(
-            self.root / shard,
+        return read_row_member(
+            self.root,
+            shard,
             offset,
             size,
             f"{clip_id}.mp4",
             files=self._files,
             where=f"{shard}:{clip_id}.mp4",
+            row=f"{self.root / metadata_path(split)} (clip {clip_id})",
         )
 
     def __repr__(self) -> str:

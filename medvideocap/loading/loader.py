@@ -17,7 +17,8 @@ Error policy. ``on_error="skip"`` skips a clip only for a *data* error, an excep
 :class:`~medvideocap.dataset.schema.DataError` family: a video that does not decode
 (:class:`~medvideocap.media.decode.DecodeError`), a member that is missing or is not the clip's
 (:class:`~medvideocap.dataset.hubnative.MemberError`), a record that does not validate, a clip too short for the
-frame spec (:class:`ShortClipError`). Anything else is a bug in this code or the caller's and
+frame spec (:class:`ShortClipError`), a row whose shard path leads out of the dataset folder
+(:class:`~medvideocap.paths.OutsideRootError`: never opened). Anything else is a bug in this code or the caller's and
 propagates, whatever ``on_error`` says. A dataset of another schema major version is refused by
 :func:`load` itself, from ``meta/info.json`` and the metadata rows.
 
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medvideocap.dataset.hubnative import MissingMemberError, check_versions, read_metadata, read_tar_member
+from medvideocap.dataset.hubnative import MissingMemberError, check_versions, read_metadata, read_row_member
 from medvideocap.dataset.layout import INFO_PATH, METADATA_GLOB, SHARDS_GLOB, metadata_path
 from medvideocap.dataset.schema import ClipRecord, DataError, arrow_schema
 from medvideocap.handles import FileHandles
@@ -382,13 +383,15 @@ class ClipDataset(Dataset):
             name = f"{index.ids[i]}.mp4"
             where = f"{shard}:{name}"
             read = partial(
-                read_tar_member,
-                index.root / shard,
+                read_row_member,
+                index.root,
+                shard,
                 int(index.offset[i]),
                 int(index.size[i]),
                 name,
                 files=self.files,
                 where=where,
+                row=f"{index.path} row {i} (clip {index.ids[i]})",
             )
             return read, where, (shard, int(index.offset[i]))
         zpath, member = index.zips[i], index.members[i]
