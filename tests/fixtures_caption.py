@@ -42,7 +42,9 @@ def record(clip_id: str = "clip_a", title: str | None = "Laparoscopic suturing b
 @dataclass
 class Action:
     """What the server does with one request: reply ``content`` after ``delay`` seconds, or answer
-    ``status`` with ``headers``/``body``; ``raw_body`` sends bytes that are not JSON."""
+    ``status`` with ``headers``/``body``; ``raw_body`` sends bytes that are not JSON. ``trickle``
+    spreads the body over that many seconds, a byte at a time (the status line and headers too
+    when ``trickle_head``)."""
 
     content: str | None = GOOD_REPLY
     status: int = 200
@@ -50,6 +52,8 @@ class Action:
     body: str | None = None
     delay: float = 0.0
     raw_body: bytes | None = None
+    trickle: float = 0.0
+    trickle_head: bool = False
 
 
 class FakeChatServer:
@@ -68,6 +72,20 @@ class FakeChatServer:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def trickle(self, action: Action, payload: bytes) -> None:
+                lines = [f"HTTP/1.0 {action.status} Scripted", "content-type: application/json"]
+                lines += [
+                    f"content-length: {len(payload)}",
+                    *(f"{k}: {v}" for k, v in action.headers.items()),
+                ]
+                head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+                slow = head + payload if action.trickle_head else payload
+                if not action.trickle_head:
+                    self.wfile.write(head)
+                for i in range(len(slow)):
+                    self.wfile.write(slow[i : i + 1])
+                    time.sleep(action.trickle / len(slow))
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("content-length", 0))
@@ -100,6 +118,9 @@ class FakeChatServer:
                                 ],
                             }
                         ).encode()
+                    if action.trickle:
+                        self.trickle(action, payload)
+                        return
                     self.send_response(action.status)
                     self.send_header("content-type", "application/json")
                     self.send_header("content-length", str(len(payload)))

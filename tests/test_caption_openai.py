@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -238,3 +239,44 @@ def test_structured_template_yields_one_json_caption(server, frames, monkeypatch
     body = server.requests[0]["body"]
     assert body["response_format"] == {"type": "json_object"}
     assert all(f'"{f}"' in body["messages"][1]["content"][-1]["text"] for f in tmpl_fields)
+
+
+def test_reply_controls_are_stripped_and_markup_is_an_error_not_a_caption(server, frames, monkeypatch):
+    shown = DETAILED + " Systolic pressure stays <90 mmHg on the monitor."
+    hostile = json.dumps({"detailed": "\x1b[31m" + shown + "\u202e\x07", "brief": BRIEF + "\x1b]0;pwned\x07"})
+    cap, _ = captioner(server, monkeypatch, hygiene_retries=0)
+    server.script = [Action(content=hostile)]
+    res = cap.caption(frames, record(), template="detailed_brief")
+    assert res.ok and {c.name: c.text for c in res.captions} == {"detailed": shown, "brief": BRIEF}
+    assert "\x1b" not in res.raw and "\u202e" not in res.raw  # what the journal records is stripped too
+    lenient, _ = captioner(server, monkeypatch, hygiene_retries=0, check_quality=False)
+    for markup in ("<|im_start|>assistant\n", "<script>alert(1)</script>\n"):
+        for cap_ in (cap, lenient):
+            server.script = [Action(content=markup + GOOD_REPLY + " tail" * 1000)]
+            res = cap_.caption(frames, record(), template="detailed_brief")
+            assert not res.ok and res.captions == [] and res.final
+            assert res.error.startswith("markup: markup in reply") and "chat template" in res.error
+            assert res.raw.startswith(markup) and len(res.raw) < 1200  # only the start is recorded
+
+
+def test_oversized_replies_are_cut_off_while_streaming(server, tiny_clip, monkeypatch):
+    runaway = "A surgeon ties a knot. " * ((4 << 20) // 23)  # about 4 MiB of caption
+    server.default = lambda body: Action(content=runaway)
+    cap, sleeps = captioner(server, monkeypatch, concurrency=2, max_reply_bytes=64 << 10)
+    frames = sample_frames(tiny_clip, 2)[0]
+    results = cap.caption_batch([(frames, record("c0")), (frames, record("c1"))], template="detailed_brief")
+    assert len(server.requests) == 2 and sleeps == []  # not retried: the next reply would be as big
+    for res in results:
+        assert not res.ok and res.captions == [] and res.raw == ""
+        assert "over 65536 bytes (max_reply_bytes)" in res.error
+        assert "A surgeon ties a knot." in res.error and len(res.error) < 1400  # the first KB, no more
+
+
+@pytest.mark.parametrize("trickle_head", [False, True], ids=["body", "status-and-headers"])
+def test_timeout_is_a_deadline_for_the_whole_request(server, frames, monkeypatch, trickle_head):
+    server.script = [Action(trickle=10.0, trickle_head=trickle_head)]  # every read comes within 1 s
+    cap, _ = captioner(server, monkeypatch, timeout=1.0, max_retries=0)
+    start = time.monotonic()
+    res = cap.caption(frames, record(), template="detailed_brief")
+    assert not res.ok and res.error.startswith("timed out: no complete reply within 1 s")
+    assert time.monotonic() - start < 6.0  # the trickle alone takes 10 s

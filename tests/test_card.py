@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from fixtures_hubnative import converted
 
-from medvideocap.dataset.card import card_configs, render_card, size_category
+from medvideocap.dataset.card import card_configs, read_card_header, render_card, size_category
 from medvideocap.dataset.hubnative import webdataset_features
 from medvideocap.dataset.schema import SPLITS, Caption, ClipRecord
 from medvideocap.dataset.writer import DatasetWriter
@@ -184,3 +184,11 @@ def test_card_rounds_each_number_once(tmp_path: Path, tiny_clip: Path) -> None:
         )
     text = (tmp_path / "ds" / "README.md").read_text()
     assert "| train | 1 | 2.14 | 2.14 | 2.14 | 2.14 | 0.001 |" in text
+
+
+def test_rendered_card_header_reads_back_through_the_strict_reader(hub: Path) -> None:
+    from huggingface_hub import DatasetCard
+
+    header = read_card_header(hub / "README.md")
+    assert header == DatasetCard.load(hub / "README.md").data.to_dict()
+    assert header["configs"] == card_configs(list(SPLITS))

@@ -249,3 +249,52 @@ def test_captions_over_the_bound_are_flagged_in_a_hub_native_dataset(
     assert runner.invoke(main, ["validate", str(out), "--json"]).exit_code == 1
     wider = runner.invoke(main, ["validate", str(out), "--json", "--max-caption-chars", str(len(long_text))])
     assert wider.exit_code == 0, wider.output
+
+
+_BOMB = "lol0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)
+)  # 9**9 "lol"s once expanded: lol4, on README line 6, is the first to pass the bound
+
+
+@pytest.mark.parametrize(
+    ("header", "line", "says"),
+    [
+        ("license: mit\nexploit: !!python/object/apply:os.system ['echo pwned']\n", 3, "python/object/apply"),
+        (_BOMB, 6, "alias bomb"),
+    ],
+    ids=["python-tag", "alias-bomb"],
+)
+def test_card_header_the_hub_refuses_fails_validate_naming_the_line(
+    hub_native: Path, tmp_path: Path, header: str, line: int, says: str
+) -> None:
+    root = _tampered(hub_native, tmp_path)
+    card = root / "README.md"
+    body = card.read_text().split("\n---\n", 1)[1]
+    card.write_text("---\n" + header + "---\n" + body)
+    report = validate(root, videos=False)
+    assert [(p.kind, p.severity, p.where) for p in report.problems] == [
+        ("card", "error", f"README.md line {line}")
+    ]
+    message = report.problems[0].message
+    assert (
+        message.startswith(f"README.md line {line}: ") and says in message and "medvideocap push" in message
+    )
+    result = CliRunner().invoke(main, ["validate", str(root), "--no-videos", "--json"])
+    assert result.exit_code == 1 and json.loads(result.stdout)["kinds"] == {"card": 1}
+
+
+def test_a_shard_path_leading_out_of_the_dataset_is_an_error_naming_the_row(
+    hub_native: Path, tmp_path: Path
+) -> None:
+    root = _tampered(hub_native, tmp_path)
+    path = root / "metadata" / "train.parquet"
+    table = pl.read_parquet(path)
+    shard = pl.when(pl.col("id") == "00002").then(pl.lit("../elsewhere/x.tar")).otherwise(pl.col("shard"))
+    table.with_columns(shard.alias("shard")).write_parquet(path)
+    row = table["id"].to_list().index("00002")
+    for videos, checked in ((True, 5), (False, 0)):  # a metadata check: found without reading videos
+        report = validate(root, videos=videos)
+        [problem] = [p for p in report.problems if p.kind == "path_outside_root"]
+        assert problem.severity == "error" and problem.where == f"metadata/train.parquet row {row} (00002)"
+        assert "'../elsewhere/x.tar' leads outside" in problem.message
+        assert report.videos_checked == checked and not report.ok  # the other rows' videos are checked

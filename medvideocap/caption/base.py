@@ -18,7 +18,7 @@ from PIL import Image
 
 from medvideocap.dataset.schema import Caption, ClipRecord
 
-from .hygiene import HygieneError, parse_reply
+from .hygiene import HygieneError, parse_reply, reply_head, screen_reply, strip_controls
 from .templates import Template, load_template
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,9 @@ RETRY_TEMPERATURE_STEP = 0.3
 
 @dataclass
 class CaptionResult:
-    """What one clip's captioning produced. ``raw`` is the last reply verbatim (kept for audit even when
-    ``ok``); ``history`` holds the earlier attempts' replies and the reasons they were rejected.
+    """What one clip's captioning produced. ``raw`` is the last reply (kept for audit even when ``ok``)
+    with its control characters stripped, only its start when it held markup; ``history`` holds the
+    earlier attempts' replies and the reasons they were rejected.
     ``final`` is False for failures of the backend rather than of the reply (HTTP errors after retries,
     timeouts, out of memory): asking again later may well succeed."""
 
@@ -159,10 +160,12 @@ class BaseCaptioner:
             return CaptionResult(
                 [], "", False, reply.error or "no reply", attempts, list(history), final=False
             )
+        raw = strip_controls(reply.text)
         try:
-            texts = parse_reply(reply.text, tmpl) if self.check_quality else _lenient(reply.text, tmpl)
+            texts = parse_reply(raw, tmpl) if self.check_quality else _lenient(raw, tmpl)
         except HygieneError as exc:
-            return CaptionResult([], reply.text, False, str(exc), attempts, list(history))
+            kept = reply_head(raw) if exc.kind == "markup" else raw
+            return CaptionResult([], kept, False, str(exc), attempts, list(history))
         now = datetime.now(UTC)
         params = json.dumps(
             {**job.params, "frames": len(job.frames), "attempt": job.attempt}, sort_keys=True, default=str
@@ -183,7 +186,7 @@ class BaseCaptioner:
             )
             for out in tmpl.outputs
         ]
-        return CaptionResult(captions, reply.text, True, None, attempts, list(history))
+        return CaptionResult(captions, raw, True, None, attempts, list(history))
 
     def _generate(self, jobs: list[Job]) -> list[Reply]:
         raise NotImplementedError
@@ -193,7 +196,9 @@ class BaseCaptioner:
 
 
 def _lenient(raw: str, tmpl: Template) -> dict[str, str]:
-    """Quality checks off (tiny test models, debugging): parse what can be parsed, keep the rest raw."""
+    """Quality checks off (tiny test models, debugging): parse what can be parsed, keep the rest raw;
+    a reply with markup is still refused."""
+    raw = screen_reply(raw)
     try:
         return parse_reply(raw, tmpl)
     except HygieneError:

@@ -3,6 +3,12 @@
 Captions become training prompts; a refusal, a degenerate repetition loop or a "The video shows" opening
 kept in the data teaches the video model the wrong thing. Every rule here raises :class:`HygieneError`
 with a short reason that ends up in the run's journal next to the raw reply.
+
+A reply is also untrusted input from a server: :func:`strip_controls` removes what would act on a
+terminal or on how text is displayed (ANSI escapes, control characters, bidi overrides) before anything
+is stored, and :func:`screen_reply` refuses chat-template tokens and HTML: a server that leaks its
+template or answers with a web page has no caption to give, and the rest of such a reply is not
+worth keeping either (only its start is recorded, :func:`reply_head`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from .templates import Output, Template
 
 
 class HygieneError(ValueError):
-    """A reply that cannot be used as a caption; ``kind`` is refusal, garbled, empty, length or unparseable."""
+    """A reply that cannot be used as a caption; ``kind`` is refusal, garbled, empty, length, unparseable
+    or markup."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(f"{kind}: {message}")
@@ -52,6 +59,50 @@ _LABEL_RE = (
     r"(?:\*\*|#+\s*)?{label}(?:\s+caption)?\s*"
     r"(?:\*\*\s*[:\-]|[:\-]\s*\*\*|[:\-]|\*\*|(?=$))[ \t]*"
 )
+
+REPLY_HEAD_CHARS = 1024
+"""How much of a reply is recorded when the rest is not kept (markup, an oversized reply)."""
+
+# ANSI/VT escape sequences (CSI, OSC, and the two-character ones), removed whole so no "[31m" is left.
+_ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
+# C0 and C1 controls except tab and line breaks, and the Unicode bidi controls (embeddings, overrides,
+# isolates, marks) that reorder how a caption is displayed ("Trojan Source", CVE-2021-42574).
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Special tokens of chat templates (ChatML/Qwen/Llama 3 "<|...|>", DeepSeek's full-width bars, Llama 2's
+# [INST]/<<SYS>>) and HTML: tags (which also covers "<s>", "</s>", Gemma's "<start_of_turn>"), comments,
+# doctypes, CDATA, processing instructions. A tag needs a letter right after "<" and a closing ">" with
+# no "<" between, so "<90 mmHg" or "a < b" never match.
+_MARKUP_RE = re.compile(
+    r"<\|[^|<>\n]{1,64}\|>|<\uff5c[^\uff5c<>\n]{1,64}\uff5c>|\[/?INST\]|<</?SYS>>|"
+    r"<!--|<![A-Za-z\[]|<\?[A-Za-z]|</?[A-Za-z][\w:-]*(?:\s[^<>]{0,200})?/?>"
+)
+
+
+def strip_controls(text: str) -> str:
+    """``text`` without ANSI escape sequences, control characters (tab and line breaks stay) and bidi
+    controls: what a reply may carry that acts on a terminal or on how the text is displayed."""
+    return _CONTROL_RE.sub("", _ANSI_RE.sub("", text))
+
+
+def reply_head(text: str, limit: int = REPLY_HEAD_CHARS) -> str:
+    """The start of a reply, controls stripped, for the record of a reply that is not kept."""
+    text = strip_controls(text)
+    return text if len(text) <= limit else f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+def screen_reply(raw: str) -> str:
+    """``raw`` with its controls stripped; raises a ``markup`` :class:`HygieneError` when it holds a
+    chat-template token or HTML. Applied to every reply before it is parsed, quality checks on or off:
+    such a reply is never a caption."""
+    text = strip_controls(raw)
+    found = _MARKUP_RE.search(text)
+    if found:
+        raise HygieneError(
+            "markup",
+            f"markup in reply: {found.group()[:40]!r} at character {found.start()} (a chat-template token "
+            "or HTML); check the server's chat template and stop tokens",
+        )
+    return text
 
 
 def is_refusal(text: str) -> bool:
@@ -114,8 +165,9 @@ def _bound(text: str, out: Output) -> str:
 
 
 def clean_caption(text: str, out: Output) -> str:
-    """One caption text: refusal and garbage checks, boilerplate opening stripped, length bounds."""
-    text = " ".join(str(text).split()).strip().strip('"').strip()
+    """One caption text: refusal and garbage checks, boilerplate opening stripped, length bounds.
+    Screened again (:func:`screen_reply`): a JSON string can spell controls and markup in escapes."""
+    text = " ".join(screen_reply(str(text)).split()).strip().strip('"').strip()
     if not text:
         raise HygieneError("empty", f"{out.key}: empty caption")
     if is_refusal(text):
@@ -153,6 +205,7 @@ def _sections(raw: str, keys: list[str]) -> dict[str, str]:
 
 def parse_reply(raw: str, template: Template) -> dict[str, str]:
     """The clean caption texts of one reply, keyed by output key; raises :class:`HygieneError`."""
+    raw = screen_reply(raw)
     if not raw or not raw.strip():
         raise HygieneError("empty", "empty reply")
     if is_refusal(raw):
@@ -171,7 +224,7 @@ def parse_reply(raw: str, template: Template) -> dict[str, str]:
         missing = [f for f in template.fields if f not in obj]
         if missing:
             raise HygieneError("unparseable", f"JSON object lacks fields {missing}")
-        fields = {f: " ".join(str(obj[f]).split()) for f in template.fields}
+        fields = {f: " ".join(screen_reply(str(obj[f])).split()) for f in template.fields}
         prose = " ".join(v for v in fields.values() if v.lower() not in ("none", "n/a", ""))
         if is_refusal(prose):
             raise HygieneError("refusal", repr(prose[:120]))

@@ -4,16 +4,22 @@ Frames travel as base64 JPEG data URLs. Throttling and overload (429, 5xx, timeo
 connections, unreadable bodies) are retried with capped exponential backoff and jitter, honouring
 ``Retry-After``; other 4xx answers are the caller's mistake and fail at once. The API key is read from
 the environment and never appears in logs, errors or captions.
+
+A server is not trusted to behave: ``timeout`` is a deadline for the whole request, however slowly the
+reply trickles in (:class:`_Deadline`), and a reply body is read only up to ``max_reply_bytes``, so a
+runaway or hostile server costs one clip, not the run's memory or disk.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,11 +33,16 @@ import httpx
 from PIL import Image
 
 from .base import BaseCaptioner, Job, Reply
+from .hygiene import REPLY_HEAD_CHARS, reply_head
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o"
+DEFAULT_MAX_REPLY_BYTES = 1 << 20
+"""Bytes of a response body read before giving up on it: a chat completion holding a caption is a few
+KB (a 700-token reply is about 3 KB of JSON), so 1 MiB leaves room for verbose servers and bounds what a
+runaway one costs: memory per request in flight, and what the journal records (only the first KB)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,64 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+class _TooLarge(Exception):
+    def __init__(self, head: bytes):
+        super().__init__("reply over max_reply_bytes")
+        self.head = head
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed: the request ended on its own
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Deadline:
+    """The total time one request may take, enforced from outside the thread blocked on it.
+
+    httpx's timeouts bound each connect, write and read, not a request: a server that trickles a byte
+    a second never trips a 3 s read timeout, and httpcore has no total deadline (encode/httpx#1450).
+    Hand-written for that reason: a timer shuts the request's socket down at the deadline, which wakes
+    the blocked read or write at once. The socket comes from httpcore's ``trace`` extension when the
+    connection is made (after TLS when there is TLS), so the client keeps no connection alive: a
+    reused one makes no connect event, and its socket could not be reached."""
+
+    CONNECT_EVENTS = frozenset({"connection.connect_tcp.complete", "connection.start_tls.complete"})
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._timer.cancel()
+            self._sockets.clear()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace callback: keeps the socket of each connection this request makes."""
+        if event not in self.CONNECT_EVENTS:
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+
 class OpenAICaptioner(BaseCaptioner):
     """Captions through a chat-completions endpoint; thread-safe, at most ``concurrency`` requests at once."""
 
@@ -103,6 +172,7 @@ class OpenAICaptioner(BaseCaptioner):
         timeout: float = 120.0,
         retry: RetryPolicy | None = None,
         max_retries: int | None = None,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         image_max_side: int = 768,
         image_detail: str | None = None,
         json_mode: bool = False,
@@ -114,6 +184,10 @@ class OpenAICaptioner(BaseCaptioner):
         super().__init__(model=model, **common)
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if not 0 < timeout < float("inf"):
+            raise ValueError(f"timeout must be a number of seconds more than 0, got {timeout}")
+        if max_reply_bytes < REPLY_HEAD_CHARS:
+            raise ValueError(f"max_reply_bytes must be at least {REPLY_HEAD_CHARS}, got {max_reply_bytes}")
         self.endpoint = endpoint.rstrip("/")
         self.url = (
             self.endpoint
@@ -133,6 +207,8 @@ class OpenAICaptioner(BaseCaptioner):
         self._key = key or None
         self.concurrency = concurrency
         self.parallelism = concurrency
+        self.timeout = timeout
+        self.max_reply_bytes = max_reply_bytes
         self.retry = retry or RetryPolicy()
         if max_retries is not None:
             self.retry = RetryPolicy(
@@ -150,7 +226,7 @@ class OpenAICaptioner(BaseCaptioner):
             timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
             headers=headers,
             transport=transport,
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=0),  # see _Deadline
         )
         self.requests_sent = 0  # HTTP requests including retries: what a test or a bill counts
 
@@ -187,37 +263,56 @@ class OpenAICaptioner(BaseCaptioner):
             body["response_format"] = {"type": "json_object"}
         return body
 
+    def _read_body(self, resp: httpx.Response) -> bytes:
+        """The response body, or :class:`_TooLarge` with its first KB once it passes the cap: the
+        rest is never read, so a 50 MB reply costs no more memory than a 1 MiB one."""
+        body = bytearray()
+        for chunk in resp.iter_bytes():
+            body += chunk
+            if len(body) > self.max_reply_bytes:
+                raise _TooLarge(bytes(body[:REPLY_HEAD_CHARS]))
+        return bytes(body)
+
     def _post_once(self, body: dict[str, Any]) -> Reply:
-        with self._slots:
+        with self._slots, _Deadline(self.timeout) as deadline:
             self.requests_sent += 1
             try:
-                resp = self._client.post(self.url, json=body)
-            except httpx.TimeoutException as exc:
-                raise _Retryable(f"timed out ({type(exc).__name__})") from exc
+                with self._client.stream(
+                    "POST", self.url, json=body, extensions={"trace": deadline.trace}
+                ) as resp:
+                    data = self._read_body(resp)
+            except _TooLarge as exc:
+                head = reply_head(exc.head.decode("utf-8", errors="replace"))
+                return Reply(
+                    None,
+                    f"reply from {self.url} is over {self.max_reply_bytes} bytes (max_reply_bytes), "
+                    f"not read further; it starts {self._scrub(head)!r}",
+                )
             except httpx.TransportError as exc:
+                if deadline.expired or isinstance(exc, httpx.TimeoutException):
+                    raise _Retryable(f"timed out: no complete reply within {self.timeout:g} s") from exc
                 raise _Retryable(f"connection failed: {self._scrub(str(exc))}") from exc
+        text = data.decode("utf-8", errors="replace")
         if resp.status_code == 429 or resp.status_code >= 500:
             raise _Retryable(
-                f"HTTP {resp.status_code}: {self._scrub(resp.text[:200])}",
+                f"HTTP {resp.status_code}: {self._scrub(text[:200])}",
                 parse_retry_after(resp.headers.get("retry-after")),
             )
         if resp.status_code >= 400:
             hint = f" (check the API key in ${self._key_env})" if resp.status_code in (401, 403) else ""
-            return Reply(
-                None, f"HTTP {resp.status_code} from {self.url}{hint}: {self._scrub(resp.text[:300])}"
-            )
+            return Reply(None, f"HTTP {resp.status_code} from {self.url}{hint}: {self._scrub(text[:300])}")
         try:
-            data = resp.json()
-            message = data["choices"][0]["message"]
+            reply = json.loads(data)
+            message = reply["choices"][0]["message"]
             content = message.get("content")
-        except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise _Retryable(f"unreadable response body ({type(exc).__name__}): {resp.text[:120]!r}") from exc
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:  # bad JSON or UTF-8
+            raise _Retryable(f"unreadable response body ({type(exc).__name__}): {text[:120]!r}") from exc
         if isinstance(content, list):  # some servers return content parts
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         if content is None:
             refusal = message.get("refusal")
             content = str(refusal) if refusal else ""
-        return Reply(str(content), None, data.get("system_fingerprint"))
+        return Reply(str(content), None, reply.get("system_fingerprint"))
 
     def _request(self, job: Job) -> Reply:
         body = self._body(job)

@@ -35,6 +35,7 @@ from medvideocap.caption.where import compile_where
 from medvideocap.dataset.schema import Caption, ClipRecord
 from medvideocap.dist import ray_session
 from medvideocap.hashing import short_hexdigest
+from medvideocap.paths import check_apart
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +201,6 @@ def _check_run(out: Path, settings: dict[str, Any]) -> None:
     atomic_write_json(run_file, settings, sort_keys=True, newline=False, fsync=False)
 
 
-def _check_out_not_in_source(source: str | Path, out: Path) -> None:
-    src = Path(source)
-    if src.exists():
-        s, o = src.resolve(), out.resolve()
-        if o == s or s in o.parents:
-            raise RecaptionError(f"--out {out} lies inside the source {source}; the source is never modified")
-
-
 def recaption(
     source: str | Path,
     out: str | Path,
@@ -244,7 +237,7 @@ def recaption(
     out = Path(out)
     if engine not in ("local", "ray"):
         raise RecaptionError(f"unknown engine {engine!r}; expected 'local' or 'ray'")
-    _check_out_not_in_source(source, out)
+    check_apart(source, out, src_label="the source", error=RecaptionError)
     tmpl = load_template(template)
     predicate = compile_where(where) if where else None
     model = (

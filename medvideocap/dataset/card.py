@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import yaml
 
 from medvideocap.dataset.layout import (
     CATEGORY_CHART_PATH,
@@ -34,6 +35,67 @@ from medvideocap.resources import resource
 
 TEMPLATE = "dataset_card.md.j2"
 UPSTREAM_REPO = "FreedomIntelligence/MedVideoCap-55K"
+MAX_ALIAS_NODES = 10_000
+"""Nodes that aliases in a card header may add once expanded. A card rendered here uses no aliases;
+a hand-written one that reuses a config is a few hundred nodes; a "billion laughs" header is 10**9."""
+
+
+class CardError(ValueError):
+    """A card header the Hub or ``datasets`` would refuse; ``where`` is the file and line."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+
+
+class _CardLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s tags, as huggingface_hub's ``RepoCard`` reads a header (no ``!!python/*``
+    tag constructs anything), plus the two refusals of the card's other readers: duplicate keys (how
+    ``datasets`` reads the card for ``load_dataset``) and aliases that expand past
+    :data:`MAX_ALIAS_NODES` (the Hub's own YAML reader stops alias bombs; ``yaml.safe_load`` builds one
+    in a millisecond as shared lists, and whatever serializes it next runs out of memory).
+
+    The bound is kept while composing: a node's expanded size is known once it is finished, so each
+    alias adds its target's size, and loading stops at the first alias that crosses the bound."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}
+        self._from_aliases = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        event = self.peek_event()
+        node = super().compose_node(parent, index)
+        if node is None:
+            return None
+        if isinstance(event, yaml.AliasEvent):
+            size = self._sizes.get(id(node))
+            if size is None:
+                problem = f"the alias *{event.anchor} refers to a node that contains it"
+                raise yaml.composer.ComposerError(None, None, problem, event.start_mark)
+            self._from_aliases += size
+            if self._from_aliases > MAX_ALIAS_NODES:
+                problem = f"aliases expand to more than {MAX_ALIAS_NODES} nodes (an alias bomb)"
+                raise yaml.composer.ComposerError(None, None, problem, event.start_mark)
+            return node
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        self._sizes[id(node)] = 1 + sum(self._sizes[id(c)] for c in children)
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        mapping = super().construct_mapping(node, deep=deep)
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.constructed_objects[key_node]  # hashable: the base class checked
+            if key in seen:
+                problem = f"the key {key!r} appears twice in one mapping"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            seen.add(key)
+        return mapping
 
 
 def size_category(n: int) -> str:
@@ -275,6 +337,43 @@ def render_card(root: Path | str, *, repo_id: str | None = None) -> str:
         wds_last=max(int(info.get("shards", {}).get(splits[0], 1)) - 1, 0) if splits else 0,
         **stats,
     )
+
+
+def read_card_header(path: Path | str) -> dict[str, Any]:
+    """The YAML header of the card at ``path`` (``{}`` when it has none), read as the Hub reads it.
+
+    The header is found with huggingface_hub's own pattern (the one the Hub server uses), parsed
+    with :class:`_CardLoader`, and must be a mapping. Raises :class:`CardError` naming the file and
+    its line for anything the Hub or ``load_dataset`` would refuse."""
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    path = Path(path)
+    name = path.name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CardError(name, f"cannot read the dataset card ({exc})") from None
+    match = REGEX_YAML_BLOCK.search(text)
+    if match is None:
+        return {}
+    first_line = text[: match.start(2)].count("\n") + 1
+    fix = "fix the header by hand, or let `medvideocap push` re-render the card (it rewrites README.md)"
+    try:
+        data = yaml.load(match.group(2), Loader=_CardLoader)  # a SafeLoader: no tag runs code
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        where = f"{name} line {first_line + mark.line}" if mark is not None else name
+        raise CardError(
+            where, f"{problem}; the Hub or load_dataset refuses such a card header: {fix}"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CardError(
+            f"{name} line {first_line}", f"the card header is a {type(data).__name__}, not a mapping; {fix}"
+        )
+    return data
 
 
 def write_card(root: Path | str, *, repo_id: str | None = None) -> Path:

@@ -33,7 +33,14 @@ from typing import IO, TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field
 
 from medvideocap.dataset.hubnative import MemberError, MemberMismatchError, read_tar_member
-from medvideocap.dataset.layout import INFO_PATH, METADATA_GLOB, UPSTREAM, metadata_path, resolve
+from medvideocap.dataset.layout import (
+    INFO_PATH,
+    METADATA_GLOB,
+    README_PATH,
+    UPSTREAM,
+    metadata_path,
+    resolve,
+)
 from medvideocap.dataset.schema import (
     ClipRecord,
     InvalidRecordError,
@@ -44,6 +51,7 @@ from medvideocap.dataset.schema import (
 from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES
 from medvideocap.handles import FileHandles
 from medvideocap.media.probe import MediaInfo, ProbeError, probe
+from medvideocap.paths import OutsideRootError, inside
 
 if TYPE_CHECKING:
     from medvideocap.dataset.upstream import UpstreamClip
@@ -67,7 +75,7 @@ class Problem(BaseModel):
     kind: str = Field(
         description="The upstream reader's kinds (see medvideocap.dataset.upstream.UpstreamProblem) plus "
         "undecodable_video, duration_mismatch, fps_mismatch, size_mismatch, frames_mismatch, "
-        "caption_too_long, offset_mismatch, count_mismatch, split_mismatch, format"
+        "caption_too_long, offset_mismatch, count_mismatch, split_mismatch, path_outside_root, card, format"
     )
     where: str = Field(description="File and row or member the problem is about.")
     message: str
@@ -303,6 +311,7 @@ def _hub_native_checks(
     except (ValueError, OSError) as exc:
         report.add("format", str(root), str(exc))
         return []
+    _check_card(root, report)
     names = arrow_schema().names
     counts = ds.info.get("counts", {})
     on_disk = sorted(p.stem for p in root.glob(METADATA_GLOB))
@@ -344,12 +353,29 @@ def _hub_native_checks(
                 report.problems.extend(
                     caption_problems(record, where=where, max_chars=limits.max_caption_chars)
                 )
+            try:  # checked with or without videos: such a row is never read, by load() or here
+                shard = inside(root, str(row.get("shard")), where=where, what="shard")
+            except OutsideRootError as exc:
+                report.add("path_outside_root", where, str(exc))
+                continue
             if videos:
-                member = _TarMember(
-                    root / str(row.get("shard")), clip_id, row.get("offset"), row.get("size"), where
-                )
+                member = _TarMember(shard, clip_id, row.get("offset"), row.get("size"), where)
                 checks.append(partial(_check_tar_member, member, record))
     return checks
+
+
+def _check_card(root: Path, report: ValidationReport) -> None:
+    """A ``card`` problem when README.md's YAML header is one the Hub or ``load_dataset`` refuses
+    (:func:`medvideocap.dataset.card.read_card_header` owns the rule); a dataset written without a
+    card has nothing to check."""
+    from medvideocap.dataset.card import CardError, read_card_header
+
+    if not (root / README_PATH).is_file():
+        return
+    try:
+        read_card_header(root / README_PATH)
+    except CardError as exc:
+        report.add("card", exc.where, str(exc))
 
 
 @dataclass(frozen=True)
