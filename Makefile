@@ -9,11 +9,17 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test setup system-deps lint schemas clean
 
+# FFmpeg: torchcodec needs its shared libraries. Chromium: the rating app's browser test drives Debian's
+# own browser (no browser download).
 system-deps:
-	@command -v ffmpeg >/dev/null 2>&1 || { \
-	  echo "installing system FFmpeg (torchcodec needs its shared libraries)"; \
+	@missing=""; \
+	command -v ffmpeg >/dev/null 2>&1 || missing="$$missing ffmpeg"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q ffmpeg; }
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$missing; \
+	fi
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

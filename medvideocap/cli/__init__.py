@@ -24,6 +24,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "Sample videos from a trained checkpoint."),
     "demo": ("demo", "Run the whole pipeline on generated sample videos (what `make demo` runs)."),
     "eval": ("eval", "Score checkpoints (VBench dimensions, CLIP score), compare runs, collect ratings."),
+    "rate": (
+        "rate",
+        "Clinicians rate blind video pairs in a browser; export what eval --import-ratings reads.",
+    ),
 }
 
 
