@@ -10,7 +10,7 @@ checkpoints against each other but are not on the scale of the MedGen paper's Me
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +83,7 @@ def summarise(scores: pl.DataFrame, run_info: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "prompts": run_info.get("prompts"),
         "truncation": run_info.get("truncation", {}),
+        "protocol": run_info.get("protocol"),
         "generation": run_info.get("generation"),
         "metrics": run_info.get("metrics", {}),
         "total_weights": {m: WEIGHTS.get(m, 1.0) for m in scores["metric"].unique().sort()},
@@ -211,8 +212,16 @@ def write_contact_sheet(items: Sequence[Item], path: Path, *, max_prompts: int =
 
 
 def write_outputs(
-    out: Path, items: Sequence[Item], metrics: Sequence[str], journal: Journal, run_info: dict[str, Any]
+    out: Path,
+    items: Sequence[Item],
+    metrics: Sequence[str],
+    journal: Journal,
+    run_info: dict[str, Any],
+    *,
+    extra: Callable[[dict[str, Any]], str] | None = None,
 ) -> dict[str, Any]:
+    """Rebuild every output table from the journal; ``extra(summary)`` appends a section to the report
+    (the protocol's comparison with a published table)."""
     scores = scores_frame(items, metrics, journal)
     atomic_write_parquet(out / SCORES_FILE, scores.to_arrow(), fsync=False)
     summary = summarise(scores, {**run_info, "metrics": {m: run_info["metrics"][m] for m in metrics}})
@@ -234,7 +243,6 @@ def write_outputs(
     ]
     atomic_write_json(out / VIDEOS_FILE, manifest, fsync=False)
     sheet = write_contact_sheet(items, out / CONTACT_SHEET)
-    atomic_write_text(
-        out / REPORT_FILE, render_report(summary, plots, CONTACT_SHEET if sheet else None), fsync=False
-    )
+    text = render_report(summary, plots, CONTACT_SHEET if sheet else None)
+    atomic_write_text(out / REPORT_FILE, text + (extra(summary) if extra else ""), fsync=False)
     return summary

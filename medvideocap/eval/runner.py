@@ -29,6 +29,7 @@ from medvideocap.caption.journal import Journal
 from medvideocap.eval import report
 from medvideocap.eval.metrics import Metric, MetricError
 from medvideocap.eval.prompts import Prompt, count_truncated
+from medvideocap.eval.protocol import get_protocol, protocol_section
 from medvideocap.generate import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,8 @@ def _check_run(out: Path, settings: dict[str, Any]) -> None:
         "checkpoints": {**old.get("checkpoints", {}), **settings["checkpoints"]},
         "metrics": {**old.get("metrics", {}), **settings["metrics"]},
     }
+    if settings.get("protocol"):
+        merged["protocol"] = settings["protocol"]
     if "truncation" in old:  # counted by earlier runs of the same prompts (see _record_truncations)
         merged["truncation"] = old["truncation"]
     if merged != old:
@@ -223,14 +226,17 @@ def run_eval(
     settings: GenerationSettings | None = None,
     prompts_name: str = "",
     device: str | None = None,
+    dtype: str | None = None,
     load_pipeline: Callable[..., Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    protocol: str | None = None,
 ) -> EvalSummary:
     """Generate what the journal in ``out`` lacks (from ``checkpoints``) or take ``videos``, score every
     video with every metric, and rebuild the output tables (:func:`medvideocap.eval.report.write_outputs`).
 
-    ``load_pipeline`` defaults to :func:`medvideocap.generate.load_pipeline`; a notebook can pass its own
-    to reuse a pipeline already in memory.
+    ``load_pipeline`` defaults to :func:`medvideocap.generate.load_pipeline` and is called with its
+    keywords (``base``, ``device``, ``dtype``); a notebook can pass its own to reuse a pipeline already in
+    memory.
     """
     from medvideocap import generate
 
@@ -259,6 +265,8 @@ def run_eval(
         "checkpoints": sources,
         "metrics": {m.name: m.info() for m in metrics},
     }
+    if protocol:  # eval.protocol names it; the report compares with its published table
+        run_settings["protocol"] = protocol
     _check_run(out, run_settings)
     _remove_stale_temporaries(out)
     texts = [p.prompt for p in prompts]
@@ -279,7 +287,7 @@ def run_eval(
                     continue
                 say(f"{label}: generating {len(todo)} videos")
                 try:
-                    pipe = loader(path, base=settings.base, device=device)
+                    pipe = loader(path, base=settings.base, device=device, dtype=dtype)
                 except OSError as exc:
                     raise EvalError(
                         f"--checkpoint {label}: cannot load {path} (or its --base): {exc}"
@@ -339,7 +347,14 @@ def run_eval(
                 summary.scored += 1
             say(f"scored {it.key}")
         summary.seconds = {k: round(float(np.mean(v)), 4) for k, v in timings.items()}
+        run_info = json.loads((out / RUN_FILE).read_text())
+        chosen = get_protocol(protocol) if protocol else None
         report.write_outputs(
-            out, items, [m.name for m in metrics], journal, json.loads((out / RUN_FILE).read_text())
+            out,
+            items,
+            [m.name for m in metrics],
+            journal,
+            run_info,
+            extra=(lambda summary: protocol_section(chosen, summary, run_info)) if chosen else None,
         )
     return summary
