@@ -56,6 +56,7 @@ def test_request_carries_frames_as_jpeg_data_urls_context_and_key(server, frames
     [req] = server.requests
     assert req["path"] == "/v1/chat/completions"
     assert req["headers"]["Authorization"] == f"Bearer {KEY}"
+    assert req["headers"]["Accept-Encoding"] == "identity"  # the reply cap counts bytes as sent
     body = req["body"]
     assert body["model"] == "served-vlm"
     system, user = body["messages"]

@@ -221,7 +221,11 @@ class OpenAICaptioner(BaseCaptioner):
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(concurrency)
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        # identity: the reply cap counts bytes as they arrive, so a compressed reply (a gzip bomb) never
+        # expands in memory past it before the cap can stop it
+        headers = {"Accept-Encoding": "identity"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
             headers=headers,
