@@ -28,7 +28,7 @@ def random_transformer(dtype: torch.dtype) -> Any:
     (modules diffusers keeps in fp32 stay fp32)."""
     from diffusers import WanTransformer3DModel
 
-    from medvideocap.tiny import WAN_1_3B_TRANSFORMER_CONFIG
+    from medvideocap.models import WAN_1_3B_TRANSFORMER_CONFIG
 
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model: Any = WanTransformer3DModel(**WAN_1_3B_TRANSFORMER_CONFIG)

@@ -67,7 +67,9 @@ def load_pipeline(
     dtype: Any = None,
 ) -> Any:
     """A ``WanPipeline`` with the checkpoint's weights, on ``device`` (CUDA when available), in ``dtype``
-    (default :func:`medvideocap.models.default_compute_dtype`); loaded through :mod:`medvideocap.models`."""
+    (a name of :data:`medvideocap.models.DTYPE_NAMES` or a ``torch.dtype``; default
+    :func:`medvideocap.models.default_compute_dtype`): every part, the base's VAE and text encoder included,
+    loads straight into it through :mod:`medvideocap.models`."""
     device = resolve_device(device)
     dtype = dtype or models.default_compute_dtype(device)
     info = describe_checkpoint(checkpoint)
@@ -223,8 +225,10 @@ def generate(
     negative_prompt: str | None = None,
     fps: float = GenerationSettings.fps,
     device: str | None = None,
+    dtype: str | None = None,
 ) -> Path:
-    """Sample one video for ``prompt`` from ``checkpoint`` and write it to ``out`` (mp4)."""
+    """Sample one video for ``prompt`` from ``checkpoint`` in ``dtype`` (:func:`load_pipeline`) and write it
+    to ``out`` (mp4)."""
     settings = GenerationSettings(
         frames=frames, height=height, width=width, steps=steps, guidance=guidance, fps=fps,
         negative_prompt=negative_prompt, base=base,
@@ -232,6 +236,6 @@ def generate(
     problems = settings.problems()  # named as the generate flags, its main caller
     if problems:
         raise ValueError("; ".join(problems))
-    pipe = load_pipeline(checkpoint, base=base, device=device)
+    pipe = load_pipeline(checkpoint, base=base, device=device, dtype=dtype)
     (video,) = settings.sample(pipe, [prompt], seed=seed)
     return write_mp4(video, out, fps=fps)

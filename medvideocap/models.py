@@ -6,7 +6,13 @@ evaluation all load and run them, so each step is written here once:
 * :func:`load_vae`, :func:`load_text_encoder`, :func:`load_transformer` and :func:`load_wan_pipeline`
   take plain keyword arguments (a hub id or local folder, subfolder, revision, dtype, device), so no
   caller needs another stage's config object; ``dtype``/``device`` default the same way everywhere
-  (:func:`default_compute_dtype`, :func:`medvideocap.devices.resolve_device`);
+  (:func:`default_compute_dtype`, :data:`TEXT_ENCODER_DTYPE`, :func:`medvideocap.devices.resolve_device`).
+  Every loader hands the dtype to ``from_pretrained``, so weights are materialised once, in that dtype,
+  and the text encoder is never upcast by default: UMT5-XXL is 11.4 GB in bf16 and 22.7 GB in fp32 (the
+  CPU's float32 default once got ``encode-latents`` killed on a 16 GiB machine);
+* :data:`WAN_1_3B_TRANSFORMER_CONFIG`, :data:`WAN_VAE_CONFIG` and :data:`UMT5_XXL_ENCODER_CONFIG` are the
+  default models' real configs, so their real shapes are checked on the ``meta`` device without a download
+  (``tests/test_realsize_meta.py``);
 * :func:`revision_of` is what a cache manifest records about the weights it was made with;
 * :func:`vae_normalization` is the per-channel ``(mean, std)`` every latent is trained on;
 * :func:`encode_prompts` is how a caption becomes conditioning (Wan's pipeline: whitespace collapsed,
@@ -33,6 +39,10 @@ if TYPE_CHECKING:
 LOGVAR_RANGE = (-30.0, 20.0)
 #: The compute dtypes a model can be loaded in, by the names configs and CLIs use.
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+#: The text encoder's dtype on every device unless asked otherwise. Wan ships and runs UMT5-XXL in bf16;
+#: fp32 would double its 11.4 GB for no better embedding, and CPUs run bf16 matmuls, slowly but well within
+#: a one-off encode.
+TEXT_ENCODER_DTYPE = "bfloat16"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -109,6 +119,68 @@ def revision_of(name: str, subfolder: str | None = None, revision: str | None = 
 
 
 # ----------------------------------------------------------------------------------------------------
+# the default models' real configs (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``)
+
+#: ``transformer/config.json``: 1,418,996,800 parameters. Built on the ``meta`` device it checks shapes
+#: (LoRA targets, text width) with no download and no memory; ``benchmarks/train_step.py`` builds it with
+#: random weights.
+WAN_1_3B_TRANSFORMER_CONFIG: dict[str, Any] = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 12,
+    "attention_head_dim": 128,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "ffn_dim": 8960,
+    "num_layers": 30,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "rope_max_seq_len": 1024,
+}
+#: ``vae/config.json`` (``AutoencoderKLWan``, 126,892,531 parameters): 16 latent channels, 4x temporal and
+#: 8x spatial compression, and the per-channel moments every latent is normalised with.
+WAN_VAE_CONFIG: dict[str, Any] = {
+    "base_dim": 96,
+    "z_dim": 16,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_scales": [],
+    "temperal_downsample": [False, True, True],
+    "dropout": 0.0,
+    "latents_mean": [
+        -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+        0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+    ],
+    "latents_std": [
+        2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+        3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+    ],
+}  # fmt: skip
+#: ``text_encoder/config.json``, UMT5-XXL's encoder (``UMT5Config`` keywords; 5,680,910,336 parameters in
+#: ``UMT5EncoderModel``, whose ``encoder.embed_tokens`` is tied to ``shared``, counted once).
+UMT5_XXL_ENCODER_CONFIG: dict[str, Any] = {
+    "vocab_size": 256384,
+    "d_model": 4096,
+    "d_kv": 64,
+    "d_ff": 10240,
+    "num_layers": 24,
+    "num_decoder_layers": 24,
+    "num_heads": 64,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "feed_forward_proj": "gated-gelu",
+    "layer_norm_epsilon": 1e-6,
+    "scalable_attention": True,
+    "tie_word_embeddings": False,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+}
+
+
+# ----------------------------------------------------------------------------------------------------
 # loading
 
 
@@ -138,7 +210,7 @@ def load_vae(
     from diffusers import AutoModel
 
     device, dt = _resolve(device, dtype)
-    vae = AutoModel.from_pretrained(name, torch_dtype=dt, **_pretrained_kwargs(subfolder, revision))
+    vae = AutoModel.from_pretrained(name, dtype=dt, **_pretrained_kwargs(subfolder, revision))
     if not hasattr(vae, "encode"):
         raise ValueError(f"{name} ({type(vae).__name__}) is not a VAE: it has no encode()")
     vae = vae.to(device).eval().requires_grad_(False)
@@ -158,13 +230,14 @@ def load_text_encoder(
     dtype: str | torch.dtype | None = None,
     device: str | None = None,
 ) -> tuple[Any, Any]:
-    """UMT5 (Wan) or T5 encoder, frozen on ``device``, and its tokenizer: ``(encoder, tokenizer)``.
+    """UMT5 (Wan) or T5 encoder, frozen on ``device`` in ``dtype`` (default :data:`TEXT_ENCODER_DTYPE` on
+    every device, not :func:`default_compute_dtype`), and its tokenizer: ``(encoder, tokenizer)``.
 
     The class is chosen from the folder's ``model_type`` among the two Wan-style pipelines use; any
     other type is refused by name rather than loaded through a generic class that might add heads."""
     from transformers import AutoConfig, AutoTokenizer, T5EncoderModel, UMT5EncoderModel
 
-    device, dt = _resolve(device, dtype)
+    device, dt = _resolve(device, dtype if dtype is not None else TEXT_ENCODER_DTYPE)
     kw: dict[str, Any] = {"revision": revision} if revision else {}
     model_config = AutoConfig.from_pretrained(name, subfolder=subfolder or "", **kw)
     classes: dict[str, Any] = {"umt5": UMT5EncoderModel, "t5": T5EncoderModel}
@@ -174,7 +247,7 @@ def load_text_encoder(
             f"supported (expected one of {sorted(classes)})"
         )
     encoder = classes[model_config.model_type].from_pretrained(
-        name, subfolder=subfolder or "", torch_dtype=dt, **kw
+        name, subfolder=subfolder or "", dtype=dt, **kw
     )
     tokenizer = AutoTokenizer.from_pretrained(name, subfolder=tokenizer_subfolder or "", **kw)
     return encoder.to(device).eval().requires_grad_(False), tokenizer
@@ -192,7 +265,7 @@ def load_transformer(
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel.from_pretrained(
-        name, torch_dtype=torch_dtype(dtype or "float32"), **_pretrained_kwargs(subfolder, revision)
+        name, dtype=torch_dtype(dtype or "float32"), **_pretrained_kwargs(subfolder, revision)
     )
 
 
@@ -205,12 +278,15 @@ def load_wan_pipeline(
 ) -> Any:
     """A ``WanPipeline`` (VAE, UMT5, scheduler, transformer) from a pipeline folder or hub id, on the CPU
     with its progress bar off; ``transformer`` replaces the folder's (a fine-tuned or training one).
-    ``dtype`` None keeps the dtypes the folder was saved in."""
+
+    Every component loads straight into ``dtype`` (the modules diffusers keeps in fp32, Wan's norms and
+    time embedder, stay fp32). ``dtype`` None is diffusers' default: its models (VAE, transformer) in
+    float32, the text encoder in the dtype it was saved in."""
     from diffusers import WanPipeline
 
     kwargs: dict[str, Any] = _pretrained_kwargs(None, revision)
     if dtype is not None:
-        kwargs["torch_dtype"] = torch_dtype(dtype)
+        kwargs["dtype"] = torch_dtype(dtype)
     if transformer is not None:
         kwargs["transformer"] = transformer
     pipe = WanPipeline.from_pretrained(name, **kwargs)

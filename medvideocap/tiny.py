@@ -26,23 +26,6 @@ if TYPE_CHECKING:
 TINY_Z_DIM = 4
 #: Hidden size of the tiny UMT5 encoder (the real UMT5-XXL has 4096); the transformer's ``text_dim``.
 TINY_TEXT_DIM = 32
-#: ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` transformer/config.json, for shape checks on the meta device and the
-#: random-init benchmark (no download needed to build the real architecture).
-WAN_1_3B_TRANSFORMER_CONFIG: dict[str, Any] = {
-    "patch_size": (1, 2, 2),
-    "num_attention_heads": 12,
-    "attention_head_dim": 128,
-    "in_channels": 16,
-    "out_channels": 16,
-    "text_dim": 4096,
-    "freq_dim": 256,
-    "ffn_dim": 8960,
-    "num_layers": 30,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-6,
-    "rope_max_seq_len": 1024,
-}
 #: Special tokens, in the ids T5 uses (pad 0, eos 1, unk 2), so padding masks work as in the real model.
 _SPECIALS = ["<pad>", "</s>", "<unk>"]
 

@@ -4,7 +4,9 @@ written without any model (for reader and bucketing tests that need exact contro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -99,10 +101,12 @@ def write_random_cache(
     rows_per_shard: int = 3,
     text_dim: int = 8,
     seed: int = 0,
+    edit: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
     """A moments cache of ``len(shapes)`` random rows (ids ``r000``...), latent ``shapes[i]`` (C, F, h, w),
     with a manifest whose per-channel mean/std are not 0/1 (so normalisation shows). The log-variance is
-    random around -2, or ``logvar`` everywhere (to probe the clip)."""
+    random around -2, or ``logvar`` everywhere (to probe the clip). ``edit(row)`` may change each row
+    in place before it is written: how the corruption tests plant one bad row among good ones."""
     channels = shapes[0][0]
     manifest = write_manifest(
         root,
@@ -148,6 +152,8 @@ def write_random_cache(
             data, stored_shape, dtype = array_bytes(arr)
             row.update({f"{prefix}_bytes": data, f"{prefix}_shape": stored_shape, f"{prefix}_dtype": dtype})
         row.update(text_len=text.shape[0], fingerprint=manifest["fingerprint"])
+        if edit is not None:
+            edit(row)
         writer.add(row)
     writer.flush()
     return root

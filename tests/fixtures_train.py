@@ -61,3 +61,23 @@ def tiny_train_config(tmp: Path, model_dir: Path, cache: Path, **overrides: Any)
     }
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def copy_with_a_nan_row(cache: Path, dest: Path) -> tuple[Path, str]:
+    """A copy of ``cache`` whose first row's latent holds one NaN, as a cache encoded before
+    encode-latents checked for them (or damaged since) may; returns the copy's shard and the row's id."""
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copytree(cache, dest)
+    shard = sorted((dest / "train").glob("*.parquet"))[0]
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    values = np.frombuffer(rows[0]["vae_latent_bytes"], dtype=rows[0]["vae_latent_dtype"]).copy()
+    values[0] = np.nan
+    rows[0]["vae_latent_bytes"] = values.tobytes()
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard)
+    return shard, rows[0]["id"]

@@ -212,6 +212,59 @@ def test_a_short_clip_is_dropped_with_its_reason_and_not_retried(
     assert again.encoded == 0 and again.dropped == 0 and again.skipped_done == 3
 
 
+class _NanPixels:
+    """The pixel dataset with one clip's frames all NaN, as a broken decode would hand them to the VAE."""
+
+    def __init__(self, dataset: Any, bad_id: str):
+        self.dataset, self.bad_id = dataset, bad_id
+
+    def __getattr__(self, name: str) -> Any:  # ids, stats, ... as the real dataset has them
+        return getattr(self.__dict__["dataset"], name)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.dataset[i]
+        if item["id"] == self.bad_id:
+            item["video"] = torch.full_like(item["video"], float("nan"))
+        return item
+
+
+@pytest.mark.parametrize("bad", ["vae_latent", "text_embedding"])
+def test_a_clip_that_encodes_to_nan_is_dropped_with_the_reason_and_never_written(
+    dataset, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    import medvideocap.latents.encode as encode
+
+    root, ids = dataset
+    if bad == "vae_latent":
+        source = encode._source_dataset
+        monkeypatch.setattr(encode, "_source_dataset", lambda *a: _NanPixels(source(*a), ids[1]))
+    else:
+        embed = BatchEncoder.encode_texts
+
+        def nan_for_clip_1(self: BatchEncoder, texts: list[str]) -> list[torch.Tensor]:
+            embeds = embed(self, texts)  # captions end "number {i}" (+ " slowly"s): write_hub_native
+            return [
+                e * float("nan") if "number 1 " in f"{t} " else e for e, t in zip(embeds, texts, strict=True)
+            ]
+
+        monkeypatch.setattr(BatchEncoder, "encode_texts", nan_for_clip_1)
+    config = tiny_config(tiny_model_dir, num_workers=0, batch_size=2)  # the bad clip shares its batch
+    (report,) = encode_latents(root, tmp_path, config=config)
+    assert (report.encoded, report.dropped) == (len(ids) - 1, 1)
+    (drop,) = read_dropped(tmp_path / "meta" / "dropped-train-rank-0.jsonl")
+    assert drop["id"] == ids[1] and drop["stage"] == "encode", drop
+    assert "non-finite" in drop["reason"] and bad in drop["reason"], drop
+    cache = load_latents(tmp_path, posterior="moments")
+    assert sorted(cache.cache.ids) == sorted(c for c in ids if c != ids[1])
+    for i in range(len(cache)):  # every written row reads, and the reader checks each for NaN/inf
+        assert torch.isfinite(cache[i]["latents"]).all() and torch.isfinite(cache[i]["prompt_embeds"]).all()
+    (again,) = encode_latents(root, tmp_path, config=config)
+    assert (again.encoded, again.dropped, again.skipped_done) == (0, 0, len(ids))  # not retried
+
+
 def test_resuming_with_other_settings_is_refused(dataset, reference: Path, tiny_model_dir: Path) -> None:
     with pytest.raises(FingerprintMismatchError, match="store"):
         encode_latents(dataset[0], reference, config=tiny_config(tiny_model_dir, store="sample"))
@@ -578,3 +631,150 @@ def test_ray_address_reaches_the_one_ray_bootstrap(
     args = ["encode-latents", "src", "--out", str(tmp_path / "c"), "--engine", "ray", "--ray-address", "h:2"]
     assert CliRunner().invoke(main, args).exit_code == 0
     assert (calls[0]["engine"], calls[0]["ray_address"]) == ("ray", "h:2")
+
+
+def test_an_out_in_or_around_the_source_is_refused_before_any_work(monkeypatch, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    import medvideocap.cli.encode_latents as cli
+    from medvideocap.cli import main
+
+    calls: list[Any] = []
+    monkeypatch.setattr(cli, "encode_latents", lambda *a, **kw: calls.append(a) or [])
+    src = tmp_path / "ds"
+    src.mkdir()
+    for out, says in [
+        (src / "latents", f"--out {src / 'latents'} lies inside the source {src}"),
+        (tmp_path, f"the source {src} lies inside --out {tmp_path}"),
+    ]:
+        done = CliRunner().invoke(main, ["encode-latents", str(src), "--out", str(out)])
+        assert done.exit_code == 1 and done.output.startswith(f"Error: {says}: "), done.output
+    assert calls == [] and list(src.iterdir()) == []  # refused before any work
+
+
+# ------------------------------------------------- model dtypes, when the text encoder loads, "" stored
+
+
+def test_the_vae_and_the_text_encoder_take_their_own_dtypes_and_the_text_encoder_defaults_to_bf16(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    import medvideocap.cli.encode_latents as cli
+    from medvideocap import models
+    from medvideocap.cli import main
+    from medvideocap.latents.encode import EncodeConfig
+
+    def dtypes(config: EncodeConfig) -> tuple[str, str]:
+        return config.resolved_vae_dtype(), config.resolved_text_encoder_dtype()
+
+    assert dtypes(EncodeConfig(device="cpu")) == ("float32", "bfloat16")  # never an fp32 UMT5-XXL by default
+    assert dtypes(EncodeConfig(device="cuda")) == ("bfloat16", "bfloat16")
+    assert dtypes(EncodeConfig(device="cpu", compute_dtype="float16")) == ("float16", "float16")
+    apart = EncodeConfig(
+        device="cpu", compute_dtype="float16", vae_dtype="bfloat16", text_encoder_dtype="float32"
+    )
+    assert dtypes(apart) == ("bfloat16", "float32")
+
+    loaded: list[Any] = []
+    real = models.load_text_encoder
+
+    def load_text_encoder(*args: Any, **kwargs: Any) -> Any:
+        loaded.append(real(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(models, "load_text_encoder", load_text_encoder)
+    encoder = BatchEncoder(tiny_config(tiny_model_dir))
+    assert not loaded  # loaded on the first caption, not with the VAE
+    encoder.encode_texts(["a suture"])
+    assert {p.dtype for p in encoder.vae.parameters()} == {torch.float32}
+    assert {p.dtype for p in loaded[0][0].parameters()} == {torch.bfloat16}
+
+    calls: list[dict] = []
+
+    def record(*_: Any, **kw: Any) -> list[Any]:
+        calls.append(kw)
+        return []
+
+    monkeypatch.setattr(cli, "encode_latents", record)
+    base = ["encode-latents", str(tmp_path / "src"), "--out", str(tmp_path / "c")]
+    for extra in (["--dtype", "float16"], ["--vae-dtype", "bfloat16", "--text-encoder-dtype", "float32"]):
+        res = CliRunner().invoke(main, [*base, *extra])
+        assert res.exit_code == 0, res.output
+    assert dtypes(calls[0]["config"]) == ("float16", "float16")
+    assert dtypes(calls[1]["config"]) == ("bfloat16", "float32")
+    res = CliRunner().invoke(main, [*base, "--text-encoder-dtype", "fp32"])
+    assert res.exit_code != 0 and "'fp32' is not one of" in res.output
+
+
+def test_the_manifest_records_the_text_encoder_dtype_apart_only_when_it_differs(
+    dataset, reference: Path, tiny_model_dir: Path
+) -> None:
+    """Caches made when one dtype ran both models keep their fingerprint; a text encoder dtype that differs
+    is part of what the bytes mean, so resuming with another one is refused by name."""
+    import hashlib
+
+    from medvideocap.latents.encode import build_manifest
+    from medvideocap.latents.format import FINGERPRINT_KEYS, canonical_json, fingerprint, read_manifest
+    from medvideocap.tiny import tiny_vae
+
+    vae = tiny_vae()
+    one = build_manifest(tiny_config(tiny_model_dir, compute_dtype="bfloat16"), vae)
+    assert "text_encoder_dtype" not in one
+    before = hashlib.sha256(canonical_json({k: one[k] for k in FINGERPRINT_KEYS}).encode()).hexdigest()
+    assert fingerprint(one) == before
+    manifest = read_manifest(reference)  # the CPU defaults: VAE in float32, UMT5 in bfloat16
+    assert (manifest["compute_dtype"], manifest["text_encoder_dtype"]) == ("float32", "bfloat16")
+    both_fp32 = build_manifest(tiny_config(tiny_model_dir, compute_dtype="float32"), vae)
+    assert fingerprint(both_fp32) != manifest["fingerprint"]
+    with pytest.raises(FingerprintMismatchError, match="text_encoder_dtype"):
+        encode_latents(
+            dataset[0], reference, config=tiny_config(tiny_model_dir, text_encoder_dtype="float32")
+        )
+
+
+def test_the_cache_stores_the_empty_prompts_embedding_for_caption_dropout(
+    reference: Path, tiny_model_dir: Path
+) -> None:
+    import numpy as np
+
+    from medvideocap import models
+    from medvideocap.latents.format import LatentCacheError, read_empty_prompt, read_manifest
+
+    manifest = read_manifest(reference)
+    stored = read_empty_prompt(reference, manifest["fingerprint"])
+    encoder, tokenizer = models.load_text_encoder(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    (expected,) = models.encode_prompts(
+        encoder, tokenizer, [""], max_length=manifest["max_length"], device="cpu"
+    )
+    assert stored is not None and stored.shape == (1, encoder.config.d_model)  # "" is one token: </s>
+    np.testing.assert_array_equal(stored, expected.numpy())
+    with pytest.raises(LatentCacheError, match="fingerprint"):
+        read_empty_prompt(reference, "0" * 64)
+
+
+def test_a_rerun_with_nothing_left_loads_no_text_encoder_and_an_older_cache_gains_the_empty_prompt(
+    dataset, reference: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    import medvideocap.latents.encode as enc
+    from medvideocap.latents.format import EMPTY_PROMPT_NAME, META_DIR, read_empty_prompt, read_manifest
+
+    out = tmp_path / "cache"
+    shutil.copytree(reference, out)
+    loads: list[int] = []
+    real = enc.load_text_encoder
+
+    def counted(config: Any) -> Any:
+        loads.append(1)
+        return real(config)
+
+    monkeypatch.setattr(enc, "load_text_encoder", counted)
+    (report,) = encode_latents(dataset[0], out, config=tiny_config(tiny_model_dir))
+    assert (report.encoded, report.skipped_done, loads) == (0, len(dataset[1]), [])
+    (out / META_DIR / EMPTY_PROMPT_NAME).unlink()  # as a cache made before "" was stored
+    (report,) = encode_latents(dataset[0], out, config=tiny_config(tiny_model_dir))
+    assert (report.encoded, loads) == (0, [1])
+    fp = read_manifest(out)["fingerprint"]
+    np.testing.assert_array_equal(read_empty_prompt(out, fp), read_empty_prompt(reference, fp))

@@ -73,3 +73,27 @@ def test_the_report_puts_the_published_table_beside_ours_and_lists_what_differs(
     assert "Not comparable as it stands" in report and "not the paper's (medgen-paper)" in report
     assert "videos scored from files" in report and "AMT-S" in report
     assert json.loads((out / "eval.json").read_text())["protocol"] == "medgen-paper"
+
+
+def test_the_cli_protocol_fixes_prompts_and_metrics_and_refuses_them_given() -> None:
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+
+    res = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--videos",
+            ".",
+            "--out",
+            "o",
+            "--protocol",
+            "medgen-paper",
+            "--metrics",
+            "temporal_flickering",
+        ],
+    )
+    assert res.exit_code == 2 and "--protocol medgen-paper fixes --prompts and --metrics" in res.output
+    res = CliRunner().invoke(main, ["eval", "--videos", ".", "--out", "o", "--protocol", "vbench-2"])
+    assert res.exit_code == 2 and "unknown; known: medgen-paper" in res.output

@@ -212,6 +212,8 @@ def test_changed_generation_settings_refuse_to_mix_into_a_finished_folder(
     args[args.index("--frames") + 1] = "9"
     res = CliRunner().invoke(main, args, env=_env())
     assert res.exit_code == 1 and "use a new --out" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, [*_args(setup, finished), "--dtype", "bfloat16"], env=_env())
+    assert res.exit_code == 1 and "'dtype': 'float32'" in res.output and "use a new --out" in res.output
 
 
 def test_other_metric_weights_refuse_to_mix_into_a_finished_folder(

@@ -109,9 +109,7 @@ def test_a_prompt_gives_the_same_video_alone_and_inside_a_batch(pipeline_dir: Pa
     assert not np.array_equal(batch[0], batch[1])
 
 
-def test_write_mp4_gives_the_same_bytes_whatever_ran_before_it(
-    pipeline_dir: Path, tmp_path: Path
-) -> None:
+def test_write_mp4_gives_the_same_bytes_whatever_ran_before_it(pipeline_dir: Path, tmp_path: Path) -> None:
     """x264's macroblock-tree rate control made the bytes depend on the process (the eval resume test
     flaked on it); interleave torch work and denormal-mode changes between encodes of the same frames."""
     import torch
@@ -132,3 +130,72 @@ def test_write_mp4_gives_the_same_bytes_whatever_ran_before_it(
     finally:
         torch.set_flush_denormal(before)
     assert len(seen) == 1
+
+
+def _dtypes_outside_fp32_keeps(pipe: object) -> set[object]:
+    """dtypes of the pipeline's parameters, leaving out the modules diffusers keeps in fp32 on purpose."""
+    found = set()
+    for name in ("vae", "text_encoder", "transformer"):
+        model = getattr(pipe, name)
+        keep = getattr(model, "_keep_in_fp32_modules", None) or []
+        found |= {p.dtype for n, p in model.named_parameters() if not any(k in n.split(".") for k in keep)}
+    return found
+
+
+@pytest.mark.parametrize("kind", ["pipeline", "transformer", "lora"])
+def test_load_pipeline_loads_every_kind_of_checkpoint_in_the_asked_dtype(
+    kind: str, pipeline_dir: Path, tmp_path: Path
+) -> None:
+    import torch
+    from peft import LoraConfig
+
+    from medvideocap.generate import describe_checkpoint, load_pipeline
+    from medvideocap.tiny import tiny_transformer
+    from medvideocap.train.checkpoint import save_lora
+
+    checkpoint = pipeline_dir
+    if kind != "pipeline":
+        tuned = tiny_transformer(seed=5)
+        checkpoint = tmp_path / "ckpt"
+        if kind == "transformer":
+            tuned.save_pretrained(checkpoint / "transformer")
+        else:
+            tuned.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"]))
+            save_lora(tuned, checkpoint)
+    assert describe_checkpoint(checkpoint)["kind"] == kind
+    pipe = load_pipeline(checkpoint, base=str(pipeline_dir), device="cpu", dtype="bfloat16")
+    assert _dtypes_outside_fp32_keeps(pipe) == {torch.bfloat16}
+    if kind == "lora":
+        assert any("lora" in n for n, _ in pipe.transformer.named_parameters())
+
+
+def test_generate_and_eval_take_a_dtype_for_the_pipeline(
+    pipeline_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import medvideocap.generate as gen
+
+    loaded: list[tuple[object, set[object]]] = []
+    real_load = gen.load_pipeline
+
+    def spy(checkpoint: Path, **kwargs: object) -> object:
+        pipe = real_load(checkpoint, **kwargs)
+        loaded.append((kwargs.get("dtype"), _dtypes_outside_fp32_keeps(pipe)))
+        return pipe
+
+    monkeypatch.setattr(gen, "load_pipeline", spy)
+    out = tmp_path / "bf16.mp4"
+    args = ["generate", "--checkpoint", str(pipeline_dir), "--prompt", "x", "--out", str(out)]
+    args += ["--frames", "5", "--height", "32", "--width", "32", "--steps", "1", "--device", "cpu"]
+    result = CliRunner().invoke(main, [*args, "--dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    assert probe(out).num_frames == 5
+    evaluated = ["eval", "--checkpoint", str(pipeline_dir), "--out", str(tmp_path / "eval"), "--limit", "1"]
+    evaluated += ["--metrics", "temporal_flickering", "--frames", "5", "--height", "32", "--width", "32"]
+    evaluated += ["--steps", "1", "--device", "cpu", "--dtype", "bfloat16"]
+    result = CliRunner().invoke(main, evaluated)
+    assert result.exit_code == 0, result.output
+    assert loaded == [("bfloat16", {torch.bfloat16})] * 2
+    result = CliRunner().invoke(main, [*args, "--dtype", "fp32"])
+    assert result.exit_code != 0 and "'fp32' is not one of" in result.output

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,11 +15,13 @@ import pytest
 import torch
 from fixtures_latents import make_tiny_model_dir, tiny_config, write_random_cache
 
+from medvideocap.errors import DataError
 from medvideocap.latents import (
     BucketBatchSampler,
     FingerprintMismatchError,
     LatentCache,
     LatentCacheError,
+    LatentRowError,
     collate_latents,
     load_latents,
     sample_moments,
@@ -473,3 +477,127 @@ def test_sample_moments_draws_on_the_batch_device(tmp_path: Path) -> None:
 def test_an_unknown_posterior_is_refused(cache_dir: Path) -> None:
     with pytest.raises(ValueError, match="'moments'"):
         load_latents(cache_dir, posterior="mean")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------- corrupt caches and rows
+def _plant(row_id: str, change: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """A ``write_random_cache`` edit that changes the row ``row_id`` only."""
+
+    def edit(row: dict[str, Any]) -> None:
+        if row["id"] == row_id:
+            change(row)
+
+    return edit
+
+
+def _poke(column: str, value: float) -> Callable[[dict[str, Any]], None]:
+    """Set one stored value of ``column`` (its ``*_bytes``) to ``value``."""
+
+    def change(row: dict[str, Any]) -> None:
+        values = np.frombuffer(row[f"{column}_bytes"], dtype=row[f"{column}_dtype"]).copy()
+        values[len(values) // 2] = value
+        row[f"{column}_bytes"] = values.tobytes()
+
+    return change
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["via-row-group", "direct-read"])
+@pytest.mark.parametrize(
+    ("column", "value"), [("vae_latent", np.nan), ("vae_logvar", np.nan), ("text_embedding", np.inf)]
+)
+def test_a_non_finite_value_in_a_row_is_a_data_error_naming_the_file_and_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, column: str, value: float, direct: bool
+) -> None:
+    import medvideocap.latents.format as latents_format
+
+    if direct:  # one-row groups: the preadv path of real Wan rows
+        monkeypatch.setattr(latents_format, "ROW_GROUP_BYTES", 1)
+    write_random_cache(tmp_path, [(3, 2, 4, 5)] * 4, edit=_plant("r002", _poke(column, value)))
+    ds = load_latents(tmp_path, posterior="moments")  # opening reads only the small columns
+    assert ds.cache.raw(0)["owned"] is direct
+    bad = ds.cache.ids.index("r002")
+    for i in range(len(ds)):
+        if i != bad:
+            assert torch.isfinite(ds[i]["latents"]).all() and torch.isfinite(ds[i]["latents_logvar"]).all()
+    with pytest.raises(LatentRowError) as err:
+        ds[bad]
+    assert isinstance(err.value, DataError) and isinstance(err.value, LatentCacheError)
+    shard = ds.cache.files[ds.cache.refs[bad].file]
+    message = str(err.value)
+    assert str(shard) in message and "'r002'" in message and column in message, message
+    assert "non-finite" in message and "encode-latents" in message, message
+
+
+def _set(**values: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda row: row.update(values)
+
+
+def _reshape_text(row: dict[str, Any]) -> None:
+    length, dim = row["text_embedding_shape"]
+    row["text_embedding_shape"] = [length * 2, dim // 2]  # same byte count, text_len no longer fits
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        pytest.param(_set(vae_latent_dtype="object"), "dtype 'object'", id="object-dtype"),
+        pytest.param(_set(vae_latent_shape=[2, 3, 4, 5]), "channels", id="permuted-latent-shape"),
+        pytest.param(_set(vae_latent_shape=[3, 2, 4, 6]), "values stored", id="shape-past-its-bytes"),
+        pytest.param(_reshape_text, "text_len", id="reshaped-text-embedding"),
+    ],
+)
+def test_a_corrupt_row_is_a_data_error_naming_the_file_the_row_and_the_fix(
+    tmp_path: Path, change: Callable[[dict[str, Any]], None], says: str
+) -> None:
+    write_random_cache(tmp_path, [(3, 2, 4, 5)] * 4, edit=_plant("r001", change))
+    ds = load_latents(tmp_path, posterior="moments")
+    bad = ds.cache.ids.index("r001")
+    with pytest.raises(LatentRowError) as err:
+        ds[bad]
+    assert isinstance(err.value, DataError)
+    message = str(err.value)
+    assert str(ds.cache.files[ds.cache.refs[bad].file]) in message and "'r001'" in message, message
+    assert says in message and "encode-latents" in message, message
+    assert ds[(bad + 1) % len(ds)]["latents"].shape == (3, 2, 4, 5)  # the other rows still read
+
+
+def test_a_truncated_shard_is_named_by_the_reader_and_by_a_resumed_encode(tmp_path: Path) -> None:
+    from medvideocap.latents import finished_ids
+
+    write_random_cache(tmp_path, [(3, 2, 4, 5)] * 4)
+    shard = sorted((tmp_path / "train").glob("*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a copy that stopped half-way
+    for read in (lambda: load_latents(tmp_path), lambda: finished_ids(tmp_path, "train")):
+        with pytest.raises(LatentCacheError) as err:
+            read()
+        message = str(err.value)
+        assert str(shard) in message and f"delete {shard.name}" in message, message
+        assert "rerun `medvideocap encode-latents` for split 'train'" in message, message
+
+
+def _not_json(manifest: dict[str, Any]) -> str:
+    return json.dumps(manifest)[:40]  # cut off mid-write
+
+
+def _nan_std(manifest: dict[str, Any]) -> str:
+    return json.dumps({**manifest, "latents_std": [float("nan")] + manifest["latents_std"][1:]})
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "says"),
+    [pytest.param(_not_json, "not valid JSON", id="not-json"), pytest.param(_nan_std, "NaN", id="nan")],
+)
+def test_a_corrupt_manifest_is_named_by_the_reader_and_by_a_resumed_encode(
+    tmp_path: Path, corrupt: Callable[[dict[str, Any]], str], says: str
+) -> None:
+    from medvideocap.latents import write_manifest
+
+    write_random_cache(tmp_path, [(3, 2, 4, 5)] * 2)
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(corrupt(manifest))
+    for read in (lambda: load_latents(tmp_path), lambda: write_manifest(tmp_path, manifest)):
+        with pytest.raises(LatentCacheError) as err:
+            read()
+        message = str(err.value)
+        assert str(path) in message and says in message and "encode-latents" in message, message

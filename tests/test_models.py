@@ -192,3 +192,93 @@ def test_generate_pairs_a_bare_transformer_folder_with_the_base_models(
     pipe = load_pipeline(tmp_path / "ckpt", base=str(tiny_dir), device="cpu")
     assert _same_weights(pipe.transformer, tuned) and not _same_weights(pipe.transformer, tiny_transformer())
     assert _same_weights(pipe.vae, tiny_vae()) and next(pipe.transformer.parameters()).dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------------------- dtypes
+
+
+@pytest.fixture(scope="module")
+def bf16_dir(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Path:
+    """The tiny folder saved in bf16, as the real Wan text encoder is published."""
+    from diffusers import WanPipeline
+
+    out = tmp_path_factory.mktemp("tiny-wan-bf16") / "model"
+    WanPipeline.from_pretrained(str(tiny_dir), dtype=torch.bfloat16).save_pretrained(out)
+    return out
+
+
+def _kept_in_float32(model: Any) -> set[str]:
+    """Parameters a library keeps in fp32 whatever the load dtype (diffusers: Wan's norms, time embedder)."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    return {n for n, _ in model.named_parameters() if any(k in n.split(".") for k in keep)}
+
+
+def _all_in(model: Any, dtype: torch.dtype) -> bool:
+    kept = _kept_in_float32(model)
+    return all(
+        p.dtype == dtype or (n in kept and p.dtype == torch.float32) for n, p in model.named_parameters()
+    )
+
+
+class _Float32Tensors:
+    """Records the shape of every float32 tensor torch makes while it is active (one thread: transformers'
+    parallel loading is switched off by the test), so a float32 copy of a weight cannot hide."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        shapes: set[tuple[int, ...]] = set()
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+                out = func(*args, **(kwargs or {}))
+                for t in tree_leaves(out):
+                    if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.device.type != "meta":
+                        shapes.add(tuple(t.shape))
+                return out
+
+        self.mode, self.shapes = Mode(), shapes
+
+    def weights_seen(self, model: Any) -> set[tuple[int, ...]]:
+        """Shapes of ``model``'s bf16 matrices (none shared with an fp32 parameter) made in float32."""
+        low = {tuple(p.shape) for p in model.parameters() if p.dtype == torch.bfloat16 and p.dim() >= 2}
+        high = {tuple(p.shape) for p in model.parameters() if p.dtype == torch.float32}
+        return (low - high) & self.shapes
+
+
+def test_load_text_encoder_defaults_to_bfloat16_on_the_cpu_too(tiny_dir: Path) -> None:
+    encoder, _ = models.load_text_encoder(str(tiny_dir), device="cpu")
+    assert models.TEXT_ENCODER_DTYPE == "bfloat16"
+    assert {p.dtype for p in encoder.parameters()} == {torch.bfloat16}
+    full, _ = models.load_text_encoder(str(tiny_dir), device="cpu", dtype="float32")
+    assert {p.dtype for p in full.parameters()} == {torch.float32}
+
+
+def test_loaders_make_no_float32_copy_of_a_bfloat16_folders_weights(
+    bf16_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights go straight from the file into the asked dtype: at UMT5-XXL's size an fp32 detour is 22.7 GB."""
+    monkeypatch.setenv("HF_DEACTIVATE_ASYNC_LOAD", "1")
+    loads = {
+        "vae": lambda: models.load_vae(str(bf16_dir), device="cpu", dtype="bfloat16"),
+        "text_encoder": lambda: models.load_text_encoder(str(bf16_dir), device="cpu")[0],
+        "transformer": lambda: models.load_transformer(str(bf16_dir), dtype="bfloat16"),
+    }
+    for name, load in loads.items():
+        spy = _Float32Tensors()
+        with spy.mode:
+            model = load()
+        assert _all_in(model, torch.bfloat16), name
+        assert not spy.weights_seen(model), name
+    spy = _Float32Tensors()
+    with spy.mode:
+        pipe = models.load_wan_pipeline(str(bf16_dir), dtype="bfloat16")
+    for name in ("vae", "text_encoder", "transformer"):
+        assert _all_in(getattr(pipe, name), torch.bfloat16), name
+        assert not spy.weights_seen(getattr(pipe, name)), name
+    # the spy sees a detour when there is one: loaded in fp32, then cast
+    spy = _Float32Tensors()
+    with spy.mode:
+        detour = models.load_text_encoder(str(bf16_dir), device="cpu", dtype="float32")[0].to(torch.bfloat16)
+    assert spy.weights_seen(detour)

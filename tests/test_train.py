@@ -590,21 +590,6 @@ def test_a_cache_encoded_from_other_captions_is_refused(
         train(cfg)
 
 
-def test_shipped_lora_targets_exist_in_the_real_1_3b_architecture() -> None:
-    from diffusers import WanTransformer3DModel
-
-    from medvideocap.tiny import WAN_1_3B_TRANSFORMER_CONFIG
-    from medvideocap.train import build_transformer
-
-    with torch.device("meta"):  # the real shapes, no weights, no memory
-        real: Any = WanTransformer3DModel(**WAN_1_3B_TRANSFORMER_CONFIG)
-        model = build_transformer(load_config("medgen-1.3b-lora"), torch.bfloat16, transformer=real)
-    lora = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
-    # 30 blocks x (self + cross attention) x (q, k, v, out) x rank 32 x (1536 in + 1536 out)
-    assert sum(lora.values()) == 30 * 2 * 4 * 32 * (1536 + 1536)
-    assert sum(p.numel() for p in real.parameters()) > 1.3e9
-
-
 @pytest.mark.slow
 def test_two_process_ddp_run_shards_data_and_resumes_identically(
     tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
@@ -739,3 +724,207 @@ def test_the_readme_train_command_takes_the_cache_as_latents(
     missing = tmp_path / "nowhere"
     res = runner.invoke(main, ["train", "--config", "medgen-1.3b-lora", "--set", f"latents={missing}", *sets])
     assert res.exit_code == 1 and "not a latent cache" in res.output and "Traceback" not in res.output
+
+
+# ---------------------------------------------------------------------------------- non-finite numbers
+class _NanLatents(torch.utils.data.Dataset):
+    """The cache's items with NaN latents for the ids in ``bad``: what a NaN row used to feed the trainer
+    (the reader refuses one now), standing in for anything else that makes a loss NaN."""
+
+    def __init__(self, dataset: Any, bad: set[str]):
+        self.dataset, self.bad = dataset, bad
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.dataset.manifest
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.dataset[i]
+        if item["id"] in self.bad:
+            item["latents"] = torch.full_like(item["latents"], float("nan"))
+        return item
+
+
+def _batch_ids(dataset: _NanLatents, cfg: Any, steps: int) -> list[list[str]]:
+    """The ids of each step's batch, from the batch plan the trainer draws them from."""
+    plan = iter(ResumableBatches(dataset, cfg.batch_size, seed=cfg.seed, rank=0, world_size=1, consumed=0))
+    return [[dataset.dataset.cache.ids[i] for _, i in next(plan)] for _ in range(steps)]
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_samples_before_anything_is_saved(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    from medvideocap.train.config import NonFiniteTrainingError
+
+    opts = {"batch_size": 2, "max_steps": 4, "checkpoint_every": 1, "caption_dropout": 0.0}
+    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, **opts)
+    clean = _dataset(latent_cache, posterior="mode")
+    bad = clean.cache.ids[0]
+    poisoned = _NanLatents(clean, {bad})
+    batches = _batch_ids(poisoned, cfg, 4)
+    step = next(k for k, ids in enumerate(batches, 1) if bad in ids)
+    with pytest.raises(NonFiniteTrainingError) as err:
+        train(cfg, dataset=poisoned)
+    message = str(err.value)
+    assert f"step {step}: loss nan" in message and "max_nonfinite_steps" in message, message
+    assert all(repr(cid) in message for cid in batches[step - 1]), message
+    # the steps before it were checkpointed as usual; the bad one never was, and nothing was exported
+    assert [p.name for p in checkpoint_dirs(cfg.output_dir)] == [f"step-{k:08d}" for k in range(1, step)]
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_nan_steps_below_max_nonfinite_steps_are_skipped_with_a_warning_and_never_applied(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import load_file
+
+    opts = {"batch_size": 2, "max_steps": 4, "max_nonfinite_steps": 3, "caption_dropout": 0.0}
+    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, **opts)
+    clean = _dataset(latent_cache, posterior="mode")
+    poisoned = _NanLatents(clean, {clean.cache.ids[0]})
+    bad_steps = [k for k, ids in enumerate(_batch_ids(poisoned, cfg, 4), 1) if clean.cache.ids[0] in ids]
+    assert len(bad_steps) == 2  # one batch of two per epoch: at most 2 in a row, fewer than 3
+    result = train(cfg, dataset=poisoned)
+    assert result.steps == [k for k in range(1, 5) if k not in bad_steps] and np.isfinite(result.losses).all()
+    log = " ".join(capsys.readouterr().err.split())
+    for k in bad_steps:
+        assert f"skipped step {k}: loss nan" in log and "max_nonfinite_steps=3" in log, log
+    exported = load_file(tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors")
+    assert exported and all(torch.isfinite(t).all() for t in exported.values())
+    assert all(torch.isfinite(p).all() for p in result.transformer.parameters())
+
+
+def test_weights_that_went_nan_are_never_checkpointed_or_exported(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    from medvideocap.train import export_final
+    from medvideocap.train.config import NonFiniteTrainingError
+
+    # an infinite learning rate: the loss and gradient of step 1 are finite, the weights after it are not
+    opts = {"batch_size": 2, "max_steps": 2, "checkpoint_every": 1, "caption_dropout": 0.0}
+    cfg = tiny_train_config(
+        tmp_path / "inf", tiny_pipeline_dir, latent_cache, learning_rate=float("inf"), **opts
+    )
+    with pytest.raises(NonFiniteTrainingError, match="step-00000001: not saved: .* hold NaN/inf"):
+        train(cfg)
+    assert not (tmp_path / "inf" / "run" / "checkpoints").exists() or not any(
+        (tmp_path / "inf" / "run" / "checkpoints").iterdir()
+    )
+    assert not (tmp_path / "inf" / "run" / "final").exists()
+
+    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, max_steps=1, ema_decay=0.0)
+    transformer = train(cfg).transformer
+    next(p for n, p in transformer.named_parameters() if ".lora_B." in n).data[0] = float("nan")
+    out = tmp_path / "export"
+    with pytest.raises(NonFiniteTrainingError, match=f"{out}: not exported: 1 weight tensors hold NaN/inf"):
+        export_final(cfg, transformer, None, out, {})
+    assert not out.exists() and not out.with_name(".export.tmp").exists()
+
+
+def test_the_train_command_refuses_a_nan_row_naming_its_file_and_id_and_exports_nothing(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    from click.testing import CliRunner
+    from fixtures_train import copy_with_a_nan_row
+
+    from medvideocap.cli import main
+
+    shard, bad = copy_with_a_nan_row(latent_cache, tmp_path / "cache")
+    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, tmp_path / "cache", batch_size=4, max_steps=2)
+    config_file = tmp_path / "nan.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump()))
+    res = CliRunner().invoke(main, ["train", "--config", str(config_file)])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    text = " ".join(res.output.split())
+    assert str(shard) in text and f"(id {bad!r})" in text and "non-finite" in text, text
+    assert "encode-latents" in text and "Traceback" not in text, text
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_the_train_command_stops_on_weights_gone_non_finite_with_one_line_and_exit_1(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+
+    cfg = tiny_train_config(
+        tmp_path, tiny_pipeline_dir, latent_cache, batch_size=2, max_steps=2, checkpoint_every=1,
+        learning_rate=float("inf"), caption_dropout=0.0,
+    )  # fmt: skip
+    config_file = tmp_path / "inf.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump()))
+    res = CliRunner().invoke(main, ["train", "--config", str(config_file)])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    text = " ".join(res.output.split())
+    assert "not saved" in text and "NaN/inf" in text and "Traceback" not in text, text
+    assert not (tmp_path / "run" / "final").exists()
+
+
+# ------------------------------------------------------------------- the empty prompt of caption dropout
+
+
+def test_caption_dropout_reads_the_caches_empty_prompt_and_never_loads_the_text_encoder(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medvideocap import models
+    from medvideocap.latents.format import read_empty_prompt, read_manifest
+    from medvideocap.train import empty_prompt_embeds
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the text encoder was loaded")
+
+    monkeypatch.setattr(models, "load_text_encoder", refuse)
+    cfg = tiny_train_config(
+        tmp_path, tiny_pipeline_dir, latent_cache, mode="lora", max_steps=2,
+        caption_dropout=0.5, caption_dropout_embeds="empty",
+    )  # fmt: skip
+    assert train(cfg).step == 2
+    manifest = read_manifest(latent_cache)
+    stored = read_empty_prompt(latent_cache, manifest["fingerprint"])
+    assert stored is not None
+    null = empty_prompt_embeds(cfg, manifest, torch.device("cpu"))
+    assert null.shape == (cfg.text_seq_len, stored.shape[1])
+    assert torch.equal(null[: len(stored)], torch.from_numpy(stored)) and not null[len(stored) :].any()
+
+
+def test_without_a_stored_empty_prompt_the_text_encoder_loads_once_in_the_dtype_the_captions_used(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from medvideocap import models
+    from medvideocap.latents.format import EMPTY_PROMPT_NAME, META_DIR, read_manifest
+    from medvideocap.train import empty_prompt_embeds
+
+    cache = tmp_path / "cache"
+    shutil.copytree(latent_cache, cache)
+    (cache / META_DIR / EMPTY_PROMPT_NAME).unlink()  # a cache made before "" was stored
+    dtypes: list[Any] = []
+    real = models.load_text_encoder
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        dtypes.append(kwargs["dtype"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_text_encoder", spy)
+    cfg = tiny_train_config(tmp_path, tiny_pipeline_dir, cache, mixed_precision="no")
+    cpu = torch.device("cpu")
+    null = empty_prompt_embeds(cfg, read_manifest(cache), cpu)
+    assert dtypes == ["bfloat16"]  # the manifest's text encoder dtype, not mixed_precision's float32
+    original = tiny_train_config(tmp_path, tiny_pipeline_dir, latent_cache, mixed_precision="no")
+    stored = empty_prompt_embeds(original, read_manifest(latent_cache), cpu)  # read, not computed
+    assert torch.equal(null, stored) and dtypes == ["bfloat16"]
+    bf16 = tiny_train_config(tmp_path, tiny_pipeline_dir, cache, mixed_precision="bf16")
+    empty_prompt_embeds(bf16, {}, cpu)  # no manifest to say: the training compute dtype
+    assert dtypes == ["bfloat16", torch.bfloat16]
+
+    class OnTheFly:  # pixels encoded on the fly: its text encoder is loaded anyway, reuse it
+        def encode_texts(self, texts: list[str]) -> list[torch.Tensor]:
+            return [torch.full((1, stored.shape[1]), float(len(texts)))]
+
+    from_encoder = empty_prompt_embeds(cfg, {}, cpu, encoder=OnTheFly())
+    assert (from_encoder[0] == 1.0).all() and not from_encoder[1:].any() and len(dtypes) == 2

@@ -16,6 +16,9 @@ import click
 
 from medvideocap.latents.encode import EncodeConfig, encode_latents
 from medvideocap.media.frames import FrameSpec
+from medvideocap.models import DTYPE_NAMES, TEXT_ENCODER_DTYPE
+from medvideocap.paths import check_apart
+from medvideocap.plan import PLAN_HELP, peak_report, plan_encode, render_plan
 
 _CONFIG = EncodeConfig()
 _FRAMES = _CONFIG.frame_spec()
@@ -107,8 +110,22 @@ def _bucket(text: str) -> tuple[int, int, int]:
 @click.option(
     "--dtype",
     "compute_dtype",
+    type=click.Choice(DTYPE_NAMES),
     default=_CONFIG.compute_dtype,
-    help="Compute dtype (default bfloat16 on GPU, float32 on CPU).",
+    help="Compute dtype of both the VAE and the text encoder (shorthand for the two options below).",
+)
+@click.option(
+    "--vae-dtype",
+    type=click.Choice(DTYPE_NAMES),
+    default=_CONFIG.vae_dtype,
+    help="VAE compute dtype (default: --dtype, else bfloat16 on GPU, float32 on CPU).",
+)
+@click.option(
+    "--text-encoder-dtype",
+    type=click.Choice(DTYPE_NAMES),
+    default=_CONFIG.text_encoder_dtype,
+    help=f"Text encoder dtype (default: --dtype, else {TEXT_ENCODER_DTYPE} on every device: UMT5-XXL is "
+    "11.4 GB in bfloat16, 22.7 GB in float32).",
 )
 @click.option(
     "--storage-dtype",
@@ -176,6 +193,7 @@ def _bucket(text: str) -> tuple[int, int, int]:
     default=_RUN["ray_address"],
     help="--engine ray: address of an existing Ray cluster (default: $RAY_ADDRESS, else start a local one).",
 )
+@click.option("--plan", "show_plan", is_flag=True, help=PLAN_HELP)
 def command(
     source: str,
     out: str,
@@ -200,6 +218,8 @@ def command(
     batch_size: int,
     device: str | None,
     compute_dtype: str | None,
+    vae_dtype: str | None,
+    text_encoder_dtype: str | None,
     storage_dtype: Literal["float32", "float16"],
     tiling: bool,
     slicing: bool,
@@ -212,6 +232,7 @@ def command(
     limit: int | None,
     no_progress: bool,
     ray_address: str | None,
+    show_plan: bool,
 ) -> None:
     """Pre-encode clips to Wan2.1 VAE latents + UMT5 text embeddings (a FastVideo-compatible parquet
     cache with a manifest and fingerprint). Rerunning resumes; under torchrun/accelerate each rank
@@ -241,6 +262,8 @@ def command(
         sample_seed=sample_seed,
         device=device,
         compute_dtype=compute_dtype,
+        vae_dtype=vae_dtype,
+        text_encoder_dtype=text_encoder_dtype,
         batch_size=batch_size,
         tiling=tiling,
         slicing=slicing,
@@ -250,6 +273,10 @@ def command(
         ray_concurrency=ray_concurrency,
         frames=frames,
     )
+    if show_plan:
+        click.echo(render_plan(plan_encode(config)))
+        return
+    check_apart(source, out, src_label="the source", error=click.ClickException)
     reports = encode_latents(
         source,
         out,
@@ -276,3 +303,4 @@ def command(
                 }
             )
         )
+    click.echo(peak_report(plan_encode(config)), err=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from medvideocap.cli.options import generation_options
+from medvideocap.plan import PLAN_HELP
 
 METRICS_HELP = (
     "Comma-separated metrics (default: all). Built in: subject_consistency, background_consistency, "
@@ -59,6 +60,12 @@ def _ints(value: str) -> list[int]:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N prompts.")
 @click.option("--metrics", "metric_names", default=None, help=METRICS_HELP)
 @click.option(
+    "--protocol",
+    default=None,
+    help="medgen-paper: the paper's prompts and dimensions, its published table beside ours in the report, "
+    "and every remaining difference listed (fixes --prompts and --metrics).",
+)
+@click.option(
     "--metric-model",
     multiple=True,
     help="NAME=PATH_OR_ID (or NAME.head=FILE for aesthetic_quality's MLP head) to replace a default model.",
@@ -78,6 +85,7 @@ def _ints(value: str) -> list[int]:
     help="A filled rating sheet CSV: win rates per category with confidence intervals.",
 )
 @generation_options
+@click.option("--plan", "show_plan", is_flag=True, help=PLAN_HELP)
 def command(
     folders: tuple[Path, ...],
     checkpoints: tuple[str, ...],
@@ -97,11 +105,14 @@ def command(
     guidance: float,
     fps: float,
     device: str | None,
+    dtype: str | None,
     compare: bool,
     bootstrap: int,
     rating_sheet: bool,
     rating_seed: int,
     import_ratings: Path | None,
+    show_plan: bool,
+    protocol: str | None,
 ) -> None:
     """Score checkpoints the way the MedGen paper does (VBench dimensions, CLIP score), compare runs with
     paired bootstrap intervals, and collect doctors' blind pairwise ratings."""
@@ -109,8 +120,10 @@ def command(
     from medvideocap.eval import ratings
     from medvideocap.eval.metrics import METRICS, MetricError, build_metrics, parse_metric_models
     from medvideocap.eval.prompts import PromptError, describe_prompts, load_prompts
+    from medvideocap.eval.protocol import get_protocol
     from medvideocap.eval.runner import EvalError, checkpoint_labels, run_eval
     from medvideocap.generate import GenerationSettings
+    from medvideocap.plan import peak_report, plan_eval, render_plan
 
     modes = sum([compare, rating_sheet, import_ratings is not None, bool(checkpoints or videos)])
     if modes != 1:
@@ -130,15 +143,40 @@ def command(
         if import_ratings is not None:
             click.echo(ratings.import_ratings(import_ratings, out=out, resamples=bootstrap))
             return
-        if out is None:
+        if out is None and not show_plan:
             raise click.UsageError("--out DIR is required")
         if rating_sheet:
             sheet = ratings.write_rating_sheet(out, seed=rating_seed)
             click.echo(f"{sheet} (send the .html and .csv, keep key.json: it unblinds the sheet)")
             return
-        prompt_set = load_prompts(prompts)[:limit]
         names = [n.strip() for n in metric_names.split(",") if n.strip()] if metric_names else None
+        if protocol:
+            try:
+                chosen = get_protocol(protocol)
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from exc
+            given = click.get_current_context().get_parameter_source("prompts")
+            if names or given == click.core.ParameterSource.COMMANDLINE:
+                raise click.UsageError(f"--protocol {protocol} fixes --prompts and --metrics; leave them out")
+            prompts, names = chosen.prompts, chosen.metrics
+        prompt_set = load_prompts(prompts)[:limit]
         metrics = build_metrics(names or list(METRICS), parse_metric_models(metric_model), device=device)
+        settings = GenerationSettings(
+            frames=frames,
+            height=height,
+            width=width,
+            steps=steps,
+            guidance=guidance,
+            fps=fps,
+            negative_prompt=negative_prompt,
+            base=base,
+        )
+        paths = checkpoint_labels(checkpoints).values() if checkpoints else ()
+        plan = plan_eval(metrics, settings=settings, checkpoints=paths, device=device, dtype=dtype)
+        if show_plan:
+            click.echo(render_plan(plan))
+            return
+        assert out is not None
         summary = run_eval(
             out,
             prompts=prompt_set,
@@ -146,19 +184,12 @@ def command(
             checkpoints=checkpoint_labels(checkpoints) if checkpoints else None,
             videos=videos,
             seeds=_ints(seeds),
-            settings=GenerationSettings(
-                frames=frames,
-                height=height,
-                width=width,
-                steps=steps,
-                guidance=guidance,
-                fps=fps,
-                negative_prompt=negative_prompt,
-                base=base,
-            ),
+            settings=settings,
             prompts_name=describe_prompts(prompts),
             device=device,
+            dtype=dtype,
             progress=lambda msg: click.echo(msg, err=True),
+            protocol=protocol,
         )
     except (EvalError, MetricError, PromptError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -169,3 +200,4 @@ def command(
     if summary.seconds:
         timings = ", ".join(f"{k} {v:.3f}" for k, v in summary.seconds.items())
         click.echo(f"seconds per video this run: {timings}", err=True)
+    click.echo(peak_report(plan), err=True)

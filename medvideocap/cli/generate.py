@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from medvideocap.cli.options import generation_options
+from medvideocap.plan import PLAN_HELP
 
 
 @click.command(name="generate")
@@ -23,6 +24,7 @@ from medvideocap.cli.options import generation_options
 )
 @click.option("--seed", default=0, show_default=True, help="Random seed of the initial noise.")
 @generation_options
+@click.option("--plan", "show_plan", is_flag=True, help=PLAN_HELP)
 def command(
     checkpoint: Path,
     prompt: str,
@@ -37,10 +39,19 @@ def command(
     seed: int,
     fps: float,
     device: str | None,
+    dtype: str | None,
+    show_plan: bool,
 ) -> None:
     """Sample a video from a trained MedGen checkpoint (LoRA, full fine-tune or pipeline folder)."""
-    from medvideocap.generate import generate
+    from medvideocap.generate import GenerationSettings, generate
+    from medvideocap.plan import peak_report, plan_generate, render_plan
 
+    settings = GenerationSettings(
+        frames=frames, height=height, width=width, steps=steps, guidance=guidance, base=base
+    )
+    if show_plan:
+        click.echo(render_plan(plan_generate(settings, checkpoint=checkpoint, device=device, dtype=dtype)))
+        return
     try:
         path = generate(
             checkpoint,
@@ -56,7 +67,11 @@ def command(
             negative_prompt=negative_prompt,
             fps=fps,
             device=device,
+            dtype=dtype,
         )
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(str(path))
+    click.echo(
+        peak_report(plan_generate(settings, checkpoint=checkpoint, device=device, dtype=dtype)), err=True
+    )

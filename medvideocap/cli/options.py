@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from medvideocap.generate import GenerationSettings
+from medvideocap.models import DTYPE_NAMES
 
 _GENERATION: list[Callable[[Any], Any]] = [
     click.option(
@@ -43,6 +44,12 @@ _GENERATION: list[Callable[[Any], Any]] = [
         "--fps", default=GenerationSettings.fps, show_default=True, help="Frame rate written to the mp4s."
     ),
     click.option("--device", default=None, help="torch device (default: cuda when available, else cpu)."),
+    click.option(
+        "--dtype",
+        type=click.Choice(DTYPE_NAMES),
+        default=None,
+        help="dtype every model of the pipeline loads in (default: bfloat16 on cuda, float32 elsewhere).",
+    ),
 ]
 
 

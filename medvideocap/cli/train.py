@@ -11,6 +11,8 @@ import json
 
 import click
 
+from medvideocap.plan import PLAN_HELP
+
 
 @click.command(name="train", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
@@ -27,9 +29,14 @@ import click
     help="Override one config field (repeatable); the value parses as YAML, e.g. --set max_steps=2000.",
 )
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+@click.option("--plan", "show_plan", is_flag=True, help=PLAN_HELP)
 @click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def command(
-    config: str, overrides: tuple[str, ...], print_config: bool, more_overrides: tuple[str, ...]
+    config: str,
+    overrides: tuple[str, ...],
+    print_config: bool,
+    show_plan: bool,
+    more_overrides: tuple[str, ...],
 ) -> None:
     """Fine-tune Wan2.1-T2V (MedGen reference recipe) on an encode-latents cache, LoRA or full.
 
@@ -39,7 +46,8 @@ def command(
 
     from medvideocap.journal import JournalError
     from medvideocap.latents import FingerprintMismatchError, LatentCacheError
-    from medvideocap.train import NoTrainingDataError, load_config, train
+    from medvideocap.plan import peak_report, plan_train, render_plan
+    from medvideocap.train import NonFiniteTrainingError, NoTrainingDataError, load_config, train
 
     try:
         cfg = load_config(config, (*overrides, *more_overrides))
@@ -48,12 +56,22 @@ def command(
     if print_config:
         click.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         return
+    if show_plan:
+        click.echo(render_plan(plan_train(cfg)))
+        return
     if not cfg.latents and not cfg.source:
         raise click.UsageError(
             "no training data: --set latents=CACHE_DIR (from encode-latents) or source=DATASET"
         )
     try:
         result = train(cfg)
-    except (FingerprintMismatchError, JournalError, LatentCacheError, NoTrainingDataError) as exc:
+    except (
+        FingerprintMismatchError,
+        JournalError,
+        LatentCacheError,
+        NoTrainingDataError,
+        NonFiniteTrainingError,
+    ) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({"step": result.step, "export": str(result.export) if result.export else None}))
+    click.echo(peak_report(plan_train(cfg)), err=True)

@@ -26,6 +26,7 @@ import numpy as np
 
 from medvideocap.atomic import atomic_write_json
 from medvideocap.caption.journal import Journal
+from medvideocap.defaults import WAN_TEXT_TOKENS
 from medvideocap.eval import report
 from medvideocap.eval.metrics import Metric, MetricError
 from medvideocap.eval.prompts import Prompt, count_truncated
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 RUN_FILE = "eval.json"
 JOURNAL_FILE = "journal.jsonl"
 VIDEOS_DIR = "videos"
-#: ``WanPipeline``'s text window (``max_sequence_length``): UMT5 reads at most this many tokens.
-WAN_TEXT_TOKENS = 512
 _VIDEO_NAME = re.compile(r"^(?P<prompt>.+?)(?:-s(?P<seed>\d+))?$")
 
 
@@ -149,7 +148,11 @@ def _check_run(out: Path, settings: dict[str, Any]) -> None:
     old: dict[str, Any] = {}
     if run_file.exists():
         old = json.loads(run_file.read_text(encoding="utf-8"))
-        if old.get("generation") != settings["generation"]:
+        before = old.get("generation") or {}
+        now = settings["generation"]
+        if "dtype" not in before:  # written before eval recorded the dtype: compare the rest
+            now = {k: v for k, v in now.items() if k != "dtype"}
+        if before != now:
             raise EvalError(
                 f"{run_file}: this folder holds videos made with {old.get('generation')}, not "
                 f"{settings['generation']}; rerun with the same settings or use a new --out"
@@ -184,6 +187,15 @@ def _record_truncations(out: Path, counts: dict[str, int]) -> None:
     merged = {**run.get("truncation", {}), **counts}
     if merged != run.get("truncation"):
         atomic_write_json(run_file, {**run, "truncation": merged}, sort_keys=True, fsync=False)
+
+
+def _dtype_name(dtype: str | None, device: str | None) -> str:
+    """The dtype videos are generated in, as a name: two runs that differ only by it make different
+    videos, so one output folder never mixes them."""
+    from medvideocap import models
+    from medvideocap.devices import resolve_device
+
+    return str(dtype or models.default_compute_dtype(resolve_device(device))).removeprefix("torch.")
 
 
 def _same_source(before: Any, now: Any) -> bool:
@@ -260,7 +272,11 @@ def run_eval(
         items = video_items(videos, prompts)
         sources = {it.checkpoint: f"videos:{videos.resolve()}" for it in items}
     run_settings = {
-        "generation": asdict(settings) if checkpoints is not None else {"videos": str(videos)},
+        "generation": (
+            {**asdict(settings), "dtype": _dtype_name(dtype, device)}
+            if checkpoints is not None
+            else {"videos": str(videos)}
+        ),
         "prompts": prompts_name,
         "checkpoints": sources,
         "metrics": {m.name: m.info() for m in metrics},

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from medvideocap.atomic import atomic_write_bytes
 from medvideocap.journal import JournalAppender, JournalError, encode_entry, read_journal
-from medvideocap.latents.format import META_DIR, LatentCacheError, shard_files
+from medvideocap.latents.format import META_DIR, LatentCacheError, reading_shard, shard_files
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ def finished_ids(root: Path, split: str) -> set[str]:
     """Ids already in finished shards (any rank) or recorded as dropped: what a resume skips."""
     done: set[str] = set()
     for path in shard_files(root, split):
-        done.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
+        with reading_shard(path):
+            done.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
     for path in dropped_logs(root, split):
         done.update(row["id"] for row in read_dropped(path))
     return done

@@ -25,12 +25,21 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from medvideocap import models
-from medvideocap.defaults import WAN_T2V_1_3B
+from medvideocap.defaults import WAN_T2V_1_3B, WAN_TEXT_TOKENS
 from medvideocap.devices import resolve_device
 from medvideocap.dist import env_rank_world, ray_session
 from medvideocap.hashing import hash64
 from medvideocap.latents.dropped import DroppedLog, finished_ids
-from medvideocap.latents.format import FORMAT, FORMAT_VERSION, ShardWriter, array_bytes, write_manifest
+from medvideocap.latents.format import (
+    FORMAT,
+    FORMAT_VERSION,
+    ShardWriter,
+    array_bytes,
+    nonfinite_summary,
+    read_empty_prompt,
+    write_empty_prompt,
+    write_manifest,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +75,7 @@ class EncodeConfig:
     text_encoder_subfolder: str | None = "text_encoder"
     tokenizer_subfolder: str | None = "tokenizer"
     text_encoder_revision: str | None = None
-    max_length: int = 512
+    max_length: int = WAN_TEXT_TOKENS
     store: Literal["moments", "sample"] = "moments"
     caption: str = "detailed"
     # float16 halves the cache but FastVideo's parquet readers decode every *_bytes column as float32
@@ -75,7 +84,10 @@ class EncodeConfig:
     sample_seed: int = 0
     # how to run (not part of the fingerprint)
     device: str | None = None
-    compute_dtype: str | None = None  # None: bfloat16 on CUDA, float32 on CPU
+    # --dtype sets both; None: the VAE in bfloat16 on CUDA, float32 on CPU, the text encoder in bfloat16
+    compute_dtype: str | None = None
+    vae_dtype: str | None = None  # None: compute_dtype's rule
+    text_encoder_dtype: str | None = None  # None: compute_dtype's rule (models.TEXT_ENCODER_DTYPE)
     batch_size: int = 1
     tiling: bool = False
     slicing: bool = False
@@ -89,8 +101,12 @@ class EncodeConfig:
     def resolved_device(self) -> str:
         return resolve_device(self.device)
 
-    def resolved_compute_dtype(self) -> str:
-        return self.compute_dtype or models.default_compute_dtype(self.resolved_device())
+    def resolved_vae_dtype(self) -> str:
+        return self.vae_dtype or self.compute_dtype or models.default_compute_dtype(self.resolved_device())
+
+    def resolved_text_encoder_dtype(self) -> str:
+        """bfloat16 unless asked otherwise, on the CPU too: UMT5-XXL in fp32 is 22.7 GB."""
+        return self.text_encoder_dtype or self.compute_dtype or models.TEXT_ENCODER_DTYPE
 
     def frame_spec(self) -> FrameSpec:
         from medvideocap.media.frames import FrameSpec
@@ -108,7 +124,7 @@ def load_vae(config: EncodeConfig) -> Any:
         config.vae,
         subfolder=config.vae_subfolder,
         revision=config.vae_revision,
-        dtype=config.resolved_compute_dtype(),
+        dtype=config.resolved_vae_dtype(),
         device=config.resolved_device(),
         tiling=config.tiling,
         slicing=config.slicing,
@@ -122,7 +138,7 @@ def load_text_encoder(config: EncodeConfig) -> tuple[Any, Any]:
         subfolder=config.text_encoder_subfolder,
         tokenizer_subfolder=config.tokenizer_subfolder,
         revision=config.text_encoder_revision,
-        dtype=config.resolved_compute_dtype(),
+        dtype=config.resolved_text_encoder_dtype(),
         device=config.resolved_device(),
     )
 
@@ -139,6 +155,9 @@ def build_manifest(config: EncodeConfig, vae: Any) -> dict[str, Any]:
     if frame_spec.get("buckets") is not None:
         frame_spec["buckets"] = [list(b) for b in frame_spec["buckets"]]
     text_name = config.text_encoder or config.vae
+    vae_dtype, text_dtype = config.resolved_vae_dtype(), config.resolved_text_encoder_dtype()
+    # Recorded apart only when it differs, so caches made when one dtype ran both keep their fingerprint.
+    text_dtype_key = {"text_encoder_dtype": text_dtype} if text_dtype != vae_dtype else {}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -159,7 +178,8 @@ def build_manifest(config: EncodeConfig, vae: Any) -> dict[str, Any]:
         "tokenizer_subfolder": config.tokenizer_subfolder,
         "max_length": config.max_length,
         "caption": config.caption,
-        "compute_dtype": config.resolved_compute_dtype(),
+        "compute_dtype": vae_dtype,  # the VAE's; the text encoder's too unless text_encoder_dtype says
+        **text_dtype_key,
         "storage_dtype": config.storage_dtype,
         "sample_seed": config.sample_seed,
         "text_padding": "unpadded: text_embedding holds the first text_len rows of the max_length encoding",
@@ -172,18 +192,22 @@ def build_manifest(config: EncodeConfig, vae: Any) -> dict[str, Any]:
 
 
 class BatchEncoder:
-    """Holds the models; ``encode_batch`` turns items of one frame shape into cache rows."""
+    """Holds the models; ``encode_batch`` turns items of one frame shape into cache rows.
+
+    The text encoder loads on the first caption it embeds, so a rerun with nothing left to encode never
+    loads its 11 GB. It then stays beside the VAE: both run on every batch, and freeing it before the VAE
+    would need captions embedded in a pass of their own (their embeddings spilled to disk)."""
 
     def __init__(
         self, config: EncodeConfig, *, vae: Any = None, text_encoder: Any = None, tokenizer: Any = None
     ):
         self.config = config
         self.device = config.resolved_device()
-        self.dtype = models.torch_dtype(config.resolved_compute_dtype())
+        self.dtype = models.torch_dtype(config.resolved_vae_dtype())
         self.vae = vae if vae is not None else load_vae(config)
-        if text_encoder is None or tokenizer is None:
-            text_encoder, tokenizer = load_text_encoder(config)
-        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self._text: tuple[Any, Any] | None = None
+        if text_encoder is not None and tokenizer is not None:
+            self._text = (text_encoder, tokenizer)
         self.manifest = build_manifest(config, self.vae)
         self.fingerprint = ""  # set by the caller once the manifest is written
 
@@ -197,8 +221,11 @@ class BatchEncoder:
 
     def encode_texts(self, texts: list[str]) -> list[torch.Tensor]:
         """Unpadded (L_i, D) float32 embeddings on the CPU (:func:`medvideocap.models.encode_prompts`)."""
+        if self._text is None:
+            self._text = load_text_encoder(self.config)
+        text_encoder, tokenizer = self._text
         embeds = models.encode_prompts(
-            self.text_encoder, self.tokenizer, texts, max_length=self.config.max_length, device=self.device
+            text_encoder, tokenizer, texts, max_length=self.config.max_length, device=self.device
         )
         return [e.cpu() for e in embeds]
 
@@ -220,8 +247,16 @@ class BatchEncoder:
                 lat, lv = models.sample_posterior(mean[b], logvar[b], generator=g), None
             else:
                 lat, lv = mean[b], logvar[b]
-            latent_bytes, latent_shape, latent_dtype = array_bytes(lat.numpy().astype(sdt))
-            text_bytes, text_shape, text_dtype = array_bytes(texts[b].numpy().astype(sdt))
+            stored = {"vae_latent": lat.numpy().astype(sdt), "text_embedding": texts[b].numpy().astype(sdt)}
+            if lv is not None:
+                stored["vae_logvar"] = lv.numpy().astype(sdt)
+            # Checked as stored (float16 turns values past 65504 into inf): a NaN row would train every
+            # later step on `loss nan`, so the clip is dropped with the reason instead (see encode_items).
+            if (bad := nonfinite_summary(stored)) is not None:
+                rows.append({"id": it["id"], "__error__": _nonfinite_reason(bad, sdt), "__stage__": "encode"})
+                continue
+            latent_bytes, latent_shape, latent_dtype = array_bytes(stored["vae_latent"])
+            text_bytes, text_shape, text_dtype = array_bytes(stored["text_embedding"])
             mask_bytes, mask_shape, mask_dtype = array_bytes(np.ones(text_shape[0], dtype=np.bool_))
             rec = it.get("record")
             ts = it.get("timestamps")
@@ -257,10 +292,16 @@ class BatchEncoder:
                 "fingerprint": self.fingerprint,
             }
             if lv is not None:
-                lv_bytes, lv_shape, lv_dtype = array_bytes(lv.numpy().astype(sdt))
+                lv_bytes, lv_shape, lv_dtype = array_bytes(stored["vae_logvar"])
                 row.update(vae_logvar_bytes=lv_bytes, vae_logvar_shape=lv_shape, vae_logvar_dtype=lv_dtype)
             rows.append(row)
         return rows
+
+
+def _nonfinite_reason(summary: str, storage: np.dtype) -> str:
+    """The drop reason of a clip that encoded to NaN/inf, with the likely cause when it is the storage."""
+    hint = f" (stored as {storage.name}: values past its range become inf; store float32)"
+    return f"non-finite values after encoding: {summary}" + (hint if storage.itemsize < 4 else "")
 
 
 def _sampled_fps(ts: list[float] | None) -> float | None:
@@ -316,6 +357,9 @@ class _RankProgress:
     def rows(self, n: int) -> None:
         self.advance(encoded=n)
 
+    def drops(self, n: int) -> None:
+        self.advance(dropped=n)
+
     def advance(self, *, encoded: int = 0, dropped: int = 0) -> None:
         self.done += encoded + dropped
         self.dropped += dropped
@@ -349,14 +393,19 @@ def encode_items(
     world_size: int = 1,
     done: set[str] | None = None,
     on_rows: Callable[[int], None] | None = None,
+    dropped: DroppedLog | None = None,
+    on_dropped: Callable[[int], None] | None = None,
 ) -> EncodeReport:
     """The core loop over already-loaded items (the in-process engine): skip finished ids, keep this
     rank's ids, batch by shape, encode, write shards. Items are dicts with ``video`` (C, T, H, W) in
     [-1, 1], ``caption``, ``id`` and optionally ``timestamps`` and ``record``. ``on_rows(n)`` is called
-    after each encoded batch (progress)."""
+    after each encoded batch (progress), ``on_dropped(n)`` after clips of it were dropped. A clip that
+    encodes to NaN/inf is recorded in ``dropped`` (this rank's drop log unless given) and never written."""
     out = Path(out)
     manifest = write_manifest(out, encoder.manifest)
     encoder.fingerprint = manifest["fingerprint"]
+    if read_empty_prompt(out, encoder.fingerprint) is None:  # what a trainer's caption dropout feeds
+        write_empty_prompt(out, encoder.encode_texts([""])[0].numpy(), encoder.fingerprint)
     report = EncodeReport(split=split, rank=rank, world_size=world_size, fingerprint=encoder.fingerprint)
     done = finished_ids(out, split) if done is None else done
     writer = ShardWriter(out, split, rank, rows_per_shard=encoder.config.rows_per_shard)
@@ -374,12 +423,20 @@ def encode_items(
 
     for batch in _by_shape(todo(), encoder.config.batch_size):
         rows = encoder.encode_batch(batch)
+        rejected = [row for row in rows if "__error__" in row]
+        for row in rejected:
+            dropped = dropped if dropped is not None else DroppedLog(out, split, rank)
+            dropped.add(row["id"], row["__stage__"], row["__error__"])
+            report.dropped += 1
+        rows = [row for row in rows if "__error__" not in row]
         for row in rows:
             row["split"] = split
             writer.add(row)
             report.encoded += 1
         if on_rows is not None:
             on_rows(len(rows))
+        if rejected and on_dropped is not None:
+            on_dropped(len(rejected))
     writer.flush()
     report.shards += [str(p) for p in writer.written]
     return report
@@ -548,6 +605,8 @@ def _encode_splits(
             world_size=world_size,
             done=done,
             on_rows=ticker.rows,
+            dropped=dropped,
+            on_dropped=ticker.drops,
         )
         report.encoded = inner.encoded
         report.shards = inner.shards
@@ -607,9 +666,12 @@ def _encode_with_ray(
     (one rank) writes the shards, so the cache looks the same whichever engine made it. Ray is joined at
     ``ray_address`` (else ``$RAY_ADDRESS``) or started locally by :func:`medvideocap.dist.ray_session`."""
     # The manifest needs the VAE config (normalisation) before any actor starts: read it on the CPU.
-    vae = load_vae(dataclasses.replace(config, device="cpu", compute_dtype="float32"))
+    vae = load_vae(dataclasses.replace(config, device="cpu", vae_dtype="float32"))
     actor_config = dataclasses.replace(
-        config, device=config.resolved_device(), compute_dtype=config.resolved_compute_dtype()
+        config,
+        device=config.resolved_device(),
+        vae_dtype=config.resolved_vae_dtype(),
+        text_encoder_dtype=config.resolved_text_encoder_dtype(),
     )
     manifest = write_manifest(out, build_manifest(actor_config, vae))
     del vae
@@ -645,9 +707,9 @@ def _encode_with_ray(
         writer = ShardWriter(out, split, rank, rows_per_shard=config.rows_per_shard)
         for row in ds.iter_rows():
             row = dict(row)
-            error = row.pop("__error__", None)
+            error, stage = row.pop("__error__", None), row.pop("__stage__", None)
             if error:
-                dropped.add(row["id"], "load", error)
+                dropped.add(row["id"], stage or "load", error)
                 report.dropped += 1
                 ticker.advance(dropped=1)
                 continue

@@ -22,10 +22,15 @@ from medvideocap.latents.format import (
     INDEX_COLUMNS,
     FingerprintMismatchError,
     LatentCacheError,
+    LatentRowError,
     cache_splits,
+    check_row_arrays,
     decode_array,
     read_manifest,
+    reading_shard,
+    reencode_hint,
     shard_files,
+    stored_layout,
 )
 
 _ITEM_COLUMNS = (
@@ -83,12 +88,13 @@ class LatentCache:
         tables = []
         self._ends: dict[tuple[int, int, str], int] = {}
         for fi, path in enumerate(self.files):
-            pf = pq.ParquetFile(path)
+            with reading_shard(path):
+                pf = pq.ParquetFile(path)
+                tables.append(pf.read(columns=list(INDEX_COLUMNS)))
             for gi in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(gi).num_rows
                 self.refs.extend(RowRef(fi, gi, r) for r in range(n))
             self._ends.update(_direct_value_ends(pf.metadata, fi))
-            tables.append(pf.read(columns=list(INDEX_COLUMNS)))
         # Everything but the bytes, as Arrow (cheap to hold and to share with forked workers); the few
         # columns every item needs are also kept as Python lists.
         self.table: pa.Table = pa.concat_tables(tables)
@@ -106,13 +112,24 @@ class LatentCache:
             raise FingerprintMismatchError(
                 f"{self.root}/{split}: rows with fingerprints {sorted(map(str, stray))} != manifest {self.fingerprint}"
             )
-        self.latent_shapes: list[tuple[int, ...]] = [tuple(s) for s in self.index["vae_latent_shape"]]
+        shapes = self.index["vae_latent_shape"]
+        if None in shapes:  # the bucket sampler needs every shape before any row is read
+            shard = self.files[self.refs[shapes.index(None)].file]
+            raise LatentRowError(
+                f"{shard}: the row of clip {self.ids[shapes.index(None)]!r} has no vae_latent_shape; "
+                f"{reencode_hint(shard)}"
+            )
+        self.latent_shapes: list[tuple[int, ...]] = [tuple(s) for s in shapes]
         self.mean = np.asarray(self.manifest["latents_mean"], dtype=np.float32)
         self.std = np.asarray(self.manifest["latents_std"], dtype=np.float32)
+        self.channels = len(self.mean)
         self._files: dict[int, pq.ParquetFile] = {}
         self._fds: dict[int, int] = {}
         self._groups: OrderedDict[tuple[int, int, bool], pa.Table] = OrderedDict()
         self.cache_row_groups = 4
+        # Rows (with and without their log-variance) whose values were found finite in this process: that
+        # pass costs about as much as reading the row, so a run pays it in its first epoch only.
+        self._finite = np.zeros((len(self.refs), 2), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -175,32 +192,58 @@ class LatentCache:
         One-row groups of uncompressed PLAIN bytes (what ``ShardWriter`` writes for real Wan rows) are
         read with one ``preadv`` each into memory of their own (``owned``: the caller may write to it
         and hand it out as a tensor); anything else is read by pyarrow and viewed without a copy
-        (read-only, shared with a cached row group)."""
+        (read-only, shared with a cached row group).
+
+        Every row is checked before it is handed out (:func:`~medvideocap.latents.format.check_row_arrays`:
+        shapes against each other and the manifest, NaN/inf): a bad row is a :class:`LatentRowError`
+        naming the shard, the row and the clip id, where it used to become a broadcasting error in the
+        loader or, worse, ``loss nan`` for the rest of a run."""
         ref = self.refs[i]
+        shard = self.files[ref.file]
+        where = f"{shard} row group {ref.group} row {ref.row} (id {self.ids[i]!r})"
+        try:
+            return self._raw(i, ref, with_logvar, where)
+        except LatentRowError as exc:
+            raise LatentRowError(f"{exc}; {reencode_hint(shard)}") from None
+
+    def _raw(self, i: int, ref: RowRef, with_logvar: bool, where: str) -> dict[str, Any]:
         out: dict[str, Any] = {name: self.index[name][i] for name in _ITEM_COLUMNS}
         with_logvar = with_logvar and out["latent_kind"] == "moments"
         names = [("latent", "vae_latent"), ("text", "text_embedding")]
         if with_logvar:
             names.append(("logvar", "vae_logvar"))
-        where = f"{self.files[ref.file]} row {ref.row} (id {self.ids[i]!r})"
+        layouts = {
+            column: stored_layout(out[f"{column}_shape"], out[f"{column}_dtype"], where=f"{where}, {column}")
+            for _, column in names
+        }
         direct = {}
         for name, column in names:
             end = self._ends.get((ref.file, ref.group, f"{column}_bytes"))
-            dtype = np.dtype(out[f"{column}_dtype"])
-            nbytes = math.prod(out[f"{column}_shape"]) * dtype.itemsize
-            data = self._read_direct(ref.file, end, nbytes) if end is not None else None
+            shape, dtype = layouts[column]
+            data = (
+                self._read_direct(ref.file, end, math.prod(shape) * dtype.itemsize)
+                if end is not None
+                else None
+            )
             if data is None:
                 break
-            direct[name] = decode_array(data, out[f"{column}_shape"], out[f"{column}_dtype"], where=where)
+            direct[name] = decode_array(data, shape, dtype, where=f"{where}, {column}")
         out["owned"] = len(direct) == len(names)
         if out["owned"]:
             out.update(direct)
-            return out
-        table = self._group(ref.file, ref.group, with_logvar)
-        for name, column in names:
-            data, start, length = _value_location(table, f"{column}_bytes", ref.row)
-            buf = data.slice(start, length)
-            out[name] = decode_array(buf, out[f"{column}_shape"], out[f"{column}_dtype"], where=where)
+        else:
+            with reading_shard(self.files[ref.file]):
+                table = self._group(ref.file, ref.group, with_logvar)
+            for name, column in names:
+                data, start, length = _value_location(table, f"{column}_bytes", ref.row)
+                shape, dtype = layouts[column]
+                out[name] = decode_array(data.slice(start, length), shape, dtype, where=f"{where}, {column}")
+        arrays = {column: out[name] for name, column in names}
+        known = bool(self._finite[i, int(with_logvar)])
+        check_row_arrays(
+            arrays, text_len=out["text_len"], channels=self.channels, where=where, finite=not known
+        )
+        self._finite[i, int(with_logvar)] = True
         return out
 
 

@@ -37,6 +37,7 @@ from medvideocap.train.checkpoint import (
 from medvideocap.train.config import (
     CONFIG_DIR,
     DEFAULT_VALIDATION_PROMPTS,
+    NonFiniteTrainingError,
     NoTrainingDataError,
     TrainConfig,
     load_config,
@@ -62,6 +63,7 @@ __all__ = [
     "CONFIG_DIR",
     "DEFAULT_VALIDATION_PROMPTS",
     "EpochIndexed",
+    "NonFiniteTrainingError",
     "NoTrainingDataError",
     "OnTheFlyEncoder",
     "ResumableBatches",

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from medvideocap.generate import RUN_FILE
-from medvideocap.train.config import TrainConfig
+from medvideocap.train.config import NonFiniteTrainingError, TrainConfig
 from medvideocap.train.model import trainable_params
 
 
@@ -121,6 +122,28 @@ def load_ema(ema: Any, names: list[str], directory: Path) -> None:
     ema.load_state_dict(state)
 
 
+# ------------------------------------------------------------------------------------------ finiteness
+def nonfinite_weights(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the tensors holding NaN or inf. A pass over the weights per save, small next to writing
+    them; the loop already stops on a non-finite loss or gradient, this catches an update that overflowed
+    the weights themselves (a learning rate far too high, fp16 weights)."""
+    return [name for name, t in named if not bool(torch.isfinite(t.detach()).all())]
+
+
+def _ema_weights(transformer: Any, ema: Any) -> list[tuple[str, torch.Tensor]]:
+    """The EMA shadow copies of the trainable parameters, by the parameters' names."""
+    names = [n for n, _ in trainable_params(transformer)]
+    return [(f"ema {n}", t) for n, t in zip(names, ema.shadow_params, strict=True)]
+
+
+def _nonfinite_error(bad: list[str], where: Path, action: str, cfg: TrainConfig) -> NonFiniteTrainingError:
+    return NonFiniteTrainingError(
+        f"{where}: not {action}: {len(bad)} weight tensors hold NaN/inf (first: {bad[:3]}). The last "
+        f"checkpoint in {Path(cfg.output_dir) / 'checkpoints'} (if any) holds finite weights: resume from it "
+        "with a lower learning_rate, or check the training data"
+    )
+
+
 # ------------------------------------------------------------------------------------------ checkpoints
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     """Completed checkpoints, oldest first (a ``.tmp`` folder left by a kill is never one of them)."""
@@ -144,6 +167,15 @@ def save_checkpoint(
     root = Path(cfg.output_dir) / "checkpoints"
     final = root / f"step-{state['step']:08d}"
     tmp = root / f".step-{state['step']:08d}.tmp"
+    # Every rank checks its weights (its shards, under FSDP) and all learn the verdict, so none is left
+    # waiting in save_state for a rank that refused.
+    unwrapped = accelerator.unwrap_model(transformer)
+    weights: list[tuple[str, torch.Tensor]] = list(trainable_params(unwrapped))
+    if ema is not None:
+        weights += _ema_weights(unwrapped, ema)
+    bad = nonfinite_weights(weights)
+    if accelerator.reduce(torch.tensor(float(len(bad)), device=accelerator.device), reduction="sum").item():
+        raise _nonfinite_error(bad or ["(on another rank)"], final, "saved", cfg)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -201,6 +233,9 @@ def export_final(cfg: TrainConfig, transformer: Any, ema: Any, out: Path, run: d
 
     params = [p for _, p in trainable_params(transformer)]
     use_ema = ema is not None and cfg.export_ema
+    bad = nonfinite_weights(_ema_weights(transformer, ema) if use_ema else trainable_params(transformer))
+    if bad:
+        raise _nonfinite_error(bad, out, "exported", cfg)
     if use_ema:
         ema.store(params)
         ema.copy_to(params)

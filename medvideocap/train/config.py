@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from medvideocap.defaults import WAN_T2V_1_3B
+from medvideocap.defaults import WAN_T2V_1_3B, WAN_TEXT_TOKENS
 from medvideocap.generate import GenerationSettings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -57,6 +57,12 @@ VALIDATION_KEYS = {
 class NoTrainingDataError(RuntimeError):
     """Training cannot go on: the data source stopped giving batches (every clip of a run of batches
     failed to load), so the loop would otherwise spin forever over an endless batch plan."""
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Training cannot go on: the loss or gradient norm was NaN/inf (``max_nonfinite_steps`` steps in a
+    row), or weights about to be checkpointed or exported hold NaN/inf. Raised instead of going on,
+    because a run on ``loss nan`` used to finish every step, exit 0 and export a LoRA that makes noise."""
 
 
 class TrainConfig(BaseModel):
@@ -92,7 +98,9 @@ class TrainConfig(BaseModel):
     gradient_accumulation_steps: int = 1
     num_workers: int = 2
     max_empty_batches: int = 100  # batches in a row with no readable clip (on-the-fly) before stopping
-    text_seq_len: int = 512  # WanPipeline pads prompts to 512 tokens at inference; train the same way
+    text_seq_len: int = (
+        WAN_TEXT_TOKENS  # WanPipeline pads prompts to 512 tokens at inference; train the same way
+    )
     caption_dropout: float = 0.1  # probability of the unconditional prompt, for classifier-free guidance
     caption_dropout_embeds: Literal["empty", "zeros"] = "empty"  # UMT5("") as WanPipeline's negative, or 0s
     # objective (rectified flow, as Wan)
@@ -107,6 +115,9 @@ class TrainConfig(BaseModel):
     adam_epsilon: float = 1e-8
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0
+    # optimizer steps in a row with a NaN/inf loss or gradient norm that stop the run (1: the first);
+    # fewer are skipped (no update) with a warning
+    max_nonfinite_steps: int = 1
     lr_scheduler: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
     max_steps: int = 1000
@@ -174,11 +185,12 @@ class TrainConfig(BaseModel):
             self.max_steps,
             self.checkpoint_every,
             self.max_empty_batches,
+            self.max_nonfinite_steps,
         )
         if min(counts) < 1:
             problems.append(
-                "batch_size, gradient_accumulation_steps, max_steps, checkpoint_every, max_empty_batches "
-                "must be >= 1"
+                "batch_size, gradient_accumulation_steps, max_steps, checkpoint_every, max_empty_batches, "
+                "max_nonfinite_steps must be >= 1"
             )
         if (self.frames - 1) % 4:
             problems.append(f"frames={self.frames}: Wan's VAE needs 4k+1 frames (81, 49, 17, 5)")

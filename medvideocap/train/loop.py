@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from medvideocap.latents import sample_moments
-from medvideocap.models import encode_prompts, load_text_encoder, sample_posterior
+from medvideocap.models import sample_posterior
 from medvideocap.train.checkpoint import (
     export_final,
     find_resume,
@@ -33,11 +33,13 @@ from medvideocap.train.checkpoint import (
     set_global_rng_state,
 )
 from medvideocap.train.config import NoTrainingDataError, TrainConfig
+from medvideocap.train.guard import NonFiniteGuard
 from medvideocap.train.metrics import StepLog
 from medvideocap.train.model import build_transformer, weight_dtype
 from medvideocap.train.prepare import (
     Trainee,
     check_dataset,
+    empty_prompt_embedding,
     prepare_trainee,
     record_run,
     start_accelerator,
@@ -173,21 +175,12 @@ def make_collate(text_seq_len: int) -> Any:
     return collate
 
 
-def empty_prompt_embeds(cfg: TrainConfig, manifest: dict[str, Any], device: torch.device) -> torch.Tensor:
-    """(text_seq_len, D) conditioning used when a caption is dropped: "" through the same UMT5 that encoded
-    the cache (from its manifest), which is what WanPipeline feeds as the default negative prompt for CFG.
-    Runs once at start-up; the encoder is freed right after."""
-    name = manifest.get("text_encoder_id") or cfg.model_id
-    encoder, tokenizer = load_text_encoder(
-        name,
-        subfolder=manifest.get("text_encoder_subfolder", "text_encoder"),
-        tokenizer_subfolder=manifest.get("tokenizer_subfolder", "tokenizer"),
-        revision=cfg.revision if name == cfg.model_id else None,
-        device=str(device),
-    )
-    (hidden,) = encode_prompts(encoder, tokenizer, [""], max_length=cfg.text_seq_len, device=device)
-    del encoder
-    return pad_prompts([hidden.cpu()], cfg.text_seq_len)[0]
+def empty_prompt_embeds(
+    cfg: TrainConfig, manifest: dict[str, Any], device: torch.device, *, encoder: Any = None
+) -> torch.Tensor:
+    """(text_seq_len, D) conditioning used when a caption is dropped: the embedding of ""
+    (:func:`~medvideocap.train.prepare.empty_prompt_embedding`), zero-padded like every prompt."""
+    return pad_prompts([empty_prompt_embedding(cfg, manifest, device, encoder=encoder)], cfg.text_seq_len)[0]
 
 
 def next_batch(batches: Iterator[Any], state: dict[str, Any], cfg: TrainConfig, dataset: Any) -> Any:
@@ -285,12 +278,16 @@ def make_loader(cfg: TrainConfig, dataset: Any, accelerator: Any, *, pixels: boo
 
 def optimizer_step(
     cfg: TrainConfig, accelerator: Any, model: Trainee, next_micro: Any, gen: torch.Generator, null: Any
-) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+) -> tuple[float, Any, dict[str, Any], list[str] | None]:
     """One optimizer step over ``gradient_accumulation_steps`` micro-batches (gradients synced on the
-    last only); returns the step's mean loss, the gradient norm and the last batch."""
+    last only): (loss averaged over micro-batches and ranks, gradient norm, last batch, None), or, when
+    either number is NaN/inf, the step's sample ids on every rank last and the step not applied (see
+    :mod:`~medvideocap.train.guard`; the LR schedule advances, as for AMP's skipped steps)."""
     step_loss = torch.zeros((), device=accelerator.device)
+    ids: list[str] = []
     for micro in range(cfg.gradient_accumulation_steps):
         batch = next_micro()
+        ids += [str(i) for i in batch["id"]]
         last = micro == cfg.gradient_accumulation_steps - 1
         with accelerator.no_sync(model.transformer) if not last else contextlib.nullcontext():
             with accelerator.autocast():
@@ -298,12 +295,21 @@ def optimizer_step(
             accelerator.backward(loss / cfg.gradient_accumulation_steps)
         step_loss += loss.detach() / cfg.gradient_accumulation_steps
     grad_norm = accelerator.clip_grad_norm_(model.params, cfg.max_grad_norm)
+    mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
+    if not (math.isfinite(mean_loss) and (grad_norm is None or math.isfinite(float(grad_norm)))):
+        model.optimizer.zero_grad(set_to_none=True)
+        model.lr_scheduler.step()
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            ids = gather_object(ids)
+        return mean_loss, grad_norm, batch, ids
     model.optimizer.step()
     model.lr_scheduler.step()
     model.optimizer.zero_grad(set_to_none=True)
     if model.ema is not None:
         model.ema.step(model.params)
-    return step_loss, grad_norm, batch
+    return mean_loss, grad_norm, batch, None
 
 
 def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
@@ -323,7 +329,8 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
     check_dataset(cfg, None if on_the_fly else dataset, manifest, model_config)
     null_embeds = torch.zeros(cfg.text_seq_len, int(model_config.text_dim), device=device)
     if cfg.caption_dropout > 0 and cfg.caption_dropout_embeds == "empty":
-        null_embeds = empty_prompt_embeds(cfg, manifest, device).to(device)
+        encoder = on_the_fly.encoder if on_the_fly is not None else None
+        null_embeds = empty_prompt_embeds(cfg, manifest, device, encoder=encoder).to(device)
     model = prepare_trainee(cfg, accelerator, transformer)
 
     # resume: the same sequence of batches, noise and timesteps as an uninterrupted run
@@ -357,14 +364,22 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
 
     result = TrainResult(step=state["step"], resumed_from=resume_from)
     model.transformer.train()
+    guard = NonFiniteGuard(cfg)
     while state["step"] < stop:
-        step_loss, grad_norm, batch = optimizer_step(cfg, accelerator, model, next_micro, gen, null_embeds)
+        mean_loss, grad_norm, batch, bad = optimizer_step(
+            cfg, accelerator, model, next_micro, gen, null_embeds
+        )
         state["step"] += 1
-        mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
-        result.losses.append(mean_loss)
-        result.steps.append(state["step"])
-        tokens = math.prod(batch["latents"].shape[2:]) // 4  # patch (1, 2, 2): tokens per sample
-        step_log(state["step"], mean_loss, model.lr_scheduler.get_last_lr()[0], grad_norm, tokens)
+        if bad is not None:  # not applied; stop before a checkpoint or export could follow
+            warning = guard.bad_step(state["step"], mean_loss, grad_norm, bad, before_stop=step_log.close)
+            if main:
+                console.print(warning, soft_wrap=True)
+        else:
+            guard.good_step()
+            result.losses.append(mean_loss)
+            result.steps.append(state["step"])
+            tokens = math.prod(batch["latents"].shape[2:]) // 4  # patch (1, 2, 2): tokens per sample
+            step_log(state["step"], mean_loss, model.lr_scheduler.get_last_lr()[0], grad_norm, tokens)
         if state["step"] % cfg.checkpoint_every == 0 or state["step"] == stop:
             save_checkpoint(accelerator, cfg, dict(state), model.transformer, model.ema, gen)
         if cfg.validation_every and state["step"] % cfg.validation_every == 0 and main:

@@ -8,6 +8,7 @@ loop calls it (the order matters for exact resumes: model init draws from the gl
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from medvideocap.atomic import atomic_write_json
 from medvideocap.generate import RUN_FILE
 from medvideocap.train.checkpoint import register_lora_hooks
 from medvideocap.train.config import TrainConfig
-from medvideocap.train.model import trainable_params
+from medvideocap.train.model import trainable_params, weight_dtype
 
 
 @dataclass
@@ -79,6 +80,43 @@ def check_dataset(cfg: TrainConfig, dataset: Any, manifest: dict[str, Any], mode
             f"{text_dim}: was the cache encoded with this model's VAE and text encoder "
             f"({manifest.get('vae_id')})?"
         )
+
+
+def empty_prompt_embedding(
+    cfg: TrainConfig, manifest: dict[str, Any], device: torch.device, *, encoder: Any = None
+) -> torch.Tensor:
+    """The unpadded ``(L, D)`` float32 embedding of "" that a dropped caption is replaced with: the prompt
+    WanPipeline feeds as its default negative for CFG, through the text encoder that embedded the captions.
+
+    Cheapest source first, as UMT5-XXL is 11.4 GB even in bf16: the embedding ``encode-latents`` stored
+    in the cache at ``cfg.latents``; else the text encoder of the on-the-fly ``encoder`` (a
+    :class:`~medvideocap.latents.encode.BatchEncoder`, which needs it anyway); else the cache's text
+    encoder (named by its manifest) loaded once, in the dtype the captions were embedded in (the training
+    compute dtype when the manifest does not say), and freed."""
+    from medvideocap import models
+    from medvideocap.latents.format import read_empty_prompt, text_encoder_dtype
+
+    if cfg.latents and manifest.get("fingerprint"):
+        stored = read_empty_prompt(Path(cfg.latents), manifest["fingerprint"])
+        if stored is not None:
+            return torch.from_numpy(stored.copy())
+    if encoder is not None:
+        return encoder.encode_texts([""])[0]
+    name = manifest.get("text_encoder_id") or cfg.model_id
+    text_encoder, tokenizer = models.load_text_encoder(
+        name,
+        subfolder=manifest.get("text_encoder_subfolder", "text_encoder"),
+        tokenizer_subfolder=manifest.get("tokenizer_subfolder", "tokenizer"),
+        revision=cfg.revision if name == cfg.model_id else None,
+        dtype=text_encoder_dtype(manifest) or weight_dtype(cfg.mixed_precision),
+        device=str(device),
+    )
+    (hidden,) = models.encode_prompts(
+        text_encoder, tokenizer, [""], max_length=cfg.text_seq_len, device=device
+    )
+    del text_encoder
+    gc.collect()
+    return hidden.cpu()
 
 
 def prepare_trainee(cfg: TrainConfig, accelerator: Any, transformer: Any) -> Trainee:
