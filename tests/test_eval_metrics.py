@@ -11,7 +11,12 @@ pytest.importorskip("transformers")
 
 from medvideocap.eval.metrics import METRICS, MetricError, build_metrics, parse_metric_models  # noqa: E402
 from medvideocap.eval.metrics.base import consistency  # noqa: E402
-from medvideocap.eval.tiny import save_tiny_aesthetic_head, save_tiny_clip, save_tiny_dino  # noqa: E402
+from medvideocap.eval.tiny import (  # noqa: E402
+    save_tiny_aesthetic_head,
+    save_tiny_clip,
+    save_tiny_dino,
+    save_tiny_videoscore,
+)
 
 SHUFFLE = [0, 8, 1, 7, 2, 6, 3, 5, 4]  # keeps the first frame, so only the previous-frame terms change
 
@@ -27,6 +32,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]
         "imaging_quality_clipiqa": {"": clip},
         "text_video_alignment": {"": clip},
         "aesthetic_quality": {"": clip, "head": head},
+        "videoscore": {"": str(save_tiny_videoscore(root / "videoscore"))},
     }
 
 
@@ -173,6 +179,7 @@ def test_defaults_are_the_real_model_ids() -> None:
     assert defaults["text_video_alignment"] == {"": "openai/clip-vit-base-patch32"}
     assert defaults["aesthetic_quality"][""] == "openai/clip-vit-large-patch14"
     assert defaults["aesthetic_quality"]["head"].startswith("hf://")
+    assert defaults["videoscore"] == {"": "TIGER-Lab/VideoScore-v1.1"}
 
 
 def test_metric_model_overrides_parse_and_bad_ones_say_what_to_type() -> None:
@@ -186,8 +193,8 @@ def test_metric_model_overrides_parse_and_bad_ones_say_what_to_type() -> None:
         parse_metric_models(["dover=x"])
     with pytest.raises(MetricError, match="no model role"):
         build_metrics(["temporal_flickering"], {"temporal_flickering": {"": "x"}})
-    with pytest.raises(MetricError, match="videoscore is not built in"):
-        build_metrics(["videoscore"])
+    with pytest.raises(MetricError, match="unknown metric.*dover; known: subject_consistency"):
+        build_metrics(["dover"])
     with pytest.raises(MetricError, match=r"uint8 \(T, H, W, 3\)"):
         _metric("temporal_flickering", {}).score(np.zeros((3, 8, 8)), "")
 

@@ -15,7 +15,7 @@ from medvideocap.eval.metrics import build_metrics  # noqa: E402
 from medvideocap.eval.prompts import load_prompts  # noqa: E402
 from medvideocap.eval.protocol import MEDGEN_PAPER, get_protocol  # noqa: E402
 from medvideocap.eval.runner import run_eval  # noqa: E402
-from medvideocap.eval.tiny import save_tiny_clip, save_tiny_dino  # noqa: E402
+from medvideocap.eval.tiny import save_tiny_clip, save_tiny_dino, save_tiny_videoscore  # noqa: E402
 from medvideocap.generate import write_mp4  # noqa: E402
 
 
@@ -25,6 +25,8 @@ def test_a_run_at_the_papers_settings_on_its_prompts_differs_only_by_the_stand_i
         "generation": {"frames": 81, "height": 480, "width": 832, "steps": 50},
     }
     assert MEDGEN_PAPER.differences(run) == [
+        "the paper does not publish how its total combines the VBench dimensions and VideoScore; ours is "
+        "the unweighted mean of the dimensions above, times 100",
         "motion_smoothness: scored by our `flow_interpolation_smoothness` stand-in, not VBench's AMT-S frame "
         "interpolator",
         "imaging_quality: scored by our `imaging_quality_clipiqa` stand-in, not VBench's MUSIQ (SPAQ weights)",
@@ -54,6 +56,7 @@ def test_the_report_puts_the_published_table_beside_ours_and_lists_what_differs(
         "subject_consistency": {"": dino},
         "background_consistency": {"": clip},
         "imaging_quality_clipiqa": {"": clip},
+        "videoscore": {"": str(save_tiny_videoscore(tmp_path / "videoscore"))},
     }
     out = tmp_path / "run"
     run_eval(

@@ -15,12 +15,11 @@ from medvideocap.cli.options import generation_options
 from medvideocap.plan import PLAN_HELP
 
 METRICS_HELP = (
-    "Comma-separated metrics (default: all). Built in: subject_consistency, background_consistency, "
-    "temporal_flickering, flow_interpolation_smoothness (VBench's motion-smoothness protocol with optical "
-    "flow instead of AMT-S), imaging_quality_clipiqa (CLIP-IQA; stands in for MUSIQ), aesthetic_quality, "
-    "text_video_alignment (CLIP score). videoscore is not built in (it loads neither through plain "
-    "transformers nor as an OpenAI-compatible chat model): add a Metric in medvideocap/eval/metrics/ that "
-    "calls a served VideoScore and register it in METRICS (see medvideocap/eval/metrics/__init__.py)."
+    "Comma-separated metrics (default: all but videoscore). Built in: subject_consistency, "
+    "background_consistency, temporal_flickering, flow_interpolation_smoothness (VBench's motion-smoothness "
+    "protocol with optical flow instead of AMT-S), imaging_quality_clipiqa (CLIP-IQA; stands in for MUSIQ), "
+    "aesthetic_quality, text_video_alignment (CLIP score), videoscore (TIGER-Lab/VideoScore-v1.1, an 8B "
+    "Idefics2 regression model: 16.5 GB of weights, ~17 GB of GPU memory in bf16; ask for it by name)."
 )
 
 
@@ -118,7 +117,7 @@ def command(
     paired bootstrap intervals, and collect doctors' blind pairwise ratings."""
     from medvideocap.eval import compare as compare_mod
     from medvideocap.eval import ratings
-    from medvideocap.eval.metrics import METRICS, MetricError, build_metrics, parse_metric_models
+    from medvideocap.eval.metrics import DEFAULT_METRICS, MetricError, build_metrics, parse_metric_models
     from medvideocap.eval.prompts import PromptError, describe_prompts, load_prompts
     from medvideocap.eval.protocol import get_protocol
     from medvideocap.eval.runner import EvalError, checkpoint_labels, run_eval
@@ -160,7 +159,7 @@ def command(
                 raise click.UsageError(f"--protocol {protocol} fixes --prompts and --metrics; leave them out")
             prompts, names = chosen.prompts, chosen.metrics
         prompt_set = load_prompts(prompts)[:limit]
-        metrics = build_metrics(names or list(METRICS), parse_metric_models(metric_model), device=device)
+        metrics = build_metrics(names or DEFAULT_METRICS, parse_metric_models(metric_model), device=device)
         settings = GenerationSettings(
             frames=frames,
             height=height,

@@ -39,6 +39,7 @@ WEIGHTS: dict[str, float] = {
     "imaging_quality_clipiqa": 1.0,
     "aesthetic_quality": 1.0,
     "text_video_alignment": 1.0,
+    "videoscore": 1.0,
 }
 SCHEMA = {
     "checkpoint": pl.String,

@@ -1,12 +1,14 @@
-"""Tiny random-weight DINO (``ViTModel``) and CLIP (``CLIPModel``) folders for tests and the benchmark.
+"""Tiny random-weight DINO (``ViTModel``), CLIP (``CLIPModel``) and VideoScore (Idefics2) folders for tests
+and the benchmark.
 
-They keep the real classes and folder layout of ``facebook/dino-vitb16`` and
-``openai/clip-vit-base-patch32`` (config, weights, image processor, tokenizer) so each metric's real
-loading code runs, but shrink every width so a video scores in milliseconds on a CPU.
+They keep the real classes and folder layout of ``facebook/dino-vitb16``, ``openai/clip-vit-base-patch32``
+and ``TIGER-Lab/VideoScore-v1.1`` (config, weights, image processor, tokenizer) so each metric's real
+loading code runs, but shrink every width so a video scores in well under a second on a CPU.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -91,4 +93,102 @@ def save_tiny_aesthetic_head(path: str | Path, *, embed_dim: int = 8, rating: fl
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out))
+    return out
+
+
+def save_tiny_videoscore(
+    directory: str | Path,
+    seed: int = 0,
+    *,
+    ratings: tuple[float, float, float, float, float] | None = None,
+    image_size: int = 32,
+) -> Path:
+    """A VideoScore-shaped checkpoint: a 1-layer Idefics2 backbone (vision width 16, patch 8, 4 perceiver
+    latents, Mistral width 32) saved as Mantis' ``Idefics2ForSequenceClassification`` saves it (backbone under
+    ``model.``, a 5-output ``score`` head, sharded safetensors with ``model.safetensors.index.json``) beside
+    the Idefics2 processor files, so :mod:`medvideocap.eval.metrics.videoscore` loads it like the real one.
+
+    The head is random around the middle of the 1-4 scale (each rating about 2.5 +- 0.5), or, with
+    ``ratings``, zero weights and those biases, so a test knows the exact output. Weights are deterministic
+    per ``seed``.
+    """
+    from huggingface_hub import save_torch_state_dict
+    from transformers import Idefics2Config, Idefics2ImageProcessor, Idefics2Model, Idefics2Processor
+
+    from medvideocap.eval.metrics.videoscore import ASPECTS, BACKBONE_PREFIX, HEAD_BIAS, HEAD_WEIGHT
+
+    out = Path(directory)
+    # A wider init than transformers' 0.02, and random perceiver latents instead of all-ones: at the default
+    # every image token comes out of the resampler as nearly the same vector, so frames barely move the
+    # ratings and a test could not tell a static video from noise.
+    latents, hidden, init = 4, 32, 0.2
+    processor = Idefics2Processor(
+        image_processor=Idefics2ImageProcessor(
+            do_image_splitting=False,
+            size={"longest_edge": image_size, "shortest_edge": image_size // 2},
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+        ),
+        tokenizer=tiny_tokenizer(),
+        image_seq_len=latents,
+    )
+    tokenizer = processor.tokenizer
+    config = Idefics2Config(
+        architectures=["Idefics2ForSequenceClassification"],
+        id2label={i: f"LABEL_{i}" for i in range(len(ASPECTS))},
+        image_token_id=processor.image_token_id,
+        tie_word_embeddings=False,
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": 8,
+            "initializer_range": init,
+        },
+        perceiver_config={
+            "hidden_size": hidden,
+            "resampler_n_latents": latents,
+            "resampler_depth": 1,
+            "resampler_n_heads": 2,
+            "resampler_head_dim": 8,
+            "num_key_value_heads": 1,
+            "initializer_range": init,
+        },
+        text_config={
+            "model_type": "mistral",
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 4096,
+            "sliding_window": 4096,
+            "pad_token_id": tokenizer.pad_token_id,
+            "initializer_range": init,
+        },
+    )
+    gen = torch.Generator().manual_seed(seed + 1)
+    with seeded(seed):
+        backbone = Idefics2Model(config)
+        torch.nn.init.normal_(backbone.connector.perceiver_resampler.latents)
+    state = {BACKBONE_PREFIX + k: v.contiguous() for k, v in backbone.state_dict().items()}
+    if ratings is None:
+        state[HEAD_WEIGHT] = torch.randn(len(ASPECTS), hidden, generator=gen) * 0.5 / hidden**0.5
+        state[HEAD_BIAS] = torch.full((len(ASPECTS),), 2.5)
+    else:
+        state[HEAD_WEIGHT] = torch.zeros(len(ASPECTS), hidden)
+        state[HEAD_BIAS] = torch.tensor([float(r) for r in ratings])
+    out.mkdir(parents=True, exist_ok=True)
+    save_torch_state_dict(state, out, max_shard_size="64KB")
+    config.save_pretrained(out)
+    # The 4.4x layout the real checkpoint ships: preprocessor_config.json for the image processor and a
+    # processor_config.json holding only image_seq_len, so the legacy files are what the loader reads.
+    tokenizer.save_pretrained(out)
+    processor.image_processor.save_pretrained(out)
+    (out / "processor_config.json").write_text(
+        json.dumps({"image_seq_len": latents, "processor_class": "Idefics2Processor"}, indent=2) + "\n"
+    )
     return out

@@ -1,12 +1,4 @@
-"""The evaluation metrics, one module each, and the table that names them.
-
-``videoscore`` (TIGER-Lab's VideoScore, a Mantis-Idefics2-8B regression model) is not built in: it does not
-load through plain transformers classes, and it is not a chat model, so an OpenAI-compatible server does not
-serve its scores. To add it, write ``medvideocap/eval/metrics/videoscore.py`` with a :class:`Metric` whose
-``score`` calls the model (e.g. behind a small HTTP service, sending frames the way
-:mod:`medvideocap.caption.openai_api` does) and maps each of its five 1-4 ratings to [0, 1] by
-``(r - 1) / 3``; then add it to :data:`METRICS`.
-"""
+"""The evaluation metrics, one module each, and the table that names them."""
 
 from __future__ import annotations
 
@@ -18,6 +10,7 @@ from medvideocap.eval.metrics.interpolation_smoothness import FlowInterpolationS
 from medvideocap.eval.metrics.subject_consistency import SubjectConsistency
 from medvideocap.eval.metrics.temporal_flickering import TemporalFlickering
 from medvideocap.eval.metrics.text_video_alignment import TextVideoAlignment
+from medvideocap.eval.metrics.videoscore import VideoScore
 
 METRICS: dict[str, type[Metric]] = {
     cls.name: cls
@@ -29,8 +22,13 @@ METRICS: dict[str, type[Metric]] = {
         ImagingQualityClipIQA,
         AestheticQuality,
         TextVideoAlignment,
+        VideoScore,
     )
 }
+
+#: What ``eval`` scores when no ``--metrics`` are given: every metric but the 8B VideoScore, whose 16.5 GB
+#: download and GPU memory a user should ask for by name (``--metrics ...,videoscore`` or a protocol).
+DEFAULT_METRICS: list[str] = [name for name in METRICS if name != "videoscore"]
 
 
 def parse_metric_models(specs: list[str] | tuple[str, ...]) -> dict[str, dict[str, str]]:
@@ -57,11 +55,8 @@ def build_metrics(
     """The selected metrics, in the order given; an unknown name fails with the list of known ones."""
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        hint = (
-            " (videoscore is not built in: see `medvideocap eval --help`)" if "videoscore" in unknown else ""
-        )
-        raise MetricError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}{hint}")
+        raise MetricError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
     return [METRICS[n]((models or {}).get(n), device=device) for n in names]
 
 
-__all__ = ["METRICS", "Metric", "MetricError", "build_metrics", "parse_metric_models"]
+__all__ = ["DEFAULT_METRICS", "METRICS", "Metric", "MetricError", "build_metrics", "parse_metric_models"]
