@@ -10,9 +10,9 @@ evaluation all load and run them, so each step is written here once:
   Every loader hands the dtype to ``from_pretrained``, so weights are materialised once, in that dtype,
   and the text encoder is never upcast by default: UMT5-XXL is 11.4 GB in bf16 and 22.7 GB in fp32 (the
   CPU's float32 default once got ``encode-latents`` killed on a 16 GiB machine);
-* :data:`WAN_1_3B_TRANSFORMER_CONFIG`, :data:`WAN_VAE_CONFIG` and :data:`UMT5_XXL_ENCODER_CONFIG` are the
-  default models' real configs, so their real shapes are checked on the ``meta`` device without a download
-  (``tests/test_realsize_meta.py``);
+* :data:`WAN_1_3B_TRANSFORMER_CONFIG` (and :data:`WAN_14B_TRANSFORMER_CONFIG`), :data:`WAN_VAE_CONFIG`
+  and :data:`UMT5_XXL_ENCODER_CONFIG` are the default models' real configs, so their real shapes are
+  checked on the ``meta`` device without a download (``tests/test_realsize_meta.py``);
 * :func:`revision_of` is what a cache manifest records about the weights it was made with;
 * :func:`vae_normalization` is the per-channel ``(mean, std)`` every latent is trained on;
 * :func:`encode_prompts` is how a caption becomes conditioning (Wan's pipeline: whitespace collapsed,
@@ -138,6 +138,15 @@ WAN_1_3B_TRANSFORMER_CONFIG: dict[str, Any] = {
     "qk_norm": "rms_norm_across_heads",
     "eps": 1e-6,
     "rope_max_seq_len": 1024,
+}
+#: ``Wan-AI/Wan2.1-T2V-14B-Diffusers`` ``transformer/config.json``: 14,288,491,584 parameters (the same
+#: transformer as each expert of Wan2.2-T2V-A14B). Width 5120 (40 heads x 128), 40 blocks, FFN 13824; the
+#: text width, channels and patch are the 1.3B's, so one latent cache (same VAE and UMT5) feeds both.
+WAN_14B_TRANSFORMER_CONFIG: dict[str, Any] = {
+    **WAN_1_3B_TRANSFORMER_CONFIG,
+    "num_attention_heads": 40,
+    "ffn_dim": 13824,
+    "num_layers": 40,
 }
 #: ``vae/config.json`` (``AutoencoderKLWan``, 126,892,531 parameters): 16 latent channels, 4x temporal and
 #: 8x spatial compression, and the per-channel moments every latent is normalised with.

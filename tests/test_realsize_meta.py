@@ -91,3 +91,27 @@ def test_the_512_token_text_window_is_shared_and_the_real_transformer_takes_it()
             hidden_states=latents, timestep=torch.zeros(1), encoder_hidden_states=text, return_dict=False
         )[0]
     assert out.shape == latents.shape
+
+
+def test_the_14b_config_builds_the_published_14b_transformer_and_takes_the_shipped_lora() -> None:
+    """14,288,491,584 parameters: the element count of the published transformer safetensors (the 14B's
+    transformer is also each expert of Wan2.2-T2V-A14B, whose per-expert count public model indexes give
+    as this number; Wan-AI/Wan2.1-T2V-14B-Diffusers stores it as 12 fp32 shards, 57.15 GB = 4 bytes x
+    this count). The config is the diffusers repo's transformer/config.json, which equals
+    WanTransformer3DModel's defaults."""
+    from diffusers import WanTransformer3DModel
+
+    from medvideocap.models import WAN_14B_TRANSFORMER_CONFIG
+    from medvideocap.train import build_transformer, load_config
+
+    defaults = {
+        name: p.default for name, p in inspect.signature(WanTransformer3DModel.__init__).parameters.items()
+    }
+    assert {k: defaults[k] for k in WAN_14B_TRANSFORMER_CONFIG} == WAN_14B_TRANSFORMER_CONFIG
+    with torch.device("meta"):
+        real: Any = WanTransformer3DModel(**WAN_14B_TRANSFORMER_CONFIG)
+    assert _count(real) == 14_288_491_584
+    with torch.device("meta"):
+        model = build_transformer(load_config("medgen-14b-lora"), torch.bfloat16, transformer=real)
+    lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert lora == 40 * 2 * 4 * 32 * (5120 + 5120)  # 40 blocks x 2 attentions x (q, k, v, out)

@@ -3,9 +3,10 @@
 MedGen's weights are Wan2.1-T2V fine-tunes, but no training code shipped with them. This package is the
 whole recipe, in the order a run goes: :mod:`~medvideocap.train.config` (every knob),
 :mod:`~medvideocap.train.model` (the transformer, LoRA or full), :mod:`~medvideocap.train.prepare`
-(accelerator, optimiser, EMA), :mod:`~medvideocap.train.loop` (data adapters, the objective, the loop:
-read this one top to bottom), :mod:`~medvideocap.train.metrics` (per-step log),
-:mod:`~medvideocap.train.checkpoint` (resume, export) and :mod:`~medvideocap.train.validation`.
+(accelerator, optimiser, EMA), :mod:`~medvideocap.train.batches` (the resumable batch plan),
+:mod:`~medvideocap.train.loop` (data adapters, the objective, the loop: read this one top to bottom),
+:mod:`~medvideocap.train.metrics` (per-step log), :mod:`~medvideocap.train.heldout` (held-out loss, best
+checkpoint), :mod:`~medvideocap.train.checkpoint` (resume, export) and :mod:`~medvideocap.train.validation`.
 
     medvideocap train --config medgen-1.3b-lora --set latents=cache/ --set output_dir=runs/lora
     python -m medvideocap.train --config medgen-1.3b-lora latents=cache/ max_steps=2000
@@ -20,6 +21,7 @@ purpose, for time-boxed cluster slots, without changing the LR schedule).
 
 from __future__ import annotations
 
+from medvideocap.train.batches import EpochIndexed, ResumableBatches, make_collate
 from medvideocap.train.checkpoint import (
     checkpoint_dirs,
     export_final,
@@ -43,13 +45,10 @@ from medvideocap.train.config import (
     load_config,
 )
 from medvideocap.train.loop import (
-    EpochIndexed,
     OnTheFlyEncoder,
-    ResumableBatches,
     TrainResult,
     empty_prompt_embeds,
     flow_matching_loss,
-    make_collate,
     open_dataset,
     sample_sigmas,
     train,

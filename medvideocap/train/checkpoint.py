@@ -21,6 +21,9 @@ from medvideocap.generate import RUN_FILE
 from medvideocap.train.config import NonFiniteTrainingError, TrainConfig
 from medvideocap.train.model import trainable_params
 
+#: In the run folder: which checkpoint has the lowest held-out loss so far; rotation never deletes it.
+BEST_FILE = "best.json"
+
 
 # ------------------------------------------------------------------------------------------ RNG states
 def global_rng_state() -> dict[str, Any]:
@@ -151,6 +154,20 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / "trainer_state.json").is_file())
 
 
+def best_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint ``best.json`` names (lowest held-out loss so far, :mod:`~medvideocap.train.heldout`)."""
+    path = Path(output_dir) / BEST_FILE
+    return Path(output_dir) / json.loads(path.read_text())["checkpoint"] if path.is_file() else None
+
+
+def rotate_checkpoints(cfg: TrainConfig) -> None:
+    """Delete all but the newest ``checkpoints_keep`` checkpoints, and the best one, which outlives them."""
+    best = best_checkpoint(cfg.output_dir)
+    for old in checkpoint_dirs(cfg.output_dir)[: -cfg.checkpoints_keep]:
+        if old != best:
+            shutil.rmtree(old)
+
+
 def save_checkpoint(
     accelerator: Any,
     cfg: TrainConfig,
@@ -189,8 +206,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in checkpoint_dirs(cfg.output_dir)[: -cfg.checkpoints_keep]:
-            shutil.rmtree(old)
+        rotate_checkpoints(cfg)
     accelerator.wait_for_everyone()
     return final
 

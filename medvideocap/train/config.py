@@ -134,6 +134,12 @@ class TrainConfig(BaseModel):
     validation_prompts: list[str] = DEFAULT_VALIDATION_PROMPTS
     validation: GenerationSettings = GenerationSettings()  # written as the validation_* keys above
     validation_seed: int = 0
+    # held-out loss (medvideocap.train.heldout): clips kept out of training, scored at every checkpoint
+    heldout_fraction: float = 0.0  # of the cache, picked by a hash of the clip id (0: off)
+    heldout_min: int = 8  # at least this many clips when heldout_fraction > 0
+    heldout_max: int = 256  # at most this many (each costs one forward pass per scoring)
+    heldout_ids: list[str] = []  # or exactly these clips (overrides the fraction)
+    heldout_buckets: int = 4  # timestep buckets the held-out loss is reported in
     export_ema: bool = True  # the final export holds EMA weights (when EMA is on)
     export_pipeline: bool = True  # full mode: write a complete WanPipeline folder, not only transformer/
 
@@ -192,6 +198,13 @@ class TrainConfig(BaseModel):
                 "batch_size, gradient_accumulation_steps, max_steps, checkpoint_every, max_empty_batches, "
                 "max_nonfinite_steps must be >= 1"
             )
+        if not 0.0 <= self.heldout_fraction < 1.0 or min(self.heldout_min, self.heldout_buckets) < 1:
+            problems.append(
+                f"heldout_fraction={self.heldout_fraction} must be in [0, 1) (0: off), heldout_min and "
+                "heldout_buckets >= 1"
+            )
+        if self.heldout_max < self.heldout_min:
+            problems.append(f"heldout_max={self.heldout_max} is below heldout_min={self.heldout_min}")
         if (self.frames - 1) % 4:
             problems.append(f"frames={self.frames}: Wan's VAE needs 4k+1 frames (81, 49, 17, 5)")
         problems += self.validation.problems("validation_{}".format)

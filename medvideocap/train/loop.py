@@ -1,10 +1,11 @@
-"""The MedGen training loop: data adapters -> objective -> the loop, to read top to bottom.
+"""The MedGen training loop: data -> objective -> the loop, to read top to bottom.
 
 Everything heavy (VAE, UMT5) ran once in ``medvideocap encode-latents``; here only the transformer
 trains (``source=DATASET`` instead of ``latents=`` encodes on the fly, for quick tries). The config is
 :mod:`~medvideocap.train.config`, the model :mod:`~medvideocap.train.model`, the one-off set-up
-:mod:`~medvideocap.train.prepare`, what lands on disk :mod:`~medvideocap.train.checkpoint`, per-step
-reporting :mod:`~medvideocap.train.metrics` and the validation videos :mod:`~medvideocap.train.validation`.
+:mod:`~medvideocap.train.prepare`, the batch plan :mod:`~medvideocap.train.batches`, what lands on disk
+:mod:`~medvideocap.train.checkpoint`, per-step reporting :mod:`~medvideocap.train.metrics`, the held-out
+loss :mod:`~medvideocap.train.heldout` and the validation videos :mod:`~medvideocap.train.validation`.
 
 Resumes are exact: every random draw of a step (the VAE posterior sample, drawn here on the training
 device, flow noise, timesteps, caption dropout) comes from one per-rank generator whose state is
@@ -25,6 +26,7 @@ import torch
 
 from medvideocap.latents import sample_moments
 from medvideocap.models import sample_posterior
+from medvideocap.train.batches import make_loader, pad_prompts
 from medvideocap.train.checkpoint import (
     export_final,
     find_resume,
@@ -34,6 +36,7 @@ from medvideocap.train.checkpoint import (
 )
 from medvideocap.train.config import NoTrainingDataError, TrainConfig
 from medvideocap.train.guard import NonFiniteGuard
+from medvideocap.train.heldout import split_heldout
 from medvideocap.train.metrics import StepLog
 from medvideocap.train.model import build_transformer, weight_dtype
 from medvideocap.train.prepare import (
@@ -48,57 +51,6 @@ from medvideocap.train.validation import Validator
 
 
 # ------------------------------------------------------------------------------------------------- data
-class ResumableBatches(torch.utils.data.Sampler[list[tuple[int, int]]]):
-    """Endless batches for one rank: the latent cache's shape-bucketed, per-epoch-shuffled batch plan,
-    epoch after epoch, starting ``consumed`` batches in.
-
-    The trainer counts the batches it *consumed* (not what the DataLoader prefetched), so a resumed job
-    starts exactly where the stopped one left off. Indices travel as (epoch, index) so a dataset that
-    draws its own posterior samples (``posterior="sample"``) draws them for the right epoch."""
-
-    def __init__(
-        self, dataset: Any, batch_size: int, *, seed: int, rank: int, world_size: int, consumed: int
-    ):
-        from medvideocap.loading.sampler import BucketBatchSampler
-
-        opts: dict[str, Any] = {"shuffle": True, "seed": seed, "drop_last": True}
-        opts |= {"rank": rank, "world_size": world_size}
-        if hasattr(dataset, "bucket_sampler"):
-            self.plan = dataset.bucket_sampler(batch_size, **opts)
-        else:  # any other map-style dataset of equal-shaped items
-            self.plan = BucketBatchSampler([()] * len(dataset), batch_size, **opts)
-        self.per_epoch = len(self.plan)
-        if self.per_epoch == 0:
-            raise ValueError(
-                f"{len(dataset)} training items give no full batch of {batch_size} per rank on {world_size} rank(s)"
-            )
-        self.consumed = consumed
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch, offset = divmod(self.consumed, self.per_epoch)
-        while True:
-            self.plan.load_state_dict({"epoch": epoch, "consumed": offset, "seed": self.plan.seed})
-            for batch in self.plan:
-                yield [(epoch, i) for i in batch]
-            epoch, offset = epoch + 1, 0
-
-
-class EpochIndexed(torch.utils.data.Dataset):
-    """Looks up ``(epoch, index)``, telling the dataset the epoch inside every worker process."""
-
-    def __init__(self, dataset: Any):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        epoch, index = key
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        return self.dataset[index]
-
-
 def open_dataset(cfg: TrainConfig) -> Any:
     """The latent cache written by ``encode-latents`` (normalised posterior means and log-variances +
     unpadded UMT5 embeddings), or, without one, pixel clips from ``medvideocap.load`` for
@@ -119,17 +71,6 @@ def open_dataset(cfg: TrainConfig) -> Any:
         )
         return load(cfg.source, cfg.split, frames=spec, caption=cfg.caption, seed=cfg.seed)
     raise ValueError("no training data: set latents=PATH (an encode-latents folder) or source=DATASET")
-
-
-def pad_prompts(embeds: torch.Tensor | list[torch.Tensor], text_seq_len: int) -> torch.Tensor:
-    """Prompt embeddings, (B, L, D) zero-padded or a list of unpadded (L_i, D), -> (B, text_seq_len, D),
-    zero-padded exactly as WanPipeline pads prompts at inference (Wan's cross-attention takes no mask;
-    the zeros are what it learned to ignore)."""
-    if isinstance(embeds, list):
-        embeds = torch.nn.utils.rnn.pad_sequence(embeds, batch_first=True)
-    if embeds.shape[1] > text_seq_len:
-        raise ValueError(f"prompt of {embeds.shape[1]} tokens exceeds text_seq_len={text_seq_len}")
-    return torch.nn.functional.pad(embeds, (0, 0, 0, text_seq_len - embeds.shape[1]))
 
 
 class OnTheFlyEncoder:
@@ -161,18 +102,6 @@ class OnTheFlyEncoder:
         texts = [t.to(latents.device) for t in self.encoder.encode_texts(batch["caption"])]
         embeds = pad_prompts(texts, self.text_seq_len)
         return {"latents": latents, "prompt_embeds": embeds, "id": batch["id"], "caption": batch["caption"]}
-
-
-def make_collate(text_seq_len: int) -> Any:
-    """``collate_latents``, then the prompts zero-padded to ``text_seq_len`` (:func:`pad_prompts`)."""
-    from medvideocap.latents import collate_latents
-
-    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = collate_latents(items)
-        batch["prompt_embeds"] = pad_prompts(batch["prompt_embeds"], text_seq_len)
-        return batch
-
-    return collate
 
 
 def empty_prompt_embeds(
@@ -222,22 +151,29 @@ def flow_matching_loss(
     generator: torch.Generator,
     null_embeds: torch.Tensor,
 ) -> torch.Tensor:
-    """Rectified flow: x_t = (1-s) x0 + s noise, the model predicts the velocity noise - x0 at timestep
-    1000*s (Wan's convention), MSE in fp32. Every random draw comes from ``generator`` in a fixed order,
-    so checkpointing its state makes resumed runs bit-for-bit continuations."""
+    """:func:`velocity_loss` at random noise, noise levels and caption dropout. Every random draw comes
+    from ``generator`` in a fixed order, so checkpointing its state makes resumed runs bit-for-bit
+    continuations."""
     x0 = batch["latents"]
     b = x0.shape[0]
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     sigmas = sample_sigmas(b, cfg, generator, x0.device)
     drop = torch.rand(b, generator=generator, device=x0.device) < cfg.caption_dropout
-    s = sigmas.view(b, 1, 1, 1, 1)
-    noisy = (1.0 - s) * x0 + s * noise
-    target = noise - x0
     embeds = torch.where(drop.view(b, 1, 1), null_embeds.to(batch["prompt_embeds"]), batch["prompt_embeds"])
+    return velocity_loss(model, x0, noise, sigmas, embeds)
+
+
+def velocity_loss(
+    model: Any, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, embeds: torch.Tensor
+) -> torch.Tensor:
+    """Rectified flow: x_t = (1-s) x0 + s noise, the model predicts the velocity noise - x0 at timestep
+    1000*s (Wan's convention), MSE in fp32. The held-out score calls it at fixed s and noise."""
+    s = sigmas.view(-1, 1, 1, 1, 1)
+    noisy = (1.0 - s) * x0 + s * noise
     pred = model(
         hidden_states=noisy, timestep=sigmas * 1000.0, encoder_hidden_states=embeds, return_dict=False
-    )[0]
-    return torch.nn.functional.mse_loss(pred.float(), target.float())
+    )
+    return torch.nn.functional.mse_loss(pred[0].float(), (noise - x0).float())
 
 
 # ------------------------------------------------------------------------------------------------- loop
@@ -252,28 +188,6 @@ class TrainResult:
     export: Path | None = None
     validations: list[Path] = field(default_factory=list)
     transformer: Any = None  # the trained (unwrapped) model, for notebooks and tests
-
-
-def make_loader(cfg: TrainConfig, dataset: Any, accelerator: Any, *, pixels: bool, consumed: int) -> Any:
-    """The endless DataLoader of this rank over :class:`ResumableBatches`, ``consumed`` batches in."""
-    from medvideocap.loading.loader import collate
-
-    plan = ResumableBatches(
-        dataset,
-        cfg.batch_size,
-        seed=cfg.seed,
-        rank=accelerator.process_index,
-        world_size=accelerator.num_processes,
-        consumed=consumed,
-    )
-    return torch.utils.data.DataLoader(
-        EpochIndexed(dataset),
-        batch_sampler=plan,
-        num_workers=cfg.num_workers,
-        collate_fn=collate if pixels else make_collate(cfg.text_seq_len),
-        pin_memory=accelerator.device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
-    )
 
 
 def optimizer_step(
@@ -322,6 +236,7 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
 
     # data and model
     dataset = dataset if dataset is not None else open_dataset(cfg)
+    dataset, heldout = split_heldout(cfg, dataset, velocity_loss)
     on_the_fly = OnTheFlyEncoder(cfg, device) if cfg.latents is None and cfg.source else None
     manifest: dict[str, Any] = on_the_fly.manifest if on_the_fly else getattr(dataset, "manifest", None) or {}
     transformer = build_transformer(cfg, weight_dtype(cfg.mixed_precision))
@@ -348,8 +263,9 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
         accelerator.init_trackers("medgen", config={k: str(v) for k, v in cfg.model_dump().items()})
     run_info = record_run(cfg, accelerator, manifest, len(dataset), pixels=on_the_fly is not None)
     stop = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
-    step_log = StepLog(accelerator, cfg, console, stop=stop, resumed_step=state["step"])
+    step_log = StepLog(accelerator, cfg, console, stop=stop, resumed_step=state["step"], model=model_config)
     validator = Validator(cfg, device)
+    heldout.start(accelerator, state["step"])
     batches = iter(loader)
     if resumed_rng is not None:
         # Starting the loader (its worker base seed) and the trackers draw from the global RNGs after
@@ -381,7 +297,8 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
             tokens = math.prod(batch["latents"].shape[2:]) // 4  # patch (1, 2, 2): tokens per sample
             step_log(state["step"], mean_loss, model.lr_scheduler.get_last_lr()[0], grad_norm, tokens)
         if state["step"] % cfg.checkpoint_every == 0 or state["step"] == stop:
-            save_checkpoint(accelerator, cfg, dict(state), model.transformer, model.ema, gen)
+            saved = save_checkpoint(accelerator, cfg, dict(state), model.transformer, model.ema, gen)
+            heldout(accelerator, model.transformer, model.ema, state["step"], saved)
         if cfg.validation_every and state["step"] % cfg.validation_every == 0 and main:
             unwrapped = accelerator.unwrap_model(model.transformer)
             result.validations.append(validator(unwrapped, model.ema, state["step"]))

@@ -1,5 +1,6 @@
 """What a run reports per optimizer step: a ``metrics.jsonl`` line for every step, and every
-``log_every`` steps a console line and the trackers' scalars (loss, LR, grad norm, throughput).
+``log_every`` steps a console line with the ETA of the whole run and the trackers' scalars (loss, LR,
+grad norm, s/step, samples/s, tokens/s, peak memory, MFU on CUDA: :mod:`~medvideocap.train.throughput`).
 
 ``metrics.jsonl`` is a resume journal kept by :mod:`medvideocap.journal`, the package's one policy for
 what a kill leaves: a torn last line is dropped (that step is redone), a bad line in the middle is an
@@ -15,7 +16,9 @@ from typing import Any
 
 from medvideocap.atomic import atomic_write_text
 from medvideocap.journal import JournalAppender, encode_entry, read_journal
+from medvideocap.plan import measured_peak
 from medvideocap.train.config import TrainConfig
+from medvideocap.train.throughput import card_peak_flops, duration, rate, transformer_flops_per_token
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -39,8 +42,18 @@ def trim_metrics(path: Path, step: int) -> list[dict[str, Any]]:
 class StepLog:
     """The per-step reporting of one rank; only the main process writes files and prints."""
 
-    def __init__(self, accelerator: Any, cfg: TrainConfig, console: Any, *, stop: int, resumed_step: int):
+    def __init__(
+        self,
+        accelerator: Any,
+        cfg: TrainConfig,
+        console: Any,
+        *,
+        stop: int,
+        resumed_step: int,
+        model: Any = None,
+    ):
         self.accelerator, self.cfg, self.console, self.stop = accelerator, cfg, console, stop
+        self.model_config, self.card_peak = model, card_peak_flops(accelerator.device)
         self.samples_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
         self.journal = JournalAppender(Path(cfg.output_dir) / METRICS_FILE, durable=False)
         if accelerator.is_main_process:
@@ -54,19 +67,33 @@ class StepLog:
             self.journal.append({"step": step, "loss": loss, "lr": lr})
         if step % self.cfg.log_every and step != self.stop:
             return
-        samples_s = self.samples_per_step * self.steps_since / (time.perf_counter() - self.t_last)
+        step_time = (time.perf_counter() - self.t_last) / self.steps_since
+        samples_s = self.samples_per_step / step_time
         logs = {
             "loss": loss,
             "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "step_time_s": step_time,
             "samples_per_s": samples_s,
             "tokens_per_s": samples_s * tokens_per_sample,
+            "peak_memory_gib": measured_peak(str(self.accelerator.device)) / 2**30,
         }
+        mfu = ""
+        if self.card_peak and self.model_config is not None:
+            per_token = transformer_flops_per_token(
+                self.model_config, tokens_per_sample, self.cfg.text_seq_len
+            )
+            logs["mfu"] = (
+                3 * per_token * logs["tokens_per_s"] / self.accelerator.num_processes / self.card_peak
+            )
+            mfu = f"  MFU {logs['mfu']:.1%}"
         self.accelerator.log(logs, step=step)
         if self.accelerator.is_main_process:
+            eta = duration((self.cfg.max_steps - step) * step_time)
             self.console.print(
-                f"step {step:>7}/{self.cfg.max_steps}  loss {loss:.4f}  lr {lr:.2e}  "
-                f"grad {logs['grad_norm']:.3f}  {samples_s:.2f} samples/s  {logs['tokens_per_s']:.0f} tok/s",
+                f"step {step:>7}/{self.cfg.max_steps}  loss {loss:.4f}  lr {lr:.2e}  grad {logs['grad_norm']:.3f}  "
+                f"{rate(1 / step_time)}  {samples_s:.3g} samples/s  {logs['tokens_per_s']:.3g} tok/s  "
+                f"peak {logs['peak_memory_gib']:.2f} GiB{mfu}  ETA {eta} to step {self.cfg.max_steps}",
                 soft_wrap=True,
             )
         self.t_last, self.steps_since = time.perf_counter(), 0
