@@ -88,6 +88,10 @@ class TrainConfig(BaseModel):
     lora_target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
     gradient_checkpointing: bool = True
     mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
+    # memory ladder (medvideocap.train.ladder), LoRA only: frozen base stored in fp8 (null: the
+    # mixed_precision dtype); transformer blocks kept on the CPU between uses
+    base_weights_dtype: Literal["float8_e4m3fn"] | None = None
+    offload_frozen_blocks: bool = False
     # data
     frames: int = 81  # on-the-fly only (a cache fixed these when it was encoded)
     height: int = 480
@@ -113,6 +117,7 @@ class TrainConfig(BaseModel):
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit: bitsandbytes' 8-bit moments
     weight_decay: float = 1e-4
     max_grad_norm: float = 1.0
     # optimizer steps in a row with a NaN/inf loss or gradient norm that stop the run (1: the first);
@@ -205,6 +210,12 @@ class TrainConfig(BaseModel):
             )
         if self.heldout_max < self.heldout_min:
             problems.append(f"heldout_max={self.heldout_max} is below heldout_min={self.heldout_min}")
+        if self.mode == "full" and (self.base_weights_dtype or self.offload_frozen_blocks):
+            problems.append(
+                "base_weights_dtype and offload_frozen_blocks store or move the frozen base weights, and "
+                "mode=full trains every weight: set mode=lora, or base_weights_dtype=null "
+                "offload_frozen_blocks=false"
+            )
         if (self.frames - 1) % 4:
             problems.append(f"frames={self.frames}: Wan's VAE needs 4k+1 frames (81, 49, 17, 5)")
         problems += self.validation.problems("validation_{}".format)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from medvideocap.train.config import TrainConfig
+from medvideocap.train.ladder import cast_frozen_base
 
 
 def weight_dtype(mixed_precision: str) -> torch.dtype:
@@ -55,6 +56,7 @@ def build_transformer(
             )
         )
         cast_training_params(transformer, dtype=torch.float32)
+        cast_frozen_base(cfg, transformer, weight_dtype)
     else:
         transformer.requires_grad_(True)
     if cfg.gradient_checkpointing:

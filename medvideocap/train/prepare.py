@@ -20,6 +20,7 @@ from medvideocap.atomic import atomic_write_json
 from medvideocap.generate import RUN_FILE
 from medvideocap.train.checkpoint import register_lora_hooks
 from medvideocap.train.config import TrainConfig
+from medvideocap.train.ladder import make_optimizer, offload_blocks
 from medvideocap.train.model import trainable_params, weight_dtype
 
 
@@ -120,16 +121,15 @@ def empty_prompt_embedding(
 
 
 def prepare_trainee(cfg: TrainConfig, accelerator: Any, transformer: Any) -> Trainee:
-    """AdamW, the LR schedule and EMA over the trainable parameters, prepared by accelerate."""
+    """The optimiser (:func:`~medvideocap.train.ladder.make_optimizer`), the LR schedule and EMA over the
+    trainable parameters, prepared by accelerate; block offloading first, when the config asks for it."""
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
+    offload_blocks(cfg, transformer, accelerator.device)
     transformer = accelerator.prepare(transformer)  # before the optimizer: FSDP replaces the parameters
     names, params = zip(*trainable_params(accelerator.unwrap_model(transformer)), strict=True)
-    betas = (cfg.adam_beta1, cfg.adam_beta2)
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay
-    )
+    optimizer = make_optimizer(cfg, params)
     lr_scheduler = get_scheduler(
         "constant_with_warmup" if cfg.lr_scheduler == "constant" else "cosine",
         optimizer=optimizer,
