@@ -49,3 +49,14 @@ def ray_session_spy(monkeypatch: pytest.MonkeyPatch) -> Callable[[ModuleType], R
         return spy
 
     return patch
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[Any]:
+    """A real S3 API (moto's server) on a free localhost port for the session, stopped at its end; see
+    ``fixtures_s3.S3StandIn`` (upload a folder, read the request log)."""
+    from fixtures_s3 import S3StandIn
+
+    server = S3StandIn().start()
+    yield server
+    server.stop()

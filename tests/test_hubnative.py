@@ -22,6 +22,7 @@ from medvideocap.dataset.writer import DatasetWriter
 from medvideocap.handles import FileHandles
 from medvideocap.loading.loader import SkippedSampleWarning
 from medvideocap.loading.streaming import StreamingClipDataset
+from medvideocap.locations import Location
 from medvideocap.media.frames import FrameSpec
 
 SPEC = FrameSpec(num_frames=5, fps=8, height=16, width=16, position="start")
@@ -150,15 +151,15 @@ def test_the_loader_reads_the_index_through_the_datasets_reader(
     ``HubNativeDataset.metadata`` returns, read by ``hubnative.read_metadata``."""
     import medvideocap.loading.loader as loader
 
-    calls: list[tuple[Path, str]] = []
+    calls: list[tuple[str, str]] = []
 
-    def counted(root: Path, split: str) -> object:
-        calls.append((Path(root), split))
+    def counted(root: Location, split: str) -> object:
+        calls.append((str(root), split))
         return read_metadata(root, split)
 
     monkeypatch.setattr(loader, "read_metadata", counted)
     ds = medvideocap.load(dataset, "train", frames=SPEC)
-    assert calls == [(dataset, "train")]
+    assert calls == [(str(dataset), "train")]
     table = HubNativeDataset(dataset).metadata("train")
     assert table.equals(read_metadata(dataset, "train"))
     assert ds.ids == table["id"].to_list()

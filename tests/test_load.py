@@ -8,6 +8,7 @@ import shutil
 import warnings
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -21,6 +22,9 @@ from medvideocap.loading.loader import SkippedSampleWarning, collate
 from medvideocap.loading.sampler import BucketBatchSampler, bucket_batches
 from medvideocap.media.decode import DecodeError
 from medvideocap.media.frames import FrameSpec
+
+if TYPE_CHECKING:
+    from fixtures_s3 import S3StandIn  # the s3 fixture's type (conftest.py)
 
 SMALL = FrameSpec(num_frames=9, fps=8, height=32, width=48, position="random", seed=1)
 
@@ -453,3 +457,37 @@ def test_a_shard_path_leading_out_of_the_dataset_is_never_read(dataset: Path, tm
     strict = medvideocap.load(root, frames=SMALL, on_error="raise")
     with pytest.raises(DataError, match=r"row 1 \(clip c001\): shard '\.\./elsewhere/x\.tar' leads outside"):
         strict[1]
+
+
+def test_a_dataset_in_object_storage_loads_like_the_local_folder(dataset: Path, s3: S3StandIn) -> None:
+    """``load("s3://bucket/ds")`` (a real S3 API on localhost) gives the local folder's items:
+    map-style with one ranged GET of the member per clip, never the shard, also from forked
+    DataLoader workers; and streaming."""
+    url = s3.upload(dataset)
+    local = medvideocap.load(dataset, frames=SMALL, output="uint8")
+    remote = medvideocap.load(url, frames=SMALL, output="uint8", storage_options=s3.storage_options)
+    assert remote.ids == local.ids and len(remote) == 6
+    expected = {it["id"]: it for it in _items(local)}
+
+    s3.requests.clear()
+    item = remote[2]
+    offset, size = int(local.index.offset[2]), int(local.index.size[2])
+    assert [(r.range, r.status) for r in s3.gets(".tar")] == [
+        (f"bytes={offset - 512}-{offset + size - 1}", 206)
+    ]
+    assert torch.equal(item["video"], expected[item["id"]]["video"])
+    assert item["caption"] == expected[item["id"]]["caption"]
+
+    loader = DataLoader(
+        remote, batch_size=2, num_workers=2, collate_fn=collate, multiprocessing_context="fork", timeout=120
+    )
+    got = {clip_id: batch["video"][i] for batch in loader for i, clip_id in enumerate(batch["id"])}
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]["video"]) for k in got)
+    assert all(r.range is not None for r in s3.gets(".tar"))  # no whole-shard download anywhere
+
+    stream = medvideocap.load(
+        url, streaming=True, shuffle=False, frames=SMALL, output="uint8", storage_options=s3.storage_options
+    )
+    streamed = {it["id"]: it["video"] for it in stream}
+    assert streamed.keys() == expected.keys()
+    assert all(torch.equal(streamed[k], expected[k]["video"]) for k in streamed)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures_loader import make_hub_native
+from fsspec.implementations.dirfs import DirFileSystem
+from fsspec.implementations.local import LocalFileSystem
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -191,47 +193,22 @@ def test_a_truncated_shard_loses_only_its_own_tail(tmp_path: Path) -> None:
     assert [s for s, _ in ds.skipped_shards] == [str(victim)]
 
 
-class _LocalHub:
-    """Stands in for ``huggingface_hub.HfFileSystem`` (no network in tests): serves
-    ``datasets/owner/name/...`` from a local folder through the same glob/open calls, as a
-    non-seekable stream like HTTP, so the remote code path (``tar r|``, bytes read in the shard
-    order) is the one exercised."""
-
-    root: Path
-
-    def glob(self, pattern: str) -> list[str]:
-        prefix = "datasets/org/med@main/"
-        assert pattern.startswith(prefix), pattern
-        return [prefix + p.relative_to(self.root).as_posix() for p in self.root.glob(pattern[len(prefix) :])]
-
-    def open(self, path: str, mode: str = "rb", **kwargs: object) -> object:
-        import io
-
-        data = (self.root / path.split("@main/", 1)[1]).read_bytes()
-
-        class Stream(io.RawIOBase):
-            def __init__(self) -> None:
-                self._buf = io.BytesIO(data)
-
-            def readable(self) -> bool:
-                return True
-
-            def readinto(self, b: bytearray) -> int:  # type: ignore[override]
-                chunk = self._buf.read(len(b))
-                b[: len(chunk)] = chunk
-                return len(chunk)
-
-        return io.BufferedReader(Stream())  # type: ignore[type-var]
+def _local_hub(root: Path, tmp: Path) -> DirFileSystem:
+    """Stands in for ``huggingface_hub.HfFileSystem`` (no network in tests): a real fsspec filesystem
+    serving ``root`` at ``datasets/org/med@main``, the paths HfFileSystem takes, so the off-machine
+    code path (listing, version check, ``tar r|`` read front to back) is the one exercised."""
+    (tmp / "datasets" / "org").mkdir(parents=True)
+    (tmp / "datasets" / "org" / "med@main").symlink_to(root)
+    return DirFileSystem(path=str(tmp), fs=LocalFileSystem())
 
 
 def test_hub_repo_streams_through_hf_paths_with_full_coverage(
-    many_shards: Path, monkeypatch: pytest.MonkeyPatch
+    many_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import huggingface_hub
 
-    hub = _LocalHub()
-    hub.root = many_shards
-    monkeypatch.setattr(huggingface_hub, "HfFileSystem", lambda: hub)
+    hub = _local_hub(many_shards, tmp_path)
+    monkeypatch.setattr(huggingface_hub, "HfFileSystem", lambda **options: hub)
     seen: list[str] = []
     for rank in range(2):
         ds = _stream("org/med", revision="main", rank=rank, world_size=2)

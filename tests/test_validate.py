@@ -6,6 +6,7 @@ import json
 import shutil
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 import pytest
@@ -17,6 +18,10 @@ from medvideocap.cli import main
 from medvideocap.dataset.schema import SCHEMA_VERSION, ClipRecord
 from medvideocap.dataset.validate import ValidationReport, compare_media, validate
 from medvideocap.media.probe import MediaInfo
+
+if TYPE_CHECKING:
+    from fixtures_s3 import S3StandIn  # the s3 fixture's type (conftest.py)
+
 
 # fault -> (problem kind, text the message must contain besides the file name)
 EXPECTED = {
@@ -298,3 +303,32 @@ def test_a_shard_path_leading_out_of_the_dataset_is_an_error_naming_the_row(
         assert problem.severity == "error" and problem.where == f"metadata/train.parquet row {row} (00002)"
         assert "'../elsewhere/x.tar' leads outside" in problem.message
         assert report.videos_checked == checked and not report.ok  # the other rows' videos are checked
+
+
+def test_a_dataset_in_object_storage_validates_like_the_local_folder(
+    hub_native: Path, tmp_path: Path, s3: S3StandIn
+) -> None:
+    """``validate s3://bucket/ds`` (a real S3 API on localhost) finds what it finds in the local
+    folder, each problem naming the same row, its messages naming the URL where they name a file."""
+    root = _tampered(hub_native, tmp_path)
+    path = root / "metadata" / "train.parquet"
+    table = pl.read_parquet(path)
+    table = table.with_columns(
+        duration=pl.when(pl.col("id") == "00002").then(9.0).otherwise(pl.col("duration")),
+        offset=pl.when(pl.col("id") == "00003").then(pl.col("offset") + 512).otherwise(pl.col("offset")),
+        shard=pl.when(pl.col("id") == "00004").then(pl.lit("../x.tar")).otherwise(pl.col("shard")),
+    )
+    table.write_parquet(path)
+    url = s3.upload(root)
+    local = validate(root, workers=2)
+    remote = validate(url, workers=2, storage_options=s3.storage_options)
+
+    def seen(report: ValidationReport, where: str) -> list[tuple[str, str, str]]:
+        return [(p.kind, p.where, p.message.replace(where, "ROOT")) for p in report.problems]
+
+    assert seen(remote, url) == seen(local, str(root))
+    assert {p.kind for p in remote.problems} == {"duration_mismatch", "offset_mismatch", "path_outside_root"}
+    assert (remote.layout, remote.records, remote.videos_checked) == (local.layout, 6, local.videos_checked)
+    assert remote.root == url and any(url in p.message for p in remote.problems)
+    result = CliRunner().invoke(main, ["validate", url, "--json", *s3.cli_options()])
+    assert result.exit_code == 1 and json.loads(result.stdout)["kinds"] == local.kinds()

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from medvideocap.locations import STORAGE_OPTION_HELP, parse_storage_options
+
 
 @click.command(name="info")
 @click.argument("path_or_repo")
@@ -13,14 +15,24 @@ import click
     "--revision", default=None, help="Hub revision (branch, tag or commit) when PATH_OR_REPO is a repo id."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
-def command(path_or_repo: str, revision: str | None, as_json: bool) -> None:
+@click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=STORAGE_OPTION_HELP,
+)
+def command(path_or_repo: str, revision: str | None, as_json: bool, storage_options: tuple[str, ...]) -> None:
     """Say what a dataset is: layout, schema version, counts per split and category, sizes.
 
+    PATH_OR_REPO is a folder, a Hub repo id, or a URL (s3://, gs://, az://, hf://, https://).
     Reads metadata and file listings only; for a Hub repo id no video is downloaded."""
     from medvideocap.dataset.info import info
 
     try:
-        summary = info(path_or_repo, revision=revision)
+        summary = info(
+            path_or_repo, revision=revision, storage_options=parse_storage_options(storage_options)
+        )
     except (ValueError, OSError) as exc:  # bad input: one clear line, not a traceback
         raise click.ClickException(str(exc)) from exc
     if as_json:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from medvideocap.locations import STORAGE_OPTION_HELP, parse_storage_options
+
 
 @click.command(name="stats")
 @click.argument("path_or_repo")
@@ -21,12 +23,28 @@ import click
     help="Also write PNG charts (categories, durations, resolutions, fps, scores, caption lengths) here.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON instead of tables.")
-def command(path_or_repo: str, revision: str | None, plots_dir: Path | None, as_json: bool) -> None:
-    """Distributions over the metadata: categories, durations, resolutions, fps, scores, caption lengths."""
+@click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=STORAGE_OPTION_HELP,
+)
+def command(
+    path_or_repo: str,
+    revision: str | None,
+    plots_dir: Path | None,
+    as_json: bool,
+    storage_options: tuple[str, ...],
+) -> None:
+    """Distributions over the metadata: categories, durations, resolutions, fps, scores, caption lengths.
+
+    PATH_OR_REPO is a folder, a Hub repo id, or a URL (s3://, gs://, az://, hf://, https://)."""
     from medvideocap.dataset.stats import stats
 
     try:
-        result = stats(path_or_repo, revision=revision, plots=plots_dir)
+        options = parse_storage_options(storage_options)
+        result = stats(path_or_repo, revision=revision, plots=plots_dir, storage_options=options)
     except (ValueError, OSError) as exc:  # bad input: one clear line, not a traceback
         raise click.ClickException(str(exc)) from exc
     if as_json:

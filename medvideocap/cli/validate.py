@@ -8,6 +8,8 @@ from functools import partial
 
 import click
 
+from medvideocap.locations import STORAGE_OPTION_HELP, parse_storage_options
+
 
 @click.command(name="validate")
 @click.argument("path_or_repo")
@@ -39,6 +41,13 @@ import click
     default=None,
     help="Largest upstream zip member accepted as a clip, e.g. 64MiB (the default, as convert).",
 )
+@click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=STORAGE_OPTION_HELP,
+)
 def command(
     path_or_repo: str,
     revision: str | None,
@@ -48,9 +57,11 @@ def command(
     strict: bool,
     max_caption_chars: int | None,
     max_clip_bytes: str | None,
+    storage_options: tuple[str, ...],
 ) -> None:
     """Check every record against the schema and every video against its record (duration, fps, size),
     and every caption against its length bound; `convert` keeps a clip exactly when this finds no error.
+    PATH_OR_REPO is a folder, a Hub repo id, or a URL (s3://, gs://, az://, hf://, https://).
 
     Exits 1 when anything is invalid (with --strict, also on warnings)."""
     from rich.console import Console
@@ -64,6 +75,10 @@ def command(
         clip_bytes = parse_size(max_clip_bytes) if max_clip_bytes else DEFAULT_MAX_CLIP_BYTES
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--max-clip-bytes") from None
+    try:
+        options = parse_storage_options(storage_options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--storage-option") from None
     run = partial(
         validate,
         path_or_repo,
@@ -72,6 +87,7 @@ def command(
         workers=workers,
         max_caption_chars=max_caption_chars or DEFAULT_MAX_CAPTION_CHARS,
         max_clip_bytes=clip_bytes,
+        storage_options=options,
     )
     if as_json:
         report = run()

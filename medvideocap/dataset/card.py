@@ -12,7 +12,7 @@ charts cannot drift apart; the card only lays them out.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import polars as pl
@@ -31,6 +31,8 @@ from medvideocap.dataset.layout import (
 from medvideocap.dataset.plots import category_chart, duration_chart
 from medvideocap.dataset.schema import SCHEMA_VERSION, SPLITS, Category
 from medvideocap.dataset.stats import compute_stats, load_metadata
+from medvideocap.locations import Location, hub_url
+from medvideocap.locations import resolve as resolve_location
 from medvideocap.resources import resource
 
 TEMPLATE = "dataset_card.md.j2"
@@ -330,27 +332,25 @@ def render_card(root: Path | str, *, repo_id: str | None = None) -> str:
         repo_id=repo_id or "OWNER/medvideocap-55k",
         upstream_repo=UPSTREAM_REPO,
         schema_version=SCHEMA_VERSION,
-        metadata_files={
-            s: f"hf://datasets/{repo_id or 'OWNER/medvideocap-55k'}/{metadata_path(s)}" for s in splits
-        },
+        metadata_files={s: hub_url(repo_id or "OWNER/medvideocap-55k", metadata_path(s)) for s in splits},
         wds_split=splits[0] if splits else "train",
         wds_last=max(int(info.get("shards", {}).get(splits[0], 1)) - 1, 0) if splits else 0,
         **stats,
     )
 
 
-def read_card_header(path: Path | str) -> dict[str, Any]:
-    """The YAML header of the card at ``path`` (``{}`` when it has none), read as the Hub reads it.
+def read_card_header(path: Path | str, *, location: Location | None = None) -> dict[str, Any]:
+    """The YAML header of the card at ``path`` (``{}`` when it has none), read as the Hub reads it;
+    ``location`` reads a ``path`` that is a URL (``s3://bucket/ds/README.md``).
 
     The header is found with huggingface_hub's own pattern (the one the Hub server uses), parsed
     with :class:`_CardLoader`, and must be a mapping. Raises :class:`CardError` naming the file and
     its line for anything the Hub or ``load_dataset`` would refuse."""
     from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
-    path = Path(path)
-    name = path.name
+    name = PurePosixPath(str(path)).name
     try:
-        text = path.read_text(encoding="utf-8")
+        text = (location or resolve_location(Path(path))).read_text(str(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise CardError(name, f"cannot read the dataset card ({exc})") from None
     match = REGEX_YAML_BLOCK.search(text)

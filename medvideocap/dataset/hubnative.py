@@ -1,7 +1,9 @@
-"""Reads the hub-native layout written by :mod:`medvideocap.dataset.writer`, locally or from a Hub repo.
+"""Reads the hub-native layout written by :mod:`medvideocap.dataset.writer`, wherever it is: a local
+folder, a Hub repo, object storage (every read goes through a :class:`~medvideocap.locations.Location`).
 
 The metadata parquet is the index: it answers "which clips, with which facts" without opening a
-shard, and its ``shard``/``offset``/``size`` columns turn "give me clip X" into one ranged read.
+shard, and its ``shard``/``offset``/``size`` columns turn "give me clip X" into one ranged read: an
+``os.pread`` on disk, one ranged GET on object storage (:meth:`~medvideocap.locations.Location.pread`).
 
 This module owns that read (:func:`read_tar_member`): the map-style loader, the streaming loader and
 :meth:`HubNativeDataset.read_video` all call it. The ranged read starts 512 bytes early so that the
@@ -17,17 +19,17 @@ from __future__ import annotations
 import json
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from medvideocap.dataset.layout import (
     FORMAT,
     INFO_PATH,
     METADATA_GLOB,
-    SHARD_GLOB,
     has_hub_native_info,
     metadata_path,
-    split_dir,
+    open_folder,
+    split_shards_glob,
 )
 from medvideocap.dataset.schema import (
     SPLITS,
@@ -37,8 +39,8 @@ from medvideocap.dataset.schema import (
     arrow_schema,
     check_schema_version,
 )
-from medvideocap.handles import FileHandles, ShortReadError
-from medvideocap.paths import inside
+from medvideocap.handles import ShortReadError
+from medvideocap.locations import Location, RangeReader, resolve
 
 if TYPE_CHECKING:
     import datasets
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 
 
 is_hub_native = has_hub_native_info
-"""True when ``path`` is a folder holding a finished hub-native dataset (``meta/info.json``); the
+"""True when ``path`` holds a finished hub-native dataset (``meta/info.json``); the
 strict check, unlike :func:`medvideocap.dataset.layout.is_hub_native`, which also accepts shards + parquet."""
 
 
@@ -67,12 +69,12 @@ class MemberMismatchError(MemberError):
 
 
 def read_tar_member(
-    shard: str | Path,
+    shard: str,
     offset: int,
     size: int,
     name: str,
     *,
-    files: FileHandles,
+    files: RangeReader,
     where: str | None = None,
 ) -> bytes:
     """The ``size`` data bytes of tar member ``name`` whose data starts at ``offset`` of ``shard``.
@@ -80,8 +82,10 @@ def read_tar_member(
     One ``pread`` of ``512 + size`` bytes from ``offset - 512`` returns the member's header with its
     data; the header must be a valid tar header (checksum) of a regular file named ``name`` with
     size ``size``, else :class:`MemberMismatchError`. A name longer than the 100-byte ustar field is
-    compared on that field (a PAX header holds the whole name one block earlier). ``files`` is the
-    caller's per-process handle cache, so a DataLoader worker reuses its descriptors.
+    compared on that field (a PAX header holds the whole name one block earlier). ``files`` reads
+    the bytes: the dataset's :class:`~medvideocap.locations.Location` (one ranged request on object
+    storage, a per-process descriptor on disk), or a caller's own
+    :class:`~medvideocap.handles.FileHandles` for a local shard.
     """
     label = where or f"{shard}:{name}"
     fix = (
@@ -97,7 +101,7 @@ def read_tar_member(
     except ShortReadError as exc:  # the short read of a truncated shard
         raise MissingMemberError(f"{label}: {exc}") from exc
     except FileNotFoundError as exc:
-        raise MissingMemberError(f"{label}: shard {shard} is missing ({exc.strerror})") from exc
+        raise MissingMemberError(f"{label}: shard {shard} is missing ({exc.strerror or exc})") from exc
     except OSError as exc:
         raise MissingMemberError(f"{label}: cannot read shard {shard} ({exc})") from exc
     try:
@@ -118,33 +122,33 @@ def read_tar_member(
 
 
 def read_row_member(
-    root: Path,
+    root: Location,
     shard: str,
     offset: int,
     size: int,
     name: str,
     *,
-    files: FileHandles,
     where: str,
     row: str,
 ) -> bytes:
     """:func:`read_tar_member` for a metadata row whose ``shard`` is relative to the dataset ``root``.
 
     The shard path is data, so it is checked to lie inside ``root`` before anything is opened
-    (:func:`medvideocap.paths.inside`): a row naming ``../elsewhere/x.tar`` would otherwise serve
-    another folder's bytes as this clip. That is an
+    (:meth:`~medvideocap.locations.Location.join`): a row naming ``../elsewhere/x.tar`` would otherwise
+    serve another folder's bytes as this clip. That is an
     :class:`~medvideocap.paths.OutsideRootError` naming ``row``, a data error like a missing member."""
-    path = inside(root, shard, where=row, what="shard")
-    return read_tar_member(path, offset, size, name, files=files, where=where)
+    path = root.join(shard, where=row, what="shard")
+    return read_tar_member(path, offset, size, name, files=root, where=where)
 
 
-def read_info(root: Path) -> dict[str, Any] | None:
-    """``meta/info.json`` of a dataset folder, version-checked; None when the folder has none."""
-    path = Path(root) / INFO_PATH
-    if not path.is_file():
+def read_info(root: str | Path | Location) -> dict[str, Any] | None:
+    """``meta/info.json`` of a dataset, version-checked; None when the dataset has none."""
+    location = resolve(root)
+    path = location.path(INFO_PATH)
+    if not location.is_file(path):
         return None
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(location.read_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: unreadable ({exc})") from exc
     if not isinstance(info, dict):
@@ -154,7 +158,7 @@ def read_info(root: Path) -> dict[str, Any] | None:
     return info
 
 
-def check_versions(root: Path, split: str | None = None, table: Any = None) -> None:
+def check_versions(root: str | Path | Location, split: str | None = None, table: Any = None) -> None:
     """Refuse a dataset of another schema major version before any clip is read.
 
     Checks ``meta/info.json`` and every distinct ``schema_version`` among the rows of ``split``'s
@@ -165,14 +169,16 @@ def check_versions(root: Path, split: str | None = None, table: Any = None) -> N
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    read_info(root)
+    location = resolve(root)
+    read_info(location)
     if split is None:
         return
-    path = Path(root) / metadata_path(split)
+    path = location.path(metadata_path(split))
     if table is None:
-        if not path.is_file():
+        if not location.is_file(path):
             return
-        table = pq.read_table(path, columns=["id", "schema_version"])
+        with location.open(path) as fh:  # two columns: ranged reads of the footer and those chunks
+            table = pq.read_table(fh, columns=["id", "schema_version"])
     if "schema_version" not in table.column_names:
         return
     column = table.column("schema_version")
@@ -184,7 +190,7 @@ def check_versions(root: Path, split: str | None = None, table: Any = None) -> N
         check_schema_version(str(version), where=f"{path} row {row} (clip {clip})")
 
 
-def read_metadata(root: Path, split: str) -> pl.DataFrame:
+def read_metadata(root: str | Path | Location, split: str) -> pl.DataFrame:
     """The metadata parquet of ``split`` under ``root``: the one read of the index.
 
     :meth:`HubNativeDataset.metadata` and the map-style loader both call this, so the index is read
@@ -193,12 +199,14 @@ def read_metadata(root: Path, split: str) -> pl.DataFrame:
     """
     import polars as pl
 
-    path = Path(root) / metadata_path(split)
-    if not path.is_file():
-        have = sorted(p.stem for p in Path(root).glob(METADATA_GLOB))
+    location = resolve(root)
+    path = location.path(metadata_path(split))
+    if not location.is_file(path):
+        have = sorted(PurePosixPath(p).stem for p in location.glob(METADATA_GLOB))
         raise FileNotFoundError(f"{root}: no metadata for split {split!r} ({path} missing); splits: {have}")
     try:
-        return pl.read_parquet(path)
+        with location.open(path) as fh:
+            return pl.read_parquet(fh)
     except pl.exceptions.PolarsError as exc:  # garbage or cut off: name the file, not just polars' words
         raise ValueError(f"{path}: unreadable metadata parquet ({exc})") from exc
 
@@ -221,15 +229,16 @@ def webdataset_features() -> datasets.Features:
 
 
 class HubNativeDataset:
-    """A hub-native dataset on disk (a folder, or a Hub repo downloaded into the HF cache)."""
+    """A hub-native dataset: a local folder, a Hub repo downloaded into the HF cache, or a folder read
+    in place through its :attr:`location` (``s3://bucket/ds``)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        info_path = self.root / INFO_PATH
-        info = read_info(self.root)
+    def __init__(self, root: str | Path | Location) -> None:
+        self.location = resolve(root)
+        info_path = self.location.path(INFO_PATH)
+        info = read_info(self.location)
         if info is None:
             raise FileNotFoundError(
-                f"{self.root}: not a hub-native dataset (no {INFO_PATH}); "
+                f"{self.location}: not a hub-native dataset (no {INFO_PATH}); "
                 "convert an upstream release with `medvideocap convert SRC --out DIR`"
             )
         self.info: dict[str, Any] = info
@@ -240,34 +249,38 @@ class HubNativeDataset:
         counts = self.info.get("counts", {})
         self.splits: list[str] = [s for s in SPLITS if counts.get(s)]
         self._index: dict[str, dict[str, tuple[str, int, int]]] = {}
-        self._files = FileHandles()
 
     @classmethod
-    def open(cls, path_or_repo: str | Path, *, revision: str | None = None) -> HubNativeDataset:
-        """Open a local folder, or download a Hub dataset repo (``owner/name``) and open that."""
-        from medvideocap.dataset.layout import local_or_download
-
-        return cls(local_or_download(path_or_repo, revision=revision))
+    def open(
+        cls,
+        path_or_repo: str | Path | Location,
+        *,
+        revision: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> HubNativeDataset:
+        """Open a folder (local, or a URL such as ``s3://bucket/ds``), or download a Hub dataset repo
+        (``owner/name``) and open that."""
+        return cls(open_folder(path_or_repo, revision=revision, storage_options=storage_options))
 
     def _check_split(self, split: str) -> None:
         if split not in self.splits:
-            raise KeyError(f"{self.root}: no split {split!r}; this dataset has {self.splits}")
+            raise KeyError(f"{self.location}: no split {split!r}; this dataset has {self.splits}")
 
     def metadata(self, split: str) -> pl.DataFrame:
         """The metadata table of ``split`` (record columns, shard, offset, size, caption columns)."""
         self._check_split(split)
-        return read_metadata(self.root, split)
+        return read_metadata(self.location, split)
 
     def records(self, split: str) -> Iterator[ClipRecord]:
         """Validated records of ``split``, in shard order."""
         names = arrow_schema().names
         for i, row in enumerate(self.metadata(split).select(names).iter_rows(named=True)):
-            yield ClipRecord.from_json_dict(row, where=f"{self.root}/{metadata_path(split)} row {i}")
+            yield ClipRecord.from_json_dict(row, where=f"{self.location.path(metadata_path(split))} row {i}")
 
-    def shards(self, split: str) -> list[Path]:
-        """The finished shard files of ``split``, in order."""
+    def shards(self, split: str) -> list[str]:
+        """The finished shard files of ``split``, in order: paths, or URLs off this machine."""
         self._check_split(split)
-        return sorted((self.root / split_dir(split)).glob(SHARD_GLOB))
+        return self.location.glob(split_shards_glob(split))
 
     def _locate(self, split: str, clip_id: str) -> tuple[str, int, int]:
         if split not in self._index:
@@ -276,7 +289,7 @@ class HubNativeDataset:
         try:
             return self._index[split][clip_id]
         except KeyError:
-            raise KeyError(f"{self.root}: no clip {clip_id!r} in split {split!r}") from None
+            raise KeyError(f"{self.location}: no clip {clip_id!r} in split {split!r}") from None
 
     def read_video(self, split: str, clip_id: str) -> bytes:
         """The mp4 bytes of one clip, read straight from its shard at the recorded offset (after
@@ -284,16 +297,15 @@ class HubNativeDataset:
         :func:`read_row_member`)."""
         shard, offset, size = self._locate(split, clip_id)
         return read_row_member(
-            self.root,
+            self.location,
             shard,
             offset,
             size,
             f"{clip_id}.mp4",
-            files=self._files,
             where=f"{shard}:{clip_id}.mp4",
-            row=f"{self.root / metadata_path(split)} (clip {clip_id})",
+            row=f"{self.location.path(metadata_path(split))} (clip {clip_id})",
         )
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={self.info['counts'][s]}" for s in self.splits)
-        return f"HubNativeDataset({self.root}, {counts})"
+        return f"HubNativeDataset({self.location}, {counts})"

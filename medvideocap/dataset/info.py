@@ -10,14 +10,17 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from medvideocap.dataset.layout import HUB_NATIVE, METADATA_GLOB
+from medvideocap.dataset.layout import HUB_NATIVE, METADATA_GLOB, split_shards_glob
 from medvideocap.dataset.schema import SCHEMA_VERSION
 from medvideocap.dataset.stats import compute_stats, load_metadata
 
 
-def info(path_or_repo: str | Path, *, revision: str | None = None) -> dict[str, Any]:
-    """A JSON-serialisable summary of a dataset (local folder or Hub repo id)."""
-    table = load_metadata(path_or_repo, revision=revision)
+def info(
+    path_or_repo: str | Path, *, revision: str | None = None, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A JSON-serialisable summary of a dataset (local folder, Hub repo id, or a URL such as
+    ``s3://bucket/ds`` read with ``storage_options``)."""
+    table = load_metadata(path_or_repo, revision=revision, storage_options=storage_options)
     root = table.root
     summary = compute_stats(table.frame)  # the counts are the stats module's, not a second tally
     result: dict[str, Any] = {
@@ -38,18 +41,18 @@ def info(path_or_repo: str | Path, *, revision: str | None = None) -> dict[str, 
         for key in ("fingerprint", "created_with"):
             if key in ds.info:
                 result[key] = ds.info[key]
-        per_split = {s: ds.shards(s) for s in ds.splits}
-        shards = [p for paths in per_split.values() for p in paths]
-        parquets = sorted(root.glob(METADATA_GLOB))
+        # sizes from one listing per split: no request per shard on object storage
+        per_split = {s: root.sizes(split_shards_glob(s)) for s in ds.splits}
+        parquets = root.sizes(METADATA_GLOB)
         result["files"] = {
-            "shards": {s: len(paths) for s, paths in per_split.items()},
-            "metadata": [str(p.relative_to(root)) for p in parquets],
+            "shards": {s: len(sizes) for s, sizes in per_split.items()},
+            "metadata": [root.relative(p) for p in parquets],
         }
         result["bytes"] = {
-            "videos": sum(p.stat().st_size for p in shards),
-            "metadata": sum(p.stat().st_size for p in parquets),
+            "videos": sum(sum(sizes.values()) for sizes in per_split.values()),
+            "metadata": sum(parquets.values()),
         }
-        if not shards:
+        if not any(per_split.values()):
             result["notes"].append("video shards not downloaded (metadata only)")
     else:
         release = table.upstream

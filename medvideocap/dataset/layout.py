@@ -1,18 +1,23 @@
-"""Which kind of dataset a path or Hub repo id holds, and where its files are on disk.
+"""Which kind of dataset a path, URL or Hub repo id holds, and where its files are.
 
 Two layouts exist: the ``upstream`` release (``videos_*.zip`` + one JSON file, as published) and our
 ``hub-native`` layout (webdataset shards + metadata parquet + ``meta/info.json``, see DESIGN.md). Every
-verb that takes ``PATH_OR_REPO`` goes through :func:`resolve`, so each accepts both layouts, local or on
-the Hub. Downloads use ``huggingface_hub.snapshot_download``, which resumes interrupted files and
-skips files already in the local cache, so a second call is cheap.
+verb that takes ``PATH_OR_REPO`` goes through :func:`locate`, so each accepts both layouts, in a local
+folder, in object storage or on the Hub: the source becomes a :class:`~medvideocap.locations.Location`
+(the one table of schemes lives in :mod:`medvideocap.locations`) and the layout is detected through
+it. A bare Hub repo id is downloaded (:func:`download`) with ``huggingface_hub.snapshot_download``,
+which resumes interrupted files and skips files already in the local cache, so a second call is cheap.
 """
 
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from medvideocap.locations import Location
+from medvideocap.locations import resolve as resolve_location
 
 UPSTREAM: Literal["upstream"] = "upstream"
 HUB_NATIVE: Literal["hub-native"] = "hub-native"
@@ -68,8 +73,6 @@ def shard_path(split: str, index: int) -> str:
     return f"{split_dir(split)}/shard-{index:05d}.tar"
 
 
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
 # Files worth fetching to find out what a repo is, and to read its metadata without videos.
 METADATA_PATTERNS = [README_PATH, "*.json", "*.jsonl", f"{META_DIR}/*", METADATA_GLOB]
 VIDEO_PATTERNS = {UPSTREAM: ["videos_*.zip"], HUB_NATIVE: [SHARDS_GLOB]}
@@ -79,105 +82,164 @@ class LayoutError(ValueError):
     """The path is neither layout; the message says what was looked for."""
 
 
-def looks_like_repo_id(value: str | Path) -> bool:
-    """``owner/name`` that is not an existing local path."""
-    text = str(value)
-    return not Path(text).exists() and bool(_REPO_RE.match(text))
+class NotADatasetError(LayoutError, FileNotFoundError):
+    """A folder that exists but holds neither layout. A ``FileNotFoundError`` too: the dataset a caller
+    asked for is not there (what ``load()`` has always raised for it)."""
+
+
+def download(location: Location, allow_patterns: list[str] | None = None) -> Location:
+    """A bare Hub repo id's files (only ``allow_patterns``) downloaded into the HF cache, as a local
+    location; any other location as it is, read in place.
+
+    ``huggingface_hub.snapshot_download`` resumes interrupted files and skips those already cached, so
+    a second call is cheap; a ``token`` storage option is passed on."""
+    if location.repo_id is None:
+        return location
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(
+            repo_id=location.repo_id,
+            repo_type="dataset",
+            revision=location.revision,
+            allow_patterns=allow_patterns,
+            token=location.storage_options.get("token"),
+        )
+    except Exception as exc:  # hub errors have no common base class across huggingface_hub versions
+        raise LayoutError(
+            f"{location.repo_id}: cannot fetch this dataset repo from the Hub ({type(exc).__name__}: {exc}); "
+            "check the repo id, revision, network and HF_TOKEN, or pass a local folder"
+        ) from exc
+    return resolve_location(Path(local), storage_options=location.storage_options)
+
+
+def _check_folder(location: Location, source: object) -> None:
+    """A location that is a folder (a prefix on object storage), else a :class:`LayoutError`."""
+    if not location.exists(location.url):
+        hint = ", and not a Hub repo id like 'owner/name'" if location.local is not None else ""
+        raise LayoutError(f"{source}: no such folder{hint}")
+    if location.is_file(location.url):
+        raise LayoutError(f"{location}: expected a dataset folder, got a file")
+
+
+def local_folder(location: Location, *, reader: str = "this reader") -> Path:
+    """The folder on this machine ``location`` is, or a :class:`LayoutError` saying that ``reader``
+    needs one (an upstream release's zips are read with ``zipfile`` from disk)."""
+    if location.local is None:
+        raise LayoutError(
+            f"{location}: {reader} reads a local folder or a Hub repo id, not {location.scheme}:// yet; "
+            "copy it to a local folder first"
+        )
+    return location.local
+
+
+def open_folder(
+    path_or_repo: str | Path | Location,
+    *,
+    revision: str | None = None,
+    allow_patterns: list[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Location:
+    """The dataset folder ``path_or_repo`` names (:func:`medvideocap.locations.resolve`), a bare Hub
+    repo id downloaded first (only ``allow_patterns``); a :class:`LayoutError` when it is no folder."""
+    location = resolve_location(path_or_repo, revision=revision, storage_options=storage_options)
+    location = download(location, allow_patterns)
+    _check_folder(location, path_or_repo)
+    return location
 
 
 def local_or_download(
     path_or_repo: str | Path, *, revision: str | None = None, allow_patterns: list[str] | None = None
 ) -> Path:
     """A local folder as is; a Hub dataset repo id downloaded (only ``allow_patterns``) to the HF cache."""
-    path = Path(path_or_repo).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise LayoutError(f"{path}: expected a dataset folder, got a file")
-        return path
-    if not looks_like_repo_id(path_or_repo):
-        raise LayoutError(f"{path_or_repo}: no such folder, and not a Hub repo id like 'owner/name'")
-    from huggingface_hub import snapshot_download
-
-    try:
-        local = snapshot_download(
-            repo_id=str(path_or_repo), repo_type="dataset", revision=revision, allow_patterns=allow_patterns
-        )
-    except Exception as exc:  # hub errors have no common base class across huggingface_hub versions
-        raise LayoutError(
-            f"{path_or_repo}: cannot fetch this dataset repo from the Hub ({type(exc).__name__}: {exc}); "
-            "check the repo id, revision, network and HF_TOKEN, or pass a local folder"
-        ) from exc
-    return Path(local)
+    location = resolve_location(path_or_repo, revision=revision)
+    if location.repo_id is None:
+        local_folder(location)  # a URL is refused before any request is made
+    return local_folder(open_folder(location, allow_patterns=allow_patterns))
 
 
-def has_hub_native_info(path: Path | str) -> bool:
+def has_hub_native_info(path: Path | str | Location) -> bool:
     """True when ``path`` holds a finished hub-native dataset: ``meta/info.json`` with our format."""
-    info = Path(path) / INFO_PATH
-    if not info.is_file():
-        return False
+    location = resolve_location(path)
+    info = location.path(INFO_PATH)
     try:
-        return json.loads(info.read_text(encoding="utf-8")).get("format") == HUB_NATIVE_FORMAT
-    except (OSError, json.JSONDecodeError, AttributeError):
+        if not location.is_file(info):
+            return False
+        return json.loads(location.read_text(info)).get("format") == HUB_NATIVE_FORMAT
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return False
 
 
-def is_hub_native(path: Path) -> bool:
+def is_hub_native(path: Path | str | Location) -> bool:
     """``meta/info.json`` saying ``format: medvideocap/hub-native``, or shards + metadata parquet."""
-    path = Path(path)
-    if has_hub_native_info(path):
+    location = resolve_location(path)
+    if has_hub_native_info(location):
         return True
-    return any(path.glob(SHARDS_GLOB)) and any(path.glob(METADATA_GLOB))
+    return bool(location.glob(SHARDS_GLOB)) and bool(location.glob(METADATA_GLOB))
 
 
-def is_upstream_release(path: Path) -> bool:
+def is_upstream_release(path: Path | str | Location) -> bool:
     """A folder with at least one ``videos_*.zip`` and a JSON file beside it."""
-    path = Path(path)
+    location = resolve_location(path)
     return (
-        path.is_dir()
-        and any(path.glob("videos_*.zip"))
-        and any(p.is_file() for p in [*path.glob("*.json"), *path.glob("*.jsonl")])
+        location.is_dir(location.url)
+        and bool(location.glob("videos_*.zip"))
+        and bool(location.sizes("*.json") or location.sizes("*.jsonl"))  # files, not folders
     )
 
 
-def detect(path: Path, *, videos: bool = True) -> Kind | None:
-    """The layout of a local folder, or None. ``videos=False`` accepts folders whose video files were
-    not downloaded (metadata only)."""
-    path = Path(path)
-    if is_hub_native(path) or (not videos and (path / INFO_PATH).is_file()):
+def detect(path: Path | str | Location, *, videos: bool = True) -> Kind | None:
+    """The layout of a folder, or None. ``videos=False`` accepts folders whose video files were not
+    downloaded (metadata only)."""
+    location = resolve_location(path)
+    if is_hub_native(location) or (not videos and location.is_file(location.path(INFO_PATH))):
         return HUB_NATIVE
-    if is_upstream_release(path):
+    if is_upstream_release(location):
         return UPSTREAM
-    if not videos and any(path.glob("*.json")) and not (path / META_DIR).exists():
+    if not videos and location.glob("*.json") and not location.exists(location.path(META_DIR)):
         return UPSTREAM
     return None
+
+
+def locate(
+    path_or_repo: str | Path | Location,
+    revision: str | None = None,
+    *,
+    videos: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> tuple[Kind, Location]:
+    """``(kind, location)`` of a dataset: a local folder, a URL (``s3://``, ``hf://``... read in
+    place) or a bare Hub repo id (downloaded).
+
+    For a repo id the metadata is fetched first to learn the layout, then (with ``videos=True``) only
+    that layout's video files; ``info`` and ``stats`` pass ``videos=False`` and never fetch videos.
+    Every verb that takes ``PATH_OR_REPO`` goes through here.
+    """
+    location = resolve_location(path_or_repo, revision=revision, storage_options=storage_options)
+    if location.repo_id is not None:
+        metadata = download(location, METADATA_PATTERNS)
+        kind = detect(metadata, videos=False)
+        if kind is None:
+            raise LayoutError(
+                f"{location.repo_id}: the repo holds neither an upstream release nor a hub-native dataset"
+            )
+        if not videos:
+            return kind, metadata
+        return kind, download(location, [*METADATA_PATTERNS, *VIDEO_PATTERNS[kind]])
+    _check_folder(location, path_or_repo)
+    found = detect(location, videos=videos)
+    if found is None:
+        raise NotADatasetError(
+            f"{location}: not a dataset folder. Expected an upstream release (videos_*.zip + a metadata *.json) "
+            f"or a hub-native dataset (meta/info.json with format {HUB_NATIVE_FORMAT!r}, "
+            "data/<split>/shard-*.tar, metadata/<split>.parquet)"
+        )
+    return found, location
 
 
 def resolve(
     path_or_repo: str | Path, revision: str | None = None, *, videos: bool = True
 ) -> tuple[Kind, Path]:
-    """``(kind, root)`` for a local folder or a Hub repo id.
-
-    For a repo id the metadata is fetched first to learn the layout, then (with ``videos=True``) only
-    that layout's video files; ``info`` and ``stats`` pass ``videos=False`` and never fetch videos.
-    """
-    if looks_like_repo_id(path_or_repo):
-        root = local_or_download(path_or_repo, revision=revision, allow_patterns=METADATA_PATTERNS)
-        kind = detect(root, videos=False)
-        if kind is None:
-            raise LayoutError(
-                f"{path_or_repo}: the repo holds neither an upstream release nor a hub-native dataset"
-            )
-        if videos:
-            root = local_or_download(
-                path_or_repo, revision=revision, allow_patterns=[*METADATA_PATTERNS, *VIDEO_PATTERNS[kind]]
-            )
-        return kind, root
-    root = local_or_download(path_or_repo)
-    kind = detect(root, videos=videos)
-    if kind is None:
-        raise LayoutError(
-            f"{root}: not a dataset folder. Expected an upstream release (videos_*.zip + a metadata *.json) "
-            f"or a hub-native dataset (meta/info.json with format {HUB_NATIVE_FORMAT!r}, "
-            "data/<split>/shard-*.tar, metadata/<split>.parquet)"
-        )
-    return kind, root
+    """:func:`locate` for the readers that need the dataset on this machine's disk: ``(kind, folder)``."""
+    kind, location = locate(path_or_repo, revision, videos=videos)
+    return kind, local_folder(location)

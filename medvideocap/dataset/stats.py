@@ -15,8 +15,9 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from medvideocap.dataset.layout import HUB_NATIVE, resolve
+from medvideocap.dataset.layout import HUB_NATIVE, local_folder, locate
 from medvideocap.dataset.schema import SCORE_NAMES, UnknownFieldsWarning, arrow_schema
+from medvideocap.locations import Location
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 UNSPLIT = "unsplit"
@@ -28,16 +29,22 @@ class MetadataTable:
 
     source: str
     layout: str
-    root: Path
+    root: Location
     frame: pl.DataFrame
     notes: list[str] = field(default_factory=list)
     upstream: Any = None
     """The :class:`~medvideocap.dataset.upstream.UpstreamRelease` read, for the upstream layout."""
 
 
-def load_metadata(path_or_repo: str | Path, *, revision: str | None = None) -> MetadataTable:
-    """Read the metadata of either layout without touching (or downloading) any video."""
-    kind, root = resolve(path_or_repo, revision, videos=False)
+def load_metadata(
+    path_or_repo: str | Path | Location,
+    *,
+    revision: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> MetadataTable:
+    """Read the metadata of either layout without touching (or downloading) any video; a URL
+    (``s3://bucket/ds``) is read in place with ``storage_options``."""
+    kind, root = locate(path_or_repo, revision, videos=False, storage_options=storage_options)
     notes: list[str] = []
     release = None
     if kind == HUB_NATIVE:
@@ -51,7 +58,9 @@ def load_metadata(path_or_repo: str | Path, *, revision: str | None = None) -> M
     else:
         from medvideocap.dataset.upstream import UpstreamRelease
 
-        release = UpstreamRelease.from_folder(root, require_videos=False)
+        release = UpstreamRelease.from_folder(
+            local_folder(root, reader="reading an upstream release"), require_videos=False
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnknownFieldsWarning)
             rows = [r.to_json_dict() for r in release.records()]  # from_pylist keeps the schema's columns
@@ -167,10 +176,14 @@ def compute_stats(frame: pl.DataFrame, *, digits: int | None = 4) -> dict[str, A
 
 
 def stats(
-    path_or_repo: str | Path, *, revision: str | None = None, plots: Path | None = None
+    path_or_repo: str | Path,
+    *,
+    revision: str | None = None,
+    plots: Path | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Statistics of a dataset's metadata; with ``plots``, PNG charts are written there too."""
-    table = load_metadata(path_or_repo, revision=revision)
+    table = load_metadata(path_or_repo, revision=revision, storage_options=storage_options)
     summary = compute_stats(table.frame)
     result = {"source": table.source, "layout": table.layout, "notes": table.notes, **summary}
     if plots is not None:

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -38,8 +38,9 @@ from medvideocap.dataset.layout import (
     METADATA_GLOB,
     README_PATH,
     UPSTREAM,
+    local_folder,
+    locate,
     metadata_path,
-    resolve,
 )
 from medvideocap.dataset.schema import (
     ClipRecord,
@@ -49,9 +50,9 @@ from medvideocap.dataset.schema import (
     arrow_schema,
 )
 from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES
-from medvideocap.handles import FileHandles
+from medvideocap.locations import Location
 from medvideocap.media.probe import MediaInfo, ProbeError, probe
-from medvideocap.paths import OutsideRootError, inside
+from medvideocap.paths import OutsideRootError
 
 if TYPE_CHECKING:
     from medvideocap.dataset.upstream import UpstreamClip
@@ -191,8 +192,10 @@ def validate(
     progress: Progress | None = None,
     max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
     max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES,
+    storage_options: dict[str, Any] | None = None,
 ) -> ValidationReport:
-    """Validate an upstream release or a hub-native dataset (local folder or Hub repo id).
+    """Validate an upstream release or a hub-native dataset (local folder, Hub repo id, or a URL such
+    as ``s3://bucket/ds`` read with ``storage_options``, see :mod:`medvideocap.locations`).
 
     ``videos=False`` checks the metadata only (no download or decode of videos). ``workers`` threads
     demux videos in parallel (PyAV releases the GIL while demuxing); the report's order does not
@@ -205,7 +208,7 @@ def validate(
     limits = _Limits(max_caption_chars=max_caption_chars, max_clip_bytes=max_clip_bytes)
     report = ValidationReport(source=str(path_or_repo), layout=None, root=None, records=0, videos_checked=0)
     try:
-        kind, root = resolve(path_or_repo, revision, videos=videos)
+        kind, root = locate(path_or_repo, revision, videos=videos, storage_options=storage_options)
     except (ValueError, OSError) as exc:
         report.add("format", str(path_or_repo), str(exc))
         return report
@@ -274,13 +277,15 @@ def _check_upstream_clip(clip: UpstreamClip) -> tuple[list[Problem], bool]:
 
 
 def _upstream_checks(
-    root: Path, report: ValidationReport, *, videos: bool, limits: _Limits
+    root: Location, report: ValidationReport, *, videos: bool, limits: _Limits
 ) -> list[VideoCheck]:
     from medvideocap.dataset.upstream import UpstreamFormatError, UpstreamRelease
 
     try:
         release = UpstreamRelease.from_folder(
-            root, require_videos=videos, max_clip_bytes=limits.max_clip_bytes
+            local_folder(root, reader="reading an upstream release"),
+            require_videos=videos,
+            max_clip_bytes=limits.max_clip_bytes,
         )
         clips = list(release.clips())
     except (UpstreamFormatError, OSError, ValueError) as exc:
@@ -297,7 +302,7 @@ def _upstream_checks(
 
 
 def _hub_native_checks(
-    root: Path, report: ValidationReport, *, videos: bool, limits: _Limits
+    root: Location, report: ValidationReport, *, videos: bool, limits: _Limits
 ) -> list[VideoCheck]:
     import polars as pl
 
@@ -306,7 +311,7 @@ def _hub_native_checks(
     try:
         ds = HubNativeDataset(root)
     except SchemaVersionError as exc:
-        report.add("schema_version", str(root / INFO_PATH), str(exc))
+        report.add("schema_version", root.path(INFO_PATH), str(exc))
         return []
     except (ValueError, OSError) as exc:
         report.add("format", str(root), str(exc))
@@ -314,7 +319,7 @@ def _hub_native_checks(
     _check_card(root, report)
     names = arrow_schema().names
     counts = ds.info.get("counts", {})
-    on_disk = sorted(p.stem for p in root.glob(METADATA_GLOB))
+    on_disk = sorted(PurePosixPath(p).stem for p in root.glob(METADATA_GLOB))
     for split in sorted(set(on_disk) - set(ds.splits)):
         where = metadata_path(split)
         report.add("count_mismatch", where, f"{where}: split not in {INFO_PATH} counts")
@@ -354,33 +359,35 @@ def _hub_native_checks(
                     caption_problems(record, where=where, max_chars=limits.max_caption_chars)
                 )
             try:  # checked with or without videos: such a row is never read, by load() or here
-                shard = inside(root, str(row.get("shard")), where=where, what="shard")
+                shard = root.join(str(row.get("shard")), where=where, what="shard")
             except OutsideRootError as exc:
                 report.add("path_outside_root", where, str(exc))
                 continue
             if videos:
-                member = _TarMember(shard, clip_id, row.get("offset"), row.get("size"), where)
+                member = _TarMember(root, shard, clip_id, row.get("offset"), row.get("size"), where)
                 checks.append(partial(_check_tar_member, member, record))
     return checks
 
 
-def _check_card(root: Path, report: ValidationReport) -> None:
+def _check_card(root: Location, report: ValidationReport) -> None:
     """A ``card`` problem when README.md's YAML header is one the Hub or ``load_dataset`` refuses
     (:func:`medvideocap.dataset.card.read_card_header` owns the rule); a dataset written without a
     card has nothing to check."""
     from medvideocap.dataset.card import CardError, read_card_header
 
-    if not (root / README_PATH).is_file():
+    card = root.path(README_PATH)
+    if not root.is_file(card):
         return
     try:
-        read_card_header(root / README_PATH)
+        read_card_header(card, location=root)
     except CardError as exc:
         report.add("card", exc.where, str(exc))
 
 
 @dataclass(frozen=True)
 class _TarMember:
-    shard: Path
+    location: Location
+    shard: str
     clip_id: str
     offset: int | None
     size: int | None
@@ -392,7 +399,8 @@ def _check_tar_member(member: _TarMember, record: ClipRecord | None) -> tuple[li
     data = _read_tar_member(member, problems)
     if data is None:
         return problems, False
-    label = f"{member.shard.parent.name}/{member.shard.name}:{member.clip_id}.mp4"
+    shard = PurePosixPath(member.shard)
+    label = f"{shard.parent.name}/{shard.name}:{member.clip_id}.mp4"
     info = _probe_stream(label, partial(io.BytesIO, data), problems)
     if info is None:
         return problems, False
@@ -410,13 +418,12 @@ def _read_tar_member(member: _TarMember, problems: list[Problem]) -> bytes | Non
             _problem("offset_mismatch", where, f"{where}: no usable offset/size ({offset}, {size})")
         )
         return None
-    files = FileHandles(maxsize=1)  # one per call: members are checked from several threads
-    try:
-        return read_tar_member(member.shard, offset, size, f"{member.clip_id}.mp4", files=files, where=where)
+    try:  # the location reads safely from several threads (members are checked from a pool)
+        return read_tar_member(
+            member.shard, offset, size, f"{member.clip_id}.mp4", files=member.location, where=where
+        )
     except MemberMismatchError as exc:
         problems.append(_problem("offset_mismatch", where, str(exc)))
     except MemberError as exc:
         problems.append(_problem("unreadable_member", where, str(exc)))
-    finally:
-        files.clear()
     return None

@@ -2,11 +2,14 @@
 
 Two shapes, one sample pipeline:
 
-* map-style (:class:`ClipDataset`) over the split's metadata parquet: each item is one ``os.pread``
-  of the mp4 member at its recorded offset in its tar shard (per-worker file handles), or one member
-  of an upstream release zip;
-* streaming (:class:`medvideocap.loading.streaming.StreamingClipDataset`) over the split's tar shards, local
-  or on the Hub.
+* map-style (:class:`ClipDataset`) over the split's metadata parquet: each item is one ranged read
+  of the mp4 member at its recorded offset in its tar shard (an ``os.pread`` on a per-worker
+  descriptor on disk, one ranged GET on object storage), or one member of an upstream release zip;
+* streaming (:class:`medvideocap.loading.streaming.StreamingClipDataset`) over the split's tar shards, local,
+  on the Hub or in object storage.
+
+Where the dataset is (a folder, ``s3://``/``gs://``/``az://``/``hf://`` URL, Hub repo id) is
+:mod:`medvideocap.locations`' business: this module reads through the location it is given.
 
 Everything random in a sample (window start, crop, caption choice) is drawn from a generator seeded by
 (seed, epoch, clip id), so the same clip gives the same tensor whichever worker, rank, backend or
@@ -44,9 +47,10 @@ import torch
 from torch.utils.data import Dataset
 
 from medvideocap.dataset.hubnative import MissingMemberError, check_versions, read_metadata, read_row_member
-from medvideocap.dataset.layout import INFO_PATH, METADATA_GLOB, SHARDS_GLOB, metadata_path
+from medvideocap.dataset.layout import HUB_NATIVE, Kind, local_folder, locate, metadata_path
 from medvideocap.dataset.schema import ClipRecord, DataError, arrow_schema
-from medvideocap.handles import FileHandles
+from medvideocap.locations import Location
+from medvideocap.locations import resolve as resolve_location
 from medvideocap.media.decode import BACKENDS, DecodeError, DecoderCache, open_decoder
 from medvideocap.media.frames import FrameSpec, resize_crop, sample_rng, to_output
 from medvideocap.text import strip_boilerplate
@@ -283,8 +287,8 @@ class _HubNativeIndex:
     workers do not copy pages by touching refcounts). Read by :func:`medvideocap.dataset.hubnative.read_metadata`,
     the reader :class:`~medvideocap.dataset.hubnative.HubNativeDataset` uses, so there is one reader of the index."""
 
-    def __init__(self, root: Path, split: str) -> None:
-        path = root / metadata_path(split)
+    def __init__(self, root: Location, split: str) -> None:
+        path = root.path(metadata_path(split))
         table = read_metadata(root, split).to_arrow()
         missing = {"shard", "offset", "size", "id"} - set(table.column_names)
         if missing:
@@ -347,7 +351,6 @@ class ClipDataset(Dataset):
         self.index = index
         self.pipeline = pipeline
         self.epoch = 0
-        self.files = FileHandles()
 
     @property
     def stats(self) -> LoaderStats:
@@ -389,7 +392,6 @@ class ClipDataset(Dataset):
                 int(index.offset[i]),
                 int(index.size[i]),
                 name,
-                files=self.files,
                 where=where,
                 row=f"{index.path} row {i} (clip {index.ids[i]})",
             )
@@ -431,31 +433,19 @@ def _read_zip_member(zip_path: Path, member: str, where: str) -> bytes:
 # Entry point
 
 
-def _is_remote(source: str | Path) -> bool:
-    return str(source).startswith("hf://")
-
-
-def _resolve(source: str | Path, revision: str | None, *, streaming: bool) -> tuple[str, Any]:
-    """("hub-native" | "upstream", root) for a local folder or repo id; streaming from a repo id keeps
-    it remote (``hf://`` paths) instead of downloading."""
-    from medvideocap.dataset.layout import detect, looks_like_repo_id, resolve
-
-    if _is_remote(source):
-        return "hub-native", str(source)
-    if streaming and looks_like_repo_id(source):
-        rev = f"@{revision}" if revision else ""
-        return "hub-native", f"hf://datasets/{source}{rev}"
-    path = Path(source).expanduser()
-    if path.exists():
-        kind = detect(path)
-        if kind is None:
-            raise FileNotFoundError(
-                f"{path}: neither a hub-native dataset ({INFO_PATH}, {SHARDS_GLOB}, {METADATA_GLOB}) "
-                "nor an upstream release (videos_*.zip + metadata json)"
-            )
-        return kind, path
-    kind, root = resolve(source, revision)
-    return kind, root
+def _resolve(
+    source: str | Path | Location,
+    revision: str | None,
+    *,
+    streaming: bool,
+    storage_options: Mapping[str, Any] | None,
+) -> tuple[Kind, Location]:
+    """(layout, location) of ``source``; streaming from a bare Hub repo id reads its shards over
+    ``hf://`` instead of downloading them first."""
+    location = resolve_location(source, revision=revision, storage_options=storage_options)
+    if streaming and location.repo_id is not None:
+        return HUB_NATIVE, location
+    return locate(location)
 
 
 def load(
@@ -475,12 +465,16 @@ def load(
     world_size: int | None = None,
     shuffle_buffer: int = 64,
     decoder_threads: int = 1,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """MedVideoCap clips as a PyTorch dataset of training items.
 
-    ``source`` is a hub-native folder or repo id, an ``hf://datasets/...`` path, or an upstream release
-    folder or repo id (upstream clips are split by :func:`medvideocap.dataset.splits.assign_split`; ``split=None``
-    takes all). Each item is ``{"video": (C, T, H, W) float in [-1, 1] (or uint8), "record": ClipRecord,
+    ``source`` is a hub-native folder, URL (``s3://bucket/ds``, ``gs://``, ``az://``,
+    ``hf://datasets/OWNER/NAME``, see :mod:`medvideocap.locations`) or Hub repo id, or an upstream
+    release folder or repo id (upstream clips are split by
+    :func:`medvideocap.dataset.splits.assign_split`; ``split=None`` takes all). ``storage_options``
+    go to the filesystem that reads a URL (``{"endpoint_url": ..., "key": ..., "secret": ...}``).
+    Each item is ``{"video": (C, T, H, W) float in [-1, 1] (or uint8), "record": ClipRecord,
     "caption": str, "timestamps": (T,) seconds, "id": str}``.
 
     Map-style by default (shuffle with the DataLoader or :class:`~medvideocap.loading.sampler.BucketBatchSampler`);
@@ -510,9 +504,9 @@ def load(
         seed=seed,
         decoder_threads=decoder_threads,
     )
-    kind, root = _resolve(source, revision, streaming=streaming)
+    kind, root = _resolve(source, revision, streaming=streaming, storage_options=storage_options)
     if streaming:
-        if kind != "hub-native":
+        if kind != HUB_NATIVE:
             raise ValueError(
                 f"{source}: streaming reads hub-native tar shards; convert the upstream release first "
                 "(`medvideocap convert SRC --out DIR`) or load it map-style (streaming=False)"
@@ -521,11 +515,11 @@ def load(
             raise ValueError("streaming needs one split (train, validation or test)")
         from medvideocap.loading.streaming import StreamingClipDataset, list_shards
 
-        if not _is_remote(root):
-            check_versions(Path(root), split)
+        check_versions(root, split)
         return StreamingClipDataset(
             list_shards(root, split),
             pipeline,
+            storage_options=root.storage_options,
             shuffle=True if shuffle is None else shuffle,
             seed=seed,
             shuffle_buffer=shuffle_buffer,
@@ -538,8 +532,10 @@ def load(
             "BucketBatchSampler",
             stacklevel=2,
         )
-    if kind == "hub-native":
+    if kind == HUB_NATIVE:
         if split is None:
             raise ValueError("a hub-native dataset is read one split at a time (train, validation or test)")
-        return ClipDataset(_HubNativeIndex(Path(root), split), pipeline)
-    return ClipDataset(_UpstreamIndex(Path(root), split), pipeline)
+        return ClipDataset(_HubNativeIndex(root, split), pipeline)
+    return ClipDataset(
+        _UpstreamIndex(local_folder(root, reader="loading an upstream release"), split), pipeline
+    )

@@ -26,31 +26,30 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from medvideocap.dataset.hubnative import read_tar_member
-from medvideocap.dataset.layout import SHARD_GLOB, split_dir
+from medvideocap.dataset.layout import split_shards_glob
 from medvideocap.dataset.schema import ClipRecord, DataError, SchemaVersionError
 from medvideocap.dist import env_rank_world
 from medvideocap.handles import FileHandles
+from medvideocap.locations import Location, resolve
 
 if TYPE_CHECKING:
     # Type only: loader's ``load`` imports this module, so a runtime import back would be a cycle.
     from medvideocap.loading.loader import SamplePipeline
 
 
-def list_shards(root: str | Path, split: str) -> list[str]:
-    """Shard paths of ``split`` under a local dataset folder or an ``hf://datasets/owner/name[@rev]`` root."""
-    text = str(root)
-    if text.startswith("hf://"):
-        from huggingface_hub import HfFileSystem
+SHARD_BLOCK_SIZE = 8 * 2**20
+"""Bytes per read-ahead request when a shard is streamed off this machine: large enough that a
+request's latency is small beside its transfer, small enough to hold a few per worker."""
 
-        fs = HfFileSystem()
-        base = text[len("hf://") :].rstrip("/")
-        found = sorted(fs.glob(f"{base}/{split_dir(split)}/{SHARD_GLOB}"))
-        shards = [f"hf://{p}" for p in found]
-    else:
-        shards = [str(p) for p in sorted((Path(root) / split_dir(split)).glob(SHARD_GLOB))]
+
+def list_shards(root: str | Path | Location, split: str) -> list[str]:
+    """Shard paths (URLs off this machine) of ``split`` under a dataset root: a local folder, or any
+    location :func:`medvideocap.locations.resolve` accepts (``hf://datasets/owner/name[@rev]``,
+    ``s3://bucket/ds``...)."""
+    shards = resolve(root).glob(split_shards_glob(split))
     if not shards:
         raise FileNotFoundError(
-            f"{root}: no shards for split {split!r} (looked for {split_dir(split)}/{SHARD_GLOB})"
+            f"{root}: no shards for split {split!r} (looked for {split_shards_glob(split)})"
         )
     return shards
 
@@ -78,7 +77,9 @@ class StreamingClipDataset(IterableDataset):
         shuffle_buffer: int = 64,
         rank: int | None = None,
         world_size: int | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
+        """``storage_options`` open the shards that are URLs (see :mod:`medvideocap.locations`)."""
         if not shards:
             raise ValueError("no shards to stream")
         self.shards = list(shards)
@@ -91,6 +92,7 @@ class StreamingClipDataset(IterableDataset):
         self._emitted = 0
         self._resume_from = 0
         self._resume_consumer: tuple[int, int] | None = None
+        self.storage_options = dict(storage_options or {})
         self.files = FileHandles()
         self.skipped_shards: list[tuple[str, str]] = []
 
@@ -131,21 +133,21 @@ class StreamingClipDataset(IterableDataset):
 
     # -- reading -----------------------------------------------------------------------------------
     def _members(self, shard: str, part: int, parts: int) -> Iterator[_Raw]:
-        remote = shard.startswith("hf://")
+        """The samples of ``shard`` this reader keeps. A local shard is read with seeks and its videos
+        later by offset (:func:`read_tar_member`); one elsewhere is read front to back in
+        :data:`SHARD_BLOCK_SIZE` requests, its videos kept as bytes."""
         current: _Raw | None = None
         position = -1
         keep = False
         try:
+            location = resolve(shard, storage_options=self.storage_options)
+            local = location.local
             with contextlib.ExitStack() as stack:
-                if remote:
-                    from huggingface_hub import HfFileSystem
-
-                    fh = stack.enter_context(
-                        HfFileSystem().open(shard[len("hf://") :], "rb", block_size=8 * 2**20)
-                    )
+                if local is None:
+                    fh = stack.enter_context(location.open(shard, "rb", block_size=SHARD_BLOCK_SIZE))
                     tar = stack.enter_context(tarfile.open(fileobj=fh, mode="r|"))
                 else:
-                    tar = stack.enter_context(tarfile.open(shard, mode="r:"))
+                    tar = stack.enter_context(tarfile.open(local, mode="r:"))
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -162,7 +164,7 @@ class StreamingClipDataset(IterableDataset):
                         data = tar.extractfile(member)
                         current.json = data.read() if data is not None else None
                     elif ext == "mp4":
-                        if remote:
+                        if local is None:
                             data = tar.extractfile(member)
                             current.video = data.read() if data is not None else None
                         else:
@@ -170,9 +172,9 @@ class StreamingClipDataset(IterableDataset):
                 end = tar.offset
             if current is not None and keep:
                 yield current
-            if not remote and Path(shard).stat().st_size < end + 2 * tarfile.BLOCKSIZE:
+            if local is not None and local.stat().st_size < end + 2 * tarfile.BLOCKSIZE:
                 raise tarfile.ReadError(
-                    f"it ends at byte {Path(shard).stat().st_size} without an end-of-archive marker"
+                    f"it ends at byte {local.stat().st_size} without an end-of-archive marker"
                 )
         except (tarfile.TarError, OSError, EOFError) as exc:
             # A broken shard loses what is left of it, never the rest of the epoch.
