@@ -6,7 +6,8 @@ import json
 
 import click
 
-from medvideocap.locations import STORAGE_OPTION_HELP, parse_storage_options
+from medvideocap.cli.options import storage_option
+from medvideocap.locations import parse_storage_options
 
 
 @click.command(name="info")
@@ -15,13 +16,7 @@ from medvideocap.locations import STORAGE_OPTION_HELP, parse_storage_options
     "--revision", default=None, help="Hub revision (branch, tag or commit) when PATH_OR_REPO is a repo id."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
-@click.option(
-    "--storage-option",
-    "storage_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help=STORAGE_OPTION_HELP,
-)
+@storage_option
 def command(path_or_repo: str, revision: str | None, as_json: bool, storage_options: tuple[str, ...]) -> None:
     """Say what a dataset is: layout, schema version, counts per split and category, sizes.
 

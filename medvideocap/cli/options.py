@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from medvideocap.generate import GenerationSettings
+from medvideocap.locations import STORAGE_OPTION_HELP
 from medvideocap.models import DTYPE_NAMES
 
 _GENERATION: list[Callable[[Any], Any]] = [
@@ -58,3 +59,14 @@ def generation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_GENERATION):
         command = option(command)
     return command
+
+
+#: ``--storage-option KEY=VALUE`` (repeatable): options of the fsspec filesystem behind an ``s3://``,
+#: ``gs://``, ``az://`` or ``https://`` location (see :mod:`medvideocap.locations`), declared once here.
+storage_option = click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=STORAGE_OPTION_HELP,
+)

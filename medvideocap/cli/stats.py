@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from medvideocap.locations import STORAGE_OPTION_HELP, parse_storage_options
+from medvideocap.cli.options import storage_option
+from medvideocap.locations import parse_storage_options
 
 
 @click.command(name="stats")
@@ -23,13 +24,7 @@ from medvideocap.locations import STORAGE_OPTION_HELP, parse_storage_options
     help="Also write PNG charts (categories, durations, resolutions, fps, scores, caption lengths) here.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON instead of tables.")
-@click.option(
-    "--storage-option",
-    "storage_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help=STORAGE_OPTION_HELP,
-)
+@storage_option
 def command(
     path_or_repo: str,
     revision: str | None,

@@ -8,7 +8,8 @@ from functools import partial
 
 import click
 
-from medvideocap.locations import STORAGE_OPTION_HELP, parse_storage_options
+from medvideocap.cli.options import storage_option
+from medvideocap.locations import parse_storage_options
 
 
 @click.command(name="validate")
@@ -41,13 +42,7 @@ from medvideocap.locations import STORAGE_OPTION_HELP, parse_storage_options
     default=None,
     help="Largest upstream zip member accepted as a clip, e.g. 64MiB (the default, as convert).",
 )
-@click.option(
-    "--storage-option",
-    "storage_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help=STORAGE_OPTION_HELP,
-)
+@storage_option
 def command(
     path_or_repo: str,
     revision: str | None,
