@@ -12,14 +12,20 @@ import pytest
 pytest.importorskip("transformers")
 
 from medvideocap.eval.metrics import build_metrics  # noqa: E402
+from medvideocap.eval.metrics.imaging_quality_musiq import MUSIQ_SPAQ  # noqa: E402
 from medvideocap.eval.prompts import load_prompts  # noqa: E402
 from medvideocap.eval.protocol import MEDGEN_PAPER, get_protocol  # noqa: E402
 from medvideocap.eval.runner import run_eval  # noqa: E402
-from medvideocap.eval.tiny import save_tiny_clip, save_tiny_dino, save_tiny_videoscore  # noqa: E402
+from medvideocap.eval.tiny import (  # noqa: E402
+    save_tiny_clip,
+    save_tiny_dino,
+    save_tiny_musiq,
+    save_tiny_videoscore,
+)
 from medvideocap.generate import write_mp4  # noqa: E402
 
 
-def test_a_run_at_the_papers_settings_on_its_prompts_differs_only_by_the_stand_in_models() -> None:
+def test_a_run_at_the_papers_settings_on_its_prompts_differs_only_by_the_stand_in_model() -> None:
     run = {
         "prompts": "medgen-paper: eval_prompt_200.txt (sha256 f9c4...); the MedGen paper's prompts (...)",
         "generation": {"frames": 81, "height": 480, "width": 832, "steps": 50},
@@ -27,10 +33,18 @@ def test_a_run_at_the_papers_settings_on_its_prompts_differs_only_by_the_stand_i
     assert MEDGEN_PAPER.differences(run) == [
         "the paper does not publish how its total combines the VBench dimensions and VideoScore; ours is "
         "the unweighted mean of the dimensions above, times 100",
-        "motion_smoothness: scored by our `flow_interpolation_smoothness` stand-in, not VBench's AMT-S frame "
+        "motion_smoothness: scored by our `rife_interpolation_smoothness` stand-in, not VBench's AMT-S frame "
         "interpolator",
-        "imaging_quality: scored by our `imaging_quality_clipiqa` stand-in, not VBench's MUSIQ (SPAQ weights)",
     ]
+    default = {"models": {"model": {"id": MUSIQ_SPAQ, "revision": "unknown"}}}
+    assert MEDGEN_PAPER.differences(
+        {**run, "metrics": {"imaging_quality": default}}
+    ) == MEDGEN_PAPER.differences(run)
+    koniq = {"models": {"model": {"id": "koniq.pth", "revision": "local:00"}}}
+    assert (
+        f"imaging_quality: `imaging_quality` loaded koniq.pth, not {MUSIQ_SPAQ} (VBench's MUSIQ (SPAQ weights)); "
+        "comparable only if it holds the same weights"
+    ) in MEDGEN_PAPER.differences({**run, "metrics": {"imaging_quality": koniq}})
     other = {"prompts": "mine.txt: mine.txt (sha256 00)", "generation": {**run["generation"], "height": 240}}
     found = MEDGEN_PAPER.differences(other)
     assert "prompt set is mine.txt: mine.txt (sha256 00), not the paper's (medgen-paper)" in found
@@ -55,7 +69,7 @@ def test_the_report_puts_the_published_table_beside_ours_and_lists_what_differs(
     models = {
         "subject_consistency": {"": dino},
         "background_consistency": {"": clip},
-        "imaging_quality_clipiqa": {"": clip},
+        "imaging_quality": {"": str(save_tiny_musiq(tmp_path / "musiq.pth"))},
         "videoscore": {"": str(save_tiny_videoscore(tmp_path / "videoscore"))},
     }
     out = tmp_path / "run"
@@ -75,6 +89,8 @@ def test_the_report_puts_the_published_table_beside_ours_and_lists_what_differs(
     assert f"| mine | {ours} | this run |" in report
     assert "Not comparable as it stands" in report and "not the paper's (medgen-paper)" in report
     assert "videos scored from files" in report and "AMT-S" in report
+    assert "- imaging_quality: `imaging_quality` (the same model as VBench's MUSIQ (SPAQ weights))" in report
+    assert "imaging_quality: `imaging_quality` loaded " in report  # the tiny test weights, not SPAQ's
     assert json.loads((out / "eval.json").read_text())["protocol"] == "medgen-paper"
 
 

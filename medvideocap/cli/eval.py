@@ -15,11 +15,15 @@ from medvideocap.cli.options import generation_options
 from medvideocap.plan import PLAN_HELP
 
 METRICS_HELP = (
-    "Comma-separated metrics (default: all but videoscore). Built in: subject_consistency, "
-    "background_consistency, temporal_flickering, flow_interpolation_smoothness (VBench's motion-smoothness "
-    "protocol with optical flow instead of AMT-S), imaging_quality_clipiqa (CLIP-IQA; stands in for MUSIQ), "
-    "aesthetic_quality, text_video_alignment (CLIP score), videoscore (TIGER-Lab/VideoScore-v1.1, an 8B "
-    "Idefics2 regression model: 16.5 GB of weights, ~17 GB of GPU memory in bf16; ask for it by name)."
+    "Comma-separated metrics. Default: subject_consistency, background_consistency, temporal_flickering, "
+    "rife_interpolation_smoothness (VBench's motion-smoothness protocol with RIFE instead of AMT-S), "
+    "imaging_quality (MUSIQ-SPAQ via pyiqa, by VBench's resize rule), aesthetic_quality, "
+    "text_video_alignment (CLIP score). By name only: flow_interpolation_smoothness and "
+    "imaging_quality_clipiqa (offline fallbacks for the two above), videoscore (TIGER-Lab/VideoScore-v1.1, an "
+    "8B Idefics2 regression model: 16.5 GB of weights, ~17 GB of GPU memory in bf16), medical_accuracy (a VLM "
+    "judge scores anatomy, procedure, instruments and safety with a versioned rubric; needs a judge: an "
+    "OpenAI-compatible server, --judge-endpoint, or --judge-backend transformers; the model from "
+    "--metric-model medical_accuracy=MODEL)."
 )
 
 
@@ -69,6 +73,25 @@ def _ints(value: str) -> list[int]:
     multiple=True,
     help="NAME=PATH_OR_ID (or NAME.head=FILE for aesthetic_quality's MLP head) to replace a default model.",
 )
+@click.option(
+    "--judge-backend",
+    type=click.Choice(["openai", "transformers"]),
+    default=None,
+    help="medical_accuracy's judge: openai (default; an OpenAI-compatible server) or transformers (a local "
+    "VLM, default Qwen/Qwen2.5-VL-7B-Instruct).",
+)
+@click.option(
+    "--judge-endpoint",
+    default=None,
+    help="medical_accuracy, openai judge: base URL of the server, e.g. http://localhost:8000/v1 (default: "
+    "api.openai.com, which needs a key).",
+)
+@click.option(
+    "--judge-api-key-env",
+    default=None,
+    help="medical_accuracy, openai judge: name of the environment variable holding the API key (default "
+    "OPENAI_API_KEY).",
+)
 @click.option("--compare", is_flag=True, help="Compare the eval output FOLDERS given as arguments.")
 @click.option(
     "--bootstrap", default=2000, show_default=True, help="Bootstrap resamples for --compare / ratings."
@@ -95,6 +118,9 @@ def command(
     limit: int | None,
     metric_names: str | None,
     metric_model: tuple[str, ...],
+    judge_backend: str | None,
+    judge_endpoint: str | None,
+    judge_api_key_env: str | None,
     base: str | None,
     negative_prompt: str | None,
     frames: int,
@@ -142,7 +168,7 @@ def command(
         if import_ratings is not None:
             click.echo(ratings.import_ratings(import_ratings, out=out, resamples=bootstrap))
             return
-        if out is None and not show_plan:
+        if out is None:
             raise click.UsageError("--out DIR is required")
         if rating_sheet:
             sheet = ratings.write_rating_sheet(out, seed=rating_seed)
@@ -159,7 +185,21 @@ def command(
                 raise click.UsageError(f"--protocol {protocol} fixes --prompts and --metrics; leave them out")
             prompts, names = chosen.prompts, chosen.metrics
         prompt_set = load_prompts(prompts)[:limit]
-        metrics = build_metrics(names or DEFAULT_METRICS, parse_metric_models(metric_model), device=device)
+        judge = {
+            key: value
+            for key, value in (
+                ("backend", judge_backend),
+                ("endpoint", judge_endpoint),
+                ("api_key_env", judge_api_key_env),
+            )
+            if value
+        }
+        metrics = build_metrics(
+            names or DEFAULT_METRICS,
+            parse_metric_models(metric_model),
+            device=device,
+            options={"medical_accuracy": judge} if judge else None,
+        )
         settings = GenerationSettings(
             frames=frames,
             height=height,
@@ -175,7 +215,6 @@ def command(
         if show_plan:
             click.echo(render_plan(plan))
             return
-        assert out is not None
         summary = run_eval(
             out,
             prompts=prompt_set,
@@ -192,8 +231,9 @@ def command(
         )
     except (EvalError, MetricError, PromptError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
+    unscored = f", {summary.unscored} unscored" if summary.unscored else ""
     click.echo(
-        f"{summary.videos} videos ({summary.generated} generated, {summary.scored} scores new); "
+        f"{summary.videos} videos ({summary.generated} generated, {summary.scored} scores new{unscored}); "
         f"report: {out / 'report.md'}"
     )
     if summary.seconds:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from medvideocap.eval.metrics import METRICS
 from medvideocap.eval.prompts import PAPER_PROMPTS
 from medvideocap.eval.report import markdown_table
 
@@ -29,7 +30,8 @@ class Protocol:
 
     name: str
     prompts: str
-    #: published dimension -> (our metric, the model the paper's tool uses for it, whether ours is that model)
+    #: published dimension -> (our metric, the model the paper's tool uses for it, whether ours is that model
+    #: when the metric loads its default weights)
     dimensions: dict[str, tuple[str, str, bool]]
     #: published totals by model, and where they were published
     published: dict[str, float]
@@ -50,9 +52,20 @@ class Protocol:
         prompts = str(run_info.get("prompts") or "")
         if "the MedGen paper's prompts" not in prompts:
             found.append(f"prompt set is {prompts or 'unknown'}, not the paper's ({PAPER_PROMPTS})")
+        ran = run_info.get("metrics") or {}
         for dimension, (metric, model, same) in self.dimensions.items():
             if not same:
                 found.append(f"{dimension}: scored by our `{metric}` stand-in, not {model}")
+                continue
+            # `same` holds for the default weights; a run told to load others says so in eval.json
+            loaded = (ran.get(metric) or {}).get("models") or {}
+            for role, default in METRICS[metric].default_models.items():
+                used = (loaded.get(role or "model") or {}).get("id", default)
+                if used != default:
+                    found.append(
+                        f"{dimension}: `{metric}` loaded {used}, not {default} ({model}); comparable only "
+                        "if it holds the same weights"
+                    )
         generation = run_info.get("generation") or {}
         if "videos" in generation:
             wanted = ", ".join(f"{k} {v}" for k, v in self.settings.items())
@@ -71,8 +84,8 @@ MEDGEN_PAPER = Protocol(
     dimensions={
         "subject_consistency": ("subject_consistency", "VBench's DINO ViT-B/16", True),
         "background_consistency": ("background_consistency", "VBench's CLIP ViT-B/32", True),
-        "motion_smoothness": ("flow_interpolation_smoothness", "VBench's AMT-S frame interpolator", False),
-        "imaging_quality": ("imaging_quality_clipiqa", "VBench's MUSIQ (SPAQ weights)", False),
+        "motion_smoothness": ("rife_interpolation_smoothness", "VBench's AMT-S frame interpolator", False),
+        "imaging_quality": ("imaging_quality", "VBench's MUSIQ (SPAQ weights)", True),
         "videoscore": ("videoscore", "TIGER-Lab/VideoScore-v1.1", True),
     },
     published={"MedGen": 70.93, "HunyuanVideo": 67.89, "Wan2.1-14B": 65.13, "Wan2.1-1.3B": 59.59},

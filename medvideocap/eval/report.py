@@ -5,6 +5,9 @@ The "VBench-style total" is the weighted mean of the metrics present, x100, with
 each quality dimension (and 1 for text-video alignment). VBench itself also min-max normalises each
 dimension with constants fitted to its own model pool before weighting; we do not, so our totals rank
 checkpoints against each other but are not on the scale of the MedGen paper's Med-VBench numbers.
+
+A video a metric left unscored (a judge's refusal or unreadable reply, journalled by the runner) is in no
+mean: ``summary.json`` counts those per checkpoint, metric and reason, and ``report.md`` lists each one.
 """
 
 from __future__ import annotations
@@ -35,11 +38,16 @@ WEIGHTS: dict[str, float] = {
     "subject_consistency": 1.0,
     "background_consistency": 1.0,
     "temporal_flickering": 1.0,
+    "rife_interpolation_smoothness": 1.0,
     "flow_interpolation_smoothness": 1.0,
+    "imaging_quality": 1.0,
     "imaging_quality_clipiqa": 1.0,
     "aesthetic_quality": 1.0,
     "text_video_alignment": 1.0,
     "videoscore": 1.0,
+    # a judge's verdict on medical content, averaged over the videos it scored: reported beside the
+    # total, not in it, so adding the judge to a run does not move its VBench-style number
+    "medical_accuracy": 0.0,
 }
 SCHEMA = {
     "checkpoint": pl.String,
@@ -73,14 +81,37 @@ def scores_frame(items: Sequence[Item], metrics: Sequence[str], journal: Journal
     return pl.DataFrame(rows, schema=SCHEMA).sort("checkpoint", "prompt_id", "seed", "metric")
 
 
+def unscored_rows(items: Sequence[Item], metrics: Sequence[str], journal: Journal) -> list[dict[str, Any]]:
+    """The (video, metric) pairs the journal holds as unscored, with the reason (in item order)."""
+    rows = []
+    for it in items:
+        for m in metrics:
+            entry = journal.entries.get(f"score/{it.key}/{m}")
+            if entry is not None and not entry.get("ok") and "unscored" in entry:
+                rows.append(
+                    {
+                        "checkpoint": it.checkpoint,
+                        "prompt_id": it.prompt.id,
+                        "seed": it.seed,
+                        "metric": m,
+                        "kind": str(entry["unscored"]),
+                        "reason": str(entry.get("reason", "")),
+                    }
+                )
+    return rows
+
+
 def weighted_total(means: dict[str, float]) -> float | None:
     weights = {m: WEIGHTS.get(m, 1.0) for m in means}
     total = sum(weights.values())
     return round(100.0 * sum(weights[m] * means[m] for m in means) / total, 2) if total else None
 
 
-def summarise(scores: pl.DataFrame, run_info: dict[str, Any]) -> dict[str, Any]:
-    """Means per checkpoint and metric, per checkpoint x category x metric, and the weighted total."""
+def summarise(
+    scores: pl.DataFrame, run_info: dict[str, Any], unscored: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """Means per checkpoint and metric, per checkpoint x category x metric, and the weighted total; the
+    ``unscored`` rows (:func:`unscored_rows`) counted per checkpoint, metric and reason, and listed."""
     out: dict[str, Any] = {
         "prompts": run_info.get("prompts"),
         "truncation": run_info.get("truncation", {}),
@@ -89,6 +120,7 @@ def summarise(scores: pl.DataFrame, run_info: dict[str, Any]) -> dict[str, Any]:
         "metrics": run_info.get("metrics", {}),
         "total_weights": {m: WEIGHTS.get(m, 1.0) for m in scores["metric"].unique().sort()},
         "checkpoints": {},
+        "unscored": {"count": len(unscored), "counts": _unscored_counts(unscored), "videos": list(unscored)},
     }
     for (ckpt,), part in scores.group_by(["checkpoint"], maintain_order=True):
         means = _means(part)
@@ -103,6 +135,14 @@ def summarise(scores: pl.DataFrame, run_info: dict[str, Any]) -> dict[str, Any]:
             "categories": by_cat,
         }
     return out
+
+
+def _unscored_counts(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, int]]]:
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for r in rows:
+        kinds = counts.setdefault(r["checkpoint"], {}).setdefault(r["metric"], {})
+        kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
+    return counts
 
 
 def _means(frame: pl.DataFrame) -> dict[str, float]:
@@ -123,6 +163,38 @@ def _truncation_note(counts: dict[str, int]) -> str:
     return f"Prompts longer than a model's text window (read only in part): {parts}.\n\n"
 
 
+def _outside_total_note(metrics: Sequence[str]) -> str:
+    outside = [m for m in metrics if WEIGHTS.get(m, 1.0) == 0.0]
+    return f"\nNot in the total (weight 0): {', '.join(outside)}.\n" if outside else ""
+
+
+def _unscored_section(unscored: dict[str, Any]) -> str:
+    """Each video a metric gave no score, and why; the journal keeps the raw replies."""
+    rows = unscored.get("videos") or []
+    if not rows:
+        return ""
+    counts = ", ".join(
+        f"{ckpt} {metric}: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        for ckpt, by_metric in unscored["counts"].items()
+        for metric, kinds in by_metric.items()
+    )
+    return (
+        f"\n## Unscored\n\n{len(rows)} video scores are missing, left out of every mean above "
+        f"({counts}); the raw replies are in journal.jsonl.\n\n"
+        + markdown_table(
+            ["checkpoint", "prompt", "seed", "metric", "reason"],
+            [[r["checkpoint"], r["prompt_id"], r["seed"], r["metric"], _cell(r["reason"])] for r in rows],
+        )
+    )
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    """``text`` (which quotes a judge's reply: untrusted) as one markdown table cell: one line, cut at
+    ``limit``, in a code span, so no link, image or HTML in it renders."""
+    flat = " ".join(text.split()).replace("`", "'").replace("|", "\\|")
+    return "`" + (flat if len(flat) <= limit else flat[: limit - 3] + "...") + "`"
+
+
 def render_report(summary: dict[str, Any], plots: Sequence[str], sheet: str | None) -> str:
     ckpts = summary["checkpoints"]
     metrics = sorted({m for c in ckpts.values() for m in c["means"]})
@@ -141,6 +213,8 @@ def render_report(summary: dict[str, Any], plots: Sequence[str], sheet: str | No
         ),
         "\n**total**: weighted mean x100 of the metrics present, VBench's weight 1 each "
         "(no VBench min-max normalisation, so not on the MedGen paper's Med-VBench scale).\n",
+        _outside_total_note(metrics),
+        _unscored_section(summary.get("unscored") or {}),
     ]
     for name, c in ckpts.items():
         parts.append(f"\n## {name} per category\n\n")
@@ -225,7 +299,11 @@ def write_outputs(
     (the protocol's comparison with a published table)."""
     scores = scores_frame(items, metrics, journal)
     atomic_write_parquet(out / SCORES_FILE, scores.to_arrow(), fsync=False)
-    summary = summarise(scores, {**run_info, "metrics": {m: run_info["metrics"][m] for m in metrics}})
+    summary = summarise(
+        scores,
+        {**run_info, "metrics": {m: run_info["metrics"][m] for m in metrics}},
+        unscored_rows(items, metrics, journal),
+    )
     atomic_write_json(out / SUMMARY_FILE, summary, fsync=False)
     plots = []
     for m in metrics:

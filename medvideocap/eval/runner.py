@@ -7,6 +7,9 @@ the one recaption uses): ``video/CKPT/PROMPT/SEED`` once its mp4 is on disk (wri
 only what the journal lacks, so a killed run finishes where it stopped, adding a checkpoint or a metric
 to a finished run costs only the new work, and nothing finished is touched. The output tables are
 rebuilt from the journal at the end of every run, so they never depend on where a run was interrupted.
+A video a metric gives no score (:class:`medvideocap.eval.metrics.Unscored`: a judge that refused or
+answered something unreadable) is journalled as settled but not ok, with the reason and the raw reply:
+a rerun does not ask again, and the report lists it outside the means.
 Every metric reads the mp4 back from disk, so ``--videos`` (scoring someone else's files) and a fresh run
 score the same bytes the same way.
 """
@@ -28,7 +31,7 @@ from medvideocap.atomic import atomic_write_json
 from medvideocap.caption.journal import Journal
 from medvideocap.defaults import WAN_TEXT_TOKENS
 from medvideocap.eval import report
-from medvideocap.eval.metrics import Metric, MetricError
+from medvideocap.eval.metrics import Metric, MetricError, Unscored
 from medvideocap.eval.prompts import Prompt, count_truncated
 from medvideocap.eval.protocol import get_protocol, protocol_section
 from medvideocap.generate import GenerationSettings
@@ -65,6 +68,7 @@ class EvalSummary:
     videos: int = 0
     generated: int = 0
     scored: int = 0
+    unscored: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -329,7 +333,7 @@ def run_eval(
                     )
                     summary.generated += 1
                 del pipe
-        done = journal.ok_ids()
+        done = journal.settled_ids()
         for it in items:
             missing = [m for m in metrics if f"score/{it.key}/{m.name}" not in done]
             if not missing:
@@ -338,7 +342,21 @@ def run_eval(
             for metric in missing:
                 started = time.perf_counter()
                 try:
-                    value = metric.score(video, it.prompt.prompt)
+                    value, record = metric.assess(video, it.prompt.prompt)
+                except Unscored as exc:
+                    journal.append(
+                        {
+                            "id": f"score/{it.key}/{metric.name}",
+                            "ok": False,
+                            "final": True,
+                            "unscored": exc.kind,
+                            "reason": str(exc),
+                            "record": exc.record,
+                            "seconds": time.perf_counter() - started,
+                        }
+                    )
+                    summary.unscored += 1
+                    continue
                 except MetricError as exc:
                     raise MetricError(f"{it.path}: {exc}") from exc
                 except OSError as exc:  # what transformers / huggingface_hub raise for a missing model
@@ -358,6 +376,7 @@ def run_eval(
                         "ok": True,
                         "value": float(value),
                         "seconds": seconds,
+                        **({"record": record} if record else {}),
                     }
                 )
                 summary.scored += 1

@@ -1,9 +1,10 @@
-"""Tiny random-weight DINO (``ViTModel``), CLIP (``CLIPModel``) and VideoScore (Idefics2) folders for tests
-and the benchmark.
+"""Tiny random-weight DINO (``ViTModel``), CLIP (``CLIPModel``) and VideoScore (Idefics2) folders and a MUSIQ
+checkpoint for tests and the benchmark.
 
-They keep the real classes and folder layout of ``facebook/dino-vitb16``, ``openai/clip-vit-base-patch32``
-and ``TIGER-Lab/VideoScore-v1.1`` (config, weights, image processor, tokenizer) so each metric's real
-loading code runs, but shrink every width so a video scores in well under a second on a CPU.
+They keep the real classes and folder layout of ``facebook/dino-vitb16``, ``openai/clip-vit-base-patch32``,
+``TIGER-Lab/VideoScore-v1.1`` (config, weights, image processor, tokenizer) and pyiqa's MUSIQ-SPAQ ``.pth``
+so each metric's real loading code runs, but shrink every width so a video scores in well under a second on
+a CPU.
 """
 
 from __future__ import annotations
@@ -191,4 +192,32 @@ def save_tiny_videoscore(
     (out / "processor_config.json").write_text(
         json.dumps({"image_seq_len": latents, "processor_class": "Idefics2Processor"}, indent=2) + "\n"
     )
+    return out
+
+
+def save_tiny_musiq(path: str | Path, seed: int = 0, *, hidden: int = 64, mos: float = 50.0) -> Path:
+    """A MUSIQ checkpoint as pyiqa saves one (a plain state_dict in a ``.pth``) for pyiqa's real
+    architecture shrunk to one transformer block of width ``hidden`` (one 64-wide head) and an MLP of
+    ``2 * hidden``; the ResNet stem, 32-px patches, 10x10 position grid and three scales stay real.
+
+    The head is random around ``mos`` (about +-5 on the 0-100 scale): wide enough that a sharp frame, a
+    blurred one and noise get told apart, near enough to the middle that the /100 score is not clipped.
+    """
+    from pyiqa.archs.musiq_arch import MUSIQ
+
+    from medvideocap.eval.metrics.imaging_quality_musiq import HEAD_DIM
+
+    with seeded(seed):
+        model = MUSIQ(
+            pretrained=False,
+            hidden_size=hidden,
+            mlp_dim=2 * hidden,
+            num_heads=max(1, hidden // HEAD_DIM),
+            num_layers=1,
+        )
+        torch.nn.init.normal_(model.head.weight, std=10.0 / hidden**0.5)
+        torch.nn.init.constant_(model.head.bias, mos)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
     return out

@@ -22,6 +22,24 @@ class MetricError(ValueError):
     """A metric cannot run as configured (missing package, model or bad input); says what to do."""
 
 
+class Unscored(Exception):
+    """One video this metric gives no score, for a reason that lies in the video's judgement, not in the
+    setup: a judge that refused, or answered something unreadable or out of range. ``kind`` names the
+    reason in a word (``refusal``, ``unparseable``, ``out_of_range``, ``markup``), ``record`` is what the
+    journal keeps about it (the raw reply).
+
+    Why not a score of 0 or a :class:`MetricError`: a refusal says nothing about the video, so a 0 would
+    drag the mean down for the judge's reasons, and stopping the run would lose every other video's score
+    for one bad reply. The runner journals the video as unscored, leaves it out of every mean and lists
+    it in the report; a setup problem (no server, no key) stays a :class:`MetricError` and stops the run.
+    """
+
+    def __init__(self, kind: str, message: str, record: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.record = record or {}
+
+
 def model_revision(model_id: str) -> str:
     """What exactly was loaded: the Hub commit of ``model_id`` when it came from the Hub cache, or
     ``local:<hash of the folder's files>`` for a local model, so two runs that used different local
@@ -96,6 +114,12 @@ class Metric:
     def score(self, video: np.ndarray, prompt: str) -> float:
         """Score one ``uint8 (T, H, W, 3)`` video generated for ``prompt``; a float in [0, 1]."""
         raise NotImplementedError
+
+    def assess(self, video: np.ndarray, prompt: str) -> tuple[float, dict[str, Any]]:
+        """:meth:`score` and what the journal keeps beside the value (a judge's raw reply and verdict);
+        raises :class:`Unscored` for a video that gets no score. What the runner calls; a metric whose
+        number is the whole story inherits this."""
+        return self.score(video, prompt), {}
 
 
 def check_video(video: np.ndarray, *, min_frames: int = 1, metric: str = "") -> np.ndarray:

@@ -1,11 +1,11 @@
-"""``imaging_quality_clipiqa``: zero-shot CLIP-IQA, the offline stand-in for VBench's MUSIQ.
+"""``imaging_quality_clipiqa``: zero-shot CLIP-IQA, the offline fallback for ``imaging_quality`` (MUSIQ).
 
-VBench's imaging_quality is MUSIQ trained on SPAQ, through ``pyiqa``. ``pyiqa`` 0.1.16 works with
-transformers 5 but pulls ``opencv-python`` (which clashes with the ``opencv-python-headless`` our build
-extra uses), ``bitsandbytes`` and ``numba``, and fetches its MUSIQ weights from GitHub at run time, so it is
-not part of this package. CLIP-IQA (Wang, Chan and Loy, AAAI 2023) needs only CLIP weights, which the
-other metrics load anyway: each frame is compared with the antonym prompts "Good photo." and "Bad photo.",
-and the softmax probability of "Good photo." (CLIP's own logit scale) is the frame's quality.
+VBench's imaging_quality is MUSIQ trained on SPAQ, which :mod:`.imaging_quality_musiq` runs through
+``pyiqa``; its weights come from the Hub at first use. Where they cannot (an air-gapped cluster without a
+local copy), CLIP-IQA (Wang, Chan and Loy, AAAI 2023) needs only CLIP weights, which the other metrics load
+anyway: each frame is compared with the antonym prompts "Good photo." and "Bad photo.", and the softmax
+probability of "Good photo." (CLIP's own logit scale) is the frame's quality. It is not in the default
+metric set beside ``imaging_quality``: one dimension would count twice in the total.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class ImagingQualityClipIQA(Metric):
     )
     normalisation = "a probability, already in [0, 1]"
     relation_to_vbench = (
-        "stands in for VBench's imaging_quality (MUSIQ-SPAQ via pyiqa, not installable here); measures "
+        "the offline fallback for VBench's imaging_quality (MUSIQ-SPAQ, our imaging_quality metric); measures "
         "the same kind of thing (technical quality: noise, blur, over-exposure) with a different model, so "
         "its numbers are not VBench's."
     )
