@@ -5,6 +5,11 @@ onto the target, which is atomic on POSIX file systems. The temporary name is ``
 followed by the target's suffix (so tools that pick a format by extension, like matplotlib, still do):
 hidden, unique per process even when ranks on several machines share a disk, and matched by the
 ``.*.tmp-*`` patterns that clean-up and upload code skip.
+
+A write that fails removes its temporary file, so a full disk leaves the old file (or none) and no
+half-written one; a full disk, a used-up quota or a read-only file system comes out as one
+:class:`~medvideocap.disk.ResourceError` naming the target and the bytes it needed
+(:func:`~medvideocap.disk.writing_to`).
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import json
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from medvideocap.disk import writing_to
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -37,25 +44,30 @@ def _fsync_file(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, fsync: bool = True, needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` for a writer that needs a file name (savefig, PyAV,
-    pyarrow); on success it is fsynced (``fsync``) and renamed onto ``path``, on failure removed."""
+    pyarrow); on success it is fsynced (``fsync``) and renamed onto ``path``, on failure removed.
+
+    A full disk, a used-up quota or a read-only file system, in the writer or here, is a
+    :class:`~medvideocap.disk.ResourceError` naming ``path`` (and ``needed`` bytes, when given)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    try:
-        yield tmp
-        if fsync:
-            _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with writing_to(path, needed=needed):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_name(path)
+        try:
+            yield tmp
+            if fsync:
+                _fsync_file(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with suppress(OSError):  # the error being raised is the one to report, not a failed clean-up
+                tmp.unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` via a temporary name and a rename."""
-    with atomic_path(path, fsync=fsync) as tmp:
+    with atomic_path(path, fsync=fsync, needed=len(data)) as tmp:
         tmp.write_bytes(data)
 
 

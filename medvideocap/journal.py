@@ -18,13 +18,17 @@ the first bad line or skip every bad line, and neither repairs the file for the 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+from medvideocap.disk import writing_to
 
 log = logging.getLogger(__name__)
 
@@ -103,21 +107,36 @@ class JournalAppender:
     done only once its line is on disk); ``durable=False`` only flushes, for journals whose entries a
     rerun records again anyway (the writer's rejects), where an fsync per line would cost more than
     it saves. Read the file with :func:`read_journal` before appending, so a torn tail is repaired.
+
+    An append that fails (a full disk) is cut back off the file before the error is raised, so a
+    journal never holds half a line that its writer lived to see; the error is a
+    :class:`~medvideocap.disk.ResourceError` naming the file when the disk is full or read-only.
+    The file is unbuffered for that reason: every byte written is in the file, none in a buffer that
+    a later flush would append after the cut.
     """
 
     def __init__(self, path: Path, *, durable: bool = True) -> None:
         self.path = Path(path)
         self.durable = durable
-        self._fh: BinaryIO | None = None
+        self._fh: io.FileIO | None = None
 
     def append(self, entry: Any) -> None:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("ab")
-        self._fh.write(encode_entry(entry))
-        self._fh.flush()
-        if self.durable:
-            os.fsync(self._fh.fileno())
+        line = encode_entry(entry)
+        with writing_to(self.path, needed=len(line)):
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = io.FileIO(self.path, "ab")
+            start = self._fh.seek(0, os.SEEK_END)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(self._fh.fileno(), view) :]
+                if self.durable:
+                    os.fsync(self._fh.fileno())
+            except BaseException:
+                with suppress(OSError):  # the write's own error is the one to report
+                    os.ftruncate(self._fh.fileno(), start)
+                raise
 
     def close(self) -> None:
         if self._fh is not None:

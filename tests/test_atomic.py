@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fixtures_disk import tmpfs
 
 from medvideocap.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_parquet
+from medvideocap.disk import ResourceError
 from medvideocap.loading.sampler import BucketBatchSampler
 
 
@@ -47,3 +51,36 @@ def test_bucket_sampler_pads_every_rank_even_with_fewer_batches_than_ranks() -> 
             list(BucketBatchSampler([(1,)] * 2, 2, drop_last=True, rank=r, world_size=4)) for r in range(4)
         )
     ] == [0] * 4
+
+
+def test_a_write_the_disk_refuses_leaves_the_old_file_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The errno is injected at the lowest write call: half the bytes land, then the disk is full."""
+    target = tmp_path / "meta" / "info.json"
+    atomic_write_bytes(target, b"old")
+    real_write = Path.write_bytes
+
+    def half_then_full(self: Path, data: bytes) -> int:
+        real_write(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    with pytest.raises(ResourceError) as raised:
+        atomic_write_bytes(target, b"x" * 5000)
+    assert str(raised.value).startswith(f"{target}: no space left on the device (5.0 kB needed, ")
+    assert target.read_bytes() == b"old" and [p.name for p in target.parent.iterdir()] == ["info.json"]
+
+
+def test_a_full_or_read_only_file_system_is_one_error_naming_the_target(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    with tmpfs(disk, 64 * 1024):
+        atomic_write_bytes(disk / "kept.bin", b"old")
+        with pytest.raises(ResourceError, match=f"^{re.escape(str(disk / 'big.bin'))}: no space left on the"):
+            atomic_write_bytes(disk / "big.bin", b"x" * 200_000)
+        assert sorted(p.name for p in disk.iterdir()) == ["kept.bin"]
+    with (
+        tmpfs(disk, 64 * 1024, read_only=True),
+        pytest.raises(ResourceError, match=f"^{re.escape(str(disk / 'a'))}: the file system is read-only"),
+    ):
+        atomic_write_json(disk / "a" / "b.json", {"a": 1})  # the folder it would make is what the OS names

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from fixtures_build import EXPECTED_REJECTS, SCENE_CUTS, make_raw, tree_bytes
+from fixtures_disk import half_written, resize, tmpfs
 from videos import make_video
 
 from medvideocap.build import build
@@ -386,3 +387,144 @@ def test_a_symlink_loop_under_src_is_skipped_with_a_warning_naming_it(
     assert done.exit_code == 1 and said.startswith(
         f"Error: --src {tmp_path / 'src'}: runs through a symlink loop"
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# one writer per output, and a disk that refuses a write (issue rows 10 and 11)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+    """Two small real inputs and the bytes of their uninterrupted build."""
+    root = tmp_path_factory.mktemp("small")
+    raw = _small_raw(root / "raw")
+    done = _cli_build("--src", str(raw), "--out", str(root / "reference"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return raw, tree_bytes(root / "reference")
+
+
+def _one_line(text: str) -> str:
+    """Rich wraps long log lines; compare messages with their whitespace made single spaces."""
+    return " ".join(text.split())
+
+
+def test_a_second_build_on_the_same_out_exits_1_naming_the_first(small, tmp_path: Path) -> None:
+    """Two real builds on one --out: the second stops before any work, naming the first (pid, host,
+    since when); once the first is killed, its lock is taken over with a warning and the build runs."""
+    raw, reference = small
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "medvideocap", "build", "--recipe", "demo", "--workers", "1"]
+        + ["--src", str(raw), "--out", str(out)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        lock = out / ".medvideocap.lock"
+        deadline = time.monotonic() + 120
+        while not (lock.exists() and f'"pid": {first.pid},' in lock.read_text()):
+            assert first.poll() is None and time.monotonic() < deadline, "the first build never took its lock"
+            time.sleep(0.01)
+        os.killpg(first.pid, signal.SIGSTOP)  # holds its lock, does nothing more, until killed
+        second = _cli_build("--src", str(raw), "--out", str(out))
+        assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
+        said = second.stderr
+        assert said.startswith(f"Error: {out} is in use by `medvideocap build` (pid {first.pid} on "), said
+        assert f"which holds {lock}; wait for it to finish or stop it" in said and said.count("\n") == 1
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert f'"pid": {first.pid},' in lock.read_text()  # a killed run leaves its details, not its lock
+
+    third = _cli_build("--src", str(raw), "--out", str(out))
+    assert third.returncode == 0, third.stderr[-3000:]
+    said = _one_line(third.stdout)  # the log handler writes to stdout
+    assert f"taking over the lock left by `medvideocap build` (pid {first.pid} on " in said, said
+    assert tree_bytes(out) == reference  # no lock file left in the output either
+
+
+@pytest.mark.parametrize(
+    "size, workers",
+    [(96 * 1024, 2), (200 * 1024, 1), (300 * 1024, 1)],
+    ids=["full-while-cutting-in-a-pool", "full-while-writing-shards", "full-while-writing-metadata"],
+)
+def test_a_full_disk_is_one_line_and_the_rerun_with_space_writes_the_same_bytes(
+    small, tmp_path: Path, size: int, workers: int
+) -> None:
+    """A real small file system (tmpfs) holding --out and the work dir fills up at a different step
+    for each size: one line naming the file, exit 1, nothing half-written left; with room, the same
+    command resumes into the bytes of an uninterrupted build."""
+    raw, reference = small
+    disk = tmp_path / "disk"
+    out = disk / "out"
+    with tmpfs(disk, size):
+        args = ("--src", str(raw), "--out", str(out), "--workers", str(workers))
+        full = _cli_build(*args)
+        assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-3000:]
+        [line] = [x for x in full.stderr.splitlines() if x.startswith("Error: ")]
+        assert line.startswith(f"Error: {disk}/") and ": no space left on the device (" in line, line
+        assert line.endswith(
+            "free some space there, then run the same command again: it resumes where it stopped"
+        )
+        assert half_written(disk) == []
+        resize(disk, 16 * 1024 * 1024)
+        again = _cli_build(*args)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert tree_bytes(out) == reference and half_written(disk) == []
+
+
+def test_a_read_only_out_or_work_folder_is_one_line_before_any_work(small, tmp_path: Path) -> None:
+    raw, _ = small
+    disk = tmp_path / "disk"
+    with tmpfs(disk, 1024 * 1024, read_only=True):
+        for args, named in (
+            (["--out", str(disk / "out")], disk / "out"),
+            (["--out", str(tmp_path / "out"), "--work", str(disk / "work")], disk / "work"),
+        ):
+            done = _cli_build("--src", str(raw), *args)
+            assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+            assert done.stderr == (
+                f"Error: {named}: the file system is read-only; write to a folder on a writable disk "
+                "(or remount this one read-write), then run again\n"
+            )
+    assert not (tmp_path / "out").exists()  # the folder made for its lock went with it
+
+
+def test_a_clip_cut_short_by_a_full_disk_stops_the_build_and_is_cut_again_on_rerun(
+    small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without root: the errno is injected where ffmpeg meets it. ffmpeg 5 reports a trailer it could
+    not write for lack of space and still exits 0, leaving a cut-off mp4; that must stop the build
+    (not become a reject journaled for good, nor a clip taken as whole)."""
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+
+    raw, reference = small
+    out = tmp_path / "out"
+    real_run = subprocess.run
+    cut: list[str] = []
+
+    def full_after_half(cmd: list[str], *args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        done = real_run(cmd, *args, **kwargs)  # type: ignore[call-overload]
+        if "+faststart" not in cmd or cut:  # only the first clip cut meets the full disk
+            return done
+        output = Path(cmd[-1])
+        output.write_bytes(output.read_bytes()[:1000])
+        cut.append(cmd[-1])
+        stderr = f"Error writing trailer of {output}: No space left on device\n"
+        return subprocess.CompletedProcess(cmd, 0, "", stderr)
+
+    args = ["build", "--recipe", "demo", "--workers", "1", "--src", str(raw), "--out", str(out)]
+    with monkeypatch.context() as patch:
+        patch.setattr(subprocess, "run", full_after_half)
+        full = CliRunner().invoke(main, args)
+    assert full.exit_code == 1 and cut, full.output
+    line = full.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: {out}.build/clips/") and ": no space left on the device" in line, line
+    assert not list((tmp_path / "out.build" / "journal").glob("*.json"))  # the input is not journaled
+    assert half_written(tmp_path) == []
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert tree_bytes(out) == reference

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -12,6 +13,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from fixtures_disk import half_written, resize, tmpfs
 from fixtures_hubnative import FRACTIONS, SHARD_BYTES, converted, same_tree
 from fixtures_loader import rotated_clip
 from fixtures_upstream import (
@@ -451,3 +453,74 @@ def test_an_out_in_or_around_the_source_is_refused_before_any_work(tmp_path: Pat
     done = CliRunner().invoke(main, ["convert", str(src), "--out", str(src), "--no-progress"])
     assert done.exit_code == 1 and done.output.startswith(f"Error: --out {src} is the source {src} itself: ")
     assert sorted(p.name for p in src.iterdir()) == before  # nothing written into the source
+
+
+# ---------------------------------------------------------------------------------------------------
+# a disk that refuses a write (issue row 11): one line, exit 1, nothing half-written, an exact resume
+
+
+@pytest.fixture(scope="module")
+def release_and_clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("full")
+    src = make_upstream_release(root / "upstream", n_clips=12)
+    convert(src, root / "clean", shard_bytes=SHARD_BYTES, fractions=FRACTIONS, progress=False)
+    return src, root / "clean"
+
+
+def _cli_convert(src: Path, out: Path) -> Any:
+    fractions = ",".join(map(str, FRACTIONS))
+    return _cli(str(src), "--out", str(out), "--shard-size", str(SHARD_BYTES), "--fractions", fractions)
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 180 * 1024], ids=["full-while-writing-shards", "full-at-close"])
+def test_a_full_disk_is_one_line_and_the_rerun_with_space_converts_the_same_bytes(
+    release_and_clean: tuple[Path, Path], tmp_path: Path, size: int
+) -> None:
+    src, clean = release_and_clean
+    disk = tmp_path / "disk"
+    with tmpfs(disk, size):
+        full = _cli_convert(src, disk / "out")
+        assert full.exit_code == 1, full.output
+        line = full.output.strip().splitlines()[-1]
+        assert line.startswith(f"Error: {disk}/out/") and ": no space left on the device (" in line, line
+        assert "Traceback" not in full.output and half_written(disk) == []
+        resize(disk, 16 * 1024 * 1024)
+        again = _cli_convert(src, disk / "out")
+        assert again.exit_code == 0, again.output
+        assert same_tree(clean, disk / "out") and half_written(disk) == []
+
+
+def test_a_shard_write_the_disk_refuses_names_the_shard_and_the_bytes_it_needed(
+    release_and_clean: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without root: the errno is injected where the writer appends a clip to its shard, after part
+    of the member's bytes went in."""
+    import tarfile
+
+    src, clean = release_and_clean
+    out = tmp_path / "out"
+    real_addfile = tarfile.TarFile.addfile
+    calls: list[int] = []
+
+    def full_on_the_ninth(self: tarfile.TarFile, info: tarfile.TarInfo, fileobj: Any = None) -> None:
+        calls.append(1)
+        if len(calls) < 9:
+            return real_addfile(self, info, fileobj)
+        self.fileobj.write(b"\0" * 700)  # type: ignore[union-attr]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tarfile.TarFile, "addfile", full_on_the_ninth)
+        full = _cli_convert(src, out)
+    assert full.exit_code == 1, full.output
+    said = full.output.strip()
+    assert re.fullmatch(
+        rf"Error: {re.escape(str(out))}/data/\w+/shard-\d{{5}}\.tar: no space left on the device "
+        r"\(\d+\.\d kB needed, [^)]+ free\); free some space there, then run the same command again: "
+        "it resumes where it stopped",
+        said.splitlines()[-1],
+    ), said
+    assert half_written(out) == []
+    again = _cli_convert(src, out)
+    assert again.exit_code == 0, again.output
+    assert same_tree(clean, out)

@@ -5,7 +5,9 @@ middle (what only an edit or damage leaves) is an error naming the file and the 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from fixtures_loader import clip_bytes, clip_record
 
 from medvideocap.caption.journal import Journal
 from medvideocap.dataset.writer import DatasetWriter
+from medvideocap.disk import ResourceError
 from medvideocap.journal import JournalAppender, JournalError, read_journal
 
 REJECTS = Path("meta/progress/rejects.jsonl")
@@ -73,6 +76,30 @@ def test_durable_appends_are_on_disk_before_append_returns(tmp_path: Path) -> No
     out.append({"id": "é", "n": 1})
     assert path.read_bytes() == '{"id": "é", "n": 1}\n'.encode()
     out.close()
+
+
+def test_an_append_the_disk_refuses_is_cut_back_off_and_names_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half the line reaches the file, then the disk is full: the file is left as it was, so the
+    journal holds no half line even before a rerun repairs it, and the next append starts clean."""
+    path = tmp_path / "j.jsonl"
+    out = JournalAppender(path)
+    out.append({"id": "a"})
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes | memoryview) -> int:
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "write", half_then_full)
+        with pytest.raises(ResourceError, match=r"j\.jsonl: no space left on the device \(\d+ bytes needed"):
+            out.append({"id": "b", "text": "x" * 100})
+    assert path.read_bytes() == b'{"id": "a"}\n'
+    out.append({"id": "c"})
+    out.close()
+    assert read_journal(path, repair=False).entries == [{"id": "a"}, {"id": "c"}]
 
 
 # --- the journals that use it: the caption run journal (recaption, eval), the writer's rejects -------

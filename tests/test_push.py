@@ -93,8 +93,9 @@ def test_leftovers_of_unfinished_writes_are_not_part_of_the_dataset(hub: Path) -
     (hub / ".README.md.tmp-host-1.md").write_bytes(b"x")
     (hub / ".cache").mkdir()
     (hub / ".cache" / "lock").write_bytes(b"x")
+    (hub / ".medvideocap.lock").write_bytes(b'{"pid": 1}\n')  # what a killed convert or build leaves
     files = dataset_files(hub)
-    assert not any(".partial" in f or ".tmp-" in f for f in files)
+    assert not any(".partial" in f or ".tmp-" in f or f.endswith(".lock") for f in files)
     assert not any(f.startswith(".cache/") for f in files)
     assert "data/train/shard-00000.tar" in files
 

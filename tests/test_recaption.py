@@ -3,6 +3,7 @@ failure records, --where/--limit, and --write producing a new hub-native dataset
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import random
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_caption import BRIEF, DETAILED, REFUSAL, Action, FakeChatServer
+from fixtures_disk import half_written, resize, tmpfs
 from fixtures_upstream import make_upstream_release
 
 from medvideocap.caption import make_captioner
@@ -392,3 +394,66 @@ def test_ray_address_from_the_cli_reaches_the_one_ray_bootstrap(upstream, server
     assert isinstance(res.exception, spy.error), res.output
     assert spy.asked == ["head:6379", None]  # None: medvideocap.dist falls back to RAY_ADDRESS, then local
     assert server.requests == []
+
+
+# --- a disk that refuses a write (issue row 11): one line, exit 1, the journal whole, an exact resume
+
+
+@pytest.mark.parametrize("size", [16 * 1024, 64 * 1024], ids=["full-while-journaling", "full-while-writing"])
+def test_a_full_disk_is_one_line_and_the_rerun_with_space_finishes_the_same_dataset(
+    upstream, server, tmp_path, size
+):
+    reference = tmp_path / "reference"
+    assert _cli_run(upstream, server, reference, "--write").exit_code == 0
+    disk = tmp_path / "disk"
+    with tmpfs(disk, size):
+        out = disk / "run"
+        full = _cli_run(upstream, server, out, "--write")
+        assert full.exit_code == 1, full.output
+        line = full.output.strip().splitlines()[-1]
+        assert line.startswith(f"Error: {out}/") and ": no space left on the device (" in line, line
+        assert "Traceback" not in full.output and half_written(disk) == []
+        journaled = len(_journal_ids(out)) if (out / JOURNAL_FILE).exists() else 0
+        asked = len(server.requests)
+        resize(disk, 16 * 1024 * 1024)
+        again = _cli_run(upstream, server, out, "--write")
+        assert again.exit_code == 0, again.output
+        ids = _journal_ids(out)
+        assert sorted(ids) == [f"{i:05d}" for i in range(6)] and len(ids) == len(set(ids))
+        assert len(server.requests) - asked == 6 - journaled  # only what the journal lacked is asked
+        info = json.loads((out / "dataset" / "meta" / "info.json").read_text())
+    assert (
+        info["fingerprint"]
+        == json.loads((reference / "dataset" / "meta" / "info.json").read_text())["fingerprint"]
+    )
+
+
+def test_a_journal_line_the_disk_refuses_is_not_kept_and_its_clip_is_captioned_on_rerun(
+    upstream, server, tmp_path, monkeypatch
+):
+    """Without root: the errno is injected where the journal line is made durable (on NFS and
+    delayed-allocation file systems a full disk shows at fsync): the third line is cut back off."""
+    import os
+
+    out = tmp_path / "run"
+    real_fsync = os.fsync
+    synced: list[int] = []
+
+    def full_on_the_third_line(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(JOURNAL_FILE):
+            synced.append(fd)
+            if len(synced) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", full_on_the_third_line)
+        full = _cli_run(upstream, server, out)
+    assert full.exit_code == 1, full.output
+    said = full.output.strip().splitlines()[-1]
+    assert said.startswith(f"Error: {out / JOURNAL_FILE}: no space left on the device ("), said
+    assert len(_journal_ids(out)) == 2 and (out / JOURNAL_FILE).read_bytes().endswith(b"}\n")
+    again = _cli_run(upstream, server, out)
+    assert again.exit_code == 0, again.output
+    ids = _journal_ids(out)
+    assert sorted(ids) == [f"{i:05d}" for i in range(6)] and len(ids) == len(set(ids))

@@ -26,6 +26,7 @@ import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ from medvideocap.build.sample import Sample
 from medvideocap.build.stages import MissingDependencyError, check_stage
 from medvideocap.build.workdir import clips_dir, input_clips_dir, journal_dir, journal_path, state_path
 from medvideocap.dataset.layout import FUNNEL_PATH
+from medvideocap.disk import writing_to
+from medvideocap.lock import LOCK_GLOB, output_lock
 from medvideocap.media.ffmpeg import MediaError, ffmpeg_exe
 from medvideocap.paths import PathLoopError, check_apart, inside, resolve_path
 
@@ -336,7 +339,13 @@ def build(
     ``follow_symlinks``: a link can point anywhere, and a build reads what its source folder holds.
     ``name`` titles the dataset card (default: named after the recipe); the card also names the
     source folder, so a build from one's own videos never passes for MedVideoCap-55K. ``out`` and
-    ``work`` must lie apart from ``src`` (:func:`medvideocap.paths.check_apart`), checked first."""
+    ``work`` must lie apart from ``src`` (:func:`medvideocap.paths.check_apart`), checked first.
+
+    A build holds the locks of ``out`` and ``work`` while it runs (:func:`medvideocap.lock.output_lock`):
+    a second build on either stops before any work with :class:`~medvideocap.lock.LockedError` naming
+    the first. A full disk, a used-up quota or a read-only folder stops it with a
+    :class:`~medvideocap.disk.ResourceError`; the input it was on is not journaled, so the same
+    command resumes into the same bytes once there is room."""
     src, out = Path(src), Path(out)
     work = Path(work) if work else out.with_name(out.name + ".build")
     # Written into --src, the output (or the work dir's cut clips) would be scanned as input next run.
@@ -346,22 +355,63 @@ def build(
         source = resolve_path(src, label="--src")
     except PathLoopError as exc:
         raise BuildError(str(exc)) from None
-    identity = {"name": name, "source": f"{source.name}/"}
     console = console or Console(stderr=True)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     missing = _missing(recipe)
-    if missing and not dry_run:
+    if dry_run:
+        inputs = scan(src, follow_symlinks=follow_symlinks).samples
+        done = read_finished(work, inputs, {s.input: input_stat(s.path) for s in inputs}).done
+        return {**plan(src, recipe, inputs, set(done)), "missing": missing}
+    if missing:
         raise MissingDependencyError("; ".join(missing))
-    discovery = scan(src, follow_symlinks=follow_symlinks)
+    if engine not in ("local", "ray"):
+        raise BuildError(f"unknown engine {engine!r}; use 'local' or 'ray'")
+    run = _Run(
+        src=src,
+        out=out,
+        work=work,
+        source=source,
+        recipe=recipe,
+        engine=engine,
+        workers=workers,
+        ray_address=ray_address,
+        keep_work=keep_work,
+        follow_symlinks=follow_symlinks,
+        name=name,
+    )
+    # The lock is taken before anything is read or written; writing_to(out) names the output folder for
+    # a full disk met where no writer below named the file itself.
+    with output_lock(out, verb="build"), output_lock(work, verb="build"), writing_to(out):
+        return _run(run, console)
+
+
+@dataclass
+class _Run:
+    """What one build was asked for, after :func:`build` checked it."""
+
+    src: Path
+    out: Path
+    work: Path
+    source: Path  # src with every link followed
+    recipe: Recipe
+    engine: str
+    workers: int | None
+    ray_address: str | None
+    keep_work: bool
+    follow_symlinks: bool
+    name: str | None
+
+
+def _run(run: _Run, console: Console) -> BuildResult:
+    """The build itself, under both folders' locks."""
+    src, out, work, recipe = run.src, run.out, run.work, run.recipe
+    identity = {"name": run.name, "source": f"{run.source.name}/"}
+    discovery = scan(src, follow_symlinks=run.follow_symlinks)
     inputs, refused = discovery.samples, discovery.refused
     stats = {s.input: input_stat(s.path) for s in inputs}  # taken before processing, journaled after
     journaled = read_finished(work, inputs, stats)  # each journal file read once
     done = journaled.done
-    if dry_run:
-        return {**plan(src, recipe, inputs, set(done)), "missing": missing}
-    if engine not in ("local", "ray"):
-        raise BuildError(f"unknown engine {engine!r}; use 'local' or 'ray'")
-    _open_work(work, recipe, source)
+    _open_work(work, recipe, run.source)
     if journaled.changed or journaled.deleted:
         _start_output_over(out, work, journaled, {s.input: s.key for s in inputs}, console)
     redo = _lost_work(out, recipe, identity, done)
@@ -408,10 +458,10 @@ def build(
 
         if resumed:
             console.print(f"resuming: {resumed} of {len(inputs)} inputs already processed in {work}")
-        if engine == "ray":
-            run_ray(pending, recipe, work, address=ray_address, on_done=on_done)
+        if run.engine == "ray":
+            run_ray(pending, recipe, work, address=run.ray_address, on_done=on_done)
         else:
-            run_local(pending, recipe, work, workers=workers or os.cpu_count() or 1, on_done=on_done)
+            run_local(pending, recipe, work, workers=run.workers or os.cpu_count() or 1, on_done=on_done)
 
     for o in refused:
         by_input[o.input] = [o]
@@ -420,7 +470,7 @@ def build(
     summary = funnel(recipe, {name: by_input[name] for name in names})
     _write(out, recipe, identity, outcomes, summary)
     console.print(funnel_table(summary))
-    if not keep_work:
+    if not run.keep_work:
         shutil.rmtree(clips_dir(work), ignore_errors=True)
     return BuildResult(
         out=out,
@@ -462,7 +512,13 @@ def _start_output_over(
     )
     if out.exists():
         _copy_back_clips(out, work, journaled.done)
-        shutil.rmtree(out)
+        for child in out.iterdir():  # all but the lock this build holds on it (medvideocap.lock)
+            if fnmatch(child.name, LOCK_GLOB):
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     for name in journaled.changed:  # stale cut clips; processing cuts the new ones
         shutil.rmtree(input_clips_dir(work, keys[name]), ignore_errors=True)
     for path in journaled.deleted:

@@ -23,6 +23,7 @@ from typing import Any
 from medvideocap.build.pipeline import Outcome, Pipeline, apply_stage, kept, rejected
 from medvideocap.build.recipe import Recipe
 from medvideocap.build.sample import Reject, Sample
+from medvideocap.disk import writing_to
 from medvideocap.dist import ray_session
 
 OnDone = Callable[[list[Outcome]], None]
@@ -50,8 +51,14 @@ def run_local(pending: list[Sample], recipe: Recipe, work: Path, *, workers: int
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = [pool.submit(_run_one, recipe_json, str(work), s.to_dict()) for s in pending]
-        for future in as_completed(futures):
-            on_done([Outcome.from_dict(d) for d in future.result()])
+        try:
+            for future in as_completed(futures):
+                on_done([Outcome.from_dict(d) for d in future.result()])
+        except BaseException:
+            # A full disk (or any error) stops the build now: the inputs not started are left to the
+            # rerun, not processed while the pool winds down.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 # ------------------------------------------------------------------------------------------------
@@ -64,7 +71,9 @@ def _ray_stage(row: dict[str, str], *, recipe_json: str, work: str, index: int) 
     label, fn = _pipeline(recipe_json, work).stages[index]
     sample = Sample.from_dict(json.loads(row["sample"]))
     out = []
-    for item in apply_stage(label, fn, sample):
+    with writing_to(work):
+        items = apply_stage(label, fn, sample)
+    for item in items:
         if isinstance(item, Reject):
             out.append({"sample": "", "outcome": json.dumps(rejected(sample, item).to_dict())})
         else:

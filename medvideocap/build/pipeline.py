@@ -25,6 +25,7 @@ from medvideocap.build.recipe import Recipe
 from medvideocap.build.record import to_record
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context, StageFn, make_stage
+from medvideocap.disk import stops_the_run, writing_to
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +113,17 @@ def rejected(sample: Sample, reject: Reject) -> Outcome:
 
 
 def apply_stage(label: str, fn: StageFn, sample: Sample) -> list[Sample | Reject]:
-    """Run one stage on one sample; an unexpected error rejects the sample instead of the build."""
+    """Run one stage on one sample; an unexpected error rejects the sample instead of the build.
+
+    Except a full disk, a used-up quota or a read-only work dir: that is no verdict on the video, and a
+    reject would be journaled and never retried, so it stops the build and a rerun processes the input
+    again."""
     t0 = time.perf_counter()
     try:
         result = fn(sample)
     except Exception as exc:  # noqa: BLE001 - one bad video must not kill a long build
+        if stops_the_run(exc):
+            raise
         log.warning("%s clip %d: stage %s failed: %s", sample.input, sample.index, label, exc)
         result = Reject(label, "error", f"{type(exc).__name__}: {exc}", dict(sample.scores))
     items = result if isinstance(result, list) else [result]
@@ -135,21 +142,24 @@ class Pipeline:
 
     def __init__(self, recipe: Recipe, work: Path):
         ctx = Context(work=work)
+        self.work = work
         self.stages = [(cfg.label, make_stage(cfg, ctx)) for cfg in recipe.stages]
 
     def run(self, sample: Sample) -> list[Outcome]:
-        """All stages over one input: its outcomes, in clip order."""
+        """All stages over one input: its outcomes, in clip order. A full disk met by a stage that did
+        not name the file is a :class:`~medvideocap.disk.ResourceError` naming the work dir."""
         outcomes: list[Outcome] = []
         live = [sample]
-        for label, fn in self.stages:
-            nxt: list[Sample] = []
-            for s in live:
-                for item in apply_stage(label, fn, s):
-                    if isinstance(item, Reject):
-                        outcomes.append(rejected(s, item))
-                    else:
-                        nxt.append(item)
-            live = nxt
+        with writing_to(self.work):
+            for label, fn in self.stages:
+                nxt: list[Sample] = []
+                for s in live:
+                    for item in apply_stage(label, fn, s):
+                        if isinstance(item, Reject):
+                            outcomes.append(rejected(s, item))
+                        else:
+                            nxt.append(item)
+                live = nxt
         outcomes.extend(kept(s) for s in live)
         return sorted(outcomes, key=Outcome.sort_key)
 

@@ -33,8 +33,10 @@ from medvideocap.caption import BaseCaptioner, load_template, make_captioner, sa
 from medvideocap.caption.journal import Journal
 from medvideocap.caption.where import compile_where
 from medvideocap.dataset.schema import Caption, ClipRecord
+from medvideocap.disk import stops_the_run, writing_to
 from medvideocap.dist import ray_session
 from medvideocap.hashing import short_hexdigest
+from medvideocap.lock import output_lock
 from medvideocap.paths import check_apart
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,8 @@ def caption_items(
             images, times = sample_frames(item.read(), frames)
             ready.append((i, images, times, item.record))
         except Exception as exc:  # any unreadable clip is recorded, the batch goes on
+            if stops_the_run(exc):
+                raise  # a full disk is no fault of the clip: recorded as failed, it would not be retried
             entries[i] = _entry(
                 item, ok=False, final=True, error=f"frames: {type(exc).__name__}: {exc}", raw="", attempts=0
             )
@@ -232,6 +236,11 @@ def recaption(
     Clips whose reply failed hygiene or whose video does not decode are settled (``retry_failed``
     asks again); clips the backend failed on (HTTP errors, timeouts) are asked again by any rerun, and
     ``max_backend_failures`` of them in a row stop the run with the backend's error.
+
+    The run holds ``out``'s lock (:func:`medvideocap.lock.output_lock`): a second run on it stops at
+    once with :class:`~medvideocap.lock.LockedError`. A full disk, a used-up quota or a read-only
+    ``out`` stops it with a :class:`~medvideocap.disk.ResourceError`; the rerun captions only what
+    the journal lacks.
     """
     started = time.monotonic()
     out = Path(out)
@@ -255,58 +264,61 @@ def recaption(
         "name_prefix": prefix,
         "started_at": datetime.now(UTC).isoformat(),
     }
-    _check_run(out, settings)
+    # One run per --out (medvideocap.lock), taken before anything is read or written; writing_to(out)
+    # names the run folder for a full disk met where no writer below named the file itself.
+    with output_lock(out, verb="recaption"), writing_to(out):
+        _check_run(out, settings)
 
-    selected: list[SourceItem] = []
-    for item in iter_source(source, revision=source_revision):
-        if predicate is not None and not predicate(item.record):
-            continue
-        selected.append(item)
-        if limit is not None and len(selected) >= limit:
-            break
+        selected: list[SourceItem] = []
+        for item in iter_source(source, revision=source_revision):
+            if predicate is not None and not predicate(item.record):
+                continue
+            selected.append(item)
+            if limit is not None and len(selected) >= limit:
+                break
 
-    summary = RecaptionSummary(
-        max_backend_failures=max_backend_failures,
-        selected=len(selected),
-        journal=str(out / JOURNAL_FILE),
-        caption_names=[f"{prefix}/{o.key}" for o in tmpl.outputs],
-    )
-    with Journal(out / JOURNAL_FILE) as journal:
-        skip = journal.ok_ids() if retry_failed else journal.settled_ids()
-        todo = [it for it in selected if it.id not in skip]
-        summary.already_done = len(selected) - len(todo)
-        if todo:  # the model is loaded only when there is work: a finished run resumes instantly
-            if engine == "ray":
-                _run_ray(
-                    todo,
-                    journal,
-                    summary,
-                    source,
-                    source_revision,
-                    backend,
-                    template,
-                    frames,
-                    prefix,
-                    backend_options,
-                    ray_address,
-                )
-            else:
-                owned = captioner is None
-                cap = captioner or make_captioner(backend, **backend_options)
-                cap.name_prefix = prefix  # new captions sit next to the originals under their own names
-                try:
-                    _run_local(cap, todo, journal, summary, template, frames, progress)
-                finally:
-                    if owned:
-                        cap.close()
-        settled = [journal.entries[it.id] for it in selected if it.id in journal.entries]
-        summary.ok_total = sum(1 for e in settled if e.get("ok"))
-        summary.failed_total = len(settled) - summary.ok_total
-        if write:
-            summary.dataset = str(write_dataset(selected, journal, out / DATASET_DIR, settings))
-    summary.seconds = round(time.monotonic() - started, 3)
-    atomic_write_json(out / SUMMARY_FILE, summary.to_json(), newline=False, fsync=False)
-    return summary
+        summary = RecaptionSummary(
+            max_backend_failures=max_backend_failures,
+            selected=len(selected),
+            journal=str(out / JOURNAL_FILE),
+            caption_names=[f"{prefix}/{o.key}" for o in tmpl.outputs],
+        )
+        with Journal(out / JOURNAL_FILE) as journal:
+            skip = journal.ok_ids() if retry_failed else journal.settled_ids()
+            todo = [it for it in selected if it.id not in skip]
+            summary.already_done = len(selected) - len(todo)
+            if todo:  # the model is loaded only when there is work: a finished run resumes instantly
+                if engine == "ray":
+                    _run_ray(
+                        todo,
+                        journal,
+                        summary,
+                        source,
+                        source_revision,
+                        backend,
+                        template,
+                        frames,
+                        prefix,
+                        backend_options,
+                        ray_address,
+                    )
+                else:
+                    owned = captioner is None
+                    cap = captioner or make_captioner(backend, **backend_options)
+                    cap.name_prefix = prefix  # new captions sit next to the originals under their own names
+                    try:
+                        _run_local(cap, todo, journal, summary, template, frames, progress)
+                    finally:
+                        if owned:
+                            cap.close()
+            settled = [journal.entries[it.id] for it in selected if it.id in journal.entries]
+            summary.ok_total = sum(1 for e in settled if e.get("ok"))
+            summary.failed_total = len(settled) - summary.ok_total
+            if write:
+                summary.dataset = str(write_dataset(selected, journal, out / DATASET_DIR, settings))
+        summary.seconds = round(time.monotonic() - started, 3)
+        atomic_write_json(out / SUMMARY_FILE, summary.to_json(), newline=False, fsync=False)
+        return summary
 
 
 def _default_model(backend: str) -> str:

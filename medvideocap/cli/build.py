@@ -76,6 +76,8 @@ def command(
 ) -> None:
     """Curate raw videos into a captioned hub-native dataset by a recipe (resumable: rerun to continue)."""
     from medvideocap.build import BuildError, MissingDependencyError, RecipeError, build
+    from medvideocap.disk import ResourceError
+    from medvideocap.lock import LockedError
 
     try:
         result = build(
@@ -92,6 +94,8 @@ def command(
             name=name,
         )
     except (BuildError, MissingDependencyError, RecipeError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except (LockedError, ResourceError) as exc:  # another build on --out, or a full or read-only disk
         raise click.ClickException(str(exc)) from exc
     if dry_run:
         from medvideocap.build.recipe import load_recipe

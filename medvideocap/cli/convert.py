@@ -86,6 +86,8 @@ def command(
     from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES
     from medvideocap.dataset.validate import DEFAULT_MAX_CAPTION_CHARS
     from medvideocap.dataset.writer import parse_size
+    from medvideocap.disk import ResourceError
+    from medvideocap.lock import LockedError
 
     try:
         size = parse_size(shard_size)
@@ -107,6 +109,8 @@ def command(
             max_caption_chars=max_caption_chars or DEFAULT_MAX_CAPTION_CHARS,
         )
     except (ValueError, FileNotFoundError) as exc:  # bad source layout, or a resume with other options
+        raise click.ClickException(str(exc)) from None
+    except (LockedError, ResourceError) as exc:  # another convert into --out, or a full or read-only disk
         raise click.ClickException(str(exc)) from None
     Console().print(summary_table(summary))
     failure = summary.failure(max_failures)

@@ -164,6 +164,8 @@ def command(source: str, out: str, backend: str, **opts: Any) -> None:
     import json
 
     from medvideocap.caption.recaption import recaption
+    from medvideocap.disk import ResourceError
+    from medvideocap.lock import LockedError
 
     backend_options: dict[str, Any] = {
         "revision": opts["model_revision"],
@@ -206,6 +208,8 @@ def command(source: str, out: str, backend: str, **opts: Any) -> None:
             **backend_options,
         )
     except ValueError as exc:  # our errors say what to change; no stack trace for them
+        raise click.ClickException(str(exc)) from exc
+    except (LockedError, ResourceError) as exc:  # another run on --out, or a full or read-only disk
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(summary.to_json(), indent=2))
     failure = summary.failure(opts["max_failures"])

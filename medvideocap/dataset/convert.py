@@ -47,6 +47,8 @@ from medvideocap.dataset.validate import (
     probe_and_compare,
 )
 from medvideocap.dataset.writer import DEFAULT_SHARD_BYTES, DatasetWriter, WriterError
+from medvideocap.disk import writing_to
+from medvideocap.lock import output_lock
 from medvideocap.paths import check_apart
 
 log = logging.getLogger(__name__)
@@ -163,7 +165,8 @@ def _prepare(clip: Any, scratch: Path, max_caption_chars: int) -> Prepared:
     record: ClipRecord = clip.record
     where = clip.where
     try:
-        video = clip.fetch(scratch)
+        with writing_to(scratch):  # a large member spills to a temporary file there
+            video = clip.fetch(scratch)
     except MemberTooLargeError as exc:
         return Prepared(record.id, where, reason=f"member_too_large: {exc}")
     except MemberReadError as exc:
@@ -225,7 +228,11 @@ def convert(
     length (see :mod:`medvideocap.dataset.upstream` and :mod:`medvideocap.dataset.validate` for the defaults); past
     them a clip is dropped with the bound named. Call :meth:`ConvertSummary.failure` for the verdict.
     An ``out`` that is ``src``, lies inside it or holds it is refused first
-    (:func:`medvideocap.paths.check_apart`).
+    (:func:`medvideocap.paths.check_apart`). The run holds ``out``'s lock
+    (:func:`medvideocap.lock.output_lock`): a second convert into it stops at once with
+    :class:`~medvideocap.lock.LockedError`. A full disk, a used-up quota or a read-only ``out`` (or
+    scratch folder) stops it with a :class:`~medvideocap.disk.ResourceError`; the same command then
+    resumes into the same bytes.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -242,70 +249,73 @@ def convert(
         )
     if max_caption_chars < 1:
         raise ValueError(f"max_caption_chars must be >= 1, got {max_caption_chars}")
-    release = UpstreamRelease.open(src, revision=revision, max_clip_bytes=max_clip_bytes)
-    clips = list(release.clips())  # sorted by id; release.problems is complete from here on
-    is_local = Path(src).expanduser().exists()
-    recipe = {
-        "converter": "medvideocap convert",
-        "upstream": {
-            "source": Path(src).name if is_local else str(src),
-            "revision": revision,
-            "metadata_file": release.metadata_path.name,
-            "metadata_sha256": _file_sha256(release.metadata_path),
-            "zips": [z.name for z in release.zips],
-        },
-        "split": {"key": "group", "fractions": list(fractions), "salt": salt, "hash": "sha256"},
-        "verify": {
-            "probe": "pyav, every packet demuxed",
-            "duration_tolerance_s": DURATION_TOLERANCE_S,
-            "duration_tolerance_rel": DURATION_TOLERANCE_REL,
-            "fps_tolerance_rel": FPS_TOLERANCE_REL,
-            "max_clip_bytes": max_clip_bytes,
-            "max_caption_chars": max_caption_chars,
-        },
-    }
+    # One run per output (medvideocap.lock), taken before the release is read; writing_to(out) names the
+    # output folder for a full disk met where no writer below named the file itself.
+    with output_lock(out, verb="convert"), writing_to(out):
+        release = UpstreamRelease.open(src, revision=revision, max_clip_bytes=max_clip_bytes)
+        clips = list(release.clips())  # sorted by id; release.problems is complete from here on
+        is_local = Path(src).expanduser().exists()
+        recipe = {
+            "converter": "medvideocap convert",
+            "upstream": {
+                "source": Path(src).name if is_local else str(src),
+                "revision": revision,
+                "metadata_file": release.metadata_path.name,
+                "metadata_sha256": _file_sha256(release.metadata_path),
+                "zips": [z.name for z in release.zips],
+            },
+            "split": {"key": "group", "fractions": list(fractions), "salt": salt, "hash": "sha256"},
+            "verify": {
+                "probe": "pyav, every packet demuxed",
+                "duration_tolerance_s": DURATION_TOLERANCE_S,
+                "duration_tolerance_rel": DURATION_TOLERANCE_REL,
+                "fps_tolerance_rel": FPS_TOLERANCE_REL,
+                "max_clip_bytes": max_clip_bytes,
+                "max_caption_chars": max_caption_chars,
+            },
+        }
 
-    def split_fn(record: ClipRecord) -> str:
-        return assign_split(record.group, fractions=fractions, salt=salt)
+        def split_fn(record: ClipRecord) -> str:
+            return assign_split(record.group, fractions=fractions, salt=salt)
 
-    written = 0
-    with (
-        DatasetWriter(out, shard_bytes=shard_bytes, split_fn=split_fn, recipe=recipe) as writer,
-        tempfile.TemporaryDirectory(prefix="medvideocap-convert-") as scratch,
-    ):
-        prepare = partial(_prepare, scratch=Path(scratch), max_caption_chars=max_caption_chars)
-        for problem in release.problems:
-            if problem.kind not in NOT_DROPPED:
-                writer.reject(problem.where, "upstream", f"{problem.kind}: {problem.message}")
-        todo = [c for c in clips if not writer.has(c.record.id)]
-        skipped = len(clips) - len(todo)
-        if skipped:
-            log.info("%s: %d clips already written, %d to go", out, skipped, len(todo))
-        columns = (
-            TextColumn("[bold]convert"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[clip]}"),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, disable=not progress, transient=False) as bar:
-            task = bar.add_task("convert", total=len(clips), completed=skipped, clip="")
-            for prepared in _ordered(prepare, todo, workers):
-                if prepared.reason is not None:
-                    writer.reject(prepared.where, "verify", prepared.reason)
-                else:
-                    assert prepared.record is not None and prepared.video is not None
-                    try:
-                        writer.write(prepared.record, prepared.video)
-                        written += 1
-                    except (WriterError, ValueError) as exc:
-                        writer.reject(prepared.where, "write", f"invalid_record: {exc}")
-                    finally:
-                        prepared.discard()
-                bar.update(task, advance=1, clip=prepared.clip_id)
-        counts = writer.counts
-        rejects = writer.rejects
-    return ConvertSummary(out=Path(out), counts=counts, written=written, skipped=skipped, rejects=rejects)
+        written = 0
+        with (
+            DatasetWriter(out, shard_bytes=shard_bytes, split_fn=split_fn, recipe=recipe) as writer,
+            tempfile.TemporaryDirectory(prefix="medvideocap-convert-") as scratch,
+        ):
+            prepare = partial(_prepare, scratch=Path(scratch), max_caption_chars=max_caption_chars)
+            for problem in release.problems:
+                if problem.kind not in NOT_DROPPED:
+                    writer.reject(problem.where, "upstream", f"{problem.kind}: {problem.message}")
+            todo = [c for c in clips if not writer.has(c.record.id)]
+            skipped = len(clips) - len(todo)
+            if skipped:
+                log.info("%s: %d clips already written, %d to go", out, skipped, len(todo))
+            columns = (
+                TextColumn("[bold]convert"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[clip]}"),
+                TimeRemainingColumn(),
+            )
+            with Progress(*columns, disable=not progress, transient=False) as bar:
+                task = bar.add_task("convert", total=len(clips), completed=skipped, clip="")
+                for prepared in _ordered(prepare, todo, workers):
+                    if prepared.reason is not None:
+                        writer.reject(prepared.where, "verify", prepared.reason)
+                    else:
+                        assert prepared.record is not None and prepared.video is not None
+                        try:
+                            writer.write(prepared.record, prepared.video)
+                            written += 1
+                        except (WriterError, ValueError) as exc:
+                            writer.reject(prepared.where, "write", f"invalid_record: {exc}")
+                        finally:
+                            prepared.discard()
+                    bar.update(task, advance=1, clip=prepared.clip_id)
+            counts = writer.counts
+            rejects = writer.rejects
+        return ConvertSummary(out=Path(out), counts=counts, written=written, skipped=skipped, rejects=rejects)
 
 
 def summary_table(summary: ConvertSummary) -> Any:

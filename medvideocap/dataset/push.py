@@ -22,12 +22,20 @@ from typing import Any
 from medvideocap.atomic import TEMP_GLOB
 from medvideocap.dataset.layout import INFO_PATH, PARTIAL_SHARD_GLOB, PROGRESS_DIR
 from medvideocap.dataset.schema import SCHEMA_VERSION
+from medvideocap.lock import LOCK_GLOB
 
 log = logging.getLogger(__name__)
 
-IGNORE_PATTERNS = [f"{PROGRESS_DIR}/*", f"**/{PARTIAL_SHARD_GLOB}", f"**/{TEMP_GLOB}", ".cache/*"]
-"""Never uploaded: a write's resume state, unfinished shards, atomic writes cut short, and the
-``.cache/`` folder ``huggingface_hub`` keeps its upload state in."""
+IGNORE_PATTERNS = [
+    f"{PROGRESS_DIR}/*",
+    f"**/{PARTIAL_SHARD_GLOB}",
+    f"**/{TEMP_GLOB}",
+    LOCK_GLOB,
+    ".cache/*",
+]
+"""Never uploaded: a write's resume state, unfinished shards, atomic writes cut short, the lock file a
+killed run left (:mod:`medvideocap.lock`), and the ``.cache/`` folder ``huggingface_hub`` keeps its
+upload state in."""
 
 
 class PushError(RuntimeError):

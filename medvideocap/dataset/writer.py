@@ -37,6 +37,7 @@ import re
 import shutil
 import tarfile
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -60,6 +61,7 @@ from medvideocap.dataset.layout import (
     split_dir,
 )
 from medvideocap.dataset.schema import SCHEMA_VERSION, SPLITS, ClipRecord, arrow_schema
+from medvideocap.disk import writing_to
 from medvideocap.journal import JournalAppender, read_journal
 
 log = logging.getLogger(__name__)
@@ -357,10 +359,10 @@ class DatasetWriter:
         tar = shard.tar
         source: IO[bytes]
         source = io.BytesIO(video) if isinstance(video, bytes) else open(video, "rb")  # noqa: SIM115
-        with source:
+        with source, writing_to(shard.final, needed=expected):
             tar.addfile(_tarinfo(f"{record.id}.mp4", size), source)
-        offset = tar.offset - (-(-size // tarfile.BLOCKSIZE)) * tarfile.BLOCKSIZE
-        tar.addfile(_tarinfo(f"{record.id}.json", len(payload)), io.BytesIO(payload))
+            offset = tar.offset - (-(-size // tarfile.BLOCKSIZE)) * tarfile.BLOCKSIZE
+            tar.addfile(_tarinfo(f"{record.id}.json", len(payload)), io.BytesIO(payload))
         row = metadata_row(
             payload,
             shard=shard.final.relative_to(self.out).as_posix(),
@@ -398,18 +400,20 @@ class DatasetWriter:
         index = self._next_index[split]
         self._next_index[split] = index + 1
         final = self.out / shard_name(split, index)
-        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.stem}{layout.PARTIAL_SUFFIX}")
-        tar = tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115  # closed in _finish/abort
+        with writing_to(final):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tar = tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115  # closed in _finish/abort
         shard = _Shard(split=split, index=index, final=final, tmp=tmp, tar=tar)
         self._open[split] = shard
         return shard
 
     def _finish(self, shard: _Shard) -> None:
-        shard.tar.close()
-        with open(shard.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(shard.tmp, shard.final)
+        with writing_to(shard.final, needed=2 * tarfile.RECORDSIZE):  # the end-of-archive blocks
+            shard.tar.close()
+            with open(shard.tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(shard.tmp, shard.final)
         self._rows[shard.split].extend(shard.rows)
         del self._open[shard.split]
         log.debug("finished %s (%d clips)", shard.final, len(shard.rows))
@@ -418,11 +422,17 @@ class DatasetWriter:
     # finishing
 
     def abort(self) -> None:
-        """Stop without finishing open shards: they stay temp files and are rewritten on resume."""
+        """Stop without finishing open shards: they stay temp files and are rewritten on resume.
+
+        Closing cannot fail the abort: on a full disk the buffered tail of a shard or a reject line
+        fails to flush again, and what the caller is told is the error that made it abort (the
+        shard is discarded and the reject recorded again on resume either way)."""
         for shard in list(self._open.values()):
-            shard.tar.fileobj.close()  # type: ignore[union-attr]
+            with suppress(OSError):
+                shard.tar.fileobj.close()  # type: ignore[union-attr]
             del self._open[shard.split]
-        self._rejects_out.close()
+        with suppress(OSError):
+            self._rejects_out.close()
         self._closed = True
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,6 +28,7 @@ import numpy as np
 from medvideocap import models
 from medvideocap.defaults import WAN_T2V_1_3B, WAN_TEXT_TOKENS
 from medvideocap.devices import resolve_device
+from medvideocap.disk import writing_to
 from medvideocap.dist import env_rank_world, ray_session
 from medvideocap.hashing import hash64
 from medvideocap.latents.dropped import DroppedLog, finished_ids
@@ -40,6 +42,7 @@ from medvideocap.latents.format import (
     write_empty_prompt,
     write_manifest,
 )
+from medvideocap.lock import lock_name, output_lock
 
 if TYPE_CHECKING:
     import torch
@@ -540,21 +543,34 @@ def encode_latents(
     (``ray_address``, else ``$RAY_ADDRESS``, else a local one).
     ``progress`` draws a bar per split and rank (clips, clips/s, dropped so far, ETA) on ``console``
     (default: a rich console on stderr): a 55K-clip encode runs for hours.
+
+    Each (split, rank) this run encodes is locked in ``out`` first (:func:`medvideocap.lock.output_lock`,
+    one lock file per split and rank, so the ranks of one job never block each other): a second run
+    on the same split and rank stops before loading a model with
+    :class:`~medvideocap.lock.LockedError` naming the first. A full disk, a used-up quota or a
+    read-only ``out`` stops the run with a :class:`~medvideocap.disk.ResourceError`; the rerun
+    resumes.
     """
     config = config or EncodeConfig()
     rank, world_size = env_rank_world(rank, world_size)
     out = Path(out)
-    encoder = BatchEncoder(config) if engine == "local" else None
-    bar = _progress_bar(console) if progress else None
-    if bar is not None:
-        bar.start()
-    try:
-        return _encode_splits(
-            source, out, splits, config, rank, world_size, engine, limit, encoder, bar, ray_address
-        )
-    finally:
+    splits = list(splits)
+    with ExitStack() as held:
+        for split in splits:
+            lock = lock_name(split, f"rank{rank}")
+            held.enter_context(output_lock(out, verb="encode-latents", name=lock))
+        held.enter_context(writing_to(out))  # names the cache for a full disk no writer below named
+        encoder = BatchEncoder(config) if engine == "local" else None
+        bar = _progress_bar(console) if progress else None
         if bar is not None:
-            bar.stop()
+            bar.start()
+        try:
+            return _encode_splits(
+                source, out, splits, config, rank, world_size, engine, limit, encoder, bar, ray_address
+            )
+        finally:
+            if bar is not None:
+                bar.stop()
 
 
 def _encode_splits(

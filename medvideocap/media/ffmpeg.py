@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from medvideocap.atomic import atomic_path
+from medvideocap.disk import ResourceError, errno_in_text
 
 BITEXACT = ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1", "-map_chapters", "-1"]
 
@@ -148,10 +149,18 @@ def keyframe_times(path: str | Path) -> list[float]:
     return sorted(times)
 
 
-def run_ffmpeg(args: list[str], *, what: str) -> None:
+def run_ffmpeg(args: list[str], *, what: str, output: Path | None = None) -> None:
+    """Run ffmpeg on ``args``; :class:`MediaError` naming ``what`` when it fails.
+
+    A full disk, a used-up quota or a read-only folder is a
+    :class:`~medvideocap.disk.ResourceError` naming ``output``, even when ffmpeg exits 0: ffmpeg 5
+    reports a trailer it could not write for lack of space and still exits 0, leaving a cut-off file."""
     proc = subprocess.run(
         [ffmpeg_exe(), "-nostdin", "-y", "-v", "error", *args], capture_output=True, text=True
     )
+    code = errno_in_text(proc.stderr)
+    if code is not None:
+        raise ResourceError.at(code, output or what)
     if proc.returncode != 0:
         raise MediaError(f"{what}: ffmpeg failed ({proc.stderr.strip()[-400:] or f'exit {proc.returncode}'})")
 
@@ -210,7 +219,9 @@ def cut(
         ]
     with atomic_path(dest, fsync=False) as tmp:
         run_ffmpeg(
-            [*args, *BITEXACT, "-movflags", "+faststart", str(tmp)], what=f"{src} [{start:.2f}s-{end:.2f}s]"
+            [*args, *BITEXACT, "-movflags", "+faststart", str(tmp)],
+            what=f"{src} [{start:.2f}s-{end:.2f}s]",
+            output=dest,
         )
     return dest
 
