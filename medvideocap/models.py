@@ -219,7 +219,9 @@ def load_vae(
     from diffusers import AutoModel
 
     device, dt = _resolve(device, dtype)
-    vae = AutoModel.from_pretrained(name, dtype=dt, **_pretrained_kwargs(subfolder, revision))
+    vae = release_file_pages(
+        AutoModel.from_pretrained(name, dtype=dt, **_pretrained_kwargs(subfolder, revision))
+    )
     if not hasattr(vae, "encode"):
         raise ValueError(f"{name} ({type(vae).__name__}) is not a VAE: it has no encode()")
     vae = vae.to(device).eval().requires_grad_(False)
@@ -273,9 +275,10 @@ def load_transformer(
     what trains and where it lives (LoRA adapters, DDP), ``generate`` moves it with the pipeline."""
     from diffusers import WanTransformer3DModel
 
-    return WanTransformer3DModel.from_pretrained(
+    model = WanTransformer3DModel.from_pretrained(
         name, dtype=torch_dtype(dtype or "float32"), **_pretrained_kwargs(subfolder, revision)
     )
+    return release_file_pages(model)
 
 
 def load_wan_pipeline(
@@ -300,7 +303,29 @@ def load_wan_pipeline(
         kwargs["transformer"] = transformer
     pipe = WanPipeline.from_pretrained(name, **kwargs)
     pipe.set_progress_bar_config(disable=True)
+    release_file_pages(pipe.vae)
+    if transformer is None:  # a training transformer passed in is not a file's
+        release_file_pages(pipe.transformer)
     return pipe
+
+
+def release_file_pages(model: Any) -> Any:
+    """Copy the parameters a half-precision load kept in fp32 out of the safetensors file mapping.
+
+    diffusers converts every weight to the asked dtype except the model's ``_keep_in_fp32_modules``, which
+    stay views of the memory-mapped file and keep the whole mapping resident: Wan's 11 MB of fp32 norms and
+    time embedder held 5.4 GB of the 5.7 GB fp32 checkpoint's pages in the resident set of a bf16 load
+    (measured, ``benchmarks/plan_calibration.py --load``). Copied, the mapping is released."""
+    import torch
+
+    params = list(model.parameters())
+    if not params or all(p.dtype == torch.float32 for p in params):
+        return model  # nothing was converted: every page mapped is a weight in use
+    with torch.no_grad():
+        for p in params:
+            if p.dtype == torch.float32:
+                p.data = p.data.clone()
+    return model
 
 
 def vae_normalization(vae: Any) -> tuple[list[float], list[float]]:

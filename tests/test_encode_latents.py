@@ -503,7 +503,8 @@ def test_every_cli_default_is_the_default_of_the_python_api() -> None:
     run = inspect.signature(encode_latents).parameters
     config_fields = {f.name for f in dataclasses.fields(EncodeConfig)}
     frame_fields = {f.name for f in dataclasses.fields(FrameSpec)}
-    cli_only = {"out", "no_progress"}  # the cache folder is required; the bar is on unless --no-progress
+    # the cache folder is required; the bar is on unless --no-progress; --plan prints and exits
+    cli_only = {"out", "no_progress", "show_plan"}
     parsed = command.make_context("encode-latents", ["SOURCE", "--out", "cache"]).params
     seen = set()
     for param in command.params:
@@ -778,3 +779,42 @@ def test_a_rerun_with_nothing_left_loads_no_text_encoder_and_an_older_cache_gain
     assert (report.encoded, loads) == (0, [1])
     fp = read_manifest(out)["fingerprint"]
     np.testing.assert_array_equal(read_empty_prompt(out, fp), read_empty_prompt(reference, fp))
+
+
+def test_a_second_encode_of_one_split_and_rank_is_refused_and_the_other_ranks_are_not(
+    dataset, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock is per split and rank (medvideocap.lock): while this process holds train/rank 0 of a
+    cache, rank 1 of the same job encodes its share, and a second rank 0 stops before any model loads,
+    naming the holder."""
+    from click.testing import CliRunner
+
+    from medvideocap.cli import main
+    from medvideocap.lock import lock_name, output_lock
+
+    root, ids = dataset
+    out = tmp_path / "cache"
+    with output_lock(out, verb="encode-latents", name=lock_name("train", "rank0")) as lock:
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        (report,) = encode_latents(root, out, config=tiny_config(tiny_model_dir))
+        assert report.encoded == sum(rank_of(c, 2) == 1 for c in ids) > 0
+        monkeypatch.setenv("RANK", "0")
+        args = [
+            "encode-latents",
+            str(root),
+            "--out",
+            str(out),
+            "--vae",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+        ]
+        done = CliRunner().invoke(main, args)
+        assert done.exit_code == 1, done.output
+        said = done.output
+        assert said.startswith(
+            f"Error: {out} is in use by `medvideocap encode-latents` (pid {os.getpid()} on "
+        )
+        assert f"which holds {lock}; wait for it to finish" in said and said.count("\n") == 1, said
+    assert not list((out / "train").glob("rank-0-*")) and not list(out.glob(".medvideocap*"))

@@ -928,3 +928,28 @@ def test_without_a_stored_empty_prompt_the_text_encoder_loads_once_in_the_dtype_
 
     from_encoder = empty_prompt_embeds(cfg, {}, cpu, encoder=OnTheFly())
     assert (from_encoder[0] == 1.0).all() and not from_encoder[1:].any() and len(dtypes) == 2
+
+
+def test_a_second_job_on_one_output_dir_stops_naming_the_first_before_anything_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each rank locks its own file in output_dir (medvideocap.lock); while rank 0's is held (here by
+    this process), another rank 0 on that output_dir exits 1 naming it, and training never starts."""
+    import os
+
+    from click.testing import CliRunner
+
+    import medvideocap.train as trainer
+    from medvideocap.cli import main
+    from medvideocap.lock import lock_name, output_lock
+
+    started: list[Any] = []
+    monkeypatch.setattr(trainer, "train", lambda cfg: started.append(cfg))
+    out = tmp_path / "run"
+    args = ["train", "--config", "medgen-1.3b-lora", "--set", f"latents={tmp_path / 'cache'}"]
+    with output_lock(out, verb="train", name=lock_name("rank0")) as lock:
+        done = CliRunner().invoke(main, [*args, "--set", f"output_dir={out}"])
+    assert done.exit_code == 1 and started == [], done.output
+    said = done.output
+    assert said.startswith(f"Error: {out} is in use by `medvideocap train` (pid {os.getpid()} on "), said
+    assert f"which holds {lock}; wait for it to finish" in said and said.count("\n") == 1, said

@@ -14,7 +14,9 @@ from typing import Literal
 
 import click
 
+from medvideocap.disk import ResourceError
 from medvideocap.latents.encode import EncodeConfig, encode_latents
+from medvideocap.lock import LockedError
 from medvideocap.media.frames import FrameSpec
 from medvideocap.models import DTYPE_NAMES, TEXT_ENCODER_DTYPE
 from medvideocap.paths import check_apart
@@ -277,16 +279,19 @@ def command(
         click.echo(render_plan(plan_encode(config)))
         return
     check_apart(source, out, src_label="the source", error=click.ClickException)
-    reports = encode_latents(
-        source,
-        out,
-        splits=splits,
-        config=config,
-        engine=engine,
-        ray_address=ray_address,
-        limit=limit,
-        progress=not no_progress,
-    )
+    try:
+        reports = encode_latents(
+            source,
+            out,
+            splits=splits,
+            config=config,
+            engine=engine,
+            ray_address=ray_address,
+            limit=limit,
+            progress=not no_progress,
+        )
+    except (LockedError, ResourceError) as exc:  # another run on this split and rank, or a full disk
+        raise click.ClickException(str(exc)) from None
     for r in reports:
         click.echo(
             json.dumps(

@@ -44,8 +44,11 @@ def command(
     Rerunning the same command resumes from the newest checkpoint in output_dir (resume: auto)."""
     import yaml
 
+    from medvideocap.disk import ResourceError, writing_to
+    from medvideocap.dist import env_rank_world
     from medvideocap.journal import JournalError
     from medvideocap.latents import FingerprintMismatchError, LatentCacheError
+    from medvideocap.lock import LockedError, lock_name, output_lock
     from medvideocap.plan import peak_report, plan_train, render_plan
     from medvideocap.train import NonFiniteTrainingError, NoTrainingDataError, load_config, train
 
@@ -63,8 +66,16 @@ def command(
         raise click.UsageError(
             "no training data: --set latents=CACHE_DIR (from encode-latents) or source=DATASET"
         )
+    # One job per output_dir: each rank locks its own file there before the accelerator or a model
+    # starts, so the ranks of one job do not block each other and a second job's ranks each stop
+    # naming the first (medvideocap.lock).
+    rank, _ = env_rank_world(None, None)
     try:
-        result = train(cfg)
+        with (
+            output_lock(cfg.output_dir, verb="train", name=lock_name(f"rank{rank}")),
+            writing_to(cfg.output_dir),
+        ):
+            result = train(cfg)
     except (
         FingerprintMismatchError,
         JournalError,
@@ -72,6 +83,8 @@ def command(
         NoTrainingDataError,
         NonFiniteTrainingError,
     ) as exc:
+        raise click.ClickException(str(exc)) from exc
+    except (LockedError, ResourceError) as exc:  # another job on output_dir, or a full or read-only disk
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({"step": result.step, "export": str(result.export) if result.export else None}))
     click.echo(peak_report(plan_train(cfg)), err=True)
