@@ -112,12 +112,21 @@ def random_metric_models(root: Path) -> dict[str, dict[str, str]]:
 
 
 def tiny_metric_models(root: Path) -> dict[str, dict[str, str]]:
-    from medvideocap.eval.tiny import save_tiny_aesthetic_head, save_tiny_clip, save_tiny_dino
+    from medvideocap.eval.tiny import (
+        save_tiny_aesthetic_head,
+        save_tiny_clip,
+        save_tiny_dino,
+        save_tiny_musiq,
+        save_tiny_videoscore,
+    )
 
     clip = save_tiny_clip(root / "clip")
-    return _models(
+    models = _models(
         save_tiny_dino(root / "dino"), clip, clip, save_tiny_aesthetic_head(root / "head.safetensors")
     )
+    models["imaging_quality"] = {"": str(save_tiny_musiq(root / "musiq.pth"))}
+    models["videoscore"] = {"": str(save_tiny_videoscore(root / "videoscore"))}
+    return models
 
 
 def _models(dino: Path, clip: Path, clip_large: Path, head: Path) -> dict[str, dict[str, str]]:
@@ -173,7 +182,8 @@ def main() -> int:
             )
         models = random_metric_models(root) if real else tiny_metric_models(root)
         setup_s = time.perf_counter() - started
-        names = args.metrics.split(",") if args.metrics else list(METRICS)
+        # every metric with a model built here (medical_accuracy needs a served judge; name it to time it)
+        names = args.metrics.split(",") if args.metrics else [m for m in METRICS if m != "medical_accuracy"]
         metrics = build_metrics(names, models, device=args.device)
         gen: list[float] = []
         per_metric: dict[str, list[float]] = {m.name: [] for m in metrics}
