@@ -1,6 +1,6 @@
 """Our real commands at Wan2.1-T2V-1.3B's real size on this machine: peak memory and wall time beside the plan.
 
-    .venv/bin/python benchmarks/realsize.py [--stages encode,train,generate,eval] [--frames 5 --height 240
+    .venv/bin/python benchmarks/realsize.py [--stages encode,train,generate,eval,eval_checkpoint] [--frames 5 --height 240
         --width 416] [--cache ~/.cache/medvideocap/realsize] [--limit-gib 16]
 
 No weights can be downloaded here, and memory does not depend on weight values, so this builds, once, into
@@ -24,10 +24,12 @@ Then it runs our CLI (``python -m medvideocap ...``) as subprocesses, each under
 * ``encode``: ``encode-latents`` on 2 clips made with ffmpeg (real VAE in float32, UMT5 in bfloat16);
 * ``train``: ``train --config medgen-1.3b-lora``, 1 step on that cache (bf16, gradient checkpointing);
   without a cache from ``encode`` it first encodes the clips with a one-layer 4096-wide UMT5 (setup row);
-* ``generate``: ``generate --steps 2 --dtype bfloat16`` from the pipeline folder (float32 would put
-  UMT5 at 22.7 GB);
+* ``generate``: ``generate --steps 2 --dtype bfloat16`` from the pipeline folder, one model at a time
+  (UMT5 in bf16, freed before the transformer loads, which is freed before the VAE loads);
 * ``eval``: ``eval --videos`` on 1 video with the model-free metrics (temporal_flickering,
-  flow_interpolation_smoothness).
+  flow_interpolation_smoothness);
+* ``eval_checkpoint``: ``eval --checkpoint`` on the pipeline folder, 1 prompt, the generate settings,
+  the same metrics: generation inside eval at real size.
 
 Before each command it runs the same command with ``--plan`` and reads the predicted peak, so the table's
 "planned" is what the CLI itself predicts for exactly those flags. Peak RSS is the peak the command
@@ -54,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 GIB = 1 << 30
-STAGES = ("encode", "train", "generate", "eval")
+STAGES = ("encode", "train", "generate", "eval", "eval_checkpoint")
 PARTS = ("vae", "transformer", "text_encoder", "thin_text_encoder")
 MODEL_DIR = "wan2.1-t2v-1.3b-random"
 THIN_DIR = "umt5-4096-1layer-random"
@@ -331,7 +333,12 @@ def main() -> int:
     cache_dir = work / "latents"
     rows: list[Row] = []
 
-    needs = {"encode": ["vae", "text_encoder"], "train": ["transformer"], "generate": PARTS[:3]}
+    needs = {
+        "encode": ["vae", "text_encoder"],
+        "train": ["transformer"],
+        "generate": PARTS[:3],
+        "eval_checkpoint": PARTS[:3],
+    }
     parts = sorted({p for s in stages for p in needs.get(s, [])}, key=PARTS.index)
     if "train" in stages and "encode" not in stages and not (cache_dir / "manifest.json").is_file():
         parts += ["vae", "thin_text_encoder"]
@@ -405,6 +412,24 @@ def main() -> int:
         cmd += ["--limit", "1", "--metrics", EVAL_METRICS, "--device", "cpu"]
         cmd += ["--frames", str(args.frames), "--height", str(args.height), "--width", str(args.width)]
         rows.append(_run(args, "eval", f"--videos, 1 video, {EVAL_METRICS}", cmd))
+    if "eval_checkpoint" in stages:
+        out = work / "eval-checkpoint"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [sys.executable, "-m", "medvideocap", "eval", "--checkpoint", str(model), "--out", str(out)]
+        cmd += [
+            "--limit",
+            "1",
+            "--metrics",
+            EVAL_METRICS,
+            "--device",
+            "cpu",
+            "--steps",
+            "2",
+            "--dtype",
+            "bfloat16",
+        ]
+        cmd += ["--frames", str(args.frames), "--height", str(args.height), "--width", str(args.width)]
+        rows.append(_run(args, "eval --checkpoint", f"1 prompt, 2 steps, {size}, bf16, {EVAL_METRICS}", cmd))
 
     print_table(rows)
     return 0 if all(r.status == "ok" for r in rows) else 1

@@ -10,6 +10,13 @@ A write that fails removes its temporary file, so a full disk leaves the old fil
 half-written one; a full disk, a used-up quota or a read-only file system comes out as one
 :class:`~medvideocap.disk.ResourceError` naming the target and the bytes it needed
 (:func:`~medvideocap.disk.writing_to`).
+
+Object storage (``s3://``, ``gs://``, ``az://``) has no rename, and a reader listing a prefix sees every
+key in it. So :func:`atomic_output` writes to a local staging file first, uploads it under the same
+hidden temporary name (``.{name}.tmp-{host}-{pid}``, which no reader's pattern matches), then copies it
+onto the real key and deletes the temporary one: a reader sees the whole object or none, and what a
+kill leaves is a temporary key that the next run (or :data:`TEMP_GLOB`) finds and removes. On a
+local folder it is :func:`atomic_path`.
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ import io
 import json
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medvideocap.disk import writing_to
+from medvideocap.locations import Location
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -65,6 +74,54 @@ def atomic_path(path: str | Path, *, fsync: bool = True, needed: int | None = No
             raise
 
 
+def temp_url(url: str) -> str:
+    """The hidden temporary key beside ``url`` (an object-store URL) while it is uploaded: :func:`temp_name`'s
+    spelling, so :data:`TEMP_GLOB` matches it."""
+    head, _, name = url.rpartition("/")
+    return f"{head}/{temp_name(Path(name)).name}"
+
+
+@contextmanager
+def atomic_output(location: Location, path: str | Path, *, needed: int | None = None) -> Iterator[Path]:
+    """Yield a local file for a writer to fill; on success it becomes ``path`` (a path of ``location``:
+    an OS path for a local folder, a URL of its scheme otherwise), whole or not at all.
+
+    Local: :func:`atomic_path`. Object storage: the file is staged in the system's temporary folder,
+    uploaded to :func:`temp_url` and copied onto ``path``, then the temporary key is deleted; a failure
+    deletes the temporary key and leaves ``path`` as it was."""
+    if location.local is not None:
+        with atomic_path(path, needed=needed) as tmp:
+            yield tmp
+        return
+    url = str(path)
+    with tempfile.TemporaryDirectory(prefix="medvideocap-upload-") as staging:
+        staged = Path(staging) / url.rpartition("/")[2]
+        with writing_to(staged, needed=needed):
+            yield staged
+        publish(location, staged, url)
+
+
+def publish(location: Location, staged: str | Path, url: str) -> None:
+    """Upload the local file ``staged`` to ``url`` of ``location`` (object storage) through a temporary key,
+    so that ``url`` never exists half-written (see :func:`atomic_output`)."""
+    fs = location.fs
+    tmp = temp_url(url)
+    try:
+        fs.put_file(str(staged), tmp)
+        fs.mv(tmp, url)
+    except BaseException:
+        with suppress(OSError):  # the upload's own error is the one to report
+            fs.rm(tmp)
+        raise
+    fs.invalidate_cache()
+
+
+def atomic_write_to(location: Location, path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` of ``location`` (local folder or object storage), atomically."""
+    with atomic_output(location, path, needed=len(data)) as tmp:
+        tmp.write_bytes(data)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` via a temporary name and a rename."""
     with atomic_path(path, fsync=fsync, needed=len(data)) as tmp:
@@ -101,10 +158,14 @@ def atomic_write_parquet(path: str | Path, table: pa.Table, *, fsync: bool = Tru
 
 __all__ = [
     "TEMP_GLOB",
+    "atomic_output",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_parquet",
     "atomic_write_text",
+    "atomic_write_to",
+    "publish",
     "temp_name",
+    "temp_url",
 ]

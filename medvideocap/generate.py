@@ -5,13 +5,23 @@ its layout: a full pipeline folder (``model_index.json``), a LoRA export or trai
 (``pytorch_lora_weights.safetensors``, applied to ``--base``), or a bare ``transformer/`` folder (paired with
 ``--base``'s VAE, text encoder and scheduler). The base model defaults to what the run recorded in
 ``medvideocap_train.json``, else the real Wan2.1-T2V-1.3B id.
+
+Why sampling runs in phases (:class:`StagedPipeline`): Wan's three models are never needed at once. The
+text encoder (UMT5-XXL, 11.4 GB in bf16) turns every prompt, and the negative prompt once, into embeddings
+of a few MB; the transformer (2.8 GB in bf16) denoises from those; the VAE (0.25 GB) decodes the latents.
+Held together as one ``WanPipeline`` they peaked above 13 GiB on the CPU for a 240x416 clip; loaded one at a
+time, each freed before the next loads, the peak is the largest phase, the text encoder's. A resident
+``WanPipeline`` (a notebook's, the trainer's validation) goes through the same phases without reloading,
+so both give the same videos.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +30,9 @@ import numpy as np
 
 from medvideocap import models
 from medvideocap.atomic import atomic_path
-from medvideocap.defaults import WAN_T2V_1_3B
+from medvideocap.defaults import WAN_T2V_1_3B, WAN_TEXT_TOKENS
 from medvideocap.devices import resolve_device
+from medvideocap.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +95,132 @@ def load_pipeline(
         pipe = models.load_wan_pipeline(base, revision=revision, dtype=dtype)
         pipe.load_lora_weights(str(checkpoint))
     return pipe.to(device)
+
+
+def _release(device: str) -> None:
+    """Return a freed model's memory before the next one loads (cycles collected, CUDA cache emptied)."""
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+_PART_NAMES = {"text_encoder": "text encoder", "transformer": "transformer", "vae": "VAE"}
+
+
+class StagedPipeline:
+    """A checkpoint sampled one model at a time: text encoder, then transformer, then VAE, each loaded
+    straight into its dtype for its phase (:func:`phase`) and freed before the next loads.
+
+    ``dtype`` is the transformer's and the VAE's (default :func:`medvideocap.models.default_compute_dtype`);
+    the text encoder has its own (default :data:`medvideocap.models.TEXT_ENCODER_DTYPE`: never upcast to
+    fp32, where UMT5-XXL is 22.7 GB). ``vae_tiling`` None tiles above
+    :data:`medvideocap.models.VAE_TILING_PIXELS` (:func:`medvideocap.models.vae_tiling_default`).
+    Nothing loads until a phase starts, so constructing one is cheap and checks the checkpoint's kind."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        *,
+        base: str | None = None,
+        revision: str | None = None,
+        device: str | None = None,
+        dtype: Any = None,
+        text_encoder_dtype: Any = None,
+        vae_tiling: bool | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = dtype or models.default_compute_dtype(self.device)
+        self.text_encoder_dtype = text_encoder_dtype or models.TEXT_ENCODER_DTYPE
+        self.vae_tiling = vae_tiling
+        info = describe_checkpoint(checkpoint)
+        self.checkpoint, self.kind = str(checkpoint), info["kind"]
+        if self.kind == "pipeline":  # every part is the folder's own
+            self.base, self.revision = self.checkpoint, None
+        else:
+            self.base, self.revision = base or info["base"] or DEFAULT_BASE, revision or info["revision"]
+        self._tokenizer: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text encoder's tokenizer (small; loaded once, kept)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            kw = {"revision": self.revision} if self.revision else {}
+            self._tokenizer = AutoTokenizer.from_pretrained(self.base, subfolder="tokenizer", **kw)
+        return self._tokenizer
+
+    @contextmanager
+    def phase(
+        self, part: str, progress: Progress | None = None, frame_size: tuple[int, int] | None = None
+    ) -> Iterator[Any]:
+        """A ``WanPipeline`` holding only ``part`` ("text_encoder", "transformer" or "vae"; the transformer
+        phase with the scheduler), freed when the block ends. With ``progress``, loading is a task of one
+        model, so a long load still prints a line every 30 s; ``frame_size`` (height, width) decides the
+        VAE's tiling and slicing when ``vae_tiling`` is None."""
+        from diffusers import WanPipeline
+
+        _release(self.device)  # whatever the previous phase left
+        loading = _Counter(progress)
+        loading.start(f"generate: load {_PART_NAMES.get(part, part)}", 1, "model")
+        parts: dict[str, Any] = {"tokenizer": None, "text_encoder": None, "vae": None, "scheduler": None}
+        if part == "text_encoder":
+            parts["text_encoder"], parts["tokenizer"] = models.load_text_encoder(
+                self.base, revision=self.revision, dtype=self.text_encoder_dtype, device=self.device
+            )
+        elif part == "transformer":
+            parts["scheduler"] = models.load_scheduler(self.base, revision=self.revision)
+        elif part == "vae":
+            parts["vae"] = models.load_vae(
+                self.base,
+                revision=self.revision,
+                dtype=self.dtype,
+                device=self.device,
+                tiling=self.vae_tiling,
+                slicing=self.vae_tiling,
+                frame_size=frame_size,
+            )
+        else:
+            raise ValueError(f"unknown phase {part!r}: text_encoder, transformer or vae")
+        pipe = WanPipeline(**parts, transformer=self._transformer() if part == "transformer" else None)
+        pipe.set_progress_bar_config(disable=True)
+        loading.advance()
+        loading.finish()
+        if part == "transformer":  # Wan's VAE factors, read from its config (this phase holds no VAE)
+            temporal, spatial = models.vae_scale_factors(self.base, revision=self.revision)
+            pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial = temporal, spatial
+        try:
+            yield pipe
+        finally:
+            del pipe, parts
+            _release(self.device)
+
+    def _transformer(self) -> Any:
+        if self.kind == "lora":
+            from diffusers import WanPipeline
+
+            transformer = models.load_transformer(self.base, revision=self.revision, dtype=self.dtype)
+            holder = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
+                                 transformer=transformer)  # fmt: skip
+            holder.load_lora_weights(self.checkpoint)
+        else:
+            transformer = models.load_transformer(self.checkpoint, subfolder="transformer", dtype=self.dtype)
+        return transformer.to(self.device).eval().requires_grad_(False)
+
+
+class _Resident:
+    """A ``WanPipeline`` already in memory, seen as phases: every phase is the whole pipeline."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    @contextmanager
+    def phase(
+        self, part: str, progress: Progress | None = None, frame_size: tuple[int, int] | None = None
+    ) -> Iterator[Any]:
+        yield self.pipe
 
 
 def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 16.0) -> Path:
@@ -162,8 +299,17 @@ class GenerationSettings:
             )
         return found
 
-    def sample(self, pipe: Any, prompts: Sequence[str], *, seed: int) -> list[np.ndarray]:
-        """:func:`medvideocap.generate.sample_videos` with these settings (prompt i uses ``seed + i``)."""
+    def sample(
+        self,
+        pipe: Any,
+        prompts: Sequence[str],
+        *,
+        seed: int = 0,
+        seeds: Sequence[int] | None = None,
+        progress: Progress | None = None,
+    ) -> list[np.ndarray]:
+        """:func:`medvideocap.generate.sample_videos` with these settings (prompt i uses ``seed + i``, or
+        ``seeds[i]``)."""
         return sample_videos(
             pipe,
             prompts,
@@ -173,7 +319,9 @@ class GenerationSettings:
             steps=self.steps,
             guidance=self.guidance,
             seed=seed,
+            seeds=seeds,
             negative_prompt=self.negative_prompt,
+            progress=progress,
         )
 
 
@@ -187,27 +335,104 @@ def sample_videos(
     steps: int = GenerationSettings.steps,
     guidance: float = GenerationSettings.guidance,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
     negative_prompt: str | None = None,
+    progress: Progress | None = None,
 ) -> list[np.ndarray]:
-    """One (T, H, W, 3) float video per prompt; prompt i always uses seed + i, so runs are comparable."""
+    """One (T, H, W, 3) float video per prompt; prompt i always uses seed + i (or ``seeds[i]``), so runs are
+    comparable.
+
+    ``pipe`` is a :class:`StagedPipeline` or a ``WanPipeline`` in memory; both run the same three phases
+    (every prompt encoded, the negative prompt once; every video denoised; every latent decoded), each
+    exactly as ``WanPipeline.__call__`` computes it, so the videos are the pipeline's own. ``progress``
+    (a :class:`medvideocap.progress.Progress`) counts denoising steps and decoded videos."""
     import torch
 
+    seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    phases = pipe if isinstance(pipe, StagedPipeline) else _Resident(pipe)
+    counter = _Counter(progress)
+    with phases.phase("text_encoder", progress) as text:
+        embeddings = [_embed(text, p) for p in prompts]
+        negative = _embed(text, negative_prompt or "") if guidance > 1.0 else None
+        del text
+    latents = []
+    with phases.phase("transformer", progress) as denoiser:
+        counter.start("generate: denoise", steps * len(prompts), "step")
+        for embedding, s in zip(embeddings, seeds, strict=True):
+            out = denoiser(
+                prompt_embeds=embedding,
+                negative_prompt_embeds=negative,
+                num_frames=num_frames,
+                height=height,
+                width=width,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=torch.Generator(device="cpu").manual_seed(s),
+                output_type="latent",
+                callback_on_step_end=counter.step,
+            )
+            latents.append(out.frames)
+        counter.finish()
+        del denoiser
     videos = []
-    for i, prompt in enumerate(prompts):
-        generator = torch.Generator(device="cpu").manual_seed(seed + i)
-        out = pipe(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_frames=num_frames,
-            height=height,
-            width=width,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generator,
-            output_type="np",
-        )
-        videos.append(np.asarray(out.frames[0]))
+    with phases.phase("vae", progress, frame_size=(height, width)) as decoder:
+        counter.start("generate: decode", len(latents), "video")
+        for latent in latents:
+            videos.append(decode_latents(decoder, latent)[0])
+            counter.advance()
+        counter.finish()
+        del decoder
     return videos
+
+
+def _embed(pipe: Any, prompt: str) -> Any:
+    """One prompt's (1, 512, D) embedding as ``WanPipeline`` computes it, in the text encoder's dtype."""
+    embedding, _ = pipe.encode_prompt(
+        prompt, do_classifier_free_guidance=False, max_sequence_length=WAN_TEXT_TOKENS
+    )
+    return embedding
+
+
+class _Counter:
+    """One :class:`~medvideocap.progress.Progress` task at a time (or nothing without a progress); its
+    :meth:`step` is a diffusers ``callback_on_step_end``."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress, self.task = progress, None
+
+    def start(self, label: str, total: int, unit: str) -> None:
+        if self.progress is not None:
+            self.task = self.progress.task(label, total, unit=unit, failed="")
+
+    def advance(self) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task, done=1)
+
+    def step(self, _pipe: Any, _i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        self.advance()
+        return kwargs
+
+    def finish(self) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.finish(self.task)
+        self.task = None
+
+
+def decode_latents(pipe: Any, latents: Any) -> np.ndarray:
+    """(B, T, H, W, 3) float frames in [0, 1] from denoised latents, as ``WanPipeline.__call__`` decodes
+    them (un-normalised with the VAE's per-channel moments, decoded, post-processed)."""
+    import torch
+
+    vae = pipe.vae
+    latents = latents.to(next(vae.parameters()).device, dtype=vae.dtype)
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
+    inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
+    with torch.inference_mode():
+        video = vae.decode(latents / inverse_std + mean, return_dict=False)[0]
+    return np.asarray(pipe.video_processor.postprocess_video(video, output_type="np"))
 
 
 def generate(
@@ -226,9 +451,13 @@ def generate(
     fps: float = GenerationSettings.fps,
     device: str | None = None,
     dtype: str | None = None,
+    text_encoder_dtype: str | None = None,
+    vae_tiling: bool | None = None,
+    progress: Progress | None = None,
 ) -> Path:
-    """Sample one video for ``prompt`` from ``checkpoint`` in ``dtype`` (:func:`load_pipeline`) and write it
-    to ``out`` (mp4)."""
+    """Sample one video for ``prompt`` from ``checkpoint`` and write it to ``out`` (mp4), one model in
+    memory at a time (:class:`StagedPipeline`: transformer and VAE in ``dtype``, the text encoder in
+    ``text_encoder_dtype``)."""
     settings = GenerationSettings(
         frames=frames, height=height, width=width, steps=steps, guidance=guidance, fps=fps,
         negative_prompt=negative_prompt, base=base,
@@ -236,6 +465,9 @@ def generate(
     problems = settings.problems()  # named as the generate flags, its main caller
     if problems:
         raise ValueError("; ".join(problems))
-    pipe = load_pipeline(checkpoint, base=base, device=device, dtype=dtype)
-    (video,) = settings.sample(pipe, [prompt], seed=seed)
+    pipe = StagedPipeline(
+        checkpoint, base=base, device=device, dtype=dtype, text_encoder_dtype=text_encoder_dtype,
+        vae_tiling=vae_tiling,
+    )  # fmt: skip
+    (video,) = settings.sample(pipe, [prompt], seed=seed, progress=progress)
     return write_mp4(video, out, fps=fps)

@@ -272,17 +272,19 @@ class Location:
         prefix = f"{self.scheme}://"
         if not text.startswith(prefix):
             raise LocationError(f"{text}: not a {prefix} URL (this location is {self.url})")
-        return text[len(prefix) :]
+        return text if self.scheme in _WHOLE_URL_SCHEMES else text[len(prefix) :]
 
     def _url(self, fs_path: str) -> str:
-        return fs_path if self.scheme == LOCAL else f"{self.scheme}://{fs_path}"
+        if self.scheme == LOCAL or (self.scheme in _WHOLE_URL_SCHEMES and "://" in fs_path):
+            return fs_path
+        return f"{self.scheme}://{fs_path}"
 
     # -- listing -----------------------------------------------------------------------------------
     def glob(self, pattern: str) -> list[str]:
         """The files matching ``pattern`` (relative to the root, e.g. ``data/*/shard-*.tar``), sorted."""
         if self.scheme == LOCAL:
             return sorted(str(p) for p in Path(self.root).glob(pattern))
-        return sorted(self._url(p) for p in self.fs.glob(posixpath.join(self.root, pattern)))
+        return sorted(self._url(p) for p in self.fs.glob(posixpath.join(self._fs_path(self.url), pattern)))
 
     def sizes(self, pattern: str) -> dict[str, int]:
         """Files matching ``pattern`` -> their size in bytes, sorted by path; one listing, no request
@@ -290,7 +292,7 @@ class Location:
         if self.scheme == LOCAL:
             found = {str(p): p.stat().st_size for p in Path(self.root).glob(pattern) if p.is_file()}
         else:
-            listed = self.fs.glob(posixpath.join(self.root, pattern), detail=True)
+            listed = self.fs.glob(posixpath.join(self._fs_path(self.url), pattern), detail=True)
             found = {
                 self._url(p): int(d.get("size") or 0)
                 for p, d in listed.items()
@@ -346,6 +348,11 @@ class Location:
         return data
 
 
+_WHOLE_URL_SCHEMES = frozenset({"http", "https"})
+"""Schemes whose fsspec filesystem takes the whole URL as its path (fsspec's HTTP filesystem needs
+the host and scheme to make a request); the others take the path without ``SCHEME://``."""
+
+
 def _short_read(path: str, offset: int, size: int, got: int) -> ShortReadError:
     return ShortReadError(f"{path}: wanted {size} bytes at offset {offset}, got {got} (truncated shard?)")
 
@@ -390,6 +397,30 @@ def resolve(
             revision=revision,
         )
     return Location(LOCAL, str(Path(text).expanduser()), storage_options)
+
+
+READ_ONLY_SCHEMES = frozenset({HUB, "http", "https"})
+"""Schemes this package reads but never writes (the Hub is written by ``push``, through its API)."""
+
+
+def resolve_output(
+    dest: str | Path | Location, *, storage_options: Mapping[str, Any] | None = None
+) -> Location:
+    """Where a verb writes ``dest``: :func:`resolve`, except that a string without a scheme is always a
+    local path (an output folder that does not exist yet is never taken for a Hub repo id because it is
+    spelled ``a/b``), and a read-only scheme (:data:`READ_ONLY_SCHEMES`) is a :class:`LocationError`."""
+    if isinstance(dest, Location):
+        location = dest
+    elif isinstance(dest, Path) or _URL.match(str(dest)) is None:
+        location = Location(LOCAL, str(Path(dest).expanduser()), storage_options)
+    else:
+        location = resolve(dest, storage_options=storage_options)
+    if location.scheme in READ_ONLY_SCHEMES:
+        raise LocationError(
+            f"{location.url}: cannot write to {location.scheme}://; write to a local folder or "
+            "an object-store URL (s3://, gs://, az://)"
+        )
+    return location
 
 
 def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:

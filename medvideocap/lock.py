@@ -24,12 +24,22 @@ run left, and the message naming the holder is the point here. On NFS, Linux tur
 byte-range lock that the server arbitrates, so runs on two machines sharing an output exclude each
 other too; where a file system has no locks at all (``ENOLCK``: NFS without a lock manager, some FUSE
 mounts), the verb warns and runs unlocked rather than not at all.
+
+Object storage (``s3://``, ``gs://``, ``az://``) has nothing to ``flock``, and a lock *object* would
+outlive a SIGKILLed holder (no kernel to drop it), so the next run, the resume, would find its output
+locked by a dead process and have to guess from timestamps. So an output given as an object-store URL is
+locked by a local lock file named after the URL (:func:`url_lock_path`, in :func:`lock_dir`), with the
+same holder details and the same kernel guarantees: two runs on this machine exclude each other and a
+killed run never leaves it locked. Runs on *different* machines writing the same URL are not excluded;
+the ranks of one multi-node job each lock their own (split, rank) name anyway, and keeping two separate
+jobs off one prefix is the scheduler's job.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -43,6 +53,7 @@ from datetime import datetime
 from pathlib import Path
 
 from medvideocap.disk import writing_to
+from medvideocap.locations import Location, resolve_output
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +123,7 @@ def _read(fd: int) -> bytes:
     return os.pread(fd, 65536, 0)
 
 
-def _locked_message(folder: Path, path: Path, fd: int) -> str:
+def _locked_message(folder: Path | str, path: Path, fd: int) -> str:
     """Why ``folder`` cannot be taken: who holds ``path`` (the lock file open on ``fd``)."""
     deadline = time.monotonic() + _DETAILS_WAIT_S
     holder = Holder.parse(_read(fd))
@@ -141,7 +152,7 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def _acquire(folder: Path, path: Path) -> int | None:
+def _acquire(folder: Path | str, path: Path) -> int | None:
     """Open and lock ``path``: its descriptor, or :class:`LockedError` naming the holder; None (with a
     warning) where the file system cannot lock at all, which should not make the verb unusable there."""
     while True:
@@ -189,30 +200,56 @@ def _take_over(path: Path, fd: int, me: Holder) -> None:
     os.pwrite(fd, data, 0)
 
 
+def lock_dir() -> Path:
+    """Where the lock files of object-store outputs live: ``$MEDVIDEOCAP_LOCK_DIR``, else
+    ``$XDG_CACHE_HOME/medvideocap/locks`` (``~/.cache/medvideocap/locks``)."""
+    if os.environ.get("MEDVIDEOCAP_LOCK_DIR"):
+        return Path(os.environ["MEDVIDEOCAP_LOCK_DIR"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser()
+    return Path(cache) / "medvideocap" / "locks"
+
+
+def url_lock_path(url: str, name: str = LOCK_FILE) -> Path:
+    """The local lock file of ``name`` in the object-store folder ``url``: one per (URL, name), in
+    :func:`lock_dir`, named by a hash of both (a URL holds characters a file name may not)."""
+    digest = hashlib.sha256(f"{url.rstrip('/')}\n{name}".encode()).hexdigest()[:32]
+    return lock_dir() / f"{digest}{name if name.endswith('.lock') else '.lock'}"
+
+
 @contextmanager
-def output_lock(folder: str | Path, *, verb: str, name: str = LOCK_FILE) -> Iterator[Path]:
+def output_lock(folder: str | Path | Location, *, verb: str, name: str = LOCK_FILE) -> Iterator[Path]:
     """Hold the lock file ``folder/name`` for the block (creating ``folder`` if needed); yields its path.
+
+    ``folder`` may be an object-store URL (``s3://bucket/out``) or a :class:`~medvideocap.locations.Location`:
+    then the lock file is the local :func:`url_lock_path` (see the module doc), the messages name the URL,
+    and nothing is written to the store.
 
     Raises :class:`LockedError` naming the holder when another run holds it, and a
     :class:`~medvideocap.disk.ResourceError` when the folder is read-only or its disk full (the
     lock is the first thing a verb writes, so such a folder is refused before any work)."""
-    folder = Path(folder)
-    path = folder / name
-    created = not folder.exists()
+    location = resolve_output(folder)
+    local = location.local
+    shown: Path | str = local if local is not None else location.url
+    if local is not None:
+        path, lock_folder = local / name, local
+    else:
+        path = url_lock_path(location.url, name)
+        lock_folder = path.parent
+    created = local is not None and not local.exists()
     with writing_to(path):
-        folder.mkdir(parents=True, exist_ok=True)
+        lock_folder.mkdir(parents=True, exist_ok=True)
         fd: int | None = None
         try:
-            fd = _acquire(folder, path)
+            fd = _acquire(shown, path)
             if fd is not None:
                 _take_over(path, fd, Holder.me(verb))
         except BaseException:
-            _release(folder, path, fd, created)
+            _release(lock_folder, path, fd, created)
             raise
     try:
         yield path
     finally:
-        _release(folder, path, fd, created)
+        _release(lock_folder, path, fd, created)
 
 
 def _release(folder: Path, path: Path, fd: int | None, created: bool) -> None:
@@ -228,4 +265,13 @@ def _release(folder: Path, path: Path, fd: int | None, created: bool) -> None:
             folder.rmdir()
 
 
-__all__ = ["LOCK_FILE", "LOCK_GLOB", "Holder", "LockedError", "lock_name", "output_lock"]
+__all__ = [
+    "LOCK_FILE",
+    "LOCK_GLOB",
+    "Holder",
+    "LockedError",
+    "lock_dir",
+    "lock_name",
+    "output_lock",
+    "url_lock_path",
+]

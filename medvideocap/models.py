@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 LOGVAR_RANGE = (-30.0, 20.0)
 #: The compute dtypes a model can be loaded in, by the names configs and CLIs use.
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+#: Frames above this many pixels (Wan's own 480x832) are VAE-encoded and -decoded in tiles by default
+#: (:func:`vae_tiling_default`). At or below it the VAE runs whole, bit for bit as diffusers' pipeline
+#: does (tiling blends overlapping tiles, so its output differs slightly) and, on an 80 GB card, well
+#: within memory; above it (720p is 2.3x the pixels) the untiled working set grows with the frame while
+#: diffusers' 256 px tiles keep it flat (``plan.vae_encode_activations``).
+VAE_TILING_PIXELS = 480 * 832
 #: The text encoder's dtype on every device unless asked otherwise. Wan ships and runs UMT5-XXL in bf16;
 #: fp32 would double its 11.4 GB for no better embedding, and CPUs run bf16 matmuls, slowly but well within
 #: a one-off encode.
@@ -202,6 +208,14 @@ def _pretrained_kwargs(subfolder: str | None, revision: str | None) -> dict[str,
     return kwargs
 
 
+def vae_tiling_default(height: int | None, width: int | None, tiling: bool | None = None) -> bool:
+    """Whether the VAE tiles (and slices) frames of ``height`` x ``width``: ``tiling`` when given (a
+    ``--tiling/--no-tiling`` flag), else on above :data:`VAE_TILING_PIXELS`. An unknown size keeps it off."""
+    if tiling is not None:
+        return tiling
+    return height is not None and width is not None and height * width > VAE_TILING_PIXELS
+
+
 def load_vae(
     name: str = WAN_T2V_1_3B,
     *,
@@ -209,13 +223,17 @@ def load_vae(
     revision: str | None = None,
     dtype: str | torch.dtype | None = None,
     device: str | None = None,
-    tiling: bool = False,
-    slicing: bool = False,
+    tiling: bool | None = False,
+    slicing: bool | None = False,
+    frame_size: tuple[int, int] | None = None,
 ) -> Any:
     """Any diffusers video VAE (``AutoencoderKLWan`` for Wan) from a hub id or a local folder, frozen in
     eval mode on ``device`` (default: :func:`~medvideocap.devices.resolve_device`) in ``dtype`` (default:
     :func:`default_compute_dtype`). ``AutoModel`` reads the class from the folder's config, so another
-    VAE family loads without code here; a model without ``encode()`` is refused by name."""
+    VAE family loads without code here; a model without ``encode()`` is refused by name.
+
+    ``tiling``/``slicing`` None decide by ``frame_size`` (height, width) (:func:`vae_tiling_default`):
+    on above :data:`VAE_TILING_PIXELS`, off at or below it or when the size is not known."""
     from diffusers import AutoModel
 
     device, dt = _resolve(device, dtype)
@@ -225,11 +243,38 @@ def load_vae(
     if not hasattr(vae, "encode"):
         raise ValueError(f"{name} ({type(vae).__name__}) is not a VAE: it has no encode()")
     vae = vae.to(device).eval().requires_grad_(False)
-    if tiling:
+    height, width = frame_size or (None, None)
+    if vae_tiling_default(height, width, tiling):
         vae.enable_tiling()
-    if slicing:
+    if vae_tiling_default(height, width, slicing):
         vae.enable_slicing()
     return vae
+
+
+def vae_scale_factors(
+    name: str = WAN_T2V_1_3B, *, subfolder: str = "vae", revision: str | None = None
+) -> tuple[int, int]:
+    """(temporal, spatial) compression of a Wan VAE, from its config alone (4, 8 for Wan2.1's)."""
+    from diffusers import AutoencoderKLWan
+
+    config = AutoencoderKLWan.load_config(name, **_pretrained_kwargs(subfolder, revision))
+    return int(config.get("scale_factor_temporal", 4)), int(config.get("scale_factor_spatial", 8))
+
+
+def load_scheduler(
+    name: str = WAN_T2V_1_3B, *, subfolder: str = "scheduler", revision: str | None = None
+) -> Any:
+    """The sampling scheduler a pipeline folder names (``scheduler_config.json``'s ``_class_name``: Wan's
+    ``UniPCMultistepScheduler`` with its flow shift), a class of diffusers' own."""
+    import diffusers
+
+    kwargs = _pretrained_kwargs(subfolder, revision)
+    # any scheduler class reads scheduler_config.json; the one it names builds the scheduler
+    config = diffusers.UniPCMultistepScheduler.load_config(name, **kwargs)
+    cls = getattr(diffusers, str(config.get("_class_name")), None)
+    if cls is None or not issubclass(cls, diffusers.SchedulerMixin):
+        raise ValueError(f"{name}/{subfolder}: {config.get('_class_name')!r} is not a diffusers scheduler")
+    return cls.from_pretrained(name, **kwargs)
 
 
 def load_text_encoder(
@@ -261,7 +306,7 @@ def load_text_encoder(
         name, subfolder=subfolder or "", dtype=dt, **kw
     )
     tokenizer = AutoTokenizer.from_pretrained(name, subfolder=tokenizer_subfolder or "", **kw)
-    return encoder.to(device).eval().requires_grad_(False), tokenizer
+    return release_file_pages(encoder).to(device).eval().requires_grad_(False), tokenizer
 
 
 def load_transformer(

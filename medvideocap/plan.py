@@ -125,6 +125,10 @@ LOAD_OVERHEAD_SHARE = 0.14
 #: How ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` stores each part (bytes per parameter), for planning a load of
 #: a hub id that is not on disk: the transformer (5.68 GB) and VAE in float32, UMT5 in bfloat16.
 PUBLISHED_BYTES_PER_PARAM = {"transformer": 4, "vae": 4, "text_encoder": 2}
+#: bitsandbytes' ``AdamW8bit``: tensors below ``min_8bit_size`` elements keep fp32 state; the rest are
+#: quantised in blocks of 256 elements, each with an fp32 absmax (bitsandbytes 0.50, ``optimizer.py``).
+ADAMW8BIT_MIN_SIZE = 4096
+ADAMW8BIT_BLOCK = 256
 #: Text encoder (UMT5/T5) per token per layer: bytes per model channel and per FFN channel (not measured:
 #: from T5's layer, fp32 softmax and gated GELU; small beside the 11 GB of weights).
 TEXT_ENCODER_PER_MODEL = 16.0
@@ -142,6 +146,7 @@ class ModelCount:
     params: int
     fp32_kept: int = 0
     blocks: int = 0  # parameters inside the repeated blocks (``blocks.N.``), for per-block terms
+    blocks_fp32_kept: int = 0  # ... of which the loader keeps in fp32
 
     def weight_bytes(self, dtype: str) -> int:
         """Exact bytes of the weights loaded in ``dtype`` (kept-in-fp32 modules stay 4 bytes)."""
@@ -169,7 +174,7 @@ class Models:
     def text_encoder_count(self, dtype: str) -> ModelCount:
         count = _count("text_encoder", _key(self.text_encoder))[0]
         # transformers keeps _keep_in_fp32_modules (UMT5's "wo") in fp32 only for float16
-        return count if dtype == "float16" else ModelCount(count.params, 0, count.blocks)
+        return count if dtype == "float16" else ModelCount(count.params, 0, count.blocks, 0)
 
     def lora_params(self, rank: int, targets: Sequence[str]) -> int:
         """Parameters peft adds: ``rank x (in + out)`` per ``nn.Linear`` whose name is a target or ends
@@ -180,6 +185,25 @@ class Models:
             for name, i, o in linears
             if any(name == t or name.endswith("." + t) for t in targets)
         )
+
+    def lora_tensors(self, rank: int, targets: Sequence[str]) -> list[int]:
+        """Element counts of the adapter tensors peft adds (``lora_A``: rank x in, ``lora_B``: out x rank)."""
+        linears = _count("transformer", _key(self.transformer))[1]
+        hits = [(i, o) for name, i, o in linears if any(name == t or name.endswith("." + t) for t in targets)]
+        return [n for i, o in hits for n in (rank * i, o * rank)]
+
+    def transformer_tensors(self) -> list[int]:
+        """Element counts of every transformer parameter (what a full fine-tune's optimizer holds state for)."""
+        return list(_tensors("transformer", _key(self.transformer)))
+
+    def fp8_cast(self) -> Fp8Cast:
+        """Which transformer parameters ``enable_layerwise_casting`` stores in fp8 (counted on meta)."""
+        return _fp8_cast(_key(self.transformer))
+
+    def text_encoder_fp8_params(self) -> int:
+        """Text encoder parameters ``text_encoder_dtype: float8_e4m3fn`` stores in fp8: the trainer's own
+        casting (:func:`medvideocap.train.ladder.cast_text_encoder`) applied on the meta device."""
+        return _text_encoder_fp8(_key(self.text_encoder))
 
     def transformer_shape(self) -> TransformerShape:
         return TransformerShape.from_config(self.transformer)
@@ -216,33 +240,113 @@ def _count(kind: str, config_json: str) -> tuple[ModelCount, tuple[tuple[str, in
             model = classes[model_type](AutoConfig.for_model(model_type, **rest))
     keep = getattr(model, "_keep_in_fp32_modules", None) or []
     seen: set[int] = set()
-    params = fp32 = blocks = 0
+    params = fp32 = blocks = blocks_kept = 0
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) in seen:  # tied weights are stored once
             continue
         seen.add(id(p))
         params += p.numel()
-        if any(k in name.split(".") for k in keep):
-            fp32 += p.numel()
+        kept = any(k in name.split(".") for k in keep)
+        fp32 += p.numel() if kept else 0
         if name.startswith("blocks."):
             blocks += p.numel()
+            blocks_kept += p.numel() if kept else 0
     linears = tuple(
         (name, m.in_features, m.out_features)
         for name, m in model.named_modules()
         if isinstance(m, torch.nn.Linear)
     )
-    return ModelCount(params, fp32, blocks), linears
+    return ModelCount(params, fp32, blocks, blocks_kept), linears
 
 
-def shipped_models() -> Models:
-    """Wan2.1-T2V-1.3B's published configs, as :mod:`medvideocap.models` ships them."""
+@functools.lru_cache(maxsize=32)
+def _tensors(kind: str, config_json: str) -> tuple[int, ...]:
+    """Element counts of a model's parameters, built on the meta device."""
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    assert kind == "transformer"
+    with torch.device("meta"):
+        model = WanTransformer3DModel.from_config(json.loads(config_json))
+    return tuple(p.numel() for p in model.parameters())
+
+
+@dataclass(frozen=True)
+class Fp8Cast:
+    """The frozen parameters diffusers' layerwise casting stores in fp8 (``base_weights_dtype``): its
+    supported layers (Linear, Conv) whose names miss its skip patterns and Wan's
+    ``_skip_layerwise_casting_patterns`` and ``_keep_in_fp32_modules``."""
+
+    params: int  # parameters stored in fp8
+    blocks: int  # ... of which inside ``blocks.N.``
+    largest_layer: int  # the largest cast layer's parameters (its compute-dtype copy exists in its forward)
+
+
+@functools.lru_cache(maxsize=32)
+def _fp8_cast(config_json: str) -> Fp8Cast:
+    """Apply diffusers' own ``enable_layerwise_casting`` to the model on the meta device and count what
+    it turned into fp8, so the plan follows the library's rule rather than a copy of it."""
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    with torch.device("meta"):
+        model = WanTransformer3DModel.from_config(json.loads(config_json))
+    model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    params = blocks = largest = 0
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.dtype == torch.float8_e4m3fn]
+        n = sum(p.numel() for p in own)
+        params += n
+        blocks += n if name.startswith("blocks.") else 0
+        largest = max(largest, n)
+    return Fp8Cast(params, blocks, largest)
+
+
+@functools.lru_cache(maxsize=8)
+def _text_encoder_fp8(config_json: str) -> int:
+    import torch
+    from transformers import AutoConfig, T5EncoderModel, UMT5EncoderModel
+
+    from medvideocap.train.config import TrainConfig
+    from medvideocap.train.ladder import cast_text_encoder
+
+    config = json.loads(config_json)
+    model_type = config.get("model_type", "umt5")
+    rest = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
+    classes: dict[str, Any] = {"umt5": UMT5EncoderModel, "t5": T5EncoderModel}
+    with torch.device("meta"):
+        model = classes[model_type](AutoConfig.for_model(model_type, **rest))
+    cast_text_encoder(TrainConfig(text_encoder_dtype="float8_e4m3fn"), model, torch.bfloat16)
+    return sum(p.numel() for p in model.parameters() if p.dtype == torch.float8_e4m3fn)
+
+
+def adamw8bit_state_bytes(tensors: Iterable[int]) -> int:
+    """Exact bytes of bitsandbytes' ``AdamW8bit`` state for parameters of these sizes: a tensor of at
+    least ``min_8bit_size`` (4096) elements keeps its two moments as uint8 plus one fp32 absmax per
+    256-element block for each; a smaller one keeps two fp32 moments, as torch's AdamW; the two 256-entry
+    fp32 quantisation maps are shared by every tensor."""
+    total, quantised = 0, False
+    for n in tensors:
+        if n >= ADAMW8BIT_MIN_SIZE:
+            total += 2 * n + 2 * 4 * -(-n // ADAMW8BIT_BLOCK)
+            quantised = True
+        else:
+            total += 2 * 4 * n
+    return total + (2 * 256 * 4 if quantised else 0)
+
+
+def shipped_models(name: str | None = None) -> Models:
+    """Wan2.1-T2V-1.3B's published configs, as :mod:`medvideocap.models` ships them; for the 14B's hub id
+    (``name``), its transformer config beside the same VAE and UMT5."""
     from medvideocap import models
+    from medvideocap.defaults import WAN_T2V_14B
 
+    big = name == WAN_T2V_14B
     return Models(
-        transformer=dict(models.WAN_1_3B_TRANSFORMER_CONFIG),
+        transformer=dict(models.WAN_14B_TRANSFORMER_CONFIG if big else models.WAN_1_3B_TRANSFORMER_CONFIG),
         vae=dict(models.WAN_VAE_CONFIG),
         text_encoder={"model_type": "umt5", **models.UMT5_XXL_ENCODER_CONFIG},
-        source="Wan2.1-T2V-1.3B configs shipped in medvideocap.models",
+        source=f"Wan2.1-T2V-{'14B' if big else '1.3B'} configs shipped in medvideocap.models",
     )
 
 
@@ -270,10 +374,10 @@ def model_configs(name: str | Path | None = None) -> Models:
                 snapshot_download(str(name), local_files_only=True, allow_patterns=["*/config.json"])
             )
         except Exception:  # noqa: BLE001 - offline and uncached: plan with the shipped configs, and say so
-            from medvideocap.defaults import WAN_T2V_1_3B
+            from medvideocap.defaults import WAN_T2V_1_3B, WAN_T2V_14B
 
-            if str(name) == WAN_T2V_1_3B:
-                return shipped
+            if str(name) in (WAN_T2V_1_3B, WAN_T2V_14B):
+                return shipped_models(str(name))
             return Models(
                 shipped.transformer,
                 shipped.vae,
@@ -442,10 +546,11 @@ class Stage:
     transient: int = 0
     host: int = 0
     note: str = ""
+    gathered: int = 0  # FSDP: parameters and gradients unsharded at once (exact, per device)
 
     @property
     def exact(self) -> int:
-        return self.weights + self.grads + self.optimizer + self.ema
+        return self.weights + self.grads + self.optimizer + self.ema + self.gathered
 
     @property
     def on_device(self) -> int:
@@ -503,14 +608,14 @@ def _gib(n: int) -> str:
 def render_plan(plan: Plan) -> str:
     """The plan as a plain-text table, GiB per term and stage, the peak named under it."""
     setting = ", ".join(f"{k}={v}" for k, v in plan.settings.items())
-    head = ["stage", "weights", "grads", "optimizer", "EMA", "exact", "activations*", "transient*"]
+    gathered = any(s.gathered for s in plan.stages)
+    head = ["stage", "weights", "grads", "optimizer", "EMA", *(["gathered"] if gathered else [])]
+    head += ["exact", "activations*", "transient*"]
     head += ["device peak", "host peak"] if plan.cuda else ["peak (RSS)"]
     rows = []
     for s in plan.stages:
-        row = [
-            s.name,
-            *(_gib(v) for v in (s.weights, s.grads, s.optimizer, s.ema, s.exact, s.activations, s.transient)),
-        ]
+        terms = (s.weights, s.grads, s.optimizer, s.ema, *([s.gathered] if gathered else []), s.exact)
+        row = [s.name, *(_gib(v) for v in (*terms, s.activations, s.transient))]
         row += (
             [_gib(plan.device_peak(s)), _gib(plan.host_peak(s))] if plan.cuda else [_gib(plan.host_peak(s))]
         )
@@ -537,6 +642,22 @@ def render_plan(plan: Plan) -> str:
     out += [f"note: {stage.name}: {stage.note}" for stage in plan.stages if stage.note]
     out += [f"note: {n}" for n in plan.notes]
     return "\n".join(out)
+
+
+#: What ``torch.cuda.mem_get_info`` reports as the total of an 80 GB H100 (81,559 MiB); the plans for
+#: ``train --plan --gpus N`` are compared with it.
+H100_BYTES = 81_559 * 2**20
+
+
+def fits_line(plan: Plan, capacity: int = H100_BYTES, card: str = "80 GB H100") -> str:
+    """Whether the predicted device peak fits one card, with the margin left for what the plan does not
+    count (the CUDA context, the allocator's slack)."""
+    left = capacity - plan.peak_device
+    verdict = "fits" if left > 0 else "does not fit"
+    return (
+        f"per device: {plan.peak_device / GIB:.2f} GiB of an {card}'s {capacity / GIB:.1f} GiB: {verdict} "
+        f"({abs(left) / GIB:.2f} GiB {'left' if left > 0 else 'short'}, before the CUDA context and allocator slack)"
+    )
 
 
 def _device(device: str | None) -> str:
@@ -642,35 +763,128 @@ def plan_encode(
     return Plan("encode-latents", device, settings, stages, models.source)
 
 
+@dataclass(frozen=True)
+class TrainState:
+    """The exact per-device terms of a training run (bytes), before activations: what each rung moves."""
+
+    weights: int
+    grads: int
+    optimizer: int
+    ema: int
+    trainable: int
+    host: int = 0  # offloaded block weights kept on the host
+    gathered: int = 0  # FSDP: what is unsharded at once (see :func:`train_state`)
+    notes: tuple[str, ...] = ()
+
+
+def train_state(
+    cfg: TrainConfig, models: Models, *, cuda: bool, world_size: int = 1, strategy: str = "ddp"
+) -> TrainState:
+    """Weights, gradients, optimizer state and EMA on one device for ``cfg``'s rungs, exact from the
+    parameter counts:
+
+    * ``base_weights_dtype: float8_e4m3fn`` (LoRA): the layers diffusers' layerwise casting stores in fp8
+      (:meth:`Models.fp8_cast`) take 1 byte per parameter instead of the compute dtype's; adapters,
+      norms, embeddings and kept-in-fp32 modules keep theirs.
+    * ``offload_frozen_blocks`` (LoRA, CUDA): the frozen blocks' weights move to the host (diffusers'
+      block-level group offload keeps every block's copy there); two stay on the device, the one
+      computing and the next one its CUDA stream copies in. The adapters are counted on the device with
+      their gradients and optimizer state. On a CPU the onload device is the host: nothing moves.
+    * ``optimizer: adamw8bit``: bitsandbytes' state (:func:`adamw8bit_state_bytes`, ~2 bytes per
+      parameter) instead of AdamW's two fp32 moments (8 bytes per parameter).
+    * ``world_size`` > 1 with ``ddp``: every device holds everything, and DDP's reduction buckets hold a
+      second copy of the gradients (accelerate's default ``gradient_as_bucket_view=False``).
+    * ``fsdp`` (full sharding, torch's ``fully_shard`` per ``WanTransformerBlock``): weights, gradients,
+      optimizer state and EMA divided by ``world_size`` (each tensor's padding to a multiple of it is
+      ignored: under ``world_size`` rows per tensor), plus ``gathered``: the root's own parameters in the
+      compute dtype (all-gathered for the whole step), two blocks' (the one computing and the one
+      prefetched) and one block's unsharded fp32 gradients before their reduce-scatter.
+    """
+    compute = MIXED_PRECISION_DTYPE[cfg.mixed_precision]
+    size = DTYPE_BYTES[compute]
+    count, layers = models.transformer_count(), max(models.transformer_shape().layers, 1)
+    notes: list[str] = []
+    if cfg.mode == "lora":
+        trainable = models.lora_params(cfg.lora_rank, cfg.lora_target_modules)
+        tensors = models.lora_tensors(cfg.lora_rank, cfg.lora_target_modules)
+        base = count.weight_bytes(compute)
+        blocks = (count.blocks - count.blocks_fp32_kept) * size + count.blocks_fp32_kept * 4
+        if cfg.base_weights_dtype:
+            fp8 = models.fp8_cast()
+            base -= fp8.params * (size - 1)
+            blocks -= fp8.blocks * (size - 1)
+            notes.append(f"fp8 base: {fp8.params:,} frozen parameters stored in 1 byte (layerwise casting)")
+        weights = base + 4 * trainable  # adapters in fp32 (cast_training_params)
+    else:
+        trainable = count.params
+        tensors = models.transformer_tensors()
+        weights, blocks = 4 * trainable, 4 * count.blocks
+    host = 0
+    if cfg.offload_frozen_blocks and cuda:
+        per_block = blocks // layers
+        weights -= (layers - min(2, layers)) * per_block
+        host = layers * per_block
+        notes.append(
+            f"block offload: {layers} blocks' frozen weights on the host, 2 of them on the device at a time"
+        )
+    grads = 4 * trainable
+    if cfg.optimizer == "adamw8bit":
+        optimizer = adamw8bit_state_bytes(tensors)
+        notes.append("adamw8bit: bitsandbytes' AdamW8bit, uint8 moments in 256-element blocks")
+    else:
+        optimizer = 2 * 4 * trainable
+    ema = 4 * trainable if cfg.ema_decay > 0 else 0
+    gathered = 0
+    if world_size > 1 and strategy == "ddp":
+        grads *= 2
+        notes.append("DDP: gradients twice (the parameters' and the reduction buckets')")
+    elif strategy == "fsdp":
+        weights, grads, optimizer, ema = (-(-v // world_size) for v in (weights, grads, optimizer, ema))
+        per_block = count.blocks // layers
+        gathered = size * (count.params - count.blocks) + 2 * size * per_block + 4 * per_block
+        notes.append(
+            f"FSDP full shard over {world_size}: weights, grads, optimizer and EMA / {world_size}; gathered: "
+            "the root's parameters, two blocks' (computing + prefetched), one block's fp32 gradients; every "
+            f"rank reads the whole model on its host first ({world_size} x the load's host peak on one node)"
+        )
+    return TrainState(weights, grads, optimizer, ema, trainable, host, gathered, tuple(notes))
+
+
 def plan_train(
-    cfg: TrainConfig, *, frames: tuple[int, int, int] | None = None, device: str | None = None
+    cfg: TrainConfig,
+    *,
+    frames: tuple[int, int, int] | None = None,
+    device: str | None = None,
+    world_size: int = 1,
+    strategy: str | None = None,
 ) -> Plan:
     """``train`` on a latent cache: the transformer loads (on the CPU), then steady-state steps (AdamW's
-    states exist from the first step on), then validation sampling when the config has prompts.
+    states exist from the first step on), then validation sampling when the config has prompts. Per
+    device, on ``world_size`` of them, for ``strategy`` (default the config's ``distributed.strategy``);
+    the exact terms and what each rung of the memory ladder changes are :func:`train_state`'s.
 
     ``frames`` is the clip size trained on: default the largest the cache at ``cfg.latents`` was encoded
     at (its manifest's frame spec), else the config's on-the-fly size."""
     device = _device(device)
     cuda = device.startswith("cuda")
+    strategy = strategy or cfg.distributed.strategy
     f, h, w = frames or _cache_size(cfg.latents) or (cfg.frames, cfg.height, cfg.width)
     models = model_configs(cfg.model_id)
     shape, vae_shape = models.transformer_shape(), models.vae_shape()
     compute = MIXED_PRECISION_DTYPE[cfg.mixed_precision]
     count = models.transformer_count()
     half = DTYPE_BYTES[compute] if compute != "float32" else 0
-    if cfg.mode == "lora":
-        trainable = models.lora_params(cfg.lora_rank, cfg.lora_target_modules)
-        weights = count.weight_bytes(compute) + 4 * trainable  # adapters in fp32 (cast_training_params)
-        load_dtype, copies = compute, (0, 0)
+    state = train_state(cfg, models, cuda=cuda, world_size=world_size, strategy=strategy)
+    trainable, grads = state.trainable, state.grads
+    if cfg.mode == "lora" or strategy == "fsdp":  # FSDP gathers the weights in the compute dtype
+        load_dtype, copies = (compute if cfg.mode == "lora" else "float32"), (0, 0)
     else:
-        trainable = count.params
-        weights = 4 * trainable
         load_dtype = "float32"
         # autocast's half-precision copies of the fp32 weights it casts (one block's, the rest's)
         per_block = half * count.blocks // max(shape.layers, 1)
         copies = (per_block, half * (count.params - count.fp32_kept - count.blocks))
-    grads, optimizer = 4 * trainable, 2 * 4 * trainable
-    ema = 4 * trainable if cfg.ema_decay > 0 else 0
+    if cfg.base_weights_dtype:  # layerwise casting: one layer's compute-dtype copy during its forward
+        copies = (copies[0] + DTYPE_BYTES[compute] * models.fp8_cast().largest_layer, copies[1])
     tokens = cfg.batch_size * video_tokens(shape, vae_shape, f, h, w)
     text_tokens = cfg.batch_size * cfg.text_seq_len
     act = transformer_train_activations(
@@ -679,7 +893,7 @@ def plan_train(
         text_tokens=text_tokens,
         mode=cfg.mode,
         checkpointing=cfg.gradient_checkpointing,
-        trainable_bytes=grads,
+        trainable_bytes=4 * trainable // (world_size if strategy == "fsdp" else 1),
         copies=copies,
     )
     lf, lh, lw = vae_shape.latent_shape(f, h, w)
@@ -696,28 +910,40 @@ def plan_train(
             + TRAIN_HEAD_PER_HIDDEN * shape.hidden * tokens
             - grads
         )
-    step_temp = max(4 * trainable if cuda else 0, 4 * trainable if ema else 0)
+    shard = 4 * trainable // (world_size if strategy == "fsdp" else 1)
+    step_temp = max(shard if cuda and cfg.optimizer == "adamw" else 0, shard if state.ema else 0)
+    plural = "s" if world_size > 1 else ""
+    where = f", {strategy} over {world_size} device{plural}" if world_size > 1 or strategy == "fsdp" else ""
     step = Stage(
         f"train step {cfg.batch_size}x{f}x{h}x{w} ({tokens} tokens)",
-        weights=weights,
+        weights=state.weights,
         grads=grads,
-        optimizer=optimizer,
-        ema=ema,
+        optimizer=state.optimizer,
+        ema=state.ema,
         activations=act,
         transient=max(0, forward_end - act, step_temp - act),
+        host=state.host,
+        gathered=state.gathered,
         note=(
             f"{cfg.mode}, {trainable:,} trainable parameters, gradient checkpointing "
-            f"{'on' if cfg.gradient_checkpointing else 'off'}; transient: the larger of the optimizer "
+            f"{'on' if cfg.gradient_checkpointing else 'off'}{where}; transient: the larger of the optimizer "
             "step's temporaries and the forward's end, beyond the activations"
         ),
     )
     read = load_transient(models, "transformer", load_dtype)
-    stages = [_load(f"load transformer ({load_dtype})", 0, count.weight_bytes(load_dtype), read, cuda), step]
-    if cfg.validation_prompts:
+    size = count.weight_bytes(load_dtype)
+    load = _load(f"load transformer ({load_dtype})", 0, size, read, cuda)
+    if cuda and strategy == "fsdp":  # every rank reads the whole model on its host, then keeps its shards
+        load = dataclasses.replace(load, weights=-(-size // world_size))
+    elif cuda and state.host:  # the offloaded blocks stay where they were read
+        load = dataclasses.replace(load, weights=size - state.host * (shape.layers - 2) // shape.layers)
+    stages = [load, step]
+    if cfg.validation_prompts and strategy != "fsdp":  # sharded runs sample the export instead
         v = cfg.validation
-        pipe = models.vae_count().weight_bytes(compute) + models.text_encoder_count(compute).weight_bytes(
-            compute
-        )
+        text = models.text_encoder_count(compute).weight_bytes(compute)
+        if cfg.text_encoder_dtype:
+            text -= models.text_encoder_fp8_params() * (DTYPE_BYTES[compute] - 1)
+        pipe = models.vae_count().weight_bytes(compute) + text
         vtokens = video_tokens(shape, vae_shape, v.frames, v.height, v.width)
         sample_act = max(
             transformer_infer_activations(shape, tokens=vtokens, text_tokens=cfg.text_seq_len),
@@ -725,16 +951,17 @@ def plan_train(
                 v.frames, v.height, v.width, dtype_bytes=DTYPE_BYTES[compute], tiling=False
             ),
         )
+        ema = state.ema
         stages.append(
             Stage(
                 f"validation {v.frames}x{v.height}x{v.width}",
-                weights=weights + pipe,
-                optimizer=optimizer,
+                weights=state.weights + pipe,
+                optimizer=state.optimizer,
                 ema=ema,
                 activations=sample_act,
                 # the pipeline is read on the host before it moves; EMAModel.store() keeps a CPU copy of
                 # the training weights while the EMA weights sample
-                host=(pipe if cuda else 0) + (4 * trainable if ema else 0),
+                host=(pipe if cuda else 0) + (4 * trainable if ema else 0) + state.host,
                 note="loads the VAE and text encoder beside the training state; set validation_prompts=[] to skip",
             )
         )
@@ -745,9 +972,18 @@ def plan_train(
         "precision": cfg.mixed_precision,
         "checkpointing": cfg.gradient_checkpointing,
         "ema": cfg.ema_decay > 0,
+        "optimizer": cfg.optimizer,
     }
+    if cfg.base_weights_dtype:
+        settings["base_weights"] = cfg.base_weights_dtype
+    if cfg.offload_frozen_blocks:
+        settings["offload_blocks"] = True
+    if cfg.text_encoder_dtype:
+        settings["text_encoder"] = cfg.text_encoder_dtype
+    if world_size > 1 or strategy == "fsdp":
+        settings["devices"] = f"{world_size} ({strategy}, per device)"
     notes = ("the empty-prompt embedding is read from the cache (caches written by encode-latents hold it)",)
-    return Plan("train", device, settings, tuple(stages), models.source, notes)
+    return Plan("train", device, settings, tuple(stages), models.source, notes + state.notes)
 
 
 def _cache_size(latents: str | None) -> tuple[int, int, int] | None:
@@ -772,43 +1008,63 @@ def largest_size(
 
 
 def _generation_stages(
-    models: Models, settings: GenerationSettings, *, dtype: str, cuda: bool, extra_weights: int = 0
+    models: Models,
+    settings: GenerationSettings,
+    *,
+    dtype: str,
+    cuda: bool,
+    extra_weights: int = 0,
+    text_dtype: str | None = None,
 ) -> list[Stage]:
+    """:class:`medvideocap.generate.StagedPipeline`: the text encoder (in ``text_dtype``, default
+    ``models.TEXT_ENCODER_DTYPE``), the transformer and the VAE (in ``dtype``) each loaded, used and freed
+    before the next, so the peak is the largest phase's, not the sum of the three models."""
+    from medvideocap.models import TEXT_ENCODER_DTYPE, vae_tiling_default
+
     shape, vae_shape = models.transformer_shape(), models.vae_shape()
-    text_dtype = dtype
+    text_dtype = text_dtype or TEXT_ENCODER_DTYPE
     text = models.text_encoder_count(text_dtype).weight_bytes(text_dtype)
     vae = models.vae_count().weight_bytes(dtype)
     transformer = models.transformer_count().weight_bytes(dtype) + extra_weights
-    total = text + vae + transformer
     f, h, w = settings.frames, settings.height, settings.width
     tokens = video_tokens(shape, vae_shape, f, h, w)
     prompts = 2 if settings.guidance > 1 else 1
+    embeddings = prompts * 512 * int(models.text_encoder["d_model"]) * 4  # kept across phases (per video)
     lf, lh, lw = vae_shape.latent_shape(f, h, w)
     latents = vae_shape.z_dim * lf * lh * lw * 4 * 4  # latents, noise prediction and its CFG pair, fp32
-    # WanPipeline reads its parts one after another: the peak is every part's weights plus the worst read
-    read = max(load_transient(models, part, dtype) for part in ("text_encoder", "vae", "transformer"))
-    load = _load(f"load pipeline ({dtype})", 0, total, read, cuda)
+    tiling = vae_tiling_default(h, w)
     return [
-        load,
+        _load(
+            f"load text encoder ({text_dtype})",
+            0,
+            text,
+            load_transient(models, "text_encoder", text_dtype),
+            cuda,
+        ),
         Stage(
             f"encode prompt{'s' if prompts > 1 else ''}",
-            weights=total,
+            weights=text,
             activations=text_encode_activations(
                 models.text_encoder, batch=1, text_tokens=512, dtype_bytes=DTYPE_BYTES[text_dtype]
             ),
+            note="the text encoder is freed before the transformer loads",
+        ),
+        _load(
+            f"load transformer ({dtype})", 0, transformer, load_transient(models, "transformer", dtype), cuda
         ),
         Stage(
             f"denoise step ({tokens} tokens)",
-            weights=total,
+            weights=transformer,
             activations=transformer_infer_activations(shape, tokens=tokens, text_tokens=512)
             + latents
-            + prompts * 512 * int(models.text_encoder["d_model"]) * 4,
+            + embeddings,
             note="classifier-free guidance runs its two passes one after the other" if prompts > 1 else "",
         ),
+        _load(f"load VAE ({dtype})", 0, vae, load_transient(models, "vae", dtype), cuda),
         Stage(
-            f"VAE decode {f}x{h}x{w}",
-            weights=total,
-            activations=vae_decode_activations(f, h, w, dtype_bytes=DTYPE_BYTES[dtype], tiling=False),
+            f"VAE decode {f}x{h}x{w}" + (" (tiled)" if tiling else ""),
+            weights=vae,
+            activations=vae_decode_activations(f, h, w, dtype_bytes=DTYPE_BYTES[dtype], tiling=tiling),
         ),
     ]
 
@@ -843,17 +1099,25 @@ def plan_generate(
     checkpoint: str | Path | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    text_encoder_dtype: str | None = None,
 ) -> Plan:
-    """``generate``: :func:`medvideocap.generate.load_pipeline` (every model in ``dtype``), the prompt
-    encoded, ``steps`` denoising forwards (each the same size), one VAE decode."""
+    """``generate``: :class:`medvideocap.generate.StagedPipeline`, one model at a time: the text encoder
+    (``text_encoder_dtype``) encodes the prompt and is freed, the transformer (``dtype``) runs ``steps``
+    denoising forwards (each the same size) and is freed, the VAE (``dtype``) decodes."""
+    from medvideocap.models import TEXT_ENCODER_DTYPE
+
     device = _device(device)
     cuda = device.startswith("cuda")
     dtype = dtype or ("bfloat16" if cuda else "float32")
+    text_dtype = text_encoder_dtype or TEXT_ENCODER_DTYPE
     models, lora, _ = _checkpoint_models(checkpoint, settings.base)
-    stages = _generation_stages(models, settings, dtype=dtype, cuda=cuda, extra_weights=lora)
+    stages = _generation_stages(
+        models, settings, dtype=dtype, cuda=cuda, extra_weights=lora, text_dtype=text_dtype
+    )
     values = {
         "frames": f"{settings.frames}x{settings.height}x{settings.width}",
         "dtype": dtype,
+        "text_encoder": text_dtype,
         "steps": settings.steps,
     }
     return Plan("generate", device, values, tuple(stages), models.source)

@@ -86,8 +86,26 @@ def make_raw(raw: Path, *, real: bool = True, copies: int = 0) -> Path:
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` by relative path: two builds are equal when these are."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root`` by relative path: two builds are equal when these are.
+
+    Except the seconds in ``meta/funnel.json`` (per stage, and its ``time`` summary): they say how
+    long the run that processed each input took, which no two runs share. Every other byte of that
+    file, and of every other file, is compared."""
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return without_seconds(files)
+
+
+def without_seconds(files: dict[str, bytes]) -> dict[str, bytes]:
+    """``files`` (relative path -> bytes) with the seconds of ``meta/funnel.json`` left out, as
+    :func:`tree_bytes` compares them (for a tree read from somewhere other than a local folder)."""
+    files = dict(files)
+    if "meta/funnel.json" in files:
+        funnel = json.loads(files["meta/funnel.json"])
+        funnel.pop("time", None)
+        for row in funnel.get("stages", []):
+            row.pop("seconds", None)
+        files["meta/funnel.json"] = json.dumps(funnel, sort_keys=True).encode()
+    return files
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ For hostile archives built member by member: :func:`video_bytes` (a real clip), 
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import tempfile
@@ -251,5 +252,45 @@ def make_upstream_release(root: Path, n_clips: int = 6, faults: tuple[str, ...] 
         with zipfile.ZipFile(root / zip_name, "w", compression=zipfile.ZIP_STORED) as zf:
             for member, data in members:
                 zf.writestr(zipfile.ZipInfo(member, date_time=(2025, 1, 1, 0, 0, 0)), data)
+    (root / "metadata.json").write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+    return root
+
+
+PADDING_MEMBER_BYTES = 52 * 1000 * 1000
+"""One padding member of :func:`make_large_release`: four of them put 208 MB in ``videos_1.zip``."""
+
+
+def make_large_release(
+    root: Path, *, archives: int = 6, clips_per_archive: int = 4, padding: int = 4
+) -> Path:
+    """An upstream-shaped release of ``archives`` zips (``videos_1.zip`` ...) and ``metadata.json``,
+    with one archive of more than 200 MB, made in seconds: the size is ``padding`` stored members of
+    random bytes (``padding/blob_N.bin``, not videos, so every reader ignores them) between the first
+    clip of ``videos_1.zip`` and its others, so a clip also lies past the 200 MB mark.
+
+    The clips are real tiny mp4s (``00000.mp4`` ...), numbered in archive order: archive ``k`` holds
+    clips ``k * clips_per_archive`` to ``(k + 1) * clips_per_archive - 1``, so a reader that goes
+    through the clips in id order goes through the archives one after the other. Members are written
+    with fixed dates, so the archives' bytes depend only on the random padding."""
+    root.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, object]] = []
+    for k in range(archives):
+        with zipfile.ZipFile(root / f"videos_{k + 1}.zip", "w", compression=zipfile.ZIP_STORED) as zf:
+            for j in range(clips_per_archive):
+                i = k * clips_per_archive + j
+                name = f"{i:05d}.mp4"
+                seconds, fps = DURATIONS[i % len(DURATIONS)], RATES[i % len(RATES)]
+                data = _video_bytes(seconds, fps)
+                records.append(_record(name, i, seconds, fps, len(data)))
+                zf.writestr(zipfile.ZipInfo(name, date_time=(2025, 1, 1, 0, 0, 0)), data)
+                if k == 0 and j == 0:
+                    for n in range(padding):
+                        info = zipfile.ZipInfo(f"padding/blob_{n}.bin", date_time=(2025, 1, 1, 0, 0, 0))
+                        with zf.open(info, "w", force_zip64=True) as blob:
+                            left = PADDING_MEMBER_BYTES
+                            while left:
+                                chunk = os.urandom(min(4 << 20, left))
+                                blob.write(chunk)
+                                left -= len(chunk)
     (root / "metadata.json").write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
     return root

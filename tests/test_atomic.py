@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fixtures_disk import tmpfs
+from fixtures_s3 import S3StandIn
 
 from medvideocap.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_parquet
 from medvideocap.disk import ResourceError
@@ -84,3 +85,35 @@ def test_a_full_or_read_only_file_system_is_one_error_naming_the_target(tmp_path
         pytest.raises(ResourceError, match=f"^{re.escape(str(disk / 'a'))}: the file system is read-only"),
     ):
         atomic_write_json(disk / "a" / "b.json", {"a": 1})  # the folder it would make is what the OS names
+
+
+def test_an_object_store_write_publishes_whole_through_a_temporary_key_and_cleans_up_on_failure(
+    s3: S3StandIn,
+) -> None:
+    """On S3 (moto's server): the old object or the new one, never half of one and no stray key."""
+    import fnmatch
+    import uuid
+
+    from medvideocap.atomic import TEMP_GLOB, atomic_output, atomic_write_to, temp_url
+    from medvideocap.locations import resolve
+
+    bucket = f"atomic-{uuid.uuid4().hex[:12]}"
+    location = resolve(f"s3://{bucket}/out", storage_options=s3.storage_options)
+    location.fs.mkdir(bucket)
+    target = location.path("meta/a.json")
+    assert fnmatch.fnmatch(temp_url(target).rpartition("/")[2], TEMP_GLOB)
+    atomic_write_to(location, target, b"old")
+
+    def listed() -> list[str]:
+        location.fs.invalidate_cache()
+        return sorted(location.fs.find(f"{bucket}/out"))
+
+    with pytest.raises(RuntimeError), atomic_output(location, target) as staged:
+        assert staged.parent.is_dir() and staged.name == "a.json"  # a local file for any writer
+        staged.write_bytes(b"half")
+        raise RuntimeError("writer died")
+    assert location.read_bytes(target) == b"old" and listed() == [f"{bucket}/out/meta/a.json"]
+    with atomic_output(location, target) as staged:
+        staged.write_bytes(b"new")
+    assert location.read_bytes(target) == b"new" and listed() == [f"{bucket}/out/meta/a.json"]
+    assert not staged.exists()  # the local staging copy goes too

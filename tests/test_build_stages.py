@@ -208,6 +208,98 @@ def test_black_border_crop_action_keeps_the_clip_without_its_bars(small_raw: Pat
     assert json.loads(outcome.record["extra"])["cropped"] == {"width": 160, "height": 80, "x": 0, "y": 20}
 
 
+def test_a_letterboxed_clip_is_cut_and_cropped_in_one_encode(small_raw: Path, tmp_path: Path) -> None:
+    """The crop is decided on the input's span before the clip is written: one file, one encode
+    (one ffmpeg run writes it), already without bars; a clip the stages reject is never written."""
+    from medvideocap.media import ffmpeg
+
+    recipe = _recipe(
+        {"stage": "split", "detector": "none", "min_seconds": 1.0},
+        {"stage": "black_border", "action": "crop"},
+        {"stage": "measures", "min_motion": 1000.0},  # rejects every clip: nothing may be written
+    )
+    runs: list[list[str]] = []
+    real = ffmpeg.run_ffmpeg
+
+    def counted(args: list[str], **kwargs: object) -> None:
+        runs.append(args)
+        real(args, **kwargs)  # type: ignore[arg-type]
+
+    sample = next(s for s in discover(small_raw) if s.input == "bars.mp4")
+    ffmpeg_calls = pytest.MonkeyPatch()
+    ffmpeg_calls.setattr(ffmpeg, "run_ffmpeg", counted)
+    try:
+        [dropped] = Pipeline(recipe, tmp_path / "w1").run(sample)
+        assert dropped.stage == "measures" and runs == []  # rejected before any encode
+        assert not (tmp_path / "w1" / "clips").exists()
+        keep = _recipe(
+            {"stage": "split", "detector": "none", "min_seconds": 1.0},
+            {"stage": "black_border", "action": "crop"},
+        )
+        [kept] = Pipeline(keep, tmp_path / "w2").run(sample)
+    finally:
+        ffmpeg_calls.undo()
+    assert kept.kept, kept.reason
+    assert len(runs) == 1 and any(a.startswith("crop=160:80:0:20") for a in runs[0])
+    assert sorted(p.name for p in (tmp_path / "w2" / "clips" / sample.key).iterdir()) == ["000.mp4"]
+    from medvideocap.media.probe import probe
+
+    info = probe(kept.clip, count_frames=True)  # type: ignore[arg-type]
+    assert (info.width, info.height) == (160, 80) and kept.record["num_frames"] == info.num_frames
+
+
+def test_the_frame_reading_stages_of_a_clip_share_one_decode(tmp_path: Path, monkeypatch) -> None:
+    """OCR-like even frames, the technical score's, the measures' and camera motion's rates: one
+    front-to-back decode per clip, whatever each stage asks; the next clip drops the previous one's."""
+    from medvideocap.build import sample as sample_module
+
+    raw = tmp_path / "raw"
+    make_video(raw / "scenes.mp4", seconds=6, **SIZE)
+    calls: list[tuple[str, float | None]] = []
+    real = sample_module.read_views
+
+    def counted(path, needs, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((Path(path).name, kwargs.get("start")))
+        return real(path, needs, **kwargs)
+
+    monkeypatch.setattr(sample_module, "read_views", counted)
+    recipe = _recipe(
+        {"stage": "split", "detector": "none", "min_seconds": 1.0, "max_seconds": 3.0},
+        {"stage": "technical", "frames": 3},
+        {"stage": "measures"},
+        {"stage": "camera_motion"},
+    )
+    outcomes = Pipeline(recipe, tmp_path / "work").run(discover(raw)[0])
+    assert [o.kept for o in outcomes] == [True, True], [o.reason for o in outcomes]
+    assert calls == [("scenes.mp4", 0.0), ("scenes.mp4", 3.0)]  # one decode per clip, from the input
+    for o in outcomes:
+        assert o.timings["decode"] > 0 and {"technical", "measures", "camera_motion"} <= set(o.timings)
+        assert o.record["scores"]["technical"] > 0
+
+
+def test_a_bug_in_a_stage_stops_the_build_while_bad_data_is_still_rejected(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Only the DataError family skips a clip: a TypeError in a stage is a bug, and the build stops
+    with its traceback; a truncated mp4 processed before it is still journaled as a reject."""
+    from medvideocap.build.stages import measures
+
+    raw = tmp_path / "raw"
+    good = make_video(raw / "b_good.mp4", seconds=3, **SIZE).read_bytes()
+    (raw / "a_truncated.mp4").write_bytes(good[: len(good) // 3])
+
+    def planted(frames: object) -> dict[str, float]:
+        raise TypeError("planted bug")
+
+    monkeypatch.setattr(measures, "streamed", planted)
+    with pytest.raises(TypeError, match="planted bug"):
+        build(raw, tmp_path / "out", recipe="demo", workers=1)
+    [journal] = (tmp_path / "out.build" / "journal").glob("*.json")
+    [outcome] = json.loads(journal.read_text())["outcomes"]
+    assert outcome["input"] == "a_truncated.mp4" and outcome["stage"] == "probe", outcome
+    assert outcome["code"] == "unreadable" and "a_truncated.mp4" in outcome["reason"]
+
+
 def test_camera_motion_heuristic_tells_a_pan_from_a_static_shot(tmp_path: Path) -> None:
     pan = make_video(
         tmp_path / "pan.mp4",

@@ -32,6 +32,7 @@ from medvideocap.dataset.hubnative import HubNativeDataset
 from medvideocap.dataset.schema import SPLITS, Category
 from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES
 from medvideocap.dataset.validate import DEFAULT_MAX_CAPTION_CHARS, validate
+from medvideocap.dataset.writer import WriterError
 
 FAULTS = ("duration_mismatch", "video_without_record", "truncated_mp4", "unknown_key")
 
@@ -524,3 +525,30 @@ def test_a_shard_write_the_disk_refuses_names_the_shard_and_the_bytes_it_needed(
     again = _cli_convert(src, out)
     assert again.exit_code == 0, again.output
     assert same_tree(clean, out)
+
+
+def test_limit_and_archives_convert_a_subset_recorded_in_the_recipe(tmp_path: Path) -> None:
+    src = make_upstream_release(tmp_path / "up", n_clips=8)
+    done = _cli(str(src), "--out", str(tmp_path / "first3"), "--limit", "3")
+    assert done.exit_code == 0, done.output
+    info = json.loads((tmp_path / "first3" / "meta" / "info.json").read_text())
+    assert sum(info["counts"].values()) == 3
+    assert info["recipe"]["upstream"]["subset"] == {"limit": 3, "archives": None}
+    assert _ids(tmp_path / "first3") == ["00000", "00001", "00002"]
+
+    done = _cli(str(src), "--out", str(tmp_path / "second"), "--archives", "videos_2.zip")
+    assert done.exit_code == 0, done.output
+    assert _ids(tmp_path / "second") == ["00001", "00003", "00005", "00007"]  # videos_2.zip: odd clips
+    assert (
+        not (tmp_path / "second" / "meta" / "rejects.parquet").exists()
+        or not pl.read_parquet(tmp_path / "second" / "meta" / "rejects.parquet").height
+    )  # the even clips' records are not "record_without_video"
+
+    bad = _cli(str(src), "--out", str(tmp_path / "bad"), "--archives", "videos_7.zip")
+    assert bad.exit_code == 1 and "no archive named ['videos_7.zip']" in bad.output
+    with pytest.raises(WriterError, match="other settings"):  # a rerun must take the same subset
+        convert(src, tmp_path / "first3", progress=False)
+
+
+def _ids(out: Path) -> list[str]:
+    return sorted(pl.concat([pl.read_parquet(p) for p in out.glob("metadata/*.parquet")])["id"].to_list())

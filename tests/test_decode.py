@@ -98,6 +98,35 @@ def test_garbage_and_truncated_input_raise_decode_error_naming_the_clip(backend:
         dec.frames_at(list(range(dec.num_frames)))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_bug_inside_a_decoder_propagates_and_a_library_data_error_becomes_a_decode_error(
+    backend: str, gop_clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the libraries' data errors are named as a bad clip: a TypeError planted in the backend's
+    decode is a bug and comes out as itself (with its traceback), never as a DecodeError that a
+    skipping reader would turn into "clip skipped"."""
+    dec = open_decoder(gop_clip.read_bytes(), backend, name="planted")
+    real = type(dec)._decode
+
+    def buggy(self: decode.Decoder, indices: list[int]) -> object:
+        raise TypeError("_decode() got an unexpected keyword argument 'planted'")
+
+    monkeypatch.setattr(type(dec), "_decode", buggy)
+    with pytest.raises(TypeError, match="planted") as caught:
+        dec.frames_at([0, 1])
+    assert not isinstance(caught.value, DecodeError)
+    assert caught.traceback[-1].name == "buggy"  # the bug's own frame, not a re-raise of ours
+
+    def library_error(self: decode.Decoder, indices: list[int]) -> object:
+        raise RuntimeError("Requested next frame while there are no more frames left to decode.")
+
+    monkeypatch.setattr(type(dec), "_decode", library_error)
+    with pytest.raises(DecodeError, match="planted: .*no more frames"):
+        dec.frames_at([0, 1])
+    monkeypatch.setattr(type(dec), "_decode", real)
+    assert dec.frames_at([0, 1]).data.shape[0] == 2
+
+
 def test_unknown_backend_is_rejected_with_the_choices(gop_clip: Path) -> None:
     with pytest.raises(ValueError, match="torchcodec, decord, pyav"):
         open_decoder(gop_clip, "opencv")

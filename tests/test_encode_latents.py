@@ -212,6 +212,58 @@ def test_a_short_clip_is_dropped_with_its_reason_and_not_retried(
     assert again.encoded == 0 and again.dropped == 0 and again.skipped_done == 3
 
 
+@pytest.mark.parametrize("where", ["decoder", "encoder"])
+def test_a_bug_stops_the_run_with_its_traceback_while_a_truncated_clip_is_dropped(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Error policy: only a DataError drops a clip. A TypeError planted in the decoder or in the VAE call
+    for clip c003 stops the run as itself (not "dropped"), after the truncated mp4 met earlier in the
+    same run was recorded as dropped; without the bug the same dataset encodes with that one drop."""
+    from fixtures_loader import make_hub_native
+
+    import medvideocap.latents.encode as encode
+    from medvideocap.media.decode import TorchCodecDecoder
+
+    root = make_hub_native(tmp_path / "ds", 4, corrupt=("truncated",))  # c000 c001 c002 bad_truncated c003
+    config = tiny_config(tiny_model_dir, num_workers=0, batch_size=1, caption="detailed")
+    if where == "decoder":
+        real = TorchCodecDecoder._decode
+
+        def planted(self: TorchCodecDecoder, indices: list[int]) -> Any:
+            if "c003" in self.name:
+                raise TypeError("get_frames_at() got an unexpected keyword argument 'planted'")
+            return real(self, indices)
+
+        monkeypatch.setattr(TorchCodecDecoder, "_decode", planted)
+    else:
+        real_encode = encode.BatchEncoder.encode_videos
+
+        def planted(self: BatchEncoder, videos: torch.Tensor) -> Any:  # type: ignore[misc]
+            if self._batch_ids == ["c003"]:
+                raise TypeError("encode() got an unexpected keyword argument 'planted'")
+            return real_encode(self, videos)
+
+        real_batch = encode.BatchEncoder.encode_batch
+
+        def remember(self: BatchEncoder, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            self._batch_ids = [it["id"] for it in items]
+            return real_batch(self, items)
+
+        monkeypatch.setattr(encode.BatchEncoder, "encode_videos", planted)
+        monkeypatch.setattr(encode.BatchEncoder, "encode_batch", remember)
+    out = tmp_path / "cache"
+    with pytest.raises(TypeError, match="planted") as caught:
+        encode_latents(root, out, config=config)
+    assert caught.traceback[-1].name == "planted"
+    dropped = read_dropped(out / "meta" / "dropped-train-rank-0.jsonl")
+    assert [d["id"] for d in dropped] == ["bad_truncated"]
+    assert dropped[0]["reason"].startswith("DecodeError: ") and "bad_truncated.mp4" in dropped[0]["reason"]
+    monkeypatch.undo()
+    (report,) = encode_latents(root, out, config=config)  # resumes: only the clips after the bug are left
+    assert sorted(LatentCache(out).ids) == ["c000", "c001", "c002", "c003"]
+    assert report.dropped == 0 and len(read_dropped(out / "meta" / "dropped-train-rank-0.jsonl")) == 1
+
+
 class _NanPixels:
     """The pixel dataset with one clip's frames all NaN, as a broken decode would hand them to the VAE."""
 
@@ -433,7 +485,7 @@ def test_ray_data_reads_only_latent_rows_from_a_cache_with_dropped_clips(
         ray.shutdown()
 
 
-def test_cli_draws_per_rank_progress_on_stderr_and_keeps_one_json_summary_on_stdout(
+def test_cli_logs_per_rank_progress_lines_on_stderr_and_keeps_one_json_summary_on_stdout(
     dropped_cache: tuple[Path, list[str]], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     import re
@@ -458,11 +510,14 @@ def test_cli_draws_per_rank_progress_on_stderr_and_keeps_one_json_summary_on_std
     (line,) = res.stdout.splitlines()
     summary = json.loads(line)
     assert (summary["encoded"], summary["dropped"], summary["rank"]) == (3, 1, 0)
-    bar = res.stderr
-    assert "encode-latents train rank 0/1" in bar and "4/4" in bar and "1 dropped" in bar, bar
-    assert re.search(r"\d+\.\d\d clips/s", bar) and re.search(r"\d+:\d\d:\d\d", bar), bar  # rate, ETA
+    # stderr is no terminal here: plain lines (a start line, then the last one), no redrawn bar
+    lines = [line for line in res.stderr.splitlines() if line.startswith("encode-latents train rank 0/1: ")]
+    assert lines[0].startswith("encode-latents train rank 0/1: 0/4 clips, - s/clip, 0 dropped"), lines
+    last = lines[-1]
+    assert "4/4 clips" in last and "1 dropped" in last and "ETA 0s" in last, last
+    assert re.search(r", [\d.]+ (s/clip|clips/s), ", last) and "0.00" not in last, last  # rate, never 0.00
     quiet = CliRunner().invoke(main, [*args[:3], str(tmp_path / "quiet"), *args[4:], "--no-progress"])
-    assert quiet.exit_code == 0 and "clips/s" not in quiet.stderr, quiet.output
+    assert quiet.exit_code == 0 and "clips" not in quiet.stderr, quiet.output
 
 
 def test_a_float16_cache_warns_that_fastvideo_misreads_it_and_the_help_says_so(
@@ -503,8 +558,9 @@ def test_every_cli_default_is_the_default_of_the_python_api() -> None:
     run = inspect.signature(encode_latents).parameters
     config_fields = {f.name for f in dataclasses.fields(EncodeConfig)}
     frame_fields = {f.name for f in dataclasses.fields(FrameSpec)}
-    # the cache folder is required; the bar is on unless --no-progress; --plan prints and exits
-    cli_only = {"out", "no_progress", "show_plan"}
+    # the cache folder is required; the bar is on unless --no-progress; --plan prints and exits;
+    # --storage-option KEY=VALUE pairs become encode_latents' storage_options
+    cli_only = {"out", "no_progress", "show_plan", "storage_option"}
     parsed = command.make_context("encode-latents", ["SOURCE", "--out", "cache"]).params
     seen = set()
     for param in command.params:
@@ -818,3 +874,84 @@ def test_a_second_encode_of_one_split_and_rank_is_refused_and_the_other_ranks_ar
         )
         assert f"which holds {lock}; wait for it to finish" in said and said.count("\n") == 1, said
     assert not list((out / "train").glob("rank-0-*")) and not list(out.glob(".medvideocap*"))
+
+
+def test_shards_are_also_written_by_time_so_a_slow_run_keeps_its_work(
+    dataset, reference: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """flush_seconds=0: every clip is written as soon as it is encoded, although a shard holds 64."""
+    out = tmp_path / "cache"
+    (report,) = encode_latents(
+        dataset[0], out, config=tiny_config(tiny_model_dir, rows_per_shard=64, flush_seconds=0)
+    )
+    assert report.encoded == 6 and len(report.shards) == 6
+    _same_rows(_rows(out), _rows(reference))
+
+
+def test_a_shard_waits_at_most_flush_seconds_by_the_writers_clock(tmp_path: Path) -> None:
+    from fixtures_latents import write_random_cache
+
+    from medvideocap.latents import ShardWriter, shard_files
+
+    source = write_random_cache(tmp_path / "rows", [(4, 2, 4, 6)] * 5, rows_per_shard=5)
+    rows = pq.read_table(shard_files(source, "train")[0]).to_pylist()
+    now = [0.0]
+    writer = ShardWriter(
+        tmp_path / "out", "train", 0, rows_per_shard=64, flush_seconds=300, clock=lambda: now[0]
+    )
+    writer.add(rows[0])  # the oldest row: t=0
+    now[0] = 299.0
+    writer.add(rows[1])
+    assert writer.written == []  # 299 s: not yet
+    now[0] = 300.0
+    writer.add(rows[2])  # the oldest has waited 300 s: all three go now
+    assert [len(pq.read_table(p)) for p in writer.written] == [3]
+    now[0] = 301.0
+    writer.add(rows[3])  # the clock restarts with the next row
+    now[0] = 600.0
+    writer.add(rows[4])
+    assert len(writer.written) == 1 and writer.due() is False
+    writer.flush()
+    assert [len(pq.read_table(p)) for p in writer.written] == [3, 2]
+
+
+def test_progress_lines_keep_coming_while_a_slow_clip_has_not_arrived(
+    dataset, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A clip that takes minutes (here: one that arrives only once the log has shown the job alive)
+    must not leave the log silent: the heartbeat prints from its own thread."""
+    import io
+    import threading
+
+    from medvideocap.latents.encode import encode_items
+    from medvideocap.loading.loader import load
+    from medvideocap.progress import Progress
+
+    root, ids = dataset
+    pixels: Any = load(root, "train", frames=SPEC, shuffle=False)
+    log = io.StringIO()
+    alive = threading.Event()
+
+    class Log(io.StringIO):
+        def write(self, text: str) -> int:
+            n = log.write(text)
+            if log.getvalue().count("encode-latents train rank 0/1: 1/2 clips") >= 2:
+                alive.set()  # a second line about the first clip: printed while the second was pending
+            return n
+
+    def slow_items() -> Any:
+        yield pixels[0]
+        assert alive.wait(timeout=120), log.getvalue()  # generous: a line is due every 0.05 s
+        yield pixels[1]
+
+    with Progress(stream=Log(), interval=0.05) as progress:
+        task = progress.task("encode-latents train rank 0/1", 2, unit="clip", failed="dropped")
+        report = encode_items(
+            slow_items(),
+            tmp_path / "cache",
+            "train",
+            BatchEncoder(tiny_config(tiny_model_dir)),
+            on_rows=lambda n: progress.advance(task, done=n),
+        )
+    assert report.encoded == 2
+    assert log.getvalue().splitlines()[-1].startswith("encode-latents train rank 0/1: 2/2 clips, ")

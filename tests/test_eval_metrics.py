@@ -9,6 +9,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from scenes import scene  # noqa: E402
+
 from medvideocap.eval.metrics import METRICS, MetricError, build_metrics, parse_metric_models  # noqa: E402
 from medvideocap.eval.metrics.base import consistency  # noqa: E402
 from medvideocap.eval.tiny import (  # noqa: E402
@@ -36,20 +38,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]
         "videoscore": {"": str(save_tiny_videoscore(root / "videoscore"))},
         "imaging_quality": {"": str(save_tiny_musiq(root / "musiq.pth"))},
     }
-
-
-def scene(shift: float = 0.0, h: int = 48, w: int = 64) -> np.ndarray:
-    """A smooth colourful frame; ``shift`` pans it horizontally (sub-pixel allowed)."""
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack(
-        [
-            128 + 100 * np.sin((x + shift) / 7),
-            128 + 100 * np.cos(y / 5 + (x + shift) / 11),
-            128 + 80 * np.sin((x + y + shift) / 9),
-        ],
-        -1,
-    )
-    return img.clip(0, 255).astype(np.uint8)
 
 
 STATIC = np.repeat(scene()[None], 9, axis=0)

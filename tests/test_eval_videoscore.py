@@ -13,6 +13,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from scenes import scene  # noqa: E402
+
 from medvideocap.eval.metrics import MetricError, build_metrics  # noqa: E402
 from medvideocap.eval.metrics.videoscore import (  # noqa: E402
     ASPECTS,
@@ -27,20 +29,6 @@ from medvideocap.eval.metrics.videoscore import (  # noqa: E402
 from medvideocap.eval.tiny import save_tiny_videoscore  # noqa: E402
 
 RATINGS = (1.0, 4.0, 2.5, 0.4, 4.6)  # the last two leave the 1-4 scale, as a regression head can
-
-
-def scene(shift: float = 0.0, h: int = 48, w: int = 64) -> np.ndarray:
-    """A smooth colourful frame; ``shift`` pans it horizontally."""
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack(
-        [
-            128 + 100 * np.sin((x + shift) / 7),
-            128 + 100 * np.cos(y / 5 + (x + shift) / 11),
-            128 + 80 * np.sin((x + y + shift) / 9),
-        ],
-        -1,
-    )
-    return img.clip(0, 255).astype(np.uint8)
 
 
 STATIC = np.repeat(scene()[None], 9, axis=0)

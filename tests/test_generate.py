@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import weakref
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -169,33 +172,141 @@ def test_load_pipeline_loads_every_kind_of_checkpoint_in_the_asked_dtype(
         assert any("lora" in n for n, _ in pipe.transformer.named_parameters())
 
 
-def test_generate_and_eval_take_a_dtype_for_the_pipeline(
+def test_generate_and_eval_take_a_dtype_for_the_transformer_and_vae_and_another_for_the_text_encoder(
     pipeline_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
 
-    import medvideocap.generate as gen
+    from medvideocap import models
 
-    loaded: list[tuple[object, set[object]]] = []
-    real_load = gen.load_pipeline
+    loaded: list[tuple[str, set[object]]] = []
 
-    def spy(checkpoint: Path, **kwargs: object) -> object:
-        pipe = real_load(checkpoint, **kwargs)
-        loaded.append((kwargs.get("dtype"), _dtypes_outside_fp32_keeps(pipe)))
-        return pipe
+    def spy(name: str, real: Any) -> Any:
+        def load(*args: Any, **kwargs: Any) -> Any:
+            made = real(*args, **kwargs)
+            model = made[0] if isinstance(made, tuple) else made
+            keep = getattr(model, "_keep_in_fp32_modules", None) or []
+            loaded.append(
+                (name, {p.dtype for n, p in model.named_parameters() if not set(keep) & set(n.split("."))})
+            )
+            return made
 
-    monkeypatch.setattr(gen, "load_pipeline", spy)
+        return load
+
+    for name in ("load_text_encoder", "load_transformer", "load_vae"):
+        monkeypatch.setattr(models, name, spy(name, getattr(models, name)))
     out = tmp_path / "bf16.mp4"
     args = ["generate", "--checkpoint", str(pipeline_dir), "--prompt", "x", "--out", str(out)]
     args += ["--frames", "5", "--height", "32", "--width", "32", "--steps", "1", "--device", "cpu"]
-    result = CliRunner().invoke(main, [*args, "--dtype", "bfloat16"])
+    result = CliRunner().invoke(main, [*args, "--dtype", "bfloat16", "--text-encoder-dtype", "float32"])
     assert result.exit_code == 0, result.output
     assert probe(out).num_frames == 5
+    want = [
+        ("load_text_encoder", {torch.float32}),
+        ("load_transformer", {torch.bfloat16}),
+        ("load_vae", {torch.bfloat16}),
+    ]
+    assert loaded == want
     evaluated = ["eval", "--checkpoint", str(pipeline_dir), "--out", str(tmp_path / "eval"), "--limit", "1"]
     evaluated += ["--metrics", "temporal_flickering", "--frames", "5", "--height", "32", "--width", "32"]
-    evaluated += ["--steps", "1", "--device", "cpu", "--dtype", "bfloat16"]
+    evaluated += ["--steps", "1", "--device", "cpu", "--dtype", "bfloat16", "--text-encoder-dtype", "float32"]
     result = CliRunner().invoke(main, evaluated)
     assert result.exit_code == 0, result.output
-    assert loaded == [("bfloat16", {torch.bfloat16})] * 2
+    assert loaded == want * 2
     result = CliRunner().invoke(main, [*args, "--dtype", "fp32"])
     assert result.exit_code != 0 and "'fp32' is not one of" in result.output
+
+
+# ------------------------------------------------------------------------------ one model at a time
+def test_phased_sampling_gives_the_video_wanpipeline_itself_gives(pipeline_dir: Path) -> None:
+    """The staged path (each model loaded for its phase) and a resident pipeline through the same phases
+    give what ``WanPipeline.__call__`` gives for the same prompt, seed and dtypes."""
+    import torch
+
+    from medvideocap import models
+    from medvideocap.generate import StagedPipeline, sample_videos
+
+    pipe = models.load_wan_pipeline(str(pipeline_dir), dtype="float32")
+    opts = {"num_frames": 5, "height": 32, "width": 32, "guidance": 5.0}
+    want = pipe(
+        prompt="a suture knot", negative_prompt="blurry", num_frames=5, height=32, width=32,
+        num_inference_steps=2, guidance_scale=5.0, generator=torch.Generator().manual_seed(7), output_type="np",
+    ).frames[0]  # fmt: skip
+    staged = StagedPipeline(pipeline_dir, device="cpu", dtype="float32", text_encoder_dtype="float32")
+    (got,) = sample_videos(staged, ["a suture knot"], steps=2, seed=7, negative_prompt="blurry", **opts)
+    (resident,) = sample_videos(pipe, ["a suture knot"], steps=2, seed=7, negative_prompt="blurry", **opts)
+    assert got.shape == want.shape == (5, 32, 32, 3)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(resident, want, atol=1e-5)
+    (other,) = sample_videos(staged, ["a suture knot"], steps=2, seed=8, negative_prompt="blurry", **opts)
+    assert np.abs(other - want).mean() > 1e-3  # another seed is another video
+
+
+def test_each_model_is_freed_before_the_next_one_loads(
+    pipeline_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medvideocap import models
+    from medvideocap.generate import StagedPipeline
+
+    alive: dict[str, weakref.ref[Any]] = {}
+    seen: list[tuple[str, list[str]]] = []
+
+    def spy(name: str, real: Any) -> Any:
+        def load(*args: Any, **kwargs: Any) -> Any:
+            gc.collect()
+            seen.append((name, sorted(k for k, ref in alive.items() if ref() is not None)))
+            made = real(*args, **kwargs)
+            alive[name] = weakref.ref(made[0] if isinstance(made, tuple) else made)
+            return made
+
+        return load
+
+    for name in ("load_text_encoder", "load_transformer", "load_vae"):
+        monkeypatch.setattr(models, name, spy(name, getattr(models, name)))
+    settings = GenerationSettings(frames=5, height=32, width=32, steps=1)
+    settings.sample(StagedPipeline(pipeline_dir, device="cpu"), ["a", "b"], seed=0)
+    # one load of each for both prompts, and nothing else alive when each loads
+    assert seen == [("load_text_encoder", []), ("load_transformer", []), ("load_vae", [])]
+    gc.collect()
+    assert all(ref() is None for ref in alive.values())
+
+
+def test_generate_plan_shows_the_phases_and_peaks_at_the_largest_not_their_sum(pipeline_dir: Path) -> None:
+    from medvideocap import plan
+
+    result = CliRunner().invoke(
+        main, ["generate", "--checkpoint", str(pipeline_dir), "--prompt", "x", "--out", "v.mp4", "--plan"]
+    )
+    assert result.exit_code == 0, result.output
+    names = [line.split("  ")[0] for line in result.output.splitlines()]
+    phases = ["load text encoder (bfloat16)", "encode prompts", "load transformer (float32)"]
+    phases += ["denoise step", "load VAE (float32)", "VAE decode 81x480x832"]
+    assert [n for n in names if any(n.startswith(p) for p in phases)] == [
+        n for p in phases for n in names if n.startswith(p)
+    ]
+    real = plan.plan_generate(GenerationSettings(), device="cpu")  # the real Wan2.1-1.3B configs, on meta
+    models = plan.model_configs()
+    text = models.text_encoder_count("bfloat16").weight_bytes("bfloat16")
+    transformer = models.transformer_count().weight_bytes("float32")
+    assert max(s.weights for s in real.stages) == text  # no phase holds two models
+    assert real.peak == max(real.host_peak(s) for s in real.stages)
+    assert real.peak < text + transformer + real.runtime
+    assert real.peak_stage == "encode prompts"
+
+
+def test_generate_prints_progress_lines_with_rates_and_an_eta_when_stderr_is_no_terminal(
+    pipeline_dir: Path, tmp_path: Path
+) -> None:
+    args = ["generate", "--checkpoint", str(pipeline_dir), "--prompt", "x", "--out", str(tmp_path / "p.mp4")]
+    args += ["--frames", "5", "--height", "32", "--width", "32", "--steps", "3", "--device", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    for task, total, unit in [
+        ("load transformer", 1, "model"),
+        ("denoise", 3, "step"),
+        ("decode", 1, "video"),
+    ]:
+        last = [line for line in lines if line.startswith(f"generate: {task}: ")][-1]
+        assert f"{total}/{total} {unit}s" in last and "ETA 0s" in last, last
+        assert f" s/{unit}" in last or f" {unit}s/s" in last, last

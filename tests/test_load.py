@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import polars as pl
 import pytest
 import torch
 from fixtures_loader import clip_bytes, clip_record, edit_metadata, make_hub_native, rotated_clip
@@ -146,7 +147,7 @@ def test_windows_and_crops_are_reproducible_and_change_with_the_epoch(dataset: P
 
 
 def test_corrupt_clips_are_skipped_with_a_warning_naming_them_and_counted(corrupt_dataset: Path) -> None:
-    ds = medvideocap.load(corrupt_dataset, frames=SMALL)
+    ds = medvideocap.load(corrupt_dataset, frames=SMALL, on_error="skip")
     assert len(ds) == 6
     with pytest.warns(SkippedSampleWarning) as caught:
         items = [ds[i] for i in range(len(ds))]
@@ -162,11 +163,31 @@ def test_corrupt_clips_are_skipped_with_a_warning_naming_them_and_counted(corrup
     assert batch is not None and batch["video"].shape[0] == 4
 
 
-def test_corrupt_clip_raises_under_on_error_raise(corrupt_dataset: Path) -> None:
-    ds = medvideocap.load(corrupt_dataset, frames=SMALL, on_error="raise")
-    bad = ds.ids.index("bad_garbage")
-    with pytest.raises(DecodeError, match="bad_garbage.mp4"):
-        ds[bad]
+def test_corrupt_clip_raises_by_default_and_under_on_error_raise(corrupt_dataset: Path) -> None:
+    """Strict by default (webdataset's ``handler=reraise_exception``): skipping is opt-in."""
+    for ds in (
+        medvideocap.load(corrupt_dataset, frames=SMALL),
+        medvideocap.load(corrupt_dataset, frames=SMALL, on_error="raise"),
+    ):
+        bad = ds.ids.index("bad_garbage")
+        with pytest.raises(DecodeError, match="bad_garbage.mp4"):
+            ds[bad]
+        assert ds.stats.skipped == 0
+
+
+def test_an_error_handler_gets_each_data_error_and_the_run_goes_on(corrupt_dataset: Path) -> None:
+    """``on_error=handler``: called with the clip and its DataError instead of a warning."""
+    seen: list[tuple[str, str]] = []
+
+    def handler(where: str, error: DataError) -> None:
+        seen.append((where.rsplit(":", 1)[1], type(error).__name__))
+
+    ds = medvideocap.load(corrupt_dataset, frames=SMALL, on_error=handler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SkippedSampleWarning)
+        items = [ds[i] for i in range(len(ds))]
+    assert sorted(seen) == [("bad_garbage.mp4", "DecodeError"), ("bad_truncated.mp4", "DecodeError")]
+    assert sum(it is None for it in items) == 2 and ds.stats.skipped == 2
 
 
 def test_short_clips_are_skipped_or_padded(dataset: Path) -> None:
@@ -376,13 +397,13 @@ def test_a_bug_in_the_pipeline_raises_even_under_skip(dataset: Path, monkeypatch
     def broken(*args: object, **kwargs: object) -> None:
         raise TypeError("resize_crop() got an unexpected keyword argument 'antialias'")
 
-    ds = medvideocap.load(dataset, frames=SMALL)
+    ds = medvideocap.load(dataset, frames=SMALL, on_error="skip")
     monkeypatch.setattr(loader_module, "resize_crop", broken)
     with warnings.catch_warnings():
         warnings.simplefilter("error", SkippedSampleWarning)
         with pytest.raises(TypeError, match="antialias"):
             ds[0]
-        stream = medvideocap.load(dataset, frames=SMALL, streaming=True)
+        stream = medvideocap.load(dataset, frames=SMALL, streaming=True, on_error="skip")
         with pytest.raises(TypeError, match="antialias"):
             next(iter(stream))
     assert ds.stats.skipped == 0
@@ -399,7 +420,7 @@ def test_a_key_error_in_the_caption_policy_raises_under_skip(
 
     monkeypatch.setattr(loader_module, "choose_caption", broken)
     with pytest.raises(KeyError, match="detailed"):
-        medvideocap.load(dataset, frames=SMALL)[1]
+        medvideocap.load(dataset, frames=SMALL, on_error="skip")[1]
 
 
 def test_data_errors_are_skipped_each_with_its_named_reason(corrupt_dataset: Path, tmp_path: Path) -> None:
@@ -409,7 +430,8 @@ def test_data_errors_are_skipped_each_with_its_named_reason(corrupt_dataset: Pat
         columns["shard"][1] = "data/train/shard-99999.tar"
 
     root = edit_metadata(corrupt_dataset, tmp_path / "gone", "train", drop_second)
-    ds = medvideocap.load(root, frames=FrameSpec(num_frames=21, fps=8, height=16, width=16, short="skip"))
+    spec = FrameSpec(num_frames=21, fps=8, height=16, width=16, short="skip")
+    ds = medvideocap.load(root, frames=spec, on_error="skip")
     _items(ds)
     reasons = {clip.rsplit(":", 1)[1]: reason.split(":", 1)[0] for clip, reason in ds.stats.skipped_ids}
     assert reasons["c001.mp4"] == "MissingMemberError"
@@ -450,7 +472,7 @@ def test_a_shard_path_leading_out_of_the_dataset_is_never_read(dataset: Path, tm
     (tmp_path / "elsewhere").mkdir()
     shutil.copy(dataset / moved["shard"], tmp_path / "elsewhere" / "x.tar")
 
-    ds = medvideocap.load(root, frames=SMALL)
+    ds = medvideocap.load(root, frames=SMALL, on_error="skip")
     with pytest.warns(SkippedSampleWarning, match=r"train\.parquet row 1 \(clip c001\).*leads outside"):
         assert ds[1] is None
     assert ds[0] is not None and ds.stats.skipped == 1 and ds.stats.samples == 1
@@ -471,7 +493,8 @@ def test_a_dataset_in_object_storage_loads_like_the_local_folder(dataset: Path, 
 
     s3.requests.clear()
     item = remote[2]
-    offset, size = int(local.index.offset[2]), int(local.index.size[2])
+    row = pl.read_parquet(dataset / "metadata" / "train.parquet").row(2, named=True)
+    offset, size = int(row["offset"]), int(row["size"])
     assert [(r.range, r.status) for r in s3.gets(".tar")] == [
         (f"bytes={offset - 512}-{offset + size - 1}", 206)
     ]

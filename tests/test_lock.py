@@ -156,3 +156,31 @@ def test_a_file_system_without_locks_warns_and_lets_the_run_go_on(
     [warning] = [r.getMessage() for r in caplog.records]
     assert warning.startswith(f"{out}: this file system cannot lock files (No locks available): a second run")
     assert [p.name for p in out.iterdir()] == ["data"]
+
+
+def test_an_object_store_output_is_locked_by_a_local_file_named_after_its_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing to flock in a bucket: the lock is a local file per (URL, name), with the same holder
+    details, the same refusal naming the URL, and the kernel's release when the holder is SIGKILLed."""
+    from medvideocap.lock import url_lock_path
+
+    monkeypatch.setenv("MEDVIDEOCAP_LOCK_DIR", str(tmp_path / "locks"))
+    url = "s3://bucket/latents"
+    path = url_lock_path(url)
+    assert path.parent == tmp_path / "locks" and path != url_lock_path(url + "-2")
+    assert url_lock_path(url, lock_name("train", "rank0")) != url_lock_path(url, lock_name("train", "rank1"))
+    with held(url, "encode-latents") as holder:  # type: ignore[arg-type]  # a URL, as a CLI passes it
+        assert json.loads(path.read_text())["pid"] == holder.pid
+        says = rf"{re.escape(url)} is in use by `medvideocap encode-latents` \(pid {holder.pid} on "
+        with pytest.raises(LockedError, match=says), output_lock(url, verb="encode-latents"):
+            pass  # pragma: no cover - never entered
+        with output_lock(url + "-other", verb="encode-latents"):  # another prefix is another lock
+            pass
+        with output_lock(url, verb="encode-latents", name=lock_name("train", "rank1")):  # another rank
+            pass
+        os.kill(holder.pid, signal.SIGKILL)  # the kernel drops the flock: the resume may go on
+        holder.wait()
+    with output_lock(url, verb="encode-latents") as taken:
+        assert taken == path and json.loads(path.read_text())["pid"] == os.getpid()
+    assert not path.exists() and (tmp_path / "locks").is_dir()

@@ -112,6 +112,39 @@ def test_load_vae_reads_the_saved_weights_frozen_on_the_asked_device_and_dtype(t
     assert next(half.parameters()).dtype == torch.bfloat16 and half.use_tiling
 
 
+def test_vae_tiling_and_slicing_switch_on_above_the_frame_size_threshold_unless_a_flag_says(
+    tiny_dir: Path,
+) -> None:
+    above, at = (480, 848), (480, 832)  # 480x848 is the first multiple-of-16 width past Wan's own size
+    assert above[0] * above[1] > models.VAE_TILING_PIXELS >= at[0] * at[1]
+    for size, want in ((above, True), (at, False), (None, False)):
+        vae = models.load_vae(str(tiny_dir), device="cpu", tiling=None, slicing=None, frame_size=size)
+        assert (vae.use_tiling, vae.use_slicing) == (want, want), size
+    forced_off = models.load_vae(str(tiny_dir), device="cpu", tiling=False, slicing=None, frame_size=above)
+    assert (forced_off.use_tiling, forced_off.use_slicing) == (False, True)
+    forced_on = models.load_vae(str(tiny_dir), device="cpu", tiling=True, frame_size=at)
+    assert forced_on.use_tiling
+
+
+def test_tiled_and_untiled_vae_encodes_agree_within_tolerance() -> None:
+    """diffusers' tiles overlap and blend, so the latents differ at the seams, not in kind. A random tiny
+    VAE's seams are wide (its receptive field is large next to its tiles), so "agree" is measured against
+    the latents' own variation: the tiled encode stays under half of it, and well under the distance to
+    another clip's latents (what broken tiling, tiles misplaced or dropped, would approach)."""
+    vae = tiny_vae().eval()
+    coarse = torch.rand(2, 3, 5, 6, 8, generator=torch.Generator().manual_seed(0))
+    clips = torch.nn.functional.interpolate(coarse, size=(5, 128, 192), mode="trilinear") * 2 - 1
+    with torch.no_grad():
+        whole = vae.encode(clips).latent_dist.mean
+        vae.enable_tiling(96, 96, 64, 64)  # 96 px tiles (Wan's are 256), so 128x192 takes 2x3 of them
+        tiled = vae.encode(clips).latent_dist.mean
+    assert tiled.shape == whole.shape
+    spread = (whole - whole.mean(dim=(0, 2, 3, 4), keepdim=True)).abs().mean()
+    error = float((tiled - whole).abs().mean() / spread)
+    other_clip = float((whole[1] - whole[0]).abs().mean() / spread)
+    assert error < 0.5 and error < 0.6 * other_clip, (error, other_clip)
+
+
 def test_load_vae_defaults_to_float32_on_the_cpu(tiny_dir: Path) -> None:
     vae = models.load_vae(str(tiny_dir), device="cpu")
     assert next(vae.parameters()).dtype == torch.float32

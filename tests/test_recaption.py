@@ -19,7 +19,8 @@ from fixtures_disk import half_written, resize, tmpfs
 from fixtures_upstream import make_upstream_release
 
 from medvideocap.caption import make_captioner
-from medvideocap.caption.recaption import JOURNAL_FILE, RecaptionError, iter_source, recaption
+from medvideocap.caption.recaption import JOURNAL_FILE, RecaptionError, recaption
+from medvideocap.dataset.source import open_source
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,12 +72,13 @@ def test_upstream_recaption_write_keeps_originals_and_video_bytes(upstream, serv
     from medvideocap.dataset.hubnative import HubNativeDataset
 
     ds = HubNativeDataset.open(out / "dataset")
-    source = {it.id: it for it in iter_source(upstream)}
+    clips = open_source(upstream, None)
+    index = {clip_id: i for i, clip_id in enumerate(clips.ids)}
     seen = 0
     for split in ds.splits:
         for rec in ds.records(split):
             seen += 1
-            orig = source[rec.id].record
+            orig = clips.record(index[rec.id])
             names = {c.name for c in rec.captions}
             assert {"detailed", "brief", *summary.caption_names} <= names
             assert rec.caption("detailed") == orig.caption("detailed")  # originals untouched
@@ -88,7 +90,7 @@ def test_upstream_recaption_write_keeps_originals_and_video_bytes(upstream, serv
                 and new.model == "served-vlm"
                 and len(new.frame_timestamps) == 8
             )
-            assert ds.read_video(split, rec.id) == source[rec.id].read()
+            assert ds.read_video(split, rec.id) == clips.reader(index[rec.id])[0]()
     assert seen == 6
     info = json.loads((out / "dataset" / "meta" / "info.json").read_text())
     assert info["recipe"]["recaption"]["template"] == "detailed_brief-v1"
@@ -166,11 +168,9 @@ def test_where_and_limit_select_clips(upstream, server, tmp_path):
         where='category == "clinical_practice" or fps == 12',
     )
     picked = sorted(_journal_ids(out))
-    expect = sorted(
-        it.id
-        for it in iter_source(upstream)
-        if it.record.category == "clinical_practice" or it.record.fps == 12
-    )
+    clips = open_source(upstream, None)
+    records = [clips.record(i) for i in range(len(clips))]
+    expect = sorted(r.id for r in records if r.category == "clinical_practice" or r.fps == 12)
     assert picked == expect and s.selected == len(expect) and 0 < len(expect) < 6
 
 
@@ -222,8 +222,9 @@ def test_hub_native_source_keeps_splits(upstream, server, tmp_path):
 
     src = tmp_path / "hub"
     with DatasetWriter(src, split_fn=lambda r: "test" if r.id in ("00001", "00004") else "train") as w:
-        for it in iter_source(upstream):
-            w.write(it.record, it.read())
+        clips = open_source(upstream, None)
+        for i in range(len(clips)):
+            w.write(clips.record(i), clips.reader(i)[0]())
     before = _tree_digest(src)
     out = tmp_path / "run"
     summary = recaption(src, out, backend="openai", captioner=_cap(server), template="brief", write=True)
@@ -232,6 +233,40 @@ def test_hub_native_source_keeps_splits(upstream, server, tmp_path):
     assert {r.id for r in ds.records("test")} == {"00001", "00004"}
     for rec in ds.records("train"):
         assert rec.caption("served-vlm/brief-v1/brief") is not None
+
+
+def test_a_bug_in_the_backend_stops_the_run_with_its_traceback_and_a_truncated_clip_is_journaled(
+    server, tmp_path, monkeypatch
+):
+    """Error policy: a truncated mp4 is a failure entry and the run goes on; a TypeError planted in the
+    backend's ``_generate`` (a bug, not an API error) stops the run as itself, never journaled as a
+    failed caption. Clips finished before it, the truncated one included, are kept; the rerun after the
+    fix captions the rest."""
+    from fixtures_loader import make_hub_native
+
+    from medvideocap.caption.openai_api import OpenAICaptioner
+
+    src = make_hub_native(tmp_path / "hub", 4, corrupt=("truncated",))  # c000 c001 c002 bad_truncated c003
+    real = OpenAICaptioner._generate
+
+    def planted(self, jobs):
+        if any(job.record.id == "c003" for job in jobs):
+            raise TypeError("_body() got an unexpected keyword argument 'planted'")
+        return real(self, jobs)
+
+    monkeypatch.setattr(OpenAICaptioner, "_generate", planted)
+    out = tmp_path / "run"
+    with pytest.raises(TypeError, match="planted") as caught:
+        recaption(src, out, backend="openai", captioner=_cap(server), template="brief")
+    assert caught.traceback[-1].name == "planted"
+    entries = {e["id"]: e for e in map(json.loads, (out / JOURNAL_FILE).read_text().splitlines())}
+    assert sorted(entries) == ["bad_truncated", "c000", "c001", "c002"]
+    bad = entries["bad_truncated"]
+    assert not bad["ok"] and bad["error"].startswith("frames: FrameError") and "cannot decode" in bad["error"]
+    assert all(entries[c]["ok"] for c in ("c000", "c001", "c002"))
+    monkeypatch.undo()
+    again = recaption(src, out, backend="openai", captioner=_cap(server), template="brief")
+    assert again.captioned == 1 and again.already_done == 4 and _journal_ids(out)[-1] == "c003"
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 import medvideocap
 from medvideocap.loading.loader import SkippedSampleWarning, collate
 from medvideocap.loading.streaming import StreamingClipDataset
+from medvideocap.media.decode import DecodeError
 from medvideocap.media.frames import FrameSpec
 
 SPEC = FrameSpec(num_frames=5, fps=8, height=16, width=16, seed=1)
@@ -158,16 +159,16 @@ def test_resume_with_another_worker_layout_is_refused(many_shards: Path) -> None
 
 def test_corrupt_clips_in_a_shard_are_skipped_counted_and_the_epoch_goes_on(tmp_path: Path) -> None:
     root = make_hub_native(tmp_path / "ds", 6, corrupt=("garbage", "truncated"))
-    ds = _stream(root, shuffle=False)
+    ds = _stream(root, shuffle=False, on_error="skip")
     with pytest.warns(SkippedSampleWarning) as caught:
         ids = [item["id"] for item in ds]
     assert ids == [f"c{i:03d}" for i in range(6)]  # clips after the bad ones still come
     assert ds.stats.skipped == 2
     named = " ".join(str(w.message) for w in caught)
     assert "bad_garbage.mp4" in named and "bad_truncated.mp4" in named
-    raising = _stream(root, shuffle=False, on_error="raise")
-    with pytest.raises(Exception, match="bad_garbage"):
-        list(raising)
+    for raising in (_stream(root, shuffle=False), _stream(root, shuffle=False, on_error="raise")):
+        with pytest.raises(DecodeError, match="bad_garbage"):  # strict by default
+            list(raising)
 
 
 def test_a_truncated_shard_loses_only_its_own_tail(tmp_path: Path) -> None:
@@ -177,15 +178,15 @@ def test_a_truncated_shard_loses_only_its_own_tail(tmp_path: Path) -> None:
     victim = shards[1]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])
-    ds = _stream(root, shuffle=False)
+    ds = _stream(root, shuffle=False, on_error="skip")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ids = [item["id"] for item in ds]
     mapped = medvideocap.load(root, "train", frames=SPEC)
     in_victim = {
-        mapped.index.ids[i]
+        mapped.ids[i]
         for i in range(len(mapped))
-        if mapped.index.shard_names[mapped.index.shard_idx[i]] == f"data/train/{victim.name}"
+        if mapped.source.reader(i)[2][0] == f"data/train/{victim.name}"
     }
     assert set(ids) >= set(mapped.ids) - in_victim  # every other shard was read completely
     assert len(set(ids) & in_victim) < len(in_victim)

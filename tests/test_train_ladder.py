@@ -126,3 +126,29 @@ def _uint8_sizes(value: Any) -> list[int]:
         return [value.numel()] if value.dtype == torch.uint8 else []
     items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else []
     return [n for item in items for n in _uint8_sizes(item)]
+
+
+def test_fp8_text_encoder_samples_validation_videos_with_fp8_projections(
+    tmp_path: Path, tiny_pipeline_dir: Path, latent_cache: Path
+) -> None:
+    from diffusers import WanTransformer3DModel
+
+    from medvideocap import plan
+    from medvideocap.train import Validator
+
+    cfg = tiny_train_config(
+        tmp_path,
+        tiny_pipeline_dir,
+        latent_cache,
+        text_encoder_dtype="float8_e4m3fn",
+        validation_prompts=["a"],
+    )
+    validator = Validator(cfg, torch.device("cpu"))
+    transformer = WanTransformer3DModel.from_pretrained(tiny_pipeline_dir / "transformer")
+    out = validator(transformer, None, 1)
+    assert (out / "00.mp4").stat().st_size > 0
+    encoder = validator.pipe.text_encoder
+    fp8 = {n for n, p in encoder.named_parameters() if p.dtype == torch.float8_e4m3fn}
+    assert fp8 and {n.split(".")[-2] for n in fp8} == {"q", "k", "v", "o", "wi_0", "wi_1"}
+    models = plan.model_configs(tiny_pipeline_dir)
+    assert models.text_encoder_fp8_params() == sum(encoder.get_parameter(n).numel() for n in fp8)

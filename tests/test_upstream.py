@@ -303,10 +303,10 @@ def test_detection_of_the_layout(release_dir: Path, tmp_path: Path) -> None:
         layout.resolve(tmp_path / "missing" / "deeper" / "path")
 
 
-def test_repo_ids_are_downloaded_with_snapshot_download(
-    release_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No network: snapshot_download is replaced by a fake that records its arguments."""
+def test_repo_ids_are_downloaded_only_when_asked(release_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network: snapshot_download is replaced by a fake that records its arguments. The zips are
+    fetched only with download=True; locate() of a repo id fetches its metadata and leaves the zips on
+    the Hub (read where they lie, see test_upstream_remote.py)."""
     import huggingface_hub
 
     calls: list[dict[str, Any]] = []
@@ -316,19 +316,21 @@ def test_repo_ids_are_downloaded_with_snapshot_download(
         return str(release_dir)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    release = UpstreamRelease.open("FreedomIntelligence/MedVideoCap-55K", revision="abc123")
-    assert len(release) == 6
+    repo = "FreedomIntelligence/MedVideoCap-55K"
+    release = UpstreamRelease.open(repo, revision="abc123", download=True)
+    assert len(release) == 6 and release.location is None
     (call,) = calls
-    assert call["repo_id"] == "FreedomIntelligence/MedVideoCap-55K"
+    assert call["repo_id"] == repo
     assert call["repo_type"] == "dataset" and call["revision"] == "abc123"
     assert "*.json" in call["allow_patterns"] and "videos_*.zip" in call["allow_patterns"]
 
     calls.clear()
-    assert layout.resolve("FreedomIntelligence/MedVideoCap-55K", videos=False) == ("upstream", release_dir)
+    assert layout.resolve(repo, videos=False) == ("upstream", release_dir)
     assert len(calls) == 1 and not any("zip" in p for p in calls[0]["allow_patterns"])
     calls.clear()
-    layout.resolve("FreedomIntelligence/MedVideoCap-55K")
-    assert len(calls) == 2 and "videos_*.zip" in calls[1]["allow_patterns"]
+    kind, location = layout.locate(repo, "abc123")
+    assert kind == "upstream" and location.url == "hf://datasets/FreedomIntelligence/MedVideoCap-55K@abc123"
+    assert len(calls) == 1 and not any("zip" in p for p in calls[0]["allow_patterns"])
 
 
 def test_hub_failures_become_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -339,7 +341,7 @@ def test_hub_failures_become_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(layout.LayoutError, match="owner/missing: cannot fetch .*network is unreachable"):
-        UpstreamRelease.open("owner/missing")
+        UpstreamRelease.open("owner/missing", download=True)
 
 
 def test_every_alias_is_documented_in_the_module_docstring() -> None:

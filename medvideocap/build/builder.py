@@ -16,6 +16,19 @@ Processing fills the journal in any order (pool workers and Ray finish when they
 happens once every input is journaled, in sorted (input, clip index) order, through the resumable
 :class:`~medvideocap.dataset.writer.DatasetWriter`. A kill while processing loses at most the inputs in
 flight; a kill while writing is resumed by the writer. Either way the rerun writes the same bytes.
+
+Object storage. ``--src`` and ``--out`` may be URLs (``s3://bucket/raw``, ``s3://bucket/ds``;
+``storage_options`` reach the filesystem). The source is listed once (:mod:`medvideocap.build.remote`)
+and each input fetched by the worker that processes it. The output is written in the work dir's
+``output/`` folder and published file by file to the store, each through a temporary key
+(:class:`~medvideocap.dataset.writer.DatasetWriter`), so a reader never sees half a shard. The work dir
+itself is always a local folder, for two reasons: it holds the build's lock, a ``flock`` the kernel
+drops when the build dies however it dies (a lock *object* in a store would outlive a SIGKILLed build
+and leave the next run guessing), and its journal is rewritten one small file per input, which a local
+disk does cheaply and atomically. The output URL is locked by a local lock file named after it
+(:func:`medvideocap.lock.output_lock`): two builds on one machine exclude each other; builds on two
+machines writing one prefix do not, so keep one build per output prefix. Without ``--work`` the work dir
+of an object-store output is ``~/.cache/medvideocap/build/NAME-HASH`` (:func:`default_work`).
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -31,18 +45,35 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from medvideocap.atomic import atomic_write_bytes, atomic_write_json
+from medvideocap.build import remote
 from medvideocap.build.engine import run_local, run_ray
 from medvideocap.build.pipeline import SOURCE_STAGE, Outcome, scan
 from medvideocap.build.recipe import Recipe, load_recipe
 from medvideocap.build.sample import Sample
 from medvideocap.build.stages import MissingDependencyError, check_stage
-from medvideocap.build.workdir import clips_dir, input_clips_dir, journal_dir, journal_path, state_path
+from medvideocap.build.workdir import (
+    INPUTS_DIR,
+    clips_dir,
+    input_clips_dir,
+    journal_dir,
+    journal_path,
+    state_path,
+)
 from medvideocap.dataset.layout import FUNNEL_PATH
 from medvideocap.disk import writing_to
+from medvideocap.hashing import short_hexdigest
+from medvideocap.locations import Location, LocationError, resolve, resolve_output
 from medvideocap.lock import LOCK_GLOB, output_lock
 from medvideocap.media.ffmpeg import MediaError, ffmpeg_exe
 from medvideocap.paths import PathLoopError, check_apart, inside, resolve_path
@@ -56,7 +87,7 @@ class BuildError(RuntimeError):
 
 @dataclass
 class BuildResult:
-    out: Path
+    out: Path | str  # the dataset folder, or the object-store URL it was published to
     inputs: int
     resumed: int  # inputs found already finished in the journal
     changed: int  # journaled inputs whose file was replaced since: processed again
@@ -107,7 +138,13 @@ def reached(outcomes: list[Outcome], labels: list[str]) -> list[int]:
 
 
 def funnel(recipe: Recipe, by_input: dict[str, list[Outcome]]) -> dict[str, Any]:
-    """Count in / out / dropped per stage with the top reasons, like the paper's curation funnel."""
+    """Count in / out / dropped per stage with the top reasons, like the paper's curation funnel, and
+    where the time went: seconds per stage, the shared frame decode and clip encode, and the
+    real-time factor (seconds of input per second of processing, i.e. per wall second of one busy
+    worker). Times come from the journaled outcomes, so a rerun of a finished build reports the
+    same numbers and a resumed one those of the run that processed each input."""
+    from medvideocap.build.pipeline import DECODE, ENCODE
+
     labels = [s.label for s in recipe.stages]
     if any(o.stage == SOURCE_STAGE for outs in by_input.values() for o in outs):
         labels.insert(0, SOURCE_STAGE)  # entries refused before the first stage (symlinks, FIFOs)
@@ -120,6 +157,9 @@ def funnel(recipe: Recipe, by_input: dict[str, list[Outcome]]) -> dict[str, Any]
     rows = []
     all_outcomes = [o for outs in by_input.values() for o in outs]
     kept_count = sum(o.kept for o in all_outcomes)
+    spent: Counter[str] = Counter()
+    for o in all_outcomes:
+        spent.update({k: float(v) for k, v in (o.timings or {}).items()})
     for i, label in enumerate(labels):
         dropped = [o for o in all_outcomes if o.stage == label]
         out = totals[i + 1] if i + 1 < len(labels) else kept_count
@@ -131,28 +171,53 @@ def funnel(recipe: Recipe, by_input: dict[str, list[Outcome]]) -> dict[str, Any]
                 "in": totals[i],
                 "out": out,
                 "dropped": len(dropped),
+                "seconds": round(spent.get(label, 0.0), 3),
                 "top_reasons": [
                     {"code": code, "count": n, "example": next(o.reason for o in dropped if o.code == code)}
                     for code, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
                 ],
             }
         )
+    video = sum(
+        next((o.input_seconds for o in outs if o.input_seconds is not None), 0.0)
+        for outs in by_input.values()
+    )
+    busy = sum(spent.values())
     return {
         "recipe": recipe.name,
         "fingerprint": recipe.fingerprint(),
         "inputs": len(by_input),
         "clips": kept_count,
         "stages": rows,
+        "time": {
+            "video_seconds": round(video, 3),
+            "processing_seconds": round(busy, 3),
+            "decode_seconds": round(spent.get(DECODE, 0.0), 3),
+            "encode_seconds": round(spent.get(ENCODE, 0.0), 3),
+            "realtime_factor_per_worker": round(video / busy, 3) if busy > 0 else None,
+        },
     }
 
 
 def funnel_table(data: dict[str, Any]) -> Table:
-    table = Table(title=f"build funnel ({data['recipe']}): {data['inputs']} inputs -> {data['clips']} clips")
-    for col in ("stage", "in", "out", "dropped", "top reasons"):
+    took = data.get("time") or {}
+    table = Table(
+        title=f"build funnel ({data['recipe']}): {data['inputs']} inputs -> {data['clips']} clips",
+        caption=(
+            f"{took.get('video_seconds', 0):.1f} s of video in {took.get('processing_seconds', 0):.1f} s of "
+            f"processing (frames decoded once per clip: {took.get('decode_seconds', 0):.1f} s; clips "
+            f"written: {took.get('encode_seconds', 0):.1f} s): {took.get('realtime_factor_per_worker') or 0:.2f}x "
+            "real time per worker"
+            if took
+            else None
+        ),
+    )
+    for col in ("stage", "in", "out", "dropped", "seconds", "top reasons"):
         table.add_column(col, justify="left" if col in ("stage", "top reasons") else "right")
     for row in data["stages"]:
         reasons = ", ".join(f"{r['code']} ({r['count']})" for r in row["top_reasons"])
-        table.add_row(row["stage"], str(row["in"]), str(row["out"]), str(row["dropped"]), reasons)
+        seconds = f"{row['seconds']:.1f}" if "seconds" in row else ""
+        table.add_row(row["stage"], str(row["in"]), str(row["out"]), str(row["dropped"]), seconds, reasons)
     return table
 
 
@@ -295,7 +360,7 @@ def read_finished(work: Path, samples: list[Sample], stats: dict[str, dict[str, 
     return found
 
 
-def _open_work(work: Path, recipe: Recipe, source: Path) -> None:
+def _open_work(work: Path, recipe: Recipe, source: Path | Location) -> None:
     path = state_path(work)
     state = {"recipe": recipe.name, "fingerprint": recipe.fingerprint(), "source": str(source)}
     if path.exists():
@@ -332,6 +397,7 @@ def build(
     follow_symlinks: bool = False,
     name: str | None = None,
     console: Console | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> BuildResult | dict[str, Any]:
     """Run (or with ``dry_run`` plan) a build; returns the result, or the plan for a dry run.
 
@@ -345,29 +411,42 @@ def build(
     a second build on either stops before any work with :class:`~medvideocap.lock.LockedError` naming
     the first. A full disk, a used-up quota or a read-only folder stops it with a
     :class:`~medvideocap.disk.ResourceError`; the input it was on is not journaled, so the same
-    command resumes into the same bytes once there is room."""
-    src, out = Path(src), Path(out)
-    work = Path(work) if work else out.with_name(out.name + ".build")
-    # Written into --src, the output (or the work dir's cut clips) would be scanned as input next run.
-    check_apart(src, out, error=BuildError)
-    check_apart(src, work, out_label="--work", error=BuildError)
-    try:
-        source = resolve_path(src, label="--src")
-    except PathLoopError as exc:
-        raise BuildError(str(exc)) from None
+    command resumes into the same bytes once there is room.
+
+    ``src`` and ``out`` may be object-store URLs (``s3://bucket/raw``), opened with ``storage_options``;
+    ``work`` is always a local folder (see the module doc)."""
+    src_at, target, work = _places(src, out, work, storage_options)
+    out = target.local or work / OUTPUT_DIR  # the folder written: the output, or its staging copy
+    source: Path | Location
+    if src_at is None:
+        # Written into --src, the output (or the work dir's cut clips) would be scanned as input next run.
+        check_apart(src, out, error=BuildError)
+        check_apart(src, work, out_label="--work", error=BuildError)
+        try:
+            source = resolve_path(src, label="--src")
+        except PathLoopError as exc:
+            raise BuildError(str(exc)) from None
+    else:
+        source = src_at
+        _check_apart_urls(src_at, target)
     console = console or Console(stderr=True)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     missing = _missing(recipe)
     if dry_run:
-        inputs = scan(src, follow_symlinks=follow_symlinks).samples
+        if src_at is not None:
+            raise BuildError(f"--dry-run plans a local --src only, not {src_at.url}")
+        inputs = scan(Path(src), follow_symlinks=follow_symlinks).samples
         done = read_finished(work, inputs, {s.input: input_stat(s.path) for s in inputs}).done
-        return {**plan(src, recipe, inputs, set(done)), "missing": missing}
+        return {**plan(Path(src), recipe, inputs, set(done)), "missing": missing}
     if missing:
         raise MissingDependencyError("; ".join(missing))
     if engine not in ("local", "ray"):
         raise BuildError(f"unknown engine {engine!r}; use 'local' or 'ray'")
+    for label, at in (("--src", src_at), ("--out", target)):
+        if at is not None and at.local is None:
+            _check_reachable(at, label)
     run = _Run(
-        src=src,
+        src=src_at or Path(src),
         out=out,
         work=work,
         source=source,
@@ -378,21 +457,95 @@ def build(
         keep_work=keep_work,
         follow_symlinks=follow_symlinks,
         name=name,
+        target=target,
+        src_at=src_at,
     )
     # The lock is taken before anything is read or written; writing_to(out) names the output folder for
     # a full disk met where no writer below named the file itself.
-    with output_lock(out, verb="build"), output_lock(work, verb="build"), writing_to(out):
+    with output_lock(target, verb="build"), output_lock(work, verb="build"), writing_to(out):
         return _run(run, console)
+
+
+OUTPUT_DIR = "output"
+"""The work dir's folder where an object-store output is written before each file is published."""
+
+
+def default_work(target: Location) -> Path:
+    """The work dir of an output with no ``--work``: ``OUT.build`` beside a local one; for an
+    object-store one, ``$XDG_CACHE_HOME/medvideocap/build/NAME-HASH`` (``~/.cache/...``), named after
+    the URL, so the same command resumes on the same machine."""
+    if target.local is not None:
+        return target.local.with_name(target.local.name + ".build")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser())
+    name = target.url.rstrip("/").rsplit("/", 1)[-1]
+    return cache / "medvideocap" / "build" / f"{name}-{short_hexdigest(target.url, 12)}"
+
+
+def _places(
+    src: Path | str, out: Path | str, work: Path | str | None, options: dict[str, Any] | None
+) -> tuple[Location | None, Location, Path]:
+    """The source when it is in object storage (None: a local folder), the output's location and the
+    (local) work dir; a URL no build can use is a :class:`BuildError` naming it."""
+    try:
+        src_at: Location | None = None
+        if not isinstance(src, Path):
+            found = resolve(src, storage_options=options)
+            if found.local is None and found.repo_id is None:  # a bare a/b is a local folder here
+                src_at = found
+        target = resolve_output(out, storage_options=options)
+        work_at = resolve_output(work) if work else None
+    except LocationError as exc:
+        raise BuildError(str(exc)) from None
+    if src_at is not None and src_at.scheme in ("hf", "http", "https"):
+        raise BuildError(f"--src {src_at.url}: a build reads a local folder or an object-store prefix")
+    if work_at is not None and work_at.local is None:
+        raise BuildError(
+            f"--work {work_at.url}: the work dir must be a local folder (it holds the build's lock and "
+            "resume journal, which object storage cannot hold safely); pass a local --work, the output "
+            "can stay in object storage"
+        )
+    local_work = work_at.local if work_at is not None else None
+    return src_at, target, local_work if local_work is not None else default_work(target)
+
+
+def _check_reachable(at: Location, label: str) -> None:
+    """A :class:`BuildError` naming ``at`` (never its storage options, which may hold a secret) when its
+    bucket does not exist or the store refuses the credentials, before any work starts."""
+    bucket = at.root.split("/", 1)[0]
+    try:
+        at.fs.info(f"{at.scheme}://{bucket}")
+    except FileNotFoundError:
+        raise BuildError(f"{label} {at.url}: bucket {bucket!r} does not exist; create it first") from None
+    except PermissionError as exc:
+        raise BuildError(
+            f"{label} {at.url}: the store refused these credentials ({exc}); check the backend's "
+            "credentials (AWS_* variables, its config file) or --storage-option key=... secret=..."
+        ) from None
+    except OSError as exc:  # an unreachable endpoint (ConnectionError is an OSError)
+        raise BuildError(f"{label} {at.url}: cannot reach it ({type(exc).__name__}: {exc})") from None
+
+
+def _check_apart_urls(src: Location | None, out: Location) -> None:
+    """:func:`~medvideocap.paths.check_apart` for URLs: the output must not be the source prefix, lie
+    under it or hold it."""
+    if src is None or out.local is not None or src.scheme != out.scheme:
+        return
+    a, b = src.root.rstrip("/") + "/", out.root.rstrip("/") + "/"
+    if a.startswith(b) or b.startswith(a):
+        raise BuildError(
+            f"--out {out.url} and --src {src.url} overlap: the source is never modified, and a rerun "
+            "would read the output back as input; write the output under another prefix"
+        )
 
 
 @dataclass
 class _Run:
     """What one build was asked for, after :func:`build` checked it."""
 
-    src: Path
-    out: Path
+    src: Path | Location  # a local folder, or the source in object storage
+    out: Path  # the folder the dataset is written in (in the work dir when published to a store)
     work: Path
-    source: Path  # src with every link followed
+    source: Path | Location  # src with every link followed
     recipe: Recipe
     engine: str
     workers: int | None
@@ -400,21 +553,32 @@ class _Run:
     keep_work: bool
     follow_symlinks: bool
     name: str | None
+    target: Location  # where the dataset is: ``out`` itself, or the object-store URL it is published to
+    src_at: Location | None = None  # the source in object storage; None: the local folder ``src``
 
 
 def _run(run: _Run, console: Console) -> BuildResult:
     """The build itself, under both folders' locks."""
     src, out, work, recipe = run.src, run.out, run.work, run.recipe
-    identity = {"name": run.name, "source": f"{run.source.name}/"}
-    discovery = scan(src, follow_symlinks=run.follow_symlinks)
+    identity = {"name": run.name, "source": f"{_source_name(run.source)}/"}
+    if isinstance(src, Location):
+        try:
+            listed = remote.scan_remote(src)
+        except OSError as exc:  # refused credentials, an unreachable endpoint: name the URL only
+            raise BuildError(f"--src {src.url}: cannot list it ({type(exc).__name__}: {exc})") from None
+        except remote.RemoteSourceError as exc:
+            raise BuildError(str(exc)) from None
+        discovery, stats = listed.discovery, listed.stats
+    else:
+        discovery = scan(src, follow_symlinks=run.follow_symlinks)
+        stats = {s.input: input_stat(s.path) for s in discovery.samples}  # taken before processing
     inputs, refused = discovery.samples, discovery.refused
-    stats = {s.input: input_stat(s.path) for s in inputs}  # taken before processing, journaled after
     journaled = read_finished(work, inputs, stats)  # each journal file read once
     done = journaled.done
     _open_work(work, recipe, run.source)
     if journaled.changed or journaled.deleted:
-        _start_output_over(out, work, journaled, {s.input: s.key for s in inputs}, console)
-    redo = _lost_work(out, recipe, identity, done)
+        _start_output_over(out, work, journaled, {s.input: s.key for s in inputs}, console, target=run.target)
+    redo = _lost_work(out, recipe, identity, done, target=run.target)
     if redo:
         console.print(f"redoing {len(redo)} processed inputs whose cut clips are gone and not yet written")
     pending = [s for s in inputs if s.input not in done or s.input in redo]
@@ -425,17 +589,23 @@ def _run(run: _Run, console: Console) -> BuildResult:
         if s.input in done and s.input not in redo:
             by_input[s.input] = done[s.input]
 
+    started = time.perf_counter()
     with Progress(
         TextColumn("{task.description:>16}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
         console=console,
         transient=False,
         disable=not console.is_terminal,
     ) as progress:
+        # the first row counts inputs done, clips kept and the ETA; one row per stage below it
+        kept_so_far = [0]
         tasks = [
-            progress.add_task(label, total=len(pending) if i == 0 else None) for i, label in enumerate(labels)
+            progress.add_task("inputs" if i == 0 else label, total=len(pending) if i == 0 else None, note="")
+            for i, label in enumerate(labels)
         ]
         keyed = {s.input: s for s in inputs}
 
@@ -455,25 +625,40 @@ def _run(run: _Run, console: Console) -> BuildResult:
             by_input[sample.input] = outcomes
             for task, n in zip(tasks, reached(outcomes, labels), strict=True):
                 progress.advance(task, n)
+            kept_so_far[0] += sum(o.kept for o in outcomes)
+            progress.update(tasks[0], note=f"{kept_so_far[0]} clips kept")
 
         if resumed:
             console.print(f"resuming: {resumed} of {len(inputs)} inputs already processed in {work}")
         if run.engine == "ray":
-            run_ray(pending, recipe, work, address=run.ray_address, on_done=on_done)
+            run_ray(pending, recipe, work, address=run.ray_address, on_done=on_done, source=run.src_at)
         else:
-            run_local(pending, recipe, work, workers=run.workers or os.cpu_count() or 1, on_done=on_done)
+            workers = run.workers or os.cpu_count() or 1
+            run_local(pending, recipe, work, workers=workers, on_done=on_done, source=run.src_at)
 
     for o in refused:
         by_input[o.input] = [o]
     names = [s.input for s in inputs] + [o.input for o in refused]
     outcomes = sorted((o for name in names for o in by_input[name]), key=Outcome.sort_key)
     summary = funnel(recipe, {name: by_input[name] for name in names})
-    _write(out, recipe, identity, outcomes, summary)
+    _write(out, recipe, identity, outcomes, summary, target=run.target)
     console.print(funnel_table(summary))
+    if pending:
+        wall = max(time.perf_counter() - started, 1e-9)
+        video = sum(
+            next((o.input_seconds for o in by_input[s.input] if o.input_seconds), 0.0) for s in pending
+        )
+        console.print(
+            f"{len(pending)} inputs processed in {wall:.1f} s wall: {video / wall:.2f}x real time"
+            + (f" ({run.workers} workers)" if (run.workers or 1) > 1 else "")
+        )
     if not run.keep_work:
         shutil.rmtree(clips_dir(work), ignore_errors=True)
+        shutil.rmtree(work / INPUTS_DIR, ignore_errors=True)
+        if run.target.local is None:  # published: a rerun levels it with the store again
+            shutil.rmtree(out, ignore_errors=True)
     return BuildResult(
-        out=out,
+        out=run.target.local or run.target.url,
         inputs=len(inputs),
         resumed=resumed,
         changed=len(journaled.changed),
@@ -485,17 +670,30 @@ def _run(run: _Run, console: Console) -> BuildResult:
     )
 
 
-def _writer(out: Path, recipe: Recipe, identity: dict[str, Any]) -> Any:
+def _source_name(source: Path | Location) -> str:
+    """The source folder's name, as the card shows it (``raw`` for ``/data/raw`` and ``s3://b/raw``)."""
+    return source.name if isinstance(source, Path) else source.root.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _writer(out: Path, recipe: Recipe, identity: dict[str, Any], target: Location | None = None) -> Any:
     """The output's writer; ``identity`` (``--name`` and source folder) rides in the stored recipe as
-    ``build``, which is where the card looks for the dataset's title and source."""
+    ``build``, which is where the card looks for the dataset's title and source. With an object-store
+    ``target``, ``out`` is the staging folder its files are published from."""
     from medvideocap.dataset.writer import DatasetWriter
 
     stored = {**recipe.model_dump(mode="json"), "build": identity}
-    return DatasetWriter(out, shard_bytes=recipe.output.shard_bytes, recipe=stored)
+    dest: Path | Location = target if target is not None and target.local is None else out
+    return DatasetWriter(dest, shard_bytes=recipe.output.shard_bytes, recipe=stored, staging=out)
 
 
 def _start_output_over(
-    out: Path, work: Path, journaled: Journaled, keys: dict[str, str], console: Console
+    out: Path,
+    work: Path,
+    journaled: Journaled,
+    keys: dict[str, str],
+    console: Console,
+    *,
+    target: Location | None = None,
 ) -> None:
     """Inputs changed or deleted since the output was written: write the output anew.
 
@@ -504,12 +702,22 @@ def _start_output_over(
     in place, nor can a deleted input's clips be taken out. The kept clips of unchanged inputs are
     first copied back from the old output to their cut-clip paths in the work dir (a finished build
     removed the cut files), so they are written again without being cut again; a clip that cannot be
-    copied back leaves its input to :func:`_lost_work`, which processes it again."""
+    copied back leaves its input to :func:`_lost_work`, which processes it again.
+
+    An object-store ``target`` is first copied into ``out`` (its staging folder) to copy clips back
+    from, then deleted with it."""
+    from medvideocap.dataset.writer import level_staging
+
+    store = target if target is not None and target.local is None else None
     dropped = sum(o.kept for outs in journaled.deleted.values() for o in outs)
     console.print(
         f"since the last build {len(journaled.changed)} inputs changed (processed again) and "
-        f"{len(journaled.deleted)} were deleted ({dropped} of their clips dropped); {out} is written anew"
+        f"{len(journaled.deleted)} were deleted ({dropped} of their clips dropped); "
+        f"{store.url if store else out} is written anew"
     )
+    if store is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        level_staging(store, out)
     if out.exists():
         _copy_back_clips(out, work, journaled.done)
         for child in out.iterdir():  # all but the lock this build holds on it (medvideocap.lock)
@@ -519,6 +727,8 @@ def _start_output_over(
                 shutil.rmtree(child)
             else:
                 child.unlink()
+    if store is not None and store.exists(store.url):
+        store.fs.rm(store.url, recursive=True)
     for name in journaled.changed:  # stale cut clips; processing cuts the new ones
         shutil.rmtree(input_clips_dir(work, keys[name]), ignore_errors=True)
     for path in journaled.deleted:
@@ -559,7 +769,12 @@ def _copy_back_clips(out: Path, work: Path, done: dict[str, list[Outcome]]) -> N
 
 
 def _lost_work(
-    out: Path, recipe: Recipe, identity: dict[str, Any], done: dict[str, list[Outcome]]
+    out: Path,
+    recipe: Recipe,
+    identity: dict[str, Any],
+    done: dict[str, list[Outcome]],
+    *,
+    target: Location | None = None,
 ) -> set[str]:
     """Journaled inputs with a kept clip that is neither in the output nor cut in the work dir any
     more (the output was deleted after a finished build, whose clean-up removed the cut clips): they
@@ -572,9 +787,9 @@ def _lost_work(
     ]
     if not unwritten:
         return set()
-    if not out.exists():
+    if not out.exists() and (target is None or target.local is not None):
         return {name for name, _ in unwritten}
-    writer = _writer(out, recipe, identity)  # reads what finished shards hold; nothing is written
+    writer = _writer(out, recipe, identity, target)  # reads what finished shards hold; writes nothing
     try:
         return {name for name, o in unwritten if not writer.has(o.id)}
     finally:
@@ -582,11 +797,17 @@ def _lost_work(
 
 
 def _write(
-    out: Path, recipe: Recipe, identity: dict[str, Any], outcomes: list[Outcome], summary: dict[str, Any]
+    out: Path,
+    recipe: Recipe,
+    identity: dict[str, Any],
+    outcomes: list[Outcome],
+    summary: dict[str, Any],
+    *,
+    target: Location | None = None,
 ) -> None:
     from medvideocap.dataset.schema import ClipRecord
 
-    with _writer(out, recipe, identity) as writer:
+    with _writer(out, recipe, identity, target) as writer:
         for o in outcomes:
             if o.kept:
                 if writer.has(o.id):

@@ -3,31 +3,55 @@
 * ``local`` with ``workers=1``: in this process (easiest to debug);
 * ``local`` with ``workers=N``: a ``ProcessPoolExecutor`` (spawned workers, so no forked CUDA or
   decoder state), one input per task, each worker building the stage functions once;
-* ``ray``: Ray Data, one ``flat_map`` per stage carrying that stage's CPU/GPU hints, so GPU stages get
-  GPU workers and the rest stay on CPUs; ``ray_address`` (else ``$RAY_ADDRESS``) joins an existing
-  cluster (:func:`medvideocap.dist.ray_session`).
+* ``ray``: Ray Data, one task per input running every stage (``ray_address``, else ``$RAY_ADDRESS``,
+  joins an existing cluster: :func:`medvideocap.dist.ray_session`).
 
 Every engine hands finished inputs (all their outcomes) to ``on_done`` as they complete, in whatever
 order; the builder journals them and sorts before writing, so the dataset does not depend on it.
+
+Why Ray runs a whole input in one task. A Ray cluster need not share a disk: a worker on another
+machine cannot write into the driver's work dir, and the driver cannot read the worker's. So a Ray
+task cuts its clips into a work dir of its own (a temporary folder of the worker process), reads the
+kept ones back and returns their bytes in the result rows (the Ray object store carries them); the
+driver writes them to the cut-clip paths of its own work dir, where the local engine would have cut
+them, before journaling the input. The driver never opens a path on a worker, and the journal and the
+dataset are byte for byte the local engine's. One task per input (with the largest CPU/GPU hint of the
+recipe's stages) rather than one per stage keeps the frames a stage decoded in the process where the
+next stage of the same clip reads them (the per-sample frame cache), instead of shipping or decoding
+them again on another node; a GPU stage then holds its GPU for the input's CPU stages too, which is the
+price of never moving frames.
+
+Inputs in object storage (``--src s3://...``) are fetched by the worker that processes them, one at a
+time, to its work dir (``workdir.fetched_path``), and deleted when the input is done. Whatever an
+outcome says about where a worker read a file (a decoder error naming it) is rewritten to the input's
+name relative to the source and the driver's work dir (:func:`_portable`), so a dataset never depends
+on the folder or machine it was built from.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import multiprocessing
+import shutil
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from medvideocap.build.pipeline import Outcome, Pipeline, apply_stage, kept, rejected
+from medvideocap.atomic import atomic_write_bytes
+from medvideocap.build.pipeline import Outcome, Pipeline
 from medvideocap.build.recipe import Recipe
-from medvideocap.build.sample import Reject, Sample
+from medvideocap.build.sample import Sample
+from medvideocap.build.workdir import fetched_path, input_clips_dir
 from medvideocap.disk import writing_to
 from medvideocap.dist import ray_session
+from medvideocap.locations import Location
 
 OnDone = Callable[[list[Outcome]], None]
 _PIPELINES: dict[tuple[str, str], Pipeline] = {}
+_SCRATCH: list[Path] = []  # this process's own work dir when it is a Ray worker (made once)
 
 
 def _pipeline(recipe_json: str, work: str) -> Pipeline:
@@ -38,19 +62,81 @@ def _pipeline(recipe_json: str, work: str) -> Pipeline:
     return _PIPELINES[key]
 
 
-def _run_one(recipe_json: str, work: str, sample: dict[str, Any]) -> list[dict[str, Any]]:
-    return [o.to_dict() for o in _pipeline(recipe_json, work).run(Sample.from_dict(sample))]
+def _fetch(sample: Sample, source: Location, work: Path) -> Sample:
+    """``sample`` with its input (a URL of ``source``) copied to a local file under ``work``."""
+    dest = fetched_path(work, sample.key, "input" + Path(sample.input).suffix)  # our name: never ".."
+    with writing_to(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with source.open(sample.path, block_size=8 << 20) as src, open(dest, "wb") as fh:
+            shutil.copyfileobj(src, fh, 8 << 20)
+    return Sample.from_dict({**sample.to_dict(), "path": str(dest)})
 
 
-def run_local(pending: list[Sample], recipe: Recipe, work: Path, *, workers: int, on_done: OnDone) -> None:
+def _portable(outcomes: list[Outcome], renames: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """``outcomes`` as dicts, every ``(old, new)`` of ``renames`` replaced in their strings, in order.
+
+    A stage's message may name the file it read (``Invalid data found ...: '/mnt/raw/a.mp4'``) or a
+    cut clip (under a worker's own work dir); such a path says where a process read a file, not which
+    input it was, so it becomes the input's name and the driver's work dir before anything is
+    journaled. The JSON text is rewritten, which covers every field, nested ones included."""
+    text = json.dumps([o.to_dict() for o in outcomes], ensure_ascii=False)
+    for old, new in renames:
+        if old and old != new:
+            text = text.replace(_escaped(old), _escaped(new))
+    result: list[dict[str, Any]] = json.loads(text)
+    return result
+
+
+def _escaped(text: str) -> str:
+    """``text`` as it appears inside a JSON string."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+def _run_sample(
+    recipe_json: str, work: str, sample: Sample, source: Location | None, *, home: str | None = None
+) -> list[dict[str, Any]]:
+    """All stages over one input in this process's ``work`` dir; its outcomes as portable dicts.
+
+    ``home`` is the driver's work dir when ``work`` is a worker's own: the outcomes' paths under
+    ``work`` are given as under ``home``."""
+    original = sample.path
+    local = _fetch(sample, source, Path(work)) if source is not None else sample
+    try:
+        outcomes = _pipeline(recipe_json, work).run(local)
+    finally:
+        if source is not None:
+            Path(local.path).unlink(missing_ok=True)
+    renames = [(local.path, sample.input), (original, sample.input), (work, home or work)]
+    return _portable(outcomes, renames)
+
+
+def _run_one(
+    recipe_json: str, work: str, sample: dict[str, Any], source: Location | None = None
+) -> list[dict[str, Any]]:
+    return _run_sample(recipe_json, work, Sample.from_dict(sample), source)
+
+
+def run_local(
+    pending: list[Sample],
+    recipe: Recipe,
+    work: Path,
+    *,
+    workers: int,
+    on_done: OnDone,
+    source: Location | None = None,
+) -> None:
+    """Process ``pending`` here (``workers=1``) or in a pool of spawned processes; ``source`` is the
+    object-store location the inputs' paths are URLs of (None: local files)."""
     recipe_json = recipe.model_dump_json()
     if workers <= 1:
         for sample in pending:
-            on_done([Outcome.from_dict(d) for d in _run_one(recipe_json, str(work), sample.to_dict())])
+            on_done(
+                [Outcome.from_dict(d) for d in _run_one(recipe_json, str(work), sample.to_dict(), source)]
+            )
         return
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_run_one, recipe_json, str(work), s.to_dict()) for s in pending]
+        futures = [pool.submit(_run_one, recipe_json, str(work), s.to_dict(), source) for s in pending]
         try:
             for future in as_completed(futures):
                 on_done([Outcome.from_dict(d) for d in future.result()])
@@ -62,54 +148,75 @@ def run_local(pending: list[Sample], recipe: Recipe, work: Path, *, workers: int
 
 
 # ------------------------------------------------------------------------------------------------
-# Ray Data: rows are {"sample": json or "", "outcome": json or ""}; a row with an outcome is finished
+# Ray Data: one row per input in ({"sample": json}); one row per outcome out ({"outcome": json,
+# "clip": the cut clip's bytes for a kept clip, else b""}).
 
 
-def _ray_stage(row: dict[str, str], *, recipe_json: str, work: str, index: int) -> list[dict[str, str]]:
-    if row["outcome"]:
-        return [row]
-    label, fn = _pipeline(recipe_json, work).stages[index]
+def _scratch() -> Path:
+    """This Ray worker process's own work dir: a temporary folder on its machine, removed at exit."""
+    if not _SCRATCH:
+        path = Path(tempfile.mkdtemp(prefix="medvideocap-build-"))
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        _SCRATCH.append(path)
+    return _SCRATCH[0]
+
+
+def _ray_input(
+    row: dict[str, Any], *, recipe_json: str, work: str, source: Location | None
+) -> list[dict[str, Any]]:
     sample = Sample.from_dict(json.loads(row["sample"]))
-    out = []
-    with writing_to(work):
-        items = apply_stage(label, fn, sample)
-    for item in items:
-        if isinstance(item, Reject):
-            out.append({"sample": "", "outcome": json.dumps(rejected(sample, item).to_dict())})
-        else:
-            out.append({"sample": json.dumps(item.to_dict()), "outcome": ""})
-    return out
+    scratch = _scratch()
+    try:
+        outcomes = _run_sample(recipe_json, str(scratch), sample, source, home=work)
+        rows = []
+        for o in outcomes:
+            clip = b""
+            if o["stage"] is None and o["clip"] is not None:  # kept: its bytes travel with it
+                own = scratch / Path(o["clip"]).relative_to(work)
+                clip = own.read_bytes()
+            rows.append({"outcome": json.dumps(o, ensure_ascii=False), "clip": clip})
+        return rows
+    finally:
+        shutil.rmtree(input_clips_dir(scratch, sample.key), ignore_errors=True)
 
 
-def _ray_finish(row: dict[str, str]) -> dict[str, str]:
-    if row["outcome"]:
-        return row
-    return {"sample": "", "outcome": json.dumps(kept(Sample.from_dict(json.loads(row["sample"]))).to_dict())}
+def _ray_resources(recipe: Recipe) -> dict[str, Any]:
+    """The task's request: the largest CPU and GPU hints among the stages it runs."""
+    cpus = max((s.resources.cpus for s in recipe.stages), default=1.0)
+    gpus = max((s.resources.gpus for s in recipe.stages), default=0.0)
+    return {"num_cpus": cpus, "num_gpus": gpus or None}
 
 
 def run_ray(
-    pending: list[Sample], recipe: Recipe, work: Path, *, address: str | None, on_done: OnDone
+    pending: list[Sample],
+    recipe: Recipe,
+    work: Path,
+    *,
+    address: str | None,
+    on_done: OnDone,
+    source: Location | None = None,
 ) -> None:
     if not pending:
         return
     with ray_session(address) as ray:
         ray.data.DataContext.get_current().enable_progress_bars = False
-        _run_ray_stages(ray, pending, recipe, work, on_done)
+        _run_ray_inputs(ray, pending, recipe, work, on_done, source)
 
 
-def _run_ray_stages(ray: Any, pending: list[Sample], recipe: Recipe, work: Path, on_done: OnDone) -> None:
+def _run_ray_inputs(
+    ray: Any, pending: list[Sample], recipe: Recipe, work: Path, on_done: OnDone, source: Location | None
+) -> None:
     import functools
 
-    recipe_json = recipe.model_dump_json()
-    rows = [{"sample": json.dumps(s.to_dict()), "outcome": ""} for s in pending]
+    fn = functools.partial(_ray_input, recipe_json=recipe.model_dump_json(), work=str(work), source=source)
+    rows = [{"sample": json.dumps(s.to_dict(), ensure_ascii=False)} for s in pending]
     ds: Any = ray.data.from_items(rows, override_num_blocks=len(rows))
-    for i, cfg in enumerate(recipe.stages):
-        fn = functools.partial(_ray_stage, recipe_json=recipe_json, work=str(work), index=i)
-        ds = ds.flat_map(fn, num_cpus=cfg.resources.cpus, num_gpus=cfg.resources.gpus or None)
-    ds = ds.map(_ray_finish)
+    ds = ds.flat_map(fn, **_ray_resources(recipe))
     groups: dict[str, list[Outcome]] = {}
     for row in ds.iter_rows():
         outcome = Outcome.from_dict(json.loads(row["outcome"]))
+        if row["clip"] and outcome.clip is not None:  # where the local engine would have cut it
+            atomic_write_bytes(work / Path(outcome.clip).relative_to(work), bytes(row["clip"]), fsync=False)
         group = groups.setdefault(outcome.input, [])
         group.append(outcome)
         if len(group) == outcome.total:

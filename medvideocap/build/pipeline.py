@@ -23,15 +23,18 @@ from pydantic import ValidationError
 
 from medvideocap.build.recipe import Recipe
 from medvideocap.build.record import to_record
-from medvideocap.build.sample import Reject, Sample
-from medvideocap.build.stages import Context, StageFn, make_stage
+from medvideocap.build.sample import FrameStore, Reject, Sample, write_clip
+from medvideocap.build.stages import Context, StageFn, frame_needs, make_stage
 from medvideocap.disk import stops_the_run, writing_to
+from medvideocap.errors import DataError
 
 log = logging.getLogger(__name__)
 
 SIDECARS = ("metadata.jsonl", "metadata.csv")
 FILE_KEYS = ("file", "file_name", "filename", "video", "path", "name")
 SOURCE_STAGE = "source"  # the funnel row of entries refused before any stage
+RECORD_STAGE = "record"  # the funnel row of clips whose file or record could not be made
+DECODE, ENCODE = "decode", "encode"  # timings shared by the stages: frames decoded once, clip written
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Outcome:
     start: float | None = None
     end: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    input_seconds: float | None = None  # the input's duration, when the probe stage read it
 
     @property
     def kept(self) -> bool:
@@ -75,11 +79,17 @@ class Outcome:
 
 
 def kept(sample: Sample) -> Outcome:
+    """The outcome of a clip that passed every stage; its clip is written first if still pending."""
+    if sample.deferred:
+        try:
+            write_clip(sample)
+        except DataError as exc:  # ffmpeg could not cut this span: the clip, not the build, fails
+            return rejected(sample, Reject(RECORD_STAGE, "cut_failed", str(exc), dict(sample.scores)))
     try:
         record = to_record(sample).to_json_dict()
     except (ValidationError, ValueError) as exc:
         return rejected(
-            sample, Reject("record", "invalid_record", f"{sample.clip_id}: {exc}", dict(sample.scores))
+            sample, Reject(RECORD_STAGE, "invalid_record", f"{sample.clip_id}: {exc}", dict(sample.scores))
         )
     return Outcome(
         sample.input,
@@ -92,6 +102,7 @@ def kept(sample: Sample) -> Outcome:
         start=sample.start,
         end=sample.end,
         timings=dict(sample.timings),
+        input_seconds=sample.input_seconds,
     )
 
 
@@ -109,25 +120,31 @@ def rejected(sample: Sample, reject: Reject) -> Outcome:
         start=s.start,
         end=s.end,
         timings=dict(s.timings),
+        input_seconds=s.input_seconds,
     )
 
 
 def apply_stage(label: str, fn: StageFn, sample: Sample) -> list[Sample | Reject]:
-    """Run one stage on one sample; an unexpected error rejects the sample instead of the build.
+    """Run one stage on one sample; bad data (the :class:`~medvideocap.errors.DataError` family: a
+    truncated file, a failed cut) rejects the sample instead of the build.
 
-    Except a full disk, a used-up quota or a read-only work dir: that is no verdict on the video, and a
-    reject would be journaled and never retried, so it stops the build and a rerun processes the input
-    again."""
+    Anything else is a bug in a stage or in our code and stops the build with its traceback: a
+    ``TypeError`` turned into "clip skipped" would drop every clip silently. A full disk, a used-up
+    quota or a read-only work dir stops it too (it is no verdict on the video, and a journaled reject
+    would never be retried). Seconds spent decoding frames for the later stages too
+    (``timings['decode']``) are kept out of this stage's time."""
     t0 = time.perf_counter()
+    decoded = sample.timings.get(DECODE, 0.0)
     try:
         result = fn(sample)
-    except Exception as exc:  # noqa: BLE001 - one bad video must not kill a long build
+    except DataError as exc:
         if stops_the_run(exc):
             raise
-        log.warning("%s clip %d: stage %s failed: %s", sample.input, sample.index, label, exc)
+        log.warning("%s clip %d: stage %s: %s", sample.input, sample.index, label, exc)
         result = Reject(label, "error", f"{type(exc).__name__}: {exc}", dict(sample.scores))
     items = result if isinstance(result, list) else [result]
-    elapsed = (time.perf_counter() - t0) / max(1, len(items))
+    shared = sample.timings.get(DECODE, 0.0) - decoded
+    elapsed = max(0.0, time.perf_counter() - t0 - shared) / max(1, len(items))
     for item in items:
         target = item.sample if isinstance(item, Reject) and item.sample is not None else item
         if isinstance(target, Sample):
@@ -144,23 +161,30 @@ class Pipeline:
         ctx = Context(work=work)
         self.work = work
         self.stages = [(cfg.label, make_stage(cfg, ctx)) for cfg in recipe.stages]
+        self.needs = [need for cfg in recipe.stages for need in frame_needs(cfg)]
 
     def run(self, sample: Sample) -> list[Outcome]:
         """All stages over one input: its outcomes, in clip order. A full disk met by a stage that did
-        not name the file is a :class:`~medvideocap.disk.ResourceError` naming the work dir."""
+        not name the file is a :class:`~medvideocap.disk.ResourceError` naming the work dir.
+
+        Clips go through the stages one at a time (depth first), so the frames one clip's stages
+        share are decoded once (:class:`~medvideocap.build.sample.FrameStore`) and dropped before the
+        next clip; the store lives for this call only, so memory does not grow with the input."""
         outcomes: list[Outcome] = []
-        live = [sample]
-        with writing_to(self.work):
-            for label, fn in self.stages:
-                nxt: list[Sample] = []
-                for s in live:
-                    for item in apply_stage(label, fn, s):
-                        if isinstance(item, Reject):
-                            outcomes.append(rejected(s, item))
-                        else:
-                            nxt.append(item)
-                live = nxt
-        outcomes.extend(kept(s) for s in live)
+        with writing_to(self.work), FrameStore(self.needs):
+            todo: list[tuple[int, Sample]] = [(0, sample)]
+            while todo:
+                i, s = todo.pop()
+                if i == len(self.stages):
+                    outcomes.append(kept(s))
+                    continue
+                label, fn = self.stages[i]
+                items = apply_stage(label, fn, s)
+                for item in reversed(items):  # a stack: the first clip is taken next
+                    if isinstance(item, Reject):
+                        outcomes.append(rejected(s, item))
+                    else:
+                        todo.append((i + 1, item))
         return sorted(outcomes, key=Outcome.sort_key)
 
 

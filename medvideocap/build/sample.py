@@ -1,17 +1,27 @@
 """What flows between build stages: a :class:`Sample` in, the same sample (or clips of it) or a
-:class:`Reject` out.
+:class:`Reject` out; and the frames the stages read, decoded once per clip (:class:`FrameStore`).
 
-Samples are plain data that serialise to JSON (``to_dict``/``from_dict``), so the Ray engine can move
-them between stage tasks; decoded frames are a per-process cache, never serialised.
+Samples are plain data that serialise to JSON (``to_dict``/``from_dict``), so any engine can move
+them between processes; decoded frames are never serialised. The split stage does not write its
+clips: a clip is a span of its input (``start``/``end``) with a pending ``cut``, the border stage may
+add a ``crop``, and the clip file is written once, cut and cropped in one encode, when the clip is
+kept (:func:`write_clip`) or a stage asks for the file itself (:attr:`Sample.media`). Stages that read
+frames ask :meth:`Sample.view` instead, which decodes the span straight from the input.
 """
 
 from __future__ import annotations
 
-import os
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from medvideocap.media.ffmpeg import Frames, sample_at_fps, sample_even
+import numpy as np
+
+from medvideocap.media.ffmpeg import FrameNeed, Frames, cut, iter_frames, read_views
+from medvideocap.media.probe import probe
 
 
 @dataclass
@@ -49,25 +59,55 @@ class Sample:
     captions: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent per stage (benchmarks)
+    crop: list[int] | None = None  # (w, h, x, y) to crop when the clip is written (border stage)
+    pending_cut: dict[str, Any] | None = None  # (dest, copy, crf, preset) until the clip is written
+    input_seconds: float | None = None  # the input's duration (probe stage): the real-time factor
 
     @property
     def clip_id(self) -> str:
         return f"{self.key}-{self.index:03d}"
 
     @property
+    def deferred(self) -> bool:
+        """A clip of its input whose file is not written yet (the split stage defers every cut)."""
+        return self.clip is None and self.pending_cut is not None
+
+    @property
     def media(self) -> str:
-        """The file stages look at: the cut clip once there is one, else the input."""
+        """The clip's file: the cut clip (written now if still pending), else the input. Stages that
+        read frames use :meth:`view` instead, which never writes a file."""
+        if self.deferred:
+            write_clip(self)
         return self.clip or self.path
 
+    def view(self, need: FrameNeed) -> Frames:
+        """The frames ``need`` describes, from the clip being processed: out of the pipeline's
+        :class:`FrameStore` (one decode per clip for every stage) or, outside a pipeline run, decoded
+        for this call."""
+        store = _STORE.get()
+        if store is not None:
+            return store.get(self, need)
+        return read_frames(self, [need])[need]
+
+    def stream(self, need: FrameNeed) -> Iterator[tuple[float, np.ndarray]]:
+        """(time, frame) pairs of ``need`` (a rate): the held frames when they fit
+        :data:`FRAME_BUDGET`, else decoded one at a time (an hour-long input analysed without a split
+        stage: memory stays flat whatever its length)."""
+        if not self.deferred and need.count is None and not fitting(self, [need]):
+            yield from iter_frames(
+                self.clip or self.path, fps=need.fps, max_side=need.max_side, size=need.size
+            )
+            return
+        frames = self.view(need)
+        yield from zip(frames.times, frames.images, strict=True)
+
     def frames(self, fps: float, max_side: int | None = 256) -> Frames:
-        """Decoded frames at ``fps``, cached per process for the stages that follow."""
-        key = ("fps", *_stamp(self.media), fps, max_side)
-        return _cached(key, lambda: sample_at_fps(self.media, fps, max_side=max_side))
+        """Frames about ``1/fps`` seconds apart (:meth:`view` of ``FrameNeed(fps=...)``)."""
+        return self.view(FrameNeed(fps=fps, max_side=max_side))
 
     def even_frames(self, n: int, max_side: int | None = None) -> Frames:
-        """``n`` evenly spread frames (cached like :meth:`frames`)."""
-        key = ("even", *_stamp(self.media), n, max_side)
-        return _cached(key, lambda: sample_even(self.media, n, max_side=max_side))
+        """``n`` evenly spread frames (:meth:`view` of ``FrameNeed(count=n)``)."""
+        return self.view(FrameNeed(count=n, max_side=max_side))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,18 +117,128 @@ class Sample:
         return cls(**data)
 
 
-def _stamp(path: str) -> tuple[str, int, int]:
-    st = os.stat(path)
-    return path, st.st_size, st.st_mtime_ns
+def source_key(sample: Sample) -> tuple[Any, ...]:
+    """What identifies the pixels a sample's frames come from (file, span, crop)."""
+    if sample.deferred:
+        return (sample.path, sample.start, sample.end, tuple(sample.crop or ()))
+    return (sample.clip or sample.path, None, None, ())
 
 
-_FRAME_CACHE: dict[tuple[Any, ...], Frames] = {}
+def read_frames(sample: Sample, needs: list[FrameNeed]) -> dict[FrameNeed, Frames]:
+    """``needs`` from one decode of the sample's clip: its span of the input while the cut is pending
+    (cropped as the clip will be), else its file."""
+    if sample.deferred:
+        assert sample.start is not None and sample.end is not None
+        crop = tuple(sample.crop) if sample.crop else None
+        return read_views(
+            sample.path,
+            needs,
+            start=sample.start,
+            end=sample.end,
+            crop=crop,  # type: ignore[arg-type]
+            name=f"{sample.input} clip {sample.index} ({sample.start:.2f}-{sample.end:.2f} s)",
+        )
+    duration = sample.info.get("duration")
+    return read_views(
+        sample.clip or sample.path, needs, duration=float(duration) if duration else None, name=sample.input
+    )
 
 
-def _cached(key: tuple[Any, ...], make: Any) -> Frames:
-    """A tiny per-process cache: the stages of one clip share decodes; other clips evict them."""
-    if key not in _FRAME_CACHE:
-        if len(_FRAME_CACHE) >= 4:
-            _FRAME_CACHE.pop(next(iter(_FRAME_CACHE)))
-        _FRAME_CACHE[key] = make()
-    return _FRAME_CACHE[key]
+def write_clip(sample: Sample) -> None:
+    """Write a deferred clip: its span of the input, cropped if the border stage said so, in one
+    ffmpeg call (stream copy when the split stage found the span on keyframes and nothing is
+    cropped); then its real media facts. Seconds spent go to ``timings['encode']``."""
+    plan = sample.pending_cut
+    if plan is None or sample.start is None or sample.end is None:
+        raise ValueError(f"{sample.clip_id}: no pending cut to write")
+    t0 = time.perf_counter()
+    copy = bool(plan["copy"]) and not sample.crop
+    dest = Path(plan["dest"])
+    crop = tuple(sample.crop) if sample.crop else None
+    cut(
+        sample.path,
+        dest,
+        start=sample.start,
+        end=sample.end,
+        copy=copy,
+        crop=crop,  # type: ignore[arg-type]
+        crf=int(plan["crf"]),
+        preset=str(plan["preset"]),
+    )
+    sample.clip = str(dest)
+    sample.pending_cut = None
+    sample.info = probe(dest, name=f"{sample.input} clip {sample.index}", count_frames=True).as_dict()
+    sample.extra["cut"] = "stream-copy" if copy else "re-encode"
+    sample.timings["encode"] = round(sample.timings.get("encode", 0.0) + time.perf_counter() - t0, 6)
+
+
+def fitting(sample: Sample, needs: list[FrameNeed], budget: int = 0) -> list[FrameNeed]:
+    """The first of ``needs`` whose decoded frames, together, stay within ``budget`` bytes
+    (:data:`FRAME_BUDGET` by default) for this sample's clip; [] when its size is unknown."""
+    info = sample.info
+    width, height = (
+        (sample.crop[0], sample.crop[1]) if sample.crop else (info.get("width"), info.get("height"))
+    )
+    seconds = (
+        (sample.end - sample.start)
+        if sample.start is not None and sample.end is not None
+        else info.get("duration")
+    )
+    if not (width and height and seconds):
+        return []
+    rate = float(info.get("fps") or 30.0)
+    chosen, total = [], 0
+    for need in needs:
+        w, h = need.shape(int(width), int(height))
+        size = need.frames_in(float(seconds), rate) * w * h * 3
+        if total + size <= (budget or FRAME_BUDGET):
+            chosen.append(need)
+            total += size
+    return chosen
+
+
+_STORE: ContextVar[FrameStore | None] = ContextVar("medvideocap_frame_store", default=None)
+FRAME_BUDGET = 256 << 20  # bytes of decoded frames one worker holds for the clip in hand, at most
+
+
+class FrameStore:
+    """The frames of the clip in hand, decoded once for every stage that declared what it reads.
+
+    Lives for one :meth:`~medvideocap.build.pipeline.Pipeline.run` (``with FrameStore(needs):``) and
+    holds one clip at a time: asking for another clip's frames drops the previous clip's, so memory
+    depends on the clip length, never on the input's. The first request for a clip decodes, in one
+    pass, the asked need plus every declared need whose frames fit :data:`FRAME_BUDGET` (a need that
+    does not fit, e.g. every frame of a long unsplit input, is decoded on its own when asked). The
+    decode time is added to the sample's ``timings['decode']`` (the pipeline keeps it out of the
+    stage that happened to ask first)."""
+
+    def __init__(self, needs: list[FrameNeed], *, budget: int = FRAME_BUDGET) -> None:
+        self.needs = list(dict.fromkeys(needs))
+        self.budget = budget
+        self._key: tuple[Any, ...] | None = None
+        self._views: dict[FrameNeed, Frames] = {}
+        self._token: Any = None
+
+    def __enter__(self) -> FrameStore:
+        self._token = _STORE.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _STORE.reset(self._token)
+        self._views = {}
+        self._key = None
+
+    def get(self, sample: Sample, need: FrameNeed) -> Frames:
+        key = source_key(sample)
+        if key != self._key:
+            self._key, self._views = key, {}
+        if need not in self._views:
+            wanted = [
+                need,
+                *fitting(sample, [n for n in self.needs if n != need and n not in self._views], self.budget),
+            ]
+            t0 = time.perf_counter()
+            self._views.update(read_frames(sample, wanted))
+            spent = time.perf_counter() - t0
+            sample.timings["decode"] = round(sample.timings.get("decode", 0.0) + spent, 6)
+        return self._views[need]

@@ -3,6 +3,7 @@
     state.json                 recipe fingerprint + source folder (a different recipe is not resumed)
     journal/{key}.json         one file per finished input: its outcomes and file stat (written atomically)
     clips/{key}/{name}.mp4     the cut clips, until they are written into the dataset
+    inputs/{key}/{name}        an input fetched from object storage, while it is processed
 
 The builder keeps the state and the journal, and the ``split`` and ``border`` stages cut clips under
 ``clips/``: each names its files through these helpers (as the dataset's own files are named by
@@ -17,6 +18,7 @@ from pathlib import Path
 STATE_FILE = "state.json"
 JOURNAL_DIR = "journal"
 CLIPS_DIR = "clips"
+INPUTS_DIR = "inputs"
 
 
 def state_path(work: Path) -> Path:
@@ -47,3 +49,9 @@ def input_clips_dir(work: Path, key: str) -> Path:
 def clip_path(work: Path, key: str, name: str) -> Path:
     """``work/clips/{key}/{name}.mp4``: a clip cut from the input whose sample key is ``key``."""
     return input_clips_dir(work, key) / f"{name}.mp4"
+
+
+def fetched_path(work: Path, key: str, name: str) -> Path:
+    """``work/inputs/{key}/{name}``: the local copy of an input read from object storage, made by the
+    process that handles the input and deleted when it is done."""
+    return Path(work) / INPUTS_DIR / key / name

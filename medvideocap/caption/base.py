@@ -188,7 +188,35 @@ class BaseCaptioner:
         ]
         return CaptionResult(captions, raw, True, None, attempts, list(history))
 
+    def ask(
+        self,
+        user: str,
+        frames: Sequence[Image.Image] = (),
+        *,
+        system: str = "",
+        params: dict[str, Any] | None = None,
+        format: str = "text",
+        name: str = "ask",
+    ) -> Reply:
+        """One prompt (``system`` + ``user``, with ``frames``) and the backend's raw reply: no template,
+        no hygiene retry, no caption. For a caller that judges the reply itself (the ``medical_accuracy``
+        judge). ``name`` labels the request in the backend's logs. An API failure the backend gave up on
+        is a reply with ``text=None`` and its ``error``; a bug raises."""
+        job = Job(
+            frames=list(frames),
+            record=ClipRecord.model_construct(id=name),
+            timestamps=None,
+            system=system,
+            user=user,
+            params=dict(params or {}),
+            format=format,
+        )
+        (reply,) = self._generate([job])
+        return reply
+
     def _generate(self, jobs: list[Job]) -> list[Reply]:
+        """One reply per job, in order. A backend turns only its API's or its model's known failures
+        into a ``Reply(None, error)``; anything else (a bug) propagates."""
         raise NotImplementedError
 
     def close(self) -> None:

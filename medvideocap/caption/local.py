@@ -116,7 +116,8 @@ class TransformersCaptioner(BaseCaptioner):
                 new = out[:, inputs["input_ids"].shape[1] :]
                 decoded = self.processor.batch_decode(new, skip_special_tokens=True)
                 replies.extend(Reply(d.strip()) for d in decoded)
-            except (RuntimeError, ValueError) as exc:  # OOM, bad image: fail these clips, keep the run alive
+            except (torch.OutOfMemoryError, ValueError) as exc:  # OOM, a bad image: fail these clips only
+                # (a TypeError, AttributeError... is a bug in this code and stops the run)
                 log.warning("generation failed for %s: %s", [j.record.id for j in chunk], exc)
                 replies.extend(Reply(None, f"generation failed: {type(exc).__name__}: {exc}") for _ in chunk)
         return replies

@@ -307,10 +307,15 @@ class OpenAICaptioner(BaseCaptioner):
             return Reply(None, f"HTTP {resp.status_code} from {self.url}{hint}: {self._scrub(text[:300])}")
         try:
             reply = json.loads(data)
-            message = reply["choices"][0]["message"]
-            content = message.get("content")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:  # bad JSON or UTF-8
+        except ValueError as exc:  # not JSON, or not UTF-8
             raise _Retryable(f"unreadable response body ({type(exc).__name__}): {text[:120]!r}") from exc
+        # The body's shape is the server's data, checked as such (no catch-all that would hide a bug here).
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        first = choices[0] if isinstance(choices, list) and choices else None
+        message = first.get("message") if isinstance(first, dict) else None
+        if not isinstance(message, dict):
+            raise _Retryable(f"unreadable response body (no choices[0].message object): {text[:120]!r}")
+        content = message.get("content")
         if isinstance(content, list):  # some servers return content parts
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         if content is None:

@@ -21,7 +21,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from medvideocap.atomic import atomic_write_json
-from medvideocap.caption import BaseCaptioner, load_template, make_captioner, sample_frames
+from medvideocap.caption import BaseCaptioner, FrameError, load_template, make_captioner, sample_frames
 from medvideocap.caption.journal import Journal
 from medvideocap.caption.where import compile_where
 from medvideocap.dataset.schema import Caption, ClipRecord
+from medvideocap.dataset.source import ClipSource, open_source
 from medvideocap.disk import stops_the_run, writing_to
 from medvideocap.dist import ray_session
+from medvideocap.errors import DataError
 from medvideocap.hashing import short_hexdigest
 from medvideocap.lock import output_lock
 from medvideocap.paths import check_apart
@@ -52,48 +54,6 @@ _PINNED = ("backend", "model", "template", "frames", "name_prefix")
 
 class RecaptionError(ValueError):
     """A run that cannot start or continue as asked; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class SourceItem:
-    """One clip of the source: its record, its split (None for upstream) and a way to get its bytes."""
-
-    record: ClipRecord
-    split: str | None
-    read: Callable[[], bytes]
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-
-def iter_source(source: str | Path, *, revision: str | None = None) -> Iterator[SourceItem]:
-    """Clips of a hub-native dataset (every split) or an upstream release, local or a Hub repo id,
-    in a deterministic order."""
-    from medvideocap.dataset.layout import UPSTREAM, resolve
-
-    kind, root = resolve(source, revision)
-    if kind == UPSTREAM:
-        from medvideocap.dataset.upstream import UpstreamRelease
-
-        release = UpstreamRelease.open(root)
-        for clip in release.clips():
-            yield SourceItem(clip.record, None, clip.read_bytes)
-        if release.problems:
-            log.warning(
-                "%s: %d upstream problems skipped (run `medvideocap validate`)", root, len(release.problems)
-            )
-        return
-    from medvideocap.dataset.hubnative import HubNativeDataset
-
-    ds = HubNativeDataset.open(root)
-    for split in ds.splits:
-        for record in ds.records(split):
-
-            def read(split: str = split, clip_id: str = record.id) -> bytes:
-                return ds.read_video(split, clip_id)
-
-            yield SourceItem(record, split, read)
 
 
 def model_short_name(model: str) -> str:
@@ -141,30 +101,35 @@ class RecaptionSummary:
 
 
 def caption_items(
-    captioner: BaseCaptioner, items: list[SourceItem], *, template: str, frames: int
+    captioner: BaseCaptioner, clips: ClipSource, indices: Sequence[int], *, template: str, frames: int
 ) -> list[dict[str, Any]]:
-    """Journal entries for a batch of clips: decode frames, caption, and describe the outcome.
+    """Journal entries for a batch of clips (``indices`` of ``clips``): decode frames, caption, and
+    describe the outcome.
 
     The one unit of work both engines run (in a thread here, in a Ray actor for ``--engine ray``).
-    A clip whose video does not decode gets a failure entry, never an exception.
+    A clip with bad data (its member unreadable, its video undecodable: the
+    :class:`~medvideocap.errors.DataError` family, or no frames) gets a failure entry and the batch goes
+    on; any other exception is a bug and stops the run with its traceback, as does a full disk.
     """
-    entries: list[dict[str, Any] | None] = [None] * len(items)
+    entries: list[dict[str, Any] | None] = [None] * len(indices)
     ready: list[tuple[int, list[Any], list[float], ClipRecord]] = []
-    for i, item in enumerate(items):
+    records = [clips.record(i) for i in indices]
+    for k, (i, record) in enumerate(zip(indices, records, strict=True)):
+        read, _, _ = clips.reader(i)
         try:
-            images, times = sample_frames(item.read(), frames)
-            ready.append((i, images, times, item.record))
-        except Exception as exc:  # any unreadable clip is recorded, the batch goes on
+            images, times = sample_frames(read(), frames)
+            ready.append((k, images, times, record))
+        except (DataError, FrameError) as exc:  # a bad clip is recorded, the batch goes on
             if stops_the_run(exc):
                 raise  # a full disk is no fault of the clip: recorded as failed, it would not be retried
-            entries[i] = _entry(
-                item, ok=False, final=True, error=f"frames: {type(exc).__name__}: {exc}", raw="", attempts=0
+            entries[k] = _entry(
+                record, ok=False, final=True, error=f"frames: {type(exc).__name__}: {exc}", raw="", attempts=0
             )
     if ready:
         results = captioner.caption_batch([(im, rec) for _, im, _, rec in ready], template=template)
-        for (i, _, times, _), res in zip(ready, results, strict=True):
-            entries[i] = _entry(
-                items[i],
+        for (k, _, times, _), res in zip(ready, results, strict=True):
+            entries[k] = _entry(
+                records[k],
                 ok=res.ok,
                 final=res.final,
                 error=res.error,
@@ -177,10 +142,10 @@ def caption_items(
     return [e for e in entries if e is not None]
 
 
-def _entry(item: SourceItem, **fields: Any) -> dict[str, Any]:
+def _entry(record: ClipRecord, **fields: Any) -> dict[str, Any]:
     return {
-        "id": item.id,
-        "split": item.split,
+        "id": record.id,
+        "split": record.split,
         "captions": fields.pop("captions", []),
         "history": fields.pop("history", []),
         "frame_timestamps": fields.pop("timestamps", None),
@@ -269,11 +234,17 @@ def recaption(
     with output_lock(out, verb="recaption"), writing_to(out):
         _check_run(out, settings)
 
-        selected: list[SourceItem] = []
-        for item in iter_source(source, revision=source_revision):
-            if predicate is not None and not predicate(item.record):
+        clips = open_source(source, None, revision=source_revision)
+        if clips.problems:
+            log.warning(
+                "%s: %d problems found opening it (run `medvideocap validate`)", source, len(clips.problems)
+            )
+        ids = clips.ids
+        selected: list[int] = []
+        for i in range(len(clips)):
+            if predicate is not None and not predicate(clips.record(i)):
                 continue
-            selected.append(item)
+            selected.append(i)
             if limit is not None and len(selected) >= limit:
                 break
 
@@ -285,12 +256,13 @@ def recaption(
         )
         with Journal(out / JOURNAL_FILE) as journal:
             skip = journal.ok_ids() if retry_failed else journal.settled_ids()
-            todo = [it for it in selected if it.id not in skip]
+            todo = [i for i in selected if ids[i] not in skip]
             summary.already_done = len(selected) - len(todo)
             if todo:  # the model is loaded only when there is work: a finished run resumes instantly
                 if engine == "ray":
                     _run_ray(
                         todo,
+                        ids,
                         journal,
                         summary,
                         source,
@@ -307,15 +279,15 @@ def recaption(
                     cap = captioner or make_captioner(backend, **backend_options)
                     cap.name_prefix = prefix  # new captions sit next to the originals under their own names
                     try:
-                        _run_local(cap, todo, journal, summary, template, frames, progress)
+                        _run_local(cap, clips, todo, journal, summary, template, frames, progress)
                     finally:
                         if owned:
                             cap.close()
-            settled = [journal.entries[it.id] for it in selected if it.id in journal.entries]
+            settled = [journal.entries[ids[i]] for i in selected if ids[i] in journal.entries]
             summary.ok_total = sum(1 for e in settled if e.get("ok"))
             summary.failed_total = len(settled) - summary.ok_total
             if write:
-                summary.dataset = str(write_dataset(selected, journal, out / DATASET_DIR, settings))
+                summary.dataset = str(write_dataset(clips, selected, journal, out / DATASET_DIR, settings))
         summary.seconds = round(time.monotonic() - started, 3)
         atomic_write_json(out / SUMMARY_FILE, summary.to_json(), newline=False, fsync=False)
         return summary
@@ -354,22 +326,19 @@ def _record(entry: dict[str, Any], journal: Journal, summary: RecaptionSummary) 
         )
 
 
-def _progress_bar(total: int) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def _progress_bar() -> Any:
+    """The run's progress on stderr (:class:`medvideocap.progress.Progress`): rich's bar on a terminal,
+    else a line at least every 30 s (also while a slow backend answers nothing), with s/caption below one
+    caption a second and an ETA."""
+    from medvideocap.progress import Progress
 
-    return Progress(
-        TextColumn("[bold]recaption"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.2f} captions/s"),
-        TextColumn("[red]{task.fields[failed]} failed"),
-        TimeRemainingColumn(),
-    )
+    return Progress()
 
 
 def _run_local(
     captioner: BaseCaptioner,
-    todo: list[SourceItem],
+    clips: ClipSource,
+    todo: list[int],
     journal: Journal,
     summary: RecaptionSummary,
     template: str,
@@ -380,41 +349,43 @@ def _run_local(
     size = max(1, captioner.batch_size)
     chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
     workers = max(1, captioner.parallelism)
-    bar = _progress_bar(len(todo)) if progress else None
-    task = bar.add_task("recaption", total=len(todo), rate=0.0, failed=0) if bar else None
-    t0 = time.monotonic()
+    bar = _progress_bar() if progress else None
+    task = bar.task("recaption", len(todo), unit="caption") if bar else None
     if bar:
         bar.start()
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending: set[Future[list[dict[str, Any]]]] = set()
+            order: dict[Future[list[dict[str, Any]]], int] = {}
             it = iter(chunks)
             while True:
                 while len(pending) < 2 * workers:
                     chunk = next(it, None)
                     if chunk is None:
                         break
-                    pending.add(
-                        pool.submit(caption_items, captioner, chunk, template=template, frames=frames)
+                    fut = pool.submit(
+                        caption_items, captioner, clips, chunk, template=template, frames=frames
                     )
+                    order[fut] = len(order)
+                    pending.add(fut)
                 if not pending:
                     break
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
+                # in submission order: what finished before a chunk that raised (a bug) is journaled first
+                for fut in sorted(done, key=order.__getitem__):
                     for entry in fut.result():
                         _record(entry, journal, summary)
                 if bar is not None and task is not None:
-                    n = summary.captioned + summary.failed
-                    bar.update(
-                        task, completed=n, rate=n / max(1e-9, time.monotonic() - t0), failed=summary.failed
-                    )
+                    n, failed = summary.captioned + summary.failed, summary.failed
+                    bar.advance(task, done=n - task.done, failed=failed - task.failed)
     finally:
         if bar:
             bar.stop()
 
 
 def _run_ray(
-    todo: list[SourceItem],
+    todo: list[int],
+    ids: Sequence[str],
     journal: Journal,
     summary: RecaptionSummary,
     source: str | Path,
@@ -426,10 +397,11 @@ def _run_ray(
     options: dict[str, Any],
     ray_address: str | None = None,
 ) -> None:
-    """Ray Data: actors each build a captioner once and run :func:`caption_items` on id batches;
-    the driver alone writes the journal, so resume works exactly as with the local engine."""
+    """Ray Data: actors each build a captioner and open the source once, and run :func:`caption_items`
+    on batches of clip indices (the source's order is deterministic; each row carries its id too, checked
+    by the actor); the driver alone writes the journal, so resume works exactly as with the local engine."""
     with ray_session(ray_address) as ray:
-        ids = ray.data.from_items([{"id": it.id} for it in todo])
+        rows = ray.data.from_items([{"index": i, "id": ids[i]} for i in todo])
         options = dict(options)
         actors = int(options.pop("ray_actors", 1))
         # A local VLM wants a GPU per actor when the cluster has any; a CPU-only cluster still runs it.
@@ -445,14 +417,21 @@ def _run_ray(
         class _CaptionFn:
             def __init__(self) -> None:
                 self.captioner = make_captioner(backend, **{**options, "name_prefix": prefix})
-                self.items = {it.id: it for it in iter_source(source, revision=revision)}
+                self.clips = open_source(source, None, revision=revision)
+                self.ids = self.clips.ids
 
-            def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
-                items = [self.items[str(i)] for i in rows["id"]]
-                entries = caption_items(self.captioner, items, template=template, frames=frames)
+            def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+                indices = [int(i) for i in batch["index"]]
+                for i, clip_id in zip(indices, batch["id"], strict=True):
+                    if self.ids[i] != str(clip_id):
+                        raise RecaptionError(
+                            f"{source}: clip {i} is {self.ids[i]!r} on this worker, {clip_id!r} on the driver; "
+                            "the source changed during the run"
+                        )
+                entries = caption_items(self.captioner, self.clips, indices, template=template, frames=frames)
                 return {"entry": [json.dumps(e, default=str) for e in entries]}
 
-        results = ids.map_batches(
+        results = rows.map_batches(
             _CaptionFn, batch_size=batch, concurrency=actors, num_gpus=gpus, batch_format="numpy"
         )
         for row in results.iter_rows():
@@ -467,7 +446,9 @@ def entry_digest(entry: dict[str, Any]) -> str:
     return short_hexdigest(json.dumps([entry.get("ok"), captions]))
 
 
-def write_dataset(selected: list[SourceItem], journal: Journal, dest: Path, settings: dict[str, Any]) -> Path:
+def write_dataset(
+    clips: ClipSource, selected: Sequence[int], journal: Journal, dest: Path, settings: dict[str, Any]
+) -> Path:
     """A new hub-native dataset: each journaled clip with its original captions plus the new ones,
     the video bytes copied unchanged, the split kept. Failed clips keep only their original captions
     (the run's journal says why).
@@ -484,7 +465,8 @@ def write_dataset(selected: list[SourceItem], journal: Journal, dest: Path, sett
         }
     }
     state_file = dest.parent / WRITE_STATE_FILE
-    digests = {it.id: entry_digest(journal.entries[it.id]) for it in selected if it.id in journal.entries}
+    ids = clips.ids
+    digests = {ids[i]: entry_digest(journal.entries[ids[i]]) for i in selected if ids[i] in journal.entries}
     written: dict[str, str] = {}
     if state_file.exists() and dest.exists():
         written = json.loads(state_file.read_text(encoding="utf-8"))
@@ -497,17 +479,19 @@ def write_dataset(selected: list[SourceItem], journal: Journal, dest: Path, sett
         target = dest.with_name(dest.name + ".rebuild")
         written = {}
     with DatasetWriter(target, recipe=recipe) as writer:
-        for item in selected:
-            entry = journal.entries.get(item.id)
+        for i in selected:
+            clip_id = ids[i]
+            entry = journal.entries.get(clip_id)
             if entry is None:
                 continue
-            written[item.id] = digests[item.id]
-            if writer.has(item.id):
+            written[clip_id] = digests[clip_id]
+            if writer.has(clip_id):
                 continue
-            record = item.record
+            record = clips.record(i)
             for data in entry.get("captions", []):
                 record = record.with_caption(Caption.model_validate(data))
-            writer.write(record, item.read())
+            read, _, _ = clips.reader(i)
+            writer.write(record, read())
     if target != dest:
         old = dest.with_name(dest.name + ".old")
         dest.replace(old)

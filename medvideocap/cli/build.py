@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
+
+from medvideocap.cli.options import storage_option
+from medvideocap.locations import parse_storage_options
 
 
 @click.command("build")
 @click.option(
     "--src",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder of raw videos (mp4/mov/mkv/webm/avi), optionally with metadata.jsonl or .csv.",
+    help="Folder of raw videos (mp4/mov/mkv/webm/avi), optionally with metadata.jsonl or .csv; or an "
+    "object-store prefix (s3://bucket/raw, gs://, az://).",
 )
 @click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="Output hub-native dataset folder."
+    "--out",
+    required=True,
+    help="Output hub-native dataset folder, or an object-store prefix (s3://bucket/ds).",
 )
 @click.option(
     "--recipe",
@@ -40,9 +44,9 @@ import click
 )
 @click.option(
     "--work",
-    type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Work dir with the resume journal and cut clips (default: OUT.build).",
+    help="Local work dir with the lock, resume journal and cut clips (default: OUT.build; for an "
+    "object-store --out, ~/.cache/medvideocap/build/NAME-HASH).",
 )
 @click.option(
     "--name",
@@ -61,24 +65,30 @@ import click
     help="Print the plan (inputs, stages, what each stage loads and whether it is available offline, "
     "estimated work) and exit.",
 )
+@storage_option
 def command(
-    src: Path,
-    out: Path,
+    src: str,
+    out: str,
     recipe: str,
     engine: str,
     workers: int | None,
     ray_address: str | None,
-    work: Path | None,
+    work: str | None,
     keep_work: bool,
     follow_symlinks: bool,
     dry_run: bool,
     name: str | None,
+    storage_options: tuple[str, ...],
 ) -> None:
     """Curate raw videos into a captioned hub-native dataset by a recipe (resumable: rerun to continue)."""
     from medvideocap.build import BuildError, MissingDependencyError, RecipeError, build
     from medvideocap.disk import ResourceError
     from medvideocap.lock import LockedError
 
+    try:
+        options = parse_storage_options(storage_options)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--storage-option") from None
     try:
         result = build(
             src,
@@ -92,6 +102,7 @@ def command(
             keep_work=keep_work,
             follow_symlinks=follow_symlinks,
             name=name,
+            storage_options=options,
         )
     except (BuildError, MissingDependencyError, RecipeError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -111,11 +122,15 @@ def command(
         }
         click.echo(json.dumps(plan, indent=2))
         return
-    from medvideocap.dataset.layout import INFO_PATH, REJECTS_PATH
+    from medvideocap.build import BuildResult
+    from medvideocap.dataset.layout import REJECTS_PATH
+    from medvideocap.locations import resolve_output
 
     # exit 1 when the dataset holds no clip (a rerun of a finished build counts what is already there)
-    if not json.loads((out / INFO_PATH).read_text()).get("total"):
+    assert isinstance(result, BuildResult)
+    if not result.kept:
+        rejects = resolve_output(result.out).path(REJECTS_PATH)
         raise click.ClickException(
-            f"{out}: the build kept no clip; each input's reason is in {out / REJECTS_PATH}: check --src "
+            f"{result.out}: the build kept no clip; each input's reason is in {rejects}: check --src "
             "and the recipe's limits (--dry-run shows the recipe)"
         )

@@ -16,6 +16,8 @@ import click
 
 from medvideocap.disk import ResourceError
 from medvideocap.latents.encode import EncodeConfig, encode_latents
+from medvideocap.latents.format import LatentCacheError
+from medvideocap.locations import LocationError, parse_storage_options, resolve_output
 from medvideocap.lock import LockedError
 from medvideocap.media.frames import FrameSpec
 from medvideocap.models import DTYPE_NAMES, TEXT_ENCODER_DTYPE
@@ -38,7 +40,18 @@ def _bucket(text: str) -> tuple[int, int, int]:
 @click.command(name="encode-latents")
 @click.argument("source")
 @click.option(
-    "--out", "out", required=True, type=click.Path(file_okay=False), help="Cache folder to write or resume."
+    "--out",
+    "out",
+    required=True,
+    help="Cache folder to write or resume: a local folder or an object-store URL (s3://bucket/latents).",
+)
+@click.option(
+    "--storage-option",
+    "storage_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="fsspec storage option of an object-store --out (endpoint_url=..., key=..., secret=...); repeat for "
+    "several. VALUE is read as JSON when it parses. The backend's own environment (AWS_*) applies too.",
 )
 @click.option(
     "--split", "splits", multiple=True, default=_RUN["splits"], show_default=True, help="Split(s) to encode."
@@ -152,6 +165,13 @@ def _bucket(text: str) -> tuple[int, int, int]:
     "--rows-per-shard", default=_CONFIG.rows_per_shard, show_default=True, help="Clips per parquet shard."
 )
 @click.option(
+    "--flush-seconds",
+    default=_CONFIG.flush_seconds,
+    show_default=True,
+    type=float,
+    help="Also write a shard once its oldest clip has waited this long, so a slow run keeps its work.",
+)
+@click.option(
     "--backend",
     default=_CONFIG.backend,
     show_default=True,
@@ -199,6 +219,7 @@ def _bucket(text: str) -> tuple[int, int, int]:
 def command(
     source: str,
     out: str,
+    storage_option: tuple[str, ...],
     splits: tuple[str, ...],
     vae: str,
     vae_subfolder: str,
@@ -226,6 +247,7 @@ def command(
     tiling: bool,
     slicing: bool,
     rows_per_shard: int,
+    flush_seconds: float,
     backend: str,
     num_workers: int,
     sample_seed: int,
@@ -239,7 +261,7 @@ def command(
     """Pre-encode clips to Wan2.1 VAE latents + UMT5 text embeddings (a FastVideo-compatible parquet
     cache with a manifest and fingerprint). Rerunning resumes; under torchrun/accelerate each rank
     (RANK/WORLD_SIZE) encodes its own share of the clips. Progress goes to stderr; stdout gets one JSON
-    summary line per split."""
+    summary line per split. --out may be an object-store URL (s3://, gs://, az://)."""
     frames = FrameSpec(
         num_frames=num_frames,
         fps=fps,
@@ -270,6 +292,7 @@ def command(
         tiling=tiling,
         slicing=slicing,
         rows_per_shard=rows_per_shard,
+        flush_seconds=flush_seconds,
         backend=backend,
         num_workers=num_workers,
         ray_concurrency=ray_concurrency,
@@ -278,8 +301,10 @@ def command(
     if show_plan:
         click.echo(render_plan(plan_encode(config)))
         return
-    check_apart(source, out, src_label="the source", error=click.ClickException)
     try:
+        options = parse_storage_options(storage_option)
+        if resolve_output(out).local is not None:
+            check_apart(source, out, src_label="the source", error=click.ClickException)
         reports = encode_latents(
             source,
             out,
@@ -289,8 +314,10 @@ def command(
             ray_address=ray_address,
             limit=limit,
             progress=not no_progress,
+            storage_options=options or None,
         )
-    except (LockedError, ResourceError) as exc:  # another run on this split and rank, or a full disk
+    # another run on this split and rank, a full disk, an unreachable bucket, a cache of other settings
+    except (LockedError, ResourceError, LatentCacheError, LocationError) as exc:
         raise click.ClickException(str(exc)) from None
     for r in reports:
         click.echo(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from medvideocap.cli.generate import phased_options
 from medvideocap.cli.options import generation_options
 from medvideocap.plan import PLAN_HELP
 
@@ -107,6 +108,7 @@ def _ints(value: str) -> list[int]:
     help="A filled rating sheet CSV: win rates per category with confidence intervals.",
 )
 @generation_options
+@phased_options
 @click.option("--plan", "show_plan", is_flag=True, help=PLAN_HELP)
 def command(
     folders: tuple[Path, ...],
@@ -131,6 +133,8 @@ def command(
     fps: float,
     device: str | None,
     dtype: str | None,
+    text_encoder_dtype: str | None,
+    vae_tiling: bool | None,
     compare: bool,
     bootstrap: int,
     rating_sheet: bool,
@@ -149,6 +153,7 @@ def command(
     from medvideocap.eval.runner import EvalError, checkpoint_labels, run_eval
     from medvideocap.generate import GenerationSettings
     from medvideocap.plan import peak_report, plan_eval, render_plan
+    from medvideocap.progress import Progress
 
     modes = sum([compare, rating_sheet, import_ratings is not None, bool(checkpoints or videos)])
     if modes != 1:
@@ -215,20 +220,23 @@ def command(
         if show_plan:
             click.echo(render_plan(plan))
             return
-        summary = run_eval(
-            out,
-            prompts=prompt_set,
-            metrics=metrics,
-            checkpoints=checkpoint_labels(checkpoints) if checkpoints else None,
-            videos=videos,
-            seeds=_ints(seeds),
-            settings=settings,
-            prompts_name=describe_prompts(prompts),
-            device=device,
-            dtype=dtype,
-            progress=lambda msg: click.echo(msg, err=True),
-            protocol=protocol,
-        )
+        with Progress() as progress:
+            summary = run_eval(
+                out,
+                prompts=prompt_set,
+                metrics=metrics,
+                checkpoints=checkpoint_labels(checkpoints) if checkpoints else None,
+                videos=videos,
+                seeds=_ints(seeds),
+                settings=settings,
+                prompts_name=describe_prompts(prompts),
+                device=device,
+                dtype=dtype,
+                text_encoder_dtype=text_encoder_dtype,
+                vae_tiling=vae_tiling,
+                progress=progress,
+                protocol=protocol,
+            )
     except (EvalError, MetricError, PromptError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     unscored = f", {summary.unscored} unscored" if summary.unscored else ""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -17,6 +18,47 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     return value
 
 
+#: Each backend's own options, declared once: the command's flags (their help prefixed with the backend's
+#: name) and the keywords handed to that backend's captioner (those not left at None) both come from here.
+BACKEND_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "openai": {
+        "endpoint": {
+            "help": "base URL of the server, e.g. http://localhost:8000/v1 (default: api.openai.com)."
+        },
+        "api_key_env": {
+            "help": "name of the environment variable holding the API key (default OPENAI_API_KEY)."
+        },
+        "concurrency": {"default": 8, "type": click.IntRange(min=1), "help": "requests in flight at once."},
+        "timeout": {
+            "default": 120.0,
+            "type": click.FloatRange(min=0, min_open=True),
+            "callback": _finite,
+            "help": "seconds per request (more than 0).",
+        },
+        "max_retries": {
+            "default": 5,
+            "type": click.IntRange(min=0),
+            "help": "retries on 429/5xx/timeouts (0: ask once).",
+        },
+    },
+    "transformers": {
+        "batch_size": {"default": 4, "type": click.IntRange(min=1), "help": "clips per generate call."},
+        "device": {"help": "cuda, cpu, mps (default: best available)."},
+    },
+}
+
+
+def backend_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags of :data:`BACKEND_OPTIONS`, ``--snake-case`` spelt with dashes."""
+    for backend, options in reversed(BACKEND_OPTIONS.items()):
+        for key, spec in reversed(options.items()):
+            spec = {"default": None, **spec, "help": f"{backend} backend: {spec['help']}"}
+            command = click.option(
+                f"--{key.replace('_', '-')}", show_default=spec["default"] is not None, **spec
+            )(command)
+    return command
+
+
 @click.command(name="recaption")
 @click.argument("source")
 @click.option(
@@ -28,7 +70,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option(
     "--backend",
     required=True,
-    type=click.Choice(["openai", "transformers"]),
+    type=click.Choice(list(BACKEND_OPTIONS)),
     help="openai: an OpenAI-compatible chat-completions server; transformers: a local VLM.",
 )
 @click.option(
@@ -40,16 +82,6 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     "--model-revision",
     default=None,
     help="Model revision: transformers loads it; both record it in the captions' provenance.",
-)
-@click.option(
-    "--endpoint",
-    default=None,
-    help="openai backend: base URL of the server, e.g. http://localhost:8000/v1 (default: api.openai.com).",
-)
-@click.option(
-    "--api-key-env",
-    default=None,
-    help="openai backend: name of the environment variable holding the API key (default OPENAI_API_KEY).",
 )
 @click.option(
     "--template",
@@ -69,38 +101,6 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     "--where",
     default=None,
     help="Filter on record fields, e.g. 'category == \"clinical_practice\" and duration < 9'.",
-)
-@click.option(
-    "--concurrency",
-    default=8,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="openai backend: requests in flight at once.",
-)
-@click.option(
-    "--batch-size",
-    default=4,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="transformers backend: clips per generate call.",
-)
-@click.option(
-    "--device", default=None, help="transformers backend: cuda, cpu, mps (default: best available)."
-)
-@click.option(
-    "--timeout",
-    default=120.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    callback=_finite,
-    help="openai backend: seconds per request (more than 0).",
-)
-@click.option(
-    "--max-retries",
-    default=5,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="openai backend: retries on 429/5xx/timeouts (0: ask once).",
 )
 @click.option(
     "--name", "name_prefix", default=None, help="Prefix of the new caption names (default MODEL/TEMPLATE-vN)."
@@ -154,6 +154,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 )
 @click.option("--revision", default=None, help="Hub revision when SOURCE is a repo id.")
 @click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
+@backend_flags
 def command(source: str, out: str, backend: str, **opts: Any) -> None:
     """Re-caption SOURCE (a hub-native dataset or an upstream release, folder or Hub repo id) with a
     multimodal LLM. Each clip's new captions, with model, prompt and frame provenance, go to a journal
@@ -176,17 +177,7 @@ def command(source: str, out: str, backend: str, **opts: Any) -> None:
         backend_options["params"] = params
     if opts["model"]:
         backend_options["model"] = opts["model"]
-    if backend == "openai":
-        for key in ("endpoint", "api_key_env"):
-            if opts[key]:
-                backend_options[key] = opts[key]
-        backend_options.update(
-            concurrency=opts["concurrency"], timeout=opts["timeout"], max_retries=opts["max_retries"]
-        )
-    else:
-        backend_options["batch_size"] = opts["batch_size"]
-        if opts["device"]:
-            backend_options["device"] = opts["device"]
+    backend_options.update({k: opts[k] for k in BACKEND_OPTIONS[backend] if opts[k] is not None})
     if opts["engine"] == "ray":
         backend_options["ray_actors"] = opts["ray_actors"]
     try:

@@ -30,12 +30,21 @@ from medvideocap.plan import PLAN_HELP
 )
 @click.option("--print-config", is_flag=True, help="Print the resolved config as YAML and exit.")
 @click.option("--plan", "show_plan", is_flag=True, help=PLAN_HELP)
+@click.option(
+    "--gpus",
+    "--num-processes",
+    "gpus",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --plan: plan per GPU for a run on this many (CUDA), for DDP and for FSDP, against an 80 GB H100.",
+)
 @click.argument("more_overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def command(
     config: str,
     overrides: tuple[str, ...],
     print_config: bool,
     show_plan: bool,
+    gpus: int | None,
     more_overrides: tuple[str, ...],
 ) -> None:
     """Fine-tune Wan2.1-T2V (MedGen reference recipe) on an encode-latents cache, LoRA or full.
@@ -49,7 +58,7 @@ def command(
     from medvideocap.journal import JournalError
     from medvideocap.latents import FingerprintMismatchError, LatentCacheError
     from medvideocap.lock import LockedError, lock_name, output_lock
-    from medvideocap.plan import peak_report, plan_train, render_plan
+    from medvideocap.plan import fits_line, peak_report, plan_train, render_plan
     from medvideocap.train import NonFiniteTrainingError, NoTrainingDataError, load_config, train
 
     try:
@@ -59,8 +68,20 @@ def command(
     if print_config:
         click.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
         return
-    if show_plan:
+    if gpus is not None and not show_plan:
+        raise click.UsageError("--gpus plans a run: add --plan (a run's world size is accelerate launch's)")
+    if show_plan and gpus is None:
         click.echo(render_plan(plan_train(cfg)))
+        return
+    if show_plan:
+        strategies = ["ddp", "fsdp"] if cfg.mode == "full" else ["ddp"]
+        for strategy in strategies:
+            plan = plan_train(cfg, device="cuda", world_size=gpus, strategy=strategy)
+            click.echo(f"== {gpus} GPU{'s' if gpus > 1 else ''}, {strategy} ==")
+            click.echo(render_plan(plan))
+            click.echo(fits_line(plan) + "\n")
+        if cfg.mode == "lora":
+            click.echo("fsdp: not planned for mode=lora (distributed.strategy=fsdp shards full fine-tunes)")
         return
     if not cfg.latents and not cfg.source:
         raise click.UsageError(

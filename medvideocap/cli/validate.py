@@ -42,6 +42,13 @@ from medvideocap.locations import parse_storage_options
     default=None,
     help="Largest upstream zip member accepted as a clip, e.g. 64MiB (the default, as convert).",
 )
+@click.option(
+    "--sample",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Demux only N videos, spread evenly over the clips (every record is still checked); a release "
+    "read where it lies is then read for those clips only.",
+)
 @storage_option
 def command(
     path_or_repo: str,
@@ -52,6 +59,7 @@ def command(
     strict: bool,
     max_caption_chars: int | None,
     max_clip_bytes: str | None,
+    sample: int | None,
     storage_options: tuple[str, ...],
 ) -> None:
     """Check every record against the schema and every video against its record (duration, fps, size),
@@ -62,7 +70,7 @@ def command(
     from rich.console import Console
     from rich.progress import Progress as RichProgress
 
-    from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES
+    from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES, REMOTE_READS
     from medvideocap.dataset.validate import DEFAULT_MAX_CAPTION_CHARS, validate
     from medvideocap.dataset.writer import parse_size
 
@@ -83,6 +91,7 @@ def command(
         max_caption_chars=max_caption_chars or DEFAULT_MAX_CAPTION_CHARS,
         max_clip_bytes=clip_bytes,
         storage_options=options,
+        sample=sample,
     )
     if as_json:
         report = run()
@@ -91,9 +100,12 @@ def command(
         console = Console(stderr=False)
         with RichProgress(console=console, transient=True) as bar:
             task = bar.add_task("probing videos", total=None)
+            mark = REMOTE_READS.mark()
 
             def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+                read = REMOTE_READS.since(mark)
+                label = f"probing videos, {read.describe()}" if read.bytes else "probing videos"
+                bar.update(task, completed=done, total=total, description=label)
 
             report = run(progress=progress)
         _print_report(console, report)
@@ -105,13 +117,18 @@ def _print_report(console: object, report: object) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from medvideocap.dataset.upstream import Transfer
     from medvideocap.dataset.validate import ValidationReport
 
     assert isinstance(console, Console) and isinstance(report, ValidationReport)
     console.print(
         f"[bold]{report.source}[/bold]: layout {report.layout or '?'}, {report.records} records, "
         f"{report.videos_checked} videos decoded and compared"
+        + (f" (a sample of {report.sampled})" if report.sampled is not None else "")
     )
+    if report.bytes_read:
+        read = Transfer(report.bytes_read, report.read_requests, report.read_seconds)
+        console.print(f"read from the source: {read.describe()}")
     if report.problems:
         table = Table("severity", "kind", "problem (file/row and reason)")
         for p in report.problems:

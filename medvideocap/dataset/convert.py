@@ -17,11 +17,19 @@ Resuming: the writer keeps finished shards, so a rerun after a kill skips the cl
 writes the rest in the same order, which gives the same bytes as a run that was never stopped.
 ``workers`` only parallelises probing; results are consumed in input order, so the output does not
 depend on it.
+
+A release that is not on this machine (a Hub repo id, ``hf://``, ``s3://``, ``https://``...) is read
+where it lies (:class:`~medvideocap.dataset.upstream.UpstreamRelease`): each archive's central
+directory by a few ranged reads, then each clip by one ranged read when its turn comes, so a
+``limit``/``archives`` subset reads only its own clips, memory holds at most the clips in flight
+(``4 * workers``, each within ``max_clip_bytes``), and a rerun after a kill reads no clip that a
+finished shard holds (only the archives' directories again). The bytes read and their rate are in
+the progress line and in :attr:`ConvertSummary.transfer`. ``download=True`` snapshots a Hub repo to
+the local cache first, as before.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import tempfile
@@ -36,7 +44,13 @@ from typing import Any
 from medvideocap.dataset.layout import REJECTS_PATH
 from medvideocap.dataset.schema import ClipRecord
 from medvideocap.dataset.splits import DEFAULT_FRACTIONS, DEFAULT_SALT, assign_split, check_fractions
-from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES, MemberReadError, MemberTooLargeError
+from medvideocap.dataset.upstream import (
+    DEFAULT_MAX_CLIP_BYTES,
+    REMOTE_READS,
+    MemberReadError,
+    MemberTooLargeError,
+    Transfer,
+)
 from medvideocap.dataset.validate import (
     DEFAULT_MAX_CAPTION_CHARS,
     DURATION_TOLERANCE_REL,
@@ -78,11 +92,14 @@ class Prepared:
 
 @dataclass
 class ConvertSummary:
-    out: Path
+    out: Path | str
+    """The output folder, or its URL when it is in object storage."""
     counts: dict[str, int]
     written: int
     skipped: int
     rejects: list[dict[str, Any]] = field(default_factory=list)
+    transfer: Transfer | None = None
+    """Bytes read from a remote release by this run, and their rate; None for a local folder."""
 
     @property
     def total(self) -> int:
@@ -201,18 +218,14 @@ def _ordered(fn: Callable[[Any], Prepared], items: Sequence[Any], workers: int) 
             yield result
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert(
     src: str | Path,
     out: str | Path,
     *,
+    limit: int | None = None,
+    archives: Sequence[str] | None = None,
+    download: bool = False,
+    storage_options: dict[str, Any] | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     salt: str = DEFAULT_SALT,
@@ -222,7 +235,13 @@ def convert(
     max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES,
     max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
 ) -> ConvertSummary:
-    """Convert the upstream release at ``src`` (folder or Hub repo id) into ``out``; resumable.
+    """Convert the upstream release at ``src`` into ``out``; resumable. ``src`` is a folder, a Hub repo
+    id or a URL (``hf://``, ``s3://``, ``https://``..., opened with ``storage_options``), read where it
+    lies unless ``download=True`` (a Hub repo snapshot to the local cache first).
+
+    ``limit`` converts only the first N clips (in id order) and ``archives`` only the clips of the
+    archives named (``["videos_1.zip"]``); both are recorded in the recipe, so a rerun into the same
+    ``out`` must give the same ones.
 
     ``max_clip_bytes`` bounds what one zip member may inflate to and ``max_caption_chars`` a caption's
     length (see :mod:`medvideocap.dataset.upstream` and :mod:`medvideocap.dataset.validate` for the defaults); past
@@ -236,14 +255,21 @@ def convert(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from medvideocap.dataset.hubnative import is_hub_native
+    from medvideocap.dataset.layout import is_hub_native
     from medvideocap.dataset.upstream import UpstreamRelease
+    from medvideocap.locations import resolve as resolve_location
+    from medvideocap.locations import resolve_output
 
     check_apart(src, out, src_label="the source")
     fractions = check_fractions(fractions)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if is_hub_native(Path(src)):
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    location = resolve_location(src, revision=revision, storage_options=storage_options)
+    # an object-store --out is read with the same storage options (the writer stages it locally)
+    out_options = (storage_options or {}) if resolve_output(out).local is None else None
+    if location.repo_id is None and is_hub_native(location):
         raise ValueError(
             f"{src} is already a hub-native dataset; convert reads the upstream zips + JSON release"
         )
@@ -252,18 +278,26 @@ def convert(
     # One run per output (medvideocap.lock), taken before the release is read; writing_to(out) names the
     # output folder for a full disk met where no writer below named the file itself.
     with output_lock(out, verb="convert"), writing_to(out):
-        release = UpstreamRelease.open(src, revision=revision, max_clip_bytes=max_clip_bytes)
+        mark = REMOTE_READS.mark()
+        release = UpstreamRelease.open(
+            location, max_clip_bytes=max_clip_bytes, archives=archives, download=download
+        )
         clips = list(release.clips())  # sorted by id; release.problems is complete from here on
-        is_local = Path(src).expanduser().exists()
+        if limit is not None:
+            clips = clips[:limit]
+        remote = release.location is not None
+        upstream: dict[str, Any] = {
+            "source": str(src) if remote or location.repo_id else Path(src).name,
+            "revision": revision,
+            "metadata_file": release.metadata_path.name,
+            "metadata_sha256": release.metadata_sha256,
+            "zips": [z.name for z in release.zips],
+        }
+        if limit is not None or archives is not None:
+            upstream["subset"] = {"limit": limit, "archives": sorted(archives) if archives else None}
         recipe = {
             "converter": "medvideocap convert",
-            "upstream": {
-                "source": Path(src).name if is_local else str(src),
-                "revision": revision,
-                "metadata_file": release.metadata_path.name,
-                "metadata_sha256": _file_sha256(release.metadata_path),
-                "zips": [z.name for z in release.zips],
-            },
+            "upstream": upstream,
             "split": {"key": "group", "fractions": list(fractions), "salt": salt, "hash": "sha256"},
             "verify": {
                 "probe": "pyav, every packet demuxed",
@@ -280,7 +314,9 @@ def convert(
 
         written = 0
         with (
-            DatasetWriter(out, shard_bytes=shard_bytes, split_fn=split_fn, recipe=recipe) as writer,
+            DatasetWriter(
+                out, shard_bytes=shard_bytes, split_fn=split_fn, recipe=recipe, storage_options=out_options
+            ) as writer,
             tempfile.TemporaryDirectory(prefix="medvideocap-convert-") as scratch,
         ):
             prepare = partial(_prepare, scratch=Path(scratch), max_caption_chars=max_caption_chars)
@@ -296,10 +332,17 @@ def convert(
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[clip]}"),
+                TextColumn("{task.fields[read]}"),
                 TimeRemainingColumn(),
             )
+
+            def read_so_far() -> str:
+                return REMOTE_READS.since(mark).describe() if remote else ""
+
             with Progress(*columns, disable=not progress, transient=False) as bar:
-                task = bar.add_task("convert", total=len(clips), completed=skipped, clip="")
+                task = bar.add_task(
+                    "convert", total=len(clips), completed=skipped, clip="", read=read_so_far()
+                )
                 for prepared in _ordered(prepare, todo, workers):
                     if prepared.reason is not None:
                         writer.reject(prepared.where, "verify", prepared.reason)
@@ -312,17 +355,28 @@ def convert(
                             writer.reject(prepared.where, "write", f"invalid_record: {exc}")
                         finally:
                             prepared.discard()
-                    bar.update(task, advance=1, clip=prepared.clip_id)
+                    bar.update(task, advance=1, clip=prepared.clip_id, read=read_so_far())
             counts = writer.counts
             rejects = writer.rejects
-        return ConvertSummary(out=Path(out), counts=counts, written=written, skipped=skipped, rejects=rejects)
+        transfer = REMOTE_READS.since(mark) if remote else None
+        if transfer is not None:
+            log.info("%s: %s", release.root, transfer.describe())
+        return ConvertSummary(
+            out=out if out_options is not None else Path(out),
+            counts=counts,
+            written=written,
+            skipped=skipped,
+            rejects=rejects,
+            transfer=transfer,
+        )
 
 
 def summary_table(summary: ConvertSummary) -> Any:
     """A rich table of what was written and what was dropped, by kind."""
     from rich.table import Table
 
-    table = Table(title=f"medvideocap convert -> {summary.out}")
+    caption = f"read from the source: {summary.transfer.describe()}" if summary.transfer else None
+    table = Table(title=f"medvideocap convert -> {summary.out}", caption=caption)
     table.add_column("what")
     table.add_column("kind")
     table.add_column("clips", justify="right")

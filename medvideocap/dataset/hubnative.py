@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import tarfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -306,6 +307,124 @@ class HubNativeDataset:
             row=f"{self.location.path(metadata_path(split))} (clip {clip_id})",
         )
 
+    def source(self, split: str | None = None) -> HubNativeSource:
+        """The :class:`~medvideocap.dataset.source.ClipSource` of ``split`` (None: every split, in order)."""
+        if split is not None:
+            self._check_split(split)
+        return HubNativeSource(self.location, split, splits=self.splits)
+
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={self.info['counts'][s]}" for s in self.splits)
         return f"HubNativeDataset({self.location}, {counts})"
+
+
+class HubNativeSource:
+    """The clips of one split (or of every split) of a hub-native dataset: a
+    :class:`~medvideocap.dataset.source.ClipSource` whose reader is one ranged read per clip
+    (:func:`read_row_member`).
+
+    The metadata is kept as Arrow columns and numpy arrays, never as per-row Python objects: a
+    DataLoader's forked workers would otherwise copy every page of it by touching reference counts.
+    It is read by :func:`read_metadata`, the reader :class:`HubNativeDataset` uses, so the index is read
+    one way; another schema major version is refused here (:func:`check_versions`), before any clip."""
+
+    problems: tuple[()] = ()
+    """A hub-native dataset reports nothing while opening: its problems are found per clip, as data
+    errors, or by ``medvideocap validate``."""
+
+    def __init__(
+        self, root: str | Path | Location, split: str | None, *, splits: list[str] | None = None
+    ) -> None:
+        import numpy as np
+        import pyarrow as pa
+
+        self.location = resolve(root)
+        self.split = split
+        if split is None:
+            names = (
+                splits
+                if splits is not None
+                else [s for s in SPLITS if self.location.is_file(self.location.path(metadata_path(s)))]
+            )
+            if not names:
+                raise FileNotFoundError(f"{self.location}: no metadata/<split>.parquet for any split")
+        else:
+            names = [split]
+        tables, paths, starts = [], [], []
+        rows = 0
+        for name in names:
+            path = self.location.path(metadata_path(name))
+            table = read_metadata(self.location, name).to_arrow()
+            missing = {"shard", "offset", "size", "id"} - set(table.column_names)
+            if missing:
+                raise ValueError(
+                    f"{path}: missing columns {sorted(missing)}; not a medvideocap hub-native metadata table"
+                )
+            check_versions(self.location, name, table)
+            keep = [n for n in arrow_schema().names if n in table.column_names]
+            tables.append(table.select(list(dict.fromkeys([*keep, "id", "shard", "offset", "size"]))))
+            paths.append(path)
+            starts.append(rows)
+            rows += table.num_rows
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+        self._paths = paths
+        self._starts = np.asarray(starts, dtype=np.int64)
+        self._records = table.select([n for n in arrow_schema().names if n in table.column_names])
+        shards = table.column("shard").to_pylist()
+        self.shard_names = sorted(set(shards))
+        lookup = {s: i for i, s in enumerate(self.shard_names)}
+        self._shard_idx = np.array([lookup[s] for s in shards], dtype=np.int32)
+        self._offset = table.column("offset").to_numpy().astype(np.int64)
+        self._size = table.column("size").to_numpy().astype(np.int64)
+        self._ids = table.column("id").to_numpy(zero_copy_only=False).astype(str)
+
+    @property
+    def where(self) -> str:
+        return self.location.url
+
+    @property
+    def ids(self) -> list[str]:
+        return self._ids.tolist()  # type: ignore[no-any-return]
+
+    def __len__(self) -> int:
+        return len(self._offset)
+
+    def _row(self, i: int) -> str:
+        """``metadata/SPLIT.parquet row N``: where row ``i`` sits, for messages."""
+        import numpy as np
+
+        part = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return f"{self._paths[part]} row {i - int(self._starts[part])}"
+
+    def record(self, i: int) -> ClipRecord:
+        row = self._records.slice(i, 1).to_pylist()[0]
+        return ClipRecord.from_json_dict(row, where=self._row(i))
+
+    def reader(self, i: int) -> tuple[Any, str, Any]:
+        shard = self.shard_names[self._shard_idx[i]]
+        clip_id = str(self._ids[i])
+        name = f"{clip_id}.mp4"
+        where = f"{shard}:{name}"
+        offset, size = int(self._offset[i]), int(self._size[i])
+        read = partial(
+            read_row_member,
+            self.location,
+            shard,
+            offset,
+            size,
+            name,
+            where=where,
+            row=f"{self._row(i)} (clip {clip_id})",
+        )
+        return read, where, (shard, offset)
+
+    def shards(self) -> list[str]:
+        """The finished shard files of this source's split (what streaming reads), in order."""
+        if self.split is None:
+            raise ValueError(
+                f"{self.location}: streaming reads one split at a time (train, validation or test)"
+            )
+        return self.location.glob(split_shards_glob(self.split))
+
+    def __repr__(self) -> str:
+        return f"HubNativeSource({self.location}, split={self.split!r}, {len(self)} clips)"

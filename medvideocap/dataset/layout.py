@@ -87,13 +87,26 @@ class NotADatasetError(LayoutError, FileNotFoundError):
     asked for is not there (what ``load()`` has always raised for it)."""
 
 
-def download(location: Location, allow_patterns: list[str] | None = None) -> Location:
+READ_IN_PLACE_PATTERNS = VIDEO_PATTERNS[UPSTREAM]
+"""Files never downloaded unless asked: an upstream release's zips are read where they lie, each
+listed from its central directory and each clip fetched by one ranged read
+(:class:`medvideocap.dataset.upstream.UpstreamRelease`), so seeing one clip does not cost the release."""
+
+
+def download(
+    location: Location, allow_patterns: list[str] | None = None, *, in_place: bool = True
+) -> Location:
     """A bare Hub repo id's files (only ``allow_patterns``) downloaded into the HF cache, as a local
     location; any other location as it is, read in place.
 
-    ``huggingface_hub.snapshot_download`` resumes interrupted files and skips those already cached, so
-    a second call is cheap; a ``token`` storage option is passed on."""
+    When ``allow_patterns`` asks for an upstream release's zips (:data:`READ_IN_PLACE_PATTERNS`) the
+    repo is returned as it is (``hf://``, read where it lies by ranged reads), unless ``in_place=False``
+    (``convert --download``): then they are downloaded too. ``huggingface_hub.snapshot_download``
+    resumes interrupted files and skips those already cached, so a second call is cheap; a ``token``
+    storage option is passed on."""
     if location.repo_id is None:
+        return location
+    if in_place and allow_patterns is not None and set(READ_IN_PLACE_PATTERNS) & set(allow_patterns):
         return location
     from huggingface_hub import snapshot_download
 
@@ -118,7 +131,8 @@ def _check_folder(location: Location, source: object) -> None:
     if not location.exists(location.url):
         hint = ", and not a Hub repo id like 'owner/name'" if location.local is not None else ""
         raise LayoutError(f"{source}: no such folder{hint}")
-    if location.is_file(location.url):
+    # a web server answers for a folder URL as for a file: its index page lists what is inside
+    if location.is_file(location.url) and not location.is_dir(location.url):
         raise LayoutError(f"{location}: expected a dataset folder, got a file")
 
 
@@ -151,11 +165,14 @@ def open_folder(
 def local_or_download(
     path_or_repo: str | Path, *, revision: str | None = None, allow_patterns: list[str] | None = None
 ) -> Path:
-    """A local folder as is; a Hub dataset repo id downloaded (only ``allow_patterns``) to the HF cache."""
+    """A local folder as is; a Hub dataset repo id downloaded (only ``allow_patterns``, upstream zips
+    included: this is the reader that wants every file on disk) to the HF cache."""
     location = resolve_location(path_or_repo, revision=revision)
     if location.repo_id is None:
         local_folder(location)  # a URL is refused before any request is made
-    return local_folder(open_folder(location, allow_patterns=allow_patterns))
+    location = download(location, allow_patterns, in_place=False)
+    _check_folder(location, path_or_repo)
+    return local_folder(location)
 
 
 def has_hub_native_info(path: Path | str | Location) -> bool:

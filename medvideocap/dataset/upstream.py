@@ -46,23 +46,38 @@ the archive root, members too large or cut short, damaged archives, records that
 schema) is collected in :attr:`UpstreamRelease.problems`, never silently dropped. Media facts the JSON lacks altogether
 (duration, fps, width, height) are read from the video's header instead (a ``filled_from_video``
 note), so an unexpected JSON shape costs a probe per clip rather than every clip.
+
+A release that is not on this machine (a Hub repo id or ``hf://``, ``s3://``/``gs://``/``az://``, an
+``https://`` folder; :mod:`medvideocap.locations` opens them) is read where it lies, never downloaded
+whole: a zip keeps its central directory at its end, so :mod:`zipfile` over a ranged file
+(:func:`list_remote_archive`) lists an archive in a few ranged reads whatever its size, and each clip
+is then one ranged read of its local header and data (:class:`RemoteMember`), stored members as they
+are and deflated ones through the same inflate-with-a-bound as recovered members. Every remote byte is
+counted in one place (:data:`REMOTE_READS`), which is what the verbs report as bytes read and rate.
+Recovering a damaged archive from its local headers walks it from its start, which would be a whole
+download: a remote archive without a readable central directory is reported as such instead.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import hashlib
+import io
 import json
 import logging
 import os
+import posixpath
 import re
 import struct
 import tempfile
 import threading
+import time
 import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -77,6 +92,8 @@ from medvideocap.dataset.schema import (
     UnknownFieldsWarning,
     check_schema_version,
 )
+from medvideocap.locations import Location
+from medvideocap.locations import resolve as resolve_location
 
 log = logging.getLogger(__name__)
 
@@ -404,8 +421,14 @@ def load_metadata_rows(path: Path) -> list[tuple[str | None, dict[str, Any]]]:
     Accepts a JSON list of objects, an object holding one such list (``{"data": [...]}``), an object
     keyed by video name (``{"00003.mp4": {...}}``: the key is the file name) or JSON lines.
     """
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix == ".jsonl":
+    return parse_metadata_rows(path.read_bytes(), path)
+
+
+def parse_metadata_rows(data: bytes, path: Path | RemoteFile) -> list[tuple[str | None, dict[str, Any]]]:
+    """:func:`load_metadata_rows` of a file's bytes (read from disk or from a remote location);
+    ``path`` names it in errors and its suffix says JSON lines or not."""
+    text = data.decode("utf-8-sig")
+    if path.name.endswith(".jsonl"):
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         doc: Any = rows
     else:
@@ -478,6 +501,241 @@ def _zip_handle(path: Path) -> zipfile.ZipFile:
             _, old = _ZIP_HANDLES.popitem(last=False)
             old.close()
         return handle
+
+
+# ---------------------------------------------------------------------------------------------------
+# Archives elsewhere (object storage, the Hub, a web server): read by ranged reads, never downloaded
+
+LIST_BLOCK_BYTES = 64 * 1024
+"""Read-ahead of the ranged file that :mod:`zipfile` lists an archive through: the end-of-archive
+record is found in one read of at most this much, and the central directory is read in one more."""
+_HEADER_SLACK = 256
+"""Bytes read past a member's data offset as the central directory predicts it, in case its local
+header carries a longer extra field than the central one (then a second read fetches the rest)."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file of a release that is not on this machine: its URL in its location's scheme."""
+
+    url: str
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.url.rstrip("/"))
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Bytes read from remote locations between two points of a run, and how long that took."""
+
+    bytes: int
+    requests: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second over the whole interval (reads and the work between them)."""
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        """``12.3 MB read in 40 requests (4.1 MB/s)``: what progress lines and summaries print."""
+        return f"{_human(self.bytes)} read in {self.requests} requests ({_human(self.rate)}/s)"
+
+
+class RemoteReads:
+    """Every byte the upstream reader fetches from a remote location, counted at the one place it is
+    fetched (:func:`remote_pread` and :func:`remote_read`), per process and thread-safe. A verb takes
+    a :meth:`mark` when it starts and reports :meth:`since` that mark in its progress line and summary."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bytes = 0
+        self._requests = 0
+        self._first: float | None = None
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._bytes += n
+            self._requests += 1
+            if self._first is None:
+                self._first = time.monotonic()
+
+    def so_far(self) -> Transfer:
+        """Everything this process read, timed from its first read."""
+        with self._lock:
+            first = time.monotonic() if self._first is None else self._first
+            return Transfer(self._bytes, self._requests, time.monotonic() - first)
+
+    def mark(self) -> tuple[int, int, float]:
+        with self._lock:
+            return self._bytes, self._requests, time.monotonic()
+
+    def since(self, mark: tuple[int, int, float]) -> Transfer:
+        with self._lock:
+            return Transfer(self._bytes - mark[0], self._requests - mark[1], time.monotonic() - mark[2])
+
+
+REMOTE_READS = RemoteReads()
+"""This process's count of bytes read from remote upstream archives and metadata."""
+_first_clip_logged = threading.Event()
+
+
+def remote_pread(location: Location, url: str, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` of ``url`` in one ranged read (:meth:`Location.pread`), counted."""
+    data = location.pread(url, offset, size)
+    REMOTE_READS.add(len(data))
+    return data
+
+
+def remote_read(location: Location, url: str) -> bytes:
+    """The whole of ``url`` (a metadata file), counted."""
+    data = location.read_bytes(url)
+    REMOTE_READS.add(len(data))
+    return data
+
+
+class _RangedFile(io.RawIOBase):
+    """A seekable read-only file over :func:`remote_pread`: what :mod:`zipfile` lists a remote archive
+    through. Each read is one ranged request; its size comes from one metadata request (HEAD)."""
+
+    def __init__(self, location: Location, url: str) -> None:
+        self.location, self.url = location, url
+        self.size = location.size(url)
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise OSError(f"{self.url}: seek to {base + offset}, before the start of the file")
+        self.pos = base + offset
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), max(0, self.size - self.pos))
+        if n == 0:
+            return 0
+        data = remote_pread(self.location, self.url, self.pos, n)
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+@dataclass(frozen=True)
+class RemoteMember:
+    """Where one member of a remote archive lies, from the archive's central directory: enough to read
+    it with one ranged request (local header and data together) in any process, without listing the
+    archive again. Pickles without a filesystem (see :class:`~medvideocap.locations.Location`)."""
+
+    location: Location
+    url: str
+    archive_size: int
+    name: str
+    header_offset: int
+    method: int
+    crc: int
+    compress_size: int
+    file_size: int
+    extra_len: int
+    flags: int = 0
+
+
+def list_remote_archive(location: Location, url: str) -> list[RemoteMember]:
+    """The file members of a remote zip, read from its central directory by ranged reads (zipfile over
+    :class:`_RangedFile`: the end record, then the directory, a few requests whatever the archive's
+    size). Raises :class:`zipfile.BadZipFile` or ``OSError`` for an archive without a readable one."""
+    raw = _RangedFile(location, url)
+    with zipfile.ZipFile(io.BufferedReader(raw, buffer_size=LIST_BLOCK_BYTES)) as zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+    return [
+        RemoteMember(
+            location=location,
+            url=url,
+            archive_size=raw.size,
+            name=i.filename,
+            header_offset=i.header_offset,
+            method=i.compress_type,
+            crc=i.CRC,
+            compress_size=i.compress_size,
+            file_size=i.file_size,
+            extra_len=len(i.extra),
+            flags=i.flag_bits,
+        )
+        for i in infos
+    ]
+
+
+def remote_member_problem(member: RemoteMember) -> str | None:
+    """Why a remote member cannot be read as it is listed, or None."""
+    if member.flags & 0x1:
+        return "encrypted"
+    if member.method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        return f"compression method {member.method} is not supported"
+    return None
+
+
+def _remote_chunks(member: RemoteMember, where: str, max_bytes: int) -> Iterator[bytes]:
+    """The member's bytes out of one ranged read (local header + data; a second only when its local
+    extra field outgrows :data:`_HEADER_SLACK`), inflated and checked as a recovered member is."""
+    problem = remote_member_problem(member)
+    if problem:
+        raise MemberReadError(f"{where}: {problem}")
+    # deflate grows incompressible data by a few bytes per 16 KiB block: past this, it inflates past the bound
+    if member.compress_size > max_bytes + max_bytes // 1000 + 1024:
+        raise MemberTooLargeError(
+            f"{where}: {member.compress_size} compressed bytes, over the {max_bytes}-byte bound for one clip "
+            "(--max-clip-bytes); not read"
+        )
+    want = _LOCAL_HEADER.size + len(member.name.encode()) + member.extra_len + _HEADER_SLACK
+    want = min(want + member.compress_size, member.archive_size - member.header_offset)
+    try:
+        buf = remote_pread(member.location, member.url, member.header_offset, want)
+    except OSError as exc:
+        raise MemberReadError(f"{where}: cannot read its bytes from {member.url} ({exc})") from None
+    if len(buf) < _LOCAL_HEADER.size or buf[:4] != _LOCAL_SIGNATURE:
+        raise MemberReadError(f"{where}: no local file header at offset {member.header_offset}")
+    name_len, extra_len = struct.unpack_from("<2H", buf, 26)
+    start = _LOCAL_HEADER.size + name_len + extra_len
+    end = start + member.compress_size
+    if len(buf) < end:
+        try:
+            buf += remote_pread(member.location, member.url, member.header_offset + len(buf), end - len(buf))
+        except OSError as exc:
+            raise MemberReadError(f"{where}: the archive ends inside this member ({exc})") from None
+    if not _first_clip_logged.is_set():
+        _first_clip_logged.set()
+        log.info("%s: first clip read; %s so far", where, REMOTE_READS.so_far().describe())
+    entry = LocalEntry(
+        member.name,
+        member.header_offset,
+        member.header_offset + start,
+        member.method,
+        member.crc,
+        member.compress_size,
+        member.file_size,
+    )
+    view = memoryview(buf)[start:end]
+    yield from _inflated((view[i : i + _CHUNK] for i in range(0, len(view), _CHUNK)), entry, where)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -591,8 +849,27 @@ def _local_chunks(path: Path, entry: LocalEntry, where: str) -> Iterator[bytes]:
     """The inflated bytes of a recovered member, checked against its header's size and CRC."""
     if entry.problem:
         raise MemberReadError(f"{where}: {entry.problem}")
+
+    def raw() -> Iterator[bytes]:
+        with open(path, "rb") as fh:
+            fh.seek(entry.data_offset)
+            left = entry.compress_size
+            while left > 0:
+                chunk = fh.read(min(_CHUNK, left))
+                if not chunk:
+                    raise MemberReadError(f"{where}: the archive ends inside this member")
+                left -= len(chunk)
+                yield chunk
+
+    yield from _inflated(raw(), entry, where)
+
+
+def _inflated(raw: Iterator[bytes | memoryview], entry: LocalEntry, where: str) -> Iterator[bytes]:
+    """``raw`` (a member's stored or deflated bytes) as the member's bytes, at most 1 MiB per chunk,
+    checked against the size and CRC ``entry`` declares: a recovered member read from disk and a
+    remote member read by a ranged request go through the same checks."""
     inflate = zlib.decompressobj(-zlib.MAX_WBITS) if entry.method == zipfile.ZIP_DEFLATED else None
-    crc, size, left = 0, 0, entry.compress_size
+    crc, size = 0, 0
 
     def checked(out: bytes) -> bytes:
         nonlocal crc, size
@@ -602,28 +879,20 @@ def _local_chunks(path: Path, entry: LocalEntry, where: str) -> Iterator[bytes]:
         return out
 
     try:
-        with open(path, "rb") as fh:
-            fh.seek(entry.data_offset)
-            while True:
-                if inflate is not None and inflate.unconsumed_tail:
-                    raw = inflate.unconsumed_tail
-                elif left > 0:
-                    raw = fh.read(min(_CHUNK, left))
-                    if not raw:
-                        raise MemberReadError(f"{where}: the archive ends inside this member")
-                    left -= len(raw)
-                else:
-                    break
+        for chunk in raw:
+            pending: bytes | memoryview = chunk
+            while pending:
                 # max_length bounds what one call inflates: a bomb comes out 1 MiB at a time
-                out = checked(raw if inflate is None else inflate.decompress(raw, _CHUNK))
+                out = checked(bytes(pending) if inflate is None else inflate.decompress(pending, _CHUNK))
+                pending = b"" if inflate is None else inflate.unconsumed_tail
                 if out:
                     yield out
-            if inflate is not None:
-                out = checked(inflate.flush())
-                if out:
-                    yield out
-                if not inflate.eof:
-                    raise MemberReadError(f"{where}: its compressed data ends before the stream does")
+        if inflate is not None:
+            out = checked(inflate.flush())
+            if out:
+                yield out
+            if not inflate.eof:
+                raise MemberReadError(f"{where}: its compressed data ends before the stream does")
     except zlib.error as exc:
         raise MemberReadError(f"{where}: corrupt compressed data ({exc})") from None
     if size != entry.file_size or crc != entry.crc:
@@ -633,10 +902,22 @@ def _local_chunks(path: Path, entry: LocalEntry, where: str) -> Iterator[bytes]:
         )
 
 
-def _member_chunks(zip_path: Path, member: str) -> Iterator[bytes]:
+def _member_chunks(
+    zip_path: Path | RemoteFile,
+    member: str,
+    *,
+    remote: RemoteMember | None = None,
+    max_bytes: int = DEFAULT_MAX_CLIP_BYTES,
+) -> Iterator[bytes]:
     """The member's bytes in chunks of at most 1 MiB, CRC-checked at the end; from the central
-    directory when the archive has one, else from its local header. Raises MemberReadError."""
+    directory when the archive has one, else from its local header; a remote member (``remote``)
+    by one ranged read. Raises MemberReadError."""
     where = f"{zip_path.name}:{member}"
+    if remote is not None:
+        yield from _remote_chunks(remote, where, max_bytes)
+        return
+    if not isinstance(zip_path, Path):
+        raise MemberReadError(f"{where}: a remote archive's member is read through its RemoteMember")
     try:
         recovered = _recovered_entries(zip_path)
         if recovered is not None:
@@ -655,24 +936,26 @@ def _member_chunks(zip_path: Path, member: str) -> Iterator[bytes]:
 
 
 def fetch_member(
-    zip_path: Path,
+    zip_path: Path | RemoteFile,
     member: str,
     *,
     max_bytes: int = DEFAULT_MAX_CLIP_BYTES,
     scratch: Path | None = None,
     memory_bytes: int = SPOOL_MEMORY_BYTES,
+    remote: RemoteMember | None = None,
 ) -> bytes | Path:
     """The member's bytes, streamed: in memory up to ``memory_bytes``, past that in a new file under
     ``scratch`` (the caller deletes it; without ``scratch`` the bytes stay in memory). Raises
     :class:`MemberTooLargeError` as soon as more than ``max_bytes`` have come out, so neither memory
-    nor disk ever holds more than one clip's bound however large the member inflates."""
-    zip_path = Path(zip_path)
+    nor disk ever holds more than one clip's bound however large the member inflates. ``remote``: the
+    member of a remote archive, read by one ranged request (see :class:`RemoteMember`)."""
+    zip_path = zip_path if isinstance(zip_path, RemoteFile) else Path(zip_path)
     where = f"{zip_path.name}:{member}"
     parts: list[bytes] = []
     total = 0
     spill: IO[bytes] | None = None
     try:
-        for chunk in _member_chunks(zip_path, member):
+        for chunk in _member_chunks(zip_path, member, remote=remote, max_bytes=max_bytes):
             total += len(chunk)
             if total > max_bytes:
                 raise MemberTooLargeError(
@@ -698,20 +981,29 @@ def fetch_member(
     return Path(spill.name)
 
 
-def open_member(zip_path: Path, member: str, *, max_bytes: int = DEFAULT_MAX_CLIP_BYTES) -> IO[bytes]:
+def open_member(
+    zip_path: Path | RemoteFile,
+    member: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_CLIP_BYTES,
+    remote: RemoteMember | None = None,
+) -> IO[bytes]:
     """A seekable stream of the member (what a demuxer needs): zipfile's own stream when the archive
-    has a central directory, else a spooled copy of the recovered member (bounded memory)."""
-    zip_path = Path(zip_path)
-    try:
-        recovered = _recovered_entries(zip_path)
-    except zipfile.BadZipFile as exc:
-        raise MemberReadError(f"{zip_path.name}:{member}: {exc}") from None
-    if recovered is None:
-        return _zip_handle(zip_path).open(member)
+    is on disk with a central directory, else a spooled copy of the member (bounded memory): a
+    recovered member, or a remote one read by one ranged request."""
+    if remote is None:
+        zip_path = Path(zip_path) if not isinstance(zip_path, RemoteFile) else zip_path
+        if isinstance(zip_path, Path):
+            try:
+                recovered = _recovered_entries(zip_path)
+            except zipfile.BadZipFile as exc:
+                raise MemberReadError(f"{zip_path.name}:{member}: {exc}") from None
+            if recovered is None:
+                return _zip_handle(zip_path).open(member)
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115  # returned open
     try:
         total = 0
-        for chunk in _member_chunks(zip_path, member):
+        for chunk in _member_chunks(zip_path, member, remote=remote, max_bytes=max_bytes):
             total += len(chunk)
             if total > max_bytes:
                 raise MemberTooLargeError(f"{zip_path.name}:{member}: inflates past {max_bytes} bytes")
@@ -723,32 +1015,44 @@ def open_member(zip_path: Path, member: str, *, max_bytes: int = DEFAULT_MAX_CLI
     return spool  # type: ignore[return-value]
 
 
-def read_member(zip_path: Path, member: str, *, max_bytes: int = DEFAULT_MAX_CLIP_BYTES) -> bytes:
-    """The bytes of one zip member (at most ``max_bytes``), through the per-process handle cache."""
-    data = fetch_member(Path(zip_path), member, max_bytes=max_bytes)
+def read_member(
+    zip_path: Path | RemoteFile,
+    member: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_CLIP_BYTES,
+    remote: RemoteMember | None = None,
+) -> bytes:
+    """The bytes of one zip member (at most ``max_bytes``), through the per-process handle cache, or
+    by one ranged read for a member of a remote archive (``remote``)."""
+    data = fetch_member(zip_path, member, max_bytes=max_bytes, remote=remote)
     assert isinstance(data, bytes)  # no scratch folder: always in memory
     return data
 
 
 @dataclass
 class UpstreamClip:
-    """One record joined to its zip member."""
+    """One record joined to its zip member. ``zip_path`` is the archive on disk, or a
+    :class:`RemoteFile` when the release is read where it lies; then ``remote`` says where the member
+    lies in it, and every read is one ranged request."""
 
     record: ClipRecord
-    zip_path: Path
+    zip_path: Path | RemoteFile
     member: str
     max_bytes: int = DEFAULT_MAX_CLIP_BYTES
+    remote: RemoteMember | None = None
 
     def open(self) -> IO[bytes]:
         """A seekable stream of the member's bytes, read straight out of the zip."""
-        return open_member(self.zip_path, self.member, max_bytes=self.max_bytes)
+        return open_member(self.zip_path, self.member, max_bytes=self.max_bytes, remote=self.remote)
 
     def read_bytes(self) -> bytes:
-        return read_member(self.zip_path, self.member, max_bytes=self.max_bytes)
+        return read_member(self.zip_path, self.member, max_bytes=self.max_bytes, remote=self.remote)
 
     def fetch(self, scratch: Path | None = None) -> bytes | Path:
         """The member's bytes, or a temporary file under ``scratch`` holding them (see :func:`fetch_member`)."""
-        return fetch_member(self.zip_path, self.member, max_bytes=self.max_bytes, scratch=scratch)
+        return fetch_member(
+            self.zip_path, self.member, max_bytes=self.max_bytes, scratch=scratch, remote=self.remote
+        )
 
     @property
     def where(self) -> str:
@@ -757,37 +1061,75 @@ class UpstreamClip:
 
 @dataclass
 class UpstreamRelease:
-    """A local folder of ``videos_*.zip`` + metadata JSON (downloaded first when given a repo id)."""
+    """A release of ``videos_*.zip`` + metadata JSON: a local folder, or any location
+    (:mod:`medvideocap.locations`: a Hub repo, object storage, a web server) read where it lies.
 
-    root: Path
-    metadata_path: Path
-    zips: list[Path]
+    Read where it lies, each archive is listed from its central directory by a few ranged reads and
+    each clip is one more ranged read when it is asked for: nothing is downloaded whole (``open(...,
+    download=True)`` snapshots a Hub repo to the local cache first instead). ``root`` is then the URL,
+    ``zips`` and ``metadata_path`` are :class:`RemoteFile` and ``location`` reads them."""
+
+    root: Path | str
+    metadata_path: Path | RemoteFile
+    zips: list[Path] | list[RemoteFile]
     problems: list[UpstreamProblem] = field(default_factory=list)
     max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES
+    location: Location | None = None
+    """Where a remote release's files are read; None for a local folder."""
+    partial: bool = False
+    """Only some of the release's archives were opened (``archives=``): a record whose video is in
+    another archive is not a ``record_without_video``."""
+    metadata_sha256: str | None = None
+    """SHA-256 of the metadata file's bytes, once :meth:`scan` has read it."""
     _clips: dict[str, UpstreamClip] | None = field(default=None, repr=False)
     _records: dict[str, ClipRecord] = field(default_factory=dict, repr=False)
     _invalid_names: set[str] = field(default_factory=set, repr=False)
     _dropped_members: set[str] = field(default_factory=set, repr=False)
+    _remote: dict[tuple[str, str], RemoteMember] = field(default_factory=dict, repr=False)
     _rows: int = 0
 
     @classmethod
     def open(
         cls,
-        path_or_repo: str | Path,
+        path_or_repo: str | Path | Location,
         *,
         revision: str | None = None,
         metadata: str | Path | None = None,
         max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES,
+        require_videos: bool = True,
+        archives: Sequence[str] | None = None,
+        download: bool = False,
+        storage_options: dict[str, Any] | None = None,
     ) -> UpstreamRelease:
-        """Open a local release folder or a Hub dataset repo id (only the JSON and zips are fetched).
+        """Open a release: a local folder, a Hub dataset repo id or ``hf://`` URL, an object-store URL
+        (``s3://``, ``gs://``, ``az://``) or an ``https://`` folder URL (see :mod:`medvideocap.locations`).
 
-        ``metadata`` picks the JSON file when the folder holds several candidates; a member larger
-        than ``max_clip_bytes`` is a ``member_too_large`` problem and never read.
+        Anything not on this machine is read where it lies (:meth:`from_location`); ``download=True``
+        snapshots a Hub repo's JSON and zips to the local cache first (resumable) and reads that.
+        ``metadata`` picks the JSON file when the folder holds several candidates (and names it on a web
+        server, which cannot be listed); ``archives`` (``["videos_1.zip", ...]``) opens only those; a
+        member larger than ``max_clip_bytes`` is a ``member_too_large`` problem and never read.
         """
-        from medvideocap.dataset.layout import local_or_download
+        from medvideocap.dataset.layout import download as snapshot
 
-        root = local_or_download(path_or_repo, revision=revision, allow_patterns=UPSTREAM_PATTERNS)
-        return cls.from_folder(root, metadata=metadata, max_clip_bytes=max_clip_bytes)
+        location = resolve_location(path_or_repo, revision=revision, storage_options=storage_options)
+        if download:
+            if location.repo_id is None and location.local is None:
+                raise UpstreamFormatError(
+                    f"{location}: --download snapshots a Hub repo id; a release at a URL is read where it "
+                    "lies (copy it to a local folder yourself to keep one)"
+                )
+            location = snapshot(location, UPSTREAM_PATTERNS, in_place=False)
+        kwargs: dict[str, Any] = dict(
+            metadata=metadata, require_videos=require_videos, max_clip_bytes=max_clip_bytes, archives=archives
+        )
+        if location.local is not None:
+            if not location.local.is_dir():
+                raise UpstreamFormatError(
+                    f"{path_or_repo}: no such folder, and not a Hub repo id like 'owner/name'"
+                )
+            return cls.from_folder(location.local, **kwargs)
+        return cls.from_location(location, **kwargs)
 
     @classmethod
     def from_folder(
@@ -797,6 +1139,7 @@ class UpstreamRelease:
         metadata: str | Path | None = None,
         require_videos: bool = True,
         max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES,
+        archives: Sequence[str] | None = None,
     ) -> UpstreamRelease:
         """Open a local folder; ``require_videos=False`` accepts a metadata-only download (for
         ``info``/``stats``): then only :meth:`records` is meaningful and no join problems are reported."""
@@ -808,17 +1151,70 @@ class UpstreamRelease:
             metadata_path = Path(metadata) if Path(metadata).is_absolute() else root / metadata
         else:
             metadata_path = find_metadata_file(root)
+        zips = _pick_archives(zips, archives, root)
         if not zips and require_videos:
             raise UpstreamFormatError(f"{root}: no videos_*.zip archives found")
         if max_clip_bytes < 1:
             raise ValueError(f"max_clip_bytes must be >= 1, got {max_clip_bytes}")
-        return cls(root=root, metadata_path=metadata_path, zips=zips, max_clip_bytes=max_clip_bytes)
+        return cls(
+            root=root,
+            metadata_path=metadata_path,
+            zips=zips,
+            max_clip_bytes=max_clip_bytes,
+            partial=archives is not None,
+        )
+
+    @classmethod
+    def from_location(
+        cls,
+        location: Location,
+        *,
+        metadata: str | Path | None = None,
+        require_videos: bool = True,
+        max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES,
+        archives: Sequence[str] | None = None,
+    ) -> UpstreamRelease:
+        """Open a release that is not on this machine, to read it where it lies.
+
+        The archives are found by listing the location; a web server (``http(s)://``) cannot be listed
+        when it serves no index page, so there ``videos_1.zip``, ``videos_2.zip``, ... are tried in
+        order until one is missing, and the metadata file must be named (``metadata=``) unless the
+        server lists it."""
+        if max_clip_bytes < 1:
+            raise ValueError(f"max_clip_bytes must be >= 1, got {max_clip_bytes}")
+        web = location.scheme in ("http", "https")
+        names = _remote_listing(location, web)
+        zips = sorted(
+            (RemoteFile(u) for u in names if _matches(u, "videos_*.zip")), key=_natural_key
+        ) or sorted((RemoteFile(u) for u in names if _matches(u, "*.zip")), key=_natural_key)
+        if not zips and web:
+            zips = _probe_numbered_archives(location)
+        if metadata is not None:
+            metadata_file = RemoteFile(
+                location.join(str(metadata), where=str(location), what="metadata file")
+            )
+        else:
+            candidates = sorted(u for u in names if _matches(u, "*.json") or _matches(u, "*.jsonl"))
+            metadata_file = _pick_remote_metadata(location, candidates, web)
+        zips = _pick_archives(zips, archives, location.url)
+        if not zips and require_videos:
+            hint = " (a web server that lists no folder: are they named videos_1.zip, videos_2.zip, ...?)"
+            raise UpstreamFormatError(f"{location}: no videos_*.zip archives found{hint if web else ''}")
+        return cls(
+            root=location.url,
+            metadata_path=metadata_file,
+            zips=zips,
+            max_clip_bytes=max_clip_bytes,
+            location=location,
+            partial=archives is not None,
+        )
 
     def scan(self) -> UpstreamRelease:
         """Read the metadata, list the zips and join them; fills :attr:`problems`. Idempotent."""
         if self._clips is not None:
             return self
         self.problems = []
+        mark = REMOTE_READS.mark()
         members = self._list_members()
         records = self._read_records(members)
         self._records = dict(sorted((r.id, r) for r, _ in records.values()))
@@ -826,15 +1222,27 @@ class UpstreamRelease:
         if not self.zips:
             self._clips = {}
             return self
+        elsewhere = 0
         for base, (record, where) in sorted(records.items()):
             if base in self._dropped_members:
                 continue  # its member is already reported (too large, cut short)
             if base not in members:
+                if self.partial:
+                    elsewhere += 1  # in an archive that was not opened
+                    continue
                 self._problem("record_without_video", where, f"{where}: no member named {base!r} in any zip")
                 continue
             zip_path, member = members[base]
             clips[record.id] = UpstreamClip(
-                record=record, zip_path=zip_path, member=member, max_bytes=self.max_clip_bytes
+                record=record,
+                zip_path=zip_path,
+                member=member,
+                max_bytes=self.max_clip_bytes,
+                remote=self._remote.get((str(zip_path), member)),
+            )
+        if elsewhere:
+            log.info(
+                "%s: %d records name videos outside %s", self.root, elsewhere, [z.name for z in self.zips]
             )
         for base, (zip_path, member) in sorted(members.items()):
             if base not in records and base not in self._invalid_names and base not in self._dropped_members:
@@ -844,6 +1252,14 @@ class UpstreamRelease:
                     f"{zip_path.name}:{member}: no metadata record names {base!r}",
                 )
         self._clips = dict(sorted(clips.items()))
+        if self.location is not None:
+            log.info(
+                "%s: %d archives listed, %d clips joined; %s",
+                self.root,
+                len(self.zips),
+                len(self._clips),
+                REMOTE_READS.since(mark).describe(),
+            )
         return self
 
     def clips(self) -> Iterator[UpstreamClip]:
@@ -881,8 +1297,8 @@ class UpstreamRelease:
     def _problem(self, kind: str, where: str, message: str) -> None:
         self.problems.append(UpstreamProblem(kind=kind, where=where, message=message))
 
-    def _list_members(self) -> dict[str, tuple[Path, str]]:
-        members: dict[str, tuple[Path, str]] = {}
+    def _list_members(self) -> dict[str, tuple[Path | RemoteFile, str]]:
+        members: dict[str, tuple[Path | RemoteFile, str]] = {}
         self._dropped_members = set()
         for zip_path in self.zips:
             listed = self._archive_members(zip_path)
@@ -923,9 +1339,11 @@ class UpstreamRelease:
                 members[base] = (zip_path, name)
         return members
 
-    def _archive_members(self, zip_path: Path) -> list[tuple[str, int, str | None]]:
+    def _archive_members(self, zip_path: Path | RemoteFile) -> list[tuple[str, int, str | None]]:
         """(name, declared size, why unreadable) of every file member; a zip whose central
         directory is gone is walked by its local headers (:func:`scan_local_headers`)."""
+        if isinstance(zip_path, RemoteFile):
+            return self._remote_archive_members(zip_path)
         try:
             infos = _zip_handle(zip_path).infolist()
             return [(i.filename, i.file_size, None) for i in infos if not i.is_dir()]
@@ -952,8 +1370,42 @@ class UpstreamRelease:
         )
         return [(e.name, e.file_size, e.problem) for e in entries if not e.name.endswith("/")]
 
-    def _read_records(self, members: dict[str, tuple[Path, str]]) -> dict[str, tuple[ClipRecord, str]]:
-        rows = load_metadata_rows(self.metadata_path)
+    def _remote_archive_members(self, zip_file: RemoteFile) -> list[tuple[str, int, str | None]]:
+        """:meth:`_archive_members` of an archive read where it lies: its central directory by ranged
+        reads. The local-header walk that recovers a damaged archive would read it whole from its
+        start, so a remote archive without a readable central directory is reported, not walked."""
+        assert self.location is not None
+        try:
+            listed = list_remote_archive(self.location, zip_file.url)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            self._problem(
+                "damaged_archive",
+                zip_file.name,
+                f"{zip_file.name}: not a readable zip ({exc}); its central directory cannot be read where "
+                "it lies, and recovering its members from their local headers needs the whole archive: "
+                "download it (convert --download, or copy the release to a local folder) and rerun",
+            )
+            return []
+        for m in listed:
+            self._remote[(zip_file.url, m.name)] = m
+        return [(m.name, m.file_size, remote_member_problem(m)) for m in listed]
+
+    def _read_metadata(self) -> bytes:
+        if isinstance(self.metadata_path, RemoteFile):
+            assert self.location is not None
+            return remote_read(self.location, self.metadata_path.url)
+        return self.metadata_path.read_bytes()
+
+    def _open_member(self, zip_path: Path | RemoteFile, member: str) -> IO[bytes]:
+        remote = self._remote.get((str(zip_path), member))
+        return open_member(zip_path, member, max_bytes=self.max_clip_bytes, remote=remote)
+
+    def _read_records(
+        self, members: dict[str, tuple[Path | RemoteFile, str]]
+    ) -> dict[str, tuple[ClipRecord, str]]:
+        data = self._read_metadata()
+        self.metadata_sha256 = hashlib.sha256(data).hexdigest()
+        rows = parse_metadata_rows(data, self.metadata_path)
         self._rows = len(rows)
         self._invalid_names = set()
         if rows and not any(
@@ -993,7 +1445,11 @@ class UpstreamRelease:
                 for f in MEDIA_FIELDS
                 if f not in mapped and not (f in ("width", "height") and "resolution" in mapped)
             ]
-            if missing and base in members and _fill_from_video(mapped, missing, *members[base]):
+            if (
+                missing
+                and base in members
+                and _fill_from_video(mapped, missing, self._open_member, *members[base])
+            ):
                 filled[",".join(missing)] = filled.get(",".join(missing), 0) + 1
             # The record names the member it was read from, folders included; the JSON's own
             # spelling is kept in extra when it says something else (another folder).
@@ -1067,18 +1523,92 @@ class UpstreamRelease:
                 )
 
 
+def _matches(url: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(posixpath.basename(url.rstrip("/")), pattern)
+
+
+def _remote_listing(location: Location, web: bool) -> list[str]:
+    """The URLs directly under a remote release's root; empty for a web server that lists nothing."""
+    try:
+        return location.glob("*")
+    except Exception as exc:  # each backend (s3fs, HfFileSystem, aiohttp) has its own errors, no common base
+        if web:
+            return []
+        hint = (
+            "the repo id, revision, network and HF_TOKEN" if location.scheme == "hf" else "the URL, network"
+        )
+        raise UpstreamFormatError(
+            f"{location}: cannot list the release ({type(exc).__name__}: {exc}); check {hint} and "
+            "credentials (--storage-option, or the backend's environment), or pass a local folder"
+        ) from exc
+
+
+def _probe_numbered_archives(location: Location, limit: int = 1000) -> list[RemoteFile]:
+    """``videos_1.zip``, ``videos_2.zip``, ... that exist, up to the first missing one. Asked by size
+    (a HEAD request): fsspec's HTTP ``exists`` is a GET of the whole file."""
+    found: list[RemoteFile] = []
+    for n in range(1, limit + 1):
+        url = location.path(f"videos_{n}.zip")
+        try:
+            location.size(url)
+        except FileNotFoundError:
+            break
+        found.append(RemoteFile(url))
+    return found
+
+
+def _pick_remote_metadata(location: Location, candidates: list[str], web: bool) -> RemoteFile:
+    """The one metadata file among ``candidates`` (as :func:`find_metadata_file` picks it locally)."""
+    if len(candidates) > 1:
+        with_records = []
+        for url in candidates:
+            try:
+                if parse_metadata_rows(remote_read(location, url), RemoteFile(url)):
+                    with_records.append(url)
+            except (UpstreamFormatError, ValueError, UnicodeDecodeError):
+                continue
+        candidates = with_records or candidates
+    if not candidates:
+        hint = (
+            "; a web server that serves no folder index cannot be listed: name the file with metadata=NAME"
+            if web
+            else ""
+        )
+        raise UpstreamFormatError(f"{location}: no *.json metadata file found{hint}")
+    if len(candidates) > 1:
+        names = [posixpath.basename(u) for u in candidates]
+        raise UpstreamFormatError(f"{location}: several metadata files {names}; pick one with metadata=...")
+    return RemoteFile(candidates[0])
+
+
+def _pick_archives(zips: list[Any], archives: Sequence[str] | None, root: object) -> list[Any]:
+    """The archives named in ``archives`` (all when None); an unknown name is an error listing them."""
+    if archives is None:
+        return zips
+    names = {z.name for z in zips}
+    unknown = sorted(set(archives) - names)
+    if unknown:
+        raise UpstreamFormatError(f"{root}: no archive named {unknown}; the release has {sorted(names)}")
+    wanted = set(archives)
+    return [z for z in zips if z.name in wanted]
+
+
 MEDIA_FIELDS = ("duration", "fps", "width", "height")
 
 
 def _fill_from_video(
-    mapped: dict[str, tuple[str, Any]], fields: list[str], zip_path: Path, member: str
+    mapped: dict[str, tuple[str, Any]],
+    fields: list[str],
+    opener: Callable[[Path | RemoteFile, str], IO[bytes]],
+    zip_path: Path | RemoteFile,
+    member: str,
 ) -> bool:
     """Media facts the JSON lacks, read from the video's header: a release whose JSON has no FPS key
     must not lose every clip. False when the member cannot be probed (the record then stays invalid)."""
     from medvideocap.media.probe import ProbeError, probe
 
     try:
-        with open_member(zip_path, member) as stream:
+        with opener(zip_path, member) as stream:
             info = probe(stream, name=f"{zip_path.name}:{member}")
     except (ProbeError, zipfile.BadZipFile, OSError, EOFError):
         return False
@@ -1087,7 +1617,7 @@ def _fill_from_video(
     return True
 
 
-def _natural_key(path: Path) -> list[Any]:
+def _natural_key(path: Path | RemoteFile) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
@@ -1110,3 +1640,61 @@ def find_metadata_file(root: Path) -> Path:
             f"{root}: several metadata files {[p.name for p in candidates]}; pick one with metadata=..."
         )
     return candidates[0]
+
+
+class UpstreamSource:
+    """The clips of an upstream release (one split of the deterministic split, or all of them): a
+    :class:`~medvideocap.dataset.source.ClipSource` whose reader streams one zip member
+    (:meth:`UpstreamClip.read_bytes`, a :class:`MemberReadError` for a missing or damaged member).
+
+    Records are kept as JSON text, not as validated models, so a DataLoader's forked workers share them
+    without touching a reference count per field; :meth:`record` validates one on demand. The problems
+    found while joining the release (records without video, members too large...) are
+    :attr:`problems`: those clips are not in the source."""
+
+    def __init__(self, release: UpstreamRelease, split: str | None = None) -> None:
+        from medvideocap.dataset.splits import assign_split
+
+        clips = list(release.clips())
+        if split == "all":
+            split = None
+        if split is not None:
+            clips = [c for c in clips if assign_split(c.record.group) == split]
+        self.release = release
+        self.split = split
+        self._clips = clips
+        self._json = [
+            json.dumps({**c.record.to_json_dict(), **({"split": split} if split else {})}) for c in clips
+        ]
+        self._ids = [c.record.id for c in clips]
+
+    @classmethod
+    def open(cls, location: Any, split: str | None = None) -> UpstreamSource:
+        """The release at ``location`` (a local folder or a :class:`~medvideocap.locations.Location`
+        that :meth:`UpstreamRelease.open` accepts), as a clip source of ``split``."""
+        return cls(UpstreamRelease.open(location), split)
+
+    @property
+    def where(self) -> str:
+        return str(self.release.root)
+
+    @property
+    def problems(self) -> list[UpstreamProblem]:
+        return self.release.problems
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._clips)
+
+    def record(self, i: int) -> ClipRecord:
+        return ClipRecord.from_json_dict(json.loads(self._json[i]), where=self._clips[i].where)
+
+    def reader(self, i: int) -> tuple[Any, str, Any]:
+        clip = self._clips[i]
+        return clip.read_bytes, clip.where, ("upstream", clip.where)
+
+    def __repr__(self) -> str:
+        return f"UpstreamSource({self.where}, split={self.split!r}, {len(self)} clips)"

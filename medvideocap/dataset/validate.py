@@ -38,7 +38,6 @@ from medvideocap.dataset.layout import (
     METADATA_GLOB,
     README_PATH,
     UPSTREAM,
-    local_folder,
     locate,
     metadata_path,
 )
@@ -49,7 +48,7 @@ from medvideocap.dataset.schema import (
     UnknownFieldsWarning,
     arrow_schema,
 )
-from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES
+from medvideocap.dataset.upstream import DEFAULT_MAX_CLIP_BYTES, REMOTE_READS
 from medvideocap.locations import Location
 from medvideocap.media.probe import MediaInfo, ProbeError, probe
 from medvideocap.paths import OutsideRootError
@@ -88,6 +87,10 @@ class ValidationReport(BaseModel):
     root: str | None
     records: int = Field(0, description="Metadata records read (valid or not).")
     videos_checked: int = Field(0, description="Videos demuxed and compared with their record.")
+    sampled: int | None = Field(None, description="Videos picked by --sample (None: every video).")
+    bytes_read: int = Field(0, description="Bytes read from a remote upstream release (0 when local).")
+    read_requests: int = Field(0, description="Ranged requests those bytes took.")
+    read_seconds: float = Field(0.0, description="Seconds from the start to the end of those reads.")
     problems: list[Problem] = Field(default_factory=list)
 
     @property
@@ -193,6 +196,7 @@ def validate(
     max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
     max_clip_bytes: int = DEFAULT_MAX_CLIP_BYTES,
     storage_options: dict[str, Any] | None = None,
+    sample: int | None = None,
 ) -> ValidationReport:
     """Validate an upstream release or a hub-native dataset (local folder, Hub repo id, or a URL such
     as ``s3://bucket/ds`` read with ``storage_options``, see :mod:`medvideocap.locations`).
@@ -200,13 +204,28 @@ def validate(
     ``videos=False`` checks the metadata only (no download or decode of videos). ``workers`` threads
     demux videos in parallel (PyAV releases the GIL while demuxing); the report's order does not
     depend on it. ``max_caption_chars`` and ``max_clip_bytes`` (upstream zip members) are the
-    bounds ``convert`` takes too.
+    bounds ``convert`` takes too. ``sample`` demuxes only that many videos, spread evenly over the
+    clips in id order (:func:`sample_evenly`), while every record is still checked: with a release
+    read where it lies, that reads a few clips' bytes instead of the archives (``bytes_read``).
     Never raises for bad data: everything wrong ends up in the report.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if sample is not None and sample < 1:
+        raise ValueError(f"sample must be >= 1, got {sample}")
+    mark = REMOTE_READS.mark()
     limits = _Limits(max_caption_chars=max_caption_chars, max_clip_bytes=max_clip_bytes)
-    report = ValidationReport(source=str(path_or_repo), layout=None, root=None, records=0, videos_checked=0)
+    report = ValidationReport(
+        source=str(path_or_repo),
+        layout=None,
+        root=None,
+        records=0,
+        videos_checked=0,
+        sampled=None,
+        bytes_read=0,
+        read_requests=0,
+        read_seconds=0.0,
+    )
     try:
         kind, root = locate(path_or_repo, revision, videos=videos, storage_options=storage_options)
     except (ValueError, OSError) as exc:
@@ -219,8 +238,23 @@ def validate(
             checks = _upstream_checks(root, report, videos=videos, limits=limits)
         else:
             checks = _hub_native_checks(root, report, videos=videos, limits=limits)
+        if sample is not None:
+            checks = sample_evenly(checks, sample)
+            report.sampled = len(checks)
         _run_checks(checks, report, workers=workers, progress=progress)
+    transfer = REMOTE_READS.since(mark)
+    if transfer.bytes:  # a local dataset's report stays free of timings
+        report.bytes_read, report.read_requests = transfer.bytes, transfer.requests
+        report.read_seconds = transfer.seconds
     return report
+
+
+def sample_evenly(items: list[Any], n: int) -> list[Any]:
+    """``n`` of ``items`` spread evenly from first to last (all of them when there are no more): the
+    same ones on every run, and from every archive of a release rather than only the first."""
+    if n >= len(items):
+        return list(items)
+    return [items[i * len(items) // n] for i in range(n)]
 
 
 @dataclass(frozen=True)
@@ -282,11 +316,7 @@ def _upstream_checks(
     from medvideocap.dataset.upstream import UpstreamFormatError, UpstreamRelease
 
     try:
-        release = UpstreamRelease.from_folder(
-            local_folder(root, reader="reading an upstream release"),
-            require_videos=videos,
-            max_clip_bytes=limits.max_clip_bytes,
-        )
+        release = UpstreamRelease.open(root, require_videos=videos, max_clip_bytes=limits.max_clip_bytes)
         clips = list(release.clips())
     except (UpstreamFormatError, OSError, ValueError) as exc:
         report.add("format", str(root), str(exc))

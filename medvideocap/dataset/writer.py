@@ -24,6 +24,16 @@ Why it is shaped this way:
   bytes as a run that was never interrupted.
 * **Random access.** The parquet records the byte offset of each mp4 member's data in its shard,
   so one clip can be read with a single ranged read (locally or over HTTP) without the tar index.
+* **Object storage** (``out`` an ``s3://``/``gs://``/``az://`` URL). A tar shard is written front to
+  back with seeks a store cannot do, and a store has no rename, so the writer writes the same bytes into
+  a local *staging* folder (``staging=``, else a temporary one) and publishes each file as it is
+  finished: a shard when it is renamed into place, the metadata, rejects, info, funnel and card on
+  :meth:`DatasetWriter.close`, ``README.md`` last. Each upload goes to a hidden temporary key and is
+  then copied onto the real one (:func:`medvideocap.atomic.publish`), so a reader of the store never
+  sees half a shard. Re-opening first brings the staging folder level with the store (what the store
+  holds is what was published; a file finished locally but not yet published is published now;
+  temporary keys a kill left are deleted), then resumes exactly as on a local folder: the published
+  shards are a prefix of the clip sequence, so the rerun writes the same bytes.
 """
 
 from __future__ import annotations
@@ -36,9 +46,11 @@ import os
 import re
 import shutil
 import tarfile
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -46,7 +58,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medvideocap.atomic import TEMP_GLOB, atomic_write_bytes, atomic_write_parquet
+from medvideocap.atomic import TEMP_GLOB, atomic_path, atomic_write_bytes, atomic_write_parquet, publish
 from medvideocap.dataset import layout
 from medvideocap.dataset.layout import (
     FORMAT,
@@ -54,6 +66,7 @@ from medvideocap.dataset.layout import (
     META_DIR,
     METADATA_DIR,
     PROGRESS_DIR,
+    README_PATH,
     REJECTS_PATH,
     SHARD_GLOB,
     metadata_path,
@@ -63,6 +76,8 @@ from medvideocap.dataset.layout import (
 from medvideocap.dataset.schema import SCHEMA_VERSION, SPLITS, ClipRecord, arrow_schema
 from medvideocap.disk import writing_to
 from medvideocap.journal import JournalAppender, read_journal
+from medvideocap.locations import Location, resolve_output
+from medvideocap.lock import LOCK_GLOB
 
 log = logging.getLogger(__name__)
 
@@ -201,20 +216,36 @@ class DatasetWriter:
     group key, :func:`medvideocap.dataset.splits.assign_split`). ``recipe`` is stored in ``meta/info.json``
     and shown in the card. Use as a context manager: a clean exit calls :meth:`close`; an exception
     leaves unfinished shards as temp files so that a rerun rewrites exactly those clips.
+
+    ``out`` may be an object-store URL or :class:`~medvideocap.locations.Location` (``storage_options``
+    reach its filesystem): the dataset is written in ``staging`` (a local folder; default a temporary
+    one, removed on close) and published to ``out`` file by file (see the module doc). :attr:`out` is
+    the folder written locally, :attr:`location` where the dataset is.
     """
 
     def __init__(
         self,
-        out: Path | str,
+        out: Path | str | Location,
         *,
         shard_bytes: int = DEFAULT_SHARD_BYTES,
         split_fn: Callable[[ClipRecord], str] | None = None,
         recipe: dict[str, Any] | None = None,
         card: bool = True,
+        staging: Path | str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if shard_bytes <= 0:
             raise ValueError(f"shard_bytes must be positive, got {shard_bytes}")
-        self.out = Path(out)
+        self.location = resolve_output(out, storage_options=storage_options)
+        local = self.location.local
+        self.remote: Location | None = None if local is not None else self.location
+        self._own_staging: Path | None = None
+        if local is not None:
+            self.out = local
+        elif staging is not None:
+            self.out = Path(staging)
+        else:
+            self.out = self._own_staging = Path(tempfile.mkdtemp(prefix="medvideocap-staging-"))
         self.shard_bytes = shard_bytes
         self.recipe = recipe or {}
         self.card = card
@@ -241,6 +272,8 @@ class DatasetWriter:
 
     def _resume(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.remote is not None:
+            level_staging(self.remote, self.out)
         for folder in (self.out, self.out / METADATA_DIR, self.out / META_DIR):
             for stale in folder.glob(TEMP_GLOB) if folder.is_dir() else ():
                 stale.unlink()  # an atomic write cut short by a kill; written again on close
@@ -414,6 +447,7 @@ class DatasetWriter:
             with open(shard.tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(shard.tmp, shard.final)
+        self._publish(shard.final)
         self._rows[shard.split].extend(shard.rows)
         del self._open[shard.split]
         log.debug("finished %s (%d clips)", shard.final, len(shard.rows))
@@ -434,6 +468,16 @@ class DatasetWriter:
         with suppress(OSError):
             self._rejects_out.close()
         self._closed = True
+        self._drop_own_staging()
+
+    def _publish(self, path: Path) -> None:
+        """Upload ``path`` (a finished file under the staging folder) to the store, when there is one."""
+        if self.remote is not None:
+            publish(self.remote, path, self.remote.path(path.relative_to(self.out).as_posix()))
+
+    def _drop_own_staging(self) -> None:
+        if self._own_staging is not None:
+            shutil.rmtree(self._own_staging, ignore_errors=True)
 
     def close(self) -> None:
         """Finish open shards, then write metadata parquet, rejects, meta/info.json and the card."""
@@ -448,6 +492,10 @@ class DatasetWriter:
                 atomic_write_parquet(path, pa.Table.from_pylist(self._rows[split], schema=schema))
             elif path.exists():
                 path.unlink()
+            if not self._rows[split] and self.remote is not None:
+                url = self.remote.path(metadata_path(split))
+                if self.remote.exists(url):
+                    self.remote.fs.rm(url)
         atomic_write_parquet(
             self.out / REJECTS_PATH, pa.Table.from_pylist(self.rejects, schema=rejects_schema())
         )
@@ -459,7 +507,10 @@ class DatasetWriter:
             from medvideocap.dataset.card import write_card
 
             write_card(self.out)
+        if self.remote is not None:
+            _publish_all(self.remote, self.out)
         self._closed = True
+        self._drop_own_staging()
 
     def _info(self) -> dict[str, Any]:
         from medvideocap import __version__
@@ -512,3 +563,56 @@ class DatasetWriter:
             self.close()
         else:
             self.abort()
+
+
+# ------------------------------------------------------------------------------------------------
+# object storage: the staging folder and the store
+
+
+def _published(path: str) -> bool:
+    """Whether a dataset file of this name is ever published (not a temp file, a lock or progress)."""
+    name = path.rsplit("/", 1)[-1]
+    return not (
+        path.startswith(f"{PROGRESS_DIR}/")
+        or fnmatch(name, TEMP_GLOB)
+        or fnmatch(name, LOCK_GLOB)
+        or fnmatch(name, layout.PARTIAL_SHARD_GLOB)
+    )
+
+
+def level_staging(remote: Location, staging: Path) -> None:
+    """Bring ``staging`` level with what ``remote`` holds before a resume: a file the store holds is
+    downloaded where the staging copy is missing or of another size (the store is what readers see);
+    a finished shard only the staging folder holds (a kill between the rename and the upload) is
+    published; temporary keys a killed upload left are deleted."""
+    listed = {remote.relative(url): size for url, size in remote.sizes("**").items()}
+    for rel, size in listed.items():
+        url = remote.path(rel)
+        if not _published(rel):
+            if fnmatch(rel.rsplit("/", 1)[-1], TEMP_GLOB):
+                remote.fs.rm(url)
+            continue
+        local = staging / rel
+        if local.is_file() and local.stat().st_size == size:
+            continue
+        with writing_to(local), atomic_path(local, fsync=False) as tmp:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            remote.fs.get_file(url, str(tmp))
+    for path in sorted(staging.glob(layout.SHARDS_GLOB)):
+        rel = path.relative_to(staging).as_posix()
+        if rel not in listed:
+            publish(remote, path, remote.path(rel))
+
+
+def _publish_all(remote: Location, staging: Path) -> None:
+    """Publish every finished file of ``staging`` but the shards (published as they finished), the
+    card last: a reader who finds ``README.md`` finds the rest."""
+    shards = set(staging.glob(layout.SHARDS_GLOB))
+    files = [
+        p
+        for p in sorted(staging.rglob("*"))
+        if p.is_file() and p not in shards and _published(p.relative_to(staging).as_posix())
+    ]
+    files.sort(key=lambda p: p.relative_to(staging).as_posix() == README_PATH)
+    for path in files:
+        publish(remote, path, remote.path(path.relative_to(staging).as_posix()))

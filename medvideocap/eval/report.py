@@ -24,7 +24,7 @@ from medvideocap.atomic import atomic_write_json, atomic_write_parquet, atomic_w
 
 if TYPE_CHECKING:
     from medvideocap.caption.journal import Journal
-    from medvideocap.eval.runner import Item
+    from medvideocap.eval.items import Item
 
 SCORES_FILE = "scores.parquet"
 SUMMARY_FILE = "summary.json"

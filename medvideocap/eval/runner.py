@@ -16,6 +16,7 @@ score the same bytes the same way.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -31,35 +32,27 @@ from medvideocap.atomic import atomic_write_json
 from medvideocap.caption.journal import Journal
 from medvideocap.defaults import WAN_TEXT_TOKENS
 from medvideocap.eval import report
+from medvideocap.eval.items import Item
 from medvideocap.eval.metrics import Metric, MetricError, Unscored
 from medvideocap.eval.prompts import Prompt, count_truncated
 from medvideocap.eval.protocol import get_protocol, protocol_section
 from medvideocap.generate import GenerationSettings
+from medvideocap.progress import Progress
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "eval.json"
 JOURNAL_FILE = "journal.jsonl"
 VIDEOS_DIR = "videos"
+#: Videos sampled per round of the three generation phases (text encoder, transformer, VAE; each model
+#: loaded once a round). Larger rounds load UMT5-XXL (11.4 GB) less often; smaller ones lose less to a
+#: kill, since a round's videos are written and journalled only once its VAE phase decodes them.
+GENERATION_CHUNK = 8
 _VIDEO_NAME = re.compile(r"^(?P<prompt>.+?)(?:-s(?P<seed>\d+))?$")
 
 
 class EvalError(ValueError):
     """An eval run that cannot go on as asked; says which file or option and what to do."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One video of the evaluation: which checkpoint, prompt and seed, and where its mp4 lives."""
-
-    checkpoint: str
-    prompt: Prompt
-    seed: int
-    path: Path
-
-    @property
-    def key(self) -> str:
-        return f"{self.checkpoint}/{self.prompt.id}/{self.seed}"
 
 
 @dataclass
@@ -243,16 +236,19 @@ def run_eval(
     prompts_name: str = "",
     device: str | None = None,
     dtype: str | None = None,
+    text_encoder_dtype: str | None = None,
+    vae_tiling: bool | None = None,
     load_pipeline: Callable[..., Any] | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     protocol: str | None = None,
 ) -> EvalSummary:
     """Generate what the journal in ``out`` lacks (from ``checkpoints``) or take ``videos``, score every
     video with every metric, and rebuild the output tables (:func:`medvideocap.eval.report.write_outputs`).
 
-    ``load_pipeline`` defaults to :func:`medvideocap.generate.load_pipeline` and is called with its
-    keywords (``base``, ``device``, ``dtype``); a notebook can pass its own to reuse a pipeline already in
-    memory.
+    Each checkpoint samples through :class:`medvideocap.generate.StagedPipeline` (one model in memory at a
+    time), :data:`GENERATION_CHUNK` videos per round of its three phases. ``load_pipeline``, when given, is
+    called with ``(checkpoint, base=, device=, dtype=)`` instead; a notebook passes one to reuse a
+    ``WanPipeline`` already in memory. ``progress`` counts videos generated and scored.
     """
     from medvideocap import generate
 
@@ -295,24 +291,28 @@ def run_eval(
         if counts is not None:
             _record_truncations(out, counts(texts))
     summary = EvalSummary(out=str(out), videos=len(items))
-    say = progress or (lambda _msg: None)
+    counter = progress or Progress(live=False, stream=io.StringIO(), timer=False)  # counts, prints nothing
     timings: dict[str, list[float]] = {}
     with Journal(out / JOURNAL_FILE) as journal:
         if checkpoints is not None:
-            loader = load_pipeline or generate.load_pipeline
             made = journal.ok_ids()
             for label, path in checkpoints.items():
                 todo = [it for it in items if it.checkpoint == label and f"video/{it.key}" not in made]
                 if not todo:
                     continue
-                say(f"{label}: generating {len(todo)} videos")
                 try:
-                    pipe = loader(path, base=settings.base, device=device, dtype=dtype)
+                    if load_pipeline is not None:
+                        pipe = load_pipeline(path, base=settings.base, device=device, dtype=dtype)
+                    else:
+                        pipe = generate.StagedPipeline(
+                            path, base=settings.base, device=device, dtype=dtype,
+                            text_encoder_dtype=text_encoder_dtype, vae_tiling=vae_tiling,
+                        )  # fmt: skip
+                    tokenizer = getattr(pipe, "tokenizer", None)
                 except OSError as exc:
                     raise EvalError(
                         f"--checkpoint {label}: cannot load {path} (or its --base): {exc}"
                     ) from exc
-                tokenizer = getattr(pipe, "tokenizer", None)
                 if tokenizer is not None:
                     _record_truncations(
                         out,
@@ -322,22 +322,35 @@ def run_eval(
                             )
                         },
                     )
-                for it in todo:
+                task = counter.task(f"eval {label}: generate", len(todo), unit="video", failed="")
+                for start in range(0, len(todo), GENERATION_CHUNK):
+                    chunk = todo[start : start + GENERATION_CHUNK]
                     started = time.perf_counter()
-                    (video,) = settings.sample(pipe, [it.prompt.prompt], seed=it.seed)
-                    generate.write_mp4(video, it.path, fps=settings.fps)
-                    seconds = time.perf_counter() - started
-                    timings.setdefault("generation", []).append(seconds)
-                    journal.append(
-                        {"id": f"video/{it.key}", "ok": True, "path": str(it.path), "seconds": seconds}
-                    )
-                    summary.generated += 1
+                    try:
+                        videos_made = settings.sample(
+                            pipe, [it.prompt.prompt for it in chunk], seeds=[it.seed for it in chunk],
+                            progress=progress,
+                        )  # fmt: skip
+                    except OSError as exc:
+                        raise EvalError(
+                            f"--checkpoint {label}: cannot load {path} (or its --base): {exc}"
+                        ) from exc
+                    seconds = (time.perf_counter() - started) / len(chunk)
+                    for it, video in zip(chunk, videos_made, strict=True):
+                        generate.write_mp4(video, it.path, fps=settings.fps)
+                        timings.setdefault("generation", []).append(seconds)
+                        journal.append(
+                            {"id": f"video/{it.key}", "ok": True, "path": str(it.path), "seconds": seconds}
+                        )
+                        summary.generated += 1
+                        counter.advance(task, done=1)
+                counter.finish(task)
                 del pipe
         done = journal.settled_ids()
-        for it in items:
-            missing = [m for m in metrics if f"score/{it.key}/{m.name}" not in done]
-            if not missing:
-                continue
+        scoring = [(it, [m for m in metrics if f"score/{it.key}/{m.name}" not in done]) for it in items]
+        scoring = [(it, missing) for it, missing in scoring if missing]
+        task = counter.task("eval: score", len(scoring), unit="video", failed="")
+        for it, missing in scoring:
             video = read_video(it.path)
             for metric in missing:
                 started = time.perf_counter()
@@ -380,7 +393,8 @@ def run_eval(
                     }
                 )
                 summary.scored += 1
-            say(f"scored {it.key}")
+            counter.advance(task, done=1)
+        counter.finish(task)
         summary.seconds = {k: round(float(np.mean(v)), 4) for k, v in timings.items()}
         run_info = json.loads((out / RUN_FILE).read_text())
         chosen = get_protocol(protocol) if protocol else None

@@ -8,7 +8,7 @@ posterior and :func:`sample_moments` draws from it where the batch is (the train
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -17,6 +17,7 @@ import numpy as np
 from medvideocap.dist import env_rank_world
 from medvideocap.latents.reader import LatentCache
 from medvideocap.loading.sampler import BucketBatchSampler, bucket_by_shape, stable_seed
+from medvideocap.locations import Location
 
 if TYPE_CHECKING:
     import torch
@@ -297,7 +298,7 @@ class StreamingLatentDataset(_IterBase):  # type: ignore[misc,valid-type]
 
 
 def load_latents(
-    path: str | Path,
+    path: str | Path | Location,
     *,
     split: str | None = None,
     expect_fingerprint: str | None = None,
@@ -312,6 +313,7 @@ def load_latents(
     batch_size: int | None = None,
     drop_last: bool = False,
     shuffle_window: int = 4,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> LatentDataset | StreamingLatentDataset:
     """Open a latent cache written by ``medvideocap encode-latents`` for training.
 
@@ -332,8 +334,14 @@ def load_latents(
     RANK/WORLD_SIZE environment) and DataLoader workers, and has ``state_dict``/``load_state_dict``;
     with ``batch_size`` it yields shape-bucketed, collated batches.
     ``expect_fingerprint`` makes opening a cache made with other models or settings an error.
+
+    ``path`` may be an object-store URL (``s3://bucket/latents``): rows are then read with one ranged GET
+    each; ``storage_options`` (endpoint, credentials) reach its filesystem, else the backend's own
+    environment does (``AWS_*``, ``AWS_ENDPOINT_URL``, fsspec's ``FSSPEC_S3_*``).
     """
-    cache = LatentCache(path, split=split, expect_fingerprint=expect_fingerprint)
+    cache = LatentCache(
+        path, split=split, expect_fingerprint=expect_fingerprint, storage_options=storage_options
+    )
     if not streaming:
         return LatentDataset(cache, normalize=normalize, sample_seed=sample_seed, posterior=posterior)
     return StreamingLatentDataset(

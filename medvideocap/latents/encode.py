@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -30,23 +29,31 @@ from medvideocap.defaults import WAN_T2V_1_3B, WAN_TEXT_TOKENS
 from medvideocap.devices import resolve_device
 from medvideocap.disk import writing_to
 from medvideocap.dist import env_rank_world, ray_session
+from medvideocap.errors import DataError
 from medvideocap.hashing import hash64
 from medvideocap.latents.dropped import DroppedLog, finished_ids
 from medvideocap.latents.format import (
+    FLUSH_SECONDS,
     FORMAT,
     FORMAT_VERSION,
+    CacheRoot,
     ShardWriter,
     array_bytes,
+    cache_location,
+    check_reachable,
     nonfinite_summary,
     read_empty_prompt,
     write_empty_prompt,
     write_manifest,
 )
+from medvideocap.locations import Location
 from medvideocap.lock import lock_name, output_lock
+from medvideocap.progress import Progress, Task
 
 if TYPE_CHECKING:
     import torch
 
+    from medvideocap.loading.loader import ClipDataset
     from medvideocap.media.frames import FrameSpec
 
 log = logging.getLogger(__name__)
@@ -95,6 +102,8 @@ class EncodeConfig:
     tiling: bool = False
     slicing: bool = False
     rows_per_shard: int = 64
+    # a shard is also written once its oldest row has waited this long (durable progress at real sizes)
+    flush_seconds: float = FLUSH_SECONDS
     backend: str = "torchcodec"  # video decoder used by medvideocap.load
     num_workers: int = 2  # DataLoader processes decoding clips ahead of the encoder (0: decode inline)
     ray_concurrency: int = 1  # engine="ray": encoder actors (one GPU each)
@@ -330,32 +339,22 @@ def _by_shape(items: Iterable[dict[str, Any]], batch_size: int) -> Iterator[list
     return bucket_by_shape(items, batch_size, lambda it: tuple(it["video"].shape))
 
 
-def _progress_bar(console: Any = None) -> Any:
-    """The rich columns recaption and convert draw (count, rate, failures, ETA), on stderr so stdout
-    keeps only the JSON summary."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:.2f} clips/s"),
-        TextColumn("[red]{task.fields[dropped]} dropped"),
-        TimeRemainingColumn(),
-        console=console or Console(stderr=True),
-        transient=False,
-    )
+def _progress_bar(console: Any = None) -> Progress:
+    """The run's progress (:class:`~medvideocap.progress.Progress`) on stderr, so stdout keeps only the
+    JSON summary: rich's bar on a terminal, a line per split and rank at least every 30 s in a log."""
+    return Progress(console=console)
 
 
 class _RankProgress:
-    """One split's line on the bar for this rank: clips finished (encoded or dropped) of this run's
-    share, their rate and the running drop count; rich derives the ETA. Without a bar it only counts."""
+    """One split's task for this rank: clips finished (encoded or dropped) of this run's share, their
+    rate, the drops so far and the ETA. Without a bar it only counts."""
 
-    def __init__(self, bar: Any, split: str, rank: int, world_size: int, total: int):
-        self.bar, self.t0, self.done, self.dropped = bar, time.monotonic(), 0, 0
+    def __init__(self, bar: Progress | None, split: str, rank: int, world_size: int, total: int):
+        self.bar, self.done, self.dropped = bar, 0, 0
         label = f"encode-latents {split} rank {rank}/{world_size}"
-        self.task = bar.add_task(label, total=total, rate=0.0, dropped=0) if bar is not None else None
+        self.task: Task | None = (
+            bar.task(label, total, unit="clip", failed="dropped") if bar is not None else None
+        )
 
     def rows(self, n: int) -> None:
         self.advance(encoded=n)
@@ -366,9 +365,12 @@ class _RankProgress:
     def advance(self, *, encoded: int = 0, dropped: int = 0) -> None:
         self.done += encoded + dropped
         self.dropped += dropped
-        if self.bar is not None:
-            rate = self.done / max(1e-9, time.monotonic() - self.t0)
-            self.bar.update(self.task, completed=self.done, rate=rate, dropped=self.dropped)
+        if self.bar is not None and self.task is not None:
+            self.bar.advance(self.task, done=encoded + dropped, failed=dropped)
+
+    def finish(self) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.finish(self.task)
 
 
 @dataclass
@@ -388,7 +390,7 @@ class EncodeReport:
 
 def encode_items(
     items: Iterable[dict[str, Any]],
-    out: str | Path,
+    out: CacheRoot,
     split: str,
     encoder: BatchEncoder,
     *,
@@ -403,15 +405,22 @@ def encode_items(
     rank's ids, batch by shape, encode, write shards. Items are dicts with ``video`` (C, T, H, W) in
     [-1, 1], ``caption``, ``id`` and optionally ``timestamps`` and ``record``. ``on_rows(n)`` is called
     after each encoded batch (progress), ``on_dropped(n)`` after clips of it were dropped. A clip that
-    encodes to NaN/inf is recorded in ``dropped`` (this rank's drop log unless given) and never written."""
-    out = Path(out)
+    encodes to NaN/inf is recorded in ``dropped`` (this rank's drop log unless given) and never written.
+    ``out`` is a local folder or an object-store location (:func:`~medvideocap.latents.format.cache_location`)."""
+    out = cache_location(out, write=True)
     manifest = write_manifest(out, encoder.manifest)
     encoder.fingerprint = manifest["fingerprint"]
     if read_empty_prompt(out, encoder.fingerprint) is None:  # what a trainer's caption dropout feeds
         write_empty_prompt(out, encoder.encode_texts([""])[0].numpy(), encoder.fingerprint)
     report = EncodeReport(split=split, rank=rank, world_size=world_size, fingerprint=encoder.fingerprint)
     done = finished_ids(out, split) if done is None else done
-    writer = ShardWriter(out, split, rank, rows_per_shard=encoder.config.rows_per_shard)
+    writer = ShardWriter(
+        out,
+        split,
+        rank,
+        rows_per_shard=encoder.config.rows_per_shard,
+        flush_seconds=encoder.config.flush_seconds,
+    )
 
     def todo() -> Iterator[dict[str, Any]]:
         for it in items:
@@ -445,11 +454,15 @@ def encode_items(
     return report
 
 
-def _source_dataset(source: str | Path, split: str, config: EncodeConfig) -> Any:
-    from medvideocap.loading.loader import load
+def _source_dataset(source: str | Path, split: str, config: EncodeConfig) -> ClipDataset:
+    """The pixel dataset of ``split`` over the source's :class:`~medvideocap.dataset.source.ClipSource`,
+    strict: a clip with bad data raises its :class:`~medvideocap.errors.DataError`, which
+    :class:`_Guarded` records as dropped; any other exception is a bug and stops the run."""
+    from medvideocap.dataset.source import open_source
+    from medvideocap.loading.loader import ClipDataset, load
 
-    return load(
-        source,
+    dataset = load(
+        open_source(source, split),
         split,
         frames=config.frame_spec(),
         caption=config.caption,
@@ -458,26 +471,18 @@ def _source_dataset(source: str | Path, split: str, config: EncodeConfig) -> Any
         shuffle=False,
         on_error="raise",
     )
-
-
-def _dataset_ids(dataset: Any) -> list[str] | None:
-    """Clip ids by index without decoding, when the pixel dataset exposes them."""
-    for attr in ("ids", "clip_ids"):
-        value = getattr(dataset, attr, None)
-        if value is not None:
-            return list(value() if callable(value) else value)
-    records = getattr(dataset, "records", None)
-    if records is not None:
-        return [r.id for r in (records() if callable(records) else records)]
-    return None
+    assert isinstance(dataset, ClipDataset)  # map-style: load() without streaming
+    return dataset
 
 
 class _Guarded:
-    """Map-style view of the wanted clips that never raises: a failure becomes ``{"id", "error"}``
-    (computed in the worker that saw it), so DataLoader workers can decode ahead of the GPU and one bad
-    clip is recorded instead of killing the run."""
+    """Map-style view of the wanted clips that never raises for bad data: a
+    :class:`~medvideocap.errors.DataError` becomes ``{"id", "error"}`` (computed in the worker that saw
+    it), so DataLoader workers can decode ahead of the GPU and one bad clip is recorded instead of
+    killing the run. Any other exception is a bug: it propagates (from a worker, with its traceback)
+    and stops the run instead of dropping every clip."""
 
-    def __init__(self, dataset: Any, indices: list[int], ids: list[str]):
+    def __init__(self, dataset: ClipDataset, indices: list[int], ids: list[str]):
         self.dataset, self.indices, self.ids = dataset, indices, ids
 
     def __len__(self) -> int:
@@ -487,10 +492,10 @@ class _Guarded:
         clip_id = self.ids[self.indices[k]]
         try:
             item = self.dataset[self.indices[k]]
-        except Exception as exc:  # noqa: BLE001 - one bad clip must not stop a day-long job
+        except DataError as exc:  # one bad clip must not stop a day-long job; a bug must
             return {"id": clip_id, "error": f"{type(exc).__name__}: {exc}"}
-        if item is None:
-            skipped = getattr(getattr(self.dataset, "stats", None), "skipped_ids", None)
+        if item is None:  # too short for the frame spec (FrameSpec.short="skip"), counted by the loader
+            skipped = self.dataset.stats.skipped_ids
             return {"id": clip_id, "error": skipped[-1][1] if skipped else "the loader skipped the clip"}
         return item
 
@@ -524,7 +529,7 @@ def _iter_source(
 
 def encode_latents(
     source: str | Path,
-    out: str | Path,
+    out: CacheRoot,
     *,
     splits: Iterable[str] = ("train",),
     config: EncodeConfig | None = None,
@@ -533,16 +538,25 @@ def encode_latents(
     engine: Literal["local", "ray"] = "local",
     ray_address: str | None = None,
     limit: int | None = None,
-    progress: bool = False,
+    progress: bool | Progress = False,
     console: Any = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> list[EncodeReport]:
     """Encode every clip of ``splits`` of any source ``medvideocap.load`` reads into a cache at ``out``.
 
     Safe to rerun: finished ids are skipped. Run it under torchrun/accelerate for several GPUs (each
     rank takes its hash share of the ids), or with ``engine="ray"`` to spread batches over a Ray cluster
     (``ray_address``, else ``$RAY_ADDRESS``, else a local one).
-    ``progress`` draws a bar per split and rank (clips, clips/s, dropped so far, ETA) on ``console``
-    (default: a rich console on stderr): a 55K-clip encode runs for hours.
+    ``progress`` shows a task per split and rank (clips, rate, dropped so far, ETA) on ``console``
+    (default: stderr): rich's bar on a terminal, else a line at least every 30 s, also while one clip is
+    still encoding (a 55K-clip encode runs for days); a :class:`~medvideocap.progress.Progress` given
+    here is used as it is.
+
+    ``out`` is a local folder or an object-store URL (``s3://bucket/latents``; ``storage_options`` reach
+    its filesystem, else the backend's environment does): shards are published whole through temporary
+    keys, resume works the same, and a missing bucket or refused credentials stop the run before any
+    model loads with one :class:`~medvideocap.latents.format.CacheStorageError` naming the URL. Rows
+    are written at least every ``config.flush_seconds`` as well as every ``config.rows_per_shard``.
 
     Each (split, rank) this run encodes is locked in ``out`` first (:func:`medvideocap.lock.output_lock`,
     one lock file per split and rank, so the ranks of one job never block each other): a second run
@@ -553,20 +567,22 @@ def encode_latents(
     """
     config = config or EncodeConfig()
     rank, world_size = env_rank_world(rank, world_size)
-    out = Path(out)
+    location = cache_location(out, storage_options=storage_options, write=True)
     splits = list(splits)
     with ExitStack() as held:
         for split in splits:
             lock = lock_name(split, f"rank{rank}")
-            held.enter_context(output_lock(out, verb="encode-latents", name=lock))
-        held.enter_context(writing_to(out))  # names the cache for a full disk no writer below named
+            held.enter_context(output_lock(location, verb="encode-latents", name=lock))
+        check_reachable(location)
+        if location.local is not None:  # names the cache for a full disk no writer below named
+            held.enter_context(writing_to(location.local))
         encoder = BatchEncoder(config) if engine == "local" else None
-        bar = _progress_bar(console) if progress else None
+        bar = progress if isinstance(progress, Progress) else _progress_bar(console) if progress else None
         if bar is not None:
             bar.start()
         try:
             return _encode_splits(
-                source, out, splits, config, rank, world_size, engine, limit, encoder, bar, ray_address
+                source, location, splits, config, rank, world_size, engine, limit, encoder, bar, ray_address
             )
         finally:
             if bar is not None:
@@ -575,7 +591,7 @@ def encode_latents(
 
 def _encode_splits(
     source: str | Path,
-    out: Path,
+    out: Location,
     splits: Iterable[str],
     config: EncodeConfig,
     rank: int,
@@ -589,9 +605,7 @@ def _encode_splits(
     reports = []
     for split in splits:
         dataset = _source_dataset(source, split, config)
-        ids = _dataset_ids(dataset)
-        if ids is None:
-            raise TypeError(f"{source}: the pixel dataset for {split!r} does not expose clip ids by index")
+        ids = dataset.ids
         if limit is not None:
             ids = ids[:limit]
         if engine == "ray":
@@ -628,6 +642,7 @@ def _encode_splits(
         report.shards = inner.shards
         report.fingerprint = inner.fingerprint
         report.dropped = len(dropped.rows) - before
+        ticker.finish()
         log.info(
             "%s rank %d/%d: %d assigned, %d already done, %d encoded, %d dropped",
             split,
@@ -647,6 +662,7 @@ class _RayEncodeFn:
 
     def __init__(self, source: str, split: str, config: EncodeConfig, fingerprint: str):
         self.dataset = _source_dataset(source, split, config)
+        self.ids = self.dataset.ids
         self.encoder = BatchEncoder(config)
         self.encoder.fingerprint = fingerprint
 
@@ -654,11 +670,13 @@ class _RayEncodeFn:
         rows: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         items = []
-        for index, clip_id in zip(batch["index"], batch["id"], strict=True):
-            try:
-                items.append(self.dataset[int(index)])
-            except Exception as exc:  # noqa: BLE001 - recorded as dropped by the driver
-                failed.append({"id": str(clip_id), "error": f"{type(exc).__name__}: {exc}"})
+        guarded = _Guarded(self.dataset, [int(i) for i in batch["index"]], self.ids)
+        for k in range(len(guarded)):
+            item = guarded[k]  # a DataError is recorded as dropped by the driver; a bug stops the run
+            if "error" in item:
+                failed.append(item)
+            else:
+                items.append(item)
         for group in _by_shape(items, max(1, len(items))):
             rows.extend(self.encoder.encode_batch(group))
         for f in failed:
@@ -670,12 +688,12 @@ class _RayEncodeFn:
 def _encode_with_ray(
     source: str | Path,
     ids: list[str],
-    out: Path,
+    out: Location,
     split: str,
     config: EncodeConfig,
     rank: int,
     world_size: int,
-    bar: Any = None,
+    bar: Progress | None = None,
     ray_address: str | None = None,
 ) -> EncodeReport:
     """Same ids, resume and shard files as the local engine; Ray actors do the encoding, this driver
@@ -720,7 +738,9 @@ def _encode_with_ray(
             num_gpus=1 if actor_config.resolved_device().startswith("cuda") else 0,
             concurrency=int(config.extra.get("ray_concurrency", config.ray_concurrency)),
         )
-        writer = ShardWriter(out, split, rank, rows_per_shard=config.rows_per_shard)
+        writer = ShardWriter(
+            out, split, rank, rows_per_shard=config.rows_per_shard, flush_seconds=config.flush_seconds
+        )
         for row in ds.iter_rows():
             row = dict(row)
             error, stage = row.pop("__error__", None), row.pop("__stage__", None)
@@ -738,4 +758,5 @@ def _encode_with_ray(
             ticker.advance(encoded=1)
         writer.flush()
         report.shards = [str(p) for p in writer.written]
+    ticker.finish()
     return report

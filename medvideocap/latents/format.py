@@ -27,6 +27,15 @@ Why it looks like this:
 * The embedding of the empty prompt is stored beside the rows (``meta/empty-prompt.safetensors``, tagged
   with the cache's fingerprint): a trainer with caption dropout needs exactly that one embedding, and
   without it would load the 11 GB text encoder to compute it.
+
+Where it lives. ``DIR`` is a local folder or an object-store URL (``s3://bucket/latents``): every
+function here takes either (or a :class:`~medvideocap.locations.Location`, :func:`cache_location`) and
+goes through the location, so the writer, the resume and the readers are the same code on both. What
+changes on object storage: a file is staged locally and published through a temporary key
+(:func:`medvideocap.atomic.atomic_output`), so a reader listing ``DIR/train/`` never sees half a shard;
+listings are read afresh (no stale cached listing after another process wrote); and a missing bucket or
+credentials the store refuses are one :class:`CacheStorageError` naming the URL (:func:`reaching`), with
+every secret of the storage options and the environment blanked out of the message.
 """
 
 from __future__ import annotations
@@ -34,18 +43,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medvideocap.atomic import atomic_path, atomic_write_bytes
+from medvideocap.atomic import atomic_output, atomic_write_to
 from medvideocap.errors import DataError
+from medvideocap.locations import LOCAL, Location, resolve, resolve_output
 
 FORMAT = "medvideocap/latent-cache"
 FORMAT_VERSION = 1
@@ -134,7 +147,116 @@ class LatentRowError(LatentCacheError, DataError):
     :class:`LatentCacheError` (what the train command reports as a cache problem, without a traceback)."""
 
 
-def reencode_hint(shard: Path) -> str:
+CacheRoot = str | Path | Location
+"""A cache folder: a local path, an object-store URL, or a location."""
+ShardPath = Path | str
+"""A shard: a local path, or the URL of one in object storage."""
+
+
+class CacheStorageError(LatentCacheError):
+    """Object storage that cannot be reached as asked: the bucket does not exist, the credentials are
+    refused, the network fails. Names the URL and never a secret."""
+
+
+def cache_location(
+    root: CacheRoot, *, storage_options: Mapping[str, Any] | None = None, write: bool = False
+) -> Location:
+    """The location of a cache folder: a path without a scheme is local (a cache is never looked up as
+    a Hub repo by its spelling), a URL goes by its scheme; ``write`` refuses read-only schemes
+    (:func:`medvideocap.locations.resolve_output`)."""
+    if isinstance(root, Location):
+        return root
+    if write:
+        return resolve_output(root, storage_options=storage_options)
+    if isinstance(root, Path) or "://" not in str(root):
+        return Location(LOCAL, str(Path(root).expanduser()), storage_options)
+    return resolve(str(root), storage_options=storage_options)
+
+
+_SECRET_WORDS = ("secret", "token", "password", "credential", "key", "sas", "signature")
+
+
+def _blank_secrets(text: str, location: Location) -> str:
+    """``text`` with every value that may be a secret (storage options and environment variables whose
+    names say key/secret/token/...) replaced by ``***``; the endpoint stays, as it helps to see it."""
+    found = [
+        str(v)
+        for k, v in list(location.storage_options.items()) + list(os.environ.items())
+        if any(w in k.lower() for w in _SECRET_WORDS) and "endpoint" not in k.lower() and len(str(v)) >= 4
+    ]
+    for value in sorted(found, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text
+
+
+def storage_message(location: Location, doing: str, exc: BaseException) -> str:
+    """One line saying why ``doing`` failed at ``location``: a missing bucket, refused credentials, or the
+    store's own words; secrets blanked (:func:`_blank_secrets`)."""
+    bucket = f"{location.scheme}://{location.root.split('/', 1)[0]}"
+    said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, PermissionError):
+        reason = (
+            f"access denied ({said}); check the credentials (for s3://: AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or --storage-option key=... secret=...) and their "
+            f"rights on {bucket}"
+        )
+    elif isinstance(exc, FileNotFoundError) and "bucket" in str(exc).lower():
+        reason = f"the bucket {bucket} does not exist ({said}); create it or fix the URL"
+    else:
+        reason = said
+    return _blank_secrets(f"{location.url}: cannot {doing}: {reason}", location)
+
+
+@contextmanager
+def reaching(location: Location, doing: str) -> Iterator[None]:
+    """Object-store errors in the block (``OSError``: refused credentials, a missing bucket, the network)
+    as one :class:`CacheStorageError` (:func:`storage_message`); data errors and a local folder's errors
+    pass through as they are."""
+    if location.local is not None:
+        yield
+        return
+    try:
+        yield
+    except (LatentCacheError, DataError):
+        raise
+    except OSError as exc:
+        raise CacheStorageError(storage_message(location, doing, exc)) from None
+
+
+def check_reachable(location: Location, doing: str = "write the latent cache") -> None:
+    """Fail early, before any model loads, when the bucket of an object-store cache does not exist or
+    the credentials are refused (:class:`CacheStorageError`); nothing to do for a local folder."""
+    if location.local is not None:
+        return
+    bucket = location.root.split("/", 1)[0]
+    try:
+        location.fs.info(f"{location.scheme}://{bucket}")
+    except FileNotFoundError as exc:
+        raise CacheStorageError(
+            _blank_secrets(
+                f"{location.url}: cannot {doing}: the bucket {location.scheme}://{bucket} does not exist "
+                f"({type(exc).__name__}: {exc}); create it or fix the URL",
+                location,
+            )
+        ) from None
+    except OSError as exc:
+        raise CacheStorageError(storage_message(location, doing, exc)) from None
+
+
+def fresh(location: Location) -> Location:
+    """``location`` with its filesystem's cached listings dropped (object storage), so a listing shows what
+    another process wrote since; returns it for chaining."""
+    if location.local is None:
+        location.fs.invalidate_cache()
+    return location
+
+
+def open_shard(location: Location, shard: ShardPath) -> str | IO[bytes]:
+    """What pyarrow opens a shard from: its path on a local disk, a file object (ranged reads) elsewhere."""
+    return str(shard) if location.local is not None else location.open(str(shard))
+
+
+def reencode_hint(shard: ShardPath) -> str:
     """What to do about a damaged shard, said the same way by every error that names one: shards are
     written whole and renamed into place, so damage came later, and re-encoding is keyed by clip id."""
     shard = Path(shard)
@@ -146,7 +268,7 @@ def reencode_hint(shard: Path) -> str:
 
 
 @contextmanager
-def reading_shard(shard: Path) -> Iterator[None]:
+def reading_shard(shard: ShardPath) -> Iterator[None]:
     """pyarrow's errors about a shard it cannot read (cut short, damaged, not one of ours) as one
     :class:`LatentCacheError` naming the file and the fix, instead of "Parquet magic bytes not found"."""
     try:
@@ -193,12 +315,14 @@ def _not_a_number(name: str) -> Any:
     raise ValueError(f"holds {name}, which JSON does not allow and no manifest encode-latents writes holds")
 
 
-def load_manifest_json(path: Path) -> dict[str, Any]:
-    """The object in ``path``, refusing what Python's ``json`` would let through: ``NaN``/``Infinity``
-    (json.loads reads them, and the fingerprint, which allows none, then failed with a bare ValueError)
-    and anything but an object. Errors name the file and :data:`MANIFEST_FIX`."""
+def load_manifest_json(path: Path | str, data: bytes | None = None) -> dict[str, Any]:
+    """The object in ``path`` (or in ``data``, read from ``path`` elsewhere), refusing what Python's
+    ``json`` would let through: ``NaN``/``Infinity`` (json.loads reads them, and the fingerprint, which
+    allows none, then failed with a bare ValueError) and anything but an object. Errors name the file and
+    :data:`MANIFEST_FIX`."""
     try:
-        manifest = json.loads(Path(path).read_bytes(), parse_constant=_not_a_number)
+        raw = Path(path).read_bytes() if data is None else data
+        manifest = json.loads(raw, parse_constant=_not_a_number)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise LatentCacheError(f"{path}: not valid JSON ({exc}); {MANIFEST_FIX}") from exc
     except ValueError as exc:
@@ -208,7 +332,7 @@ def load_manifest_json(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def write_manifest(root: CacheRoot, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write ``manifest.json`` (with its fingerprint), or check an existing one says the same.
 
     A cache folder holds latents of exactly one configuration: resuming or adding ranks with other
@@ -216,9 +340,15 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """
     manifest = dict(manifest)
     manifest["fingerprint"] = fingerprint(manifest)
-    path = Path(root) / MANIFEST_NAME
-    if path.exists():
-        old = load_manifest_json(path)
+    location = fresh(cache_location(root, write=True))
+    path = location.path(MANIFEST_NAME)
+    with reaching(location, "write the latent cache"):
+        if location.exists(path):
+            old = load_manifest_json(path, location.read_bytes(path))
+        else:
+            old = None
+            atomic_write_to(location, path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    if old is not None:
         if old.get("fingerprint") != manifest["fingerprint"]:
             keys = FINGERPRINT_KEYS + OPTIONAL_FINGERPRINT_KEYS
             diff = sorted(k for k in keys if old.get(k) != manifest.get(k))
@@ -227,17 +357,20 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
                 f"{manifest['fingerprint']} (differs in {diff}); use another --out folder"
             )
         return old
-    atomic_write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return manifest
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
-    path = Path(root) / MANIFEST_NAME
-    if not path.exists():
-        raise LatentCacheError(
-            f"{root}: no {MANIFEST_NAME}; not a latent cache (run `medvideocap encode-latents`)"
-        )
-    manifest = load_manifest_json(path)
+def read_manifest(root: CacheRoot) -> dict[str, Any]:
+    location = fresh(cache_location(root))
+    path = location.path(MANIFEST_NAME)
+    with reaching(location, "read the latent cache"):
+        if not location.exists(path):
+            check_reachable(location, "read the latent cache")  # a missing bucket says so, not "no manifest"
+            raise LatentCacheError(
+                f"{location.url}: no {MANIFEST_NAME}; not a latent cache (run `medvideocap encode-latents`)"
+            )
+        data = location.read_bytes(path)
+    manifest = load_manifest_json(path, data)
     if manifest.get("format") != FORMAT:
         raise LatentCacheError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
     if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
@@ -250,28 +383,41 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def write_empty_prompt(root: Path, embedding: np.ndarray, cache_fingerprint: str) -> Path:
+def write_empty_prompt(root: CacheRoot, embedding: np.ndarray, cache_fingerprint: str) -> ShardPath:
     """Store the unpadded ``(L, D)`` embedding of "" (float32) for the cache whose fingerprint is given."""
     from safetensors.numpy import save
 
-    path = Path(root) / META_DIR / EMPTY_PROMPT_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
+    location = cache_location(root, write=True)
+    path = location.path(f"{META_DIR}/{EMPTY_PROMPT_NAME}")
     data = save(
         {"embedding": np.ascontiguousarray(embedding, dtype=np.float32)}, {"fingerprint": cache_fingerprint}
     )
-    atomic_write_bytes(path, data)
-    return path
+    with reaching(location, "write the latent cache"):
+        atomic_write_to(location, path, data)
+    return Path(path) if location.local is not None else path
 
 
-def read_empty_prompt(root: Path, cache_fingerprint: str) -> np.ndarray | None:
+def read_empty_prompt(root: CacheRoot, cache_fingerprint: str) -> np.ndarray | None:
     """The stored embedding of "" (:func:`write_empty_prompt`), or None when the cache has none (made
     before it was stored, or by the Ray engine). One stored for another fingerprint is refused."""
+    location = fresh(cache_location(root))
+    path = location.path(f"{META_DIR}/{EMPTY_PROMPT_NAME}")
+    if location.local is not None:
+        return _read_empty_prompt(Path(path), path, cache_fingerprint) if Path(path).is_file() else None
+    with reaching(location, "read the latent cache"):
+        if not location.is_file(path):
+            return None
+        data = location.read_bytes(path)
+    with tempfile.TemporaryDirectory(prefix="medvideocap-") as staging:  # safetensors opens files only
+        local = Path(staging) / EMPTY_PROMPT_NAME
+        local.write_bytes(data)
+        return _read_empty_prompt(local, path, cache_fingerprint)
+
+
+def _read_empty_prompt(local: Path, path: str, cache_fingerprint: str) -> np.ndarray:
     from safetensors import safe_open
 
-    path = Path(root) / META_DIR / EMPTY_PROMPT_NAME
-    if not path.is_file():
-        return None
-    with safe_open(str(path), framework="numpy") as f:
+    with safe_open(str(local), framework="numpy") as f:
         stored = (f.metadata() or {}).get("fingerprint")
         if stored != cache_fingerprint:
             raise LatentCacheError(
@@ -379,60 +525,126 @@ def check_row_arrays(
         raise LatentRowError(f"{where}: {problem}")
 
 
-def shard_files(root: Path, split: str) -> list[Path]:
-    """All ranks' finished shards of a split, in a fixed order (rank, then shard number)."""
-    folder = Path(root) / split
-    if not folder.is_dir():
-        return []
+def shard_files(root: CacheRoot, split: str) -> list[ShardPath]:
+    """All ranks' finished shards of a split, in a fixed order (rank, then shard number): paths in a
+    local folder, URLs in object storage."""
+    location = cache_location(root)
+    local = location.local
+    if local is not None:
+        folder = local / split
+        names: list[ShardPath] = list(folder.iterdir()) if folder.is_dir() else []
+    else:
+        with reaching(fresh(location), "list the latent cache"):
+            names = list(location.glob(f"{split}/rank-*-shard-*.parquet"))
     found = []
-    for p in folder.iterdir():
-        m = SHARD_RE.match(p.name)
+    for p in names:
+        m = SHARD_RE.match(_name(p))
         if m:
             found.append((int(m.group(1)), int(m.group(2)), p))
-    return [p for _, _, p in sorted(found)]
+    return [p for _, _, p in sorted(found, key=lambda f: f[:2])]
 
 
-def cache_splits(root: Path) -> list[str]:
-    root = Path(root)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and shard_files(root, p.name))
+def _name(path: ShardPath) -> str:
+    return path.name if isinstance(path, Path) else path.rpartition("/")[2]
+
+
+def cache_splits(root: CacheRoot) -> list[str]:
+    location = cache_location(root)
+    local = location.local
+    if local is not None:
+        return sorted(p.name for p in local.iterdir() if p.is_dir() and shard_files(local, p.name))
+    with reaching(fresh(location), "list the latent cache"):
+        shards = location.glob("*/rank-*-shard-*.parquet")
+    return sorted({location.relative(p).split("/")[0] for p in shards if SHARD_RE.match(_name(p))})
+
+
+FLUSH_SECONDS = 300.0
+"""Longest a finished row waits in memory before its shard is written (``--flush-seconds``)."""
 
 
 class ShardWriter:
     """Buffers rows of one (split, rank) and writes them as numbered parquet shards, atomically.
 
-    Shard numbers continue after the highest already on disk, so a resumed run never overwrites
+    Shard numbers continue after the highest already written, so a resumed run never overwrites
     finished work; rows still buffered when the process dies are simply encoded again on resume.
+
+    A shard is written when ``rows_per_shard`` rows are buffered, or when the oldest buffered row has
+    waited ``flush_seconds`` (by ``clock``): at real sizes a clip takes minutes, and a run killed before
+    its 64th clip used to keep nothing. Time-flushed shards are smaller; readers do not care.
     """
 
-    def __init__(self, root: Path, split: str, rank: int, *, rows_per_shard: int = 64):
-        self.folder = Path(root) / split
-        self.folder.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        root: CacheRoot,
+        split: str,
+        rank: int,
+        *,
+        rows_per_shard: int = 64,
+        flush_seconds: float | None = FLUSH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.location = fresh(cache_location(root, write=True))
+        self.split = split
         self.rank = rank
         self.rows_per_shard = max(1, rows_per_shard)
+        self.flush_seconds = flush_seconds
+        self.clock = clock
+        self._oldest: float | None = None
         self.rows: list[dict[str, Any]] = []
+        local = self.location.local
+        if local is not None:
+            self.folder: ShardPath = local / split
+            local.joinpath(split).mkdir(parents=True, exist_ok=True)
+        else:
+            self.folder = self.location.path(split)
         numbers = [
             int(m.group(2))
-            for p in self.folder.iterdir()
-            if (m := SHARD_RE.match(p.name)) and int(m.group(1)) == rank
+            for p in shard_files(self.location, split)
+            if (m := SHARD_RE.match(_name(p))) and int(m.group(1)) == rank
         ]
         self.next_number = max(numbers, default=-1) + 1
-        for stale in self.folder.glob(f".rank-{rank}-shard-*.parquet.tmp-*"):
-            stale.unlink(missing_ok=True)  # left by a killed run; its rows are encoded again
-        self.written: list[Path] = []
+        self._remove_stale()
+        self.written: list[ShardPath] = []
+
+    def _remove_stale(self) -> None:
+        """Temporary files a killed run of this rank left (its rows are encoded again)."""
+        pattern = f".rank-{self.rank}-shard-*.parquet.tmp-*"
+        local = self.location.local
+        if local is not None:
+            for stale in (local / self.split).glob(pattern):
+                stale.unlink(missing_ok=True)
+            return
+        with reaching(self.location, "write the latent cache"):
+            for url in self.location.glob(f"{self.split}/{pattern}"):
+                with suppress(FileNotFoundError):
+                    self.location.fs.rm(url)
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        if len(self.rows) >= self.rows_per_shard:
+        if self._oldest is None:
+            self._oldest = self.clock()
+        if len(self.rows) >= self.rows_per_shard or self.due():
             self.flush()
 
-    def flush(self) -> Path | None:
+    def due(self) -> bool:
+        """Whether the oldest buffered row has waited ``flush_seconds``."""
+        return (
+            self.flush_seconds is not None
+            and self._oldest is not None
+            and self.clock() - self._oldest >= self.flush_seconds
+        )
+
+    def flush(self) -> ShardPath | None:
         """Write what is buffered (also a last, partial shard) and return its path."""
         if not self.rows:
             return None
         table = pa.Table.from_pylist(self.rows, schema=ARROW_SCHEMA)
-        path = self.folder / f"rank-{self.rank}-shard-{self.next_number:05d}.parquet"
+        name = f"rank-{self.rank}-shard-{self.next_number:05d}.parquet"
+        path: ShardPath = self.location.path(f"{self.split}/{name}")
+        if self.location.local is not None:
+            path = Path(path)
         row_bytes = max(1, table.nbytes // max(1, table.num_rows))
-        with atomic_path(path) as tmp:
+        with reaching(self.location, "write the latent cache"), atomic_output(self.location, path) as tmp:
             pq.write_table(
                 table,
                 tmp,
@@ -445,4 +657,5 @@ class ShardWriter:
         self.written.append(path)
         self.next_number += 1
         self.rows = []
+        self._oldest = None
         return path

@@ -2,6 +2,11 @@
 
 Kept apart from the torch datasets so tools that only inspect rows (benchmarks, validation, FastVideo
 interop checks) read the cache without torch.
+
+A cache in object storage (``s3://bucket/latents``) is read through its location: the index from the
+small columns of each shard (ranged reads of a file object), and a row the way a local one is, from the
+byte offsets in the parquet footer: one ranged GET per row, spanning its latent, its embedding and (when
+asked) its log-variance, never the whole shard.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +26,16 @@ import pyarrow.parquet as pq
 from medvideocap.latents.format import (
     BYTES_COLUMNS,
     INDEX_COLUMNS,
+    CacheRoot,
     FingerprintMismatchError,
     LatentCacheError,
     LatentRowError,
+    cache_location,
     cache_splits,
     check_row_arrays,
     decode_array,
+    open_shard,
+    reaching,
     read_manifest,
     reading_shard,
     reencode_hint,
@@ -57,11 +67,22 @@ class RowRef:
 
 
 class LatentCache:
-    """An opened cache: manifest, and an index of one split built from the small columns only."""
+    """An opened cache: manifest, and an index of one split built from the small columns only.
 
-    def __init__(self, path: str | Path, *, split: str | None = None, expect_fingerprint: str | None = None):
-        self.root = Path(path)
-        self.manifest = read_manifest(self.root)
+    ``path`` is a local folder or an object-store URL (``storage_options`` reach its filesystem: endpoint,
+    credentials; else the backend's environment, ``AWS_*`` for s3)."""
+
+    def __init__(
+        self,
+        path: CacheRoot,
+        *,
+        split: str | None = None,
+        expect_fingerprint: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ):
+        self.location = cache_location(path, storage_options=storage_options)
+        self.root: Path | str = self.location.local or self.location.url
+        self.manifest = read_manifest(self.location)
         self.fingerprint: str = self.manifest["fingerprint"]
         if expect_fingerprint is not None and expect_fingerprint != self.fingerprint:
             raise FingerprintMismatchError(
@@ -70,7 +91,7 @@ class LatentCache:
                 f"text_encoder={self.manifest.get('text_encoder_id')!r}, store={self.manifest.get('store')!r}); "
                 "re-encode with the settings the trainer expects or drop expect_fingerprint"
             )
-        self.splits = cache_splits(self.root)
+        self.splits = cache_splits(self.location)
         if split is None:
             if "train" in self.splits or not self.splits:
                 split = "train"
@@ -79,7 +100,7 @@ class LatentCache:
             else:
                 raise LatentCacheError(f"{self.root}: several splits {self.splits}; pass split=")
         self.split = split
-        self.files = shard_files(self.root, split)
+        self.files = shard_files(self.location, split)
         if not self.files:
             raise LatentCacheError(
                 f"{self.root}: no shards for split {split!r} (splits found: {self.splits})"
@@ -88,8 +109,8 @@ class LatentCache:
         tables = []
         self._ends: dict[tuple[int, int, str], int] = {}
         for fi, path in enumerate(self.files):
-            with reading_shard(path):
-                pf = pq.ParquetFile(path)
+            with reading_shard(path), reaching(self.location, "read the latent cache"):
+                pf = pq.ParquetFile(open_shard(self.location, path))
                 tables.append(pf.read(columns=list(INDEX_COLUMNS)))
             for gi in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(gi).num_rows
@@ -153,6 +174,23 @@ class LatentCache:
         for fd in getattr(self, "_fds", {}).values():
             os.close(fd)
 
+    def _read_span(self, file: int, spans: list[tuple[int, int]]) -> list[np.ndarray] | None:
+        """Values ``(end, nbytes)`` of one shard in object storage, with one ranged read from the first
+        value's length prefix to the last value's end (the columns between, a row's small ones, ride
+        along); each value copied into memory of its own. None when a length prefix does not match."""
+        first = min(end - nbytes - 4 for end, nbytes in spans)
+        last = max(end for end, _ in spans)
+        data = self.location.pread(str(self.files[file]), first, last - first)
+        out = []
+        for end, nbytes in spans:
+            at = end - nbytes - first
+            if int.from_bytes(data[at - 4 : at], "little") != nbytes:
+                return None
+            value = np.empty(nbytes, dtype=np.uint8)
+            value[:] = np.frombuffer(data, dtype=np.uint8, count=nbytes, offset=at)
+            out.append(value)
+        return out
+
     def _read_direct(self, file: int, end: int, nbytes: int) -> np.ndarray | None:
         """One value straight from the file into fresh memory: the bytes are the last ``nbytes`` of
         their column chunk, preceded by their PLAIN length prefix (checked, so a file laid out any
@@ -176,7 +214,8 @@ class LatentCache:
         pf = self._files.get(file)
         if pf is None:
             # pre_buffer=False: no read-ahead staging copy of the column chunks
-            pf = self._files[file] = pq.ParquetFile(self.files[file], pre_buffer=False)
+            source = open_shard(self.location, self.files[file])
+            pf = self._files[file] = pq.ParquetFile(source, pre_buffer=False)
         columns = ["vae_latent_bytes", "text_embedding_bytes"] + (["vae_logvar_bytes"] if with_logvar else [])
         # use_threads=False: a row group is a few large values; a thread pool per read only adds
         # contention with the DataLoader's own workers.
@@ -202,7 +241,8 @@ class LatentCache:
         shard = self.files[ref.file]
         where = f"{shard} row group {ref.group} row {ref.row} (id {self.ids[i]!r})"
         try:
-            return self._raw(i, ref, with_logvar, where)
+            with reaching(self.location, "read the latent cache"):
+                return self._raw(i, ref, with_logvar, where)
         except LatentRowError as exc:
             raise LatentRowError(f"{exc}; {reencode_hint(shard)}") from None
 
@@ -217,22 +257,26 @@ class LatentCache:
             for _, column in names
         }
         direct = {}
-        for name, column in names:
-            end = self._ends.get((ref.file, ref.group, f"{column}_bytes"))
-            shape, dtype = layouts[column]
-            data = (
-                self._read_direct(ref.file, end, math.prod(shape) * dtype.itemsize)
-                if end is not None
-                else None
-            )
+        ends = [self._ends.get((ref.file, ref.group, f"{column}_bytes")) for _, column in names]
+        sizes = [math.prod(layouts[column][0]) * layouts[column][1].itemsize for _, column in names]
+        values: list[np.ndarray | None] = [None] * len(names)
+        if self.location.local is None and all(e is not None for e in ends):
+            spans = [(int(e), n) for e, n in zip(ends, sizes, strict=True) if e is not None]
+            values = list(self._read_span(ref.file, spans) or values)
+        for k, (name, column) in enumerate(names):
+            end = ends[k]
+            data = values[k]
+            if data is None and end is not None and self.location.local is not None:
+                data = self._read_direct(ref.file, end, sizes[k])
             if data is None:
                 break
+            shape, dtype = layouts[column]
             direct[name] = decode_array(data, shape, dtype, where=f"{where}, {column}")
         out["owned"] = len(direct) == len(names)
         if out["owned"]:
             out.update(direct)
         else:
-            with reading_shard(self.files[ref.file]):
+            with reading_shard(self.files[ref.file]), reaching(self.location, "read the latent cache"):
                 table = self._group(ref.file, ref.group, with_logvar)
             for name, column in names:
                 data, start, length = _value_location(table, f"{column}_bytes", ref.row)

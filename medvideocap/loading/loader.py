@@ -2,9 +2,11 @@
 
 Two shapes, one sample pipeline:
 
-* map-style (:class:`ClipDataset`) over the split's metadata parquet: each item is one ranged read
-  of the mp4 member at its recorded offset in its tar shard (an ``os.pread`` on a per-worker
-  descriptor on disk, one ranged GET on object storage), or one member of an upstream release zip;
+* map-style (:class:`ClipDataset`) over a :class:`~medvideocap.dataset.source.ClipSource` (the one
+  seam both layouts implement, opened by :func:`~medvideocap.dataset.source.open_source`): each item is
+  one ranged read of the mp4 member at its recorded offset in its tar shard (an ``os.pread`` on a
+  per-worker descriptor on disk, one ranged GET on object storage), or one member of an upstream
+  release zip;
 * streaming (:class:`medvideocap.loading.streaming.StreamingClipDataset`) over the split's tar shards, local,
   on the Hub or in object storage.
 
@@ -16,14 +18,16 @@ Everything random in a sample (window start, crop, caption choice) is drawn from
 resumed run reads it. Per-process state (decoders, file handles, zip handles) is created lazily in the
 process that uses it.
 
-Error policy. ``on_error="skip"`` skips a clip only for a *data* error, an exception of the
-:class:`~medvideocap.dataset.schema.DataError` family: a video that does not decode
-(:class:`~medvideocap.media.decode.DecodeError`), a member that is missing or is not the clip's
-(:class:`~medvideocap.dataset.hubnative.MemberError`), a record that does not validate, a clip too short for the
-frame spec (:class:`ShortClipError`), a row whose shard path leads out of the dataset folder
-(:class:`~medvideocap.paths.OutsideRootError`: never opened). Anything else is a bug in this code or the caller's and
-propagates, whatever ``on_error`` says. A dataset of another schema major version is refused by
-:func:`load` itself, from ``meta/info.json`` and the metadata rows.
+Error policy, strict by default (webdataset's ``handler=reraise_exception``): ``on_error="raise"``
+re-raises a clip's *data* error, an exception of the :class:`~medvideocap.errors.DataError` family: a
+video that does not decode (:class:`~medvideocap.media.decode.DecodeError`), a member that is missing or
+is not the clip's (:class:`~medvideocap.dataset.hubnative.MemberError`), a record that does not
+validate, a row whose shard path leads out of the dataset folder
+(:class:`~medvideocap.paths.OutsideRootError`: never opened). ``on_error="skip"`` (warn and count) or a
+handler ``(where, error)`` skips such a clip instead: what a long job opts into. A clip too short for the
+frame spec (:class:`ShortClipError`) is skipped and counted under every policy. Anything else is a bug in
+this code or the caller's and propagates, whatever ``on_error`` says. A dataset of another schema major
+version is refused by :func:`load` itself, from ``meta/info.json`` and the metadata rows.
 
 Rotation. Records keep the stored frame size and a display ``rotation``; items are upright. torchcodec
 and decord already apply the display matrix, PyAV does not, so PyAV frames are turned here
@@ -32,13 +36,9 @@ and decord already apply the display matrix, PyAV does not, so PyAV frames are t
 
 from __future__ import annotations
 
-import json
 import warnings
-import zipfile
-import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,9 +46,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medvideocap.dataset.hubnative import MissingMemberError, check_versions, read_metadata, read_row_member
-from medvideocap.dataset.layout import HUB_NATIVE, Kind, local_folder, locate, metadata_path
-from medvideocap.dataset.schema import ClipRecord, DataError, arrow_schema
+from medvideocap.dataset.hubnative import check_versions
+from medvideocap.dataset.layout import HUB_NATIVE, Kind, locate
+from medvideocap.dataset.schema import ClipRecord, DataError
+from medvideocap.dataset.source import ClipSource, open_source
+from medvideocap.loading.streaming import StreamingClipDataset, list_shards
 from medvideocap.locations import Location
 from medvideocap.locations import resolve as resolve_location
 from medvideocap.media.decode import BACKENDS, DecodeError, DecoderCache, open_decoder
@@ -56,6 +58,9 @@ from medvideocap.media.frames import FrameSpec, resize_crop, sample_rng, to_outp
 from medvideocap.text import strip_boilerplate
 
 CaptionPolicy = str | Mapping[str, float]
+ErrorHandler = Callable[[str, DataError], None]
+"""``handler(where, error)``: called for each clip skipped for bad data (it may raise to stop)."""
+ErrorPolicy = Literal["raise", "skip"] | ErrorHandler
 
 
 class SkippedSampleWarning(UserWarning):
@@ -166,7 +171,7 @@ class SamplePipeline:
         backend: str = "torchcodec",
         caption: CaptionPolicy = "detailed",
         output: Literal["float", "uint8"] = "float",
-        on_error: Literal["skip", "raise"] = "skip",
+        on_error: ErrorPolicy = "raise",
         seed: int = 0,
         decoder_threads: int = 1,
         cache_size: int = 2,
@@ -175,8 +180,8 @@ class SamplePipeline:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if output not in ("float", "uint8"):
             raise ValueError(f"output must be 'float' or 'uint8', got {output!r}")
-        if on_error not in ("skip", "raise"):
-            raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        if not callable(on_error) and on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'raise', 'skip' or a handler(where, error), got {on_error!r}")
         self.frames = frames
         self.backend = backend
         self.caption = check_caption_policy(caption)
@@ -188,13 +193,31 @@ class SamplePipeline:
         self.stats = LoaderStats()
 
     def skip(self, clip: str, reason: str, *, short: bool = False) -> None:
-        """Count and warn about a skipped clip (or raise, under ``on_error="raise"``)."""
+        """A clip with bad data, named by ``clip`` and ``reason``: raised as a :class:`DecodeError` under
+        ``on_error="raise"`` (a short clip never is), else counted and handed to the handler or warned
+        about."""
         if self.on_error == "raise" and not short:
             raise DecodeError(f"{clip}: {reason}")
+        self._count(clip, reason, short=short, error=None if short else DecodeError(f"{clip}: {reason}"))
+
+    def fail(self, where: str, exc: DataError, *, reason: str | None = None) -> None:
+        """The policy for data error ``exc`` on clip ``where`` (call it inside the ``except``): re-raised
+        as it is under ``on_error="raise"`` (with a note naming the clip when its message does not), else counted and handed to the handler or warned about; returns None, the skipped item."""
+        if self.on_error == "raise":
+            if where not in str(exc):
+                exc.add_note(f"clip: {where}")
+            raise exc
+        text = reason or f"{type(exc).__name__}: {str(exc).removeprefix(f'{where}: ')}"
+        self._count(where, text, error=exc)
+
+    def _count(self, clip: str, reason: str, *, short: bool = False, error: DataError | None = None) -> None:
         self.stats.skipped += 1
         self.stats.short += int(short)
         self.stats.skipped_ids.append((clip, reason))
-        warnings.warn(f"skipping {clip}: {reason}", SkippedSampleWarning, stacklevel=3)
+        if callable(self.on_error) and error is not None:
+            self.on_error(clip, error)
+            return
+        warnings.warn(f"skipping {clip}: {reason}", SkippedSampleWarning, stacklevel=4)
 
     def warn_lost(self, message: str) -> None:
         """Warn that data is missing from the epoch (e.g. a damaged shard's tail), as a
@@ -208,19 +231,15 @@ class SamplePipeline:
         """The item for one clip, or None when it is skipped. ``video`` is bytes, a path, or a
         zero-argument callable returning either (so a cached decoder never re-reads the bytes).
 
-        Only data errors (:class:`~medvideocap.dataset.schema.DataError`) are skipped or re-raised naming the
-        clip; any other exception is a bug and propagates as it is."""
+        Only data errors (:class:`~medvideocap.dataset.schema.DataError`) go to the error policy
+        (:meth:`fail`); any other exception is a bug and propagates as it is."""
         try:
             return self._make(record, video, epoch=epoch, where=where, cache_key=cache_key)
         except ShortClipError as short:
             self.skip(where, str(short), short=True)
             return None
         except DataError as exc:
-            if self.on_error == "raise":
-                if where in str(exc):
-                    raise
-                raise DecodeError(f"{where}: {exc}") from exc
-            self.skip(where, f"{type(exc).__name__}: {str(exc).removeprefix(f'{where}: ')}")
+            self.fail(where, exc)
             return None
 
     def _decoder(self, video: Any, where: str, cache_key: Any) -> Any:
@@ -278,77 +297,15 @@ def collate(items: Sequence[dict | None]) -> dict[str, Any] | None:
     }
 
 
-# ---------------------------------------------------------------------------------------------------
-# Sources for the map-style dataset
-
-
-class _HubNativeIndex:
-    """The metadata parquet of one split, kept as Arrow columns (no per-row Python objects, so forked
-    workers do not copy pages by touching refcounts). Read by :func:`medvideocap.dataset.hubnative.read_metadata`,
-    the reader :class:`~medvideocap.dataset.hubnative.HubNativeDataset` uses, so there is one reader of the index."""
-
-    def __init__(self, root: Location, split: str) -> None:
-        path = root.path(metadata_path(split))
-        table = read_metadata(root, split).to_arrow()
-        missing = {"shard", "offset", "size", "id"} - set(table.column_names)
-        if missing:
-            raise ValueError(
-                f"{path}: missing columns {sorted(missing)}; not a medvideocap hub-native metadata table"
-            )
-        check_versions(root, split, table)
-        self.root = root
-        self.path = path
-        self.records = table.select([n for n in arrow_schema().names if n in table.column_names])
-        shards = table.column("shard").to_pylist()
-        self.shard_names = sorted(set(shards))
-        lookup = {s: i for i, s in enumerate(self.shard_names)}
-        self.shard_idx = np.array([lookup[s] for s in shards], dtype=np.int32)
-        self.offset = table.column("offset").to_numpy().astype(np.int64)
-        self.size = table.column("size").to_numpy().astype(np.int64)
-        self.ids = table.column("id").to_numpy(zero_copy_only=False).astype(str)
-
-    def __len__(self) -> int:
-        return len(self.offset)
-
-    def record(self, i: int) -> ClipRecord:
-        row = self.records.slice(i, 1).to_pylist()[0]
-        return ClipRecord.from_json_dict(row, where=f"{self.path} row {i}")
-
-
-class _UpstreamIndex:
-    """Clips of an upstream release (zip members), optionally one split of the deterministic split."""
-
-    def __init__(self, root: Path, split: str | None) -> None:
-        from medvideocap.dataset.splits import assign_split
-        from medvideocap.dataset.upstream import UpstreamRelease
-
-        release = UpstreamRelease.open(root)
-        clips = list(release.clips())
-        if split not in (None, "all"):
-            clips = [c for c in clips if assign_split(c.record.group) == split]
-            for c in clips:
-                c.record.split = split  # type: ignore[assignment]
-        self.root = root
-        self.problems = release.problems
-        self._json = [json.dumps(c.record.to_json_dict()) for c in clips]
-        self.zips = [str(c.zip_path) for c in clips]
-        self.members = [c.member for c in clips]
-        self.ids = np.array([c.record.id for c in clips], dtype=str)
-
-    def __len__(self) -> int:
-        return len(self._json)
-
-    def record(self, i: int) -> ClipRecord:
-        return ClipRecord.from_json_dict(json.loads(self._json[i]), where=f"{self.zips[i]}:{self.members[i]}")
-
-
 class ClipDataset(Dataset):
-    """Map-style pixel dataset over one split. Items are dicts (see :func:`load`); a clip that cannot
-    be used gives ``None`` under ``on_error="skip"`` (and :func:`collate` drops it), counted in
-    :attr:`stats` - so an index never silently turns into another clip."""
+    """Map-style pixel dataset over a :class:`~medvideocap.dataset.source.ClipSource` (one split of a
+    hub-native dataset, or an upstream release). Items are dicts (see :func:`load`); a clip with bad
+    data raises its :class:`~medvideocap.errors.DataError` (``on_error="raise"``, the default) or gives
+    ``None`` (``on_error="skip"`` or a handler; :func:`collate` drops it), counted in :attr:`stats` - so
+    an index never silently turns into another clip."""
 
-    def __init__(self, index: _HubNativeIndex | _UpstreamIndex, pipeline: SamplePipeline) -> None:
-        self.index = index
+    def __init__(self, source: ClipSource, pipeline: SamplePipeline) -> None:
+        self.source = source
         self.pipeline = pipeline
         self.epoch = 0
 
@@ -365,91 +322,41 @@ class ClipDataset(Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.source)
 
     @property
     def ids(self) -> list[str]:
-        return self.index.ids.tolist()
+        """Clip ids by index, from the metadata (no decoding)."""
+        return list(self.source.ids)
 
     def record(self, i: int) -> ClipRecord:
-        return self.index.record(i)
+        return self.source.record(i)
 
     def target_shape(self, i: int) -> tuple[int, int, int]:
         """(frames, height, width) of item ``i``, from metadata alone (no decoding): what the
         bucketing sampler groups by."""
-        return target_shape(self.frames, self.index.record(i))
-
-    def _reader(self, i: int) -> tuple[Any, str, Any]:
-        index = self.index
-        if isinstance(index, _HubNativeIndex):
-            shard = index.shard_names[index.shard_idx[i]]
-            name = f"{index.ids[i]}.mp4"
-            where = f"{shard}:{name}"
-            read = partial(
-                read_row_member,
-                index.root,
-                shard,
-                int(index.offset[i]),
-                int(index.size[i]),
-                name,
-                where=where,
-                row=f"{index.path} row {i} (clip {index.ids[i]})",
-            )
-            return read, where, (shard, int(index.offset[i]))
-        zpath, member = index.zips[i], index.members[i]
-        where = f"{Path(zpath).name}:{member}"
-        return partial(_read_zip_member, Path(zpath), member, where), where, (zpath, member)
+        return target_shape(self.frames, self.source.record(i))
 
     def __getitem__(self, i: int) -> dict | None:
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} clips")
+        read, where, key = self.source.reader(i)
         try:
-            record = self.index.record(i)
-        except DataError as exc:  # an invalid record; another schema major was refused at load()
-            where = f"{getattr(self.index, 'path', self.index.root)} row {i}"
-            if self.pipeline.on_error == "raise":
-                raise
-            self.pipeline.skip(where, f"invalid record: {exc}")
+            record = self.source.record(i)
+        except DataError as exc:  # an invalid record; another schema major was refused when opening
+            self.pipeline.fail(where, exc, reason=f"invalid record: {exc}")
             return None
-        read, where, key = self._reader(i)
         return self.pipeline.make(record, read, epoch=self.epoch, where=where, cache_key=key)
-
-
-def _read_zip_member(zip_path: Path, member: str, where: str) -> bytes:
-    """An upstream clip's bytes; a missing member or a damaged archive is a data error naming it."""
-    from medvideocap.dataset.upstream import read_member
-
-    try:
-        return read_member(zip_path, member)
-    except KeyError as exc:  # zipfile's "There is no item named ..."
-        raise MissingMemberError(f"{where}: no such member in {zip_path} ({exc})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise MissingMemberError(f"{where}: cannot read it from {zip_path} ({exc})") from exc
 
 
 # ---------------------------------------------------------------------------------------------------
 # Entry point
 
 
-def _resolve(
-    source: str | Path | Location,
-    revision: str | None,
-    *,
-    streaming: bool,
-    storage_options: Mapping[str, Any] | None,
-) -> tuple[Kind, Location]:
-    """(layout, location) of ``source``; streaming from a bare Hub repo id reads its shards over
-    ``hf://`` instead of downloading them first."""
-    location = resolve_location(source, revision=revision, storage_options=storage_options)
-    if streaming and location.repo_id is not None:
-        return HUB_NATIVE, location
-    return locate(location)
-
-
 def load(
-    source: str | Path,
+    source: str | Path | Location | ClipSource,
     split: str | None = "train",
     *,
     streaming: bool = False,
@@ -459,7 +366,7 @@ def load(
     output: Literal["float", "uint8"] = "float",
     shuffle: bool | None = None,
     seed: int = 0,
-    on_error: Literal["skip", "raise"] = "skip",
+    on_error: ErrorPolicy = "raise",
     revision: str | None = None,
     rank: int | None = None,
     world_size: int | None = None,
@@ -472,10 +379,11 @@ def load(
     ``source`` is a hub-native folder, URL (``s3://bucket/ds``, ``gs://``, ``az://``,
     ``hf://datasets/OWNER/NAME``, see :mod:`medvideocap.locations`) or Hub repo id, or an upstream
     release folder or repo id (upstream clips are split by
-    :func:`medvideocap.dataset.splits.assign_split`; ``split=None`` takes all). ``storage_options``
-    go to the filesystem that reads a URL (``{"endpoint_url": ..., "key": ..., "secret": ...}``).
-    Each item is ``{"video": (C, T, H, W) float in [-1, 1] (or uint8), "record": ClipRecord,
-    "caption": str, "timestamps": (T,) seconds, "id": str}``.
+    :func:`medvideocap.dataset.splits.assign_split`; ``split=None`` takes all), or a
+    :class:`~medvideocap.dataset.source.ClipSource` already open (map-style only).
+    ``storage_options`` go to the filesystem that reads a URL (``{"endpoint_url": ..., "key": ...,
+    "secret": ...}``). Each item is ``{"video": (C, T, H, W) float in [-1, 1] (or uint8), "record":
+    ClipRecord, "caption": str, "timestamps": (T,) seconds, "id": str}``.
 
     Map-style by default (shuffle with the DataLoader or :class:`~medvideocap.loading.sampler.BucketBatchSampler`);
     ``streaming=True`` gives an ``IterableDataset`` over the tar shards with shard + buffer shuffling
@@ -483,12 +391,16 @@ def load(
     or ``rank``/``world_size``), with ``set_epoch`` and ``state_dict``/``load_state_dict``.
 
     ``frames.seed`` drives window starts and random crops, ``seed`` the caption mix and the streaming
-    shuffle; both are mixed with the epoch and the clip id. A clip with bad data (does not decode, its
-    member is missing or is not its own, invalid record, too short) is skipped with a
-    :class:`SkippedSampleWarning` naming it and the reason, and counted in ``dataset.stats`` (per
-    process: with DataLoader workers each worker counts its own), or raises that
-    :class:`~medvideocap.dataset.schema.DataError` under ``on_error="raise"``. Other exceptions are bugs and
-    always propagate. A dataset of another schema major version raises
+    shuffle; both are mixed with the epoch and the clip id.
+
+    Error policy (``on_error``), strict by default like webdataset's ``handler=``: a clip with bad data
+    (does not decode, its member is missing or is not its own, invalid record) raises that
+    :class:`~medvideocap.errors.DataError`, naming the clip (``"raise"``); ``"skip"`` skips it with a
+    :class:`SkippedSampleWarning` naming it and the reason, counted in ``dataset.stats`` (per process:
+    with DataLoader workers each worker counts its own); a callable ``handler(where, error)`` is called
+    instead of the warning (it may raise to stop). A clip too short for the frame spec is always skipped
+    and counted (``FrameSpec.short="skip"``). Any other exception is a bug and propagates, whatever
+    ``on_error`` says. A dataset of another schema major version raises
     :class:`~medvideocap.dataset.schema.SchemaVersionError` here, naming both versions.
 
     Frames come out upright: a clip with a display rotation (``record.rotation``) is turned, and its
@@ -504,22 +416,13 @@ def load(
         seed=seed,
         decoder_threads=decoder_threads,
     )
-    kind, root = _resolve(source, revision, streaming=streaming, storage_options=storage_options)
     if streaming:
-        if kind != HUB_NATIVE:
-            raise ValueError(
-                f"{source}: streaming reads hub-native tar shards; convert the upstream release first "
-                "(`medvideocap convert SRC --out DIR`) or load it map-style (streaming=False)"
-            )
-        if split is None:
-            raise ValueError("streaming needs one split (train, validation or test)")
-        from medvideocap.loading.streaming import StreamingClipDataset, list_shards
-
-        check_versions(root, split)
-        return StreamingClipDataset(
-            list_shards(root, split),
+        return _streaming(
+            source,
+            split,
             pipeline,
-            storage_options=root.storage_options,
+            revision=revision,
+            storage_options=storage_options,
             shuffle=True if shuffle is None else shuffle,
             seed=seed,
             shuffle_buffer=shuffle_buffer,
@@ -532,10 +435,39 @@ def load(
             "BucketBatchSampler",
             stacklevel=2,
         )
-    if kind == HUB_NATIVE:
-        if split is None:
-            raise ValueError("a hub-native dataset is read one split at a time (train, validation or test)")
-        return ClipDataset(_HubNativeIndex(root, split), pipeline)
-    return ClipDataset(
-        _UpstreamIndex(local_folder(root, reader="loading an upstream release"), split), pipeline
+    clips = open_source(source, split, revision=revision, storage_options=storage_options)
+    return ClipDataset(clips, pipeline)
+
+
+def _streaming(
+    source: str | Path | Location | ClipSource,
+    split: str | None,
+    pipeline: SamplePipeline,
+    *,
+    revision: str | None,
+    storage_options: Mapping[str, Any] | None,
+    **options: Any,
+) -> StreamingClipDataset:
+    """The streaming dataset of ``split``'s tar shards. A bare Hub repo id is read over ``hf://``
+    instead of being downloaded first; an upstream release has no shards to stream."""
+    if isinstance(source, ClipSource):
+        raise ValueError(
+            f"{source.where}: streaming reads a dataset's tar shards from its location; pass the folder "
+            "or URL, not an open ClipSource"
+        )
+    location = resolve_location(source, revision=revision, storage_options=storage_options)
+    if location.repo_id is not None:
+        kind: Kind = HUB_NATIVE
+    else:
+        kind, location = locate(location)
+    if kind != HUB_NATIVE:
+        raise ValueError(
+            f"{source}: streaming reads hub-native tar shards; convert the upstream release first "
+            "(`medvideocap convert SRC --out DIR`) or load it map-style (streaming=False)"
+        )
+    if split is None:
+        raise ValueError("streaming needs one split (train, validation or test)")
+    check_versions(location, split)
+    return StreamingClipDataset(
+        list_shards(location, split), pipeline, storage_options=location.storage_options, **options
     )

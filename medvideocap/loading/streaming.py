@@ -220,7 +220,10 @@ class StreamingClipDataset(IterableDataset):
             record = ClipRecord.from_json_dict(data, where=f"{raw.where}.json")
         except SchemaVersionError:
             raise  # another major version is the whole dataset's problem, never one clip's
-        except (DataError, ValueError) as exc:  # bad data (JSONDecodeError is a ValueError); bugs propagate
+        except DataError as exc:
+            pipeline.fail(raw.where, exc, reason=f"invalid record: {exc}")
+            return None
+        except ValueError as exc:  # bad JSON (JSONDecodeError is a ValueError); bugs propagate
             if pipeline.on_error == "raise":
                 raise
             pipeline.skip(raw.where, f"invalid record: {exc}")

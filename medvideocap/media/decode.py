@@ -35,6 +35,17 @@ class DecodeError(DataError, RuntimeError):
     """A clip could not be decoded; the message names the clip and the reason."""
 
 
+DATA_ERRORS: tuple[type[Exception], ...] = (RuntimeError, ValueError, OSError, EOFError)
+"""What the decode libraries raise about the *data* (torchcodec's C++ errors arrive as RuntimeError or
+ValueError, PyAV's ``av.error.*`` are also ValueError/OSError, a cut-off file gives EOFError or OSError):
+only these become a :class:`DecodeError`. Each decoder adds its library's own base class
+(:attr:`Decoder.data_errors`). A ``TypeError``, ``AttributeError``, ``NameError`` or ``KeyError`` is a
+bug in the calling code and propagates as it is, so a bug never reads as "clip skipped"."""
+
+BUGS: tuple[type[Exception], ...] = (NotImplementedError, RecursionError)
+"""RuntimeError subclasses that are never about the data."""
+
+
 class TimestampToleranceError(DecodeError):
     """A frame decoded for a requested timestamp lies further from it than the tolerance allows."""
 
@@ -51,6 +62,8 @@ class Decoder:
     """Random frame access to one clip. Subclasses fill the metadata and implement ``_decode``."""
 
     backend: str = ""
+    data_errors: tuple[type[Exception], ...] = DATA_ERRORS
+    """The exceptions of this backend that mean bad data (see :data:`DATA_ERRORS`)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -80,9 +93,9 @@ class Decoder:
         unique = sorted(set(idx))
         try:
             data, pts = self._decode(unique)
-        except DecodeError:
+        except (DecodeError, NotImplementedError, RecursionError):  # ours, or bugs (BUGS)
             raise
-        except Exception as exc:  # every backend raises its own types; name the clip in one type
+        except self.data_errors as exc:  # each backend raises its own types; name the clip in one type
             raise DecodeError(f"{self.name}: {self.backend} failed to decode: {exc}") from exc
         if data.shape[0] != len(unique):
             raise DecodeError(
@@ -108,9 +121,9 @@ class Decoder:
         clamped = [min(max(t, self.start), self.end - 1e-6) for t in times]
         try:
             frames, _ = self._played(clamped)
-        except DecodeError:
+        except (DecodeError, NotImplementedError, RecursionError):  # ours, or bugs (BUGS)
             raise
-        except Exception as exc:
+        except self.data_errors as exc:
             raise DecodeError(f"{self.name}: {self.backend} failed to decode: {exc}") from exc
         return frames
 
@@ -148,9 +161,9 @@ class Decoder:
                 pos = torch.tensor([i for i, ls in enumerate(last) if ls])
                 played.data[pos] = final.data[0]
                 played.pts[pos] = final.pts[0]
-        except DecodeError:
+        except (DecodeError, NotImplementedError, RecursionError):  # ours, or bugs (BUGS)
             raise
-        except Exception as exc:
+        except self.data_errors as exc:
             raise DecodeError(f"{self.name}: {self.backend} failed to decode: {exc}") from exc
         frames = played
         dist = (frames.pts - torch.tensor(times, dtype=frames.pts.dtype)).abs()
@@ -198,7 +211,9 @@ class TorchCodecDecoder(Decoder):
                 dimension_order="NCHW",
                 transforms=transforms,
             )
-        except Exception as exc:
+        except BUGS:
+            raise
+        except self.data_errors as exc:
             raise DecodeError(f"{name}: torchcodec cannot open it: {exc}") from exc
         meta = self._dec.metadata
         self.num_frames = int(meta.num_frames or 0)
@@ -229,11 +244,15 @@ class DecordDecoder(Decoder):
     def __init__(self, source: VideoInput, *, name: str, threads: int = 1) -> None:
         super().__init__(name)
         import decord
+        from decord._ffi.base import DECORDError
 
+        self.data_errors = (*DATA_ERRORS, DECORDError)
         src: Any = io.BytesIO(source) if isinstance(source, bytes) else str(source)
         try:
             self._vr = decord.VideoReader(src, ctx=decord.cpu(0), num_threads=threads)
-        except Exception as exc:
+        except BUGS:
+            raise
+        except self.data_errors as exc:
             raise DecodeError(f"{name}: decord cannot open it: {exc}") from exc
         self.num_frames = len(self._vr)
         self.fps = float(self._vr.get_avg_fps())
@@ -264,11 +283,16 @@ class PyAVDecoder(Decoder):
         super().__init__(name)
         import av
 
+        self.data_errors = (*DATA_ERRORS, av.FFmpegError)
         self._src: Any = io.BytesIO(source) if isinstance(source, bytes) else str(source)
         try:
             self._container = av.open(self._src, mode="r")
             stream = self._container.streams.video[0]
-        except Exception as exc:
+        except IndexError as exc:  # no video stream in the container
+            raise DecodeError(f"{name}: PyAV cannot open it: it has no video stream") from exc
+        except BUGS:
+            raise
+        except self.data_errors as exc:
             raise DecodeError(f"{name}: PyAV cannot open it: {exc}") from exc
         stream.thread_count = threads
         self._stream = stream
@@ -283,7 +307,9 @@ class PyAVDecoder(Decoder):
                 durations[packet.pts] = int(packet.duration or 0)
                 if packet.is_keyframe:
                     keys.append(packet.pts)
-        except Exception as exc:
+        except BUGS:
+            raise
+        except self.data_errors as exc:
             raise DecodeError(f"{name}: PyAV cannot read its packets: {exc}") from exc
         if not pts:
             raise DecodeError(f"{name}: PyAV found no video packets")
@@ -302,6 +328,7 @@ class PyAVDecoder(Decoder):
         self.end = max((p + durations.get(p, 0)) * self._tb for p in self._pts)
         self._run: Any = None
         self._last: int | None = None
+        self._closed = False
 
     def _seek(self, target: int) -> None:
         self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
@@ -309,6 +336,10 @@ class PyAVDecoder(Decoder):
         self._last = None
 
     def _decode(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._closed:
+            raise DecodeError(
+                f"{self.name}: this PyAV decoder was closed (evicted from its cache); open it again"
+            )
         out: list[np.ndarray] = []
         for i in indices:
             target = self._pts[i]
@@ -339,6 +370,7 @@ class PyAVDecoder(Decoder):
 
     def close(self) -> None:
         self._run = None
+        self._closed = True
         self._container.close()
 
 

@@ -8,12 +8,14 @@ which is what lets an interrupted build resume into exactly the dataset an unint
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -21,12 +23,16 @@ import numpy as np
 
 from medvideocap.atomic import atomic_path
 from medvideocap.disk import ResourceError, errno_in_text
+from medvideocap.errors import DataError
 
 BITEXACT = ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1", "-map_chapters", "-1"]
 
 
-class MediaError(RuntimeError):
-    """ffmpeg or the decoder failed on a file; the message names the file and ffmpeg's complaint."""
+class MediaError(DataError, RuntimeError):
+    """ffmpeg or the decoder failed on a file; the message names the file and ffmpeg's complaint.
+
+    A :class:`~medvideocap.errors.DataError`: the build records the clip as rejected and goes on (a
+    bug in our code, any other exception, stops the build with its traceback)."""
 
 
 def ffmpeg_exe() -> str:
@@ -80,27 +86,32 @@ def iter_frames(
     ``max_side``. A generator on purpose: an analysis that folds frames into running sums holds one
     frame, so a worker's memory does not grow with the length of the video."""
     step = 1.0 / fps if fps else 0.0
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        t0: float | None = None
-        next_tick = 0.0
-        for frame in container.decode(stream):
-            if frame.time is None:
-                continue
-            t0 = float(frame.time) if t0 is None else t0
-            t = float(frame.time) - t0
-            if step:
-                if t + 1e-6 < next_tick:
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            t0: float | None = None
+            next_tick = 0.0
+            for frame in container.decode(stream):
+                if frame.time is None:
                     continue
-                while next_tick <= t + 1e-6:
-                    next_tick += step
-            w, h = size or _scaled(frame.width, frame.height, max_side)
-            if (w, h) == (frame.width, frame.height):
-                image = frame.to_ndarray(format="rgb24")
-            else:
-                image = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
-            yield t, image
+                t0 = float(frame.time) if t0 is None else t0
+                t = float(frame.time) - t0
+                if step:
+                    if t + 1e-6 < next_tick:
+                        continue
+                    while next_tick <= t + 1e-6:
+                        next_tick += step
+                w, h = size or _scaled(frame.width, frame.height, max_side)
+                if (w, h) == (frame.width, frame.height):
+                    image = frame.to_ndarray(format="rgb24")
+                else:
+                    image = frame.reformat(
+                        width=w, height=h, format="rgb24", interpolation="AREA"
+                    ).to_ndarray()
+                yield t, image
+    except av.error.FFmpegError as exc:  # a truncated or damaged file: data, not a bug
+        raise MediaError(f"{path}: cannot decode it ({type(exc).__name__}: {exc})") from exc
 
 
 def _collect(frames: Iterator[tuple[float, np.ndarray]], path: str | Path) -> Frames:
@@ -124,28 +135,174 @@ def sample_at_fps(path: str | Path, fps: float, *, max_side: int | None = 256) -
 def sample_even(path: str | Path, n: int, *, max_side: int | None = None) -> Frames:
     """``n`` frames spread evenly over the clip (what the aesthetic and OCR stages look at), at the
     instants of the project's one rule (:func:`medvideocap.media.frames.even_times`), each the frame
-    nearest its instant by real timestamps (torchcodec's played-at lookup), so variable-frame-rate
-    files are sampled right too."""
-    from medvideocap.media.decode import DecodeError, even_frames
+    nearest its instant by real timestamps, found in one front-to-back decode (:func:`read_views`):
+    the same frames torchcodec's played-at lookup picks, without a seek per instant."""
+    need = FrameNeed(count=n, max_side=max_side)
+    return read_views(path, [need])[need]
 
+
+@dataclass(frozen=True)
+class FrameNeed:
+    """The frames one build stage reads from a clip, so that one decode can serve every stage.
+
+    ``count`` evenly spaced frames (the project's one rule,
+    :func:`~medvideocap.media.frames.even_times`, each the frame nearest its instant: converted to
+    RGB at full size, then area-downscaled by OpenCV, as :func:`sample_even` gives them), or with
+    ``fps`` the first frame at or after each ``1/fps`` tick (scaled by the decoder's area filter, as
+    :func:`iter_frames` gives them), or every frame when neither is set. Scaled so the longer side is at
+    most ``max_side``, or to ``size`` = (width, height)."""
+
+    count: int | None = None
+    fps: float | None = None
+    max_side: int | None = None
+    size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.count is not None and self.fps is not None:
+            raise ValueError("FrameNeed: give count or fps, not both")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"FrameNeed.count must be >= 1, got {self.count}")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"FrameNeed.fps must be positive, got {self.fps}")
+
+    def frames_in(self, seconds: float, rate: float) -> int:
+        """How many frames this need holds for a clip of ``seconds`` at ``rate`` frames per second."""
+        if self.count is not None:
+            return self.count
+        per_second = min(self.fps, rate) if self.fps is not None else rate
+        return int(math.ceil(max(seconds, 0.0) * per_second)) + 1
+
+    def shape(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of this need's frames for a clip of ``width`` x ``height``."""
+        return self.size or _scaled(width, height, self.max_side)
+
+
+def read_views(
+    path: str | Path,
+    needs: list[FrameNeed],
+    *,
+    start: float = 0.0,
+    end: float | None = None,
+    duration: float | None = None,
+    crop: tuple[int, int, int, int] | None = None,
+    name: str | None = None,
+) -> dict[FrameNeed, Frames]:
+    """Every need's frames from ONE sequential decode of ``path`` (or of its span ``start``-``end``
+    seconds, as a cut of that span would hold it: frames shown from ``start`` up to ``end``), cropped
+    to ``crop`` = (w, h, x, y) first if given. Times are seconds from the span's first frame.
+
+    Why one pass: the build's frame-reading stages (borders, OCR, technical score, measures, camera
+    motion, model scores) used to open and decode each clip again, and exact seeks to a few instants
+    decode from the last keyframe each time, which in a re-encoded clip is the clip's start. One
+    front-to-back decode that hands each stage its selection costs one decode whatever the stages ask.
+    ``duration`` (the span's length) places the evenly spaced instants; probed when not given."""
+    from medvideocap.media.frames import even_times
+
+    label = name or str(path)
+    needs = list(dict.fromkeys(needs))
+    span = (end - start) if end is not None else duration
+    if span is None and any(n.count for n in needs):
+        from medvideocap.media.probe import probe
+
+        span = probe(path, name=label).duration
+    instants = {n: list(even_times(0.0, float(span or 0.0), n.count)) for n in needs if n.count}
+    ticks = {n: 0.0 for n in needs if n.fps}
+    every = [n for n in needs if n.count is None and n.fps is None]
+    picked: dict[FrameNeed, list[tuple[float, np.ndarray]]] = {n: [] for n in needs}
+    converted: dict[tuple[int, str, tuple[int, int]], np.ndarray] = {}
+
+    def convert(frame: Any, key: int, need: FrameNeed) -> np.ndarray:
+        h0, w0 = (crop[1], crop[0]) if crop else (frame.height, frame.width)
+        size = need.shape(w0, h0)
+        how = "even" if need.count else "rate"
+        if (key, how, size) not in converted:
+            if crop is None and how == "rate":
+                if size == (frame.width, frame.height):
+                    image = frame.to_ndarray(format="rgb24")
+                else:
+                    image = frame.reformat(
+                        width=size[0], height=size[1], format="rgb24", interpolation="AREA"
+                    ).to_ndarray()
+            else:
+                image = frame.to_ndarray(format="rgb24")
+                if crop is not None:
+                    w, h, x, y = crop
+                    image = np.ascontiguousarray(image[y : y + h, x : x + w])
+                if image.shape[1::-1] != size:
+                    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            converted[(key, how, size)] = image
+        return converted[(key, how, size)]
+
+    def take(need: FrameNeed, t: float, frame: Any, key: int) -> None:
+        chosen = picked[need]
+        if need.count and chosen and chosen[-1][0] == t:  # two instants nearest one frame: once
+            return
+        chosen.append((t, convert(frame, key, need)))
+
+    prev: tuple[float, Any, int] | None = None
     try:
-        frames = even_frames(Path(path), n, backend="torchcodec", name=str(path))
-    except DecodeError as exc:
-        raise MediaError(str(exc)) from exc
-    images = [_resize(f.permute(1, 2, 0).contiguous().numpy(), max_side) for f in frames.data]
-    return Frames(images, [float(t) for t in frames.pts])
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            tb = float(stream.time_base or 0)
+            origin = float(stream.start_time) * tb if stream.start_time else 0.0
+            if start > 0 and tb:
+                container.seek(int((origin + start) / tb), stream=stream)
+            t0: float | None = None
+            n = 0
+            for frame in container.decode(stream):
+                if frame.time is None:
+                    continue
+                rel = float(frame.time) - origin
+                if rel < start - 1e-6:
+                    continue
+                if end is not None and rel >= end - 1e-6:
+                    break
+                t0 = rel if t0 is None else t0
+                t = rel - t0
+                n += 1
+                for need, at in instants.items():
+                    while at and at[0] <= t + 1e-9:
+                        instant = at.pop(0)
+                        if prev is not None and instant - prev[0] <= t - instant:
+                            take(need, prev[0], prev[1], prev[2])
+                        else:
+                            take(need, t, frame, n)
+                for need in ticks:
+                    if t + 1e-6 >= ticks[need]:
+                        while ticks[need] <= t + 1e-6:
+                            ticks[need] += 1.0 / float(need.fps or 1.0)
+                        take(need, t, frame, n)
+                for need in every:
+                    take(need, t, frame, n)
+                for key in [k for k in converted if k[0] < n - 1]:
+                    del converted[key]
+                prev = (t, frame, n)
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"{label}: cannot decode it ({type(exc).__name__}: {exc})") from exc
+    if prev is None:
+        raise MediaError(
+            f"{label}: no decodable video frames" + (f" in {start:.2f}-{end:.2f} s" if end else "")
+        )
+    for need, at in instants.items():
+        if at:
+            take(need, prev[0], prev[1], prev[2])
+    return {need: Frames([im for _, im in chosen], [t for t, _ in chosen]) for need, chosen in picked.items()}
 
 
 def keyframe_times(path: str | Path) -> list[float]:
     """Presentation times of the key frames (cuts there can be stream-copied)."""
     times: list[float] = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        tb = float(stream.time_base or 0)
-        start = float(stream.start_time) * tb if stream.start_time else 0.0
-        for packet in container.demux(stream):
-            if packet.is_keyframe and packet.pts is not None:
-                times.append(float(packet.pts) * tb - start)
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            tb = float(stream.time_base or 0)
+            start = float(stream.start_time) * tb if stream.start_time else 0.0
+            for packet in container.demux(stream):
+                if packet.is_keyframe and packet.pts is not None:
+                    times.append(float(packet.pts) * tb - start)
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"{path}: cannot read its packets ({type(exc).__name__}: {exc})") from exc
     return sorted(times)
 
 
@@ -251,20 +408,32 @@ class Crop:
 _CROP = re.compile(r"crop=(-?\d+):(-?\d+):(-?\d+):(-?\d+)")
 
 
-def cropdetect(path: str | Path, *, limit: float = 24.0, fps: float = 2.0) -> Crop:
+def cropdetect(
+    path: str | Path,
+    *,
+    limit: float = 24.0,
+    fps: float = 2.0,
+    start: float | None = None,
+    end: float | None = None,
+    name: str | None = None,
+) -> Crop:
     """Letterbox/pillarbox detection by ffmpeg's own ``cropdetect`` filter.
 
     ``limit`` is the black level on the 0-255 scale. ``reset=0`` makes the filter grow one box over
     every sampled frame, so the final box is the area where anything bright ever appeared: a dark
     scene inside the picture does not shrink it, a bar never shows content. ``round=2`` keeps the bars
-    exact (the filter rounds to 16 px by default). A clip that is dark everywhere has no bars."""
+    exact (the filter rounds to 16 px by default). A clip that is dark everywhere has no bars.
+    ``start``/``end`` (seconds) look at that span of ``path`` only: a clip's bars are found in its
+    input before the clip is cut, so a letterboxed clip is encoded once, already cropped."""
     from medvideocap.media.probe import probe
 
-    info = probe(path, name=str(path))
+    info = probe(path, name=name or str(path))
     graph = f"fps={fps:g},cropdetect=limit={limit / 255.0:.6f}:round=2:skip=0:reset=0"
+    span = [] if start is None else ["-ss", f"{start:.6f}"]
+    length = [] if end is None else ["-t", f"{end - (start or 0.0):.6f}"]
     proc = subprocess.run(
-        [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-v", "info", "-i", str(path)]
-        + ["-map", "0:v:0", "-vf", graph, "-f", "null", "-"],
+        [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-v", "info", *span, "-i", str(path)]
+        + [*length, "-map", "0:v:0", "-vf", graph, "-f", "null", "-"],
         capture_output=True,
         text=True,
         errors="replace",

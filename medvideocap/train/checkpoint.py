@@ -104,33 +104,44 @@ def register_lora_hooks(accelerator: Any) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def save_ema(ema: Any, names: list[str], directory: Path) -> None:
+def save_ema(ema: Any, names: list[str], directory: Path, *, shadow: bool = True) -> None:
+    """``ema.json`` (decay, optimization step, ...) and, unless ``shadow`` is off (a sharded run keeps
+    the shadow in its shards), ``ema.safetensors``."""
     from safetensors.torch import save_file
 
     state = ema.state_dict()
-    shadow = state.pop("shadow_params")
-    save_file(
-        {n: t.detach().cpu().contiguous() for n, t in zip(names, shadow, strict=True)},
-        directory / "ema.safetensors",
-    )
+    tensors = state.pop("shadow_params")
+    if shadow:
+        save_file(
+            {n: t.detach().cpu().contiguous() for n, t in zip(names, tensors, strict=True)},
+            directory / "ema.safetensors",
+        )
     (directory / "ema.json").write_text(json.dumps(state))
 
 
-def load_ema(ema: Any, names: list[str], directory: Path) -> None:
+def load_ema(ema: Any, names: list[str], directory: Path, *, shadow: bool = True) -> None:
+    """What :func:`save_ema` wrote (the shadow left as it is when ``shadow`` is off)."""
     from safetensors.torch import load_file
 
-    tensors = load_file(directory / "ema.safetensors")
     state = json.loads((directory / "ema.json").read_text())
-    state["shadow_params"] = [tensors[n] for n in names]
+    if shadow:
+        tensors = load_file(directory / "ema.safetensors")
+        state["shadow_params"] = [tensors[n] for n in names]
     ema.load_state_dict(state)
 
 
 # ------------------------------------------------------------------------------------------ finiteness
 def nonfinite_weights(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
-    """Names of the tensors holding NaN or inf. A pass over the weights per save, small next to writing
-    them; the loop already stops on a non-finite loss or gradient, this catches an update that overflowed
-    the weights themselves (a learning rate far too high, fp16 weights)."""
-    return [name for name, t in named if not bool(torch.isfinite(t.detach()).all())]
+    """Names of the tensors holding NaN or inf (of a sharded tensor, this rank's shard). A pass over the
+    weights per save, small next to writing them; the loop already stops on a non-finite loss or gradient,
+    this catches an update that overflowed the weights themselves (a learning rate far too high, fp16
+    weights)."""
+    from torch.distributed.tensor import DTensor
+
+    def shard(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if isinstance(t, DTensor) else t
+
+    return [name for name, t in named if not bool(torch.isfinite(shard(t).detach()).all())]
 
 
 def _ema_weights(transformer: Any, ema: Any) -> list[tuple[str, torch.Tensor]]:
@@ -175,10 +186,14 @@ def save_checkpoint(
     transformer: Any,
     ema: Any,
     gen: torch.Generator,
+    *,
+    sharded_optimizer: Any = None,
 ) -> Path:
     """Everything a resumed job needs, written to a temporary folder and renamed into place, so a kill
     mid-save leaves the previous checkpoint intact. accelerate writes optimizer, LR scheduler, RNG states
-    (and the full model); the LoRA-only model goes through :func:`register_lora_hooks`."""
+    (and the full model); the LoRA-only model goes through :func:`register_lora_hooks`. A sharded run
+    (``sharded_optimizer`` given: its optimizer) has every rank write its shards of the model, optimizer
+    and EMA instead (:func:`medvideocap.train.fsdp.save_sharded`)."""
     from safetensors.torch import save_file
 
     root = Path(cfg.output_dir) / "checkpoints"
@@ -198,9 +213,14 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     save_file({"state": gen.get_state()}, tmp / f"noise_rng_{accelerator.process_index}.safetensors")
+    if sharded_optimizer is not None:
+        from medvideocap.train.fsdp import save_sharded
+
+        save_sharded(tmp, unwrapped, sharded_optimizer, ema)
     if accelerator.is_main_process:
         if ema is not None:
-            save_ema(ema, [n for n, _ in trainable_params(accelerator.unwrap_model(transformer))], tmp)
+            names = [n for n, _ in trainable_params(unwrapped)]
+            save_ema(ema, names, tmp, shadow=sharded_optimizer is None)
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -225,19 +245,30 @@ def find_resume(cfg: TrainConfig) -> Path | None:
 
 
 def restore_checkpoint(
-    accelerator: Any, checkpoint: Path, gen: torch.Generator, ema: Any, names: list[str]
+    accelerator: Any,
+    checkpoint: Path,
+    gen: torch.Generator,
+    ema: Any,
+    names: list[str],
+    *,
+    sharded: tuple[Any, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load what :func:`save_checkpoint` wrote into the prepared objects; returns the trainer state
     (step, batches consumed) and the global RNG states as the checkpoint holds them, which the loop puts
-    back once its DataLoader and trackers have started (they draw from the global RNGs)."""
+    back once its DataLoader and trackers have started (they draw from the global RNGs). ``sharded``:
+    a sharded run's (transformer, optimizer), loaded with its EMA from the checkpoint's shards."""
     from safetensors.torch import load_file
 
     accelerator.load_state(str(checkpoint))
+    if sharded is not None:
+        from medvideocap.train.fsdp import load_sharded
+
+        load_sharded(checkpoint, *sharded, ema)
     rng = global_rng_state()
     state: dict[str, Any] = json.loads((checkpoint / "trainer_state.json").read_text())
     gen.set_state(load_file(checkpoint / f"noise_rng_{accelerator.process_index}.safetensors")["state"])
     if ema is not None:
-        load_ema(ema, names, checkpoint)
+        load_ema(ema, names, checkpoint, shadow=sharded is None)
     return state, rng
 
 

@@ -65,6 +65,18 @@ class NonFiniteTrainingError(RuntimeError):
     because a run on ``loss nan`` used to finish every step, exit 0 and export a LoRA that makes noise."""
 
 
+class DistributedConfig(BaseModel):
+    """How the model is spread over the devices ``accelerate launch``/``torchrun`` starts.
+
+    ``ddp``: every device holds the whole model and optimizer (accelerate's DistributedDataParallel).
+    ``fsdp``: full sharding with torch's ``fully_shard`` (FSDP2), one unit per ``WanTransformerBlock``,
+    bf16/fp16 compute over fp32 master weights, sharded checkpoints (:mod:`~medvideocap.train.fsdp`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+
+
 class TrainConfig(BaseModel):
     """Every knob of a run. Shipped configs live in ``medvideocap/configs/*.yaml``; any field can be
     overridden as ``key=value`` (values parse as YAML, so ``lora_target_modules=[to_q,to_v]`` works)."""
@@ -92,6 +104,9 @@ class TrainConfig(BaseModel):
     # mixed_precision dtype); transformer blocks kept on the CPU between uses
     base_weights_dtype: Literal["float8_e4m3fn"] | None = None
     offload_frozen_blocks: bool = False
+    distributed: DistributedConfig = DistributedConfig()  # distributed={strategy: fsdp} to shard
+    # the validation pipeline's text encoder stored in fp8 (null: the mixed_precision dtype)
+    text_encoder_dtype: Literal["float8_e4m3fn"] | None = None
     # data
     frames: int = 81  # on-the-fly only (a cache fixed these when it was encoded)
     height: int = 480
@@ -216,6 +231,8 @@ class TrainConfig(BaseModel):
                 "mode=full trains every weight: set mode=lora, or base_weights_dtype=null "
                 "offload_frozen_blocks=false"
             )
+        if self.distributed.strategy == "fsdp":
+            problems += self._fsdp_problems()
         if (self.frames - 1) % 4:
             problems.append(f"frames={self.frames}: Wan's VAE needs 4k+1 frames (81, 49, 17, 5)")
         problems += self.validation.problems("validation_{}".format)
@@ -224,6 +241,27 @@ class TrainConfig(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _fsdp_problems(self) -> list[str]:
+        """What the sharded path does not (yet) do, each with the setting that avoids it."""
+        problems = []
+        if self.mode != "full":
+            problems.append(
+                "distributed.strategy=fsdp shards a full fine-tune: set mode=full, or use strategy=ddp for "
+                "LoRA (the 14B base in bf16 with rank-32 adapters fits one 80 GB GPU: see `train --plan`)"
+            )
+        if self.optimizer != "adamw":
+            problems.append(
+                "distributed.strategy=fsdp: optimizer=adamw8bit is untested on sharded parameters; set "
+                "optimizer=adamw"
+            )
+        if self.validation_prompts:
+            problems.append(
+                "distributed.strategy=fsdp: validation videos sample on the main process, and a sharded "
+                "model needs every rank in each forward: set validation_prompts=[] and sample the export "
+                "with `medvideocap generate` (the held-out loss still scores every checkpoint)"
+            )
+        return problems
 
 
 def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -240,6 +278,10 @@ def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Trai
         if not sep:
             raise ValueError(f"override {item!r}: expected key=value")
         key = key.strip()
+        head, dot, rest = key.partition(".")
+        if dot and head == "distributed":  # distributed.strategy=fsdp: one field of the nested block
+            values[head] = {**(values.get(head) or {}), rest: yaml.safe_load(raw)}
+            continue
         if key not in TrainConfig.model_fields and key not in VALIDATION_KEYS:
             hint = ""
             if key.split(".")[0] in ("data", "dataset", "data_path", "data_dir", "path", "train_data"):

@@ -12,6 +12,12 @@
   AdamW's fp32 state for every tensor of at least 4096 elements (bitsandbytes' ``min_8bit_size``;
   smaller ones keep fp32 state).
 
+* ``text_encoder_dtype: float8_e4m3fn``: the UMT5 the validation videos load (11.4 GB in bf16, kept on
+  the device beside the training state) stores its attention and FFN input projections in fp8, by the
+  same diffusers layerwise casting (3.6 of UMT5-XXL's 5.7B parameters); its embeddings, norms and FFN
+  output (``wo``, whose dtype transformers' T5 layer casts its input to, which would quantise the
+  activations) keep theirs.
+
 Why this module: each rung is a library's own mechanism (diffusers hooks, bitsandbytes), but which one a
 key turns on, with what arguments and in which order relative to peft and accelerate, is one decision;
 :mod:`~medvideocap.train.model` and :mod:`~medvideocap.train.prepare` call it with one line each.
@@ -40,6 +46,27 @@ def cast_frozen_base(cfg: TrainConfig, transformer: Any, compute_dtype: torch.dt
         return
     transformer.enable_layerwise_casting(
         storage_dtype=STORAGE_DTYPES[cfg.base_weights_dtype], compute_dtype=compute_dtype
+    )
+
+
+#: UMT5/T5 modules the text encoder's fp8 storage leaves alone: norms, ``wo`` (see the module docstring)
+#: and the embeddings, whose whole table (1.05B rows x width for UMT5-XXL) casting would copy back to the
+#: compute dtype at every forward.
+TEXT_ENCODER_FP8_SKIP = ("norm", "wo", "shared", "embed_tokens", "relative_attention_bias")
+
+
+def cast_text_encoder(cfg: TrainConfig, text_encoder: Any, compute_dtype: torch.dtype) -> None:
+    """Store the text encoder's projections in ``cfg.text_encoder_dtype`` (no-op when unset), computing
+    in ``compute_dtype``, with diffusers' ``apply_layerwise_casting`` (it works on any ``nn.Module``)."""
+    if cfg.text_encoder_dtype is None:
+        return
+    from diffusers.hooks import apply_layerwise_casting
+
+    apply_layerwise_casting(
+        text_encoder,
+        storage_dtype=STORAGE_DTYPES[cfg.text_encoder_dtype],
+        compute_dtype=compute_dtype,
+        skip_modules_pattern=TEXT_ENCODER_FP8_SKIP,
     )
 
 

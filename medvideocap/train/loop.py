@@ -208,7 +208,7 @@ def optimizer_step(
                 loss = flow_matching_loss(model.transformer, batch, cfg, gen, null)
             accelerator.backward(loss / cfg.gradient_accumulation_steps)
         step_loss += loss.detach() / cfg.gradient_accumulation_steps
-    grad_norm = accelerator.clip_grad_norm_(model.params, cfg.max_grad_norm)
+    grad_norm = model.clip_grad_norm(accelerator, cfg.max_grad_norm)
     mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
     if not (math.isfinite(mean_loss) and (grad_norm is None or math.isfinite(float(grad_norm)))):
         model.optimizer.zero_grad(set_to_none=True)
@@ -253,7 +253,10 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
     state: dict[str, Any] = {"step": 0, "consumed_batches": 0}
     resume_from, resumed_rng = find_resume(cfg), None
     if resume_from is not None:
-        state, resumed_rng = restore_checkpoint(accelerator, resume_from, gen, model.ema, model.names)
+        sharded = (model.transformer, model.optimizer) if model.sharded else None
+        state, resumed_rng = restore_checkpoint(
+            accelerator, resume_from, gen, model.ema, model.names, sharded=sharded
+        )
         if main:
             console.print(f"resumed from {resume_from} at step {state['step']}")
     loader = make_loader(
@@ -297,9 +300,13 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
             tokens = math.prod(batch["latents"].shape[2:]) // 4  # patch (1, 2, 2): tokens per sample
             step_log(state["step"], mean_loss, model.lr_scheduler.get_last_lr()[0], grad_norm, tokens)
         if state["step"] % cfg.checkpoint_every == 0 or state["step"] == stop:
-            saved = save_checkpoint(accelerator, cfg, dict(state), model.transformer, model.ema, gen)
+            saved = save_checkpoint(
+                accelerator, cfg, dict(state), model.transformer, model.ema, gen,
+                sharded_optimizer=model.optimizer if model.sharded else None,
+            )  # fmt: skip
             heldout(accelerator, model.transformer, model.ema, state["step"], saved)
-        if cfg.validation_every and state["step"] % cfg.validation_every == 0 and main:
+        due = cfg.validation_every and state["step"] % cfg.validation_every == 0
+        if due and cfg.validation_prompts and main:
             unwrapped = accelerator.unwrap_model(model.transformer)
             result.validations.append(validator(unwrapped, model.ema, state["step"]))
     step_log.close()
@@ -307,10 +314,12 @@ def train(cfg: TrainConfig, dataset: Any = None) -> TrainResult:
     result.step = state["step"]
     result.transformer = accelerator.unwrap_model(model.transformer)
     accelerator.wait_for_everyone()
-    if state["step"] >= cfg.max_steps and main:
+    done = state["step"] >= cfg.max_steps
+    exported, exported_ema = model.for_export(accelerator) if done else (None, None)  # every rank
+    if done and main:
         run_info["steps"] = state["step"]
         final = Path(cfg.output_dir) / "final"
-        result.export = export_final(cfg, result.transformer, model.ema, final, run_info)
+        result.export = export_final(cfg, exported, exported_ema, final, run_info)
         if not cfg.validation_every and cfg.validation_prompts:
             result.validations.append(validator(result.transformer, model.ema, state["step"]))
     accelerator.end_training()

@@ -34,6 +34,24 @@ class Trainee:
     ema: Any  # diffusers' EMAModel, or None when ema_decay is 0
     names: list[str]  # the trainable parameters' names, in ``params`` order
     params: list[torch.nn.Parameter]
+    sharded: bool = False  # distributed.strategy=fsdp (medvideocap.train.fsdp)
+
+    def clip_grad_norm(self, accelerator: Any, max_norm: float) -> Any:
+        """Clip the gradients to ``max_norm`` and return their total norm over every rank."""
+        if self.sharded:
+            from medvideocap.train.fsdp import clip_grad_norm
+
+            return clip_grad_norm(self.params, max_norm)
+        return accelerator.clip_grad_norm_(self.params, max_norm)
+
+    def for_export(self, accelerator: Any) -> tuple[Any, Any]:
+        """(the transformer, its EMA) as the export writes them, on the main process: a sharded model is
+        gathered whole first (every process must call this)."""
+        if self.sharded:
+            from medvideocap.train.fsdp import gather_for_export
+
+            return gather_for_export(self.transformer, self.ema, main=accelerator.is_main_process)
+        return accelerator.unwrap_model(self.transformer), self.ema
 
 
 def start_accelerator(cfg: TrainConfig) -> Any:
@@ -126,8 +144,14 @@ def prepare_trainee(cfg: TrainConfig, accelerator: Any, transformer: Any) -> Tra
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
+    sharded = cfg.distributed.strategy == "fsdp"
     offload_blocks(cfg, transformer, accelerator.device)
-    transformer = accelerator.prepare(transformer)  # before the optimizer: FSDP replaces the parameters
+    if sharded:  # not accelerator.prepare: on CPU ranks it would wrap the sharded model in DDP
+        from medvideocap.train.fsdp import shard_transformer
+
+        transformer = shard_transformer(cfg, transformer, accelerator)
+    else:
+        transformer = accelerator.prepare(transformer)  # before the optimizer: FSDP replaces the parameters
     names, params = zip(*trainable_params(accelerator.unwrap_model(transformer)), strict=True)
     optimizer = make_optimizer(cfg, params)
     lr_scheduler = get_scheduler(
@@ -136,11 +160,14 @@ def prepare_trainee(cfg: TrainConfig, accelerator: Any, transformer: Any) -> Tra
         num_warmup_steps=cfg.warmup_steps,
         num_training_steps=cfg.max_steps,
     )
-    optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
+    if sharded:  # the optimizer's state is sharded: medvideocap.train.fsdp checkpoints it, not accelerate
+        lr_scheduler = accelerator.prepare(lr_scheduler)
+    else:
+        optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     ema = EMAModel(list(params), decay=cfg.ema_decay, foreach=True) if cfg.ema_decay > 0 else None
     if cfg.mode == "lora":
         register_lora_hooks(accelerator)
-    return Trainee(transformer, optimizer, lr_scheduler, ema, list(names), list(params))
+    return Trainee(transformer, optimizer, lr_scheduler, ema, list(names), list(params), sharded)
 
 
 def record_run(

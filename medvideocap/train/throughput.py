@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from medvideocap.progress import duration
+from medvideocap.progress import rate as progress_rate
+
 #: Dense bf16 tensor-core peak per card, FLOP/s, from the vendors' data sheets (without sparsity),
 #: matched against ``torch.cuda.get_device_name()``; first match wins, so longer names come first.
 CARD_PEAK_BF16 = {
@@ -57,21 +60,10 @@ def card_peak_flops(device: Any) -> float | None:
     return next((peak for key, peak in CARD_PEAK_BF16.items() if key in name), None)
 
 
-def duration(seconds: float) -> str:
-    """``3d04h``, ``2h05m``, ``4m10s``, ``12s``: an ETA one can read at a glance."""
-    s = max(int(seconds), 0)
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{s:02d}s" if minutes else f"{s}s"
-
-
 def rate(steps_per_s: float) -> str:
-    """``1.52 s/step`` when slower than a step a second (most real runs), else ``3.1 steps/s``."""
-    if steps_per_s <= 0:
-        return "- s/step"
-    return f"{1 / steps_per_s:.3g} s/step" if steps_per_s < 1 else f"{steps_per_s:.3g} steps/s"
+    """``1.52 s/step`` when slower than a step a second (most real runs), else ``3.1 steps/s``
+    (:func:`medvideocap.progress.rate`, the one rate formatter)."""
+    return progress_rate(steps_per_s, "step")
+
+
+__all__ = ["CARD_PEAK_BF16", "card_peak_flops", "duration", "rate", "transformer_flops_per_token"]

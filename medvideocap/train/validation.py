@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from medvideocap.train.config import TrainConfig
+from medvideocap.train.ladder import cast_text_encoder
 from medvideocap.train.model import trainable_params, weight_dtype
 
 
@@ -38,7 +39,9 @@ class Validator:
 
             self.pipe = load_wan_pipeline(
                 cfg.model_id, revision=cfg.revision, dtype=dtype, transformer=transformer
-            ).to(self.device)
+            )
+            cast_text_encoder(cfg, self.pipe.text_encoder, dtype)
+            self.pipe.to(self.device)
         self.pipe.transformer = transformer
         params = [p for _, p in trainable_params(transformer)]
         if ema is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medvideocap.build.sample import Reject, Sample
+from medvideocap.media.ffmpeg import FrameNeed
 
 StageResult = Sample | Reject | list[Sample | Reject]
 StageFn = Callable[[Sample], StageResult]
@@ -55,6 +56,13 @@ def _module(kind: str) -> Any:
 def make_stage(cfg: Any, ctx: Context) -> StageFn:
     """The stage function for one recipe entry, with its config and context bound."""
     return functools.partial(_module(cfg.stage).run, cfg=cfg, ctx=ctx)
+
+
+def frame_needs(cfg: Any) -> list[FrameNeed]:
+    """The frames a stage reads from each clip (its module's ``needs(cfg)``; [] when it reads none),
+    so the pipeline can decode them once per clip for every stage together."""
+    needs = getattr(_module(cfg.stage), "needs", None)
+    return list(needs(cfg)) if needs is not None else []
 
 
 def check_stage(cfg: Any) -> None:

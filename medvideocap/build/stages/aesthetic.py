@@ -17,6 +17,7 @@ from medvideocap.build.recipe import AestheticStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context, require
 from medvideocap.devices import resolve_device
+from medvideocap.media.ffmpeg import FrameNeed
 
 _MODELS: dict[tuple[str, ...], Any] = {}
 HEAD_LAYERS = (0, 2, 4, 6, 7)  # Linear layers of the LAION MLP (Dropouts sit at 1, 3, 5)
@@ -108,8 +109,12 @@ def score_frames(cfg: AestheticStage, images: list[np.ndarray]) -> list[float]:
         return [float(v) for v in _head(cfg.head, dev).layers(emb).squeeze(-1).cpu()]
 
 
+def needs(cfg: AestheticStage) -> list[FrameNeed]:
+    return [FrameNeed(count=cfg.frames)]
+
+
 def run(sample: Sample, cfg: AestheticStage, ctx: Context) -> Sample | Reject:
-    scores = score_frames(cfg, sample.even_frames(cfg.frames).images)
+    scores = score_frames(cfg, sample.view(needs(cfg)[0]).images)
     mean = round(float(np.mean(scores)), 6)
     sample.scores["aesthetic"] = mean
     if cfg.min is not None and mean < cfg.min:

@@ -21,7 +21,7 @@ from medvideocap.build.recipe import BlackBorderStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context
 from medvideocap.build.workdir import clip_path
-from medvideocap.media.ffmpeg import cropdetect, cut, iter_frames
+from medvideocap.media.ffmpeg import FrameNeed, cropdetect, cut
 from medvideocap.media.probe import probe
 
 _FPS = 2.0
@@ -87,19 +87,33 @@ def find_borders(gray: Iterable[np.ndarray], cfg: BlackBorderStage) -> tuple[int
     return top, bottom, left, right
 
 
+def needs(cfg: BlackBorderStage) -> list[FrameNeed]:
+    """hough/luminance read full-size frames at 2 fps; cropdetect lets ffmpeg's filter decode."""
+    return [] if cfg.method == "cropdetect" else [FrameNeed(fps=_FPS)]
+
+
 def run(sample: Sample, cfg: BlackBorderStage, ctx: Context) -> Sample | Reject:
+    """Measure the bars; above ``max_fraction`` reject, or crop: a clip whose cut is still pending
+    (the split stage defers it) gets the crop in that one encode; a clip already written is cut again
+    from its source, cropped."""
     if cfg.method == "cropdetect":
-        found = cropdetect(sample.media, limit=cfg.luminance, fps=_FPS)
+        if sample.deferred:
+            found = cropdetect(
+                sample.path,
+                limit=cfg.luminance,
+                fps=_FPS,
+                start=sample.start,
+                end=sample.end,
+                name=f"{sample.input} clip {sample.index}",
+            )
+        else:
+            found = cropdetect(sample.media, limit=cfg.luminance, fps=_FPS)
         top, bottom, left, right = found.bars
         h, w = found.height, found.width
     else:
-        info = probe(sample.media, name=str(sample.media))
-        grey = (
-            cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)
-            for _, im in iter_frames(sample.media, fps=_FPS, max_side=None)
-        )
+        grey = (cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for _, im in sample.stream(needs(cfg)[0]))
         top, bottom, left, right = find_borders(grey, cfg)
-        h, w = info.height, info.width
+        h, w = int(sample.info["height"]), int(sample.info["width"])
     sample.extra["black_border_method"] = cfg.method
     inner = max(0, h - top - bottom) * max(0, w - left - right)
     fraction = round(1.0 - inner / float(h * w), 6)
@@ -116,6 +130,20 @@ def run(sample: Sample, cfg: BlackBorderStage, ctx: Context) -> Sample | Reject:
         )
     x, y = left + (left % 2), top + (top % 2)
     cw, ch = (w - x - right) // 2 * 2, (h - y - bottom) // 2 * 2
+    sample.extra["cropped"] = {"width": cw, "height": ch, "x": x, "y": y}
+    if ch < cfg.min_height:
+        return Reject(
+            cfg.label,
+            "too_small",
+            f"{cw}x{ch} after cropping {bars} is below the minimum height {cfg.min_height}",
+            dict(sample.scores),
+        )
+    if sample.deferred and sample.pending_cut is not None:
+        # not written yet: the crop rides along with the cut (one encode, with this stage's quality)
+        sample.crop = [cw, ch, x, y]
+        sample.pending_cut = {**sample.pending_cut, "crf": cfg.crf, "preset": cfg.preset}
+        sample.info = {**sample.info, "width": cw, "height": ch}
+        return sample
     dest = clip_path(ctx.work, sample.key, f"{sample.index:03d}-crop")
     cut(
         sample.media,
@@ -129,12 +157,4 @@ def run(sample: Sample, cfg: BlackBorderStage, ctx: Context) -> Sample | Reject:
     )
     sample.clip = str(dest)
     sample.info = probe(dest, name=f"{sample.input} clip {sample.index}", count_frames=True).as_dict()
-    sample.extra["cropped"] = {"width": cw, "height": ch, "x": x, "y": y}
-    if ch < cfg.min_height:
-        return Reject(
-            cfg.label,
-            "too_small",
-            f"{cw}x{ch} after cropping {bars} is below the minimum height {cfg.min_height}",
-            dict(sample.scores),
-        )
     return sample

@@ -15,7 +15,7 @@ import numpy as np
 from medvideocap.build.recipe import CameraMotionStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context
-from medvideocap.media.ffmpeg import iter_frames
+from medvideocap.media.ffmpeg import FrameNeed
 
 METHOD = "heuristic: phase correlation (pan/tilt) + Farneback flow (zoom)"
 
@@ -65,9 +65,13 @@ def classify(dx: float, dy: float, zoom: float, cfg: CameraMotionStage) -> str:
     return "tilt down" if dy < 0 else "tilt up"
 
 
+def needs(cfg: CameraMotionStage) -> list[FrameNeed]:
+    return [FrameNeed(fps=cfg.analysis_fps, max_side=160)]
+
+
 def run(sample: Sample, cfg: CameraMotionStage, ctx: Context) -> Sample | Reject:
-    frames = iter_frames(sample.media, fps=cfg.analysis_fps, max_side=160)
-    dx, dy, zoom = global_motion((t, cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)) for t, im in frames)
+    pairs = sample.stream(needs(cfg)[0])
+    dx, dy, zoom = global_motion((t, cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)) for t, im in pairs)
     sample.camera_motion = classify(dx, dy, zoom, cfg)
     sample.scores["camera_pan_speed"] = round(dx, 6)
     sample.scores["camera_tilt_speed"] = round(dy, 6)

@@ -17,7 +17,7 @@ import numpy as np
 from medvideocap.build.recipe import MeasuresStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context
-from medvideocap.media.ffmpeg import iter_frames
+from medvideocap.media.ffmpeg import FrameNeed
 
 
 def sharpness(gray: list[np.ndarray]) -> float:
@@ -73,8 +73,12 @@ def streamed(frames: Iterable[tuple[float, np.ndarray]]) -> dict[str, float]:
     }
 
 
+def needs(cfg: MeasuresStage) -> list[FrameNeed]:
+    return [FrameNeed(fps=cfg.analysis_fps, max_side=cfg.max_side)]
+
+
 def run(sample: Sample, cfg: MeasuresStage, ctx: Context) -> Sample | Reject:
-    values = streamed(iter_frames(sample.media, fps=cfg.analysis_fps, max_side=cfg.max_side))
+    values = streamed(sample.stream(needs(cfg)[0]))
     sample.scores.update({k: round(v, 6) for k, v in values.items()})
     checks = [
         ("sharpness", cfg.min_sharpness, None, "blurry"),

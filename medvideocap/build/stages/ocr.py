@@ -25,6 +25,7 @@ import numpy as np
 from medvideocap.build.recipe import OcrStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context, MissingDependencyError, require
+from medvideocap.media.ffmpeg import FrameNeed
 
 _READERS: dict[str, Any] = {}
 CHARS_PER_WORD = 6.0  # letters + digits per word of subtitle text, a little above English's mean
@@ -139,10 +140,15 @@ def measure(regions: list[Region], shape: tuple[int, ...], min_confidence: float
     }
 
 
+def needs(cfg: OcrStage) -> list[FrameNeed]:
+    """The frames the stage reads (decoded once per clip with the other stages' frames)."""
+    return [FrameNeed(count=cfg.frames, max_side=cfg.max_side)]
+
+
 def run(sample: Sample, cfg: OcrStage, ctx: Context) -> Sample | Reject:
     per_frame = [
         measure(read(image, cfg), image.shape, cfg.min_confidence)
-        for image in sample.even_frames(cfg.frames, max_side=cfg.max_side).images
+        for image in sample.view(needs(cfg)[0]).images
     ]
     worst = {k: max(m[k] for m in per_frame) for k in ("text_words", "text_regions", "text_area")}
     sample.scores.update(worst)

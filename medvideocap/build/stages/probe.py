@@ -38,6 +38,7 @@ def run(sample: Sample, cfg: ProbeStage, ctx: Context) -> Sample | Reject:
         )
         return Reject(cfg.label, code, text)
     sample.info = info.as_dict()
+    sample.input_seconds = info.duration
     if info.num_frames is not None and info.num_frames < 2:
         return Reject(cfg.label, "unreadable", f"{sample.input}: only {info.num_frames} decodable frame(s)")
     if info.duration < cfg.min_seconds:

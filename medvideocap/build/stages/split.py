@@ -35,7 +35,7 @@ from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context, require
 from medvideocap.build.workdir import clip_path
 from medvideocap.devices import resolve_device
-from medvideocap.media.ffmpeg import cut, iter_frames, keyframe_times
+from medvideocap.media.ffmpeg import iter_frames, keyframe_times
 from medvideocap.media.probe import probe
 
 _THUMB = 32  # histogram/difference features are computed on frames scaled to this many pixels wide
@@ -362,6 +362,7 @@ def run(sample: Sample, cfg: SplitStage, ctx: Context) -> list[Sample | Reject]:
         return any(abs(t - k) < 0.5 / fps for k in keys)
 
     cuts = [round((a + b) / 2, 3) for a, b in transitions]
+    width, height = int(sample.info["width"]), int(sample.info["height"])
     out: list[Sample | Reject] = []
     for i, (start, end) in enumerate(spans):
         child = dataclasses.replace(
@@ -379,14 +380,24 @@ def run(sample: Sample, cfg: SplitStage, ctx: Context) -> list[Sample | Reject]:
             out.append(Reject(cfg.label, "too_short", detail, sample=child))
             continue
         copy = copy_ok and on_key(start) and (on_key(end) or end >= duration - 0.5 / fps)
-        dest = clip_path(ctx.work, sample.key, f"{i:03d}")
-        cut(sample.path, dest, start=start, end=end, copy=copy, crf=cfg.crf, preset=cfg.preset)
-        info = probe(dest, name=f"{sample.input} clip {i}", count_frames=True)
-        child.clip = str(dest)
-        child.info = info.as_dict()
-        child.extra["cut"] = "stream-copy" if copy else "re-encode"
-        if info.width < cfg.min_width or info.height < cfg.min_height:
-            detail = f"{info.width}x{info.height} below minimum {cfg.min_width}x{cfg.min_height}"
+        # not written here: the clip is cut (and cropped, if the border stage says so) in one encode
+        # when it is kept or a stage needs its file (medvideocap.build.sample.write_clip)
+        child.pending_cut = {
+            "dest": str(clip_path(ctx.work, sample.key, f"{i:03d}")),
+            "copy": copy,
+            "crf": cfg.crf,
+            "preset": cfg.preset,
+        }
+        w, h = (width, height) if copy else (width // 2 * 2, height // 2 * 2)
+        child.info = {
+            **sample.info,
+            "duration": round(end - start, 6),
+            "num_frames": max(1, round((end - start) * fps)),
+            "width": w,
+            "height": h,
+        }
+        if w < cfg.min_width or h < cfg.min_height:
+            detail = f"{w}x{h} below minimum {cfg.min_width}x{cfg.min_height}"
             out.append(Reject(cfg.label, "too_small", detail, sample=child))
             continue
         out.append(child)

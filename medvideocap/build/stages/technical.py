@@ -27,6 +27,7 @@ import numpy as np
 from medvideocap.build.recipe import TechnicalStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context
+from medvideocap.media.ffmpeg import FrameNeed
 
 METHOD = "nr-composite-v1: Crete-Roffet blur x Immerkaer noise (median) x 8x8 blocking, no reference"
 _NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
@@ -94,8 +95,14 @@ def score_frames(images: list[np.ndarray], cfg: TechnicalStage) -> tuple[float, 
     return float(np.mean([r[0] for r in results])), raw
 
 
+def needs(cfg: TechnicalStage) -> list[FrameNeed]:
+    """``frames`` evenly spaced frames, already at most ``max_side`` (what :func:`_gray` would make of
+    full-size ones: the same OpenCV area filter, so the score does not change)."""
+    return [FrameNeed(count=cfg.frames, max_side=cfg.max_side)]
+
+
 def run(sample: Sample, cfg: TechnicalStage, ctx: Context) -> Sample | Reject:
-    score, raw = score_frames(sample.even_frames(cfg.frames).images, cfg)
+    score, raw = score_frames(sample.view(needs(cfg)[0]).images, cfg)
     sample.scores["technical"] = round(score, 6)
     sample.scores.update({f"technical_{k}": round(v, 6) for k, v in raw.items()})
     sample.extra["technical_method"] = METHOD

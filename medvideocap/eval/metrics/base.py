@@ -1,5 +1,6 @@
-"""What every evaluation metric shares: the interface, the device pick, the model revision record and
-VBench's consistency rule.
+"""What every evaluation metric shares: the interface, the device pick, the model revision record,
+VBench's consistency rule and the one way a metric reads a checkpoint file (:func:`weights_file`,
+:func:`load_state_dict`).
 
 Each metric module defines one :class:`Metric` subclass with its published definition, the real model id
 it loads by default and how its raw value is mapped into [0, 1]. Videos arrive as ``uint8 (T, H, W, 3)``
@@ -10,6 +11,7 @@ or read back by ``--videos``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,6 +63,62 @@ def model_revision(model_id: str) -> str:
     except (OSError, ValueError):
         commit = None
     return str(commit) if commit else "unknown"
+
+
+def weights_file(spec: str, *, metric: str) -> Path:
+    """The local file a metric's weight spec names: a path, or a file in a Hub model repo
+    (``hf://OWNER/NAME/FILE``) fetched into (and read offline from) the Hugging Face cache. The spec is
+    parsed by :func:`medvideocap.locations.resolve` and the Hub's own ``HfFileSystem.resolve_path``; a
+    spec that names no such file, or another scheme, is a :class:`MetricError` saying what to give."""
+    from medvideocap.locations import HUB, LocationError, resolve
+
+    fix = f"give --metric-model {metric}=PATH"
+    try:
+        location = resolve(spec)
+    except LocationError as exc:
+        raise MetricError(f"{metric}: {exc}; {fix}") from None
+    if location.local is not None:
+        if not location.local.is_file():
+            raise MetricError(f"{metric}: model file {spec!r} does not exist; {fix}")
+        return location.local
+    if location.scheme != HUB:
+        raise MetricError(
+            f"{metric}: model file {spec!r}: weights are read from a local path or hf://; {fix}"
+        )
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        where = location.fs.resolve_path(location.root)
+        return Path(
+            hf_hub_download(
+                where.repo_id, where.path_in_repo, repo_type=where.repo_type, revision=where.revision
+            )
+        )
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        raise MetricError(f"{metric}: cannot fetch {spec!r} ({str(exc).splitlines()[0]}); {fix}") from None
+
+
+def load_state_dict(path: str | Path, *, what: str, drop: Sequence[str] = ()) -> dict[str, Any]:
+    """The tensors of a checkpoint written by ``torch.save``, read with ``weights_only=True`` (a model file is
+    never unpickled), DataParallel's ``module.`` prefixes removed and the keys starting with any of
+    ``drop`` (a checkpoint's training-only heads) left out. A file holding more than tensors, or not a
+    dict, is a :class:`MetricError` naming the file and ``what`` it should hold."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise MetricError(
+            f"{path}: holds more than tensors, and model files are never unpickled here (torch.load "
+            f"weights_only=True refused it: {str(exc).splitlines()[0]}); save its state_dict alone"
+        ) from None
+    if not isinstance(state, dict):
+        raise MetricError(f"{path}: holds a {type(state).__name__}, not a {what} state_dict")
+    state = {str(k).removeprefix("module."): v for k, v in state.items()}
+    return {k: v for k, v in state.items() if not k.startswith(tuple(drop))}
 
 
 def consistency(features: Any) -> float:

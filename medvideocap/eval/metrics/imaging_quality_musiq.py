@@ -33,8 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from medvideocap.build.stages import aesthetic
-from medvideocap.eval.metrics.base import Metric, MetricError, check_video
+from medvideocap.eval.metrics.base import Metric, MetricError, check_video, load_state_dict, weights_file
 
 #: The MUSIQ-SPAQ checkpoint pyiqa downloads for ``musiq-spaq`` (``default_model_urls["spaq"]`` in
 #: ``pyiqa/archs/musiq_arch.py``); VBench fetches the same file name from pyiqa's GitHub release
@@ -102,29 +101,9 @@ def load_musiq(model_id: str, device: str) -> Any:
     eval mode on ``device``; once per process."""
     key = (model_id, device)
     if key not in _MODELS:
-        import pickle
-
-        import torch
-
         musiq = _musiq_class()
-        from pyiqa.archs.arch_util import clean_state_dict
-
-        try:
-            path = aesthetic.resolve_file(model_id)
-        except FileNotFoundError as exc:
-            raise MetricError(
-                f"imaging_quality: {exc}; give --metric-model imaging_quality=PATH.pth"
-            ) from None
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise MetricError(
-                f"{path}: holds more than tensors, and model files are never unpickled here (torch.load "
-                f"weights_only=True refused it: {str(exc).splitlines()[0]}); save its state_dict alone"
-            ) from None
-        if not isinstance(state, dict):
-            raise MetricError(f"{path}: holds a {type(state).__name__}, not a MUSIQ state_dict")
-        state = clean_state_dict(state)  # pyiqa's own: drops DataParallel's "module." prefixes
+        path = weights_file(model_id, metric="imaging_quality")
+        state = load_state_dict(path, what="MUSIQ")
         model = musiq(pretrained=False, **musiq_config(state, str(path)))
         try:
             model.load_state_dict(state)

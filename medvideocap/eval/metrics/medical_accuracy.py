@@ -7,7 +7,7 @@ Why it is shaped this way:
   :class:`~medvideocap.caption.openai_api.OpenAICaptioner` (the default; endpoint and key as ``recaption``
   takes them), or a local VLM through :class:`~medvideocap.caption.local.TransformersCaptioner`. Retries,
   the request deadline, the reply-size cap and keeping the key out of every message are theirs, not
-  copied here. The backend is asked for one raw reply (its ``_generate``), not for a caption: a caption's
+  copied here. The backend is asked for one raw reply (its ``ask``), not for a caption: a caption's
   template, hygiene and re-asks do not apply to a verdict.
 * The rubric is a shipped text file, sent verbatim as the system message; its name is its version and
   its sha256 is recorded. :meth:`MedicalAccuracy.info` lists it beside the judge model as a model role
@@ -225,23 +225,19 @@ class MedicalAccuracy(Metric):
     def assess(self, video: np.ndarray, prompt: str) -> tuple[float, dict[str, Any]]:
         from PIL import Image
 
-        from medvideocap.caption.base import Job
         from medvideocap.caption.hygiene import reply_head, strip_controls
-        from medvideocap.dataset.schema import ClipRecord
 
         frames = check_video(video, metric=self.name)
         picked = frame_indices(len(frames), self.frames)
         judge = self._judge = self._judge or self._make_judge()
-        job = Job(
-            frames=[Image.fromarray(frames[i]) for i in picked],
-            record=ClipRecord.model_construct(id=self.name),  # a backend names the job by it in its logs
-            timestamps=None,
+        reply = judge.ask(
+            user_message(prompt, len(picked)),
+            [Image.fromarray(frames[i]) for i in picked],
             system=self.rubric,
-            user=user_message(prompt, len(picked)),
             params=dict(PARAMS),
             format="json",
+            name=self.name,  # a backend names the request by it in its logs
         )
-        (reply,) = judge._generate([job])
         if reply.text is None:
             raise MetricError(
                 f"{self.name}: the judge {self.models['']!r} gave no reply: {reply.error}; check the judge "

