@@ -56,7 +56,34 @@ from pathlib import Path
 from typing import Any
 
 GIB = 1 << 30
-STAGES = ("encode", "train", "generate", "eval", "eval_checkpoint")
+STAGES = (
+    "encode",
+    "train",
+    "resume",
+    "lora_load",
+    "train_fp8",
+    "train_offload",
+    "generate",
+    "eval",
+    "eval_checkpoint",
+)
+#: The trainer's memory ladder at real size (issue 21): each a LoRA step with one rung on, beside ``train``.
+LADDER = {
+    "train_fp8": ("base_weights_dtype=float8_e4m3fn", "frozen base stored in fp8, bf16 compute"),
+    "train_offload": ("offload_frozen_blocks=true", "frozen blocks group-offloaded (CPU: no device to free)"),
+}
+#: ``lora_load``: the exported adapter read by diffusers' own WanPipeline on the real-size base.
+LORA_LOAD = """
+import sys, torch
+from diffusers import WanPipeline
+from medvideocap.plan import GIB, measured_peak
+pipe = WanPipeline.from_pretrained(sys.argv[1], text_encoder=None, tokenizer=None, torch_dtype=torch.bfloat16)
+pipe.load_lora_weights(sys.argv[2])
+n = sum(1 for k in pipe.transformer.state_dict() if "lora_A" in k)
+assert n > 0, "no LoRA layers after load_lora_weights"
+print(f"lora layers: {n}", file=sys.stderr)
+print(f"memory: measured peak {measured_peak('cpu') / GIB:.2f} GiB host RSS", file=sys.stderr)
+"""
 PARTS = ("vae", "transformer", "text_encoder", "thin_text_encoder")
 MODEL_DIR = "wan2.1-t2v-1.3b-random"
 THIN_DIR = "umt5-4096-1layer-random"
@@ -336,15 +363,20 @@ def main() -> int:
     needs = {
         "encode": ["vae", "text_encoder"],
         "train": ["transformer"],
+        "resume": ["transformer"],
+        "lora_load": ["transformer", "vae"],
+        "train_fp8": ["transformer"],
+        "train_offload": ["transformer"],
         "generate": PARTS[:3],
         "eval_checkpoint": PARTS[:3],
     }
     parts = sorted({p for s in stages for p in needs.get(s, [])}, key=PARTS.index)
-    if "train" in stages and "encode" not in stages and not (cache_dir / "manifest.json").is_file():
+    trains = {"train", "resume", "train_fp8", "train_offload"} & set(stages)
+    if trains and "encode" not in stages and not (cache_dir / "manifest.json").is_file():
         parts += ["vae", "thin_text_encoder"]
     rows += _build(args, list(dict.fromkeys(parts)))
 
-    if "encode" in stages or ("train" in stages and not (cache_dir / "manifest.json").is_file()):
+    if "encode" in stages or (trains and not (cache_dir / "manifest.json").is_file()):
         data = make_dataset(work / "dataset", args.frames, args.height, args.width)
         shutil.rmtree(cache_dir, ignore_errors=True)
         real = "encode" in stages
@@ -357,26 +389,38 @@ def main() -> int:
                 plan=real,
             )
         )
+
+    def train_cmd(out: Path, *extra: str, steps: int = 1, resume: str = "none") -> list[str]:
+        sets = [f"model_id={model}", f"latents={cache_dir}", f"output_dir={out}", f"max_steps={steps}"]
+        sets += ["num_workers=0", "gradient_accumulation_steps=1", "validation_prompts=[]", "report_to=null"]
+        sets += [f"resume={resume}", "checkpoint_every=1", *extra]
+        cmd = [sys.executable, "-m", "medvideocap", "train", "--config", "medgen-1.3b-lora"]
+        return [*cmd, *(a for s in sets for a in ("--set", s))]
+
     if "train" in stages:
         out = work / "train"
         shutil.rmtree(out, ignore_errors=True)
-        sets = [
-            f"model_id={model}",
-            f"latents={cache_dir}",
-            f"output_dir={out}",
-            "max_steps=1",
-            "num_workers=0",
-        ]
-        sets += ["gradient_accumulation_steps=1", "validation_prompts=[]", "report_to=null", "resume=none"]
-        cmd = [sys.executable, "-m", "medvideocap", "train", "--config", "medgen-1.3b-lora"]
+        rows.append(_run(args, "train", f"LoRA r32, 1 step, {size}, bf16, ckpt", train_cmd(out)))
+    if "resume" in stages:  # on from train's step-1 checkpoint to step 2
         rows.append(
             _run(
                 args,
-                "train",
-                f"LoRA r32, 1 step, {size}, bf16, ckpt",
-                [*cmd, *(a for s in sets for a in ("--set", s))],
+                "train resume",
+                f"step 1 -> 2, {size}",
+                train_cmd(work / "train", steps=2, resume="auto"),
             )
         )
+    if "lora_load" in stages:
+        final = work / "train" / "final"
+        cmd = [sys.executable, "-c", LORA_LOAD, str(model), str(final)]
+        rows.append(
+            _run(args, "export + WanPipeline.load_lora_weights", "bf16, no text encoder", cmd, plan=False)
+        )
+    for stage, (setting, words) in LADDER.items():
+        if stage in stages:
+            out = work / stage
+            shutil.rmtree(out, ignore_errors=True)
+            rows.append(_run(args, stage, f"LoRA 1 step, {size}: {words}", train_cmd(out, setting)))
     video = work / "videos" / f"{PROMPT_ID}.mp4"
     if "generate" in stages:
         cmd = [

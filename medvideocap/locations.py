@@ -128,6 +128,20 @@ def looks_like_repo_id(value: str | Path) -> bool:
     return not Path(text).exists() and bool(_REPO_ID.match(text))
 
 
+def hub_model_file(spec: str) -> tuple[str, str] | None:
+    """``(repo_id, filename)`` of a model-weight spec ``hf://OWNER/NAME/FILE`` (a file in a Hub *model*
+    repo, as recipes and metric options name weights), ``(repo_id, "")`` for ``hf://OWNER/NAME``; None for
+    anything else (a local path, a bare repo id). The one place such a spec is taken apart."""
+    found = _URL.match(spec)
+    if found is None or found.group(1) != HUB:
+        return None
+    owner, _, rest = found.group(2).partition("/")
+    name, _, filename = rest.partition("/")
+    if not owner or not name:
+        raise LocationError(f"{spec!r}: expected {HUB}://OWNER/NAME/FILE")
+    return f"{owner}/{name}", filename
+
+
 def hub_url(repo_id: str, path: str = "", *, revision: str | None = None) -> str:
     """``hf://datasets/OWNER/NAME[@REV][/PATH]``: a Hub dataset repo, or a file in it. A revision with
     a slash (``refs/pr/1``) is percent-encoded, as ``HfFileSystem`` expects."""

@@ -240,3 +240,18 @@ def test_a_local_location_closes_its_descriptors_when_it_goes(folder: Path) -> N
     del location
     gc.collect()
     assert shards_open() == 0
+
+
+def test_a_hub_model_file_spec_is_taken_apart_in_one_place() -> None:
+    from medvideocap.locations import LocationError, hub_model_file
+
+    assert hub_model_file("hf://chaofengc/IQA-PyTorch-Weights/musiq_spaq.pth") == (
+        "chaofengc/IQA-PyTorch-Weights",
+        "musiq_spaq.pth",
+    )
+    assert hub_model_file("hf://owner/name/sub/dir/w.pt") == ("owner/name", "sub/dir/w.pt")
+    assert hub_model_file("hf://owner/name") == ("owner/name", "")
+    assert hub_model_file("owner/name") is None and hub_model_file("/weights/head.pth") is None
+    assert hub_model_file("s3://bucket/w.pt") is None
+    with pytest.raises(LocationError, match="OWNER/NAME/FILE"):
+        hub_model_file("hf://owner-only")

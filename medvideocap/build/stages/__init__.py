@@ -85,11 +85,13 @@ def _hub_cached(spec: str) -> bool:
         return True
     from huggingface_hub import try_to_load_from_cache
 
-    if spec.startswith("hf://"):
-        owner, name, *rest = spec[len("hf://") :].split("/")
-        repo, filename = f"{owner}/{name}", "/".join(rest) or "config.json"
-    else:
-        repo, filename = spec, "config.json"
+    from medvideocap.locations import LocationError, hub_model_file
+
+    try:
+        repo, filename = hub_model_file(spec) or (spec, "")
+    except LocationError:
+        return False
+    filename = filename or "config.json"
     try:
         return isinstance(try_to_load_from_cache(repo, filename), str)
     except Exception:  # noqa: BLE001 - a malformed id is simply not available offline

@@ -17,6 +17,7 @@ from medvideocap.build.recipe import AestheticStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context, require
 from medvideocap.devices import resolve_device
+from medvideocap.locations import hub_model_file
 from medvideocap.media.ffmpeg import FrameNeed
 
 _MODELS: dict[tuple[str, ...], Any] = {}
@@ -30,13 +31,14 @@ def check(cfg: AestheticStage) -> None:
 
 def resolve_file(spec: str) -> Path:
     """A local path, or ``hf://OWNER/NAME/FILE`` fetched (and cached) with huggingface_hub."""
-    if spec.startswith("hf://"):
-        owner, name, *rest = spec[len("hf://") :].split("/")
-        if not rest:
+    hub = hub_model_file(spec)
+    if hub is not None:
+        repo, filename = hub
+        if not filename:
             raise ValueError(f"{spec!r}: expected hf://OWNER/NAME/FILE")
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(f"{owner}/{name}", "/".join(rest)))
+        return Path(hf_hub_download(repo, filename))
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"model file {spec!r} does not exist")
