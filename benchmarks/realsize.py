@@ -56,22 +56,13 @@ from pathlib import Path
 from typing import Any
 
 GIB = 1 << 30
-STAGES = (
-    "encode",
-    "train",
-    "resume",
-    "lora_load",
-    "train_fp8",
-    "train_offload",
-    "generate",
-    "eval",
-    "eval_checkpoint",
-)
 #: The trainer's memory ladder at real size (issue 21): each a LoRA step with one rung on, beside ``train``.
 LADDER = {
     "train_fp8": ("base_weights_dtype=float8_e4m3fn", "frozen base stored in fp8, bf16 compute"),
     "train_offload": ("offload_frozen_blocks=true", "frozen blocks group-offloaded (CPU: no device to free)"),
+    "train_adamw8bit": ("optimizer=adamw8bit", "bitsandbytes 8-bit AdamW moments"),
 }
+STAGES = ("encode", "train", "resume", "lora_load", *LADDER, "generate", "eval", "eval_checkpoint")
 #: ``lora_load``: the exported adapter read by diffusers' own WanPipeline on the real-size base.
 LORA_LOAD = """
 import sys, torch
@@ -91,6 +82,10 @@ PROMPT_ID = "teach-001"  # the first prompt of the shipped medgen-200 set: eval 
 EVAL_METRICS = "temporal_flickering,flow_interpolation_smoothness"
 PLANNED = re.compile(r"predicted peak: ([0-9.]+) GiB")
 MEASURED = re.compile(r"^memory: measured peak ([0-9.]+) GiB", re.MULTILINE)
+#: train's second line: the peak while training (loading excluded) beside the plan's step stage
+TRAINING = re.compile(
+    r"^memory: measured peak ([0-9.]+) GiB while training.*?planned ([0-9.]+) GiB", re.MULTILINE
+)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -227,7 +222,7 @@ class Row:
     status: str
 
 
-def _run(args: argparse.Namespace, stage: str, settings: str, cmd: list[str], plan: bool = True) -> Row:
+def _run(args: argparse.Namespace, stage: str, settings: str, cmd: list[str], plan: bool = True) -> list[Row]:
     """``cmd`` under the watchdog, after the same command with ``--plan`` (its predicted peak)."""
     from medvideocap.plan import run_watched
 
@@ -252,7 +247,15 @@ def _run(args: argparse.Namespace, stage: str, settings: str, cmd: list[str], pl
     peak = int(float(own.group(1)) * GIB) if own else result.peak_rss
     if own:
         print(own.group(0), file=sys.stderr, flush=True)
-    return Row(stage, settings, result.seconds, peak, planned, status)
+    rows = [Row(stage, settings, result.seconds, peak, planned, status)]
+    steps = TRAINING.search(result.stderr)
+    if steps:  # the steps' own peak: where a memory rung shows when loading peaks above every step
+        print(steps.group(0), file=sys.stderr, flush=True)
+        rows.append(
+            Row(f"  {stage}: steps only", "loading excluded (VmHWM reset)", 0.0,
+                int(float(steps.group(1)) * GIB), int(float(steps.group(2)) * GIB), status)
+        )  # fmt: skip
+    return rows
 
 
 def print_table(rows: list[Row]) -> None:
@@ -277,7 +280,7 @@ def _build(args: argparse.Namespace, parts: list[str]) -> list[Row]:
         if has_part(part, args.cache):
             continue
         cmd = [sys.executable, __file__, "--build-part", part, "--cache", str(args.cache)]
-        rows.append(_run(args, f"build {part}", "random weights", cmd, plan=False))
+        rows.extend(_run(args, f"build {part}", "random weights", cmd, plan=False))
         if rows[-1].status != "ok":
             raise SystemExit(f"building {part} failed: {rows[-1].status}")
     return rows
@@ -367,11 +370,12 @@ def main() -> int:
         "lora_load": ["transformer", "vae"],
         "train_fp8": ["transformer"],
         "train_offload": ["transformer"],
+        "train_adamw8bit": ["transformer"],
         "generate": PARTS[:3],
         "eval_checkpoint": PARTS[:3],
     }
     parts = sorted({p for s in stages for p in needs.get(s, [])}, key=PARTS.index)
-    trains = {"train", "resume", "train_fp8", "train_offload"} & set(stages)
+    trains = {"train", "resume", *LADDER} & set(stages)
     if trains and "encode" not in stages and not (cache_dir / "manifest.json").is_file():
         parts += ["vae", "thin_text_encoder"]
     rows += _build(args, list(dict.fromkeys(parts)))
@@ -380,7 +384,7 @@ def main() -> int:
         data = make_dataset(work / "dataset", args.frames, args.height, args.width)
         shutil.rmtree(cache_dir, ignore_errors=True)
         real = "encode" in stages
-        rows.append(
+        rows.extend(
             _run(
                 args,
                 "encode-latents" if real else "setup: encode-latents (1-layer UMT5)",
@@ -400,9 +404,9 @@ def main() -> int:
     if "train" in stages:
         out = work / "train"
         shutil.rmtree(out, ignore_errors=True)
-        rows.append(_run(args, "train", f"LoRA r32, 1 step, {size}, bf16, ckpt", train_cmd(out)))
+        rows.extend(_run(args, "train", f"LoRA r32, 1 step, {size}, bf16, ckpt", train_cmd(out)))
     if "resume" in stages:  # on from train's step-1 checkpoint to step 2
-        rows.append(
+        rows.extend(
             _run(
                 args,
                 "train resume",
@@ -413,14 +417,14 @@ def main() -> int:
     if "lora_load" in stages:
         final = work / "train" / "final"
         cmd = [sys.executable, "-c", LORA_LOAD, str(model), str(final)]
-        rows.append(
+        rows.extend(
             _run(args, "export + WanPipeline.load_lora_weights", "bf16, no text encoder", cmd, plan=False)
         )
     for stage, (setting, words) in LADDER.items():
         if stage in stages:
             out = work / stage
             shutil.rmtree(out, ignore_errors=True)
-            rows.append(_run(args, stage, f"LoRA 1 step, {size}: {words}", train_cmd(out, setting)))
+            rows.extend(_run(args, stage, f"LoRA 1 step, {size}: {words}", train_cmd(out, setting)))
     video = work / "videos" / f"{PROMPT_ID}.mp4"
     if "generate" in stages:
         cmd = [
@@ -444,7 +448,7 @@ def main() -> int:
             "--width",
             str(args.width),
         ]
-        rows.append(_run(args, "generate", f"2 steps, {size}, bf16, CFG 5", cmd))
+        rows.extend(_run(args, "generate", f"2 steps, {size}, bf16, CFG 5", cmd))
     if "eval" in stages:
         if not video.is_file():
             data = make_dataset(work / "dataset", args.frames, args.height, args.width)
@@ -455,7 +459,7 @@ def main() -> int:
         cmd = [sys.executable, "-m", "medvideocap", "eval", "--videos", str(video.parent), "--out", str(out)]
         cmd += ["--limit", "1", "--metrics", EVAL_METRICS, "--device", "cpu"]
         cmd += ["--frames", str(args.frames), "--height", str(args.height), "--width", str(args.width)]
-        rows.append(_run(args, "eval", f"--videos, 1 video, {EVAL_METRICS}", cmd))
+        rows.extend(_run(args, "eval", f"--videos, 1 video, {EVAL_METRICS}", cmd))
     if "eval_checkpoint" in stages:
         out = work / "eval-checkpoint"
         shutil.rmtree(out, ignore_errors=True)
@@ -473,7 +477,7 @@ def main() -> int:
             "bfloat16",
         ]
         cmd += ["--frames", str(args.frames), "--height", str(args.height), "--width", str(args.width)]
-        rows.append(_run(args, "eval --checkpoint", f"1 prompt, 2 steps, {size}, bf16, {EVAL_METRICS}", cmd))
+        rows.extend(_run(args, "eval --checkpoint", f"1 prompt, 2 steps, {size}, bf16, {EVAL_METRICS}", cmd))
 
     print_table(rows)
     return 0 if all(r.status == "ok" for r in rows) else 1

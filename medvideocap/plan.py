@@ -1226,14 +1226,43 @@ def _high_water(pid: int | str = "self") -> int | None:
     return None
 
 
-def measured_peak(device: str) -> int:
+#: The peak each memory (``"cuda"``, ``"host"``) had reached when :func:`reset_peak` last started a new window.
+_BEFORE_RESET: dict[str, int] = {}
+
+
+def _memory(device: str) -> str:
+    return "cuda" if str(device).startswith("cuda") else "host"
+
+
+def measured_peak(device: str, *, since_reset: bool = False) -> int:
     """This process's peak so far: ``torch.cuda.max_memory_allocated`` on CUDA, else the kernel's peak
-    resident set (``VmHWM``, exact, unlike sampling; ``ru_maxrss`` where there is no /proc)."""
-    if str(device).startswith("cuda"):
+    resident set (``VmHWM``, exact, unlike sampling; ``ru_maxrss`` where there is no /proc). With
+    ``since_reset``, the peak since :func:`reset_peak` (e.g. a training step's, without the load's)."""
+    if _memory(device) == "cuda":
         import torch
 
-        return int(torch.cuda.max_memory_allocated())
-    return _high_water() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        now = int(torch.cuda.max_memory_allocated())
+    else:
+        now = _high_water() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return now if since_reset else max(now, _BEFORE_RESET.get(_memory(device), 0))
+
+
+def reset_peak(device: str) -> bool:
+    """Start a new peak window, so the next phase's peak can be read apart from what loading reached
+    (``measured_peak(device)`` still answers for the whole run). CUDA: the allocator's peak statistics;
+    Linux: the kernel's ``VmHWM``, reset by writing 5 to ``/proc/self/clear_refs`` (Linux >= 4.0). False
+    where the peak cannot be reset (then ``since_reset`` reads the whole run's peak)."""
+    _BEFORE_RESET[_memory(device)] = measured_peak(device)
+    if _memory(device) == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def peak_report(plan: Plan) -> str:
@@ -1243,6 +1272,20 @@ def peak_report(plan: Plan) -> str:
     return (
         f"memory: measured peak {measured / GIB:.2f} GiB {what}; planned {plan.peak / GIB:.2f} GiB "
         f"at '{plan.peak_stage}' (measured/planned x{measured / max(plan.peak, 1):.2f})"
+    )
+
+
+def step_report(plan: Plan, prefix: str = "train step") -> str | None:
+    """One line for a run whose loading peaked above its steps: the peak since :func:`reset_peak` (the
+    steps') beside the plan's stage named ``prefix``. None when the plan has no such stage."""
+    stage = next((s for s in plan.stages if s.name.startswith(prefix)), None)
+    if stage is None:
+        return None
+    measured = measured_peak(plan.device, since_reset=True)
+    planned = plan.device_peak(stage) if plan.cuda else plan.host_peak(stage)
+    return (
+        f"memory: measured peak {measured / GIB:.2f} GiB while training (loading excluded); planned "
+        f"{planned / GIB:.2f} GiB at '{stage.name}' (measured/planned x{measured / max(planned, 1):.2f})"
     )
 
 

@@ -413,3 +413,18 @@ def test_fp8_text_encoder_saves_one_byte_per_umt5_projection_parameter() -> None
     (v,), (w,) = ([s for s in x.stages if s.name.startswith("validation")] for x in (p, q))
     assert v.weights - w.weights == projections
     assert _step(p) == _step(q)  # only validation loads the text encoder
+
+
+def test_reset_peak_starts_a_new_window_and_the_whole_run_peak_is_kept() -> None:
+    """What the trainer logs per step: the peak since loading, read apart from loading's own peak."""
+    big = bytearray(400 << 20)  # touched: resident
+    for i in range(0, len(big), 4096):
+        big[i] = 1
+    loaded = plan.measured_peak("cpu")
+    del big
+    assert plan.reset_peak("cpu")  # Linux >= 4.0: /proc/self/clear_refs
+    after = plan.measured_peak("cpu", since_reset=True)
+    assert after < loaded - (300 << 20)
+    # the whole run's answer still holds the load (to within the kernel's lazily synced RSS counters:
+    # two reads of VmHWM a moment apart were seen to differ by 0.2 MB)
+    assert plan.measured_peak("cpu") >= loaded - (8 << 20)

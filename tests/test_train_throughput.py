@@ -45,7 +45,10 @@ def test_a_runs_event_file_holds_loss_heldout_lr_grad_speed_and_memory(
     assert [e.step for e in acc.Scalars("loss")] == [2, 4]
     assert [e.step for e in acc.Scalars("heldout/loss")] == [2, 4]
     assert all(e.value > 0.01 for e in acc.Scalars("peak_memory_gib"))  # RSS of this process, in GiB
-    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("step       4/4")][0]
+    err = capsys.readouterr().err.splitlines()
+    (memory,) = [x for x in err if x.startswith("memory: loading peaked at")]  # once, at the first log
+    assert memory.endswith("by step 2")
+    line = [x for x in err if x.startswith("step       4/4")][0]
     assert "ETA 0s to step 4" in line and ("s/step" in line or "steps/s" in line)
     assert "0.00 samples/s" not in line
 

@@ -58,7 +58,7 @@ def command(
     from medvideocap.journal import JournalError
     from medvideocap.latents import FingerprintMismatchError, LatentCacheError
     from medvideocap.lock import LockedError, lock_name, output_lock
-    from medvideocap.plan import fits_line, peak_report, plan_train, render_plan
+    from medvideocap.plan import fits_line, peak_report, plan_train, render_plan, step_report
     from medvideocap.train import NonFiniteTrainingError, NoTrainingDataError, load_config, train
 
     try:
@@ -108,4 +108,8 @@ def command(
     except (LockedError, ResourceError) as exc:  # another job on output_dir, or a full or read-only disk
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps({"step": result.step, "export": str(result.export) if result.export else None}))
-    click.echo(peak_report(plan_train(cfg)), err=True)
+    plan = plan_train(cfg)
+    click.echo(peak_report(plan), err=True)
+    steps = step_report(plan)
+    if steps is not None:
+        click.echo(steps, err=True)

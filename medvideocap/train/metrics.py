@@ -16,7 +16,7 @@ from typing import Any
 
 from medvideocap.atomic import atomic_write_text
 from medvideocap.journal import JournalAppender, encode_entry, read_journal
-from medvideocap.plan import measured_peak
+from medvideocap.plan import measured_peak, reset_peak
 from medvideocap.train.config import TrainConfig
 from medvideocap.train.throughput import card_peak_flops, duration, rate, transformer_flops_per_token
 
@@ -59,6 +59,12 @@ class StepLog:
         if accelerator.is_main_process:
             trim_metrics(self.journal.path, resumed_step)
         self.t_last, self.steps_since = time.perf_counter(), 0
+        # loading (fp32 shards read into bf16, say) can peak above every step: the logged peak is the
+        # steps' own, so a memory rung's effect shows (the whole run's peak is still printed at the end)
+        self.device = str(accelerator.device)
+        self.load_peak = measured_peak(self.device)
+        reset_peak(self.device)
+        self.first = True
 
     def __call__(self, step: int, loss: float, lr: float, grad_norm: Any, tokens_per_sample: int) -> None:
         """Record one finished optimizer step (``loss`` already averaged over ranks)."""
@@ -76,7 +82,7 @@ class StepLog:
             "step_time_s": step_time,
             "samples_per_s": samples_s,
             "tokens_per_s": samples_s * tokens_per_sample,
-            "peak_memory_gib": measured_peak(str(self.accelerator.device)) / 2**30,
+            "peak_memory_gib": measured_peak(self.device, since_reset=True) / 2**30,
         }
         mfu = ""
         if self.card_peak and self.model_config is not None:
@@ -88,6 +94,13 @@ class StepLog:
             )
             mfu = f"  MFU {logs['mfu']:.1%}"
         self.accelerator.log(logs, step=step)
+        if self.accelerator.is_main_process and self.first:
+            self.console.print(
+                f"memory: loading peaked at {self.load_peak / 2**30:.2f} GiB; training at "
+                f"{logs['peak_memory_gib']:.2f} GiB by step {step}",
+                soft_wrap=True,
+            )
+        self.first = False
         if self.accelerator.is_main_process:
             eta = duration((self.cfg.max_steps - step) * step_time)
             self.console.print(
