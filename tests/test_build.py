@@ -169,6 +169,18 @@ def test_funnel_is_saved_with_counts_and_reasons(reference) -> None:
     }
     assert rows["measures"]["dropped"] == 2
     assert funnel["clips"] == result.kept == rows["caption"]["out"]
+    # where the time went: seconds per stage, the one decode and the one encode, and the real-time factor
+    took = funnel["time"]
+    stage_seconds = sum(r["seconds"] for r in funnel["stages"])
+    assert rows["split"]["seconds"] > 0 and all(r["seconds"] >= 0 for r in funnel["stages"])
+    assert took["decode_seconds"] > 0 and took["encode_seconds"] > 0  # clips were kept, so written once
+    assert took["processing_seconds"] == pytest.approx(
+        stage_seconds + took["decode_seconds"] + took["encode_seconds"], abs=0.02
+    )
+    assert took["video_seconds"] > 0
+    assert took["realtime_factor_per_worker"] == pytest.approx(
+        took["video_seconds"] / took["processing_seconds"], rel=0.01
+    )
 
 
 def test_a_killed_build_resumes_into_the_same_bytes(raw: Path, reference, tmp_path: Path) -> None:

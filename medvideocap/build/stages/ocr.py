@@ -84,6 +84,13 @@ def _reader(cfg: OcrStage) -> Any:
                     "Global.log_level": "error",
                     "EngineConfig.onnxruntime.intra_op_num_threads": max(1, int(cfg.resources.cpus)),
                     "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+                    # rapidocr's default ("min", 736) upscales a 720x480 frame to 1104x736 before
+                    # detecting; "max" at the frame's own longest side detects at its size
+                    **(
+                        {}
+                        if cfg.upscale
+                        else {"Det.limit_type": "max", "Det.limit_side_len": cfg.max_side or 4096}
+                    ),
                 }
             )
         else:
