@@ -74,6 +74,7 @@ class Task:
     done: int = 0
     failed: int = 0
     finished: bool = False
+    note: str = ""  # appended to the line as it stands (e.g. "4 clips kept")
     _id: Any = field(default=None, repr=False)
 
     def per_s(self) -> float:
@@ -89,6 +90,8 @@ class Task:
         parts = [f"{self.done}/{self.total} {self.units}", self.rate()]
         if self.failed_label:
             parts.append(f"{self.failed} {self.failed_label}")
+        if self.note:
+            parts.append(self.note)
         parts += [f"{duration(elapsed)} elapsed", eta(self.done, self.total, elapsed)]
         return f"{self.label}: " + ", ".join(parts)
 

@@ -540,3 +540,16 @@ def test_a_clip_cut_short_by_a_full_disk_stops_the_build_and_is_cut_again_on_rer
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0, again.output
     assert tree_bytes(out) == reference
+
+
+def test_a_build_logged_to_a_file_prints_inputs_done_clips_kept_and_an_eta(tmp_path: Path) -> None:
+    """stderr no terminal (a batch log): the bar draws nothing, so a plain line at start and at the end
+    (and every 30 s between, from a timer) says inputs done, clips kept, the rate and the ETA."""
+    raw = _small_raw(tmp_path / "raw")
+    done = _cli_build("--src", str(raw), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [x for x in done.stderr.splitlines() if x.startswith("build: ")]
+    assert said[0].startswith("build: 0/2 inputs, - s/input, ") and said[0].endswith("ETA -")
+    kept = json.loads((tmp_path / "out" / "meta" / "funnel.json").read_text())["clips"]
+    assert said[-1].startswith("build: 2/2 inputs, ") and f", {kept} clips kept, " in said[-1]
+    assert said[-1].endswith("ETA 0s")

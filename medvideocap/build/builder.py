@@ -33,6 +33,7 @@ of an object-store output is ``~/.cache/medvideocap/build/NAME-HASH`` (:func:`de
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -77,6 +78,7 @@ from medvideocap.locations import Location, LocationError, resolve, resolve_outp
 from medvideocap.lock import LOCK_GLOB, output_lock
 from medvideocap.media.ffmpeg import MediaError, ffmpeg_exe
 from medvideocap.paths import PathLoopError, check_apart, inside, resolve_path
+from medvideocap.progress import Progress as LineProgress
 
 log = logging.getLogger(__name__)
 
@@ -590,17 +592,23 @@ def _run(run: _Run, console: Console) -> BuildResult:
             by_input[s.input] = done[s.input]
 
     started = time.perf_counter()
-    with Progress(
-        TextColumn("{task.description:>16}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[note]}"),
-        console=console,
-        transient=False,
-        disable=not console.is_terminal,
-    ) as progress:
+    # in a log (stderr no terminal) the bar below draws nothing: a line at start, every 30 s and at the end
+    lines = None if console.is_terminal else LineProgress(console=console, live=False)
+    line_task = lines.task("build", len(pending), unit="input", failed="") if lines is not None else None
+    with (
+        lines if lines is not None else contextlib.nullcontext(),
+        Progress(
+            TextColumn("{task.description:>16}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=console,
+            transient=False,
+            disable=not console.is_terminal,
+        ) as progress,
+    ):
         # the first row counts inputs done, clips kept and the ETA; one row per stage below it
         kept_so_far = [0]
         tasks = [
@@ -627,6 +635,9 @@ def _run(run: _Run, console: Console) -> BuildResult:
                 progress.advance(task, n)
             kept_so_far[0] += sum(o.kept for o in outcomes)
             progress.update(tasks[0], note=f"{kept_so_far[0]} clips kept")
+            if lines is not None and line_task is not None:
+                line_task.note = f"{kept_so_far[0]} clips kept"
+                lines.advance(line_task, done=1)
 
         if resumed:
             console.print(f"resuming: {resumed} of {len(inputs)} inputs already processed in {work}")
