@@ -553,3 +553,20 @@ def test_a_build_logged_to_a_file_prints_inputs_done_clips_kept_and_an_eta(tmp_p
     kept = json.loads((tmp_path / "out" / "meta" / "funnel.json").read_text())["clips"]
     assert said[-1].startswith("build: 2/2 inputs, ") and f", {kept} clips kept, " in said[-1]
     assert said[-1].endswith("ETA 0s")
+
+
+def test_a_dry_run_estimate_runs_the_recipe_on_a_sample_and_writes_nothing(tmp_path: Path) -> None:
+    raw = _small_raw(tmp_path / "raw")  # two 3-s inputs
+    out = tmp_path / "out"
+    done = _cli_build("--src", str(raw), "--out", str(out), "--dry-run", "--estimate", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = json.loads(done.stdout)
+    guess = said["estimate"]
+    assert guess["sample_seconds"] == 2.0 and guess["workers"] == 1
+    assert guess["sample_clips_kept"] >= 1  # the demo recipe keeps a clip of this footage
+    factor = guess["sample_seconds"] / guess["sample_wall_seconds"]
+    assert guess["realtime_factor_per_worker"] == pytest.approx(factor, rel=0.02)
+    assert guess["estimated_wall_seconds"] == pytest.approx(said["video_seconds"] / factor, rel=0.02, abs=0.1)
+    assert not out.exists() and not list(tmp_path.glob("*.build"))  # a plan writes nothing
+    plain = json.loads(_cli_build("--src", str(raw), "--out", str(out), "--dry-run").stdout)
+    assert "estimate" not in plain  # opt-in: a recipe's model stages may call a paid API

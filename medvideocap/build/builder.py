@@ -262,6 +262,57 @@ def plan(src: Path, recipe: Recipe, inputs: list[Sample], done: set[str]) -> dic
     }
 
 
+def estimate(
+    inputs: list[Sample], recipe: Recipe, seconds: float, video_seconds: float, workers: int
+) -> dict[str, Any]:
+    """The wall time a build would take, from the recipe run on a sample: the first ``seconds`` of the
+    longest readable input, stream-copied into a temporary folder and put through every stage here
+    (model stages load their models; nothing is journaled or written to the output). The sample's
+    real-time factor (input seconds per processing second) scaled to ``video_seconds`` over ``workers``;
+    a sample unlike the rest (a talking head among surgeries) makes it an estimate, and says so."""
+    import tempfile
+
+    from medvideocap.build.pipeline import Pipeline
+    from medvideocap.media.ffmpeg import cut
+    from medvideocap.media.probe import ProbeError, probe
+
+    lengths = []
+    for s in inputs:
+        try:
+            lengths.append((probe(s.path, name=s.input).duration, s))
+        except ProbeError:
+            continue
+    if not lengths:
+        return {"error": "no readable input to sample"}
+    duration, longest = max(lengths, key=lambda pair: pair[0])
+    span = min(seconds, duration)
+    with tempfile.TemporaryDirectory(prefix="medvideocap-estimate-") as tmp:
+        clip = Path(tmp) / "sample.mp4"
+        try:  # H.264 is copied; another codec (ProRes, MPEG-2) is re-encoded for the sample's seconds
+            try:
+                cut(longest.path, clip, start=0.0, end=span, copy=True)
+            except MediaError:
+                cut(longest.path, clip, start=0.0, end=span, copy=False)
+        except MediaError as exc:
+            return {"error": f"cannot cut a sample of {longest.input}: {exc}"}
+        sample = Sample(input=longest.input, path=str(clip), key="estimate", meta=longest.meta)
+        started = time.perf_counter()
+        outcomes = Pipeline(recipe, Path(tmp) / "work").run(sample)
+        wall = time.perf_counter() - started
+    factor = span / wall if wall > 0 else None
+    one = video_seconds / factor if factor else None
+    return {
+        "sample": longest.input,
+        "sample_seconds": round(span, 2),
+        "sample_wall_seconds": round(wall, 2),
+        "sample_clips_kept": sum(o.kept for o in outcomes),
+        "realtime_factor_per_worker": round(factor, 3) if factor else None,
+        "workers": workers,
+        "estimated_wall_seconds": round(one / workers, 1) if one is not None else None,
+        "note": "one sample's rate scaled to every input's seconds; model loading counted once",
+    }
+
+
 # ------------------------------------------------------------------------------------------------
 # build
 
@@ -395,6 +446,7 @@ def build(
     ray_address: str | None = None,
     work: Path | str | None = None,
     dry_run: bool = False,
+    estimate_seconds: float = 0.0,
     keep_work: bool = False,
     follow_symlinks: bool = False,
     name: str | None = None,
@@ -416,7 +468,10 @@ def build(
     command resumes into the same bytes once there is room.
 
     ``src`` and ``out`` may be object-store URLs (``s3://bucket/raw``), opened with ``storage_options``;
-    ``work`` is always a local folder (see the module doc)."""
+    ``work`` is always a local folder (see the module doc).
+
+    ``estimate_seconds`` (dry run only): run the recipe on the first that many seconds of the longest
+    input (:func:`estimate`) and add the predicted wall time to the plan."""
     src_at, target, work = _places(src, out, work, storage_options)
     out = target.local or work / OUTPUT_DIR  # the folder written: the output, or its staging copy
     source: Path | Location
@@ -439,7 +494,13 @@ def build(
             raise BuildError(f"--dry-run plans a local --src only, not {src_at.url}")
         inputs = scan(Path(src), follow_symlinks=follow_symlinks).samples
         done = read_finished(work, inputs, {s.input: input_stat(s.path) for s in inputs}).done
-        return {**plan(Path(src), recipe, inputs, set(done)), "missing": missing}
+        planned = {**plan(Path(src), recipe, inputs, set(done)), "missing": missing}
+        if estimate_seconds > 0 and not missing:
+            workers_ = 1 if engine == "ray" else (workers or os.cpu_count() or 1)
+            planned["estimate"] = estimate(
+                inputs, recipe, estimate_seconds, planned["video_seconds"], workers_
+            )
+        return planned
     if missing:
         raise MissingDependencyError("; ".join(missing))
     if engine not in ("local", "ray"):

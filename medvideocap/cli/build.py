@@ -65,6 +65,16 @@ from medvideocap.locations import parse_storage_options
     help="Print the plan (inputs, stages, what each stage loads and whether it is available offline, "
     "estimated work) and exit.",
 )
+@click.option(
+    "--estimate",
+    "estimate_seconds",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="With --dry-run: run the recipe on the first SECONDS of the longest input (model stages "
+    "included, nothing written) and add the predicted wall time for every input over --workers; "
+    "0: no estimate.",
+)
 @storage_option
 def command(
     src: str,
@@ -77,6 +87,7 @@ def command(
     keep_work: bool,
     follow_symlinks: bool,
     dry_run: bool,
+    estimate_seconds: float,
     name: str | None,
     storage_options: tuple[str, ...],
 ) -> None:
@@ -99,6 +110,7 @@ def command(
             ray_address=ray_address,
             work=work,
             dry_run=dry_run,
+            estimate_seconds=estimate_seconds,
             keep_work=keep_work,
             follow_symlinks=follow_symlinks,
             name=name,
