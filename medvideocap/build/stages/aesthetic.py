@@ -15,7 +15,7 @@ import numpy as np
 
 from medvideocap.build.recipe import AestheticStage
 from medvideocap.build.sample import Reject, Sample
-from medvideocap.build.stages import Context, require
+from medvideocap.build.stages import Context, hub_cached, require
 from medvideocap.devices import resolve_device
 from medvideocap.locations import hub_model_file
 from medvideocap.media.ffmpeg import FrameNeed
@@ -127,3 +127,11 @@ def run(sample: Sample, cfg: AestheticStage, ctx: Context) -> Sample | Reject:
             dict(sample.scores),
         )
     return sample
+
+
+def facts(cfg: AestheticStage) -> list[tuple[str, bool]]:
+    """What the stage loads and whether it is here offline (``--dry-run``)."""
+    return [
+        (f"Hub model {cfg.clip_model}", hub_cached(cfg.clip_model)),
+        (f"head {cfg.head}", hub_cached(cfg.head)),
+    ]

@@ -19,7 +19,7 @@ import numpy as np
 
 from medvideocap.build.recipe import BlackBorderStage
 from medvideocap.build.sample import Reject, Sample
-from medvideocap.build.stages import Context
+from medvideocap.build.stages import Context, installed
 from medvideocap.build.workdir import clip_path
 from medvideocap.media.ffmpeg import FrameNeed, cropdetect, cut
 from medvideocap.media.probe import probe
@@ -158,3 +158,12 @@ def run(sample: Sample, cfg: BlackBorderStage, ctx: Context) -> Sample | Reject:
     sample.clip = str(dest)
     sample.info = probe(dest, name=f"{sample.input} clip {sample.index}", count_frames=True).as_dict()
     return sample
+
+
+def facts(cfg: BlackBorderStage) -> list[tuple[str, bool]]:
+    """What the stage loads and whether it is here offline (``--dry-run``)."""
+    import shutil
+
+    if cfg.method == "cropdetect":
+        return [("ffmpeg cropdetect filter", shutil.which("ffmpeg") is not None)]
+    return [(f"built-in {cfg.method} (opencv)", installed("cv2"))]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from medvideocap.build.recipe import CaptionStage
 from medvideocap.build.record import CAPTION_KEYS, to_record
 from medvideocap.build.sample import Reject, Sample
-from medvideocap.build.stages import Context, MissingDependencyError
+from medvideocap.build.stages import Context, MissingDependencyError, hub_cached
 from medvideocap.dataset.schema import Caption
 
 _CAPTIONERS: dict[str, Any] = {}
@@ -76,3 +76,15 @@ def run(sample: Sample, cfg: CaptionStage, ctx: Context) -> Sample | Reject:
             cfg.label, "no_caption", "no sidecar caption and no captioner configured", dict(sample.scores)
         )
     return sample
+
+
+def facts(cfg: CaptionStage) -> list[tuple[str, bool]]:
+    """What the stage loads and whether it is here offline (``--dry-run``)."""
+    if cfg.backend is None:
+        return [("captions from the sidecar metadata (no model)", True)]
+    model = str(cfg.options.get("model", f"{cfg.backend} default"))
+    if cfg.backend == "openai":
+        url = str(cfg.options.get("base_url", "https://api.openai.com/v1"))
+        local = any(h in url for h in ("localhost", "127.0.0.1", "[::1]"))
+        return [(f"OpenAI-compatible API {url} ({model})", local)]
+    return [(f"Hub model {model}", hub_cached(model))]

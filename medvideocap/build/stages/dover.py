@@ -14,7 +14,7 @@ from typing import Any
 
 from medvideocap.build.recipe import DoverStage
 from medvideocap.build.sample import Reject, Sample
-from medvideocap.build.stages import Context, MissingDependencyError, require
+from medvideocap.build.stages import Context, MissingDependencyError, hub_cached, installed, require
 from medvideocap.devices import resolve_device
 
 _MODELS: dict[str, Any] = {}
@@ -109,3 +109,11 @@ def run(sample: Sample, cfg: DoverStage, ctx: Context) -> Sample | Reject:
     if cfg.min is not None and score < cfg.min:
         return Reject(cfg.label, "low_technical", f"DOVER {score:.3f} < {cfg.min:g}", dict(sample.scores))
     return sample
+
+
+def facts(cfg: DoverStage) -> list[tuple[str, bool]]:
+    """What the stage loads and whether it is here offline (``--dry-run``)."""
+    return [
+        ("DOVER package (dover.models)", installed("dover")),
+        (f"weights {cfg.weights}", hub_cached(cfg.weights)),
+    ]

