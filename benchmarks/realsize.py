@@ -1,6 +1,6 @@
 """Our real commands at Wan2.1-T2V-1.3B's real size on this machine: peak memory and wall time beside the plan.
 
-    .venv/bin/python benchmarks/realsize.py [--stages encode,train,generate,eval,eval_checkpoint] [--frames 5 --height 240
+    .venv/bin/python benchmarks/realsize.py [--stages encode,train,resume,lora_load,train_fp8,...] [--frames 5 --height 240
         --width 416] [--cache ~/.cache/medvideocap/realsize] [--limit-gib 16]
 
 No weights can be downloaded here, and memory does not depend on weight values, so this builds, once, into
@@ -29,18 +29,25 @@ Then it runs our CLI (``python -m medvideocap ...``) as subprocesses, each under
 * ``eval``: ``eval --videos`` on 1 video with the model-free metrics (temporal_flickering,
   flow_interpolation_smoothness);
 * ``eval_checkpoint``: ``eval --checkpoint`` on the pipeline folder, 1 prompt, the generate settings,
-  the same metrics: generation inside eval at real size.
+  the same metrics: generation inside eval at real size;
+* ``resume``: ``train`` on from ``train``'s step-1 checkpoint to step 2;
+* ``lora_load``: the exported adapter read by diffusers' own ``WanPipeline.load_lora_weights`` on the
+  real-size base (bf16, no text encoder);
+* ``train_fp8``, ``train_offload``, ``train_adamw8bit``: ``train`` with one memory rung on
+  (:data:`LADDER`). Loading peaks above every LoRA step on a CPU, so each train row is followed by its
+  steps' own peak (the trainer resets the peak after loading) beside the plan's step stage.
 
 Before each command it runs the same command with ``--plan`` and reads the predicted peak, so the table's
 "planned" is what the CLI itself predicts for exactly those flags. Peak RSS is the peak the command
 prints when it ends (its kernel high-water mark, ``VmHWM``), or the watcher's reading of it when the
 command was killed. Prints one table: stage, settings, wall, peak RSS, planned, ratio.
 
-Seen on the 2-core development machine (shared, so walls are long), 5x240x416, before the planner's last
-calibration of same-dtype loads: building the parts took 24 s (VAE), 99 s (transformer, 6.9 GB peak) and
-388 s (UMT5, 3.6 GB peak); ``train`` 654 s at 9.13 GiB (planned 9.47), ``encode-latents`` 307 s at 11.81
-GiB (planned 13.70 then, 12.42 now), ``eval`` 7 s at 0.99 GiB (planned 1.18). ``generate`` was not run:
-its plan is 20.3 GiB, the bf16 pipeline's 13.5 GiB plus the fp32 transformer shards mapped while it loads.
+Seen on a 2-core AVX512-BF16 machine, 5x240x416, with the models already built: ``encode-latents``
+80.6 s at 11.71 GiB (planned 12.42), ``train`` 34-163 s at 9.12 GiB (planned 9.47; steps alone 4.92 GiB,
+planned 4.50), ``generate`` 81.8 s at 10.05 GiB (planned 11.95), ``eval`` 4.0 s at 0.98 GiB (planned
+1.18), ``eval --checkpoint`` 133.2 s at 10.15 GiB (planned 11.95); fp8 base weights take the steps'
+peak to 4.02 GiB (planned 3.82). Building the parts once took 24 s (VAE), 99 s (transformer) and 388 s
+(UMT5) on a slower machine.
 """
 
 from __future__ import annotations
