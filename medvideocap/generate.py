@@ -427,9 +427,12 @@ def decode_latents(pipe: Any, latents: Any) -> np.ndarray:
 
     vae = pipe.vae
     latents = latents.to(next(vae.parameters()).device, dtype=vae.dtype)
-    shape = (1, vae.config.z_dim, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean).view(shape).to(latents.device, latents.dtype)
-    inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(latents.device, latents.dtype)
+    means, stds = models.vae_normalization(vae)  # the moments training latents were normalised with
+    shape = (1, len(means), 1, 1, 1)
+    mean = torch.tensor(means).view(shape).to(latents.device, latents.dtype)
+    inverse_std = 1.0 / torch.tensor(stds).view(shape).to(
+        latents.device, latents.dtype
+    )  # WanPipeline's order
     with torch.inference_mode():
         video = vae.decode(latents / inverse_std + mean, return_dict=False)[0]
     return np.asarray(pipe.video_processor.postprocess_video(video, output_type="np"))

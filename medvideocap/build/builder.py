@@ -227,18 +227,26 @@ def funnel_table(data: dict[str, Any]) -> Table:
 # plan
 
 
-def plan(src: Path, recipe: Recipe, inputs: list[Sample], done: set[str]) -> dict[str, Any]:
-    """What a build would do (``--dry-run``): inputs, stages, models, estimated work."""
+def durations(inputs: list[Sample]) -> list[tuple[float, Sample]]:
+    """(seconds, input) of every input that probes; the others are left out (the build rejects them)."""
     from medvideocap.media.probe import ProbeError, probe
 
-    seconds = 0.0
-    readable = 0
+    found = []
     for s in inputs:
         try:
-            seconds += probe(s.path, name=s.input).duration
-            readable += 1
+            found.append((probe(s.path, name=s.input).duration, s))
         except ProbeError:
             continue
+    return found
+
+
+def plan(
+    src: Path, recipe: Recipe, inputs: list[Sample], done: set[str], lengths: list[tuple[float, Sample]]
+) -> dict[str, Any]:
+    """What a build would do (``--dry-run``): inputs, stages, models, estimated work; ``lengths`` are
+    :func:`durations` of ``inputs``."""
+    seconds = sum(d for d, _ in lengths)
+    readable = len(lengths)
     stages = []
     for cfg in recipe.stages:
         params = cfg.model_dump(mode="json", exclude={"resources", "stage", "name"}, exclude_defaults=False)
@@ -263,7 +271,7 @@ def plan(src: Path, recipe: Recipe, inputs: list[Sample], done: set[str]) -> dic
 
 
 def estimate(
-    inputs: list[Sample], recipe: Recipe, seconds: float, video_seconds: float, workers: int
+    lengths: list[tuple[float, Sample]], recipe: Recipe, seconds: float, video_seconds: float, workers: int
 ) -> dict[str, Any]:
     """The wall time a build would take, from the recipe run on a sample: the first ``seconds`` of the
     longest readable input, stream-copied into a temporary folder and put through every stage here
@@ -274,14 +282,7 @@ def estimate(
 
     from medvideocap.build.pipeline import Pipeline
     from medvideocap.media.ffmpeg import cut
-    from medvideocap.media.probe import ProbeError, probe
 
-    lengths = []
-    for s in inputs:
-        try:
-            lengths.append((probe(s.path, name=s.input).duration, s))
-        except ProbeError:
-            continue
     if not lengths:
         return {"error": "no readable input to sample"}
     duration, longest = max(lengths, key=lambda pair: pair[0])
@@ -494,11 +495,12 @@ def build(
             raise BuildError(f"--dry-run plans a local --src only, not {src_at.url}")
         inputs = scan(Path(src), follow_symlinks=follow_symlinks).samples
         done = read_finished(work, inputs, {s.input: input_stat(s.path) for s in inputs}).done
-        planned = {**plan(Path(src), recipe, inputs, set(done)), "missing": missing}
+        lengths = durations(inputs)  # probed once, for the plan and the estimate
+        planned = {**plan(Path(src), recipe, inputs, set(done), lengths), "missing": missing}
         if estimate_seconds > 0 and not missing:
             workers_ = 1 if engine == "ray" else (workers or os.cpu_count() or 1)
             planned["estimate"] = estimate(
-                inputs, recipe, estimate_seconds, planned["video_seconds"], workers_
+                lengths, recipe, estimate_seconds, planned["video_seconds"], workers_
             )
         return planned
     if missing:
