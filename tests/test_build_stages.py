@@ -640,6 +640,79 @@ def test_cropdetect_finds_the_bars_of_a_letterboxed_real_clip_and_crops_or_rejec
     assert dropped.stage == "black_border" and bars in dropped.reason
 
 
+@pytest.mark.parametrize(
+    ("name", "bar", "pillar"),
+    [("bikes.mp4", 44, False), ("bigbuckbunny.mp4", 60, True), ("bigbuckbunny.mp4", 8, False)],
+)
+def test_the_bars_folded_over_the_split_decode_equal_cropdetect_on_every_span(
+    tmp_path: Path, name: str, bar: int, pillar: bool
+) -> None:
+    """The border stage's fold of the split stage's one decode (BarScan) finds, for any span, the box
+    ffmpeg's cropdetect prints for that span: the whole clip, its halves, a late third."""
+    from fixtures_build import letterbox_real
+
+    from medvideocap.build.recipe import BlackBorderStage
+    from medvideocap.build.stages.border import BarScan
+    from medvideocap.media.ffmpeg import cropdetect, decoded
+    from medvideocap.media.probe import probe
+
+    clip = letterbox_real(tmp_path / f"boxed-{name}", name, bar=bar, pillar=pillar)
+    fold = BarScan(BlackBorderStage(stage="black_border"))
+    for t, frame in decoded(clip):
+        fold(t, frame)
+    duration = probe(clip).duration
+    spans = [(0.0, duration), (0.0, duration / 2), (duration / 2, duration), (2 * duration / 3, duration)]
+    for start, end in spans:
+        found = cropdetect(clip, start=start, end=end)
+        assert found.bars == ((0, 0, bar, bar) if pillar else (bar, bar, 0, 0))
+        assert fold.summary(start, end) == {
+            "w": found.w,
+            "h": found.h,
+            "x": found.x,
+            "y": found.y,
+            "width": found.width,
+            "height": found.height,
+        }
+    assert fold.summary(duration + 1, duration + 2) is None  # no sampled frame: the stage asks ffmpeg
+
+
+def test_a_letterboxed_shot_cut_against_a_bar_less_one_is_cropped_from_the_split_decode(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A 44-px letterboxed real shot hard-cut to a bar-less one (its mirror image), default-like split + border: the bars
+    come from the split stage's decode (ffmpeg's cropdetect never runs), the first clip is cropped and
+    the second is not. cropdetect on the first span agrees: it reads no frame past the span (with
+    -t after -i its fps filter read the next shot's first frame and lost the bars)."""
+    from fixtures_build import _encode
+
+    from medvideocap.build.stages import border
+    from medvideocap.media.ffmpeg import cropdetect
+
+    raw = tmp_path / "raw"
+    norm = "setsar=1,fps=25,format=yuv420p"
+    graph = (
+        f"[0:v]split[x][y];[x]scale=320:180,{norm},pad=320:268:0:44:black[a];"
+        f"[y]hflip,scale=320:268,{norm}[b];[a][b]concat=n=2:v=1:a=0"
+    )
+    path = _encode(
+        ["-i", str(TESTDATA / "bigbuckbunny.mp4"), "-filter_complex", graph], raw / "boxed-then-open.mp4"
+    )
+    calls: list[object] = []
+    monkeypatch.setattr(border, "cropdetect", lambda *a, **k: calls.append(a) or cropdetect(*a, **k))
+    recipe = _recipe(
+        {"stage": "split", "detector": "pyscenedetect", "min_seconds": 1.0, "preset": "ultrafast"},
+        {"stage": "black_border", "action": "crop", "preset": "ultrafast"},
+    )
+    outcomes = Pipeline(recipe, tmp_path / "work").run(discover(raw)[0])
+    assert [o.kept for o in outcomes] == [True, True], [o.reason for o in outcomes]
+    assert calls == []
+    first, second = outcomes
+    assert (first.record["width"], first.record["height"]) == (320, 180)
+    assert json.loads(first.record["extra"])["cropped"] == {"width": 320, "height": 180, "x": 0, "y": 44}
+    assert (second.record["width"], second.record["height"]) == (320, 268)
+    assert cropdetect(path, start=first.start, end=first.end).bars == (44, 44, 0, 0)
+
+
 # ------------------------------------------------------------------------------------------------
 # technical quality
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from medvideocap.build.recipe import Recipe
 from medvideocap.build.record import to_record
 from medvideocap.build.sample import FrameStore, Reject, Sample, write_clip
-from medvideocap.build.stages import Context, StageFn, frame_needs, make_stage
+from medvideocap.build.stages import Context, StageFn, frame_needs, make_stage, scanning
 from medvideocap.disk import stops_the_run, writing_to
 from medvideocap.errors import DataError
 
@@ -158,7 +158,7 @@ class Pipeline:
     """A recipe's stage functions, built once per process (model stages load lazily inside them)."""
 
     def __init__(self, recipe: Recipe, work: Path):
-        ctx = Context(work=work)
+        ctx = Context(work=work, scanned=scanning(list(recipe.stages)))
         self.work = work
         self.stages = [(cfg.label, make_stage(cfg, ctx)) for cfg in recipe.stages]
         self.needs = [need for cfg in recipe.stages for need in frame_needs(cfg)]

@@ -62,6 +62,7 @@ class Sample:
     crop: list[int] | None = None  # (w, h, x, y) to crop when the clip is written (border stage)
     pending_cut: dict[str, Any] | None = None  # (dest, copy, crf, preset) until the clip is written
     input_seconds: float | None = None  # the input's duration (probe stage): the real-time factor
+    scan: dict[str, Any] = field(default_factory=dict)  # per later stage: its fold of the split's decode
 
     @property
     def clip_id(self) -> str:

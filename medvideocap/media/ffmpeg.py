@@ -12,7 +12,7 @@ import math
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,44 +72,59 @@ def _scaled(width: int, height: int, max_side: int | None) -> tuple[int, int]:
     return max(2, round(width * scale)), max(2, round(height * scale))
 
 
+Tap = Callable[[float, Any], None]
+
+
 def iter_frames(
     path: str | Path,
     *,
     fps: float | None = None,
     max_side: int | None = 256,
     size: tuple[int, int] | None = None,
+    pix_fmt: str = "rgb24",
+    tap: Tap | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
-    """Decoded RGB frames with their times (seconds from the first frame), one at a time.
+    """Decoded frames (RGB, or ``pix_fmt``) with their times (seconds from the first frame), one at
+    a time.
 
     Every frame, or with ``fps`` the first frame at or after each ``1/fps`` tick. Frames are scaled by
     the decoder (area filter) to ``size`` = (width, height), or so the longer side is at most
-    ``max_side``. A generator on purpose: an analysis that folds frames into running sums holds one
-    frame, so a worker's memory does not grow with the length of the video."""
+    ``max_side``. ``tap(time, av_frame)`` sees every decoded frame, before the ``fps`` selection and
+    any conversion: how a fold over the whole input (the black-border stage's bars) rides along with
+    the shot detector's decode instead of decoding the input again. A generator on purpose: an analysis
+    that folds frames into running sums holds one frame, so a worker's memory does not grow with the
+    length of the video."""
     step = 1.0 / fps if fps else 0.0
+    next_tick = 0.0
+    for t, frame in decoded(path):
+        if tap is not None:
+            tap(t, frame)
+        if step:
+            if t + 1e-6 < next_tick:
+                continue
+            while next_tick <= t + 1e-6:
+                next_tick += step
+        w, h = size or _scaled(frame.width, frame.height, max_side)
+        if (w, h) == (frame.width, frame.height):
+            image = frame.to_ndarray(format=pix_fmt)
+        else:
+            image = frame.reformat(width=w, height=h, format=pix_fmt, interpolation="AREA").to_ndarray()
+        yield t, image
+
+
+def decoded(path: str | Path) -> Iterator[tuple[float, Any]]:
+    """(seconds from the first frame, PyAV frame) for every frame of ``path``'s first video stream,
+    decoded front to back; a damaged file is a :class:`MediaError` naming it."""
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             t0: float | None = None
-            next_tick = 0.0
             for frame in container.decode(stream):
                 if frame.time is None:
                     continue
                 t0 = float(frame.time) if t0 is None else t0
-                t = float(frame.time) - t0
-                if step:
-                    if t + 1e-6 < next_tick:
-                        continue
-                    while next_tick <= t + 1e-6:
-                        next_tick += step
-                w, h = size or _scaled(frame.width, frame.height, max_side)
-                if (w, h) == (frame.width, frame.height):
-                    image = frame.to_ndarray(format="rgb24")
-                else:
-                    image = frame.reformat(
-                        width=w, height=h, format="rgb24", interpolation="AREA"
-                    ).to_ndarray()
-                yield t, image
+                yield float(frame.time) - t0, frame
     except av.error.FFmpegError as exc:  # a truncated or damaged file: data, not a bug
         raise MediaError(f"{path}: cannot decode it ({type(exc).__name__}: {exc})") from exc
 
@@ -406,6 +421,40 @@ class Crop:
 
 
 _CROP = re.compile(r"crop=(-?\d+):(-?\d+):(-?\d+):(-?\d+)")
+_PLANAR_8BIT = {
+    "yuv420p",
+    "yuvj420p",
+    "yuv422p",
+    "yuvj422p",
+    "yuv444p",
+    "yuvj444p",
+    "yuv440p",
+    "nv12",
+    "nv21",
+}
+
+
+def luma(frame: Any) -> np.ndarray:
+    """The luma plane of a decoded PyAV frame as an (H, W) uint8 view (what ``cropdetect`` reads),
+    without a conversion for the 8-bit YUV formats; other formats are converted to 8-bit grey."""
+    if frame.format.name in _PLANAR_8BIT or frame.format.name == "gray":
+        plane = frame.planes[0]
+        rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        return rows[: frame.height, : frame.width]
+    return frame.to_ndarray(format="gray")
+
+
+def crop_of_extent(x1: int, y1: int, x2: int, y2: int, width: int, height: int) -> Crop:
+    """The box ``cropdetect=round=2`` prints for the bright extent ``x1..x2`` x ``y1..y2`` (first and
+    last columns and rows whose mean luma exceeds the limit in some frame) of a ``width`` x
+    ``height`` frame: x and y rounded up to even, width and height down to even. A frame dark
+    everywhere (no extent) has no bars: the whole frame."""
+    x, y = (x1 + 1) & ~1, (y1 + 1) & ~1
+    w, h = x2 - x + 1, y2 - y + 1
+    w, h = w - w % 2, h - h % 2
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width or y + h > height:
+        return Crop(width, height, 0, 0, width, height)
+    return Crop(w, h, x, y, width, height)
 
 
 def cropdetect(
@@ -431,9 +480,11 @@ def cropdetect(
     graph = f"fps={fps:g},cropdetect=limit={limit / 255.0:.6f}:round=2:skip=0:reset=0"
     span = [] if start is None else ["-ss", f"{start:.6f}"]
     length = [] if end is None else ["-t", f"{end - (start or 0.0):.6f}"]
+    # -ss and -t both before -i: an output -t stops the muxer, not the decoder, and the fps filter
+    # reads the frame after the span to place its last tick (a bar-less next shot undid the bars)
     proc = subprocess.run(
-        [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-v", "info", *span, "-i", str(path)]
-        + [*length, "-map", "0:v:0", "-vf", graph, "-f", "null", "-"],
+        [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-v", "info", *span, *length, "-i", str(path)]
+        + ["-map", "0:v:0", "-vf", graph, "-f", "null", "-"],
         capture_output=True,
         text=True,
         errors="replace",

@@ -27,9 +27,11 @@ class MissingDependencyError(RuntimeError):
 
 @dataclass(frozen=True)
 class Context:
-    """What stages need besides the sample: where to put cut clips."""
+    """What stages need besides the sample: where to put cut clips, and the configs of the stages
+    after the split stage that fold the input's frames during its decode (:func:`scanner`)."""
 
     work: Path
+    scanned: tuple[Any, ...] = ()
 
 
 # stage kind -> module under medvideocap.build.stages defining run(sample, cfg, ctx) and check(cfg)
@@ -63,6 +65,24 @@ def frame_needs(cfg: Any) -> list[FrameNeed]:
     so the pipeline can decode them once per clip for every stage together."""
     needs = getattr(_module(cfg.stage), "needs", None)
     return list(needs(cfg)) if needs is not None else []
+
+
+def scanner(cfg: Any) -> Callable[[float, Any], None] | None:
+    """A fold of the stage over the whole input, fed every frame of the split stage's one decode
+    (its module's ``scanner(cfg)``): a callable ``(time, av_frame)`` with ``summary(start, end)``,
+    which the split stage stores on each clip (``Sample.scan[label]``) for the stage to read instead
+    of decoding the clip's span again. None when the stage reads its frames per clip."""
+    make = getattr(_module(cfg.stage), "scanner", None)
+    return make(cfg) if make is not None else None
+
+
+def scanning(stages: list[Any]) -> tuple[Any, ...]:
+    """The configs after the first split stage whose modules fold the split's decode."""
+    kinds = [cfg.stage for cfg in stages]
+    if "split" not in kinds:
+        return ()
+    later = stages[kinds.index("split") + 1 :]
+    return tuple(cfg for cfg in later if getattr(_module(cfg.stage), "scanner", None) and scanner(cfg))
 
 
 def check_stage(cfg: Any) -> None:

@@ -13,6 +13,7 @@ fraction of the frame; above ``max_fraction`` the clip is rejected or cropped, a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -21,7 +22,7 @@ from medvideocap.build.recipe import BlackBorderStage
 from medvideocap.build.sample import Reject, Sample
 from medvideocap.build.stages import Context, installed
 from medvideocap.build.workdir import clip_path
-from medvideocap.media.ffmpeg import FrameNeed, cropdetect, cut
+from medvideocap.media.ffmpeg import Crop, FrameNeed, crop_of_extent, cropdetect, cut, luma
 from medvideocap.media.probe import probe
 
 _FPS = 2.0
@@ -87,6 +88,73 @@ def find_borders(gray: Iterable[np.ndarray], cfg: BlackBorderStage) -> tuple[int
     return top, bottom, left, right
 
 
+class BarScan:
+    """``cropdetect``'s measure folded over the input's one front-to-back decode (the split stage's,
+    see :func:`scanner`), so the bars of every clip are known without decoding the input again.
+
+    At 2 frames a second (the first frame at or after each tick of the input's clock, as the
+    ``fps=2`` filter before ``cropdetect`` samples a span) it keeps, per sampled frame, the first and
+    last row and column whose mean luma exceeds ``luminance`` (the integer mean, as the filter's
+    ``checkline`` takes it): four numbers a tick, so an hour of input holds 7,200 of them. A clip's
+    bars are the union of its ticks' extents with the filter's ``round=2`` rounding
+    (:func:`~medvideocap.media.ffmpeg.crop_of_extent`): the box ``cropdetect=reset=0`` prints on
+    the same span. A rotated input (display matrix) is left to ``cropdetect``: the ffmpeg CLI rotates
+    frames before its filters and crops, this decoder does not."""
+
+    def __init__(self, cfg: BlackBorderStage) -> None:
+        self.limit = float(f"{cfg.luminance / 255.0:.6f}") * 255.0  # what cropdetect() asks the filter
+        self.ticks: list[tuple[float, int, int, int, int]] = []  # (time, y1, y2, x1, x2); y1 -1: dark
+        self.size: tuple[int, int] | None = None
+        self.rotated = False
+        self._next = 0.0
+
+    def __call__(self, t: float, frame: object) -> None:
+        if self.rotated or t + 1e-6 < self._next:
+            return
+        while self._next <= t + 1e-6:
+            self._next += 1.0 / _FPS
+        if self.size is None:
+            self.size = (int(frame.width), int(frame.height))  # type: ignore[attr-defined]
+            self.rotated = int(round(getattr(frame, "rotation", 0) or 0)) % 360 != 0
+            if self.rotated:
+                return
+        y = luma(frame)
+        h, w = y.shape
+        rows = np.flatnonzero(y.sum(axis=1, dtype=np.uint32) // w > self.limit)
+        cols = np.flatnonzero(y.sum(axis=0, dtype=np.uint32) // h > self.limit)
+        if rows.size and cols.size:
+            self.ticks.append((t, int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])))
+        else:
+            self.ticks.append((t, -1, -1, -1, -1))
+
+    def summary(self, start: float, end: float) -> dict[str, Any] | None:
+        """What ``cropdetect`` finds on ``start``-``end`` s, as ``Crop`` fields; None when no sampled
+        frame lies in the span (or the input is rotated): the stage runs ``cropdetect`` itself."""
+        inside = [k for k in self.ticks if start - 1e-6 <= k[0] < end - 1e-6]
+        if self.rotated or self.size is None or not inside:
+            return None
+        width, height = self.size
+        lit = [k for k in inside if k[1] >= 0]
+        if not lit:
+            found = crop_of_extent(width - 1, height - 1, 0, 0, width, height)
+        else:
+            found = crop_of_extent(
+                min(k[3] for k in lit),
+                min(k[1] for k in lit),
+                max(k[4] for k in lit),
+                max(k[2] for k in lit),
+                width,
+                height,
+            )
+        return {"w": found.w, "h": found.h, "x": found.x, "y": found.y, "width": width, "height": height}
+
+
+def scanner(cfg: BlackBorderStage) -> BarScan | None:
+    """The fold this stage asks of the split stage's decode (``cropdetect`` only; the hough and
+    luminance methods read their frames per clip)."""
+    return BarScan(cfg) if cfg.method == "cropdetect" else None
+
+
 def needs(cfg: BlackBorderStage) -> list[FrameNeed]:
     """hough/luminance read full-size frames at 2 fps; cropdetect lets ffmpeg's filter decode."""
     return [] if cfg.method == "cropdetect" else [FrameNeed(fps=_FPS)]
@@ -96,8 +164,11 @@ def run(sample: Sample, cfg: BlackBorderStage, ctx: Context) -> Sample | Reject:
     """Measure the bars; above ``max_fraction`` reject, or crop: a clip whose cut is still pending
     (the split stage defers it) gets the crop in that one encode; a clip already written is cut again
     from its source, cropped."""
+    scanned = sample.scan.get(cfg.label) if sample.deferred else None
     if cfg.method == "cropdetect":
-        if sample.deferred:
+        if scanned is not None:  # measured during the split stage's decode of the input
+            found = Crop(**scanned)
+        elif sample.deferred:
             found = cropdetect(
                 sample.path,
                 limit=cfg.luminance,
@@ -115,6 +186,7 @@ def run(sample: Sample, cfg: BlackBorderStage, ctx: Context) -> Sample | Reject:
         top, bottom, left, right = find_borders(grey, cfg)
         h, w = int(sample.info["height"]), int(sample.info["width"])
     sample.extra["black_border_method"] = cfg.method
+    sample.scan.pop(cfg.label, None)
     inner = max(0, h - top - bottom) * max(0, w - left - right)
     fraction = round(1.0 - inner / float(h * w), 6)
     sample.scores["black_border"] = fraction

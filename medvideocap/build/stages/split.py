@@ -32,10 +32,10 @@ import numpy as np
 
 from medvideocap.build.recipe import DEFAULT_THRESHOLDS, SplitStage
 from medvideocap.build.sample import Reject, Sample
-from medvideocap.build.stages import Context, bundled, hub_cached, installed, require
+from medvideocap.build.stages import Context, bundled, hub_cached, installed, require, scanner
 from medvideocap.build.workdir import clip_path
 from medvideocap.devices import resolve_device
-from medvideocap.media.ffmpeg import iter_frames, keyframe_times
+from medvideocap.media.ffmpeg import Tap, decoded, iter_frames, keyframe_times
 from medvideocap.media.probe import probe
 
 _THUMB = 32  # histogram/difference features are computed on frames scaled to this many pixels wide
@@ -85,19 +85,20 @@ def _distance(a: np.ndarray, b: np.ndarray, detector: str) -> float:
     return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean() / 255.0)
 
 
-def _thumbs(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
+def _thumbs(path: str | Path, tap: Tap | None = None) -> Iterator[tuple[float, np.ndarray]]:
     info = probe(path, name=str(path))
-    yield from iter_frames(path, size=(_THUMB, max(2, round(_THUMB * info.height / max(info.width, 1)))))
+    size = (_THUMB, max(2, round(_THUMB * info.height / max(info.width, 1))))
+    yield from iter_frames(path, size=size, tap=tap)
 
 
-def _feature_cuts(path: str | Path, cfg: SplitStage) -> list[Span]:
+def _feature_cuts(path: str | Path, cfg: SplitStage, tap: Tap | None = None) -> list[Span]:
     """Compare frames one analysis tick apart; place each cut on the largest change inside the tick.
 
     Only the frames since the last tick are held (a few per tick), whatever the video's length."""
     limit = threshold(cfg)
     cuts: list[float] = []
     window: list[tuple[float, np.ndarray]] = []  # frames since the last tick, the tick frame first
-    for t, image in _thumbs(path):
+    for t, image in _thumbs(path, tap):
         feat = _feature(image, cfg.detector)
         if not window:
             window.append((t, feat))
@@ -119,9 +120,10 @@ def _feature_cuts(path: str | Path, cfg: SplitStage) -> list[Span]:
 # PySceneDetect
 
 
-def _scenedetect_cuts(path: str | Path, cfg: SplitStage) -> list[Span]:
+def _scenedetect_cuts(path: str | Path, cfg: SplitStage, tap: Tap | None = None) -> list[Span]:
     """PySceneDetect's detector, fed our decoded frames (BGR, downscaled the way its SceneManager
     does: to about 256 px wide) with time-based timecodes, so VFR files keep their real cut times."""
+    import cv2
     from scenedetect.common import FrameTimecode
     from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
@@ -137,9 +139,9 @@ def _scenedetect_cuts(path: str | Path, cfg: SplitStage) -> list[Span]:
     size = (max(2, info.width // factor), max(2, info.height // factor))
     cuts: list[float] = []
     last: Any = None
-    for t, image in iter_frames(path, size=size):
+    for t, image in iter_frames(path, size=size, tap=tap):
         last = FrameTimecode(float(t), fps=fps)
-        found = detector.process_frame(last, np.ascontiguousarray(image[..., ::-1]))
+        found = detector.process_frame(last, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         cuts.extend(float(c.seconds) for c in found)
     if last is not None:
         cuts.extend(float(c.seconds) for c in detector.post_process(last))
@@ -235,14 +237,15 @@ def transnet_probabilities(
         yield from flush()
 
 
-def _transnet_cuts(path: str | Path, cfg: SplitStage) -> list[Span]:
+def _transnet_cuts(path: str | Path, cfg: SplitStage, tap: Tap | None = None) -> list[Span]:
     """Runs of frames above the threshold are transitions; each covers its frames' display time."""
     limit = threshold(cfg)
     spans: list[Span] = []
     run_start: float | None = None
     prev_t: float | None = None
     period = 0.04
-    for t, p in transnet_probabilities(iter_frames(path, size=_TRANSNET_SIZE), device=cfg.device):
+    frames = iter_frames(path, size=_TRANSNET_SIZE, tap=tap)
+    for t, p in transnet_probabilities(frames, device=cfg.device):
         if prev_t is not None:
             period = max(t - prev_t, 1e-3)
         if p > limit and run_start is None:
@@ -260,7 +263,7 @@ def _transnet_cuts(path: str | Path, cfg: SplitStage) -> list[Span]:
 # CLIP (the paper)
 
 
-def _clip_cuts(path: str | Path, cfg: SplitStage) -> list[Span]:
+def _clip_cuts(path: str | Path, cfg: SplitStage, tap: Tap | None = None) -> list[Span]:
     from medvideocap.build.stages.aesthetic import clip_embeddings
 
     limit = threshold(cfg)
@@ -278,7 +281,7 @@ def _clip_cuts(path: str | Path, cfg: SplitStage) -> list[Span]:
                 cuts.append(t)
             prev = e
 
-    for item in iter_frames(path, fps=cfg.analysis_fps, max_side=None):
+    for item in iter_frames(path, fps=cfg.analysis_fps, max_side=None, tap=tap):
         batch.append(item)
         if len(batch) == 16:
             scan(batch)
@@ -291,15 +294,22 @@ def _clip_cuts(path: str | Path, cfg: SplitStage) -> list[Span]:
 # ------------------------------------------------------------------------------------------------
 
 
-def detect_transitions(path: str | Path, cfg: SplitStage) -> list[Span]:
-    """Time spans (seconds from the first frame) that separate shots, in increasing order."""
+def detect_transitions(path: str | Path, cfg: SplitStage, tap: Tap | None = None) -> list[Span]:
+    """Time spans (seconds from the first frame) that separate shots, in increasing order.
+
+    ``tap(time, av_frame)`` sees every frame of the detector's decode (with ``detector: none``, of a
+    decode made for it alone): how the later stages' folds (:func:`medvideocap.build.stages.scanner`)
+    share this one pass over the input."""
     if cfg.detector == "none":
+        if tap is not None:
+            for t, frame in decoded(path):
+                tap(t, frame)
         return []
     found = {
         "clip": _clip_cuts,
         "pyscenedetect": _scenedetect_cuts,
         "transnetv2": _transnet_cuts,
-    }.get(cfg.detector, _feature_cuts)(path, cfg)
+    }.get(cfg.detector, _feature_cuts)(path, cfg, tap)
     return sorted(found)
 
 
@@ -349,7 +359,13 @@ def segments(
 def run(sample: Sample, cfg: SplitStage, ctx: Context) -> list[Sample | Reject]:
     """One child sample per shot piece: a cut clip, or a reject for pieces too short or too small."""
     duration = float(sample.info["duration"])
-    transitions = detect_transitions(sample.path, cfg)
+    folds = [(c.label, scanner(c)) for c in ctx.scanned]
+
+    def tap(t: float, frame: Any) -> None:
+        for _, fold in folds:
+            fold(t, frame)  # type: ignore[misc]
+
+    transitions = detect_transitions(sample.path, cfg, tap if folds else None)
     spans = segments(
         transitions, duration, cfg.max_seconds, trim_seconds=cfg.trim_seconds, min_seconds=cfg.min_seconds
     )
@@ -374,7 +390,12 @@ def run(sample: Sample, cfg: SplitStage, ctx: Context) -> list[Sample | Reject]:
             scores=dict(sample.scores),
             timings={k: v / len(spans) for k, v in sample.timings.items()},
             extra={**sample.extra, "cuts": cuts, "shot_detector": cfg.detector},
+            scan=dict(sample.scan),
         )
+        for label, fold in folds:
+            found = fold.summary(start, end)  # type: ignore[union-attr]
+            if found is not None:
+                child.scan[label] = found
         if end - start < cfg.min_seconds:
             detail = f"segment {start:.2f}-{end:.2f} s is {end - start:.2f} s < {cfg.min_seconds:g} s"
             out.append(Reject(cfg.label, "too_short", detail, sample=child))
