@@ -257,10 +257,20 @@ def main() -> None:
 
         return bars
 
+    def folded(path: Path) -> tuple[int, int, int, int]:
+        """What a build finds: the bars folded over the split stage's decode (clips/s include it)."""
+        from medvideocap.build.stages import split
+        from medvideocap.media.ffmpeg import Crop
+
+        fold = border.BarScan(BlackBorderStage())
+        split.detect_transitions(path, SplitStage(detector="pyscenedetect", threshold=27.0), tap=fold)
+        return Crop(**(fold.summary(0.0, float("inf")) or {})).bars
+
     bpaths = [p for p, _ in data["borders"]]
     btruth = [t for _, t in data["borders"]]
     for label, fn in (
         ("ours: black_border cropdetect (default)", ours("cropdetect")),
+        ("ours: same, folded over the split's decode (build)", folded),
         ("ours: black_border hough (paper)", ours("hough")),
         ("ffmpeg cropdetect direct (its defaults)", cropdetect_direct),
     ):
