@@ -17,7 +17,8 @@ it measures single-threaded ffmpeg decode (``-threads 1 -f null``) and decode + 
 ``medvideocap build --workers 1`` with the default recipe (wall, peak RSS, real-time factor, and the
 seconds each stage spent, from the journal), and each field library called directly on the same
 frames: PySceneDetect ``detect(ContentDetector(27))`` on the input, ffmpeg ``cropdetect`` over the
-input at 2 fps, rapidocr on the frames the OCR stage reads (5 per kept span). The border stage's
+input at 2 fps, rapidocr on 5 frames of each span the OCR stage looked at (the stage itself stops at a
+clip's first frame over its limits). The border stage's
 bars are folded over the split stage's decode (``BarScan``), so its seconds are inside ``split``'s.
 
 ``--scaling N`` then builds N copies of the generated input with ``--workers 1`` on one core, and
@@ -129,7 +130,8 @@ def build_once(src: Path, out: Path, recipe: str, workers: int = 1) -> dict[str,
                 kept += 1
             else:
                 rejected += 1
-            if o.get("start") is not None and o.get("end") is not None:
+            read = "ocr" in (o.get("timings") or {})  # clips the OCR stage looked at
+            if read and o.get("start") is not None and o.get("end") is not None:
                 spans.append((entry["input"], float(o["start"]), float(o["end"])))
     funnel_path = out / "meta" / "funnel.json"
     funnel = json.loads(funnel_path.read_text()) if funnel_path.exists() else {}

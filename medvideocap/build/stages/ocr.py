@@ -153,18 +153,22 @@ def needs(cfg: OcrStage) -> list[FrameNeed]:
 
 
 def run(sample: Sample, cfg: OcrStage, ctx: Context) -> Sample | Reject:
-    per_frame = [
-        measure(read(image, cfg), image.shape, cfg.min_confidence)
-        for image in sample.view(needs(cfg)[0]).images
-    ]
-    worst = {k: max(m[k] for m in per_frame) for k in ("text_words", "text_regions", "text_area")}
-    sample.scores.update(worst)
-    sample.extra["ocr_backend"] = cfg.backend
+    """The most text any of the clip's frames shows. Frames are read in order and reading stops at
+    the first frame over a limit: the clip is rejected whatever the others show (a slide-heavy
+    lecture pays for one frame, not five); its scores are then those of the frames read."""
     rules = [
         ("text_words", cfg.max_words, "words"),
         ("text_regions", cfg.max_regions, "text regions"),
         ("text_area", cfg.max_area, "of the frame covered by text"),
     ]
+    worst: dict[str, float] = {}
+    for image in sample.view(needs(cfg)[0]).images:
+        found = measure(read(image, cfg), image.shape, cfg.min_confidence)
+        worst = {k: max(v, worst.get(k, v)) for k, v in found.items()}
+        if any(limit is not None and worst[key] > limit for key, limit, _ in rules):
+            break
+    sample.scores.update(worst)
+    sample.extra["ocr_backend"] = cfg.backend
     for key, limit, what in rules:
         if limit is not None and worst[key] > limit:
             area = key == "text_area"
