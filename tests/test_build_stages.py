@@ -95,6 +95,29 @@ def test_ocr_rejects_a_real_clip_with_more_than_20_burned_in_words_and_keeps_one
         assert outcome.stage == "ocr" and outcome.code == "text" and "21 words" in outcome.reason
 
 
+def test_ocr_stops_reading_a_clip_at_its_first_frame_over_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """21 burned-in words on every frame: one frame read, the clip rejected with that frame's count;
+    9 words: all five frames read, the clip kept."""
+    pytest.importorskip("rapidocr", reason="rapidocr is not installed (pip install 'medvideocap[build]')")
+    from fixtures_build import text_real
+
+    from medvideocap.build.stages import ocr
+
+    calls: list[tuple[int, ...]] = []
+    real = ocr.read
+    monkeypatch.setattr(ocr, "read", lambda image, cfg: calls.append(image.shape) or real(image, cfg))
+    recipe = _recipe({"stage": "ocr", "frames": 5})
+    for words, name, kept, read in ((21, "bigbuckbunny.mp4", False, 1), (9, "bikes.mp4", True, 5)):
+        raw = tmp_path / f"raw-{words}"
+        text_real(raw / "text.mp4", name, words, size=(480, 270), seconds=2.0)
+        calls.clear()
+        [outcome] = Pipeline(recipe, tmp_path / f"work-{words}").run(discover(raw)[0])
+        assert outcome.kept is kept and len(calls) == read, (outcome.reason, len(calls))
+        assert outcome.scores["text_words"] == words
+
+
 def test_ocr_word_estimate_does_not_depend_on_spacing() -> None:
     from medvideocap.build.recipe import OcrStage
     from medvideocap.build.stages import ocr
