@@ -729,6 +729,7 @@ def test_a_letterboxed_shot_cut_against_a_bar_less_one_is_cropped_from_the_split
     outcomes = Pipeline(recipe, tmp_path / "work").run(discover(raw)[0])
     assert [o.kept for o in outcomes] == [True, True], [o.reason for o in outcomes]
     assert calls == []
+    assert all(o.timings["black_border"] > 0 for o in outcomes)  # the fold's seconds are the stage's
     first, second = outcomes
     assert (first.record["width"], first.record["height"]) == (320, 180)
     assert json.loads(first.record["extra"])["cropped"] == {"width": 320, "height": 180, "x": 0, "y": 44}

@@ -131,10 +131,11 @@ def apply_stage(label: str, fn: StageFn, sample: Sample) -> list[Sample | Reject
     Anything else is a bug in a stage or in our code and stops the build with its traceback: a
     ``TypeError`` turned into "clip skipped" would drop every clip silently. A full disk, a used-up
     quota or a read-only work dir stops it too (it is no verdict on the video, and a journaled reject
-    would never be retried). Seconds spent decoding frames for the later stages too
-    (``timings['decode']``) are kept out of this stage's time."""
+    would never be retried). Seconds the call booked under other names (frames decoded for the
+    later stages too, ``timings['decode']``; a later stage's fold of the split's decode) are kept out
+    of this stage's time, which adds to what the stage was already booked."""
     t0 = time.perf_counter()
-    decoded = sample.timings.get(DECODE, 0.0)
+    before = dict(sample.timings)
     try:
         result = fn(sample)
     except DataError as exc:
@@ -143,14 +144,15 @@ def apply_stage(label: str, fn: StageFn, sample: Sample) -> list[Sample | Reject
         log.warning("%s clip %d: stage %s: %s", sample.input, sample.index, label, exc)
         result = Reject(label, "error", f"{type(exc).__name__}: {exc}", dict(sample.scores))
     items = result if isinstance(result, list) else [result]
-    shared = sample.timings.get(DECODE, 0.0) - decoded
+    # seconds this call spent for other stages (frames decoded for all, a later stage's fold of the
+    # split's decode) are booked under their names, not this stage's
+    shared = sum(v - before.get(k, 0.0) for k, v in sample.timings.items() if k != label)
     elapsed = max(0.0, time.perf_counter() - t0 - shared) / max(1, len(items))
     for item in items:
         target = item.sample if isinstance(item, Reject) and item.sample is not None else item
-        if isinstance(target, Sample):
-            target.timings[label] = round(elapsed, 6)
-        else:
-            sample.timings[label] = round(elapsed, 6)
+        if not isinstance(target, Sample):
+            target = sample
+        target.timings[label] = round(target.timings.get(label, 0.0) + elapsed, 6)
     return items
 
 

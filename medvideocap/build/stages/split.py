@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -360,12 +361,17 @@ def run(sample: Sample, cfg: SplitStage, ctx: Context) -> list[Sample | Reject]:
     """One child sample per shot piece: a cut clip, or a reject for pieces too short or too small."""
     duration = float(sample.info["duration"])
     folds = [(c.label, scanner(c)) for c in ctx.scanned]
+    spent = dict.fromkeys((label for label, _ in folds), 0.0)
 
     def tap(t: float, frame: Any) -> None:
-        for _, fold in folds:
+        for label, fold in folds:
+            t0 = time.perf_counter()
             fold(t, frame)  # type: ignore[misc]
+            spent[label] += time.perf_counter() - t0
 
     transitions = detect_transitions(sample.path, cfg, tap if folds else None)
+    for label, seconds in spent.items():  # the fold's time is its stage's (shared by its clips)
+        sample.timings[label] = sample.timings.get(label, 0.0) + seconds
     spans = segments(
         transitions, duration, cfg.max_seconds, trim_seconds=cfg.trim_seconds, min_seconds=cfg.min_seconds
     )
