@@ -33,6 +33,7 @@ from __future__ import annotations
 import atexit
 import json
 import multiprocessing
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -116,6 +117,19 @@ def _run_one(
     return _run_sample(recipe_json, work, Sample.from_dict(sample), source)
 
 
+def _share_cores(threads: int) -> None:
+    """A pool worker's thread budget: ``threads`` decoder, OpenCV and OpenMP threads (its share of the
+    cores), not one per core in each of N workers. A thread count the user set in the environment
+    (``OMP_NUM_THREADS``) is kept."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import cv2
+
+    from medvideocap.media.ffmpeg import set_decode_threads
+
+    set_decode_threads(threads)
+    cv2.setNumThreads(threads)
+
+
 def run_local(
     pending: list[Sample],
     recipe: Recipe,
@@ -135,7 +149,10 @@ def run_local(
             )
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    share = max(1, len(os.sched_getaffinity(0)) // workers)
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_share_cores, initargs=(share,)
+    ) as pool:
         futures = [pool.submit(_run_one, recipe_json, str(work), s.to_dict(), source) for s in pending]
         try:
             for future in as_completed(futures):

@@ -73,6 +73,14 @@ def _scaled(width: int, height: int, max_side: int | None) -> tuple[int, int]:
 
 
 Tap = Callable[[float, Any], None]
+_THREADS: list[int] = [0]  # decoder threads per stream; 0: FFmpeg's choice (one per core)
+
+
+def set_decode_threads(count: int) -> None:
+    """Decoder threads for every stream this process opens from now on (0: one per core). A build
+    with N worker processes gives each ``cores // N``, so N workers do not each start a thread per
+    core and fight over them."""
+    _THREADS[0] = max(0, int(count))
 
 
 def iter_frames(
@@ -119,6 +127,7 @@ def decoded(path: str | Path) -> Iterator[tuple[float, Any]]:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = _THREADS[0]
             t0: float | None = None
             for frame in container.decode(stream):
                 if frame.time is None:
@@ -259,6 +268,7 @@ def read_views(
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = _THREADS[0]
             tb = float(stream.time_base or 0)
             origin = float(stream.start_time) * tb if stream.start_time else 0.0
             if start > 0 and tb:
