@@ -571,3 +571,27 @@ def test_a_dry_run_estimate_runs_the_recipe_on_a_sample_and_writes_nothing(tmp_p
     assert not out.exists() and not list(tmp_path.glob("*.build"))  # a plan writes nothing
     plain = json.loads(_cli_build("--src", str(raw), "--out", str(out), "--dry-run").stdout)
     assert "estimate" not in plain  # opt-in: a recipe's model stages may call a paid API
+
+
+def test_each_pool_worker_gets_its_share_of_the_cores_and_a_user_thread_setting_is_kept(
+    tmp_path: Path,
+) -> None:
+    """What a `--workers N` pool worker runs first: decoder and OpenCV threads set to its share, and
+    OMP_NUM_THREADS set unless the user set it; decoding still works with one decoder thread."""
+    code = (
+        "import os, sys, cv2\n"
+        "from medvideocap.build.engine import _share_cores\n"
+        "from medvideocap.media import ffmpeg\n"
+        "_share_cores(1)\n"
+        "frames = sum(1 for _ in ffmpeg.decoded(sys.argv[1]))\n"
+        "print(cv2.getNumThreads(), os.environ['OMP_NUM_THREADS'], ffmpeg._THREADS[0], frames)\n"
+    )
+    clip = make_video(tmp_path / "v.mp4", seconds=1, fps=8, size=(64, 48))
+    for preset, omp in ((None, "1"), ("3", "3")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        if preset:
+            env["OMP_NUM_THREADS"] = preset
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(clip)], env=env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.split() == ["1", omp, "1", "8"], out.stderr
