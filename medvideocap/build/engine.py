@@ -149,7 +149,8 @@ def run_local(
             )
         return
     ctx = multiprocessing.get_context("spawn")
-    share = max(1, len(os.sched_getaffinity(0)) // workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    share = max(1, cores // workers)
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=ctx, initializer=_share_cores, initargs=(share,)
     ) as pool:

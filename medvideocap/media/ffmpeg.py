@@ -89,11 +89,9 @@ def iter_frames(
     fps: float | None = None,
     max_side: int | None = 256,
     size: tuple[int, int] | None = None,
-    pix_fmt: str = "rgb24",
     tap: Tap | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
-    """Decoded frames (RGB, or ``pix_fmt``) with their times (seconds from the first frame), one at
-    a time.
+    """Decoded RGB frames with their times (seconds from the first frame), one at a time.
 
     Every frame, or with ``fps`` the first frame at or after each ``1/fps`` tick. Frames are scaled by
     the decoder (area filter) to ``size`` = (width, height), or so the longer side is at most
@@ -105,18 +103,23 @@ def iter_frames(
     step = 1.0 / fps if fps else 0.0
     next_tick = 0.0
     for t, frame in decoded(path):
-        if tap is not None:
-            tap(t, frame)
-        if step:
-            if t + 1e-6 < next_tick:
-                continue
-            while next_tick <= t + 1e-6:
-                next_tick += step
-        w, h = size or _scaled(frame.width, frame.height, max_side)
-        if (w, h) == (frame.width, frame.height):
-            image = frame.to_ndarray(format=pix_fmt)
-        else:
-            image = frame.reformat(width=w, height=h, format=pix_fmt, interpolation="AREA").to_ndarray()
+        try:
+            if tap is not None:
+                tap(t, frame)
+            if step:
+                if t + 1e-6 < next_tick:
+                    continue
+                while next_tick <= t + 1e-6:
+                    next_tick += step
+            w, h = size or _scaled(frame.width, frame.height, max_side)
+            if (w, h) == (frame.width, frame.height):
+                image = frame.to_ndarray(format="rgb24")
+            else:
+                image = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+        except av.error.FFmpegError as exc:  # a frame the scaler cannot convert: data, not a bug
+            raise MediaError(
+                f"{path}: cannot convert its frame at {t:.2f} s ({type(exc).__name__}: {exc})"
+            ) from exc
         yield t, image
 
 

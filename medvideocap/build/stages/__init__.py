@@ -82,7 +82,7 @@ def scanning(stages: list[Any]) -> tuple[Any, ...]:
     if "split" not in kinds:
         return ()
     later = stages[kinds.index("split") + 1 :]
-    return tuple(cfg for cfg in later if getattr(_module(cfg.stage), "scanner", None) and scanner(cfg))
+    return tuple(cfg for cfg in later if scanner(cfg) is not None)
 
 
 def check_stage(cfg: Any) -> None:
