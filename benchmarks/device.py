@@ -19,6 +19,10 @@ On the GPU, with random weights (speed and memory do not depend on weight values
   classifier-free guidance through ``GenerationSettings.sample`` (what ``generate`` and ``eval`` run).
 * ``eval``: the metrics that need no API on the generated video (real-size random CLIP/DINO models),
   seconds each.
+* ``build_models``: the paper recipe's aesthetic stage path (``clip_embeddings``: CLIP ViT-L/14 image
+  embeddings, real size, random weights) on frames of the run's size, one clip's worth (8 frames) and a
+  batch of 64 (eight clips at once): frames per second each, and how much of it is the image processor's
+  CPU preprocessing. Whether batching across clips would pay on a GPU is read off these two rows.
 
 ``--dry-run`` runs the same code paths on the CPU with the tiny models of ``medvideocap.tiny`` at 5x32x48
 and 2 steps, in well under a minute (``tests/test_device_script.py`` runs it). A stage that fails is
@@ -279,6 +283,37 @@ def evaluate(args: argparse.Namespace, device: str, video: Any) -> dict[str, Any
     return out
 
 
+def build_models(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    import numpy as np
+    from eval import random_metric_models, synthetic_video, tiny_metric_models  # benchmarks/eval.py
+
+    from medvideocap.build.stages.aesthetic import clip_embeddings, clip_model
+
+    video = synthetic_video(64, args.height, args.width)
+    frames = list((video * 255).round().astype(np.uint8))
+    out: dict[str, Any] = {"frame_size": [args.height, args.width]}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = (tiny_metric_models if args.dry_run else random_metric_models)(Path(tmp))["aesthetic_quality"][
+            ""
+        ]
+        clip_embeddings(spec, frames[:8], device=device)  # loads the model: not what a clip costs
+        _, processor = clip_model(spec, device)
+        for batch in (8, 64):
+            seconds, emb = timed(
+                functools.partial(clip_embeddings, spec, frames[:batch], device=device), device
+            )
+            started = time.perf_counter()
+            processor(images=frames[:batch], return_tensors="pt")
+            preprocess = time.perf_counter() - started
+            out[f"batch_{batch}"] = {
+                "seconds": seconds,
+                "frames_per_s": batch / seconds,
+                "preprocess_share": min(1.0, preprocess / seconds),
+                "embedding_dim": int(emb.shape[1]),
+            }
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -298,7 +333,7 @@ def main() -> int:
         "--train-steps", type=int, default=None, help="timed steps, default 3 (1 with --dry-run)"
     )
     parser.add_argument("--train-warmup", type=int, default=1)
-    parser.add_argument("--stages", default="vae_encode,train_lora,train_full,generate,eval")
+    parser.add_argument("--stages", default="vae_encode,train_lora,train_full,generate,eval,build_models")
     args = parser.parse_args()
     small = args.dry_run
     args.frames = args.frames or (5 if small else 81)
@@ -363,6 +398,7 @@ def main() -> int:
 
         video = synthetic_video(args.frames, args.height, args.width).astype("float32")
     run("eval", lambda: evaluate(args, device, video))
+    run("build_models", lambda: build_models(args, device))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / ("device-dry-run.json" if small else "device.json")
     path.write_text(json.dumps(report, indent=2) + "\n")

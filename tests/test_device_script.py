@@ -22,7 +22,7 @@ def test_dry_run_runs_every_stage_and_writes_the_json(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "device-dry-run.json").read_text())
     stages = report["stages"]
     assert report["dry_run"] is True
-    assert set(stages) == {"vae_encode", "train_lora", "train_full", "generate", "eval"}
+    assert set(stages) == {"vae_encode", "train_lora", "train_full", "generate", "eval", "build_models"}
     assert not [name for name, s in stages.items() if "error" in s]
     assert stages["vae_encode"]["max_abs_diff_of_means"] == 0.0  # ours is diffusers' encode, same numbers
     for mode in ("lora", "full"):
@@ -34,6 +34,9 @@ def test_dry_run_runs_every_stage_and_writes_the_json(tmp_path: Path) -> None:
     scores = {k: v for k, v in stages["eval"].items() if isinstance(v, dict)}
     assert {"temporal_flickering", "subject_consistency", "aesthetic_quality"} <= set(scores)
     assert all(0.0 <= s["value"] <= 1.0 for s in scores.values())
+    for batch in ("batch_8", "batch_64"):
+        row = stages["build_models"][batch]
+        assert row["frames_per_s"] > 0 and 0 < row["preprocess_share"] <= 1 and row["embedding_dim"] > 0
 
 
 def test_without_a_gpu_the_real_run_says_so_and_exits_2(tmp_path: Path) -> None:
