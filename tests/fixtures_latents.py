@@ -4,6 +4,7 @@ written without any model (for reader and bucketing tests that need exact contro
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,37 @@ from medvideocap.media.frames import FrameSpec
 #: 9 frames (2 latent frames + 1) at 8 fps, 32x48: the tiny VAE encodes it in milliseconds.
 SPEC = FrameSpec(num_frames=9, fps=8.0, height=32, width=48, position="center")
 MAX_LENGTH = 64
+
+
+def encode_cli(root: Path, out: str | Path, model_dir: Path, *extra: str) -> list[str]:
+    """``medvideocap encode-latents`` as a user types it, with the settings of :func:`tiny_config`
+    (SPEC's frames, MAX_LENGTH, two rows a shard), for the tests that run it as a process."""
+    return [
+        sys.executable,
+        "-m",
+        "medvideocap",
+        "encode-latents",
+        str(root),
+        "--out",
+        str(out),
+        *extra,
+        "--vae",
+        str(model_dir),
+        "--device",
+        "cpu",
+        "--num-frames",
+        str(SPEC.num_frames),
+        "--fps",
+        f"{SPEC.fps:g}",
+        "--height",
+        str(SPEC.height),
+        "--width",
+        str(SPEC.width),
+        "--max-length",
+        str(MAX_LENGTH),
+        "--rows-per-shard",
+        "2",
+    ]
 
 
 def tiny_config(model_dir: Path, **overrides: object) -> EncodeConfig:

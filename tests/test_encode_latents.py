@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fixtures_latents import SPEC, make_tiny_model_dir, tiny_config, write_hub_native, write_videos
+from fixtures_latents import (
+    SPEC,
+    encode_cli,
+    make_tiny_model_dir,
+    tiny_config,
+    write_hub_native,
+    write_videos,
+)
 from videos import make_video, real_clip
 
 from medvideocap.latents import (
@@ -127,31 +133,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(
 ) -> None:
     root, ids = dataset
     out = tmp_path / "cache"
-    args = [
-        sys.executable,
-        "-m",
-        "medvideocap",
-        "encode-latents",
-        str(root),
-        "--out",
-        str(out),
-        "--vae",
-        str(tiny_model_dir),
-        "--device",
-        "cpu",
-        "--num-frames",
-        "9",
-        "--fps",
-        "8",
-        "--height",
-        "32",
-        "--width",
-        "48",
-        "--max-length",
-        "64",
-        "--rows-per-shard",
-        "2",
-    ]
+    args = encode_cli(root, out, tiny_model_dir)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,7 +18,13 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from fixtures_latents import make_tiny_model_dir, tiny_config, write_hub_native, write_random_cache
+from fixtures_latents import (
+    encode_cli,
+    make_tiny_model_dir,
+    tiny_config,
+    write_hub_native,
+    write_random_cache,
+)
 from fixtures_s3 import S3StandIn
 from fixtures_train import tiny_pipeline_dir, tiny_train_config
 
@@ -162,33 +167,7 @@ def test_train_reads_latents_from_s3_as_from_a_local_folder(
 
 
 def _encode_args(root: Path, url: str, model: Path, s3: S3StandIn) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "medvideocap",
-        "encode-latents",
-        str(root),
-        "--out",
-        url,
-        *s3.cli_options(),
-        "--vae",
-        str(model),
-        "--device",
-        "cpu",
-        "--num-frames",
-        "9",
-        "--fps",
-        "8",
-        "--height",
-        "32",
-        "--width",
-        "48",
-        "--max-length",
-        "64",
-        "--rows-per-shard",
-        "2",
-        "--no-progress",
-    ]
+    return [*encode_cli(root, url, model, *s3.cli_options()), "--no-progress"]
 
 
 def test_sigkill_during_an_s3_encode_then_rerun_gives_exactly_the_rows_of_an_uninterrupted_local_run(
