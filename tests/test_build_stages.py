@@ -699,6 +699,30 @@ def test_the_bars_folded_over_the_split_decode_equal_cropdetect_on_every_span(
     assert fold.summary(duration + 1, duration + 2) is None  # no sampled frame: the stage asks ffmpeg
 
 
+@pytest.mark.parametrize("pix_fmt", ["yuv420p10le", "yuv444p"])
+def test_the_folded_bars_equal_cropdetect_on_10_bit_and_4_4_4_video(tmp_path: Path, pix_fmt: str) -> None:
+    """Not only 8-bit 4:2:0: a 10-bit letterboxed real clip (luma converted to 8-bit grey for the
+    fold, compared by ffmpeg at 10 bits) and a 4:4:4 one give cropdetect's box."""
+    from medvideocap.build.recipe import BlackBorderStage
+    from medvideocap.build.stages.border import BarScan
+    from medvideocap.media.ffmpeg import cropdetect, decoded
+
+    graph = f"scale=320:180,setsar=1,pad=320:268:0:44:black,format={pix_fmt}"
+    clip = tmp_path / f"boxed-{pix_fmt}.mp4"
+    subprocess.run(
+        ["ffmpeg", "-y", "-v", "error", "-i", str(TESTDATA / "bikes.mp4"), "-t", "3", "-an", "-vf", graph]
+        + ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", str(clip)],
+        check=True,
+    )
+    fold = BarScan(BlackBorderStage(stage="black_border"))
+    for t, frame in decoded(clip):
+        assert frame.format.name == pix_fmt
+        fold(t, frame)
+    found = cropdetect(clip)
+    assert found.bars == (44, 44, 0, 0)
+    assert fold.summary(0.0, 99.0) == {"w": 320, "h": 180, "x": 0, "y": 44, "width": 320, "height": 268}
+
+
 def test_a_letterboxed_shot_cut_against_a_bar_less_one_is_cropped_from_the_split_decode(
     tmp_path: Path, monkeypatch
 ) -> None:
