@@ -12,6 +12,7 @@ fraction of the frame; above ``max_fraction`` the clip is rejected or cropped, a
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from typing import Any
 
@@ -130,7 +131,9 @@ class BarScan:
     def summary(self, start: float, end: float) -> dict[str, Any] | None:
         """What ``cropdetect`` finds on ``start``-``end`` s, as ``Crop`` fields; None when no sampled
         frame lies in the span (or the input is rotated): the stage runs ``cropdetect`` itself."""
-        inside = [k for k in self.ticks if start - 1e-6 <= k[0] < end - 1e-6]
+        lo = bisect.bisect_left(self.ticks, (start - 1e-6,))  # ticks are in time order
+        hi = bisect.bisect_left(self.ticks, (end - 1e-6,))
+        inside = self.ticks[lo:hi]
         if self.rotated or self.size is None or not inside:
             return None
         width, height = self.size
