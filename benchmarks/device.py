@@ -20,9 +20,9 @@ On the GPU, with random weights (speed and memory do not depend on weight values
 * ``eval``: the metrics that need no API on the generated video (real-size random CLIP/DINO models),
   seconds each.
 * ``build_models``: the paper recipe's aesthetic stage path (``clip_embeddings``: CLIP ViT-L/14 image
-  embeddings, real size, random weights) on frames of the run's size, one clip's worth (8 frames) and a
-  batch of 64 (eight clips at once): frames per second each, and how much of it is the image processor's
-  CPU preprocessing. Whether batching across clips would pay on a GPU is read off these two rows.
+  embeddings, real size, random weights) on frames of the run's size, one clip's worth (5 frames,
+  ``batch: 1``) and the recipe's batch (16 clips, 80 frames, what the pipeline gathers): frames per
+  second each, and how much of it is the image processor's CPU preprocessing.
 
 ``--dry-run`` runs the same code paths on the CPU with the tiny models of ``medvideocap.tiny`` at 5x32x48
 and 2 steps, in well under a minute (``tests/test_device_script.py`` runs it). A stage that fails is
@@ -289,7 +289,7 @@ def build_models(args: argparse.Namespace, device: str) -> dict[str, Any]:
 
     from medvideocap.build.stages.aesthetic import clip_embeddings, clip_model
 
-    video = synthetic_video(64, args.height, args.width)
+    video = synthetic_video(80, args.height, args.width)
     frames = list((video * 255).round().astype(np.uint8))
     out: dict[str, Any] = {"frame_size": [args.height, args.width]}
     with tempfile.TemporaryDirectory() as tmp:
@@ -298,7 +298,7 @@ def build_models(args: argparse.Namespace, device: str) -> dict[str, Any]:
         ]
         clip_embeddings(spec, frames[:8], device=device)  # loads the model: not what a clip costs
         _, processor = clip_model(spec, device)
-        for batch in (8, 64):
+        for batch in (5, 80):  # one clip's frames; the paper recipe's 16 clips
             seconds, emb = timed(
                 functools.partial(clip_embeddings, spec, frames[:batch], device=device), device
             )

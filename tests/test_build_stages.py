@@ -210,6 +210,75 @@ def test_aesthetic_stage_scores_with_clip_and_mlp_head_and_applies_the_threshold
         assert outcome.stage == "aesthetic" and outcome.code == "low_aesthetic" and "< 3" in outcome.reason
 
 
+def test_the_aesthetic_stage_scores_clips_in_batches_with_the_same_verdicts_and_one_decode_per_clip(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """``batch: 3`` over seven clips: three CLIP calls (15, 15 and 5 frames) instead of seven, the
+    same scores and records as one clip at a time, each clip still decoded once (the measures stage
+    after the batch reads the held frames); a clip whose frames cannot be decoded is rejected alone,
+    at the stage; a hold budget smaller than one clip's frames runs each clip on its own."""
+    from medvideocap.build import sample as sample_module
+    from medvideocap.build.stages import aesthetic
+    from medvideocap.media.ffmpeg import MediaError
+
+    raw = tmp_path / "raw"
+    make_video(raw / "long.mp4", seconds=7, **SIZE)
+    model_dir, head = _tiny_aesthetic(tmp_path, 5.0)
+    calls: list[int] = []
+    decodes: list[float | None] = []
+    real_embeddings, real_views = aesthetic.clip_embeddings, sample_module.read_views
+
+    def embeddings(model_id, images, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(images))
+        return real_embeddings(model_id, images, **kwargs)
+
+    def views(path, needs, **kwargs):  # type: ignore[no-untyped-def]
+        decodes.append(kwargs.get("start"))
+        if broken and kwargs.get("start") == 2.0:
+            raise MediaError(f"{path}: Invalid data found when processing input")
+        return real_views(path, needs, **kwargs)
+
+    monkeypatch.setattr(aesthetic, "clip_embeddings", embeddings)
+    monkeypatch.setattr(sample_module, "read_views", views)
+
+    def run(batch: int, **kwargs) -> list:  # type: ignore[no-untyped-def]
+        calls.clear()
+        decodes.clear()
+        recipe = _recipe(
+            {"stage": "split", "detector": "none", "min_seconds": 0.5, "max_seconds": 1.0},
+            {
+                "stage": "aesthetic",
+                "clip_model": str(model_dir),
+                "head": str(head),
+                "device": "cpu",
+                "batch": batch,
+            },
+            {"stage": "measures"},
+        )
+        return Pipeline(recipe, tmp_path / f"work-{batch}-{len(kwargs)}-{broken}", **kwargs).run(
+            discover(raw)[0]
+        )
+
+    broken = False
+    one, batched = run(1), run(3)
+    assert calls == [15, 15, 5] and len(decodes) == 7  # one decode per clip, none again for measures
+    assert [o.kept for o in batched] == [True] * 7, [o.reason for o in batched]
+    scores = [o.scores.pop("aesthetic") for o in batched]
+    assert scores == pytest.approx([o.scores.pop("aesthetic") for o in one], abs=1e-5)
+    assert [o.scores for o in batched] == [o.scores for o in one]  # the measures: the same frames
+    assert [(o.start, o.end) for o in batched] == [(o.start, o.end) for o in one]
+    assert all(o.timings["aesthetic"] > 0 and o.timings["measures"] > 0 for o in batched)
+
+    run(3, hold_budget=1)  # the first held clip's frames already reach the budget
+    assert calls == [5] * 7 and len(decodes) == 7
+
+    broken = True
+    outcomes = run(3)
+    assert [o.kept for o in outcomes] == [True, True, False, True, True, True, True]
+    assert outcomes[2].stage == "aesthetic" and "Invalid data" in outcomes[2].reason
+    assert calls == [15, 15]  # rejected before it waits: the six good clips in two full batches
+
+
 def test_clip_embedding_splitter_cuts_where_adjacent_similarity_drops(
     small_raw: Path, tmp_path: Path
 ) -> None:

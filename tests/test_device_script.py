@@ -34,7 +34,7 @@ def test_dry_run_runs_every_stage_and_writes_the_json(tmp_path: Path) -> None:
     scores = {k: v for k, v in stages["eval"].items() if isinstance(v, dict)}
     assert {"temporal_flickering", "subject_consistency", "aesthetic_quality"} <= set(scores)
     assert all(0.0 <= s["value"] <= 1.0 for s in scores.values())
-    for batch in ("batch_8", "batch_64"):
+    for batch in ("batch_5", "batch_80"):
         row = stages["build_models"][batch]
         assert row["frames_per_s"] > 0 and 0 < row["preprocess_share"] <= 1 and row["embedding_dim"] > 0
 

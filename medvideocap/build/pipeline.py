@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from medvideocap.build.recipe import Recipe
 from medvideocap.build.record import to_record
 from medvideocap.build.sample import FrameStore, Reject, Sample, write_clip
-from medvideocap.build.stages import Context, StageFn, frame_needs, make_stage, scanning
+from medvideocap.build.stages import BatchFn, Context, StageFn, batcher, frame_needs, make_stage, scanning
 from medvideocap.disk import stops_the_run, writing_to
 from medvideocap.errors import DataError
 
@@ -35,6 +35,7 @@ FILE_KEYS = ("file", "file_name", "filename", "video", "path", "name")
 SOURCE_STAGE = "source"  # the funnel row of entries refused before any stage
 RECORD_STAGE = "record"  # the funnel row of clips whose file or record could not be made
 DECODE, ENCODE = "decode", "encode"  # timings shared by the stages: frames decoded once, clip written
+HOLD_BUDGET = 1 << 30  # bytes of decoded frames held for clips waiting for a batched stage, at most
 
 
 @dataclass
@@ -134,36 +135,69 @@ def apply_stage(label: str, fn: StageFn, sample: Sample) -> list[Sample | Reject
     would never be retried). Seconds the call booked under other names (frames decoded for the
     later stages too, ``timings['decode']``; a later stage's fold of the split's decode) are kept out
     of this stage's time, which adds to what the stage was already booked."""
+    return apply_batch(label, lambda samples: [fn(samples[0])], [sample])[0]
+
+
+def apply_batch(label: str, fn: BatchFn, samples: list[Sample]) -> list[list[Sample | Reject]]:
+    """:func:`apply_stage` over several samples in one call of a batched stage: each sample's result
+    items, in order. Bad data rejects the samples of the call (the stage's ``run_batch`` turns what
+    it can pin on one clip into that clip's reject itself); the call's own seconds are shared evenly."""
     t0 = time.perf_counter()
-    before = dict(sample.timings)
+    before = [dict(s.timings) for s in samples]
     try:
-        result = fn(sample)
+        results = fn(samples)
+        if len(results) != len(samples):
+            raise RuntimeError(f"stage {label!r} returned {len(results)} results for {len(samples)} samples")
     except DataError as exc:
-        if stops_the_run(exc):
-            raise
-        log.warning("%s clip %d: stage %s: %s", sample.input, sample.index, label, exc)
-        result = Reject(label, "error", f"{type(exc).__name__}: {exc}", dict(sample.scores))
-    items = result if isinstance(result, list) else [result]
+        results = [bad_data(label, s, exc) for s in samples]
+    itemised = [r if isinstance(r, list) else [r] for r in results]
     # seconds this call spent for other stages (frames decoded for all, a later stage's fold of the
     # split's decode) are booked under their names, not this stage's
-    shared = sum(v - before.get(k, 0.0) for k, v in sample.timings.items() if k != label)
-    elapsed = max(0.0, time.perf_counter() - t0 - shared) / max(1, len(items))
-    for item in items:
-        target = item.sample if isinstance(item, Reject) and item.sample is not None else item
-        if not isinstance(target, Sample):
-            target = sample
-        target.timings[label] = round(target.timings.get(label, 0.0) + elapsed, 6)
-    return items
+    shared = sum(
+        v - was.get(k, 0.0)
+        for s, was in zip(samples, before, strict=True)
+        for k, v in s.timings.items()
+        if k != label
+    )
+    count = sum(max(1, len(items)) for items in itemised)
+    elapsed = max(0.0, time.perf_counter() - t0 - shared) / count
+    for sample, items in zip(samples, itemised, strict=True):
+        for item in items or [sample]:
+            target = item.sample if isinstance(item, Reject) and item.sample is not None else item
+            if not isinstance(target, Sample):
+                target = sample
+            target.timings[label] = round(target.timings.get(label, 0.0) + elapsed, 6)
+    return itemised
+
+
+def bad_data(label: str, sample: Sample, exc: DataError) -> Reject:
+    """The reject of a clip whose data failed in stage ``label`` (a full disk stops the run instead)."""
+    if stops_the_run(exc):
+        raise exc
+    log.warning("%s clip %d: stage %s: %s", sample.input, sample.index, label, exc)
+    return Reject(label, "error", f"{type(exc).__name__}: {exc}", dict(sample.scores))
+
+
+@dataclass
+class _Step:
+    label: str
+    fn: StageFn
+    batch: BatchFn | None = None  # the stage over several clips at once (``batch:`` > 1)
+    size: int = 1
 
 
 class Pipeline:
     """A recipe's stage functions, built once per process (model stages load lazily inside them)."""
 
-    def __init__(self, recipe: Recipe, work: Path):
+    def __init__(self, recipe: Recipe, work: Path, *, hold_budget: int = HOLD_BUDGET):
         ctx = Context(work=work, scanned=scanning(list(recipe.stages)))
         self.work = work
-        self.stages = [(cfg.label, make_stage(cfg, ctx)) for cfg in recipe.stages]
+        self.steps = [
+            _Step(cfg.label, make_stage(cfg, ctx), batcher(cfg, ctx), int(getattr(cfg, "batch", 1) or 1))
+            for cfg in recipe.stages
+        ]
         self.needs = [need for cfg in recipe.stages for need in frame_needs(cfg)]
+        self.hold_budget = hold_budget
 
     def run(self, sample: Sample) -> list[Outcome]:
         """All stages over one input: its outcomes, in clip order. A full disk met by a stage that did
@@ -171,22 +205,52 @@ class Pipeline:
 
         Clips go through the stages one at a time (depth first), so the frames one clip's stages
         share are decoded once (:class:`~medvideocap.build.sample.FrameStore`) and dropped before the
-        next clip; the store lives for this call only, so memory does not grow with the input."""
+        next clip; the store lives for this call only, so memory does not grow with the input. A
+        clip that reaches a batched stage waits there, its frames held, until ``batch`` clips wait
+        (or their frames reach ``hold_budget`` bytes, or no other clip can move): then the stage runs
+        on them together and each goes on, depth first again."""
         outcomes: list[Outcome] = []
-        with writing_to(self.work), FrameStore(self.needs):
+        with writing_to(self.work), FrameStore(self.needs) as store:
             todo: list[tuple[int, Sample]] = [(0, sample)]
-            while todo:
-                i, s = todo.pop()
-                if i == len(self.stages):
-                    outcomes.append(kept(s))
-                    continue
-                label, fn = self.stages[i]
-                items = apply_stage(label, fn, s)
+            waiting: dict[int, list[Sample]] = {}
+
+            def settle(i: int, s: Sample, items: list[Sample | Reject]) -> None:
                 for item in reversed(items):  # a stack: the first clip is taken next
                     if isinstance(item, Reject):
                         outcomes.append(rejected(s, item))
+                        store.release(s)
                     else:
                         todo.append((i + 1, item))
+
+            def flush(i: int) -> None:
+                batch = waiting.pop(i)
+                step = self.steps[i]
+                assert step.batch is not None
+                results = apply_batch(step.label, step.batch, batch)
+                for s, items in reversed(list(zip(batch, results, strict=True))):
+                    settle(i, s, items)
+
+            while todo or waiting:
+                if not todo:  # every clip waits for a batch: run the earliest stage's
+                    flush(min(waiting))
+                    continue
+                i, s = todo.pop()
+                if i == len(self.steps):
+                    outcomes.append(kept(s))
+                    store.release(s)
+                    continue
+                step = self.steps[i]
+                if step.batch is not None:
+                    try:
+                        store.hold(s)  # its frames decoded now, kept while it waits
+                    except DataError as exc:
+                        settle(i, s, [bad_data(step.label, s, exc)])
+                        continue
+                    waiting.setdefault(i, []).append(s)
+                    if len(waiting[i]) >= step.size or store.held_bytes() >= self.hold_budget:
+                        flush(i)
+                    continue
+                settle(i, s, apply_stage(step.label, step.fn, s))
         return sorted(outcomes, key=Outcome.sort_key)
 
 

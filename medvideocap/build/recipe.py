@@ -210,6 +210,11 @@ class AestheticStage(_Stage):
     frames: int = Field(default=5, ge=1)
     min: float | None = Field(default=3.0, description="Reject below this mean score (None: score only).")
     device: str = "auto"
+    batch: int = Field(
+        default=16,
+        ge=1,
+        description="Clips scored in one CLIP call (their frames together); 1 scores each clip alone.",
+    )
 
     def models(self) -> list[str]:
         return [self.clip_model, self.head]

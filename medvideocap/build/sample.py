@@ -205,19 +205,20 @@ FRAME_BUDGET = 256 << 20  # bytes of decoded frames one worker holds for the cli
 class FrameStore:
     """The frames of the clip in hand, decoded once for every stage that declared what it reads.
 
-    Lives for one :meth:`~medvideocap.build.pipeline.Pipeline.run` (``with FrameStore(needs):``) and
-    holds one clip at a time: asking for another clip's frames drops the previous clip's, so memory
-    depends on the clip length, never on the input's. The first request for a clip decodes, in one
-    pass, the asked need plus every declared need whose frames fit :data:`FRAME_BUDGET` (a need that
-    does not fit, e.g. every frame of a long unsplit input, is decoded on its own when asked). The
-    decode time is added to the sample's ``timings['decode']`` (the pipeline keeps it out of the
-    stage that happened to ask first)."""
+    Lives for one :meth:`~medvideocap.build.pipeline.Pipeline.run` (``with FrameStore(needs):``).
+    It holds the clip in hand plus the clips the pipeline holds (:meth:`hold`) while they wait for a batched
+    stage (:func:`~medvideocap.build.stages.batcher`): asking for another clip's frames drops every
+    clip not held, so memory depends on the clip length and the batch, never on the input's length.
+    The first request for a clip decodes, in one pass, the asked need plus every declared need whose
+    frames fit :data:`FRAME_BUDGET` (a need that does not fit, e.g. every frame of a long unsplit
+    input, is decoded on its own when asked). The decode time is added to the sample's
+    ``timings['decode']`` (the pipeline keeps it out of the stage that happened to ask first)."""
 
     def __init__(self, needs: list[FrameNeed], *, budget: int = FRAME_BUDGET) -> None:
         self.needs = list(dict.fromkeys(needs))
         self.budget = budget
-        self._key: tuple[Any, ...] | None = None
-        self._views: dict[FrameNeed, Frames] = {}
+        self._views: dict[tuple[Any, ...], dict[FrameNeed, Frames]] = {}
+        self._held: dict[int, tuple[Any, ...]] = {}  # id(sample) -> its key, while it waits for a batch
         self._token: Any = None
 
     def __enter__(self) -> FrameStore:
@@ -227,19 +228,50 @@ class FrameStore:
     def __exit__(self, *exc: object) -> None:
         _STORE.reset(self._token)
         self._views = {}
-        self._key = None
+        self._held = {}
+
+    def _entry(self, key: tuple[Any, ...]) -> dict[FrameNeed, Frames]:
+        if key not in self._views:  # a new clip: drop the frames of every clip nobody holds
+            held = set(self._held.values())
+            self._views = {k: v for k, v in self._views.items() if k in held}
+            self._views[key] = {}
+        return self._views[key]
 
     def get(self, sample: Sample, need: FrameNeed) -> Frames:
+        views = self._entry(source_key(sample))
+        if need not in views:
+            self._decode(sample, views, need)
+        return views[need]
+
+    def _decode(self, sample: Sample, views: dict[FrameNeed, Frames], need: FrameNeed | None) -> None:
+        rest = [n for n in self.needs if n != need and n not in views]
+        wanted = ([need] if need is not None else []) + fitting(sample, rest, self.budget)
+        if not wanted:
+            return
+        t0 = time.perf_counter()
+        views.update(read_frames(sample, wanted))
+        spent = time.perf_counter() - t0
+        sample.timings["decode"] = round(sample.timings.get("decode", 0.0) + spent, 6)
+
+    def hold(self, sample: Sample) -> None:
+        """Keep ``sample``'s frames (decoded now if not yet: every declared need that fits) until
+        :meth:`release`, while it waits for a batched stage and then goes through the stages after it."""
         key = source_key(sample)
-        if key != self._key:
-            self._key, self._views = key, {}
-        if need not in self._views:
-            wanted = [
-                need,
-                *fitting(sample, [n for n in self.needs if n != need and n not in self._views], self.budget),
-            ]
-            t0 = time.perf_counter()
-            self._views.update(read_frames(sample, wanted))
-            spent = time.perf_counter() - t0
-            sample.timings["decode"] = round(sample.timings.get("decode", 0.0) + spent, 6)
-        return self._views[need]
+        views = self._entry(key)
+        self._held[id(sample)] = key
+        self._decode(sample, views, None)
+
+    def release(self, sample: Sample) -> None:
+        """``sample`` left the pipeline (kept or rejected): its frames may go."""
+        key = self._held.pop(id(sample), None)
+        if key is not None and key not in self._held.values():
+            self._views.pop(key, None)
+
+    def held_bytes(self) -> int:
+        """Bytes of decoded frames kept for held clips."""
+        keys = set(self._held.values())
+        return sum(
+            sum(int(image.nbytes) for image in frames.images)
+            for key in keys
+            for frames in self._views.get(key, {}).values()
+        )

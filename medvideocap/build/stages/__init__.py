@@ -19,6 +19,7 @@ from medvideocap.media.ffmpeg import FrameNeed
 
 StageResult = Sample | Reject | list[Sample | Reject]
 StageFn = Callable[[Sample], StageResult]
+BatchFn = Callable[[list[Sample]], list[StageResult]]
 
 
 class MissingDependencyError(RuntimeError):
@@ -58,6 +59,17 @@ def _module(kind: str) -> Any:
 def make_stage(cfg: Any, ctx: Context) -> StageFn:
     """The stage function for one recipe entry, with its config and context bound."""
     return functools.partial(_module(cfg.stage).run, cfg=cfg, ctx=ctx)
+
+
+def batcher(cfg: Any, ctx: Context) -> BatchFn | None:
+    """The stage over several clips at once (its module's ``run_batch(samples, cfg, ctx)``, one
+    result per sample, in order) when the recipe asks for batches (``batch:`` above 1); None
+    otherwise. The pipeline parks clips that reach such a stage, with their decoded frames, and runs
+    them together: one model call for many clips, which is what keeps a GPU busy."""
+    run_batch = getattr(_module(cfg.stage), "run_batch", None)
+    if run_batch is None or int(getattr(cfg, "batch", 1) or 1) <= 1:
+        return None
+    return functools.partial(run_batch, cfg=cfg, ctx=ctx)
 
 
 def frame_needs(cfg: Any) -> list[FrameNeed]:

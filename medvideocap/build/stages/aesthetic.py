@@ -103,6 +103,7 @@ def _head(spec: str, device: str) -> Any:
 
 
 def score_frames(cfg: AestheticStage, images: list[np.ndarray]) -> list[float]:
+    """The head's rating of each frame, in one CLIP call."""
     import torch
 
     dev = resolve_device(cfg.device)
@@ -116,7 +117,22 @@ def needs(cfg: AestheticStage) -> list[FrameNeed]:
 
 
 def run(sample: Sample, cfg: AestheticStage, ctx: Context) -> Sample | Reject:
-    scores = score_frames(cfg, sample.view(needs(cfg)[0]).images)
+    return run_batch([sample], cfg, ctx)[0]
+
+
+def run_batch(samples: list[Sample], cfg: AestheticStage, ctx: Context) -> list[Sample | Reject]:
+    """Every sample's frames scored in one CLIP call (the pipeline gathers ``cfg.batch`` clips, their
+    frames already decoded: a clip whose frames could not be is rejected before it waits)."""
+    frames = [sample.view(needs(cfg)[0]).images for sample in samples]
+    scores = score_frames(cfg, [image for images in frames for image in images])
+    results: list[Sample | Reject] = []
+    for sample, images in zip(samples, frames, strict=True):
+        own, scores = scores[: len(images)], scores[len(images) :]
+        results.append(_verdict(sample, own, cfg))
+    return results
+
+
+def _verdict(sample: Sample, scores: list[float], cfg: AestheticStage) -> Sample | Reject:
     mean = round(float(np.mean(scores)), 6)
     sample.scores["aesthetic"] = mean
     if cfg.min is not None and mean < cfg.min:
