@@ -260,11 +260,15 @@ def main() -> None:
     def folded(path: Path) -> tuple[int, int, int, int]:
         """What a build finds: the bars folded over the split stage's decode (clips/s include it)."""
         from medvideocap.build.stages import split
-        from medvideocap.media.ffmpeg import Crop
+        from medvideocap.media.ffmpeg import Crop, cropdetect
 
-        fold = border.BarScan(BlackBorderStage())
+        cfg = BlackBorderStage()
+        fold = border.BarScan(cfg)
         split.detect_transitions(path, SplitStage(detector="pyscenedetect", threshold=27.0), tap=fold)
-        return Crop(**(fold.summary(0.0, float("inf")) or {})).bars
+        found = fold.summary(0.0, float("inf"))
+        if found is None:  # no sampled frame (a clip under half a second): the stage asks cropdetect
+            return cropdetect(path, limit=cfg.luminance).bars
+        return Crop(**found).bars
 
     bpaths = [p for p, _ in data["borders"]]
     btruth = [t for _, t in data["borders"]]

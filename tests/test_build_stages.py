@@ -269,6 +269,14 @@ def test_the_aesthetic_stage_scores_clips_in_batches_with_the_same_verdicts_and_
     assert [(o.start, o.end) for o in batched] == [(o.start, o.end) for o in one]
     assert all(o.timings["aesthetic"] > 0 and o.timings["measures"] > 0 for o in batched)
 
+    from medvideocap.build.recipe import AestheticStage
+    from medvideocap.build.stages import batch_size
+
+    for device, size in (("cpu", 1), ("cuda", 16)):  # unset: batched on a GPU only
+        with monkeypatch.context() as m:
+            m.setattr(aesthetic, "resolve_device", lambda _d, device=device: device)
+            assert batch_size(AestheticStage()) == size and batch_size(AestheticStage(batch=4)) == 4
+
     run(3, hold_budget=1)  # the first held clip's frames already reach the budget
     assert calls == [5] * 7 and len(decodes) == 7
 

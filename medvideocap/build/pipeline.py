@@ -24,7 +24,16 @@ from pydantic import ValidationError
 from medvideocap.build.recipe import Recipe
 from medvideocap.build.record import to_record
 from medvideocap.build.sample import FrameStore, Reject, Sample, write_clip
-from medvideocap.build.stages import BatchFn, Context, StageFn, batcher, frame_needs, make_stage, scanning
+from medvideocap.build.stages import (
+    BatchFn,
+    Context,
+    StageFn,
+    batch_size,
+    batcher,
+    frame_needs,
+    make_stage,
+    scanning,
+)
 from medvideocap.disk import stops_the_run, writing_to
 from medvideocap.errors import DataError
 
@@ -193,7 +202,7 @@ class Pipeline:
         ctx = Context(work=work, scanned=scanning(list(recipe.stages)))
         self.work = work
         self.steps = [
-            _Step(cfg.label, make_stage(cfg, ctx), batcher(cfg, ctx), int(getattr(cfg, "batch", 1) or 1))
+            _Step(cfg.label, make_stage(cfg, ctx), batcher(cfg, ctx), batch_size(cfg))
             for cfg in recipe.stages
         ]
         self.needs = [need for cfg in recipe.stages for need in frame_needs(cfg)]

@@ -210,10 +210,12 @@ class AestheticStage(_Stage):
     frames: int = Field(default=5, ge=1)
     min: float | None = Field(default=3.0, description="Reject below this mean score (None: score only).")
     device: str = "auto"
-    batch: int = Field(
-        default=16,
+    batch: int | None = Field(
+        default=None,
         ge=1,
-        description="Clips scored in one CLIP call (their frames together); 1 scores each clip alone.",
+        description="Clips scored in one CLIP call (their frames together; the pipeline holds their "
+        "frames meanwhile); 1 scores each clip alone. None: 16 on a GPU, 1 on the CPU (where a batch is "
+        "no faster: benchmarks/build_models.py).",
     )
 
     def models(self) -> list[str]:

@@ -64,12 +64,21 @@ def make_stage(cfg: Any, ctx: Context) -> StageFn:
 def batcher(cfg: Any, ctx: Context) -> BatchFn | None:
     """The stage over several clips at once (its module's ``run_batch(samples, cfg, ctx)``, one
     result per sample, in order) when the recipe asks for batches (``batch:`` above 1); None
-    otherwise. The pipeline parks clips that reach such a stage, with their decoded frames, and runs
+    otherwise (:func:`batch_size`). The pipeline parks clips that reach such a stage, with their decoded frames, and runs
     them together: one model call for many clips, which is what keeps a GPU busy."""
     run_batch = getattr(_module(cfg.stage), "run_batch", None)
-    if run_batch is None or int(getattr(cfg, "batch", 1) or 1) <= 1:
+    if run_batch is None or batch_size(cfg) <= 1:
         return None
     return functools.partial(run_batch, cfg=cfg, ctx=ctx)
+
+
+def batch_size(cfg: Any) -> int:
+    """Clips per call of a batched stage: the recipe's ``batch:``, else its module's default for the
+    device it will run on (``default_batch(cfg)``), else 1."""
+    if getattr(cfg, "batch", None):
+        return int(cfg.batch)
+    default = getattr(_module(cfg.stage), "default_batch", None)
+    return int(default(cfg)) if default is not None else 1
 
 
 def frame_needs(cfg: Any) -> list[FrameNeed]:

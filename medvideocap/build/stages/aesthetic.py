@@ -116,6 +116,16 @@ def needs(cfg: AestheticStage) -> list[FrameNeed]:
     return [FrameNeed(count=cfg.frames)]
 
 
+GPU_BATCH = 16  # clips (of 5 frames) per CLIP call on a GPU when the recipe does not say
+
+
+def default_batch(cfg: AestheticStage) -> int:
+    """16 clips per call on a GPU; one on the CPU, where batching is no faster (measured at real size,
+    random weights: 16 clips in one call took 1.11x the seconds of one call per clip;
+    ``benchmarks/build_models.py``)."""
+    return 1 if resolve_device(cfg.device) == "cpu" else GPU_BATCH
+
+
 def run(sample: Sample, cfg: AestheticStage, ctx: Context) -> Sample | Reject:
     return run_batch([sample], cfg, ctx)[0]
 
