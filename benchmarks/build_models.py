@@ -27,26 +27,18 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def real_size_clip(root: Path) -> tuple[Path, Path]:
     """CLIP ViT-L/14 (transformers' CLIP config at the L/14 vision widths), random weights, with a
     processor, and a LAION-shaped head for its 768-wide projection."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from eval import clip_l14_config  # benchmarks/eval.py
+    from transformers import CLIPImageProcessor, CLIPModel
 
     from medvideocap.eval.tiny import save_tiny_aesthetic_head
 
-    config = CLIPConfig(
-        text_config={"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
-        vision_config={
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "patch_size": 14,
-        },
-        projection_dim=768,
-    )
+    config = clip_l14_config()
     CLIPModel(config).save_pretrained(root / "clip-l14")
     CLIPImageProcessor().save_pretrained(root / "clip-l14")
     return root / "clip-l14", save_tiny_aesthetic_head(root / "head.safetensors", embed_dim=768)

@@ -80,6 +80,23 @@ def random_pipeline(device: str, dtype: torch.dtype) -> Any:
     return pipe
 
 
+def clip_l14_config() -> Any:
+    """CLIP ViT-L/14's shapes (transformers' CLIPConfig at the L/14 widths; 768-wide projection)."""
+    from transformers import CLIPConfig
+
+    return CLIPConfig(
+        text_config={"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
+        vision_config={
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "patch_size": 14,
+        },
+        projection_dim=768,
+    )
+
+
 def random_metric_models(root: Path) -> dict[str, dict[str, str]]:
     """Real-size DINO ViT-B/16, CLIP ViT-B/32 and ViT-L/14 (transformers' default configs are those
     models' shapes), random weights, saved with their processors and a tokenizer."""
@@ -92,18 +109,7 @@ def random_metric_models(root: Path) -> dict[str, dict[str, str]]:
     ViTImageProcessor(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(
         root / "dino"
     )
-    large = CLIPConfig(
-        text_config={"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
-        vision_config={
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "patch_size": 14,
-        },
-        projection_dim=768,
-    )
-    for name, config in (("clip-b32", CLIPConfig()), ("clip-l14", large)):
+    for name, config in (("clip-b32", CLIPConfig()), ("clip-l14", clip_l14_config())):
         CLIPModel(config).save_pretrained(root / name)
         CLIPImageProcessor().save_pretrained(root / name)
         tiny_tokenizer().save_pretrained(root / name)

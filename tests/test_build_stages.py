@@ -4,6 +4,7 @@ cropping, camera motion, dry runs and resume safety."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import subprocess
 import sys
@@ -561,17 +562,19 @@ def test_caption_backend_is_called_through_medvideocap_caption(
 
     seen = {}
 
+    from medvideocap.caption.base import BaseCaptioner, CaptionResult
+
     class Fake:
-        def caption(self, frames, record, *, template):
+        def caption_batch(self, items, *, template, timestamps=None):
+            [(frames, record)] = items
             seen.update(frames=len(frames), id=record.id, template=template)
             text = "A colour test pattern with a moving clock."
-            result = type("R", (), {})()
-            result.ok, result.error = True, None
-            result.captions = [
-                Caption(name="detailed", text=text, style="detailed", source="fake", model="fake-1")
-            ]
-            return result
+            caption = Caption(name="detailed", text=text, style="detailed", source="fake", model="fake-1")
+            return [CaptionResult([caption], text, True, None, 1, [])]
 
+    real = inspect.signature(BaseCaptioner.caption_batch).parameters.values()
+    fake = inspect.signature(Fake.caption_batch).parameters.values()
+    assert [(p.name, p.kind) for p in fake] == [(p.name, p.kind) for p in real]
     monkeypatch.setattr(caption_stage, "_captioner", lambda cfg: Fake())
     recipe = _recipe(
         {"stage": "split", "min_seconds": 1.0},
@@ -581,6 +584,50 @@ def test_caption_backend_is_called_through_medvideocap_caption(
     [outcome] = Pipeline(recipe, tmp_path / "work").run(sample)
     assert outcome.kept and seen == {"frames": 4, "id": "a-000", "template": "detailed_brief"}
     assert outcome.record["captions"][0]["model"] == "fake-1"
+
+
+def test_the_caption_stage_captions_clips_in_one_batched_generate_with_the_same_text(tmp_path: Path) -> None:
+    """The transformers backend (a tiny random Qwen2.5-VL: its real processor, chat template and
+    batched generation) through a build: three clips at the backend's ``batch_size: 2`` are two
+    ``generate`` calls (2 clips, then 1) and give, greedy, the same text as ``batch: 1``."""
+    from medvideocap.build.stages import caption as caption_stage
+    from medvideocap.caption.tiny import save_tiny_vlm
+
+    raw = tmp_path / "raw"
+    make_video(raw / "three.mp4", seconds=3, **SIZE)
+    model = save_tiny_vlm(tmp_path / "tiny-vlm")
+    options = {
+        "model": str(model),
+        "batch_size": 2,
+        "check_quality": False,
+        "params": {"max_new_tokens": 8, "temperature": 0.0},
+    }
+    texts = {}
+    for batch in (None, 1):
+        entry = {"stage": "caption", "backend": "transformers", "options": options, "template": "brief"}
+        recipe = _recipe(
+            {"stage": "split", "detector": "none", "min_seconds": 0.5, "max_seconds": 1.0},
+            {**entry, "frames": 2, **({"batch": batch} if batch else {})},
+        )
+        pipeline = Pipeline(recipe, tmp_path / f"work-{batch}")
+        cap = caption_stage._captioner(recipe.stages[2])
+        calls: list[int] = []
+        real = cap.net.generate
+
+        def generate(real=real, calls=calls, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(kwargs["input_ids"].shape[0])
+            return real(**kwargs)
+
+        cap.net.generate = generate
+        try:
+            outcomes = pipeline.run(discover(raw)[0])
+        finally:
+            cap.net.generate = real
+        assert [o.kept for o in outcomes] == [True] * 3, [o.reason for o in outcomes]
+        assert calls == ([2, 1] if batch is None else [1, 1, 1])
+        texts[batch] = [o.record["captions"][0]["text"] for o in outcomes]
+        assert all(texts[batch])
+    assert texts[None] == texts[1]
 
 
 def test_csv_sidecar_rows_are_matched_by_file_name(tmp_path: Path) -> None:

@@ -28,14 +28,16 @@ from medvideocap.build.stages import (
     BatchFn,
     Context,
     StageFn,
+    bad_data,
     batch_size,
     batcher,
     frame_needs,
     make_stage,
     scanning,
 )
-from medvideocap.disk import stops_the_run, writing_to
+from medvideocap.disk import writing_to
 from medvideocap.errors import DataError
+from medvideocap.media.ffmpeg import FrameNeed
 
 log = logging.getLogger(__name__)
 
@@ -179,20 +181,14 @@ def apply_batch(label: str, fn: BatchFn, samples: list[Sample]) -> list[list[Sam
     return itemised
 
 
-def bad_data(label: str, sample: Sample, exc: DataError) -> Reject:
-    """The reject of a clip whose data failed in stage ``label`` (a full disk stops the run instead)."""
-    if stops_the_run(exc):
-        raise exc
-    log.warning("%s clip %d: stage %s: %s", sample.input, sample.index, label, exc)
-    return Reject(label, "error", f"{type(exc).__name__}: {exc}", dict(sample.scores))
-
-
 @dataclass
 class _Step:
     label: str
     fn: StageFn
     batch: BatchFn | None = None  # the stage over several clips at once (``batch:`` > 1)
     size: int = 1
+    needs: list[FrameNeed] = field(default_factory=list)  # the frames it reads (decoded before it waits)
+    holds: bool = False  # a clip waiting here keeps its frames: this stage or a later one reads some
 
 
 class Pipeline:
@@ -202,10 +198,12 @@ class Pipeline:
         ctx = Context(work=work, scanned=scanning(list(recipe.stages)))
         self.work = work
         self.steps = [
-            _Step(cfg.label, make_stage(cfg, ctx), batcher(cfg, ctx), batch_size(cfg))
+            _Step(cfg.label, make_stage(cfg, ctx), batcher(cfg, ctx), batch_size(cfg), frame_needs(cfg))
             for cfg in recipe.stages
         ]
         self.needs = [need for cfg in recipe.stages for need in frame_needs(cfg)]
+        for i, step in enumerate(self.steps):
+            step.holds = any(later.needs for later in self.steps[i:])
         self.hold_budget = hold_budget
 
     def run(self, sample: Sample) -> list[Outcome]:
@@ -215,7 +213,8 @@ class Pipeline:
         Clips go through the stages one at a time (depth first), so the frames one clip's stages
         share are decoded once (:class:`~medvideocap.build.sample.FrameStore`) and dropped before the
         next clip; the store lives for this call only, so memory does not grow with the input. A
-        clip that reaches a batched stage waits there, its frames held, until ``batch`` clips wait
+        clip that reaches a batched stage waits there, its frames held (if this stage or a later one
+        reads frames), until ``batch`` clips wait
         (or their frames reach ``hold_budget`` bytes, or no other clip can move): then the stage runs
         on them together and each goes on, depth first again."""
         outcomes: list[Outcome] = []
@@ -251,7 +250,8 @@ class Pipeline:
                 step = self.steps[i]
                 if step.batch is not None:
                     try:
-                        store.hold(s)  # its frames decoded now, kept while it waits
+                        if step.holds:
+                            store.hold(s, step.needs)  # its frames decoded now, kept while it waits
                     except DataError as exc:
                         settle(i, s, [bad_data(step.label, s, exc)])
                         continue

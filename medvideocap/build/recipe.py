@@ -315,6 +315,12 @@ class CaptionStage(_Stage):
     template: str = "detailed_brief"
     frames: int = Field(default=8, ge=1)
     required: bool = Field(default=False, description="Reject clips that end up with no caption.")
+    batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="Clips per captioner call (one batched generate, or concurrent API requests). "
+        "None: the backend's batch_size (transformers, 4) or concurrency (openai, 8).",
+    )
 
     @field_validator("options")
     @classmethod

@@ -243,23 +243,23 @@ class FrameStore:
             self._decode(sample, views, need)
         return views[need]
 
-    def _decode(self, sample: Sample, views: dict[FrameNeed, Frames], need: FrameNeed | None) -> None:
+    def _decode(self, sample: Sample, views: dict[FrameNeed, Frames], need: FrameNeed) -> None:
         rest = [n for n in self.needs if n != need and n not in views]
-        wanted = ([need] if need is not None else []) + fitting(sample, rest, self.budget)
-        if not wanted:
-            return
+        wanted = [need, *fitting(sample, rest, self.budget)]
         t0 = time.perf_counter()
         views.update(read_frames(sample, wanted))
         spent = time.perf_counter() - t0
         sample.timings["decode"] = round(sample.timings.get("decode", 0.0) + spent, 6)
 
-    def hold(self, sample: Sample) -> None:
-        """Keep ``sample``'s frames (decoded now if not yet: every declared need that fits) until
-        :meth:`release`, while it waits for a batched stage and then goes through the stages after it."""
+    def hold(self, sample: Sample, needs: list[FrameNeed]) -> None:
+        """Keep ``sample``'s frames until :meth:`release`, while it waits for a batched stage and then
+        goes through the stages after it; ``needs`` (the batched stage's) are decoded now if not yet."""
         key = source_key(sample)
         views = self._entry(key)
         self._held[id(sample)] = key
-        self._decode(sample, views, None)
+        for need in needs:
+            if need not in views:
+                self._decode(sample, views, need)
 
     def release(self, sample: Sample) -> None:
         """``sample`` left the pipeline (kept or rejected): its frames may go."""

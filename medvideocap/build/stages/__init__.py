@@ -9,13 +9,18 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medvideocap.build.sample import Reject, Sample
+from medvideocap.disk import stops_the_run
+from medvideocap.errors import DataError
 from medvideocap.media.ffmpeg import FrameNeed
+
+log = logging.getLogger(__name__)
 
 StageResult = Sample | Reject | list[Sample | Reject]
 StageFn = Callable[[Sample], StageResult]
@@ -79,6 +84,15 @@ def batch_size(cfg: Any) -> int:
         return int(cfg.batch)
     default = getattr(_module(cfg.stage), "default_batch", None)
     return int(default(cfg)) if default is not None else 1
+
+
+def bad_data(label: str, sample: Sample, exc: DataError) -> Reject:
+    """The reject of a clip whose data failed in stage ``label`` (a truncated file, a failed cut); a
+    full disk, a used-up quota or a read-only work dir stops the run instead (no verdict on the video)."""
+    if stops_the_run(exc):
+        raise exc
+    log.warning("%s clip %d: stage %s: %s", sample.input, sample.index, label, exc)
+    return Reject(label, "error", f"{type(exc).__name__}: {exc}", dict(sample.scores))
 
 
 def frame_needs(cfg: Any) -> list[FrameNeed]:

@@ -13,8 +13,9 @@ from typing import Any, Literal
 from medvideocap.build.recipe import CaptionStage
 from medvideocap.build.record import CAPTION_KEYS, to_record
 from medvideocap.build.sample import Reject, Sample
-from medvideocap.build.stages import Context, MissingDependencyError, hub_cached
+from medvideocap.build.stages import Context, MissingDependencyError, bad_data, hub_cached
 from medvideocap.dataset.schema import Caption
+from medvideocap.errors import DataError
 
 _CAPTIONERS: dict[str, Any] = {}
 
@@ -58,13 +59,50 @@ def _captioner(cfg: CaptionStage) -> Any:
     return _CAPTIONERS[key]
 
 
+def default_batch(cfg: CaptionStage) -> int:
+    """Clips per captioner call when the recipe does not say: what the backend does at once (the local
+    model's ``batch_size`` clips per ``generate``, the API's ``concurrency`` requests in flight); 1
+    for sidecar captions."""
+    if cfg.backend is None:
+        return 1
+    if cfg.backend == "transformers":
+        return int(cfg.options.get("batch_size", 4))
+    return int(cfg.options.get("concurrency", 8))
+
+
 def run(sample: Sample, cfg: CaptionStage, ctx: Context) -> Sample | Reject:
-    captions = sidecar_captions(sample.meta)
+    return run_batch([sample], cfg, ctx)[0]
+
+
+def run_batch(samples: list[Sample], cfg: CaptionStage, ctx: Context) -> list[Sample | Reject]:
+    """Every sample's captions, the captioner's in one ``caption_batch`` call (batched generation on a
+    local model, concurrent requests to an API). A clip whose file cannot be cut or read is rejected
+    alone; the others are captioned."""
+    results: list[Sample | Reject] = list(samples)
     if cfg.backend is not None:
         from medvideocap.caption import sample_frames
 
-        frames, _times = sample_frames(Path(sample.media), cfg.frames)
-        result = _captioner(cfg).caption(frames, to_record(sample), template=cfg.template)
+        jobs: list[tuple[int, list[Any], Any]] = []
+        for i, sample in enumerate(samples):
+            try:
+                frames, _times = sample_frames(Path(sample.media), cfg.frames)
+            except DataError as exc:
+                results[i] = bad_data(cfg.label, sample, exc)
+                continue
+            jobs.append((i, frames, to_record(sample)))
+        replies = (
+            _captioner(cfg).caption_batch([(f, r) for _, f, r in jobs], template=cfg.template) if jobs else []
+        )
+        for (i, _, _), result in zip(jobs, replies, strict=True):
+            results[i] = _with_captions(samples[i], cfg, result)
+    else:
+        results = [_with_captions(sample, cfg, None) for sample in samples]
+    return results
+
+
+def _with_captions(sample: Sample, cfg: CaptionStage, result: Any) -> Sample | Reject:
+    captions = sidecar_captions(sample.meta)
+    if result is not None:
         if not result.ok:
             return Reject(cfg.label, "captioner_failed", str(result.error), dict(sample.scores))
         by_name = {c["name"]: c for c in captions}
