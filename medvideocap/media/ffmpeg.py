@@ -20,6 +20,7 @@ from typing import Any
 import av
 import cv2
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from medvideocap.atomic import atomic_path
 from medvideocap.disk import ResourceError, errno_in_text
@@ -102,6 +103,7 @@ def iter_frames(
     length of the video."""
     step = 1.0 / fps if fps else 0.0
     next_tick = 0.0
+    scaler = VideoReformatter()  # one scaler context for the pass: a new one per frame cost ~2% of it
     for t, frame in decoded(path):
         try:
             if tap is not None:
@@ -115,7 +117,9 @@ def iter_frames(
             if (w, h) == (frame.width, frame.height):
                 image = frame.to_ndarray(format="rgb24")
             else:
-                image = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+                image = scaler.reformat(
+                    frame, width=w, height=h, format="rgb24", interpolation="AREA"
+                ).to_ndarray()
         except av.error.FFmpegError as exc:  # a frame the scaler cannot convert: data, not a bug
             raise MediaError(
                 f"{path}: cannot convert its frame at {t:.2f} s ({type(exc).__name__}: {exc})"
@@ -237,6 +241,7 @@ def read_views(
     every = [n for n in needs if n.count is None and n.fps is None]
     picked: dict[FrameNeed, list[tuple[float, np.ndarray]]] = {n: [] for n in needs}
     converted: dict[tuple[int, str, tuple[int, int]], np.ndarray] = {}
+    scalers: dict[tuple[int, int], VideoReformatter] = {}  # one per size: its context is reused
 
     def convert(frame: Any, key: int, need: FrameNeed) -> np.ndarray:
         h0, w0 = (crop[1], crop[0]) if crop else (frame.height, frame.width)
@@ -247,8 +252,9 @@ def read_views(
                 if size == (frame.width, frame.height):
                     image = frame.to_ndarray(format="rgb24")
                 else:
-                    image = frame.reformat(
-                        width=size[0], height=size[1], format="rgb24", interpolation="AREA"
+                    scaler = scalers.setdefault(size, VideoReformatter())
+                    image = scaler.reformat(
+                        frame, width=size[0], height=size[1], format="rgb24", interpolation="AREA"
                     ).to_ndarray()
             else:
                 image = frame.to_ndarray(format="rgb24")
