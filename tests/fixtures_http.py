@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
+from fixtures_server import ServerThread
+
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _CHUNK = 1 << 20
 
@@ -134,26 +136,15 @@ class _Handler(SimpleHTTPRequestHandler):
         shutil.copyfileobj(source, outputfile)
 
 
-class HttpStandIn:
+class HttpStandIn(ServerThread):
     """``root`` served on ``http://127.0.0.1:<free port>/``; :meth:`url` of a path under it, and the
     bytes sent so far (:meth:`sent`)."""
 
     def __init__(self, root: Path, *, listing: bool = True) -> None:
         self.root = Path(root)
-        self._server = _Server(("127.0.0.1", 0), partial(_Handler, directory=str(self.root)))
-        self._server.listing = listing
-        self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http-stand-in", daemon=True)
-
-    def start(self) -> HttpStandIn:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-        assert not self._thread.is_alive(), "the HTTP server thread did not stop"
+        server = _Server(("127.0.0.1", 0), partial(_Handler, directory=str(self.root)))
+        server.listing = listing
+        super().__init__(server, "HTTP stand-in")
 
     def url(self, path: str = "") -> str:
         return f"{self.endpoint}/{path.lstrip('/')}"

@@ -8,12 +8,12 @@ the test process and stops with :meth:`S3StandIn.stop` (shutdown, socket closed,
 
 from __future__ import annotations
 
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fixtures_server import ServerThread
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
@@ -33,17 +33,14 @@ class _QuietHandler(MotoRequestHandler):
         pass
 
 
-class S3StandIn:
+class S3StandIn(ServerThread):
     """moto's S3 on ``127.0.0.1:<free port>``; :attr:`storage_options` are what s3fs needs to reach it."""
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
         app = DomainDispatcherApplication(create_backend_app)
-        self._server = make_server(
-            "127.0.0.1", 0, self._logged(app), threaded=True, request_handler=_QuietHandler
-        )
-        self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="moto-s3", daemon=True)
+        server = make_server("127.0.0.1", 0, self._logged(app), threaded=True, request_handler=_QuietHandler)
+        super().__init__(server, "moto S3")
 
     def _logged(self, app: Any) -> Any:
         def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
@@ -60,16 +57,6 @@ class S3StandIn:
             return app(environ, start)
 
         return wsgi
-
-    def start(self) -> S3StandIn:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-        assert not self._thread.is_alive(), "the moto server thread did not stop"
 
     @property
     def storage_options(self) -> dict[str, Any]:
