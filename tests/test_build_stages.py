@@ -288,6 +288,69 @@ def test_the_aesthetic_stage_scores_clips_in_batches_with_the_same_verdicts_and_
     assert calls == [15, 15]  # rejected before it waits: the six good clips in two full batches
 
 
+def test_a_batch_gathers_the_clips_of_several_short_inputs_into_the_same_dataset(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Four one-clip inputs, ``batch: 3``, ``--workers 1``: two CLIP calls (3 clips, then 1) across
+    the inputs instead of four, and the same data files (records and clips), byte for byte, as one
+    clip per call (the card and ``meta/`` name the recipe's fingerprint, which differs). A build
+    killed while clips wait journals none of them; the rerun builds them."""
+    from fixtures_build import tree_bytes
+
+    def dataset(out: Path) -> dict[str, bytes]:
+        return {k: v for k, v in tree_bytes(out).items() if k.startswith("data/")}
+
+    from medvideocap.build.stages import aesthetic
+
+    raw = tmp_path / "raw"
+    for i in range(4):
+        make_video(
+            raw / f"v{i}.mp4", seconds=1.5, source=f"testsrc2=size=160x120:rate=8:duration=1.5,hue=h={i * 60}"
+        )
+    model_dir, head = _tiny_aesthetic(tmp_path, 5.0)
+    calls: list[int] = []
+    real = aesthetic.clip_embeddings
+
+    def embeddings(model_id, images, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(images))
+        if len(calls) == fail_at:
+            raise KeyboardInterrupt  # the build is stopped while three clips wait for their scores
+        return real(model_id, images, **kwargs)
+
+    monkeypatch.setattr(aesthetic, "clip_embeddings", embeddings)
+
+    def recipe(batch: int) -> Recipe:
+        return _recipe(
+            {"stage": "split", "detector": "none", "min_seconds": 0.5},
+            {
+                "stage": "aesthetic",
+                "clip_model": str(model_dir),
+                "head": str(head),
+                "device": "cpu",
+                "batch": batch,
+            },
+        )
+
+    fail_at = 0
+    build(raw, tmp_path / "one", recipe=recipe(1), workers=1)
+    assert calls == [5, 5, 5, 5]
+    calls.clear()
+    build(raw, tmp_path / "batched", recipe=recipe(3), workers=1)
+    assert calls == [15, 5]
+    assert dataset(tmp_path / "batched") == dataset(tmp_path / "one")
+    assert sum(k.startswith("data/") for k in dataset(tmp_path / "one")) >= 1
+
+    calls.clear()
+    fail_at = 1
+    with pytest.raises(KeyboardInterrupt):
+        build(raw, tmp_path / "killed", recipe=recipe(3), workers=1)
+    assert not list((tmp_path / "killed.build" / "journal").glob("*.json"))  # nothing settled: none journaled
+    fail_at = 0
+    result = build(raw, tmp_path / "killed", recipe=recipe(3), workers=1)
+    assert result.resumed == 0 and result.kept == 4
+    assert tree_bytes(tmp_path / "killed") == tree_bytes(tmp_path / "batched")
+
+
 def test_clip_embedding_splitter_cuts_where_adjacent_similarity_drops(
     small_raw: Path, tmp_path: Path
 ) -> None:

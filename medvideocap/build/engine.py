@@ -1,8 +1,10 @@
 """Engines: who runs :class:`~medvideocap.build.pipeline.Pipeline` over the pending inputs.
 
-* ``local`` with ``workers=1``: in this process (easiest to debug);
+* ``local`` with ``workers=1``: in this process (easiest to debug), every input through one stream
+  (``Pipeline.run_many``), so a batched model stage gathers the clips of several short inputs;
 * ``local`` with ``workers=N``: a ``ProcessPoolExecutor`` (spawned workers, so no forked CUDA or
-  decoder state), one input per task, each worker building the stage functions once;
+  decoder state), one input per task (a batch gathers the clips of that input), each worker building
+  the stage functions once;
 * ``ray``: Ray Data, one task per input running every stage (``ray_address``, else ``$RAY_ADDRESS``,
   joins an existing cluster: :func:`medvideocap.dist.ray_session`).
 
@@ -36,7 +38,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,33 @@ def _run_sample(
     return _portable(outcomes, renames)
 
 
+def _run_here(
+    pending: list[Sample], pipeline: Pipeline, work: Path, on_done: OnDone, source: Location | None
+) -> None:
+    """Every input through ``pipeline`` in this process, as one stream (:meth:`Pipeline.run_many`):
+    a batched stage gathers clips across inputs. Each input in object storage is fetched when the
+    pipeline takes it and deleted when its outcomes are handed on."""
+    where: dict[str, tuple[str, str]] = {}  # input -> (the file read, its path in the listing)
+
+    def taken() -> Iterator[Sample]:
+        for sample in pending:
+            local = _fetch(sample, source, work) if source is not None else sample
+            where[sample.input] = (local.path, sample.path)
+            yield local
+
+    try:
+        for name, outcomes in pipeline.run_many(taken()):
+            read, original = where.pop(name)
+            if source is not None:
+                Path(read).unlink(missing_ok=True)
+            renames = [(read, name), (original, name)]
+            on_done([Outcome.from_dict(d) for d in _portable(outcomes, renames)])
+    finally:
+        if source is not None:
+            for read, _ in where.values():
+                Path(read).unlink(missing_ok=True)
+
+
 def _run_one(
     recipe_json: str, work: str, sample: dict[str, Any], source: Location | None = None
 ) -> list[dict[str, Any]]:
@@ -143,10 +172,7 @@ def run_local(
     object-store location the inputs' paths are URLs of (None: local files)."""
     recipe_json = recipe.model_dump_json()
     if workers <= 1:
-        for sample in pending:
-            on_done(
-                [Outcome.from_dict(d) for d in _run_one(recipe_json, str(work), sample.to_dict(), source)]
-            )
+        _run_here(pending, _pipeline(recipe_json, str(work)), work, on_done, source)
         return
     ctx = multiprocessing.get_context("spawn")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

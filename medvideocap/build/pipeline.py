@@ -15,6 +15,7 @@ import os
 import re
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,28 +208,48 @@ class Pipeline:
         self.hold_budget = hold_budget
 
     def run(self, sample: Sample) -> list[Outcome]:
-        """All stages over one input: its outcomes, in clip order. A full disk met by a stage that did
-        not name the file is a :class:`~medvideocap.disk.ResourceError` naming the work dir.
+        """All stages over one input: its outcomes, in clip order (:meth:`run_many` of one input)."""
+        [(_, outcomes)] = list(self.run_many([sample]))
+        return outcomes
+
+    def run_many(self, samples: Iterable[Sample]) -> Iterator[tuple[str, list[Outcome]]]:
+        """All stages over each input; ``(input, its outcomes in clip order)`` as soon as the last of
+        its clips is settled. A full disk met by a stage that did not name the file is a
+        :class:`~medvideocap.disk.ResourceError` naming the work dir.
 
         Clips go through the stages one at a time (depth first), so the frames one clip's stages
         share are decoded once (:class:`~medvideocap.build.sample.FrameStore`) and dropped before the
-        next clip; the store lives for this call only, so memory does not grow with the input. A
-        clip that reaches a batched stage waits there, its frames held (if this stage or a later one
-        reads frames), until ``batch`` clips wait
-        (or their frames reach ``hold_budget`` bytes, or no other clip can move): then the stage runs
-        on them together and each goes on, depth first again."""
-        outcomes: list[Outcome] = []
+        next clip: memory does not grow with the input. A clip that reaches a batched stage waits
+        there, its frames held (if this stage or a later one reads frames), until ``batch`` clips
+        wait or their frames reach ``hold_budget`` bytes; when no clip can move, the next input is
+        taken (so a batch gathers the clips of several short inputs), and when none is left the
+        earliest stage's batch runs as it is. Then the stage runs on them together and each goes on,
+        depth first again. Inputs are read from ``samples`` one at a time, as they are needed."""
+        pending = iter(samples)
         with writing_to(self.work), FrameStore(self.needs) as store:
-            todo: list[tuple[int, Sample]] = [(0, sample)]
+            todo: list[tuple[int, Sample]] = []
             waiting: dict[int, list[Sample]] = {}
+            live: dict[str, int] = {}  # per input: its samples still in ``todo`` or ``waiting``
+            outcomes: dict[str, list[Outcome]] = {}
+            finished: list[str] = []
+
+            def leave(s: Sample, outcome: Outcome | None = None) -> None:
+                if outcome is not None:
+                    outcomes[s.input].append(outcome)
+                    store.release(s)
+                live[s.input] -= 1
+                if live[s.input] == 0:
+                    finished.append(s.input)
 
             def settle(i: int, s: Sample, items: list[Sample | Reject]) -> None:
                 for item in reversed(items):  # a stack: the first clip is taken next
                     if isinstance(item, Reject):
-                        outcomes.append(rejected(s, item))
+                        outcomes[s.input].append(rejected(s, item))
                         store.release(s)
                     else:
                         todo.append((i + 1, item))
+                        live[s.input] += 1
+                leave(s)
 
             def flush(i: int) -> None:
                 batch = waiting.pop(i)
@@ -238,29 +259,40 @@ class Pipeline:
                 for s, items in reversed(list(zip(batch, results, strict=True))):
                     settle(i, s, items)
 
-            while todo or waiting:
-                if not todo:  # every clip waits for a batch: run the earliest stage's
-                    flush(min(waiting))
+            while True:
+                if finished:
+                    for name in finished:
+                        del live[name]
+                        yield name, sorted(outcomes.pop(name), key=Outcome.sort_key)
+                    finished.clear()
+                    continue
+                if not todo:
+                    sample = next(pending, None)
+                    if sample is not None:
+                        todo.append((0, sample))
+                        live[sample.input], outcomes[sample.input] = 1, []
+                    elif waiting:  # every clip waits for a batch and no input is left
+                        flush(min(waiting))
+                    else:
+                        break
                     continue
                 i, s = todo.pop()
                 if i == len(self.steps):
-                    outcomes.append(kept(s))
-                    store.release(s)
+                    leave(s, kept(s))
                     continue
                 step = self.steps[i]
-                if step.batch is not None:
-                    try:
-                        if step.holds:
-                            store.hold(s, step.needs)  # its frames decoded now, kept while it waits
-                    except DataError as exc:
-                        settle(i, s, [bad_data(step.label, s, exc)])
-                        continue
-                    waiting.setdefault(i, []).append(s)
-                    if len(waiting[i]) >= step.size or store.held_bytes() >= self.hold_budget:
-                        flush(i)
+                if step.batch is None:
+                    settle(i, s, apply_stage(step.label, step.fn, s))
                     continue
-                settle(i, s, apply_stage(step.label, step.fn, s))
-        return sorted(outcomes, key=Outcome.sort_key)
+                try:
+                    if step.holds:
+                        store.hold(s, step.needs)  # its frames decoded now, kept while it waits
+                except DataError as exc:
+                    settle(i, s, [bad_data(step.label, s, exc)])
+                    continue
+                waiting.setdefault(i, []).append(s)
+                if len(waiting[i]) >= step.size or store.held_bytes() >= self.hold_budget:
+                    flush(i)
 
 
 # ------------------------------------------------------------------------------------------------
