@@ -649,12 +649,17 @@ def test_caption_backend_is_called_through_medvideocap_caption(
     assert outcome.record["captions"][0]["model"] == "fake-1"
 
 
-def test_the_caption_stage_captions_clips_in_one_batched_generate_with_the_same_text(tmp_path: Path) -> None:
+def test_the_caption_stage_captions_clips_in_one_batched_generate_with_the_same_text(
+    tmp_path: Path, monkeypatch
+) -> None:
     """The transformers backend (a tiny random Qwen2.5-VL: its real processor, chat template and
     batched generation) through a build: three clips at the backend's ``batch_size: 2`` are two
-    ``generate`` calls (2 clips, then 1) and give, greedy, the same text as ``batch: 1``."""
+    ``generate`` calls (2 clips, then 1) and give, greedy, the same text as ``batch: 1``; a clip
+    whose file cannot be cut is rejected alone, and its batch-mate is still captioned."""
+    from medvideocap.build import sample as sample_module
     from medvideocap.build.stages import caption as caption_stage
     from medvideocap.caption.tiny import save_tiny_vlm
+    from medvideocap.media.ffmpeg import MediaError
 
     raw = tmp_path / "raw"
     make_video(raw / "three.mp4", seconds=3, **SIZE)
@@ -665,14 +670,22 @@ def test_the_caption_stage_captions_clips_in_one_batched_generate_with_the_same_
         "check_quality": False,
         "params": {"max_new_tokens": 8, "temperature": 0.0},
     }
+    real_cut = sample_module.cut
+
+    def cut(src, dest, *, start, **kwargs):  # type: ignore[no-untyped-def]
+        if broken and start == 1.0:
+            raise MediaError(f"{src} [1.00s-2.00s]: Conversion failed")
+        return real_cut(src, dest, start=start, **kwargs)
+
+    monkeypatch.setattr(sample_module, "cut", cut)
     texts = {}
-    for batch in (None, 1):
+    for batch, broken in ((None, False), (1, False), (None, True)):
         entry = {"stage": "caption", "backend": "transformers", "options": options, "template": "brief"}
         recipe = _recipe(
             {"stage": "split", "detector": "none", "min_seconds": 0.5, "max_seconds": 1.0},
             {**entry, "frames": 2, **({"batch": batch} if batch else {})},
         )
-        pipeline = Pipeline(recipe, tmp_path / f"work-{batch}")
+        pipeline = Pipeline(recipe, tmp_path / f"work-{batch}-{broken}")
         cap = caption_stage._captioner(recipe.stages[2])
         calls: list[int] = []
         real = cap.net.generate
@@ -686,6 +699,14 @@ def test_the_caption_stage_captions_clips_in_one_batched_generate_with_the_same_
             outcomes = pipeline.run(discover(raw)[0])
         finally:
             cap.net.generate = real
+        if broken:
+            assert [o.kept for o in outcomes] == [True, False, True] and calls == [1, 1]  # 0 (1 out), 2
+            assert outcomes[1].stage == "caption" and "Conversion failed" in outcomes[1].reason
+            assert [outcomes[0].record["captions"][0]["text"], outcomes[2].record["captions"][0]["text"]] == [
+                texts[None][0],
+                texts[None][2],
+            ]
+            continue
         assert [o.kept for o in outcomes] == [True] * 3, [o.reason for o in outcomes]
         assert calls == ([2, 1] if batch is None else [1, 1, 1])
         texts[batch] = [o.record["captions"][0]["text"] for o in outcomes]

@@ -205,10 +205,10 @@ FRAME_BUDGET = 256 << 20  # bytes of decoded frames one worker holds for the cli
 class FrameStore:
     """The frames of the clip in hand, decoded once for every stage that declared what it reads.
 
-    Lives for one :meth:`~medvideocap.build.pipeline.Pipeline.run` (``with FrameStore(needs):``).
-    It holds the clip in hand plus the clips the pipeline holds (:meth:`hold`) while they wait for a batched
-    stage (:func:`~medvideocap.build.stages.batcher`): asking for another clip's frames drops every
-    clip not held, so memory depends on the clip length and the batch, never on the input's length.
+    Lives for one :meth:`~medvideocap.build.pipeline.Pipeline.run_many` (``with FrameStore(needs):``).
+    It keeps the clip in hand plus the clips the pipeline holds (:meth:`hold`) while they wait for a
+    batched stage (:func:`~medvideocap.build.stages.batcher`): asking for another clip's frames drops
+    every clip not held, so memory depends on the clip length and the batch, never on the input's.
     The first request for a clip decodes, in one pass, the asked need plus every declared need whose
     frames fit :data:`FRAME_BUDGET` (a need that does not fit, e.g. every frame of a long unsplit
     input, is decoded on its own when asked). The decode time is added to the sample's

@@ -68,9 +68,9 @@ def make_stage(cfg: Any, ctx: Context) -> StageFn:
 
 def batcher(cfg: Any, ctx: Context) -> BatchFn | None:
     """The stage over several clips at once (its module's ``run_batch(samples, cfg, ctx)``, one
-    result per sample, in order) when the recipe asks for batches (``batch:`` above 1); None
-    otherwise (:func:`batch_size`). The pipeline parks clips that reach such a stage, with their decoded frames, and runs
-    them together: one model call for many clips, which is what keeps a GPU busy."""
+    result per sample, in order) when :func:`batch_size` is above 1; None otherwise. The pipeline
+    parks clips that reach such a stage, with their decoded frames, and runs them together: one model
+    call for many clips, which is what keeps a GPU busy."""
     run_batch = getattr(_module(cfg.stage), "run_batch", None)
     if run_batch is None or batch_size(cfg) <= 1:
         return None

@@ -121,8 +121,8 @@ GPU_BATCH = 16  # clips (of 5 frames) per CLIP call on a GPU when the recipe doe
 
 def default_batch(cfg: AestheticStage) -> int:
     """16 clips per call on a GPU; one on the CPU, where batching is no faster (measured at real size,
-    random weights: 16 clips in one call took 1.11x the seconds of one call per clip;
-    ``benchmarks/build_models.py``)."""
+    random weights, 2 cores: 16 clips in one call took 1.02x and 1.11x the seconds of one call per
+    clip in two runs; ``benchmarks/build_models.py``)."""
     return 1 if resolve_device(cfg.device) == "cpu" else GPU_BATCH
 
 
