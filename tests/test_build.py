@@ -573,6 +573,50 @@ def test_a_dry_run_estimate_runs_the_recipe_on_a_sample_and_writes_nothing(tmp_p
     assert "estimate" not in plain  # opt-in: a recipe's model stages may call a paid API
 
 
+def test_pool_workers_spread_over_the_gpus_and_no_more_start_than_the_gpus_hold(monkeypatch) -> None:
+    """A recipe whose stages take 0.25 of a GPU: at most four workers a visible GPU (each loads every
+    model), and the k-th worker to start sees only GPU ``k mod n`` (CUDA_VISIBLE_DEVICES), so eight
+    workers on two GPUs are four on each, not eight on the first. A CPU-only recipe is not capped."""
+    import multiprocessing
+
+    from medvideocap.build import Recipe
+    from medvideocap.build.engine import pool_size, visible_gpus
+
+    def recipe(gpus: float) -> Recipe:
+        return Recipe.model_validate(
+            {"name": "g", "stages": [{"stage": "probe"}, {"stage": "technical", "resources": {"gpus": gpus}}]}
+        )
+
+    assert pool_size(16, recipe(0.25), ("0",)) == 4
+    assert pool_size(16, recipe(0.25), ("0", "1")) == 8
+    assert pool_size(3, recipe(0.25), ("0",)) == 3
+    assert pool_size(16, recipe(1.0), ("0", "1")) == 2
+    assert pool_size(16, recipe(0.0), ("0",)) == 16  # no stage asks for a GPU
+    assert pool_size(16, recipe(0.25), ()) == 16  # no GPU here: the stages run on the CPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
+    assert visible_gpus() == ("3", "5")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert visible_gpus() == ()
+
+    ctx = multiprocessing.get_context("spawn")
+    started, seen = ctx.Value("i", 0), ctx.Queue()
+    workers = [ctx.Process(target=_report_gpu, args=(("3", "5"), started, seen)) for _ in range(5)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    assert sorted(seen.get(timeout=10) for _ in workers) == ["3", "3", "3", "5", "5"]
+
+
+def _report_gpu(gpus: tuple[str, ...], started, seen) -> None:  # type: ignore[no-untyped-def]
+    """A pool worker's start (``_share_cores``), then the GPU it was given."""
+    from medvideocap.build.engine import _share_cores
+
+    _share_cores(1, gpus, started)
+    seen.put(os.environ["CUDA_VISIBLE_DEVICES"])
+
+
 def test_each_pool_worker_gets_its_share_of_the_cores_and_a_user_thread_setting_is_kept(
     tmp_path: Path,
 ) -> None:

@@ -58,7 +58,7 @@ from rich.table import Table
 
 from medvideocap.atomic import atomic_write_bytes, atomic_write_json
 from medvideocap.build import remote
-from medvideocap.build.engine import run_local, run_ray
+from medvideocap.build.engine import pool_size, run_local, run_ray, visible_gpus
 from medvideocap.build.pipeline import SOURCE_STAGE, Outcome, scan
 from medvideocap.build.recipe import Recipe, load_recipe
 from medvideocap.build.sample import Sample
@@ -499,6 +499,8 @@ def build(
         planned = {**plan(Path(src), recipe, inputs, set(done), lengths), "missing": missing}
         if estimate_seconds > 0 and not missing:
             workers_ = 1 if engine == "ray" else (workers or os.cpu_count() or 1)
+            if engine != "ray" and any(st.resources.gpus > 0 for st in recipe.stages):
+                workers_ = pool_size(workers_, recipe, visible_gpus())  # what run_local will start
             planned["estimate"] = estimate(
                 lengths, recipe, estimate_seconds, planned["video_seconds"], workers_
             )

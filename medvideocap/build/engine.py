@@ -4,7 +4,8 @@
   (``Pipeline.run_many``), so a batched model stage gathers the clips of several short inputs;
 * ``local`` with ``workers=N``: a ``ProcessPoolExecutor`` (spawned workers, so no forked CUDA or
   decoder state), one input per task (a batch gathers the clips of that input), each worker building
-  the stage functions once;
+  the stage functions once; with GPU stages, at most as many workers as the GPUs hold at the
+  recipe's ``resources.gpus`` share, each pinned to one GPU (:func:`pool_size`);
 * ``ray``: Ray Data, one task per input running every stage (``ray_address``, else ``$RAY_ADDRESS``,
   joins an existing cluster: :func:`medvideocap.dist.ray_session`).
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -52,6 +54,7 @@ from medvideocap.disk import writing_to
 from medvideocap.dist import ray_session
 from medvideocap.locations import Location
 
+log = logging.getLogger(__name__)
 OnDone = Callable[[list[Outcome]], None]
 _PIPELINES: dict[tuple[str, str], Pipeline] = {}
 _SCRATCH: list[Path] = []  # this process's own work dir when it is a Ray worker (made once)
@@ -146,17 +149,47 @@ def _run_one(
     return _run_sample(recipe_json, work, Sample.from_dict(sample), source)
 
 
-def _share_cores(threads: int) -> None:
+def _share_cores(threads: int, gpus: tuple[str, ...] = (), started: Any = None) -> None:
     """A pool worker's thread budget: ``threads`` decoder, OpenCV and OpenMP threads (its share of the
     cores), not one per core in each of N workers. A thread count the user set in the environment
-    (``OMP_NUM_THREADS``) is kept."""
+    (``OMP_NUM_THREADS``) is kept. With ``gpus`` (``CUDA_VISIBLE_DEVICES`` entries), the k-th worker
+    to start (``started``: a shared counter) sees only ``gpus[k % len(gpus)]``, so the workers' model
+    stages spread over the GPUs instead of all loading onto the first."""
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    if gpus and started is not None:
+        with started.get_lock():
+            k = started.value
+            started.value += 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[k % len(gpus)]
     import cv2
 
     from medvideocap.media.ffmpeg import set_decode_threads
 
     set_decode_threads(threads)
     cv2.setNumThreads(threads)
+
+
+def visible_gpus() -> tuple[str, ...]:
+    """The CUDA devices this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (the variable's own
+    when set, else ``0..n-1``); () without CUDA."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return tuple(d for d in (x.strip() for x in env.split(",")) if d and not d.startswith("-"))
+    try:
+        import torch
+    except ImportError:
+        return ()
+    return tuple(str(i) for i in range(torch.cuda.device_count()))
+
+
+def pool_size(workers: int, recipe: Recipe, gpus: tuple[str, ...]) -> int:
+    """Worker processes for ``workers`` asked: no more than the GPUs hold when the recipe's stages ask
+    for a share of one (``resources.gpus``, as Ray would schedule them: 0.25 is four workers a GPU).
+    Every worker loads the recipe's models, so 16 workers on one GPU would hold 16 copies of each."""
+    per_task = max((s.resources.gpus for s in recipe.stages), default=0.0)
+    if per_task <= 0 or not gpus:
+        return workers
+    return min(workers, len(gpus) * max(1, int(1.0 / per_task + 1e-9)))
 
 
 def run_local(
@@ -169,16 +202,31 @@ def run_local(
     source: Location | None = None,
 ) -> None:
     """Process ``pending`` here (``workers=1``) or in a pool of spawned processes; ``source`` is the
-    object-store location the inputs' paths are URLs of (None: local files)."""
+    object-store location the inputs' paths are URLs of (None: local files). A recipe whose stages ask
+    for a GPU share gets at most as many workers as the visible GPUs hold (:func:`pool_size`), each
+    pinned to one GPU."""
     recipe_json = recipe.model_dump_json()
+    gpus = visible_gpus() if any(s.resources.gpus > 0 for s in recipe.stages) else ()
+    size = pool_size(workers, recipe, gpus)
+    if size < workers:
+        log.warning(
+            "%d workers asked; the recipe's stages take %g of a GPU each and %d GPU(s) are visible: "
+            "running %d workers (one model copy each)",
+            workers,
+            max(s.resources.gpus for s in recipe.stages),
+            len(gpus),
+            size,
+        )
+    workers = size
     if workers <= 1:
         _run_here(pending, _pipeline(recipe_json, str(work)), work, on_done, source)
         return
     ctx = multiprocessing.get_context("spawn")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     share = max(1, cores // workers)
+    started = ctx.Value("i", 0)
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_share_cores, initargs=(share,)
+        max_workers=workers, mp_context=ctx, initializer=_share_cores, initargs=(share, gpus, started)
     ) as pool:
         futures = [pool.submit(_run_one, recipe_json, str(work), s.to_dict(), source) for s in pending]
         try:
