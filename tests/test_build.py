@@ -610,10 +610,10 @@ def test_pool_workers_spread_over_the_gpus_and_no_more_start_than_the_gpus_hold(
 
 
 def _report_gpu(gpus: tuple[str, ...], started, seen) -> None:  # type: ignore[no-untyped-def]
-    """A pool worker's start (``_share_cores``), then the GPU it was given."""
-    from medvideocap.build.engine import _share_cores
+    """A pool worker's start (``share_cores``), then the GPU it was given."""
+    from medvideocap.build.engine import share_cores
 
-    _share_cores(1, gpus, started)
+    share_cores(1, gpus, started)
     seen.put(os.environ["CUDA_VISIBLE_DEVICES"])
 
 
@@ -624,9 +624,9 @@ def test_each_pool_worker_gets_its_share_of_the_cores_and_a_user_thread_setting_
     OMP_NUM_THREADS set unless the user set it; decoding still works with one decoder thread."""
     code = (
         "import os, sys, cv2\n"
-        "from medvideocap.build.engine import _share_cores\n"
+        "from medvideocap.build.engine import share_cores\n"
         "from medvideocap.media import ffmpeg\n"
-        "_share_cores(1)\n"
+        "share_cores(1)\n"
         "frames = sum(1 for _ in ffmpeg.decoded(sys.argv[1]))\n"
         "print(cv2.getNumThreads(), os.environ['OMP_NUM_THREADS'], ffmpeg._THREADS[0], frames)\n"
     )

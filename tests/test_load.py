@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import warnings
 from functools import partial
 from pathlib import Path
@@ -204,21 +206,44 @@ def test_short_clips_are_skipped_or_padded(dataset: Path) -> None:
     assert short["timestamps"][-1] == short["timestamps"][15]
 
 
+# Run in a fresh interpreter: a fork copies whatever threads and locks the pytest process holds from
+# the tests that ran before it in the same worker, and a hang caused by one of those says nothing about
+# the loader. (Run inside the pytest worker, the pyav case hit the DataLoader's timeout once in a full
+# run; it never did alone.) The frame spec is SMALL's.
+_FORKED_WORKERS = """
+import sys
+import torch
+from torch.utils.data import DataLoader
+import medvideocap
+from medvideocap.loading.loader import collate
+from medvideocap.media.frames import FrameSpec
+
+spec = FrameSpec(num_frames=9, fps=8, height=32, width=48, position="random", seed=1)
+ds = medvideocap.load(sys.argv[1], frames=spec, backend=sys.argv[2])
+expected = {ds[i]["id"]: ds[i]["video"] for i in range(len(ds))}  # the parent now holds decoders
+loader = DataLoader(
+    ds, batch_size=2, num_workers=2, collate_fn=collate, multiprocessing_context="fork", timeout=120
+)
+got = {clip_id: batch["video"][i] for batch in loader for i, clip_id in enumerate(batch["id"])}
+assert got.keys() == expected.keys(), (sorted(got), sorted(expected))
+assert all(torch.equal(got[k], expected[k]) for k in got)
+print("same", len(got))
+"""
+
+
 @pytest.mark.parametrize("backend", ["torchcodec", "decord", "pyav"])
 def test_dataloader_workers_after_the_parent_decoded_give_the_same_items(dataset: Path, backend: str) -> None:
     """decord and PyAV decoders inherited through fork hang a worker if the child frees them; the
-    cache must leave them alone (a hang fails here through the DataLoader timeout)."""
-    ds = medvideocap.load(dataset, frames=SMALL, backend=backend)
-    expected = {it["id"]: it["video"] for it in _items(ds)}  # parent now holds decoders and file handles
-    loader = DataLoader(
-        ds, batch_size=2, num_workers=2, collate_fn=collate, multiprocessing_context="fork", timeout=120
+    cache must leave them alone (a hang fails here through the DataLoader timeout). The parent is a
+    fresh interpreter that decodes every clip and then forks two DataLoader workers."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FORKED_WORKERS, str(dataset), backend],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    got = {}
-    for batch in loader:
-        for i, clip_id in enumerate(batch["id"]):
-            got[clip_id] = batch["video"][i]
-    assert got.keys() == expected.keys()
-    assert all(torch.equal(got[k], expected[k]) for k in got)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["same", "6"]
 
 
 def test_upstream_release_and_its_hub_native_conversion_give_the_same_samples(tmp_path: Path) -> None:

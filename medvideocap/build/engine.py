@@ -149,7 +149,7 @@ def _run_one(
     return _run_sample(recipe_json, work, Sample.from_dict(sample), source)
 
 
-def _share_cores(threads: int, gpus: tuple[str, ...] = (), started: Any = None) -> None:
+def share_cores(threads: int, gpus: tuple[str, ...] = (), started: Any = None) -> None:
     """A pool worker's thread budget: ``threads`` decoder, OpenCV and OpenMP threads (its share of the
     cores), not one per core in each of N workers. A thread count the user set in the environment
     (``OMP_NUM_THREADS``) is kept. With ``gpus`` (``CUDA_VISIBLE_DEVICES`` entries), the k-th worker
@@ -226,7 +226,7 @@ def run_local(
     share = max(1, cores // workers)
     started = ctx.Value("i", 0)
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_share_cores, initargs=(share, gpus, started)
+        max_workers=workers, mp_context=ctx, initializer=share_cores, initargs=(share, gpus, started)
     ) as pool:
         futures = [pool.submit(_run_one, recipe_json, str(work), s.to_dict(), source) for s in pending]
         try:
