@@ -211,6 +211,7 @@ def test_short_clips_are_skipped_or_padded(dataset: Path) -> None:
 # the loader. (Run inside the pytest worker, the pyav case hit the DataLoader's timeout once in a full
 # run; it never did alone.) The frame spec is SMALL's.
 _FORKED_WORKERS = """
+import faulthandler
 import sys
 import torch
 from torch.utils.data import DataLoader
@@ -221,8 +222,22 @@ from medvideocap.media.frames import FrameSpec
 spec = FrameSpec(num_frames=9, fps=8, height=32, width=48, position="random", seed=1)
 ds = medvideocap.load(sys.argv[1], frames=spec, backend=sys.argv[2])
 expected = {ds[i]["id"]: ds[i]["video"] for i in range(len(ds))}  # the parent now holds decoders
+
+
+def watch(_worker: int) -> None:
+    # a worker still busy after 100 s prints where it is stuck. Only in the workers: a watchdog started
+    # in the parent before the fork leaves its lock held in every child, which then hangs for certain
+    faulthandler.dump_traceback_later(100, exit=False)
+
+
 loader = DataLoader(
-    ds, batch_size=2, num_workers=2, collate_fn=collate, multiprocessing_context="fork", timeout=120
+    ds,
+    batch_size=2,
+    num_workers=2,
+    collate_fn=collate,
+    multiprocessing_context="fork",
+    timeout=120,
+    worker_init_fn=watch,
 )
 got = {clip_id: batch["video"][i] for batch in loader for i, clip_id in enumerate(batch["id"])}
 assert got.keys() == expected.keys(), (sorted(got), sorted(expected))
