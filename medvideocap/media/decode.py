@@ -363,7 +363,9 @@ class PyAVDecoder(Decoder):
             if found is None:
                 self._run = None
                 raise DecodeError(f"{self.name}: PyAV could not decode frame {i} (pts {target}); truncated?")
-            out.append(found.to_ndarray(format="rgb24"))
+            # threads=1: PyAV asks swscale for its automatic thread pool by default, and that
+            # conversion hung a forked DataLoader worker (a faulthandler stack caught it here)
+            out.append(found.to_ndarray(format="rgb24", threads=1))
         data = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
         pts_s = torch.tensor([self._pts[i] * self._tb for i in indices], dtype=torch.float64)
         return data, pts_s
